@@ -1,0 +1,141 @@
+"""Building an expert's parts: its index (the batch job) and its pilots.
+
+Each function stages new files inside the expert directory and publishes them
+with one manifest swap, so a server reading the expert meanwhile keeps
+serving the previous version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from experts import Encoder, ExpertDir, IndexSection, Manifest, PilotsSection, check_base_matches, sha256_file
+from experts.labelled import judged_queries, read_qrels, read_queries
+from experts.pseudo_queries import pseudo_queries
+from index import BuildReport, Collection, build_index
+from router import centroid_pilots, kmeans_pilots
+
+logger = logging.getLogger(__name__)
+
+PilotMethod = Literal["centroid", "kmeans"]
+
+
+def _document_embedder(expert: ExpertDir, manifest: Manifest, encoder: Encoder):
+    """Base encoder for query-side experts; the expert's adapter for symmetric ('both') ones."""
+    if manifest.adapter.side == "query" or not manifest.adapter.trained:
+        return lambda texts: encoder.embed(texts, max_length=manifest.max_length), None
+    name = f"{manifest.name}@index"
+    encoder.add_adapter(name, expert.adapter_path)
+    return lambda texts: encoder.embed(texts, expert=name, max_length=manifest.max_length), name
+
+
+def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory: str) -> str:
+    """What a resumable build belongs to: a checkpoint made under another key is not reused."""
+    parts = {
+        "base": encoder.fingerprint,
+        "pooling": encoder.pooling,
+        "max_length": manifest.max_length,
+        "side": manifest.adapter.side,
+        "factory": factory,
+    }
+    if manifest.adapter.side == "both" and manifest.adapter.trained:
+        parts["adapter"] = sha256_file(expert.adapter_path / "adapter_model.safetensors")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def index_expert(
+    expert: ExpertDir,
+    encoder: Encoder,
+    corpora: Sequence[Path],
+    *,
+    factory: str = "Flat",
+    chunk_size: int = 256,
+    upsert: bool = False,
+    progress: bool = True,
+) -> tuple[Manifest, BuildReport]:
+    """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
+
+    Resumable: re-running after an interruption continues from the last
+    checkpoint. Replaces the expert's collection with exactly these corpora.
+    """
+    manifest = expert.read_manifest()
+    check_base_matches(manifest, encoder)
+    embed, temporary_adapter = _document_embedder(expert, manifest, encoder)
+    try:
+        report = build_index(
+            [Path(c) for c in corpora],
+            embed=embed,
+            dim=encoder.dim,
+            out_dir=expert.new_index_path(),
+            work_dir=expert.work_path("index"),
+            build_key=_build_key(expert, manifest, encoder, factory),
+            factory=factory,
+            chunk_size=chunk_size,
+            upsert=upsert,
+            progress=progress,
+        )
+    finally:
+        if temporary_adapter is not None:
+            encoder.remove_adapter(temporary_adapter)
+    published = expert.publish(
+        index=IndexSection(directory=report.directory.name, factory=factory, count=report.documents)
+    )
+    return published, report
+
+
+def pilot_texts_from_queries(queries: Path, qrels: Path | None = None) -> list[str]:
+    """Training queries for pilots: every query, or only those judged in ``qrels`` (e.g. the train split)."""
+    texts = read_queries(queries)
+    if qrels is not None:
+        texts = judged_queries(texts, read_qrels(qrels))
+    return list(texts.values())
+
+
+def pilot_texts_from_documents(expert: ExpertDir, *, sample: int = 1000, seed: int = 0) -> list[str]:
+    """Pseudo queries (titles, or short text spans) from a sample of the expert's indexed documents."""
+    manifest = expert.read_manifest()
+    if manifest.index is None:
+        raise ValueError(f"expert {manifest.name!r} has no index to draw pseudo queries from: run `rr index` first")
+    collection = Collection.open(expert.path / manifest.index.directory)
+    try:
+        ids = collection.docstore.all_row_ids().tolist()
+        chosen = sorted(random.Random(seed).sample(ids, min(sample, len(ids))))
+        documents = [doc for doc in collection.docstore.get(chosen) if doc is not None]
+    finally:
+        collection.close()
+    return pseudo_queries(((doc.title, doc.text) for doc in documents), seed=seed)
+
+
+def build_pilots(
+    expert: ExpertDir,
+    encoder: Encoder,
+    texts: Sequence[str],
+    *,
+    method: PilotMethod = "centroid",
+    clusters: int = 4,
+    source: str = "",
+    query_max_length: int = 64,
+) -> Manifest:
+    """Embed ``texts`` with the base encoder (adapters off), make pilots, publish them."""
+    manifest = expert.read_manifest()
+    check_base_matches(manifest, encoder)
+    if not texts:
+        raise ValueError(f"no texts to build pilots of expert {manifest.name!r} from")
+    embedded = encoder.embed(list(texts), max_length=query_max_length)
+    if method == "centroid":
+        pilots = centroid_pilots(embedded)
+    elif method == "kmeans":
+        pilots = kmeans_pilots(embedded, clusters=clusters)
+    else:
+        raise ValueError(f"Invalid pilot method {method!r}. Valid methods are: 'centroid', 'kmeans'")
+    name = expert.stage_pilots(np.asarray(pilots, dtype=np.float32))
+    section = PilotsSection(file=name, count=len(pilots), method=method, source=f"{source} ({len(texts)} queries)")
+    return expert.publish(pilots=section)

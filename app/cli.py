@@ -1,0 +1,257 @@
+"""``rr``: the single command-line entry point. Each subcommand parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    name="rr",
+    help="Expert-routing retrieval: build experts (LoRA adapter + pilots + index) and search them, routed.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class _State:
+    settings: Settings
+    _encoder = None
+
+    def encoder(self):
+        """The base encoder, loaded on first use (listing experts needs no model)."""
+        if self._encoder is None:
+            import torch
+
+            from experts import Encoder
+
+            if self.settings.torch_threads:
+                torch.set_num_threads(self.settings.torch_threads)
+            self._encoder = Encoder(
+                self.settings.base_model,
+                max_length=self.settings.max_length,
+                batch_size=self.settings.batch_size,
+                device=self.settings.device,
+            )
+        return self._encoder
+
+    def expert_dir(self, name: str):
+        from experts import ExpertDir, UnknownExpertError, check_expert_name, list_expert_dirs
+
+        check_expert_name(name)
+        directory = ExpertDir(self.settings.data_dir / name)
+        if not directory.path.is_dir():
+            known = [d.path.name for d in list_expert_dirs(self.settings.data_dir)]
+            raise UnknownExpertError(f"Expert {name!r} not found under {self.settings.data_dir}. Experts: {known}")
+        return directory
+
+    def engine(self):
+        from app.engine import SearchEngine
+
+        return SearchEngine.open(
+            self.settings.data_dir,
+            self.encoder(),
+            verify_checksums=self.settings.verify_checksums,
+            query_max_length=self.settings.query_max_length,
+            aggregate=self.settings.router_aggregate,
+        )
+
+
+state = _State()
+
+
+@cli.callback()
+def _configure(
+    data_dir: Annotated[Optional[Path], typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
+    base_model: Annotated[Optional[str], typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
+    state.settings = Settings(**overrides)
+    state._encoder = None
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _policy(top_k: int, fanout_margin: float | None, min_score: float | None):
+    from router import RoutePolicy
+
+    return RoutePolicy(top_k=top_k, fanout_margin=fanout_margin, min_score=min_score)
+
+
+TopK = Annotated[int, typer.Option("--top-k", help="Experts searched when fanning out or falling back.")]
+FanoutMargin = Annotated[Optional[float], typer.Option(help="Fan out to --top-k experts when the top-1 margin is below this.")]
+MinScore = Annotated[Optional[float], typer.Option(help="Use the base encoder when the best router score is below this.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@cli.command("create-expert")
+def create_expert_command(
+    name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
+    adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank of a new adapter.")] = 8,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha of a new adapter.")] = 32,
+    description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
+) -> None:
+    """Create an expert directory (adapter + manifest) under the experts root."""
+    from experts import create_expert
+
+    expert = create_expert(
+        state.settings.data_dir, name, encoder=state.encoder(), adapter_from=adapter, rank=rank, alpha=alpha,
+        description=description,
+    )  # fmt: skip
+    typer.echo(f"created expert {name!r} at {expert.path}")
+
+
+@cli.command("index")
+def index_command(
+    expert: Annotated[str, typer.Option(help="Expert whose collection to build.")],
+    corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
+    factory: Annotated[str, typer.Option(help="FAISS storage: Flat (exact), HNSW32, IVF1024,PQ32 ...")] = "Flat",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per checkpointed chunk.")] = 256,
+    upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
+    from app.building import index_expert
+
+    manifest, report = index_expert(
+        state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
+        progress=progress,
+    )  # fmt: skip
+    typer.echo(
+        f"indexed {report.documents} documents into {expert!r} ({report.directory.name}, version {manifest.version}) "
+        f"in {report.seconds:.1f}s; {report.malformed} malformed lines skipped, {report.replaced} replaced"
+    )
+    for problem in report.problems[:10]:
+        typer.echo(f"  skipped line {problem.line}: {problem.reason}", err=True)
+
+
+@cli.command("pilots")
+def pilots_command(
+    expert: Annotated[str, typer.Option(help="Expert whose pilots to build.")],
+    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
+    qrels: Annotated[Optional[Path], typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
+    from_documents: Annotated[Optional[int], typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
+    method: Annotated[str, typer.Option(help="centroid or kmeans.")] = "centroid",
+    clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
+) -> None:
+    """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""
+    from app.building import build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
+
+    if (queries is None) == (from_documents is None):
+        raise typer.BadParameter("give exactly one of --queries or --from-documents")
+    directory = state.expert_dir(expert)
+    if queries is not None:
+        texts, source = pilot_texts_from_queries(queries, qrels), str(queries)
+    else:
+        texts, source = pilot_texts_from_documents(directory, sample=from_documents), "pseudo queries from documents"
+    manifest = build_pilots(
+        directory, state.encoder(), texts, method=method, clusters=clusters,  # type: ignore[arg-type]
+        source=source, query_max_length=state.settings.query_max_length,
+    )  # fmt: skip
+    typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
+
+
+@cli.command("route")
+def route_command(
+    query: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    top_k: TopK = 1,
+    fanout_margin: FanoutMargin = None,
+    min_score: MinScore = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show which expert each query is routed to, with every expert's score."""
+    from app.output import decision_dict
+
+    engine = state.engine()
+    decisions = engine.route(query, policy=_policy(top_k, fanout_margin, min_score))
+    if as_json:
+        typer.echo(json.dumps([{"query": q, **decision_dict(d)} for q, d in zip(query, decisions)], indent=2))
+        return
+    for text, decision in zip(query, decisions):
+        scores = ", ".join(f"{name} {score:.3f}" for name, score in decision.scores)
+        typer.echo(f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})")
+
+
+@cli.command("search")
+def search_command(
+    query: Annotated[list[str], typer.Argument(help="One or more queries (searched as one batch).")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
+    expert: Annotated[Optional[str], typer.Option(help="Search this expert, bypassing the router.")] = None,
+    top_k: TopK = 1,
+    fanout_margin: FanoutMargin = None,
+    min_score: MinScore = None,
+    as_json: AsJson = False,
+) -> None:
+    """Routed search from the command line, without a server."""
+    from app.output import result_dict, result_text
+
+    engine = state.engine()
+    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score))
+    if as_json:
+        typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
+        return
+    for result in batch.results:
+        typer.echo(result_text(result))
+
+
+@cli.command("experts")
+def experts_command(as_json: AsJson = False) -> None:
+    """List the experts under the experts root, with what each has."""
+    from experts import list_expert_dirs
+
+    rows = []
+    for directory in list_expert_dirs(state.settings.data_dir):
+        try:
+            manifest = directory.read_manifest()
+            rows.append({
+                "name": manifest.name, "version": manifest.version,
+                "documents": manifest.index.count if manifest.index else None,
+                "index": manifest.index.factory if manifest.index else None,
+                "pilots": manifest.pilots.count if manifest.pilots else None,
+                "adapter": "trained" if manifest.adapter.trained else "untrained", "side": manifest.adapter.side,
+            })  # fmt: skip
+        except Exception as exc:  # a listing shows broken experts rather than hiding them
+            rows.append({"name": directory.path.name, "error": str(exc)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no experts under {state.settings.data_dir}")
+    for row in rows:
+        typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
+
+
+@cli.command("demo")
+def demo_command(
+    collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
+    datasets: Annotated[Optional[Path], typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
+    max_docs: Annotated[Optional[int], typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
+) -> None:
+    """Build one expert per collection (if missing), route every test query, and show what routing does."""
+    from app.demo import run_demo
+
+    run_demo(
+        state.settings, state.encoder(), datasets or state.settings.datasets_dir,
+        [c.strip() for c in collections.split(",") if c.strip()], max_docs=max_docs, echo=typer.echo,
+    )  # fmt: skip
+
+
+def main() -> None:
+    """Console entry point: domain errors print one line and exit 2, without a traceback (as usage errors do)."""
+    from experts import ExpertError
+    from index import IndexStoreError
+    from router import RouterError
+
+    try:
+        cli()  # standalone: click prints usage errors itself and exits 2
+    except (ExpertError, IndexStoreError, RouterError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,98 @@
+"""The demo: one expert per shared collection, built if missing, then every test query routed.
+
+Idempotent: an expert that already has an index and pilots is reused, so a
+second run goes straight to routing and search.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
+from app.engine import SearchEngine
+from app.output import result_text
+from app.settings import Settings
+from experts import Encoder, ExpertDir, create_expert
+from experts.labelled import judged_queries, read_qrels, read_queries
+
+logger = logging.getLogger(__name__)
+
+
+def _corpus_for(collection: Path, work: Path, max_docs: int | None) -> Path:
+    corpus = collection / "corpus.jsonl"
+    if max_docs is None:
+        return corpus
+    sliced = work / f"corpus-first-{max_docs}.jsonl"
+    if not sliced.exists():
+        with open(corpus, encoding="utf-8") as source, open(sliced, "w", encoding="utf-8") as target:
+            target.writelines(itertools.islice(source, max_docs))
+    return sliced
+
+
+def prepare_expert(
+    settings: Settings, encoder: Encoder, collection: Path, *, max_docs: int | None, echo: Callable[[str], None]
+) -> ExpertDir:
+    """Create, index and give pilots to the expert named after ``collection``, skipping what is done."""
+    name = collection.name
+    directory = ExpertDir(settings.data_dir / name)
+    if not directory.path.exists():
+        create_expert(settings.data_dir, name, encoder=encoder, description=f"demo expert for {name}")
+    manifest = directory.read_manifest()
+    if manifest.index is None:
+        echo(f"[{name}] indexing {collection / 'corpus.jsonl'}" + (f" (first {max_docs})" if max_docs else ""))
+        corpus = _corpus_for(collection, directory.work_path("demo"), max_docs)
+        manifest, report = index_expert(directory, encoder, [corpus])
+        echo(f"[{name}] {report.documents} documents in {report.seconds:.0f}s")
+    if manifest.pilots is None:
+        train_qrels = collection / "qrels" / "train.tsv"
+        if train_qrels.is_file():  # real training queries where the collection has them
+            texts, source = pilot_texts_from_queries(collection / "queries.jsonl", train_qrels), "train queries"
+        else:  # never the test queries: pseudo queries from the expert's own documents
+            texts, source = pilot_texts_from_documents(directory, sample=1000), "pseudo queries"
+        build_pilots(directory, encoder, texts, source=source, query_max_length=settings.query_max_length)
+        echo(f"[{name}] pilots from {len(texts)} {source}")
+    return directory
+
+
+def run_demo(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    max_docs: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Build the demo experts, route every judged test query, print accuracy and sample results.
+
+    Returns routing accuracy per collection (the share of its test queries
+    routed to its own expert).
+    """
+    for name in collections:
+        if not (datasets / name / "corpus.jsonl").is_file():
+            raise FileNotFoundError(f"collection {name!r} not found under {datasets} (expected {name}/corpus.jsonl)")
+        prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo)
+
+    engine = SearchEngine.open(settings.data_dir, encoder, query_max_length=settings.query_max_length)
+    try:
+        accuracy: dict[str, float] = {}
+        echo("\nrouting of each collection's test queries (share sent to its own expert):")
+        for name in collections:
+            queries = read_queries(datasets / name / "queries.jsonl")
+            test = datasets / name / "qrels" / "test.tsv"
+            texts = list(judged_queries(queries, read_qrels(test)).values())
+            decisions = engine.route(texts)
+            counts = Counter(d.experts[0] for d in decisions)
+            accuracy[name] = counts[name] / len(texts)
+            spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
+            echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
+            example = engine.search(texts[:1], k=3).results[0]
+            echo(result_text(example))
+        echo(f"\nsearch it yourself: rr --data-dir {settings.data_dir} search \"your question\"")
+        return accuracy
+    finally:
+        engine.close()

@@ -1,0 +1,68 @@
+"""The shared encoder, LoRA adapters and the expert directory format (the only package importing torch)."""
+
+from experts.adapters import DEFAULT_TARGET_MODULES, check_adapter_fits, new_lora_adapter, read_adapter_config
+from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
+from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
+from experts.encoder import Encoder, ExpertChoice
+from experts.errors import (
+    AdapterMismatchError,
+    ChecksumMismatchError,
+    ExpertDirError,
+    ExpertError,
+    MissingFileError,
+    ModelLoadError,
+    UnknownExpertError,
+)
+from experts.expert_dir import (
+    ADAPTER_DIR,
+    MANIFEST_FILE,
+    ExpertDir,
+    check_base_matches,
+    create_expert,
+    list_expert_dirs,
+    sha256_file,
+)
+from experts.manifest import (
+    AdapterInfo,
+    BaseModelInfo,
+    IndexSection,
+    Manifest,
+    PilotsSection,
+    check_expert_name,
+)
+
+__all__ = [
+    "ADAPTER_DIR",
+    "DEFAULT_MODEL_ID",
+    "DEFAULT_TARGET_MODULES",
+    "MANIFEST_FILE",
+    "AdapterInfo",
+    "AdapterMismatchError",
+    "BaseModelInfo",
+    "ChecksumMismatchError",
+    "Encoder",
+    "ExpertChoice",
+    "ExpertDir",
+    "ExpertDirError",
+    "ExpertError",
+    "IndexSection",
+    "Manifest",
+    "MissingFileError",
+    "ModelLoadError",
+    "PilotsSection",
+    "UnknownExpertError",
+    "atomic_save_npy",
+    "atomic_write_bytes",
+    "check_adapter_fits",
+    "check_base_matches",
+    "check_expert_name",
+    "create_expert",
+    "fsync_dir",
+    "fsync_tree",
+    "list_expert_dirs",
+    "new_lora_adapter",
+    "read_adapter_config",
+    "resolve_model",
+    "sha256_file",
+    "weights_fingerprint",
+]

@@ -1,0 +1,100 @@
+"""``manifest.json``: what an expert directory holds and what it was built for.
+
+The manifest is the single commit point of an expert: every other file is
+written first, then the manifest is replaced atomically. A reader that loads
+the manifest therefore sees one consistent version, and the checksums let it
+refuse files that changed or broke underneath.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MANIFEST_VERSION = 1
+#: Expert names are used in URLs, file names and metric labels.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+AdapterSide = Literal["query", "both"]
+
+
+def check_expert_name(name: str) -> str:
+    """Return ``name`` if it is a valid expert name, else raise ValueError saying what is valid."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"Invalid expert name {name!r}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
+    return name
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Section(BaseModel):
+    # Unknown keys are kept out rather than failing, so a newer writer's
+    # manifest still loads here (the PEFT convention for configs).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BaseModelInfo(_Section):
+    id: str = Field(description="Hub id or path the base encoder was loaded from (informational).")
+    fingerprint: str = Field(description="sha256 of the base weights; this is what must match.")
+    dim: int = Field(gt=0, description="Embedding dimension.")
+
+
+class AdapterInfo(_Section):
+    side: AdapterSide = Field("query", description="'query': documents are embedded by the base encoder.")
+    rank: int = Field(gt=0)
+    alpha: float
+    dropout: float = 0.0
+    target_modules: tuple[str, ...]
+    trained: bool = Field(description="False for a freshly initialised adapter, which equals the base model.")
+
+
+class IndexSection(_Section):
+    directory: str = Field(description="The published index generation, relative to the expert directory.")
+    factory: str
+    count: int = Field(ge=0)
+
+
+class PilotsSection(_Section):
+    file: str
+    count: int = Field(gt=0)
+    method: str
+    source: str = Field("", description="Where the pilot queries came from.")
+
+
+class Manifest(_Section):
+    format_version: int = MANIFEST_VERSION
+    name: str
+    version: int = Field(1, ge=1, description="Bumped on every publish.")
+    description: str = ""
+    created_at: str = Field(default_factory=utc_now)
+    updated_at: str = Field(default_factory=utc_now)
+    base_model: BaseModelInfo
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(256, gt=1)
+    adapter: AdapterInfo
+    index: IndexSection | None = None
+    pilots: PilotsSection | None = None
+    files: dict[str, str] = Field(default_factory=dict, description="Relative path -> sha256 of every file.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_expert_name(value)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > MANIFEST_VERSION:
+            raise ValueError(f"manifest format {value} is newer than this release understands ({MANIFEST_VERSION})")
+        return value
+
+    def next_version(self, **changes: object) -> Manifest:
+        """A copy with ``changes`` applied, the version bumped and the time stamped."""
+        return self.model_copy(update={**changes, "version": self.version + 1, "updated_at": utc_now()})

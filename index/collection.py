@@ -1,0 +1,243 @@
+"""A published collection: one read-only directory with fixed file names.
+
+::
+
+    <directory>/
+        dense.faiss   the FAISS index (IDMap2, inner product), ids = docstore row ids
+        docs.sqlite   the docstore (rollback-journal mode: opening it writes nothing)
+        index.json    IndexInfo: dim, factory, count, provenance, file sizes and checksums
+
+A directory is produced complete by the indexing job and published with one
+``rename``; nothing in it is modified afterwards, so any number of processes
+can open it at once (the FAISS vectors memory-mapped and shared).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from index.atomic import atomic_write
+from index.dense import DenseIndex, SearchParams
+from index.docstore import DocStore
+from index.errors import IndexFileError
+
+__all__ = [
+    "DENSE_FILE",
+    "DOCSTORE_FILE",
+    "INFO_FILE",
+    "Collection",
+    "Hit",
+    "IndexInfo",
+    "file_sha256",
+    "read_info",
+    "write_info",
+]
+
+logger = logging.getLogger(__name__)
+
+DENSE_FILE = "dense.faiss"
+DOCSTORE_FILE = "docs.sqlite"
+INFO_FILE = "index.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the corpus id, its score, and the stored document."""
+
+    id: str
+    score: float
+    title: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What ``index.json`` records about a collection."""
+
+    dim: int  # vector width
+    factory: str  # FAISS factory string of the storage, without the IDMap2 wrapper
+    count: int  # documents (= vectors)
+    build_key: str  # caller's identity of what embedded the documents (model + version)
+    corpus_fingerprints: tuple[str, ...]  # "sha256:<hex>" of each corpus file, in build order
+    created_at: str  # ISO 8601, UTC
+    file_sizes: dict[str, int] = field(default_factory=dict, hash=False)  # bytes per file name
+    checksums: dict[str, str] = field(default_factory=dict, hash=False)  # "sha256:<hex>" per file name
+    format_version: int = FORMAT_VERSION
+
+
+def file_sha256(path: Path) -> str:
+    """``"sha256:<hex>"`` of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def write_info(directory: Path, info: IndexInfo) -> None:
+    """Write ``index.json`` into ``directory`` atomically."""
+    payload = asdict(info)
+    payload["corpus_fingerprints"] = list(info.corpus_fingerprints)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(directory) / INFO_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_info(directory: Path) -> IndexInfo:
+    """Read ``index.json``; unknown keys are dropped with a warning (newer writers)."""
+    path = Path(directory) / INFO_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IndexFileError(f"collection info file {str(path)!r} does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFileError(f"collection info file {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IndexFileError(f"collection info file {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(IndexInfo)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        logger.warning("%s: ignoring unknown keys %s", path, unknown)
+    integer, string = (int, "an integer"), (str, "a string")
+    required = {"dim": integer, "factory": string, "count": integer, "build_key": string, "created_at": string}
+    for key, (kind, described) in required.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise IndexFileError(
+                f"collection info file {str(path)!r}: {key!r} must be {described}, got {data.get(key)!r}"
+            )
+    fingerprints = data.get("corpus_fingerprints", [])
+    if not isinstance(fingerprints, list) or not all(isinstance(f, str) for f in fingerprints):
+        raise IndexFileError(f"collection info file {str(path)!r}: 'corpus_fingerprints' must be a list of strings")
+    return IndexInfo(**{k: v for k, v in data.items() if k in known} | {"corpus_fingerprints": tuple(fingerprints)})
+
+
+class Collection:
+    """A published collection opened for search: dense index + docstore + info.
+
+    >>> with Collection.open(Path("experts/scifact/index")) as collection:  # doctest: +SKIP
+    ...     hits = collection.search(query_vectors, 10)   # (nq, dim) float32 -> nq lists of Hit
+    """
+
+    def __init__(self, directory: Path, info: IndexInfo, dense: DenseIndex, docstore: DocStore) -> None:
+        """Private: use :meth:`open`."""
+        self._directory = directory
+        self._info = info
+        self._dense = dense
+        self._docstore = docstore
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        mmap: bool = True,
+        verify_checksums: bool = False,
+        search_params: SearchParams | None = None,
+    ) -> Collection:
+        """Open and validate a collection directory.
+
+        Checks that the three files exist, ``index.json`` parses, file sizes
+        match what was recorded (and checksums, when ``verify_checksums``: this
+        reads every byte, so it is off by default), and that dims and counts
+        agree across the files. Any failure is an :class:`IndexFileError` that
+        names the file and what was wrong.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise IndexFileError(f"collection directory {str(directory)!r} does not exist or is not a directory")
+        for name in (DENSE_FILE, DOCSTORE_FILE, INFO_FILE):
+            if not (directory / name).is_file():
+                raise IndexFileError(
+                    f"collection {str(directory)!r} is missing {name!r} "
+                    f"(a collection holds {DENSE_FILE!r}, {DOCSTORE_FILE!r} and {INFO_FILE!r})"
+                )
+        info = read_info(directory)
+        for name, size in info.file_sizes.items():
+            actual = (directory / name).stat().st_size
+            if actual != size:
+                raise IndexFileError(f"{str(directory / name)!r} is {actual} bytes but {INFO_FILE} records {size}")
+        if verify_checksums:
+            for name, digest in info.checksums.items():
+                if file_sha256(directory / name) != digest:
+                    raise IndexFileError(f"{str(directory / name)!r} does not match its checksum in {INFO_FILE}")
+        dense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
+        if search_params is not None:
+            dense.default_params = search_params
+        docstore = DocStore.open(directory / DOCSTORE_FILE, readonly=True)
+        try:
+            problems = []
+            if dense.dim != info.dim:
+                problems.append(f"{DENSE_FILE} has dim {dense.dim} but {INFO_FILE} says {info.dim}")
+            if dense.ntotal != info.count:
+                problems.append(f"{DENSE_FILE} holds {dense.ntotal} vectors but {INFO_FILE} says {info.count}")
+            if (stored := len(docstore)) != info.count:
+                problems.append(f"{DOCSTORE_FILE} holds {stored} documents but {INFO_FILE} says {info.count}")
+            if problems:
+                raise IndexFileError(f"collection {str(directory)!r} is inconsistent: " + "; ".join(problems))
+        except BaseException:
+            docstore.close()
+            raise
+        return cls(directory, info, dense, docstore)
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
+    def info(self) -> IndexInfo:
+        return self._info
+
+    @property
+    def dense(self) -> DenseIndex:
+        return self._dense
+
+    @property
+    def docstore(self) -> DocStore:
+        return self._docstore
+
+    def __len__(self) -> int:
+        return self._info.count
+
+    def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query: (nq, dim) float32 -> ``nq`` lists of at most ``k`` hits.
+
+        One dense search for the batch, then one docstore fetch for every id it
+        returned. Safe to call from several threads.
+        """
+        scores, ids = self._dense.search(queries, k, params=params)
+        unique = np.unique(ids[ids >= 0])
+        docs = dict(zip(unique.tolist(), self._docstore.get(unique.tolist()), strict=True))
+        results: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+            hits = []
+            for score, row_id in zip(row_scores, row_ids, strict=True):
+                doc = docs.get(row_id)
+                if doc is None:
+                    if row_id >= 0:
+                        logger.warning(
+                            "%s: row id %d is in %s but not in %s", self._directory, row_id, DENSE_FILE, DOCSTORE_FILE
+                        )
+                    continue
+                hits.append(Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata))
+            results.append(hits)
+        return results
+
+    def close(self) -> None:
+        self._docstore.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,20 @@
+"""Routing queries to experts by their pilot embeddings (numpy only; no torch, no HTTP)."""
+
+from router.errors import NoExpertsError, PilotError, RouterError
+from router.pilots import centroid_pilots, check_pilots, kmeans_pilots
+from router.routing import Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
+
+__all__ = [
+    "Aggregate",
+    "NoExpertsError",
+    "PilotError",
+    "RouteDecision",
+    "RouteMode",
+    "RoutePolicy",
+    "Router",
+    "RouterError",
+    "centroid_pilots",
+    "check_pilots",
+    "forced_decision",
+    "kmeans_pilots",
+]

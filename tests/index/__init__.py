@@ -1,0 +1,1 @@
+"""Tests of the index package (FAISS, docstore, indexing job); no torch needed."""

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router import NoExpertsError, PilotError, RoutePolicy, Router, forced_decision
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture()
+def router() -> Router:
+    return Router(
+        {
+            "aero": np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0)]),
+            "cacm": np.stack([unit(0, 1, 0)]),
+            "cisi": np.stack([unit(0, 0.8, 0.6)]),
+        }
+    )
+
+
+def test_scores_are_nearest_pilot_by_default_and_mean_on_request(router: Router) -> None:
+    query = unit(0.95, 0.05, 0)[None]
+    pilots_aero = router.pilots("aero")
+    np.testing.assert_allclose(router.scores(query)[0, 0], (pilots_aero @ query[0]).max(), rtol=1e-6)
+    mean_router = Router({name: router.pilots(name) for name in router.experts}, aggregate="mean")
+    np.testing.assert_allclose(mean_router.scores(query)[0, 0], (pilots_aero @ query[0]).mean(), rtol=1e-6)
+
+
+def test_top1_decision_ranks_every_expert_and_gives_the_margin(router: Router) -> None:
+    decisions = router.route(np.stack([unit(1, 0.05, 0), unit(0, 1, 0.1)]))
+    assert [d.experts for d in decisions] == [("aero",), ("cacm",)]
+    first = decisions[0]
+    assert first.mode == "top1" and first.use_adapters
+    assert [name for name, _ in first.scores] == ["aero", "cacm", "cisi"]
+    assert first.margin == pytest.approx(first.scores[0][1] - first.scores[1][1])
+
+
+def test_close_call_fans_out_when_the_margin_is_small(router: Router) -> None:
+    between = unit(0, 0.95, 0.35)[None]  # close to both cacm and cisi
+    decision = router.route(between, policy=RoutePolicy(top_k=2, fanout_margin=0.1))[0]
+    assert decision.mode == "fanout" and set(decision.experts) == {"cacm", "cisi"}
+    clear = router.route(unit(1, 0, 0)[None], policy=RoutePolicy(top_k=2, fanout_margin=0.1))[0]
+    assert clear.mode == "top1" and clear.experts == ("aero",)
+    always = router.route(unit(1, 0, 0)[None], policy=RoutePolicy(top_k=3))[0]
+    assert always.mode == "fanout" and always.experts == ("aero", "cacm", "cisi")  # ties keep name order
+
+
+def test_low_score_falls_back_to_the_base_encoder_and_says_so(router: Router) -> None:
+    decision = router.route(unit(-1, -1, -1)[None], policy=RoutePolicy(min_score=0.2))[0]
+    assert decision.mode == "fallback" and not decision.use_adapters
+    assert "min_score" in decision.reason and len(decision.experts) == 1
+
+
+def test_adding_and_removing_experts_needs_no_retraining_and_leaves_the_original(router: Router) -> None:
+    bigger = router.with_expert("npl", unit(0, 0, 1)[None])
+    assert bigger.route(unit(0, 0, 1)[None])[0].experts == ("npl",)
+    assert "npl" not in router.experts  # the original is unchanged (copy-on-write)
+    smaller = bigger.without_expert("aero")
+    assert smaller.experts == ("cacm", "cisi", "npl")
+    with pytest.raises(KeyError, match="Routed experts"):
+        smaller.without_expert("aero")
+
+
+def test_single_expert_has_an_infinite_margin() -> None:
+    decision = Router({"only": unit(1, 0)[None]}).route(unit(0, 1)[None])[0]
+    assert decision.experts == ("only",) and decision.margin == float("inf")
+
+
+def test_bad_inputs_are_clear_errors(router: Router) -> None:
+    with pytest.raises(NoExpertsError, match="no experts"):
+        Router({}).route(unit(1, 0)[None])
+    with pytest.raises(PilotError, match=r"shape \(n, 3\)"):
+        router.route(np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(PilotError, match="different dimensions"):
+        Router({"a": np.ones((1, 3)), "b": np.ones((1, 4))})
+    with pytest.raises(PilotError, match="non-empty"):
+        Router({"a": np.zeros((0, 3))})
+    with pytest.raises(PilotError, match="NaN"):
+        Router({"a": np.full((1, 3), np.nan)})
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        RoutePolicy(top_k=0)
+    with pytest.raises(ValueError, match="Valid aggregates"):
+        Router({"a": np.ones((1, 3))}, aggregate="median")  # type: ignore[arg-type]
+
+
+def test_forced_decision_has_no_scores() -> None:
+    decision = forced_decision("aero")
+    assert decision.mode == "forced" and decision.experts == ("aero",) and decision.scores == ()
