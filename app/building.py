@@ -17,7 +17,16 @@ from typing import Literal
 
 import numpy as np
 
-from experts import Encoder, ExpertDir, IndexSection, Manifest, PilotsSection, check_base_matches, sha256_file
+from experts import (
+    Encoder,
+    ExpertDir,
+    IndexSection,
+    Manifest,
+    PilotsSection,
+    adapter_weights_file,
+    check_base_matches,
+    sha256_file,
+)
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
 from index import BuildReport, Collection, build_index
@@ -47,7 +56,7 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
         "factory": factory,
     }
     if manifest.adapter.side == "both" and manifest.adapter.trained:
-        parts["adapter"] = sha256_file(expert.adapter_path / "adapter_model.safetensors")
+        parts["adapter"] = sha256_file(adapter_weights_file(expert.adapter_path))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,6 +1,12 @@
 """The shared encoder, LoRA adapters and the expert directory format (the only package importing torch)."""
 
-from experts.adapters import DEFAULT_TARGET_MODULES, check_adapter_fits, new_lora_adapter, read_adapter_config
+from experts.adapters import (
+    DEFAULT_TARGET_MODULES,
+    adapter_weights_file,
+    check_adapter_fits,
+    new_lora_adapter,
+    read_adapter_config,
+)
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
 from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
 from experts.encoder import Encoder, ExpertChoice
@@ -33,24 +39,25 @@ from experts.manifest import (
 
 __all__ = [
     "ADAPTER_DIR",
-    "DEFAULT_MODEL_ID",
-    "DEFAULT_TARGET_MODULES",
-    "MANIFEST_FILE",
     "AdapterInfo",
     "AdapterMismatchError",
     "BaseModelInfo",
     "ChecksumMismatchError",
+    "DEFAULT_MODEL_ID",
+    "DEFAULT_TARGET_MODULES",
     "Encoder",
     "ExpertChoice",
     "ExpertDir",
     "ExpertDirError",
     "ExpertError",
     "IndexSection",
+    "MANIFEST_FILE",
     "Manifest",
     "MissingFileError",
     "ModelLoadError",
     "PilotsSection",
     "UnknownExpertError",
+    "adapter_weights_file",
     "atomic_save_npy",
     "atomic_write_bytes",
     "check_adapter_fits",

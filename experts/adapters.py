@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,17 @@ ADAPTER_WEIGHTS_FILE_LEGACY = "adapter_model.bin"
 DEFAULT_TARGET_MODULES = ("query", "key", "value", "dense")
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence a deprecation warning that PEFT triggers inside transformers 5 on every wrap.
+
+    It concerns PEFT's own code, not anything a user of this service can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
@@ -130,7 +143,8 @@ def new_lora_adapter(
     base = AutoModel.from_config(base_config)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
     try:
-        model = get_peft_model(base, config)
+        with quiet_peft():
+            model = get_peft_model(base, config)
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in base.named_modules() if name})
         raise AdapterMismatchError(f"cannot place LoRA on {list(target_modules)}: {exc}. Module names: {names}") from exc

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from experts.adapters import check_adapter_fits
+from experts.adapters import check_adapter_fits, quiet_peft
 from experts.base_model import resolve_model, weights_fingerprint
 from experts.errors import ModelLoadError, UnknownExpertError
 
@@ -50,11 +50,14 @@ class Encoder:
         batch_size: int = 64,
         pooling: Pooling = "mean",
         device: str = "cpu",
+        threads: int | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        if threads is not None:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
         if pooling not in ("mean", "cls"):
             raise ValueError(f"Invalid pooling {pooling!r}. Valid pooling modes are: 'mean', 'cls'")
         if batch_size < 1:
@@ -102,10 +105,11 @@ class Encoder:
         with self._lock:
             if name in self.adapters:
                 raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=name)
-            else:
-                self._peft.load_adapter(str(adapter_dir), adapter_name=name)
+            with quiet_peft():
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=name)
+                else:
+                    self._peft.load_adapter(str(adapter_dir), adapter_name=name)
             self._peft.eval()
         logger.info("loaded adapter %r from %s", name, adapter_dir)
 

@@ -47,3 +47,33 @@ def datasets() -> Path:
     if not (DATASETS / "scifact" / "corpus.jsonl").is_file():
         pytest.fail(f"shared datasets not found at {DATASETS}: CI must place shared/ beside the checkout")
     return DATASETS
+
+
+def save_random_adapter(base_path: Path, out: Path, *, seed: int, rank: int = 4) -> Path:
+    """A LoRA adapter with random (non-zero) B, so it changes the embeddings, saved by plain PEFT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModel.from_pretrained(base_path),
+        LoraConfig(r=rank, lora_alpha=8, target_modules=["query", "value", "dense"], init_lora_weights=False),
+    )
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_a(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_adapter(tiny_bert_path, tmp_path_factory.mktemp("adapter-a"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def adapter_b(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_adapter(tiny_bert_path, tmp_path_factory.mktemp("adapter-b"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def foreign_adapter(other_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_adapter(other_bert_path, tmp_path_factory.mktemp("adapter-foreign"), seed=3)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import run_cli, slice_corpus, write_jsonl
+from tests.conftest import save_random_adapter
 
 
 @pytest.fixture()
@@ -92,8 +93,6 @@ def test_index_skips_malformed_lines_and_refuses_an_empty_corpus(
 def test_an_adapter_for_another_base_is_refused(
     cli_env: Path, other_bert_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.experts.conftest import save_random_adapter
-
     foreign = save_random_adapter(other_bert_path, tmp_path / "foreign", seed=5)
     code, _, err = run_cli(["create-expert", "law", "--adapter", str(foreign)], capsys)
     assert code == 2 and "was trained for a model where" in err

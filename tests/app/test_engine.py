@@ -1,0 +1,157 @@
+"""SearchEngine and expert loading on the tiny BERT: adapters on the query side, snapshots, fusion, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.building import build_pilots, index_expert
+from app.engine import SearchEngine
+from app.loading import load_expert
+from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
+from router import RoutePolicy
+
+AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
+        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
+        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
+COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
+             ("a2", "Sorting", "a comparison of sorting methods on tape"),
+             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+
+
+def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder: Encoder, *,
+                adapter: Path | None = None, pilots: bool = True) -> ExpertDir:  # fmt: skip
+    corpus = root.parent / f"{name}-corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    expert = create_expert(root, name, encoder=encoder, adapter_from=adapter)
+    index_expert(expert, encoder, [corpus], progress=False)
+    if pilots:
+        build_pilots(expert, encoder, [f"{t} {x}" for _, t, x in docs])
+    return expert
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "experts"
+
+
+def test_a_trained_adapter_embeds_the_query_while_documents_stay_base(
+    root: Path, tiny_bert_path: Path, adapter_a: Path
+) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder, adapter=adapter_a)
+    engine = SearchEngine.open(root, encoder)
+    query = "lift of a wing"
+    hits = engine.search([query], k=3, expert="aero").results[0].hits
+
+    reference = Encoder(tiny_bert_path)
+    reference.add_adapter("direct", adapter_a)
+    query_vector = reference.embed([query], expert="direct", max_length=64)[0]
+    documents = {i: reference.embed([f"{t} {x}"])[0] for i, t, x in AERO}  # base encoder, no adapter
+    expected = sorted(((float(documents[i] @ query_vector), i) for i in documents), reverse=True)
+    assert [h.id for h in hits] == [i for _, i in expected]
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], rtol=1e-4)
+    assert all(h.expert == "aero" for h in hits)
+    engine.close()
+
+
+def test_an_untrained_adapter_is_not_loaded_and_answers_with_base_vectors(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    engine = SearchEngine.open(root, encoder)
+    assert engine.experts["aero"].adapter is None and encoder.adapters == ()
+    routed = engine.search(["shock"], k=3).results[0]
+    assert routed.decision.experts == ("aero",) and routed.decision.mode == "top1"
+    base_top = max(AERO, key=lambda d: float(encoder.embed(["shock"], max_length=64)[0] @ encoder.embed([f"{d[1]} {d[2]}"])[0]))
+    assert routed.hits[0].id == base_top[0]
+
+
+def test_fanout_fuses_two_collections_and_keeps_equal_ids_apart(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    engine = SearchEngine.open(root, encoder)
+    result = engine.search(["storage of wings"], k=6, policy=RoutePolicy(top_k=2)).results[0]
+    assert result.decision.mode == "fanout" and set(result.decision.experts) == {"aero", "computing"}
+    assert sorted((h.expert, h.id) for h in result.hits) == sorted(
+        [("aero", i) for i, _, _ in AERO] + [("computing", i) for i, _, _ in COMPUTING]
+    )
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+
+
+def test_fallback_searches_with_the_base_vector_and_says_so(root: Path, tiny_bert_path: Path, adapter_a: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder, adapter=adapter_a)
+    engine = SearchEngine.open(root, encoder)
+    result = engine.search(["wing"], k=3, policy=RoutePolicy(min_score=2.0)).results[0]
+    assert result.decision.mode == "fallback" and not result.decision.use_adapters
+    base_query = encoder.embed(["wing"], max_length=64)[0]
+    best = max(float(base_query @ encoder.embed([f"{t} {x}"])[0]) for _, t, x in AERO)
+    assert result.hits[0].score == pytest.approx(best, rel=1e-4)
+    engine.close()
+
+
+def test_a_broken_expert_is_reported_and_the_others_serve(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    broken = make_expert(root, "computing", COMPUTING, encoder)
+    manifest = broken.read_manifest()
+    docstore = broken.path / manifest.index.directory / "docs.sqlite"
+    docstore.write_bytes(docstore.read_bytes()[:-100])  # truncated
+    engine = SearchEngine.open(root, encoder)
+    assert set(engine.experts) == {"aero"}
+    assert "computing" in engine.unavailable and "checksum" in engine.unavailable["computing"]
+    assert engine.search(["anything"], k=1).results[0].decision.experts == ("aero",)
+
+
+def test_removing_an_expert_makes_it_unknown_and_routes_elsewhere(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    engine = SearchEngine.open(root, encoder)
+    engine.remove("computing")
+    with pytest.raises(UnknownExpertError, match=r"Expert 'computing' not found. Published experts: \['aero'\]"):
+        engine.search(["sorting"], expert="computing")
+    assert all(d.experts == ("aero",) for d in engine.route(["sorting", "compilers"]))
+    engine.add(load_expert(root / "computing", encoder))  # and back again, no retraining
+    assert {d.experts[0] for d in engine.route(["x"] * 2)} <= {"aero", "computing"}
+    assert len(engine.route(["x"])[0].scores) == 2
+
+
+def test_an_expert_without_pilots_is_searchable_by_name_but_never_routed(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder, pilots=False)
+    engine = SearchEngine.open(root, encoder)
+    assert not engine.experts["computing"].routable
+    assert [name for name, _ in engine.route(["sorting"])[0].scores] == ["aero"]
+    assert len(engine.search(["sorting"], k=2, expert="computing").results[0].hits) == 2
+
+
+def test_loading_refuses_an_expert_without_index_or_for_another_base(
+    root: Path, tiny_bert_path: Path, other_bert_path: Path
+) -> None:
+    encoder = Encoder(tiny_bert_path)
+    bare = create_expert(root, "bare", encoder=encoder)
+    with pytest.raises(ExpertDirError, match="has no index yet"):
+        load_expert(bare, encoder)
+    make_expert(root, "aero", AERO, encoder)
+    with pytest.raises(AdapterMismatchError, match="built for base model"):
+        load_expert(root / "aero", Encoder(other_bert_path))
+
+
+def test_bad_search_arguments(root: Path, tiny_bert_path: Path) -> None:
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    engine = SearchEngine.open(root, encoder)
+    for k in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            engine.search(["x"], k=k)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="query 1 is empty"):
+        engine.search(["x", ""])
+    with pytest.raises(TypeError, match="list of strings"):
+        engine.search("x")  # type: ignore[arg-type]
+    assert engine.search([], k=3).results == []
