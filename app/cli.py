@@ -28,17 +28,14 @@ class _State:
     def encoder(self):
         """The base encoder, loaded on first use (listing experts needs no model)."""
         if self._encoder is None:
-            import torch
-
             from experts import Encoder
 
-            if self.settings.torch_threads:
-                torch.set_num_threads(self.settings.torch_threads)
             self._encoder = Encoder(
                 self.settings.base_model,
                 max_length=self.settings.max_length,
                 batch_size=self.settings.batch_size,
                 device=self.settings.device,
+                threads=self.settings.torch_threads,
             )
         return self._encoder
 
@@ -229,19 +226,60 @@ def experts_command(as_json: AsJson = False) -> None:
         typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
 
 
+Host = Annotated[Optional[str], typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
+Port = Annotated[Optional[int], typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
+LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
+
+
+def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> None:
+    from app.main import serve
+
+    settings = state.settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    for name in ("app", "experts", "router", "index"):
+        logging.getLogger(name).setLevel(level)
+    typer.echo(f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)")
+    serve(settings, encoder=encoder, log_level=log_level.lower())
+
+
+@cli.command("serve")
+def serve_command(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
+    host: Host = None,
+    port: Port = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the HTTP service: publishes what the registry lists (or, on a fresh root, every expert in it)."""
+    if data is not None:
+        state.settings = state.settings.model_copy(update={"data_dir": data})
+    _serve(host, port, log_level)
+
+
 @cli.command("demo")
 def demo_command(
     collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
     datasets: Annotated[Optional[Path], typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
     max_docs: Annotated[Optional[int], typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")] = True,
+    host: Host = None,
+    port: Port = None,
+    log_level: LogLevel = "info",
 ) -> None:
-    """Build one expert per collection (if missing), route every test query, and show what routing does."""
-    from app.demo import run_demo
+    """Build one expert per collection (if missing), route every test query, then serve them over HTTP."""
+    from app.demo import publish_demo, run_demo
 
+    names = [c.strip() for c in collections.split(",") if c.strip()]
     run_demo(
-        state.settings, state.encoder(), datasets or state.settings.datasets_dir,
-        [c.strip() for c in collections.split(",") if c.strip()], max_docs=max_docs, echo=typer.echo,
+        state.settings, state.encoder(), datasets or state.settings.datasets_dir, names, max_docs=max_docs,
+        echo=typer.echo,
     )  # fmt: skip
+    if not serve:
+        typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
+        return
+    publish_demo(state.settings, names)
+    typer.echo("\ntry: curl -s localhost:%d/search -H 'Content-Type: application/json' "
+               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'" % (port or state.settings.port))
+    _serve(host, port, log_level, encoder=state.encoder())
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""The demo: one expert per shared collection, built if missing, then every test query routed.
+"""The demo: one expert per shared collection, built if missing, every test query routed, then served.
 
 Idempotent: an expert that already has an index and pilots is reused, so a
-second run goes straight to routing and search.
+second run goes straight to routing and serving (and needs the collections
+only for the routing report).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 from app.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.engine import SearchEngine
 from app.output import result_text
+from app.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
-from experts import Encoder, ExpertDir, create_expert
+from experts import Encoder, ExpertDir, ExpertError, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,79 @@ def prepare_expert(
     return directory
 
 
+class DatasetsMissingError(FileNotFoundError):
+    """The shared collections are not where the settings point; the message says what to point where."""
+
+
+def _complete(directory: ExpertDir) -> bool:
+    """An expert the demo already built: it has an index and pilots."""
+    try:
+        manifest = directory.read_manifest()
+    except (ExpertError, OSError):
+        return False
+    return manifest.index is not None and manifest.pilots is not None
+
+
+def _missing_collections_message(datasets: Path, names: Sequence[str]) -> str:
+    return (
+        f"the shared collections {list(names)} were not found under {datasets} (each needs <name>/corpus.jsonl). "
+        "Point RR_DATASETS_DIR (or `rr demo --datasets DIR`) at the directory holding the BEIR collections, "
+        "e.g. the shared/datasets directory beside this checkout"
+    )
+
+
+def prepare_demo(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    max_docs: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Build every demo expert that is not complete yet; the collections are needed only for those."""
+    todo = [name for name in collections if not _complete(ExpertDir(settings.data_dir / name))]
+    absent = [name for name in todo if not (datasets / name / "corpus.jsonl").is_file()]
+    if absent:
+        raise DatasetsMissingError(_missing_collections_message(datasets, absent))
+    for name in todo:
+        prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo)
+
+
+def report_routing(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    echo: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Route every judged test query; print and return the share routed to its own collection's expert."""
+    engine = SearchEngine.open(
+        settings.data_dir, encoder, query_max_length=settings.query_max_length, aggregate=settings.router_aggregate
+    )
+    try:
+        accuracy: dict[str, float] = {}
+        echo("\nrouting of each collection's test queries (share sent to its own expert):")
+        for name in collections:
+            test = datasets / name / "qrels" / "test.tsv"
+            if not test.is_file():
+                echo(f"  {name:<10} skipped: {test} not found")
+                continue
+            queries = read_queries(datasets / name / "queries.jsonl")
+            texts = list(judged_queries(queries, read_qrels(test)).values())
+            decisions = engine.route(texts)
+            counts = Counter(d.experts[0] for d in decisions)
+            accuracy[name] = counts[name] / len(texts)
+            spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
+            echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
+            example = engine.search(texts[:1], k=3).results[0]
+            echo(result_text(example))
+        return accuracy
+    finally:
+        engine.close()
+
+
 def run_demo(
     settings: Settings,
     encoder: Encoder,
@@ -70,29 +145,27 @@ def run_demo(
     """Build the demo experts, route every judged test query, print accuracy and sample results.
 
     Returns routing accuracy per collection (the share of its test queries
-    routed to its own expert).
+    routed to its own expert). Without the collections, experts built earlier
+    are kept and the report is skipped.
     """
-    for name in collections:
-        if not (datasets / name / "corpus.jsonl").is_file():
-            raise FileNotFoundError(f"collection {name!r} not found under {datasets} (expected {name}/corpus.jsonl)")
-        prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo)
+    prepare_demo(settings, encoder, datasets, collections, max_docs=max_docs, echo=echo)
+    if not all((datasets / name / "corpus.jsonl").is_file() for name in collections):
+        echo("\nrouting report skipped: " + _missing_collections_message(datasets, collections))
+        return {}
+    return report_routing(settings, encoder, datasets, collections, echo=echo)
 
-    engine = SearchEngine.open(settings.data_dir, encoder, query_max_length=settings.query_max_length)
-    try:
-        accuracy: dict[str, float] = {}
-        echo("\nrouting of each collection's test queries (share sent to its own expert):")
-        for name in collections:
-            queries = read_queries(datasets / name / "queries.jsonl")
-            test = datasets / name / "qrels" / "test.tsv"
-            texts = list(judged_queries(queries, read_qrels(test)).values())
-            decisions = engine.route(texts)
-            counts = Counter(d.experts[0] for d in decisions)
-            accuracy[name] = counts[name] / len(texts)
-            spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
-            echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
-            example = engine.search(texts[:1], k=3).results[0]
-            echo(result_text(example))
-        echo(f"\nsearch it yourself: rr --data-dir {settings.data_dir} search \"your question\"")
-        return accuracy
-    finally:
-        engine.close()
+
+def publish_demo(settings: Settings, collections: Sequence[str]) -> None:
+    """Make sure the service publishes the demo experts: add them to an existing registry file.
+
+    With no registry file yet the service publishes every expert under the
+    root on its first start, the demo's included, so nothing is written then.
+    """
+    registry = RegistryFile(settings.data_dir)
+    entries = registry.read()
+    if entries is None:
+        return
+    published = {entry.name for entry in entries}
+    added = [RegistryEntry(name=name, path=name) for name in collections if name not in published]
+    if added:
+        registry.write([*entries, *added])

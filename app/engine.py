@@ -1,10 +1,14 @@
-"""Routed search over the loaded experts, for one query or a batch.
+"""Routed search over the loaded experts, for one query, one request or a micro-batch of requests.
 
-Flow of a batch: one base-encoder pass → router → one mixed-adapter pass for
-the rows that need an adapter → one FAISS search per expert → documents →
-fusion for fanned-out rows. The set of experts is an immutable snapshot that
-``add``/``remove`` replace whole, so a search in flight keeps a consistent
-view while experts change.
+Flow of a batch: one base-encoder pass over every query that is routed → the
+router, each request with its own policy → one mixed-adapter pass for the rows
+that need an adapter → one FAISS search per expert (with the largest ``k``
+asked of it, then cut per request) → documents → fusion for fanned-out rows.
+
+The set of experts is an immutable snapshot held by a
+:class:`~app.snapshots.SnapshotHolder`: ``add``/``remove`` publish a new one,
+a search leases the current one for its whole batch, and an expert that is
+removed or replaced is unloaded only when the last search holding it is done.
 """
 
 from __future__ import annotations
@@ -14,49 +18,46 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from app.jobs import (
+    AUTO_MODEL,
+    BASE_MODEL,
+    RESERVED_NAMES,
+    BatchResult,
+    EmbedJob,
+    EmbedResult,
+    ExpertHit,
+    InputType,
+    SearchJob,
+    SearchResult,
+    check_queries,
+)
 from app.loading import LoadedExpert, load_expert, unload_expert
+from app.snapshots import SnapshotHolder
 from experts import Encoder, UnknownExpertError, list_expert_dirs
-from index import Hit, reciprocal_rank_fusion
-from router import RouteDecision, RoutePolicy, Router, forced_decision
+from index import reciprocal_rank_fusion
+from router import NoExpertsError, RouteDecision, RoutePolicy, Router, forced_decision
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ExpertHit:
-    """A hit and the expert (collection) it came from: ids are unique only within a collection."""
-
-    expert: str
-    id: str
-    score: float
-    title: str
-    text: str
-    metadata: dict[str, object] = field(default_factory=dict, hash=False)
-
-    @classmethod
-    def of(cls, expert: str, hit: Hit) -> ExpertHit:
-        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Hits for one query, and the routing decision that produced them."""
-
-    query: str
-    hits: list[ExpertHit]
-    decision: RouteDecision
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    results: list[SearchResult]
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
+# Re-exported: callers have always imported the engine's inputs and outputs from here.
+__all__ = [
+    "AUTO_MODEL",
+    "BASE_MODEL",
+    "RESERVED_NAMES",
+    "BatchResult",
+    "EmbedJob",
+    "EmbedResult",
+    "ExpertHit",
+    "SearchEngine",
+    "SearchJob",
+    "SearchResult",
+]
 
 @dataclass(frozen=True)
 class _Snapshot:
@@ -75,8 +76,8 @@ class SearchEngine:
     def __init__(self, encoder: Encoder, *, query_max_length: int = 64, aggregate: str = "max") -> None:
         self.encoder = encoder
         self.query_max_length = query_max_length
-        self._aggregate = aggregate
-        self._snapshot = _Snapshot({}, Router({}, aggregate=aggregate))
+        empty = _Snapshot({}, Router({}, aggregate=aggregate))  # type: ignore[arg-type]
+        self._holder: SnapshotHolder[_Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
         #: Experts found on disk that could not be loaded, with the reason.
         self.unavailable: dict[str, str] = {}
@@ -96,50 +97,63 @@ class SearchEngine:
     # ------------------------------------------------------------------ experts
     @property
     def experts(self) -> Mapping[str, LoadedExpert]:
-        return self._snapshot.experts
+        """The published experts (for listings; a search leases its own snapshot)."""
+        return self._holder.current.experts
 
-    def add(self, expert: LoadedExpert) -> None:
-        """Publish a loaded expert (replacing one of the same name) with one snapshot swap."""
+    @property
+    def in_flight(self) -> int:
+        """Searches holding a snapshot right now."""
+        return self._holder.in_flight
+
+    def add(self, expert: LoadedExpert) -> threading.Event:
+        """Publish a loaded expert (replacing one of the same name) with one snapshot swap.
+
+        A replaced expert is unloaded once the searches still holding it finish;
+        the returned event is set then.
+        """
         with self._write_lock:
-            old = self._snapshot
-            experts = {**old.experts, expert.name: expert}
+            old = self._holder.current
             router = old.router.without_expert(expert.name) if expert.name in old.router.experts else old.router
             if expert.pilots is not None:
                 router = router.with_expert(expert.name, expert.pilots)
-            self._snapshot = _Snapshot(experts, router)
-            self.unavailable.pop(expert.name, None)
             replaced = old.experts.get(expert.name)
-        if replaced is not None:
-            unload_expert(replaced, self.encoder)
+            releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
+            done = self._holder.publish(_Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
+            self.unavailable.pop(expert.name, None)
+        return done
 
-    def remove(self, name: str) -> None:
-        """Unpublish and unload an expert."""
+    def remove(self, name: str) -> threading.Event:
+        """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
         with self._write_lock:
-            old = self._snapshot
-            self._require(old, name)
+            old = self._holder.current
+            expert = self._require(old, name)
             router = old.router.without_expert(name) if name in old.router.experts else old.router
-            self._snapshot = _Snapshot({k: v for k, v in old.experts.items() if k != name}, router)
-        unload_expert(old.experts[name], self.encoder)
+            remaining = {key: value for key, value in old.experts.items() if key != name}
+            return self._holder.publish(
+                _Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
+            )
 
     def close(self) -> None:
-        for name in list(self.experts):
-            self.remove(name)
+        """Unpublish everything; each expert is unloaded once nothing holds it."""
+        with self._write_lock:
+            old = self._holder.current
+            releases = [partial(unload_expert, expert, self.encoder) for expert in old.experts.values()]
+            self._holder.publish(_Snapshot({}, Router({}, aggregate=old.router.aggregate)), releases=releases)
 
     @staticmethod
     def _require(snapshot: _Snapshot, name: str) -> LoadedExpert:
         try:
             return snapshot.experts[name]
         except KeyError:
-            raise UnknownExpertError(
-                f"Expert {name!r} not found. Published experts: {sorted(snapshot.experts)}"
-            ) from None
+            raise _unknown(snapshot, name) from None
 
     # ------------------------------------------------------------------ search
     def route(self, queries: Sequence[str], *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
         """Routing decisions only (no search): what ``rr route`` shows."""
-        _check_queries(queries)
-        base = self.encoder.embed(queries, max_length=self.query_max_length)
-        return self._snapshot.router.route(base, policy=policy)
+        check_queries(queries)
+        with self._holder.lease() as snapshot:
+            base = self.encoder.embed(queries, max_length=self.query_max_length)
+            return snapshot.router.route(base, policy=policy)
 
     def search(
         self,
@@ -150,78 +164,181 @@ class SearchEngine:
         policy: RoutePolicy = RoutePolicy(),
     ) -> BatchResult:
         """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
-        _check_queries(queries)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        snapshot = self._snapshot  # one consistent view for the whole batch
+        check_queries(queries)
+        (outcome,) = self.search_jobs([SearchJob(tuple(queries), k=k, expert=expert, policy=policy)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def search_jobs(self, jobs: Sequence[SearchJob]) -> list[BatchResult | Exception]:
+        """Answer several requests in one pass of each stage; one outcome per job, in order.
+
+        A job that cannot run (an unknown expert, nothing to route to) gets its
+        exception as its outcome; the others are answered as usual.
+        """
+        with self._holder.lease() as snapshot:  # one consistent view for the whole batch
+            return _BatchRun(self, snapshot, jobs).run()
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, texts: Sequence[str], *, model: str = BASE_MODEL, input_type: InputType = "query") -> EmbedResult:
+        """Embed texts with the base encoder, a named expert's adapter, or the routed expert's (``auto``)."""
+        (outcome,) = self.embed_jobs([EmbedJob(tuple(texts), model=model, input_type=input_type)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def embed_jobs(self, jobs: Sequence[EmbedJob]) -> list[EmbedResult | Exception]:
+        """One outcome per job; jobs asking for the same model and input type share one pass."""
+        outcomes: list[EmbedResult | Exception | None] = [None] * len(jobs)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for position, job in enumerate(jobs):
+            groups[job.model, job.input_type].append(position)
+        with self._holder.lease() as snapshot:
+            for (model, input_type), positions in groups.items():
+                texts = [text for p in positions for text in jobs[p].texts]
+                try:
+                    result = self._embed(snapshot, texts, model, input_type)  # type: ignore[arg-type]
+                except (UnknownExpertError, NoExpertsError) as exc:
+                    for p in positions:
+                        outcomes[p] = exc
+                    continue
+                start = 0
+                for p in positions:
+                    end = start + len(jobs[p].texts)
+                    decisions = result.decisions[start:end] if result.decisions is not None else None
+                    outcomes[p] = EmbedResult(result.vectors[start:end], result.adapters_of[start:end], decisions)
+                    start = end
+        return outcomes  # type: ignore[return-value]
+
+    def _embed(self, snapshot: _Snapshot, texts: list[str], model: str, input_type: InputType) -> EmbedResult:
+        max_length = self.query_max_length if input_type == "query" else None
+        if model == BASE_MODEL:
+            return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts))
+        decisions = None
+        if model == AUTO_MODEL:
+            base = self.encoder.embed(texts, max_length=self.query_max_length)
+            decisions = snapshot.router.route(base)
+            names = [decision.experts[0] for decision in decisions]
+        else:
+            self._require(snapshot, model)
+            names = [model] * len(texts)
+        adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]
+        vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length)
+        return EmbedResult(vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions)
+
+
+def _adapter_for(expert: LoadedExpert, input_type: InputType) -> str | None:
+    """A query-side expert embeds documents with the base encoder: that is what its index holds."""
+    if input_type == "document" and expert.manifest.adapter.side == "query":
+        return None
+    return expert.adapter
+
+
+class _BatchRun:
+    """One micro-batch through the stages; rows are the queries of every runnable job, flattened."""
+
+    def __init__(self, engine: SearchEngine, snapshot: _Snapshot, jobs: Sequence[SearchJob]) -> None:
+        self.engine, self.snapshot, self.jobs = engine, snapshot, jobs
+        self.outcomes: list[BatchResult | Exception | None] = [None] * len(jobs)
+        for position, job in enumerate(jobs):
+            if job.expert is not None and job.expert not in snapshot.experts:
+                self.outcomes[position] = _unknown(snapshot, job.expert)
+            elif job.expert is None and not len(snapshot.router):
+                self.outcomes[position] = NoExpertsError(
+                    "no experts to route to: add an expert with pilots first, or name one with `expert`"
+                )
+        self.live = [p for p, outcome in enumerate(self.outcomes) if outcome is None]
+        self.rows: list[tuple[int, str]] = [(p, query) for p in self.live for query in jobs[p].queries]
+        self.rows_of: dict[int, list[int]] = defaultdict(list)
+        for row, (position, _) in enumerate(self.rows):
+            self.rows_of[position].append(row)
+
+    def run(self) -> list[BatchResult | Exception]:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        if expert is not None:
-            self._require(snapshot, expert)
-            decisions = [forced_decision(expert)] * len(queries)
-            base = None
-        else:
-            base = self.encoder.embed(queries, max_length=self.query_max_length)
-            timings["base_ms"] = _elapsed(clock)
-            clock = time.perf_counter()
-            decisions = snapshot.router.route(base, policy=policy)
-            timings["route_ms"] = _elapsed(clock)
-            clock = time.perf_counter()
+        encoder, max_length = self.engine.encoder, self.engine.query_max_length
+        base = np.zeros((len(self.rows), encoder.dim), dtype=np.float32)
+        routed = [row for row, (p, _) in enumerate(self.rows) if self.jobs[p].expert is None]
+        if routed:
+            base[routed] = encoder.embed([self.rows[row][1] for row in routed], max_length=max_length)
+        timings["base_ms"] = _elapsed(clock)
 
-        # (row, expert) pairs to search, and the query vector each one uses.
-        jobs = [(row, name) for row, decision in enumerate(decisions) for name in decision.experts]
-        adapter_of = {
-            (row, name): snapshot.experts[name].adapter if decisions[row].use_adapters else None for row, name in jobs
-        }
-        vectors = self._query_vectors(queries, jobs, adapter_of, base)
-        timings["expert_ms"] = _elapsed(clock)
         clock = time.perf_counter()
+        decisions: list[RouteDecision] = [forced_decision("")] * len(self.rows)
+        for position in self.live:
+            job, rows = self.jobs[position], self.rows_of[position]
+            if job.expert is not None:
+                decided = [forced_decision(job.expert)] * len(rows)
+            else:
+                decided = self.snapshot.router.route(base[rows], policy=job.policy)
+            for row, decision in zip(rows, decided):
+                decisions[row] = decision
+        timings["route_ms"] = _elapsed(clock)
 
+        clock = time.perf_counter()
+        pairs = [(row, name) for row, decision in enumerate(decisions) for name in decision.experts]
+        vectors = self._pair_vectors(pairs, decisions, base, set(routed))
+        timings["expert_ms"] = _elapsed(clock)
+
+        clock = time.perf_counter()
+        hits_of = self._search(pairs, vectors)
+        timings["search_ms"] = _elapsed(clock)
+
+        lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
+        for position, (row, _) in enumerate(pairs):
+            lists_of[row].append(hits_of[position])
+        n_queries = sum(len(job.queries) for job in self.jobs)
+        for position in self.live:
+            k, results = self.jobs[position].k, []
+            for row in self.rows_of[position]:
+                lists = lists_of[row]
+                hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row]))
+            self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
+        return self.outcomes  # type: ignore[return-value]
+
+    def _pair_vectors(
+        self, pairs: list[tuple[int, str]], decisions: list[RouteDecision], base: np.ndarray, have_base: set[int]
+    ) -> np.ndarray:
+        """One vector per (row, expert): the base vector, or one mixed-adapter pass for all adapter rows.
+
+        Rows sent to an expert by name have no base vector yet; where they need
+        one (an untrained adapter) it is computed in the same pass, as a base row.
+        """
+        experts = self.snapshot.experts
+        adapters = [experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs]
+        need = [i for i, adapter in enumerate(adapters) if adapter is not None]
+        missing = sorted({row for (row, _), adapter in zip(pairs, adapters) if adapter is None} - have_base)
+        texts = [self.rows[pairs[i][0]][1] for i in need] + [self.rows[row][1] for row in missing]
+        names = [adapters[i] for i in need] + [None] * len(missing)
+        vectors_out = np.zeros((0, base.shape[1]), dtype=np.float32)
+        if texts:
+            vectors_out = self.engine.encoder.embed(texts, expert=names, max_length=self.engine.query_max_length)
+        base[missing] = vectors_out[len(need) :]
+        vectors = base[[row for row, _ in pairs]] if pairs else np.zeros((0, base.shape[1]), dtype=np.float32)
+        vectors[need] = vectors_out[: len(need)]
+        return vectors
+
+    def _search(self, pairs: list[tuple[int, str]], vectors: np.ndarray) -> dict[int, list[ExpertHit]]:
+        """One FAISS search per expert with the largest k asked of it; each pair cut to its job's k."""
         by_expert: dict[str, list[int]] = defaultdict(list)
-        for position, (_, name) in enumerate(jobs):
+        for position, (_, name) in enumerate(pairs):
             by_expert[name].append(position)
         hits_of: dict[int, list[ExpertHit]] = {}
         for name, positions in by_expert.items():
-            found = snapshot.experts[name].collection.search(vectors[positions], k)
-            hits_of.update((p, [ExpertHit.of(name, hit) for hit in hits]) for p, hits in zip(positions, found))
-        timings["search_ms"] = _elapsed(clock)
+            ks = [self.jobs[self.rows[pairs[p][0]][0]].k for p in positions]
+            found = self.snapshot.experts[name].collection.search(vectors[positions], max(ks))
+            for position, k, hits in zip(positions, ks, found):
+                hits_of[position] = [ExpertHit.of(name, hit) for hit in hits[:k]]
+        return hits_of
 
-        results = []
-        for row, decision in enumerate(decisions):
-            lists = [hits_of[p] for p, (r, _) in enumerate(jobs) if r == row]
-            hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
-            results.append(SearchResult(queries[row], hits, decision))
-        return BatchResult(results, timings)
 
-    def _query_vectors(
-        self,
-        queries: Sequence[str],
-        jobs: list[tuple[int, str]],
-        adapter_of: dict[tuple[int, str], str | None],
-        base: np.ndarray | None,
-    ) -> np.ndarray:
-        """One vector per job: the base vector, or one mixed-adapter pass for all adapter rows."""
-        need_pass = [i for i, job in enumerate(jobs) if adapter_of[job] is not None or base is None]
-        vectors = np.empty((len(jobs), self.encoder.dim), dtype=np.float32)
-        if base is not None:
-            vectors[:] = base[[row for row, _ in jobs]]
-        if need_pass:
-            texts = [queries[jobs[i][0]] for i in need_pass]
-            names = [adapter_of[jobs[i]] for i in need_pass]
-            vectors[need_pass] = self.encoder.embed(texts, expert=names, max_length=self.query_max_length)
-        return vectors
+def _unknown(snapshot: _Snapshot, name: str) -> UnknownExpertError:
+    return UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(snapshot.experts)}")
 
 
 def _expert_and_id(hit: ExpertHit) -> tuple[str, str]:
     return hit.expert, hit.id
-
-
-def _check_queries(queries: Sequence[str]) -> None:
-    if isinstance(queries, str) or not isinstance(queries, Sequence):
-        raise TypeError("queries must be a list of strings")
-    for position, query in enumerate(queries):
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query {position} is empty: every query needs some text")
 
 
 def _elapsed(start: float) -> float:

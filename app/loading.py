@@ -8,11 +8,13 @@ and document store (``index``).
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertDirError, Manifest, check_base_matches
 from index import Collection
 from router import check_pilots
@@ -62,7 +64,9 @@ def load_expert(directory: Path | ExpertDir, encoder: Encoder, *, verify_checksu
             )
         adapter = None
         if manifest.adapter.trained:
-            adapter = f"{manifest.name}@v{manifest.version}"
+            # A fresh suffix per load: a replaced or removed expert keeps its adapter
+            # until its last search finishes, while the new one is already loaded.
+            adapter = f"{manifest.name}@v{manifest.version}-{secrets.token_hex(4)}"
             encoder.add_adapter(adapter, expert.adapter_path)
     except BaseException:
         collection.close()
@@ -80,3 +84,11 @@ def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:
     if expert.adapter is not None and expert.adapter in encoder.adapters:
         encoder.remove_adapter(expert.adapter)
     expert.collection.close()
+
+
+def open_encoder(settings: Settings) -> Encoder:
+    """The base encoder the settings describe (model, token limit, batch size, device, threads)."""
+    return Encoder(
+        settings.base_model, max_length=settings.max_length, batch_size=settings.batch_size, device=settings.device,
+        threads=settings.torch_threads,
+    )  # fmt: skip

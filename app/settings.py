@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,3 +32,27 @@ class Settings(BaseSettings):
         "max", description="Expert score from its pilots: nearest pilot (max) or mean similarity."
     )
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
+
+    # ------------------------------------------------------------------ service
+    host: str = Field("127.0.0.1", description="Address `rr serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `rr serve` listens on (0: any free port).")
+    # SecretStr: the keys never appear in a repr, a log line or a traceback.
+    admin_key: SecretStr | None = Field(None, description="Bearer key for /admin; unset = admin API disabled.")
+    search_key: SecretStr | None = Field(
+        None, description="Bearer key required by search, embeddings and expert listings; unset = open."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 above).")
+    max_upload_bytes: int = Field(1 << 30, ge=1024, description="Largest uploaded expert archive (413 above).")
+    max_extracted_bytes: int = Field(4 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")
+    max_queries: int = Field(64, ge=1, description="Queries per search request / inputs per embeddings request.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long the micro-batcher waits for more requests after the first one."
+    )
+    batch_max_queries: int = Field(128, ge=1, description="Most queries in one micro-batch (one model pass).")
+    queue_max_queries: int = Field(
+        1024, ge=1, description="Queries waiting for the model before new requests get 429 + Retry-After."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429/503.")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="How long DELETE waits for in-flight searches before answering (unload still follows)."
+    )

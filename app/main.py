@@ -1,0 +1,138 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; its lifespan loads and unloads.
+
+Start-up runs in the background so that ``/healthz`` answers at once and
+``/readyz`` can say what is still loading: the base encoder, then every
+expert the registry lists. Until that is done the search routes answer 503
+with ``Retry-After``. Shutdown finishes the micro-batch in progress, then
+unpublishes every expert (each unloads when nothing holds it).
+
+>>> app = create_app(Settings(data_dir="data/experts"))
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import routes_admin, routes_embeddings, routes_experts, routes_ops, routes_search
+from app.batching import MicroBatcher
+from app.body_limit import BodySizeLimitMiddleware
+from app.engine import BatchResult, SearchEngine, SearchJob
+from app.errors import install_error_handlers
+from app.loading import LoadedExpert, open_encoder
+from app.metrics import Metrics, MetricsMiddleware
+from app.publishing import ExpertPublisher
+from app.settings import Settings
+from app.state import Runtime, ServiceState
+from experts import Encoder
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+Expert-routing retrieval: one shared encoder, one LoRA adapter per domain, a pilot-embedding router,
+one FAISS index per expert. `POST /search` routes each query to its expert; `POST /v1/embeddings`
+is OpenAI-compatible; `/admin/experts` publishes and unpublishes experts while the service runs
+(`Authorization: Bearer <RR_ADMIN_KEY>`). Errors are always `{"error": {"type", "message", "details"}}`.
+"""
+
+
+def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
+    """Blocking start-up (runs in a worker thread): the encoder, the engine, the registry's experts."""
+    settings = service.settings
+    if encoder is None:
+        service.phase = "loading the base encoder"
+        encoder = open_encoder(settings)
+    engine = SearchEngine(encoder, query_max_length=settings.query_max_length, aggregate=settings.router_aggregate)
+    publisher = ExpertPublisher(engine, settings.data_dir, verify_checksums=settings.verify_checksums)
+    service.phase = "loading experts"
+    try:
+        publisher.restore(progress=lambda phase: setattr(service, "phase", phase))
+    except BaseException:
+        engine.close()  # give back what was loaded before the failure (the encoder may be shared)
+        raise
+    metrics = service.metrics
+
+    def run_searches(jobs: list[SearchJob]) -> list[BatchResult | Exception]:
+        outcomes = engine.search_jobs(jobs)
+        metrics.observe_search_batch(outcomes)
+        return outcomes
+
+    batching = {
+        "max_wait_s": settings.batch_wait_ms / 1000, "max_batch": settings.batch_max_queries,
+        "max_queue": settings.queue_max_queries, "retry_after_s": settings.retry_after_s, "metrics": metrics,
+    }  # fmt: skip
+    return Runtime(
+        settings=settings, metrics=metrics, engine=engine, publisher=publisher,
+        searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
+        embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
+    )  # fmt: skip
+
+
+async def _start(service: ServiceState, encoder: Encoder | None) -> None:
+    try:
+        runtime = await asyncio.to_thread(_load, service, encoder)
+    except Exception as exc:  # the process stays up so that /readyz can say why
+        logger.exception("start-up failed")
+        service.startup_error = f"{type(exc).__name__}: {exc}"
+        service.phase = "failed"
+        return
+    await runtime.searches.start()
+    await runtime.embeddings.start()
+    service.runtime = runtime
+    service.serving = True
+    service.phase = "serving"
+    logger.info("serving %d experts: %s", len(runtime.engine.experts), sorted(runtime.engine.experts))
+
+
+def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI:
+    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service: ServiceState = app.state.service
+        starting = asyncio.create_task(_start(service, encoder), name="rr-start-up")
+        try:
+            yield
+        finally:
+            service.closing = True
+            await starting  # a load in progress cannot be interrupted; let it finish, then undo it
+            if service.runtime is not None:
+                await service.runtime.searches.stop()
+                await service.runtime.embeddings.stop()
+                service.runtime.engine.close()
+
+    app = FastAPI(
+        title="router-retriever", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs", redoc_url=None,
+    )  # fmt: skip
+    service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
+    app.state.service = service
+    install_error_handlers(app)
+    for module in (routes_search, routes_embeddings, routes_experts, routes_admin, routes_ops):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
+        upload_routes=frozenset({("POST", "/admin/experts")}),
+    )  # fmt: skip
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
+    return app
+
+
+def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:
+    return service.runtime.engine.experts if service.runtime is not None else {}
+
+
+def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str = "info") -> None:
+    """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
+        timeout_graceful_shutdown=30,
+    )  # fmt: skip
+

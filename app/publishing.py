@@ -1,0 +1,214 @@
+"""Publishing and unpublishing experts at run time, and the registry that makes it survive a restart.
+
+Every change follows one order, so that a failure at any step changes
+nothing: validate and load the new expert completely (manifest, checksums,
+base-model fingerprint, dimension, pilots, index, adapter) → write the
+registry file atomically → swap the engine's snapshot. Admin operations are
+serialised by one lock; searches never wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from app.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
+from app.engine import RESERVED_NAMES, SearchEngine
+from app.errors import (
+    ConflictError,
+    ExpertRejectedError,
+    InvalidRequestError,
+    PathNotAllowedError,
+    PayloadTooLargeError,
+)
+from app.loading import LoadedExpert, load_expert, unload_expert
+from app.registry import RegistryEntry, RegistryFile
+from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
+from index import IndexStoreError
+from router import RouterError
+
+logger = logging.getLogger(__name__)
+
+#: Where uploaded archives are unpacked, under the data root.
+UPLOADS_DIR = "uploads"
+#: What a broken expert directory can raise while being validated and loaded.
+_LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
+
+
+class ExpertPublisher:
+    """The published set: the engine's snapshot plus the registry file, changed together.
+
+    ``failed`` holds experts that are published (in the registry) but could not
+    be loaded at start-up, with the reason: they keep the service from being
+    ready until they are replaced or deleted.
+    """
+
+    def __init__(self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True) -> None:
+        self.engine = engine
+        self.root = Path(root).resolve()
+        self.registry = RegistryFile(self.root)
+        self.verify_checksums = verify_checksums
+        self.failed: dict[str, str] = {}
+        self._entries: dict[str, RegistryEntry] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def entries(self) -> dict[str, RegistryEntry]:
+        """Published experts by name (loaded or failed)."""
+        return dict(self._entries)
+
+    # ------------------------------------------------------------------ start-up
+    def restore(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Load what the registry lists; with no registry yet, publish every loadable expert under the root."""
+        with self._lock:
+            entries = self.registry.read()
+            bootstrap = entries is None
+            if entries is None:
+                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in list_expert_dirs(self.root)]
+                logger.info("no %s yet: publishing the experts found under %s", self.registry.path.name, self.root)
+            published: list[RegistryEntry] = []
+            for position, entry in enumerate(entries, start=1):
+                progress(f"loading experts ({position}/{len(entries)}: {entry.name})")
+                try:
+                    directory = self.registry.resolve(entry).resolve()
+                    if not directory.is_relative_to(self.root):
+                        raise ValueError(f"{entry.path!r} lies outside the data root {self.root}")
+                    loaded = self._load(directory, verify_checksums=self.verify_checksums)
+                    if loaded.name != entry.name:
+                        unload_expert(loaded, self.engine.encoder)
+                        raise ValueError(f"the directory now holds expert {loaded.name!r}")
+                except _LOAD_ERRORS as exc:
+                    if bootstrap:  # never published: just not served
+                        logger.warning("not publishing %s: %s", entry.path, exc)
+                        self.engine.unavailable[entry.name] = str(exc)
+                        continue
+                    logger.error("published expert %r cannot be loaded: %s", entry.name, exc)
+                    self.failed = {**self.failed, entry.name: str(exc)}
+                    published.append(entry)
+                    continue
+                self.engine.add(loaded)
+                published.append(entry.model_copy(update={"version": loaded.manifest.version}) if bootstrap else entry)
+            self._entries = {entry.name: entry for entry in published}
+            if bootstrap:
+                self.registry.write(published)
+
+    # ------------------------------------------------------------------ add
+    def resolve_path(self, path: str) -> Path:
+        """An expert directory named by the caller, which must lie under the data root once links are followed."""
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = self.root / candidate
+        try:
+            resolved = candidate.resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc}") from exc
+        if not resolved.is_relative_to(self.root):
+            raise PathNotAllowedError(
+                f"path {path!r} resolves to {resolved}, outside the data root {self.root}: "
+                "experts can only be published from directories under the data root"
+            )
+        if resolved == self.root:
+            raise InvalidRequestError(f"path {path!r} is the data root itself; name an expert directory inside it")
+        if not resolved.is_dir():
+            raise ExpertRejectedError(f"path {path!r} is not a directory under the data root {self.root}")
+        return resolved
+
+    def add_path(self, path: str, *, replace: bool = False) -> RegistryEntry:
+        """Validate, load and publish the expert directory at ``path``; a failure changes nothing."""
+        directory = self.resolve_path(path)
+        with self._lock:
+            try:
+                name = ExpertDir(directory).read_manifest().name
+            except _LOAD_ERRORS as exc:
+                raise ExpertRejectedError(f"expert at {path!r} was not published: {exc}") from exc
+            self._check_name(name, replace=replace)
+            try:
+                loaded = self._load(directory, verify_checksums=True)  # an add always checks every byte
+            except _LOAD_ERRORS as exc:
+                raise ExpertRejectedError(
+                    f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
+                ) from exc
+            relative = directory.relative_to(self.root).as_posix()
+            entry = RegistryEntry(name=name, path=relative, version=loaded.manifest.version)
+            try:
+                self.registry.write([*(e for n, e in self._entries.items() if n != name), entry])
+            except BaseException:
+                unload_expert(loaded, self.engine.encoder)
+                raise
+            self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+            # New dicts rather than in-place changes: request handlers read these without the lock.
+            self._entries = {**self._entries, name: entry}
+            self.failed = {key: value for key, value in self.failed.items() if key != name}
+            logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
+            return entry
+
+    def add_archive(self, archive: Path, *, replace: bool = False, max_bytes: int) -> RegistryEntry:
+        """Unpack an uploaded archive under ``<root>/uploads/``, then publish it like a path.
+
+        A failure leaves nothing behind: neither the unpacked files nor a change to what is served.
+        """
+        uploads = self.root / UPLOADS_DIR
+        staging = uploads / f".staging-{secrets.token_hex(6)}"
+        staging.mkdir(parents=True)
+        final: Path | None = None
+        try:
+            try:
+                extract_archive(archive, staging, max_bytes=max_bytes)
+                source = find_expert_root(staging)
+                name = ExpertDir(source).read_manifest().name
+            except ArchiveTooLargeError as exc:
+                raise PayloadTooLargeError(str(exc)) from exc
+            except (ArchiveError, *_LOAD_ERRORS) as exc:
+                raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
+            self._check_name(name, replace=replace)  # before the (slow) load: fail fast
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            final = uploads / f"{name}-{stamp}-{secrets.token_hex(3)}" / name
+            final.parent.mkdir()
+            source.rename(final)
+            return self.add_path(str(final), replace=replace)
+        except BaseException:
+            if final is not None:
+                shutil.rmtree(final.parent, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_name(self, name: str, *, replace: bool) -> None:
+        if name in RESERVED_NAMES:
+            raise ExpertRejectedError(
+                f"expert name {name!r} is reserved (the embeddings API uses {list(RESERVED_NAMES)} "
+                "as model names); rename it"
+            )
+        if name in self._entries and not replace:
+            raise ConflictError(
+                f"expert {name!r} is already published (from {self._entries[name].path!r}); "
+                "add with replace=true to swap it for this one, or DELETE it first"
+            )
+
+    def _load(self, directory: Path, *, verify_checksums: bool) -> LoadedExpert:
+        name = directory.name
+        if name in RESERVED_NAMES:
+            raise ValueError(f"expert name {name!r} is reserved for the embeddings API")
+        return load_expert(directory, self.engine.encoder, verify_checksums=verify_checksums)
+
+    # ------------------------------------------------------------------ remove
+    def remove(self, name: str) -> threading.Event:
+        """Unpublish at once (registry, then snapshot); the event is set once the last search holding it finished."""
+        with self._lock:
+            if name not in self._entries:
+                raise UnknownExpertError(
+                    f"Expert {name!r} is not published. Published experts: {sorted(self._entries)}"
+                )
+            self.registry.write([entry for n, entry in self._entries.items() if n != name])
+            self._entries = {key: value for key, value in self._entries.items() if key != name}
+            self.failed = {key: value for key, value in self.failed.items() if key != name}
+            if name in self.engine.experts:
+                return self.engine.remove(name)
+            done = threading.Event()  # it never loaded: nothing to unload
+            done.set()
+            return done

@@ -1,0 +1,101 @@
+"""The registry file: which experts the service publishes, so that a restart serves the same set.
+
+``<data root>/registry.json``, replaced atomically (temp file, fsync, rename)
+on every publish and unpublish::
+
+    {"format_version": 1, "experts": [{"name": "cacm", "path": "cacm", "version": 3, "published_at": "..."}]}
+
+Paths are relative to the data root (every published expert lives under it),
+so the whole root can be moved. A missing file means "never written": the
+service then publishes every expert directory found under the root and writes
+the file, so a fresh root needs no set-up. An unreadable file is an error,
+never silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from experts import atomic_write_bytes, check_expert_name
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_FILE = "registry.json"
+REGISTRY_FORMAT = 1
+
+
+class RegistryError(ValueError):
+    """The registry file exists but cannot be read as a registry."""
+
+
+class RegistryEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    path: str = Field(description="Expert directory, relative to the data root.")
+    version: int = Field(0, ge=0, description="Manifest version when published (informational).")
+    published_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class _RegistryDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int = REGISTRY_FORMAT
+    experts: list[RegistryEntry] = Field(default_factory=list)
+
+
+class RegistryFile:
+    """Read and atomically rewrite ``registry.json`` under a data root.
+
+    >>> registry = RegistryFile(Path("data/experts"))
+    >>> registry.write([RegistryEntry(name="cacm", path="cacm", version=3)])
+    >>> [entry.name for entry in registry.read()]
+    ['cacm']
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / REGISTRY_FILE
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> list[RegistryEntry] | None:
+        """The published entries, or None when the file has never been written."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            document = _RegistryDocument.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as exc:
+            raise RegistryError(f"registry file {self.path} is not valid: {exc}") from exc
+        if document.format_version > REGISTRY_FORMAT:
+            raise RegistryError(
+                f"registry file {self.path} has format {document.format_version}; this release reads {REGISTRY_FORMAT}"
+            )
+        names = [entry.name for entry in document.experts]
+        for name in names:
+            try:
+                check_expert_name(name)
+            except ValueError as exc:
+                raise RegistryError(f"registry file {self.path}: {exc}") from exc
+        if len(set(names)) != len(names):
+            raise RegistryError(f"registry file {self.path} lists an expert twice: {sorted(names)}")
+        return list(document.experts)
+
+    def write(self, entries: list[RegistryEntry]) -> None:
+        """Replace the file with ``entries`` (sorted by name); readers see the old or the new file."""
+        document = _RegistryDocument(experts=sorted(entries, key=lambda entry: entry.name))
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, document.model_dump_json(indent=2).encode() + b"\n")
+        logger.info("registry %s: %s", self.path, [entry.name for entry in document.experts])
+
+    def resolve(self, entry: RegistryEntry) -> Path:
+        """The absolute directory of an entry."""
+        return self.root / entry.path

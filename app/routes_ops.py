@@ -1,0 +1,37 @@
+"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics``. None needs a key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.errors import error_response
+from app.schemas import HealthOut, ReadyOut, error_responses
+from app.state import Service
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthOut)
+async def healthz() -> HealthOut:
+    """The process is alive and its event loop answers (nothing else is checked)."""
+    return HealthOut()
+
+
+@router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
+async def readyz(service: Service) -> ReadyOut | JSONResponse:
+    """Ready when the base encoder and every published expert are loaded; else 503 with the reason."""
+    reason = service.not_ready_reason()
+    if reason is not None or service.runtime is None:
+        return error_response(
+            503, "not_ready", reason or "starting", details={"phase": service.phase},
+            headers={"Retry-After": str(service.settings.retry_after_s)},
+        )  # fmt: skip
+    return ReadyOut(experts=sorted(service.runtime.engine.experts))
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(service: Service) -> Response:
+    """Prometheus text format: requests, latency, batch sizes, queue depth, routing, index sizes."""
+    return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

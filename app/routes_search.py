@@ -1,0 +1,45 @@
+"""``POST /search``: routed search, answered through the micro-batcher."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+
+from app.auth import require_search
+from app.engine import SearchJob
+from app.errors import PayloadTooLargeError
+from app.output import result_dict
+from app.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
+from app.state import Serving
+from router import RoutePolicy
+
+router = APIRouter(tags=["search"])
+
+_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
+
+
+@router.post("/search", response_model=SearchResponse, dependencies=[Depends(require_search)], responses=_ERRORS)
+async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
+    """Search one query or a list; each query is routed on its own unless `expert` names one.
+
+    Concurrent requests are gathered for a few milliseconds and answered
+    together (one base pass, one router call, one expert pass, one FAISS search
+    per expert); `batch` says how many were answered with this one.
+    """
+    started = time.perf_counter()
+    texts = body.texts
+    limit = runtime.settings.max_queries
+    if len(texts) > limit:
+        raise PayloadTooLargeError(f"{len(texts)} queries in one request; the limit is {limit} (RR_MAX_QUERIES)")
+    policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
+    job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy)
+    batch, queue_ms = await runtime.searches.submit(job)
+    results = []
+    for result in batch.results:
+        row = result_dict(result)
+        results.append({**row, "expert": result.decision.experts[0]})
+    timings = {"queue_ms": queue_ms, **batch.timings_ms, "total_ms": round((time.perf_counter() - started) * 1000, 3)}
+    return SearchResponse.model_validate(
+        {"results": results, "timings_ms": timings, "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries)}
+    )

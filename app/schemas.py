@@ -1,0 +1,257 @@
+"""Request and response bodies of the HTTP API, with their limits and the examples shown at /docs.
+
+Limits that protect the model (text length, ``k``, fan-out width) live here,
+so an oversize field is a 422 before anything runs. The number of queries per
+request is a setting, checked by the route (413 over it).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from experts import check_expert_name
+
+#: Characters per query; queries are cut at RR_QUERY_MAX_LENGTH tokens anyway.
+MAX_QUERY_CHARS = 2_000
+#: Characters per embeddings input (documents are longer than queries).
+MAX_INPUT_CHARS = 20_000
+MAX_K = 1_000
+MAX_FANOUT = 16
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must contain some text, not only spaces")
+    return text
+
+
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_not_blank)]
+InputText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS), AfterValidator(_not_blank)]
+ExpertName = Annotated[str, StringConstraints(max_length=64), AfterValidator(check_expert_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+# ---------------------------------------------------------------------- search
+class RouteOptions(_Strict):
+    """How the router may widen or drop its choice (see the README's routing options)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    top_k: int = Field(1, ge=1, le=MAX_FANOUT, description="Experts searched when fanning out or falling back.")
+    fanout_margin: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("threshold", "fanout_margin"),
+        description="Alias `threshold`. Fan out to `top_k` experts when the top-1 minus top-2 router score is "
+        "below this; with top_k > 1 and no threshold, always fan out.",
+    )  # fmt: skip
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="Below this best router score, search with the base encoder (mode `fallback`)."
+    )
+
+
+class SearchRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"query": "what is the drag of a slender wing at supersonic speed", "k": 5},
+                {
+                    "queries": ["boundary layer transition", "vitamin D and fractures"],
+                    "k": 3,
+                    "route": {"top_k": 2, "threshold": 0.05},
+                },
+                {"query": "compiler optimisation", "k": 10, "expert": "cacm"},
+            ]
+        },
+    )  # fmt: skip
+
+    query: QueryText | None = Field(None, description="One query. Give this or `queries`.")
+    queries: list[QueryText] | None = Field(
+        None, min_length=1, description="Several queries, answered in one batch (at most RR_MAX_QUERIES)."
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="Hits per query.")
+    expert: ExpertName | None = Field(None, description="Search this expert, bypassing the router.")
+    route: RouteOptions = Field(default_factory=RouteOptions)
+
+    @model_validator(mode="after")
+    def _one_of_query_or_queries(self) -> SearchRequest:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of `query` (a string) or `queries` (a list of strings)")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.query] if self.query is not None else list(self.queries or [])
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    expert: str = Field(description="The collection the document belongs to (ids are unique per collection).")
+
+
+class RouteOut(BaseModel):
+    experts: list[str] = Field(description="Experts searched, best first.")
+    mode: Literal["top1", "fanout", "fallback", "forced"]
+    use_adapters: bool = Field(description="False when the router fell back to the base encoder.")
+    margin: float | None = Field(description="Top-1 minus top-2 router score (null with one expert or when forced).")
+    router_scores: dict[str, float] = Field(description="Every routable expert's score, best first.")
+    reason: str
+
+
+class QueryResultOut(BaseModel):
+    query: str
+    expert: str = Field(description="The expert that answered (the first searched).")
+    route: RouteOut
+    hits: list[HitOut]
+
+
+class BatchOut(BaseModel):
+    requests: int = Field(description="Requests answered together in this request's micro-batch.")
+    queries: int = Field(description="Queries in that micro-batch.")
+
+
+class SearchResponse(BaseModel):
+    results: list[QueryResultOut]
+    timings_ms: dict[str, float] = Field(description="queue, base, route, expert, search and total, in ms.")
+    batch: BatchOut
+
+
+# ---------------------------------------------------------------------- embeddings
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's ``POST /v1/embeddings`` body, plus ``input_type``."""
+
+    model_config = ConfigDict(
+        extra="ignore",  # OpenAI clients add fields over time; unknown ones must not break them
+        json_schema_extra={
+            "examples": [
+                {"model": "auto", "input": ["heat transfer in laminar boundary layers"]},
+                {"model": "cranfield", "input": "shock wave", "input_type": "query"},
+                {"model": "base", "input": "A document title. Its text.", "input_type": "document"},
+            ]
+        },
+    )
+
+    input: InputText | Annotated[list[InputText], Field(min_length=1)] = Field(
+        description="A string, or a list of strings (at most RR_MAX_QUERIES)."
+    )
+    model: str = Field(description="An expert name, `base` (no adapter) or `auto` (routed per input).", max_length=64)
+    input_type: Literal["query", "document"] = Field(
+        "query", description="`document`: query-side experts embed documents with the base encoder, as their index."
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Must equal the encoder's dimension when given.")
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32 with encoding_format=base64.")
+    expert: str | None = Field(None, description="The expert whose adapter made this vector; null for the base encoder.")
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: UsageOut
+
+
+# ---------------------------------------------------------------------- experts
+class AddExpertRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"path": "cranfield"}, {"path": "staging/cacm", "replace": True}]}
+    )
+
+    path: str = Field(
+        min_length=1, max_length=4096, description="Expert directory, absolute or relative to the data root; must lie under it."
+    )
+    replace: bool = Field(False, description="Swap out a published expert of the same name.")
+
+
+class IndexOut(BaseModel):
+    factory: str
+    directory: str
+    documents: int
+
+
+class AdapterOut(BaseModel):
+    trained: bool
+    side: str
+    rank: int
+    alpha: float
+
+
+class ExpertOut(BaseModel):
+    name: str
+    state: Literal["loaded", "failed"]
+    error: str | None = None
+    path: str = Field(description="Relative to the data root.")
+    version: int | None = None
+    description: str = ""
+    documents: int | None = None
+    index: IndexOut | None = None
+    adapter: AdapterOut | None = None
+    pilots: int | None = None
+    routable: bool = False
+    base_model: str | None = None
+
+
+class ExpertDetailOut(ExpertOut):
+    manifest: dict[str, Any] | None = Field(None, description="The expert's manifest.json.")
+
+
+class ExpertListOut(BaseModel):
+    experts: list[ExpertOut]
+
+
+class RemovedOut(BaseModel):
+    name: str
+    unpublished: bool = True
+    unloaded: bool = Field(
+        description="False if searches still held it when the drain timeout passed; it unloads when they finish."
+    )
+
+
+# ---------------------------------------------------------------------- probes
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"] = "ready"
+    experts: list[str]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: the error statuses it can answer, all with :class:`ErrorOut`."""
+    return {code: {"model": ErrorOut} for code in codes}

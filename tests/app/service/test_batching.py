@@ -1,0 +1,131 @@
+"""The micro-batcher on its own, with a recording runner: gathering, limits, per-job errors, shutdown.
+
+No timing is relied on: the gathering window is made very long, so a batch
+fires because it is full, and blocking runners are released by events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.batching import MicroBatcher
+from app.errors import NotReadyError, OverloadedError
+
+
+def recording_runner(calls: list[list[str]], *, gate: threading.Event | None = None, entered: threading.Event | None = None):
+    def run(jobs: list[str]) -> list[str | Exception]:
+        calls.append(list(jobs))
+        if entered is not None:
+            entered.set()
+        if gate is not None:
+            gate.wait(timeout=60)
+        return [ValueError(f"bad job {job}") if job.startswith("bad") else job.upper() for job in jobs]
+
+    return run
+
+
+def make(run, **options) -> MicroBatcher[str, str]:
+    defaults = {"size": lambda job: 1, "kind": "test", "max_wait_s": 60.0, "max_batch": 4, "max_queue": 100}
+    return MicroBatcher(run, **{**defaults, **options})
+
+
+async def until(condition, *, steps: int = 5000) -> None:
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("condition never became true")
+
+
+def test_concurrent_jobs_are_answered_by_one_run() -> None:
+    calls: list[list[str]] = []
+
+    async def scenario() -> list[tuple[str, float]]:
+        batcher = make(recording_runner(calls))
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(job) for job in ["a", "b", "c", "d"]))
+        finally:
+            await batcher.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert calls == [["a", "b", "c", "d"]]  # the window is 60 s: it fired because it was full
+    assert [result for result, _ in outcomes] == ["A", "B", "C", "D"]
+    assert all(queued_ms >= 0 for _, queued_ms in outcomes)
+
+
+def test_a_batch_never_exceeds_max_batch_texts_and_one_big_job_still_runs() -> None:
+    calls: list[list[str]] = []
+
+    async def scenario() -> None:
+        batcher = make(recording_runner(calls), size=len, max_batch=4, max_wait_s=0.0)
+        await batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit(job) for job in ["aa", "bb", "cc", "dddddd"]))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert [job for call in calls for job in call] == ["aa", "bb", "cc", "dddddd"]
+    assert all(sum(map(len, call)) <= 4 or len(call) == 1 for call in calls)
+
+
+def test_a_full_queue_answers_overloaded_with_retry_after_and_recovers() -> None:
+    calls: list[list[str]] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    async def scenario() -> None:
+        batcher = make(recording_runner(calls, gate=gate, entered=entered), max_batch=1, max_queue=2, max_wait_s=0.0, retry_after_s=3)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit("first"))
+        await until(entered.is_set)  # "first" is running (blocked in the worker thread)
+        waiting = [asyncio.create_task(batcher.submit(job)) for job in ("second", "third")]
+        await until(lambda: batcher.depth == 2)
+        with pytest.raises(OverloadedError) as refused:
+            await batcher.submit("fourth")
+        assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "3"}
+        gate.set()
+        assert [(await task)[0] for task in (first, *waiting)] == ["FIRST", "SECOND", "THIRD"]
+        assert (await batcher.submit("fifth"))[0] == "FIFTH"  # room again
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_belongs_to_its_job_and_a_failed_run_to_every_job() -> None:
+    calls: list[list[str]] = []
+
+    async def scenario() -> None:
+        batcher = make(recording_runner(calls), max_batch=2)
+        await batcher.start()
+        good, bad = await asyncio.gather(batcher.submit("good"), batcher.submit("bad1"), return_exceptions=True)
+        assert good[0] == "GOOD" and isinstance(bad, ValueError) and "bad job bad1" in str(bad)
+        await batcher.stop()
+
+        def explode(jobs: list[str]) -> list[str]:
+            raise RuntimeError("model crashed")
+
+        broken = make(explode, max_batch=2)
+        await broken.start()
+        outcomes = await asyncio.gather(broken.submit("x"), broken.submit("y"), return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) and "model crashed" in str(o) for o in outcomes)
+        await broken.stop()
+
+    asyncio.run(scenario())
+    assert calls == [["good", "bad1"]]
+
+
+def test_after_stop_new_jobs_are_refused_with_503() -> None:
+    async def scenario() -> None:
+        batcher = make(recording_runner([]))
+        with pytest.raises(NotReadyError):
+            await batcher.submit("too early")
+        await batcher.start()
+        await batcher.stop()
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await batcher.submit("too late")
+
+    asyncio.run(scenario())
