@@ -36,12 +36,15 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which
 
 @contextmanager
 def quiet_peft() -> Iterator[None]:
-    """Silence a deprecation warning that PEFT triggers inside transformers 5 on every wrap.
+    """Silence PEFT's notices that no user of this service can act on.
 
-    It concerns PEFT's own code, not anything a user of this service can act on.
+    A deprecation inside transformers 5 that PEFT triggers when wrapping or
+    running a model, and the note that deleting the active adapter activated
+    another (the encoder picks the adapter per call, so which is "active" is moot).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted", category=UserWarning)
         yield
 
 

@@ -117,11 +117,12 @@ class Encoder:
         """Unload an adapter; with none left the model is unwrapped back to the plain base."""
         with self._lock:
             self._require(name)
-            if len(self.adapters) == 1:
-                self._base = self._peft.unload()
-                self._peft = None
-            else:
-                self._peft.delete_adapter(name)
+            with quiet_peft():
+                if len(self.adapters) == 1:
+                    self._base = self._peft.unload()
+                    self._peft = None
+                else:
+                    self._peft.delete_adapter(name)
         logger.info("removed adapter %r", name)
 
     def _require(self, name: str) -> None:
@@ -162,7 +163,8 @@ class Encoder:
                 chunk = order[start : start + step]
                 batch = self._tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
                 batch = {key: value.to(self.device) for key, value in batch.items()}
-                hidden = self._forward(batch, [rows[i] for i in chunk])
+                with quiet_peft():
+                    hidden = self._forward(batch, [rows[i] for i in chunk])
                 out[chunk] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         return out
 
