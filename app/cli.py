@@ -28,15 +28,9 @@ class _State:
     def encoder(self):
         """The base encoder, loaded on first use (listing experts needs no model)."""
         if self._encoder is None:
-            from experts import Encoder
+            from app.loading import open_encoder
 
-            self._encoder = Encoder(
-                self.settings.base_model,
-                max_length=self.settings.max_length,
-                batch_size=self.settings.batch_size,
-                device=self.settings.device,
-                threads=self.settings.torch_threads,
-            )
+            self._encoder = open_encoder(self.settings)
         return self._encoder
 
     def expert_dir(self, name: str):
