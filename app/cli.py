@@ -276,6 +276,17 @@ def demo_command(
     _serve(host, port, log_level, encoder=state.encoder())
 
 
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (one job each), registered on the one entry point."""
+    from app.cli_eval import eval_command, pilots_paper_command
+
+    cli.command("eval")(eval_command)
+    cli.command("pilots-paper")(pilots_paper_command)
+
+
+_register_optional_commands()
+
+
 def main() -> None:
     """Console entry point: domain errors print one line and exit 2, without a traceback (as usage errors do)."""
     from experts import ExpertError

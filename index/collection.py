@@ -231,6 +231,13 @@ class Collection:
             results.append(hits)
         return results
 
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every document's stored vector, by docstore row id ascending: (n,) int64, (n, dim) float32.
+
+        Exact-storage indexes only (``Flat``, ``HNSW<M>``); see :meth:`DenseIndex.vectors`.
+        """
+        return self._dense.vectors()
+
     def close(self) -> None:
         self._docstore.close()
 

@@ -263,6 +263,38 @@ class DenseIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
+    # ------------------------------------------------------------------ reading vectors back
+    @property
+    def exact_storage(self) -> bool:
+        """True when the stored vectors are the ones added (Flat, HNSW over Flat), not lossy codes."""
+        inner = _storage(self._index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        top = faiss.downcast_index(self._index)
+        wrapped = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexIDMap2) else top
+        return isinstance(inner, faiss.IndexFlat) and not isinstance(wrapped, faiss.IndexPreTransform)
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored vector with its id, ids ascending: (n,) int64, (n, dim) float32.
+
+        Lets a caller reuse what the index already holds (training an expert
+        against its documents' base vectors) instead of re-embedding a corpus.
+        Only for exact storage: a PQ/SQ/OPQ index keeps lossy codes, so asking
+        it is an error that says so rather than a silently degraded copy.
+        """
+        if not self.exact_storage:
+            raise InvalidParameterError(
+                f"a {self._factory!r} index stores compressed codes, not the vectors that were added; "
+                "re-embed the documents instead (vectors() serves 'Flat' and 'HNSW<M>' indexes)"
+            )
+        top = faiss.downcast_index(self._index)
+        ids = faiss.vector_to_array(top.id_map).astype(np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, self.dim), dtype=np.float32)
+        vectors = faiss.downcast_index(top.index).reconstruct_n(0, len(ids))
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync dir)."""

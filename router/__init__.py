@@ -1,7 +1,7 @@
 """Routing queries to experts by their pilot embeddings (numpy only; no torch, no HTTP)."""
 
 from router.errors import NoExpertsError, PilotError, RouterError
-from router.pilots import centroid_pilots, check_pilots, kmeans_pilots
+from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots
 from router.routing import Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "RoutePolicy",
     "Router",
     "RouterError",
+    "assigned_pilots",
+    "best_experts",
     "centroid_pilots",
     "check_pilots",
     "forced_decision",

@@ -1,12 +1,15 @@
 """Pilot embeddings: vectors in the base encoder's space that say which queries an expert serves.
 
-Plain functions on numpy arrays. This module holds the simple constructions
-(one centroid, or k-means centroids, of an expert's own training queries);
-RouterRetriever's per-query best-expert assignment builds on the same
-``centroids`` helper.
+Plain functions on numpy arrays. Two families: the simple
+constructions (one centroid, or k-means centroids, of an expert's own
+training queries) and RouterRetriever's (``assigned_pilots``: each training
+query goes to the expert that retrieves its judged documents best, and each
+expert's pilots are the mean queries it wins, one per source collection).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,3 +78,66 @@ def kmeans_pilots(query_embeddings: np.ndarray, *, clusters: int, seed: int = 0,
     labels = np.argmax(unit @ centre_matrix.T, axis=1)
     # Return plain means of the original vectors, like ``centroid_pilots``.
     return np.stack([queries[labels == c].mean(axis=0) for c in range(clusters) if np.any(labels == c)])
+
+
+def best_experts(per_query_scores: np.ndarray, *, atol: float = 1e-9) -> np.ndarray:
+    """Which experts win each query: (n, E) scores -> (n, E) bool, True where an expert ties the row's best.
+
+    A row where every expert ties (all score 0, or identical experts) is all
+    False: it says nothing about who serves the query, so it gives no pilot.
+    """
+    scores = np.asarray(per_query_scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise PilotError(f"per-query scores must be an (n, experts) matrix, got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise PilotError("per-query scores contain NaN or infinite values")
+    winners = scores >= scores.max(axis=1, keepdims=True) - atol
+    winners[winners.all(axis=1)] = False
+    return winners
+
+
+def assigned_pilots(
+    query_embeddings: np.ndarray,
+    per_query_scores: np.ndarray,
+    sources: Sequence[str] | np.ndarray,
+    experts: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """RouterRetriever's pilots (Algorithm 1): per expert, one mean query per source it wins, {name: (p, d)}.
+
+    ``query_embeddings`` (n, d) are the training queries' *base* embeddings;
+    ``per_query_scores`` (n, E) is each expert's retrieval quality on each query
+    (nDCG@10 on its judged documents), columns in ``experts`` order;
+    ``sources`` (n,) names the collection each query came from. Within each
+    source, the queries an expert wins are averaged into one pilot of that
+    expert, so an expert has at most one pilot per source. Queries all experts
+    tie on are dropped; a query several (not all) experts tie for best on
+    counts for each of them. Experts that win nothing are absent from the result.
+
+    >>> emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    >>> scores = np.array([[1.0, 0.2], [0.1, 0.9], [0.0, 0.0]])  # third query: a tie, dropped
+    >>> {k: v.tolist() for k, v in assigned_pilots(emb, scores, ["a", "b", "b"], ["x", "y"]).items()}
+    {'x': [[1.0, 0.0]], 'y': [[0.0, 1.0]]}
+    """
+    queries = check_pilots(query_embeddings, name="queries")
+    scores = np.asarray(per_query_scores)
+    labels = np.asarray(sources).astype(str)
+    names = list(experts)
+    if len(set(names)) != len(names):
+        raise PilotError(f"expert names must be unique, got {names}")
+    if scores.shape != (len(queries), len(names)):
+        raise PilotError(
+            f"per-query scores must have shape (queries, experts) = ({len(queries)}, {len(names)}), got {scores.shape}"
+        )
+    if labels.shape != (len(queries),):
+        raise PilotError(f"sources must hold one label per query ({len(queries)}), got shape {labels.shape}")
+    winners = best_experts(scores)
+    pilots: dict[str, np.ndarray] = {}
+    for column, name in enumerate(names):
+        groups = [
+            queries[(labels == source) & winners[:, column]].mean(axis=0)
+            for source in sorted(set(labels.tolist()))
+            if np.any((labels == source) & winners[:, column])
+        ]
+        if groups:
+            pilots[name] = np.stack(groups).astype(np.float32)
+    return pilots

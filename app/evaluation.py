@@ -1,0 +1,269 @@
+"""``rr eval``: retrieval quality and routing accuracy on the collections' *test* queries.
+
+Systems compared, each scored with ir-measures (nDCG@10, Recall@100) per
+collection and as a macro average over collections:
+
+1. ``base``: the base encoder's query vector on the query's own collection
+   (the oracle-collection baseline);
+2. ``base-union``: the base encoder over one index of every collection's
+   documents (what a user without routing would run);
+3. ``oracle``: the collection's own expert on its own index (perfect routing);
+4. ``routed``: the deployed system, ``SearchEngine.search`` with top-1 routing.
+
+Plus routing accuracy and the confusion matrix of the deployed router, and a
+comparison of pilot constructions (centroid, k-means, the paper's) under
+both aggregates (nearest pilot, mean over pilots), built in memory from
+training queries only. Every hit is keyed ``collection/doc-id``, so another
+collection's document is simply non-relevant (ids repeat across collections).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ir_measures
+import numpy as np
+from ir_measures import R, nDCG
+
+from app.engine import SearchEngine
+from app.pilot_selection import (
+    PILOT_CONSTRUCTIONS,
+    PilotConstruction,
+    collect_training_queries,
+    select_paper_pilots,
+    simple_pilots,
+)
+from experts.labelled import judged_queries, read_qrels, read_queries
+from index import DenseIndex
+from router import Aggregate, Router
+
+logger = logging.getLogger(__name__)
+
+MEASURES = (nDCG @ 10, R @ 100)
+METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
+SYSTEMS = ("base", "base-union", "oracle", "routed")
+SYSTEM_TITLES = {
+    "base": "base encoder, own collection (oracle collection)",
+    "base-union": "base encoder, union index of all collections",
+    "oracle": "expert on its own collection (oracle routing)",
+    "routed": "routed system (top-1 expert, its index)",
+}
+AGGREGATES: tuple[Aggregate, ...] = ("max", "mean")
+#: Queries per engine.search call: bounded memory for the hits of k=100.
+_SEARCH_BATCH = 64
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """One collection's judged test queries."""
+
+    collection: str
+    ids: list[str]
+    texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> TestSet:
+    """``<datasets>/<collection>/qrels/<split>.tsv`` and the queries judged in it (relevance > 0)."""
+    folder = Path(datasets) / collection
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    queries = judged_queries(read_queries(folder / "queries.jsonl"), qrels)
+    ids = list(queries)
+    return TestSet(collection, ids, [queries[q] for q in ids], {q: qrels[q] for q in ids})
+
+
+@dataclass
+class EvalReport:
+    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is the macro mean."""
+
+    collections: list[str]
+    queries: dict[str, int]
+    metrics: dict[str, dict[str, dict[str, float]]]
+    confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
+    routed_aggregate: str
+    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # construction -> aggregate -> collection/all -> accuracy
+    pilot_notes: dict[str, str] = field(default_factory=dict)
+    union_documents: int = 0
+    seconds: float = 0.0
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def average(self, system: str, metric: str) -> float:
+        return float(np.mean([self.metrics[system][c][metric] for c in self.collections]))
+
+    @property
+    def routing_accuracy(self) -> dict[str, float]:
+        """Share of each collection's test queries routed to its own expert, and ``all`` (micro)."""
+        diagonal = np.diag(self.confusion)
+        totals = self.confusion.sum(axis=1)
+        accuracy = {c: float(diagonal[i] / max(totals[i], 1)) for i, c in enumerate(self.collections)}
+        accuracy["all"] = float(diagonal.sum() / max(totals.sum(), 1))
+        return accuracy
+
+
+def _keyed_qrels(test: TestSet) -> dict[str, dict[str, int]]:
+    return {q: {f"{test.collection}/{doc}": rel for doc, rel in docs.items()} for q, docs in test.qrels.items()}
+
+
+def score_run(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """nDCG@10 and Recall@100 averaged over every judged query (a query missing from the run scores 0)."""
+    full_run = {q: dict(run.get(q, {})) for q in qrels}
+    totals = {name: 0.0 for name in METRIC_NAMES.values()}
+    for metric in ir_measures.iter_calc(list(MEASURES), qrels, full_run):
+        totals[METRIC_NAMES[metric.measure]] += metric.value
+    return {name: value / max(len(qrels), 1) for name, value in totals.items()}
+
+
+def _run_of(test: TestSet, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
+    return {
+        q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
+    }
+
+
+def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[DenseIndex, list[str]]:
+    """One exact index of every collection's stored base document vectors; row i is ``keys[i]`` (collection/doc-id)."""
+    union = DenseIndex.create(engine.encoder.dim)
+    keys: list[str] = []
+    for name in collections:
+        collection = engine.experts[name].collection
+        rows, vectors = collection.vectors()
+        docs = collection.docstore.get(rows.tolist())
+        keep = [i for i, doc in enumerate(docs) if doc is not None]
+        union.add(vectors[keep], np.arange(len(keys), len(keys) + len(keep), dtype=np.int64))
+        keys.extend(f"{name}/{docs[i].id}" for i in keep)
+    return union, keys
+
+
+def evaluate(
+    engine: SearchEngine,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    k: int = 100,
+    constructions: Sequence[PilotConstruction] = PILOT_CONSTRUCTIONS,
+    pseudo_sample: int = 300,
+    clusters: int = 4,
+    seed: int = 0,
+    routed_aggregate: str = "",
+) -> EvalReport:
+    """Score the four systems, the deployed router and the pilot constructions on the test queries.
+
+    Expert names must equal the collections' folder names under ``datasets``.
+    Scifact (and any collection with ``qrels/test.tsv``) is scored on its test
+    split only; pilot comparisons train on train qrels or pseudo queries.
+    ``routed_aggregate`` only labels the report (the engine's router has its own).
+    """
+    started = time.perf_counter()
+    collections = list(collections)
+    missing = [c for c in collections if c not in engine.experts]
+    if missing:
+        raise KeyError(f"Collections {missing} have no loaded expert. Loaded experts: {sorted(engine.experts)}")
+    if k < 100:
+        raise ValueError(f"k must be >= 100 to score Recall@100, got {k}")
+    tests = {c: read_test_set(datasets, c) for c in collections}
+    encoder, max_length = engine.encoder, engine.query_max_length
+    base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
+    union, keys = union_index(engine, collections)
+    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in SYSTEMS}
+    position = {c: i for i, c in enumerate(collections)}
+    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    for name, test in tests.items():
+        expert = engine.experts[name]
+        qrels = _keyed_qrels(test)
+        metrics["base"][name] = score_run(qrels, _run_of(test, name, expert.collection.search(base_vectors[name], k)))
+        scores, rows = union.search(base_vectors[name], k)
+        union_run = {
+            q: {keys[r]: float(s) for s, r in zip(score_row, row) if r >= 0}
+            for q, score_row, row in zip(test.ids, scores, rows, strict=True)
+        }
+        metrics["base-union"][name] = score_run(qrels, union_run)
+        expert_vectors = (
+            base_vectors[name]
+            if expert.adapter is None
+            else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
+        )
+        metrics["oracle"][name] = score_run(qrels, _run_of(test, name, expert.collection.search(expert_vectors, k)))
+        routed_run: dict[str, dict[str, float]] = {}
+        for start in range(0, len(test.texts), _SEARCH_BATCH):
+            batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k)
+            for qid, result in zip(test.ids[start : start + _SEARCH_BATCH], batch.results, strict=True):
+                routed_run[qid] = {f"{h.expert}/{h.id}": float(h.score) for h in result.hits}
+                chosen = result.decision.experts[0]
+                if chosen in position:
+                    confusion[position[name], position[chosen]] += 1
+        metrics["routed"][name] = score_run(qrels, routed_run)
+        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in SYSTEMS})
+    report = EvalReport(
+        collections=collections,
+        queries={c: len(t.ids) for c, t in tests.items()},
+        metrics=metrics,
+        confusion=confusion,
+        routed_aggregate=routed_aggregate,
+        union_documents=len(keys),
+        settings={"k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets)},
+    )
+    if constructions:
+        compare_pilots(engine, datasets, tests, base_vectors, report, constructions=constructions,
+                       pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def routing_accuracy(router: Router, tests: Mapping[str, TestSet], base_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Share of each collection's test queries whose top-1 expert is the collection's own, plus ``all`` (micro)."""
+    accuracy, right, total = {}, 0, 0
+    for name, vectors in base_vectors.items():
+        chosen = np.asarray(router.experts)[np.argmax(router.scores(vectors), axis=1)]
+        hits = int((chosen == name).sum())
+        accuracy[name] = hits / max(len(tests[name].ids), 1)
+        right, total = right + hits, total + len(tests[name].ids)
+    accuracy["all"] = right / max(total, 1)
+    return accuracy
+
+
+def compare_pilots(
+    engine: SearchEngine,
+    datasets: Path,
+    tests: Mapping[str, TestSet],
+    base_vectors: Mapping[str, np.ndarray],
+    report: EvalReport,
+    *,
+    constructions: Sequence[PilotConstruction],
+    pseudo_sample: int,
+    clusters: int,
+    seed: int,
+) -> None:
+    """Routing accuracy per pilot construction x aggregate, pilots built in memory from training queries only."""
+    selection = collect_training_queries(
+        engine, datasets, experts=report.collections, pseudo_sample=pseudo_sample, seed=seed
+    )
+    report.pilot_notes["training queries"] = selection.source
+    for construction in constructions:
+        if construction == "paper":
+            select_paper_pilots(engine, datasets, selection=selection)
+            pilots = selection.pilots
+            dropped = sum(selection.dropped.values())
+            report.pilot_notes["paper"] = (
+                f"{sum(len(p) for p in pilots.values())} pilots; {dropped} training queries dropped as ties; "
+                f"experts without pilots: {selection.without_pilots or 'none'}"
+            )
+            if selection.without_pilots:
+                # An expert that won nothing cannot be routed to; say so rather than inventing a pilot.
+                report.pilot_notes["paper"] += " (never routed to)"
+            if not pilots:
+                report.pilot_notes["paper"] = (
+                    f"not applicable: every expert tied on all {sum(len(q.ids) for q in selection.queries.values())} "
+                    "training queries (untrained adapters are identical to the base model)"
+                )
+                continue
+        else:
+            pilots = simple_pilots(selection, construction, clusters=clusters)
+        report.pilot_comparison[construction] = {
+            aggregate: routing_accuracy(Router(pilots, aggregate=aggregate), tests, base_vectors)
+            for aggregate in AGGREGATES
+        }

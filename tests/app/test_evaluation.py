@@ -1,0 +1,165 @@
+"""``rr eval`` and the paper's pilots end to end on the tiny BERT and two tiny collections with hand-made qrels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from app.building import build_pilots, index_expert
+from app.cli_eval import eval_command, pilots_paper_command
+from app.engine import SearchEngine
+from app.evaluation import SYSTEMS, evaluate, score_run, union_index
+from app.pilot_selection import publish_pilots, select_paper_pilots, training_queries
+from app.report import CHART_FILE, DATA_FILE, REPORT_FILE, write_report
+from experts import Encoder, ExpertDir, create_expert
+
+AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
+        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
+        ("a3", "Shock waves", "oblique shock reflection from a wall"),
+        ("a4", "Heat transfer", "heat transfer to a blunt body in hypersonic flow")]  # fmt: skip
+COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
+             ("a2", "Sorting", "a comparison of sorting methods on tape"),
+             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+
+
+def write_collection(folder: Path, docs, *, test: dict[str, str], train: dict[str, str] | None = None) -> Path:
+    """A BEIR folder whose queries are the documents' own passages, each judged relevant to its document."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    passages = {i: f"{t} {x}" for i, t, x in docs}
+    queries = {**test, **(train or {})}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": passages[d]}) + "\n" for q, d in queries.items()))
+    for split, judged in (("test", test), ("train", train)):
+        if judged:
+            rows = "".join(f"{q}\t{d}\t1\n" for q, d in judged.items())
+            (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return folder
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, tiny_bert_path: Path, adapter_a: Path):
+    datasets = tmp_path / "datasets"
+    write_collection(datasets / "aero", AERO, test={"q1": "a1", "q2": "a3"}, train={"t1": "a2", "t2": "a4"})
+    write_collection(datasets / "computing", COMPUTING, test={"q1": "a2", "q2": "a1", "q3": "a3"})
+    root = tmp_path / "experts"
+    encoder = Encoder(tiny_bert_path)
+    for name, docs, adapter in (("aero", AERO, adapter_a), ("computing", COMPUTING, None)):
+        expert = create_expert(root, name, encoder=encoder, adapter_from=adapter)
+        index_expert(expert, encoder, [datasets / name / "corpus.jsonl"], progress=False)
+        build_pilots(expert, encoder, [f"{t} {x}" for _, t, x in docs])
+    engine = SearchEngine.open(root, encoder)
+    yield engine, datasets, root
+    engine.close()
+
+
+def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: Path) -> None:
+    engine, datasets, _ = setup
+    report = evaluate(engine, datasets, ["aero", "computing"], pseudo_sample=3)
+    assert report.queries == {"aero": 2, "computing": 3}
+    assert report.union_documents == len(AERO) + len(COMPUTING)
+    assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
+    # Each test query is its document's passage, so the base encoder ranks that document first.
+    for system in ("base", "base-union"):
+        for name in ("aero", "computing"):
+            assert report.metrics[system][name] == pytest.approx({"nDCG@10": 1.0, "R@100": 1.0})
+    # The untrained expert is the base model: its oracle run equals the base run.
+    assert report.metrics["oracle"]["computing"] == report.metrics["base"]["computing"]
+    assert set(report.metrics) == set(SYSTEMS)
+    assert set(report.pilot_comparison) <= {"centroid", "kmeans", "paper"}
+    assert {"centroid", "kmeans"} <= set(report.pilot_comparison)
+    for by_aggregate in report.pilot_comparison.values():
+        assert set(by_aggregate) == {"max", "mean"}
+        assert all(0.0 <= v <= 1.0 for acc in by_aggregate.values() for v in acc.values())
+
+    folder = write_report(report, tmp_path / "reports", name="run", command="rr eval")
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["run"]  # no staging folder left
+    markdown = (folder / REPORT_FILE).read_text()
+    assert "| aero |" in markdown and "nDCG@10" in markdown and "rr eval" in markdown
+    assert (folder / CHART_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / DATA_FILE).read_text())["confusion"] == report.confusion.tolist()
+    with pytest.raises(FileExistsError):
+        write_report(report, tmp_path / "reports", name="run")
+
+
+def test_a_failing_report_leaves_no_folder(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, datasets, _ = setup
+    report = evaluate(engine, datasets, ["aero", "computing"], constructions=())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("app.report.render_chart", broken)
+    with pytest.raises(RuntimeError):
+        write_report(report, tmp_path / "reports", name="run")
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
+def test_score_run_counts_a_query_missing_from_the_run_as_zero() -> None:
+    qrels = {"q1": {"c/d1": 1}, "q2": {"c/d2": 1}}
+    assert score_run(qrels, {"q1": {"c/d1": 1.0, "c/d9": 0.5}}) == pytest.approx({"nDCG@10": 0.5, "R@100": 0.5})
+    # Another collection's document with the same id is not relevant.
+    assert score_run({"q": {"cacm/1": 1}}, {"q": {"cisi/1": 1.0}})["nDCG@10"] == 0.0
+
+
+def test_union_index_holds_every_document_once_with_its_collection(setup) -> None:
+    engine, _, _ = setup
+    union, keys = union_index(engine, ["aero", "computing"])
+    assert len(union) == len(keys) == 7
+    assert sorted(keys) == sorted([f"aero/{i}" for i, _, _ in AERO] + [f"computing/{i}" for i, _, _ in COMPUTING])
+
+
+def test_pseudo_training_queries_point_at_their_source_document(setup) -> None:
+    engine, datasets, _ = setup
+    queries = training_queries("computing", engine.experts["computing"].collection, datasets, pseudo_sample=2)
+    assert queries.origin == "pseudo queries" and len(queries.ids) == 2
+    titles = {i: t for i, t, _ in COMPUTING}
+    for qid, text in zip(queries.ids, queries.texts):
+        (doc,) = queries.qrels[qid]
+        assert text == titles[doc]
+    real = training_queries("aero", engine.experts["aero"].collection, datasets)
+    assert real.origin == "train qrels" and real.ids == ["t1", "t2"]
+
+
+def test_paper_pilots_follow_the_winners_and_publish(setup) -> None:
+    engine, datasets, root = setup
+    selection = select_paper_pilots(engine, datasets, pseudo_sample=3)
+    assert set(selection.scores) == {"aero", "computing"}
+    for source, scores in selection.scores.items():
+        assert scores.shape == (len(selection.queries[source].ids), 2)
+        assert ((scores >= 0) & (scores <= 1)).all()
+        won = sum(selection.wins[source].values())
+        assert won + selection.dropped[source] >= len(scores)  # a shared best counts for each expert
+    for name, pilots in selection.pilots.items():
+        assert pilots.shape[1] == engine.encoder.dim and 1 <= len(pilots) <= 2  # at most one pilot per source
+    if selection.pilots:
+        published = publish_pilots(engine, selection.pilots, method="paper", source=selection.source)
+        for name, manifest in published.items():
+            assert manifest.pilots.method == "paper"
+            np.testing.assert_allclose(ExpertDir(root / name).read_pilots(manifest), selection.pilots[name])
+
+
+def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Path, monkeypatch) -> None:
+    _, datasets, root = setup
+    monkeypatch.setenv("RR_DATA_DIR", str(root))
+    monkeypatch.setenv("RR_BASE_MODEL", str(tiny_bert_path))
+    from app import cli as cli_module
+
+    app = typer.Typer()
+    app.callback()(cli_module._configure)
+    app.command("eval")(eval_command)
+    app.command("pilots-paper")(pilots_paper_command)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--datasets", str(datasets), "--collections", "aero,computing",
+                                 "--out", str(tmp_path / "reports"), "--name", "cli", "--pilot-method", "centroid"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "routing accuracy" in result.output and (tmp_path / "reports" / "cli" / REPORT_FILE).is_file()
+    result = runner.invoke(app, ["eval", "--pilot-method", "magic", "--datasets", str(datasets)])
+    assert result.exit_code != 0 and "Valid methods are" in result.output
+    result = runner.invoke(app, ["pilots-paper", "--datasets", str(datasets), "--pseudo-sample", "3", "--dry-run"])
+    assert result.exit_code in (0, 2), result.output
+    assert "aero (train qrels)" in result.output
