@@ -279,7 +279,9 @@ def demo_command(
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each), registered on the one entry point."""
     from app.cli_eval import eval_command, pilots_paper_command
+    from app.cli_train import train_expert_command
 
+    cli.command("train-expert")(train_expert_command)
     cli.command("eval")(eval_command)
     cli.command("pilots-paper")(pilots_paper_command)
 

@@ -34,8 +34,11 @@ from experts.manifest import (
     IndexSection,
     Manifest,
     PilotsSection,
+    TrainingSection,
     check_expert_name,
 )
+from experts.pairs import TrainingPair, combine_pairs, pseudo_pairs, supervised_pairs
+from experts.train import NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
 
 __all__ = [
     "ADAPTER_DIR",
@@ -55,7 +58,13 @@ __all__ = [
     "Manifest",
     "MissingFileError",
     "ModelLoadError",
+    "NegativeSearch",
     "PilotsSection",
+    "TrainConfig",
+    "TrainReport",
+    "TrainingError",
+    "TrainingPair",
+    "TrainingSection",
     "UnknownExpertError",
     "adapter_weights_file",
     "atomic_save_npy",
@@ -63,13 +72,17 @@ __all__ = [
     "check_adapter_fits",
     "check_base_matches",
     "check_expert_name",
+    "combine_pairs",
     "create_expert",
     "fsync_dir",
     "fsync_tree",
     "list_expert_dirs",
     "new_lora_adapter",
+    "pseudo_pairs",
     "read_adapter_config",
     "resolve_model",
     "sha256_file",
+    "supervised_pairs",
+    "train_adapter",
     "weights_fingerprint",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -68,6 +68,22 @@ class PilotsSection(_Section):
     source: str = Field("", description="Where the pilot queries came from.")
 
 
+class TrainingSection(_Section):
+    """How the adapter was trained (absent for an untrained or imported adapter). Informational."""
+
+    recipe: dict[str, Any] = Field(description="The TrainConfig fields (steps, lr, temperature, LoRA, seed, ...).")
+    mode: str = Field(description="'full_softmax' (every document scored) or 'in_batch' (+ mined negatives).")
+    pairs: int = Field(ge=0, description="Training queries available (pseudo + supervised, repeats counted).")
+    pair_kinds: dict[str, int] = Field(default_factory=dict, description="Pairs per kind: title, span, supervised.")
+    documents: int = Field(ge=0)
+    first_loss: float
+    final_loss: float
+    seconds: float
+    trained_at: str = Field(default_factory=utc_now)
+    corpora: tuple[str, ...] = Field((), description="Fingerprints of the corpus files trained on.")
+    labelled: str = Field("", description="Labelled queries and qrels used, if any.")
+
+
 class Manifest(_Section):
     format_version: int = MANIFEST_VERSION
     name: str
@@ -81,6 +97,7 @@ class Manifest(_Section):
     adapter: AdapterInfo
     index: IndexSection | None = None
     pilots: PilotsSection | None = None
+    training: TrainingSection | None = None
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> sha256 of every file.")
 
     @field_validator("name")

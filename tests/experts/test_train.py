@@ -1,0 +1,118 @@
+"""The LoRA InfoNCE trainer on the tiny random BERT: it learns, it is deterministic, its adapter loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from experts import Encoder, ModelLoadError, TrainConfig, TrainingError, TrainingPair, train_adapter
+from experts.train import batch_schedule, exact_search, info_nce
+
+WORDS = "wing drag shock plate heat layer compiler storage sort tape query index vitamin protein cell gene".split()
+
+
+QUERY_WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def toy_problem(encoder: Encoder) -> tuple[list[TrainingPair], np.ndarray]:
+    """An arbitrary code book the adapter must learn: query word i -> the base vector of document word i.
+
+    The targets are base-encoder outputs, so an adapter can reach them; the base
+    itself maps the query words near chance.
+    """
+    documents = encoder.embed(WORDS)
+    pairs = []
+    for row, word in enumerate(QUERY_WORDS):
+        pairs.append(TrainingPair(word, (row,), "title"))
+        pairs.append(TrainingPair(f"the {word}", (row,), "span"))
+    return pairs, documents
+
+
+FAST = TrainConfig(steps=60, batch_size=8, lr=3e-2, temperature=0.02, rank=8, alpha=16, dropout=0.0, query_max_length=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy 2-core machine loses 10x to contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def accuracy(encoder: Encoder, pairs: list[TrainingPair], documents: np.ndarray, expert: str | None) -> float:
+    queries = encoder.embed([p.query for p in pairs], expert=expert)
+    return float(np.mean(np.argmax(queries @ documents.T, axis=1) == [p.positives[0] for p in pairs]))
+
+
+def test_training_lowers_the_loss_and_the_adapter_changes_only_query_embeddings(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    pairs, documents = toy_problem(encoder)
+    report = train_adapter(encoder, pairs, documents, tmp_path / "adapter", config=FAST, progress=False)
+    assert report.mode == "full_softmax" and report.pairs == 32 and report.documents == 16
+    assert len(report.losses) == 60 and report.final_loss < 0.5 * report.first_loss
+    before = accuracy(encoder, pairs, documents, None)
+    base_vectors = encoder.embed(["the drag of it"])
+    encoder.add_adapter("toy", tmp_path / "adapter")
+    assert accuracy(encoder, pairs, documents, "toy") > before + 0.4
+    np.testing.assert_array_equal(encoder.embed(["the drag of it"]), base_vectors)  # base (document side) unchanged
+    assert not np.allclose(encoder.embed(["the drag of it"], expert="toy"), base_vectors)
+
+
+def test_same_seed_same_adapter_other_seed_other_adapter(tmp_path: Path, encoder: Encoder) -> None:
+    pairs, documents = toy_problem(encoder)
+    config = TrainConfig(**{**FAST.as_dict(), "steps": 6})
+    for run, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train_adapter(encoder, pairs, documents, tmp_path / run, config=TrainConfig(**{**config.as_dict(), "seed": seed}), progress=False)
+    a, b, c = (load_file(tmp_path / run / "adapter_model.safetensors") for run in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert any(not torch.equal(a[key], c[key]) for key in a)
+
+
+def test_in_batch_mode_with_mined_hard_negatives_also_learns(tmp_path: Path, encoder: Encoder) -> None:
+    pairs, documents = toy_problem(encoder)
+    config = TrainConfig(**{**FAST.as_dict(), "full_softmax_limit": 0, "hard_negatives": 3})
+    report = train_adapter(encoder, pairs, documents, tmp_path / "adapter", config=config, progress=False)
+    assert report.mode == "in_batch" and report.final_loss < 0.6 * report.first_loss
+
+
+def test_info_nce_sums_the_mass_of_several_positives() -> None:
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    mask = torch.tensor([[True, True, False], [False, False, True]])
+    probabilities = torch.softmax(scores, dim=1)
+    expected = -(torch.log(probabilities[0, :2].sum()) + torch.log(probabilities[1, 2])) / 2
+    assert float(info_nce(scores, mask)) == pytest.approx(float(expected))
+
+
+def test_schedule_uses_every_pair_before_repeating_and_exact_search_ranks() -> None:
+    schedule = batch_schedule(10, steps=3, batch_size=4, seed=0)
+    flat = np.concatenate(schedule)
+    assert [len(b) for b in schedule] == [4, 4, 4] and sorted(flat[:10].tolist()) == list(range(10))
+    documents = np.eye(4, dtype=np.float32)
+    assert exact_search(documents)(np.array([[0.1, 0.9, 0.5, 0.0]], dtype=np.float32), 2).tolist() == [[1, 2]]
+
+
+def test_bad_inputs_are_refused_with_reasons(tmp_path: Path, encoder: Encoder) -> None:
+    pairs, documents = toy_problem(encoder)
+    with pytest.raises(TrainingError, match="no training pairs"):
+        train_adapter(encoder, [], documents, tmp_path / "a", config=FAST)
+    with pytest.raises(TrainingError, match="names document row 15, but the matrix has 4 rows"):
+        train_adapter(encoder, pairs, documents[:4], tmp_path / "a", config=FAST)
+    with pytest.raises(TrainingError, match="dim 8 but the base model"):
+        train_adapter(encoder, pairs, np.ones((16, 8), dtype=np.float32), tmp_path / "a", config=FAST)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        TrainConfig(hard_negatives=0)
+
+
+def test_an_encoder_whose_weights_changed_on_disk_is_refused(tmp_path: Path, encoder: Encoder, monkeypatch) -> None:
+    pairs, documents = toy_problem(encoder)
+    monkeypatch.setattr(encoder, "fingerprint", "0" * 64)
+    with pytest.raises(ModelLoadError, match="no longer matches"):
+        train_adapter(encoder, pairs, documents, tmp_path / "a", config=FAST)
