@@ -200,7 +200,8 @@ def test_a_published_expert_that_fails_to_load_keeps_the_service_unready_until_r
     pilots = experts_root / "alpha" / manifest["pilots"]["file"]
     pilots.write_bytes(pilots.read_bytes()[:-4] + b"\1\1\1\1")
     client = make_client(experts_root, wait=False)
-    wait_for(lambda: "alpha" in client.get("/readyz").text, what="start-up to report alpha")
+    # Wait for the failure itself: while loading, /readyz already names alpha ("loading experts (1/2: alpha)").
+    wait_for(lambda: "checksum" in client.get("/readyz").text, what="start-up to report alpha's failure")
     response = client.get("/readyz")
     assert response.status_code == 503 and "alpha" in error_of(response)["message"] and "checksum" in error_of(response)["message"]
     listed = {e["name"]: e for e in client.get("/experts").json()["experts"]}
