@@ -32,6 +32,7 @@ from ir_measures import R, nDCG
 from app.engine import SearchEngine
 from app.pilot_selection import (
     PILOT_CONSTRUCTIONS,
+    JudgedQueries,
     PilotConstruction,
     collect_training_queries,
     select_paper_pilots,
@@ -57,23 +58,13 @@ AGGREGATES: tuple[Aggregate, ...] = ("max", "mean")
 _SEARCH_BATCH = 64
 
 
-@dataclass(frozen=True)
-class TestSet:
-    """One collection's judged test queries."""
-
-    collection: str
-    ids: list[str]
-    texts: list[str]
-    qrels: dict[str, dict[str, int]]
-
-
-def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> TestSet:
+def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> JudgedQueries:
     """``<datasets>/<collection>/qrels/<split>.tsv`` and the queries judged in it (relevance > 0)."""
     folder = Path(datasets) / collection
     qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
     queries = judged_queries(read_queries(folder / "queries.jsonl"), qrels)
     ids = list(queries)
-    return TestSet(collection, ids, [queries[q] for q in ids], {q: qrels[q] for q in ids})
+    return JudgedQueries(collection, ids, [queries[q] for q in ids], {q: qrels[q] for q in ids}, f"{split} qrels")
 
 
 @dataclass
@@ -104,7 +95,7 @@ class EvalReport:
         return accuracy
 
 
-def _keyed_qrels(test: TestSet) -> dict[str, dict[str, int]]:
+def _keyed_qrels(test: JudgedQueries) -> dict[str, dict[str, int]]:
     return {q: {f"{test.collection}/{doc}": rel for doc, rel in docs.items()} for q, docs in test.qrels.items()}
 
 
@@ -119,7 +110,7 @@ def score_run(
     return {name: value / max(len(qrels), 1) for name, value in totals.items()}
 
 
-def _run_of(test: TestSet, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
+def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
     return {
         q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
     }
@@ -214,7 +205,7 @@ def evaluate(
     return report
 
 
-def routing_accuracy(router: Router, tests: Mapping[str, TestSet], base_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
+def routing_accuracy(router: Router, tests: Mapping[str, JudgedQueries], base_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Share of each collection's test queries whose top-1 expert is the collection's own, plus ``all`` (micro)."""
     accuracy, right, total = {}, 0, 0
     for name, vectors in base_vectors.items():
@@ -229,7 +220,7 @@ def routing_accuracy(router: Router, tests: Mapping[str, TestSet], base_vectors:
 def compare_pilots(
     engine: SearchEngine,
     datasets: Path,
-    tests: Mapping[str, TestSet],
+    tests: Mapping[str, JudgedQueries],
     base_vectors: Mapping[str, np.ndarray],
     report: EvalReport,
     *,

@@ -41,8 +41,11 @@ WIN_DEPTH = 10
 
 
 @dataclass(frozen=True)
-class TrainingQueries:
-    """One collection's pilot-training queries: ids, texts, their judged documents, and where they came from."""
+class JudgedQueries:
+    """One collection's judged queries: ids, texts, their judged documents, and where they came from.
+
+    Pilot training uses train qrels or pseudo queries; the evaluation uses the test qrels.
+    """
 
     collection: str
     ids: list[str]
@@ -58,7 +61,7 @@ def training_queries(
     *,
     pseudo_sample: int = 300,
     seed: int = 0,
-) -> TrainingQueries:
+) -> JudgedQueries:
     """Real training queries (``<datasets>/<name>/qrels/train.tsv``) if there are any, else pseudo queries.
 
     Pseudo queries are one per sampled document (its title, or a short span of
@@ -72,7 +75,7 @@ def training_queries(
             queries = judged_queries(read_queries(folder / "queries.jsonl"), qrels)
             if queries:
                 ids = list(queries)
-                return TrainingQueries(collection_name, ids, [queries[q] for q in ids], qrels, "train qrels")
+                return JudgedQueries(collection_name, ids, [queries[q] for q in ids], qrels, "train qrels")
     rows = collection.docstore.all_row_ids().tolist()
     chosen = sorted(random.Random(seed).sample(rows, min(pseudo_sample, len(rows))))
     ids, texts, qrels = [], [], {}
@@ -86,7 +89,7 @@ def training_queries(
         ids.append(query_id)
         texts.append(made[0])
         qrels[query_id] = {doc.id: 1}
-    return TrainingQueries(collection_name, ids, texts, qrels, "pseudo queries")
+    return JudgedQueries(collection_name, ids, texts, qrels, "pseudo queries")
 
 
 def per_query_ndcg(
@@ -103,7 +106,7 @@ class PilotSelection:
     """Pilots per construction, with the evidence behind the paper's: who won which collection's queries."""
 
     experts: list[str]
-    queries: dict[str, TrainingQueries]
+    queries: dict[str, JudgedQueries]
     base: dict[str, np.ndarray]  # collection -> (n, d) base embeddings of its training queries
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # collection -> (n, E) per-query nDCG@10
     pilots: dict[str, np.ndarray] = field(default_factory=dict)  # the paper's, {expert: (p, d)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,17 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny BERT with another width: adapters made for it must be refused by the first."""
     return make_tiny_bert(tmp_path_factory.mktemp("other-bert"), hidden=48, seed=1)
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """Training the tiny model gains nothing from threads, and on a busy 2-core machine loses 10x to contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

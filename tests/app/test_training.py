@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -19,17 +18,10 @@ from app.loading import load_expert, unload_expert
 from app.training import train_expert
 from experts import Encoder, ExpertDir, ExpertDirError, TrainConfig, create_expert
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORDS = "wing lift drag shock flow plate heat layer compiler storage sort tape query index vitamin cell".split()
 CONFIG = TrainConfig(steps=6, batch_size=8, query_max_length=16, lr=1e-2)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy 2-core machine loses 10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

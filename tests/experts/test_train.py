@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from experts import Encoder, ModelLoadError, TrainConfig, TrainingError, TrainingPair, train_adapter
 from experts.train import batch_schedule, exact_search, info_nce
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORDS = "wing drag shock plate heat layer compiler storage sort tape query index vitamin protein cell gene".split()
 
 
@@ -33,15 +35,6 @@ def toy_problem(encoder: Encoder) -> tuple[list[TrainingPair], np.ndarray]:
 
 
 FAST = TrainConfig(steps=60, batch_size=8, lr=3e-2, temperature=0.02, rank=8, alpha=16, dropout=0.0, query_max_length=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy 2-core machine loses 10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def accuracy(encoder: Encoder, pairs: list[TrainingPair], documents: np.ndarray, expert: str | None) -> float:
