@@ -1,4 +1,4 @@
-"""The shared encoder, LoRA adapters and the expert directory format (the only package importing torch)."""
+"""The shared encoder, LoRA adapters, the expert directory format and adapter training (the only package importing torch)."""
 
 from experts.adapters import (
     DEFAULT_TARGET_MODULES,
