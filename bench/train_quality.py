@@ -36,7 +36,8 @@ from ir_measures import R, nDCG
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.evaluation import TestSet, read_test_set  # noqa: E402
+from app.evaluation import read_test_set  # noqa: E402
+from app.pilot_selection import JudgedQueries  # noqa: E402
 from app.training import train_expert  # noqa: E402
 from experts import Encoder, ExpertDir, TrainConfig  # noqa: E402
 from index import Collection  # noqa: E402
@@ -62,7 +63,7 @@ class Row:
     final_loss: float
 
 
-def evaluate(collection: Collection, encoder: Encoder, adapter: str | None, test: TestSet, *, query_max_length: int):
+def evaluate(collection: Collection, encoder: Encoder, adapter: str | None, test: JudgedQueries, *, query_max_length: int):
     """nDCG@10 and R@100 of one encoder choice over the judged test queries, searching the expert's index."""
     vectors = encoder.embed(test.texts, expert=adapter, max_length=query_max_length)
     hits = collection.search(vectors, 100)
