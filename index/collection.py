@@ -5,7 +5,8 @@
     <directory>/
         dense.faiss   the FAISS index (IDMap2, inner product), ids = docstore row ids
         docs.sqlite   the docstore (rollback-journal mode: opening it writes nothing)
-        index.json    IndexInfo: dim, factory, count, provenance, file sizes and checksums
+        index.json    IndexInfo: dim, factory, count, provenance, lexical settings, file sizes and checksums
+        lexical-*     the BM25 index (see index.lexical), when the collection has one
 
 A directory is produced complete by the indexing job and published with one
 ``rename``; nothing in it is modified afterwards, so any number of processes
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -24,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from index.analysis import LexicalSettings
 from index.atomic import atomic_write
 from index.dense import DenseIndex, SearchParams
 from index.docstore import DocStore
-from index.errors import IndexFileError
+from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
+from index.lexical import LexicalIndex
 
 __all__ = [
     "DENSE_FILE",
@@ -73,6 +77,12 @@ class IndexInfo:
     file_sizes: dict[str, int] = field(default_factory=dict, hash=False)  # bytes per file name
     checksums: dict[str, str] = field(default_factory=dict, hash=False)  # "sha256:<hex>" per file name
     format_version: int = FORMAT_VERSION
+    lexical: LexicalSettings | None = None  # how the BM25 index was built; None when there is none
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The collection's data files (every file but ``index.json``), for manifests and checksums."""
+        return tuple(sorted(self.file_sizes))
 
 
 def file_sha256(path: Path) -> str:
@@ -117,7 +127,16 @@ def read_info(directory: Path) -> IndexInfo:
     fingerprints = data.get("corpus_fingerprints", [])
     if not isinstance(fingerprints, list) or not all(isinstance(f, str) for f in fingerprints):
         raise IndexFileError(f"collection info file {str(path)!r}: 'corpus_fingerprints' must be a list of strings")
-    return IndexInfo(**{k: v for k, v in data.items() if k in known} | {"corpus_fingerprints": tuple(fingerprints)})
+    lexical = data.get("lexical")
+    if lexical is not None:
+        if not isinstance(lexical, dict):
+            raise IndexFileError(f"collection info file {str(path)!r}: 'lexical' must be an object or null")
+        try:
+            lexical = LexicalSettings.from_dict(lexical)
+        except (InvalidParameterError, TypeError) as exc:
+            raise IndexFileError(f"collection info file {str(path)!r}: invalid 'lexical' settings: {exc}") from exc
+    parsed = {"corpus_fingerprints": tuple(fingerprints), "lexical": lexical}
+    return IndexInfo(**{k: v for k, v in data.items() if k in known} | parsed)
 
 
 class Collection:
@@ -127,12 +146,15 @@ class Collection:
     ...     hits = collection.search(query_vectors, 10)   # (nq, dim) float32 -> nq lists of Hit
     """
 
-    def __init__(self, directory: Path, info: IndexInfo, dense: DenseIndex, docstore: DocStore) -> None:
+    def __init__(
+        self, directory: Path, info: IndexInfo, dense: DenseIndex, docstore: DocStore, lexical: LexicalIndex | None
+    ) -> None:
         """Private: use :meth:`open`."""
         self._directory = directory
         self._info = info
         self._dense = dense
         self._docstore = docstore
+        self._lexical = lexical
 
     @classmethod
     def open(
@@ -148,7 +170,9 @@ class Collection:
         Checks that the three files exist, ``index.json`` parses, file sizes
         match what was recorded (and checksums, when ``verify_checksums``: this
         reads every byte, so it is off by default), and that dims and counts
-        agree across the files. Any failure is an :class:`IndexFileError` that
+        agree across the files. The lexical index is opened too when
+        ``index.json`` records one (its score matrix memory-mapped like the
+        vectors when ``mmap``). Any failure is an :class:`IndexFileError` that
         names the file and what was wrong.
         """
         directory = Path(directory)
@@ -162,6 +186,8 @@ class Collection:
                 )
         info = read_info(directory)
         for name, size in info.file_sizes.items():
+            if not (directory / name).is_file():
+                raise IndexFileError(f"collection {str(directory)!r} is missing {name!r}, which {INFO_FILE} lists")
             actual = (directory / name).stat().st_size
             if actual != size:
                 raise IndexFileError(f"{str(directory / name)!r} is {actual} bytes but {INFO_FILE} records {size}")
@@ -172,6 +198,7 @@ class Collection:
         dense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
         if search_params is not None:
             dense.default_params = search_params
+        lexical = None if info.lexical is None else LexicalIndex.load(directory, info.lexical, mmap=mmap)
         docstore = DocStore.open(directory / DOCSTORE_FILE, readonly=True)
         try:
             problems = []
@@ -181,12 +208,14 @@ class Collection:
                 problems.append(f"{DENSE_FILE} holds {dense.ntotal} vectors but {INFO_FILE} says {info.count}")
             if (stored := len(docstore)) != info.count:
                 problems.append(f"{DOCSTORE_FILE} holds {stored} documents but {INFO_FILE} says {info.count}")
+            if lexical is not None and len(lexical) != info.count:
+                problems.append(f"the lexical index holds {len(lexical)} documents but {INFO_FILE} says {info.count}")
             if problems:
                 raise IndexFileError(f"collection {str(directory)!r} is inconsistent: " + "; ".join(problems))
         except BaseException:
             docstore.close()
             raise
-        return cls(directory, info, dense, docstore)
+        return cls(directory, info, dense, docstore, lexical)
 
     @property
     def directory(self) -> Path:
@@ -204,6 +233,21 @@ class Collection:
     def docstore(self) -> DocStore:
         return self._docstore
 
+    @property
+    def has_lexical(self) -> bool:
+        """True when the collection was built with a lexical (BM25) index."""
+        return self._lexical is not None
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The lexical index; :class:`NoLexicalIndexError` when the collection has none."""
+        if self._lexical is None:
+            raise NoLexicalIndexError(
+                f"collection {str(self._directory)!r} has no lexical index; "
+                "build it again with build_index(..., lexical=LexicalSettings())"
+            )
+        return self._lexical
+
     def __len__(self) -> int:
         return self._info.count
 
@@ -214,6 +258,26 @@ class Collection:
         returned. Safe to call from several threads.
         """
         scores, ids = self._dense.search(queries, k, params=params)
+        return self.hits(scores, ids)
+
+    def search_lexical(
+        self, queries: Sequence[str], k: int, *, allowed: Iterable[int] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top-``k`` per query text: (nq, k) float32 scores, (nq, k) int64 row ids (-inf / -1 pads).
+
+        The same shapes, order and ids as :meth:`DenseIndex.search`, so the two
+        lists can be fused by id; :meth:`hits` turns either into documents.
+        ``allowed`` restricts the results to those row ids. Safe to call from
+        several threads.
+
+        >>> scores, ids = collection.search_lexical(["heat transfer"], 10)  # doctest: +SKIP
+        >>> collection.hits(scores, ids)[0][0].id
+        '1234'
+        """
+        return self.lexical.search(queries, k, allowed=allowed)
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`, one docstore fetch."""
         unique = np.unique(ids[ids >= 0])
         docs = dict(zip(unique.tolist(), self._docstore.get(unique.tolist()), strict=True))
         results: list[list[Hit]] = []
@@ -224,7 +288,7 @@ class Collection:
                 if doc is None:
                     if row_id >= 0:
                         logger.warning(
-                            "%s: row id %d is in %s but not in %s", self._directory, row_id, DENSE_FILE, DOCSTORE_FILE
+                            "%s: row id %d came from a search but is not in %s", self._directory, row_id, DOCSTORE_FILE
                         )
                     continue
                 hits.append(Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata))

@@ -12,7 +12,8 @@ handlers keep working::
     ├── IndexFileError          (OSError)          missing / corrupt / truncated artifact file
     ├── OutputExistsError       (FileExistsError)  a build would overwrite an existing directory
     ├── ReadOnlyError           (PermissionError)  a write to something opened read-only
-    └── BuildInProgressError    (RuntimeError)     another build holds the work directory
+    ├── BuildInProgressError    (RuntimeError)     another build holds the work directory
+    └── NoLexicalIndexError     (LookupError)      lexical search on a collection built without one
 
 Lower-layer errors (``RuntimeError`` from FAISS, ``sqlite3.Error``) are
 translated where they are raised, so nothing from those libraries leaks out.
@@ -27,6 +28,7 @@ __all__ = [
     "IndexFileError",
     "IndexStoreError",
     "InvalidParameterError",
+    "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
 ]
@@ -65,3 +67,7 @@ class ReadOnlyError(IndexStoreError, PermissionError):
 
 class BuildInProgressError(IndexStoreError, RuntimeError):
     """Another process is running a build in the same work directory."""
+
+
+class NoLexicalIndexError(IndexStoreError, LookupError):
+    """A lexical search was asked of a collection that was built without a lexical index."""

@@ -12,6 +12,7 @@ from index import (
     DENSE_FILE,
     DOCSTORE_FILE,
     INFO_FILE,
+    LEXICAL_FILES,
     Collection,
     IndexFileError,
     SearchParams,
@@ -48,7 +49,9 @@ def test_opening_writes_nothing_into_the_published_directory(collection_dir: Pat
     before = sorted(p.name for p in collection_dir.iterdir())
     with Collection.open(collection_dir) as collection:
         collection.search(embed(["x"]), 5)
-        assert sorted(p.name for p in collection_dir.iterdir()) == before == [DENSE_FILE, DOCSTORE_FILE, INFO_FILE]
+        collection.search_lexical(["text"], 5)
+        expected = sorted([DENSE_FILE, DOCSTORE_FILE, INFO_FILE, *LEXICAL_FILES])
+        assert sorted(p.name for p in collection_dir.iterdir()) == before == expected
 
 
 @pytest.mark.parametrize("name", [DENSE_FILE, DOCSTORE_FILE, INFO_FILE])
