@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import routes_admin, routes_embeddings, routes_experts, routes_ops, routes_search
+from app import routes_admin, routes_console, routes_embeddings, routes_experts, routes_ops, routes_search
 from app.batching import MicroBatcher
 from app.body_limit import BodySizeLimitMiddleware
 from app.engine import BatchResult, SearchEngine, SearchJob
@@ -38,6 +38,7 @@ Expert-routing retrieval: one shared encoder, one LoRA adapter per domain, a pil
 one FAISS index per expert. `POST /search` routes each query to its expert; `POST /v1/embeddings`
 is OpenAI-compatible; `/admin/experts` publishes and unpublishes experts while the service runs
 (`Authorization: Bearer <RR_ADMIN_KEY>`). Errors are always `{"error": {"type", "message", "details"}}`.
+A browser console for people who run the service is at [`/console/`](/console/).
 """
 
 
@@ -113,7 +114,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
     install_error_handlers(app)
-    for module in (routes_search, routes_embeddings, routes_experts, routes_admin, routes_ops):
+    for module in (routes_search, routes_embeddings, routes_experts, routes_admin, routes_ops, routes_console):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,

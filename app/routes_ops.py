@@ -1,4 +1,4 @@
-"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics``. None needs a key."""
+"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics``, ``/metrics/summary``. None needs a key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.errors import error_response
-from app.schemas import HealthOut, ReadyOut, error_responses
+from app.metrics_summary import summarize
+from app.schemas import HealthOut, MetricsSummaryOut, ReadyOut, error_responses
 from app.state import Service
 
 router = APIRouter(tags=["operations"])
@@ -35,3 +36,9 @@ async def readyz(service: Service) -> ReadyOut | JSONResponse:
 async def metrics(service: Service) -> Response:
     """Prometheus text format: requests, latency, batch sizes, queue depth, routing, index sizes."""
     return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/metrics/summary", response_model=MetricsSummaryOut)
+async def metrics_summary(service: Service) -> MetricsSummaryOut:
+    """The main figures of `/metrics` as JSON, for people: requests, p50/p95 latency per route, queries per expert."""
+    return summarize(service.metrics)

@@ -240,6 +240,32 @@ class ReadyOut(BaseModel):
     experts: list[str]
 
 
+class RouteTrafficOut(BaseModel):
+    route: str = Field(description="The route template (`/experts/{name}`), or `unmatched`.")
+    method: str
+    requests: int
+    server_errors: int = Field(description="Answers with a 5xx status.")
+    p50_ms: float | None = Field(description="Median latency, estimated from the histogram buckets.")
+    p95_ms: float | None
+
+
+class RoutedCountOut(BaseModel):
+    expert: str = Field(description="The expert that answered (the first searched).")
+    mode: str = Field(description="`top1`, `fanout`, `fallback` or `forced`.")
+    queries: int
+
+
+class MetricsSummaryOut(BaseModel):
+    """What ``/metrics`` holds, digested for people; every count is since the process started."""
+
+    requests: int
+    server_errors: int
+    routes: list[RouteTrafficOut] = Field(description="Per route and method, busiest first.")
+    routed: list[RoutedCountOut] = Field(description="Queries per answering expert and routing mode, most first.")
+    queue_depth: dict[str, int] = Field(description="Queries waiting for the model, by kind (search, embeddings).")
+    rejected: dict[str, int] = Field(description="Requests refused with 429 (queue full), by kind.")
+
+
 class ErrorDetail(BaseModel):
     type: str
     message: str
