@@ -14,6 +14,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from app.errors import is_disk_full
 from experts import MANIFEST_FILE
 
 _CHUNK = 1 << 20
@@ -74,6 +75,8 @@ def extract_archive(archive: Path, staging: Path, *, max_bytes: int, max_members
                 except FileExistsError as exc:
                     raise ArchiveError(f"entry {member.name!r} appears twice in the archive") from exc
         except (tarfile.TarError, EOFError, OSError) as exc:  # damaged, truncated, or a file where a dir goes
+            if is_disk_full(exc):
+                raise  # the server's disk is full, the archive may be fine: not the uploader's fault (507)
             raise ArchiveError(f"the archive cannot be unpacked: {exc}") from exc
 
 

@@ -30,11 +30,15 @@ from experts import (
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
 from index import BuildReport, Collection, build_index
-from router import centroid_pilots, kmeans_pilots
+from router import centroid_pilots, kmeans_pilots, query_pilots
 
 logger = logging.getLogger(__name__)
 
-PilotMethod = Literal["centroid", "kmeans"]
+#: How ``build_pilots`` turns training queries into pilots (see ``router.pilots``).
+PilotMethod = Literal["centroid", "kmeans", "queries"]
+PILOT_METHODS: tuple[PilotMethod, ...] = ("centroid", "kmeans", "queries")
+#: Pilots kept per expert by the ``queries`` method: the same for every expert, so a kNN vote is fair.
+QUERY_PILOTS = 1000
 
 
 def _document_embedder(expert: ExpertDir, manifest: Manifest, encoder: Encoder):
@@ -128,8 +132,9 @@ def build_pilots(
     encoder: Encoder,
     texts: Sequence[str],
     *,
-    method: PilotMethod = "centroid",
+    method: PilotMethod = "queries",
     clusters: int = 4,
+    limit: int = QUERY_PILOTS,
     source: str = "",
     query_max_length: int = 64,
 ) -> Manifest:
@@ -138,13 +143,17 @@ def build_pilots(
     check_base_matches(manifest, encoder)
     if not texts:
         raise ValueError(f"no texts to build pilots of expert {manifest.name!r} from")
+    if method == "queries" and len(texts) > limit:  # sample before embedding: only the kept ones are needed
+        texts = random.Random(0).sample(list(texts), limit)
     embedded = encoder.embed(list(texts), max_length=query_max_length)
     if method == "centroid":
         pilots = centroid_pilots(embedded)
     elif method == "kmeans":
         pilots = kmeans_pilots(embedded, clusters=clusters)
+    elif method == "queries":
+        pilots = query_pilots(embedded, limit=limit)
     else:
-        raise ValueError(f"Invalid pilot method {method!r}. Valid methods are: 'centroid', 'kmeans'")
+        raise ValueError(f"Invalid pilot method {method!r}. Valid methods are: {', '.join(PILOT_METHODS)}")
     name = expert.stage_pilots(np.asarray(pilots, dtype=np.float32))
     section = PilotsSection(file=name, count=len(pilots), method=method, source=f"{source} ({len(texts)} queries)")
     return expert.publish(pilots=section)

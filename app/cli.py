@@ -50,8 +50,7 @@ class _State:
             self.settings.data_dir,
             self.encoder(),
             verify_checksums=self.settings.verify_checksums,
-            query_max_length=self.settings.query_max_length,
-            aggregate=self.settings.router_aggregate,
+            **self.settings.engine_options(),
         )
 
 
@@ -130,7 +129,7 @@ def pilots_command(
     queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
     qrels: Annotated[Optional[Path], typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
     from_documents: Annotated[Optional[int], typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
-    method: Annotated[str, typer.Option(help="centroid or kmeans.")] = "centroid",
+    method: Annotated[str, typer.Option(help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn).")] = "queries",
     clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
 ) -> None:
     """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""

@@ -37,11 +37,14 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Reports folder; each run writes a new sub-folder.")] = Path("reports"),
     name: Annotated[Optional[str], typer.Option(help="Sub-folder name (default: a UTC timestamp).")] = None,
     pilot_method: Annotated[
-        str, typer.Option(help="Pilot constructions to compare, comma-separated: centroid, kmeans, paper; or 'none'.")
-    ] = "centroid,kmeans,paper",
+        str, typer.Option(help="Pilot constructions to compare, comma-separated: centroid, kmeans, queries, paper; or 'none'.")
+    ] = "centroid,kmeans,queries,paper",
     pseudo_sample: Annotated[int, typer.Option(min=1, help="Pseudo queries per collection without train qrels.")] = 300,
     clusters: Annotated[int, typer.Option(min=1, help="k-means pilots per expert.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the pseudo-query sample.")] = 0,
+    fanout_margin: Annotated[
+        Optional[float], typer.Option(min=0, help="Also score routing that fans out to the top 2 below this margin.")
+    ] = None,
 ) -> None:
     """Score base, union, oracle-expert and routed search on the test qrels; compare pilot constructions."""
     from app.cli import state
@@ -58,16 +61,16 @@ def eval_command(
         report = evaluate(
             engine, datasets or state.settings.datasets_dir, _names(collections), constructions=methods,  # type: ignore[arg-type]
             pseudo_sample=pseudo_sample, clusters=clusters, seed=seed,
-            routed_aggregate=state.settings.router_aggregate,
+            routed_aggregate=state.settings.router_aggregate, fanout_margin=fanout_margin,
         )  # fmt: skip
     finally:
         engine.close()
     folder = write_report(report, out, name=name, command=shlex.join(["rr", *sys.argv[1:]]))
     accuracy = report.routing_accuracy
     typer.echo(f"wrote {folder} ({report.seconds:.0f}s)")
-    for system in ("base", "base-union", "oracle", "routed"):
+    for system in report.systems:
         typer.echo(
-            f"  {system:<10} nDCG@10 {report.average(system, 'nDCG@10'):.3f}  R@100 {report.average(system, 'R@100'):.3f}"
+            f"  {system:<13} nDCG@10 {report.average(system, 'nDCG@10'):.3f}  R@100 {report.average(system, 'R@100'):.3f}"
         )
     typer.echo(f"  routing accuracy {accuracy['all']:.1%}")
 

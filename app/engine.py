@@ -73,10 +73,12 @@ class SearchEngine:
     ('cranfield',)
     """
 
-    def __init__(self, encoder: Encoder, *, query_max_length: int = 64, aggregate: str = "max") -> None:
+    def __init__(
+        self, encoder: Encoder, *, query_max_length: int = 64, aggregate: str = "max", neighbours: int = 5
+    ) -> None:
         self.encoder = encoder
         self.query_max_length = query_max_length
-        empty = _Snapshot({}, Router({}, aggregate=aggregate))  # type: ignore[arg-type]
+        empty = _Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
         self._holder: SnapshotHolder[_Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
         #: Experts found on disk that could not be loaded, with the reason.
@@ -99,6 +101,11 @@ class SearchEngine:
     def experts(self) -> Mapping[str, LoadedExpert]:
         """The published experts (for listings; a search leases its own snapshot)."""
         return self._holder.current.experts
+
+    @property
+    def router(self) -> Router:
+        """The current router (immutable; a search leases its own snapshot)."""
+        return self._holder.current.router
 
     @property
     def in_flight(self) -> int:
@@ -138,7 +145,8 @@ class SearchEngine:
         with self._write_lock:
             old = self._holder.current
             releases = [partial(unload_expert, expert, self.encoder) for expert in old.experts.values()]
-            self._holder.publish(_Snapshot({}, Router({}, aggregate=old.router.aggregate)), releases=releases)
+            empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
+            self._holder.publish(_Snapshot({}, empty), releases=releases)
 
     @staticmethod
     def _require(snapshot: _Snapshot, name: str) -> LoadedExpert:

@@ -18,10 +18,15 @@ The tree of the service's own errors (domain errors from ``experts``,
     ├── ConflictError                 409 conflict            already published, reserved name
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
     └── NotReadyError                 503 not_ready           still loading, shutting down (Retry-After)
+
+Translated here too: a JSON route sent another Content-Type is a 415, a body
+that cannot be parsed at all (not UTF-8, nested too deeply) a 400 that says
+why, and a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) a 507.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -107,6 +112,15 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: What a write gets when the disk (or the process's file-size limit) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError that means "no room to write", not "this input is bad"."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
 _HTTP_TYPES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     413: "payload_too_large", 415: "unsupported_media_type",
@@ -125,6 +139,18 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a body it answers with a bare 400 (it keeps the cause); None for other errors."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return "the request body is nested too deeply to be parsed as JSON"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not UTF-8 (byte {cause.start}: {cause.reason}); send JSON encoded as UTF-8"
+    return f"the request body could not be parsed as JSON: {str(cause)[:200]}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Translate every error that can reach a route into the one JSON shape."""
 
@@ -134,6 +160,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if isinstance(exc.body, bytes | bytearray) and exc.body:
+            # FastAPI validates the raw bytes when the Content-Type is not JSON; "should be a valid
+            # dictionary" would send the client looking in the wrong place.
+            sent = request.headers.get("content-type") or "(none)"
+            return error_response(
+                415, "unsupported_media_type",
+                f"Content-Type {sent!r} is not accepted here: send the body as JSON with 'Content-Type: application/json'",
+            )  # fmt: skip
         details = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"][1:] or first["loc"]) or "request"
@@ -149,9 +183,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = _unparsable_body(exc) or str(exc.detail)
+        return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), message, headers=exc.headers)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if not is_disk_full(exc):
+            return await _internal(request, exc)
+        logger.error("out of disk space on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
-            exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
-        )
+            507, "insufficient_storage",
+            f"the server ran out of disk space while writing ({exc.strerror}); nothing was changed: "
+            "free some space on the server and retry",
+        )  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,9 @@ collection and as a macro average over collections:
 2. ``base-union``: the base encoder over one index of every collection's
    documents (what a user without routing would run);
 3. ``oracle``: the collection's own expert on its own index (perfect routing);
-4. ``routed``: the deployed system, ``SearchEngine.search`` with top-1 routing.
+4. ``routed``: the deployed system, ``SearchEngine.search`` with top-1 routing;
+5. ``routed-fanout`` (with ``fanout_margin``): the same, but a query whose
+   top-1/top-2 margin is below the margin searches both experts, fused.
 
 Plus routing accuracy and the confusion matrix of the deployed router, and a
 comparison of pilot constructions (centroid, k-means, the paper's) under
@@ -40,20 +42,20 @@ from app.pilot_selection import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from index import DenseIndex
-from router import Aggregate, Router
+from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
 
 MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
-SYSTEMS = ("base", "base-union", "oracle", "routed")
+SYSTEMS = ("base", "base-union", "oracle", "routed", "routed-fanout")
 SYSTEM_TITLES = {
     "base": "base encoder, own collection (oracle collection)",
     "base-union": "base encoder, union index of all collections",
     "oracle": "expert on its own collection (oracle routing)",
     "routed": "routed system (top-1 expert, its index)",
+    "routed-fanout": "routed, top-2 experts fused when the router's margin is small",
 }
-AGGREGATES: tuple[Aggregate, ...] = ("max", "mean")
 #: Queries per engine.search call: bounded memory for the hits of k=100.
 _SEARCH_BATCH = 64
 
@@ -81,6 +83,11 @@ class EvalReport:
     union_documents: int = 0
     seconds: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def systems(self) -> list[str]:
+        """The systems scored, in ``SYSTEMS`` order (``routed-fanout`` only when asked for)."""
+        return [s for s in SYSTEMS if s in self.metrics]
 
     def average(self, system: str, metric: str) -> float:
         return float(np.mean([self.metrics[system][c][metric] for c in self.collections]))
@@ -141,6 +148,7 @@ def evaluate(
     clusters: int = 4,
     seed: int = 0,
     routed_aggregate: str = "",
+    fanout_margin: float | None = None,
 ) -> EvalReport:
     """Score the four systems, the deployed router and the pilot constructions on the test queries.
 
@@ -148,6 +156,7 @@ def evaluate(
     Scifact (and any collection with ``qrels/test.tsv``) is scored on its test
     split only; pilot comparisons train on train qrels or pseudo queries.
     ``routed_aggregate`` only labels the report (the engine's router has its own).
+    With ``fanout_margin`` the ``routed-fanout`` system is scored too.
     """
     started = time.perf_counter()
     collections = list(collections)
@@ -160,7 +169,8 @@ def evaluate(
     encoder, max_length = engine.encoder, engine.query_max_length
     base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
     union, keys = union_index(engine, collections)
-    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in SYSTEMS}
+    systems = [s for s in SYSTEMS if s != "routed-fanout" or fanout_margin is not None]
+    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
     position = {c: i for i, c in enumerate(collections)}
     confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
     for name, test in tests.items():
@@ -179,16 +189,16 @@ def evaluate(
             else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
         )
         metrics["oracle"][name] = score_run(qrels, _run_of(test, name, expert.collection.search(expert_vectors, k)))
-        routed_run: dict[str, dict[str, float]] = {}
-        for start in range(0, len(test.texts), _SEARCH_BATCH):
-            batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k)
-            for qid, result in zip(test.ids[start : start + _SEARCH_BATCH], batch.results, strict=True):
-                routed_run[qid] = {f"{h.expert}/{h.id}": float(h.score) for h in result.hits}
-                chosen = result.decision.experts[0]
-                if chosen in position:
-                    confusion[position[name], position[chosen]] += 1
+        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy())
+        for decision in decisions:
+            chosen = decision.experts[0]
+            if chosen in position:
+                confusion[position[name], position[chosen]] += 1
         metrics["routed"][name] = score_run(qrels, routed_run)
-        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in SYSTEMS})
+        if fanout_margin is not None:
+            policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin)
+            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy)[0])
+        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
         collections=collections,
         queries={c: len(t.ids) for c, t in tests.items()},
@@ -196,13 +206,30 @@ def evaluate(
         confusion=confusion,
         routed_aggregate=routed_aggregate,
         union_documents=len(keys),
-        settings={"k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets)},
+        settings={
+            "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
+            "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
+        },  # fmt: skip
     )
     if constructions:
         compare_pilots(engine, datasets, tests, base_vectors, report, constructions=constructions,
                        pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _routed_run(
+    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy
+) -> tuple[dict[str, dict[str, float]], list[RouteDecision]]:
+    """The deployed router's run over one collection's test queries, and its decisions."""
+    run: dict[str, dict[str, float]] = {}
+    decisions: list[RouteDecision] = []
+    for start in range(0, len(test.texts), _SEARCH_BATCH):
+        batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k, policy=policy)
+        for qid, result in zip(test.ids[start : start + _SEARCH_BATCH], batch.results, strict=True):
+            run[qid] = {f"{h.expert}/{h.id}": float(h.score) for h in result.hits}
+            decisions.append(result.decision)
+    return run, decisions
 
 
 def routing_accuracy(router: Router, tests: Mapping[str, JudgedQueries], base_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -255,6 +282,8 @@ def compare_pilots(
         else:
             pilots = simple_pilots(selection, construction, clusters=clusters)
         report.pilot_comparison[construction] = {
-            aggregate: routing_accuracy(Router(pilots, aggregate=aggregate), tests, base_vectors)
+            aggregate: routing_accuracy(
+                Router(pilots, aggregate=aggregate, neighbours=engine.router.neighbours), tests, base_vectors
+            )
             for aggregate in AGGREGATES
         }

@@ -48,7 +48,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if encoder is None:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
-    engine = SearchEngine(encoder, query_max_length=settings.query_max_length, aggregate=settings.router_aggregate)
+    engine = SearchEngine(encoder, **settings.engine_options())  # type: ignore[arg-type]
     publisher = ExpertPublisher(engine, settings.data_dir, verify_checksums=settings.verify_checksums)
     service.phase = "loading experts"
     try:

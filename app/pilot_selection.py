@@ -24,17 +24,18 @@ import ir_measures
 import numpy as np
 from ir_measures import nDCG
 
+from app.building import PILOT_METHODS, QUERY_PILOTS, PilotMethod
 from app.engine import SearchEngine
 from experts import Manifest, PilotsSection
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
 from index import Collection
-from router import assigned_pilots, best_experts, centroid_pilots, kmeans_pilots
+from router import assigned_pilots, best_experts, centroid_pilots, kmeans_pilots, query_pilots
 
 logger = logging.getLogger(__name__)
 
-PilotConstruction = Literal["centroid", "kmeans", "paper"]
-PILOT_CONSTRUCTIONS: tuple[PilotConstruction, ...] = ("centroid", "kmeans", "paper")
+PilotConstruction = Literal["centroid", "kmeans", "queries", "paper"]
+PILOT_CONSTRUCTIONS: tuple[PilotConstruction, ...] = ("centroid", "kmeans", "queries", "paper")
 
 #: Depth of the per-query ranking that decides which expert wins a query.
 WIN_DEPTH = 10
@@ -195,14 +196,16 @@ def select_paper_pilots(
 
 
 def simple_pilots(
-    selection: PilotSelection, method: Literal["centroid", "kmeans"], *, clusters: int = 4
+    selection: PilotSelection, method: PilotMethod, *, clusters: int = 4, limit: int = QUERY_PILOTS
 ) -> dict[str, np.ndarray]:
-    """The baseline: each expert's pilots from its own collection's training queries only."""
+    """The baselines: each expert's pilots from its own collection's training queries only."""
     if method == "centroid":
         return {n: centroid_pilots(selection.base[n]) for n in selection.experts}
     if method == "kmeans":
         return {n: kmeans_pilots(selection.base[n], clusters=clusters) for n in selection.experts}
-    raise ValueError(f"Invalid pilot method {method!r}. Valid methods are: 'centroid', 'kmeans'")
+    if method == "queries":
+        return {n: query_pilots(selection.base[n], limit=limit) for n in selection.experts}
+    raise ValueError(f"Invalid pilot method {method!r}. Valid methods are: {', '.join(PILOT_METHODS)}")
 
 
 def publish_pilots(

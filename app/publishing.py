@@ -25,6 +25,7 @@ from app.errors import (
     InvalidRequestError,
     PathNotAllowedError,
     PayloadTooLargeError,
+    is_disk_full,
 )
 from app.loading import LoadedExpert, load_expert, unload_expert
 from app.registry import RegistryEntry, RegistryFile
@@ -164,6 +165,8 @@ class ExpertPublisher:
             except ArchiveTooLargeError as exc:
                 raise PayloadTooLargeError(str(exc)) from exc
             except (ArchiveError, *_LOAD_ERRORS) as exc:
+                if is_disk_full(exc):
+                    raise  # the server's fault, not the archive's: answered 507
                 raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
             self._check_name(name, replace=replace)  # before the (slow) load: fail fast
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

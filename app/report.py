@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.evaluation import SYSTEM_TITLES, SYSTEMS, EvalReport
+from app.evaluation import SYSTEM_TITLES, EvalReport
 
 REPORT_FILE = "report.md"
 CHART_FILE = "metrics.png"
@@ -44,7 +44,7 @@ def render_markdown(report: EvalReport, *, command: str = "") -> str:
             [system, SYSTEM_TITLES[system]]
             + [f"{report.metrics[system][c][metric]:.3f}" for c in cols]
             + [f"{report.average(system, metric):.3f}"]
-            for system in SYSTEMS
+            for system in report.systems
         ]
         lines += _table(["system", "what", *cols, "average"], rows) + [""]
     accuracy = report.routing_accuracy
@@ -76,11 +76,12 @@ def render_chart(report: EvalReport, path: Path) -> None:
 
     groups = [*report.collections, "average"]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(6 + 1.4 * len(groups), 4.5), squeeze=False)
-    width = 0.8 / len(SYSTEMS)
+    systems = report.systems
+    width = 0.8 / len(systems)
     for axis, metric in zip(axes[0], METRICS):
-        for i, system in enumerate(SYSTEMS):
+        for i, system in enumerate(systems):
             values = [report.metrics[system][c][metric] for c in report.collections] + [report.average(system, metric)]
-            axis.bar(np.arange(len(groups)) + (i - (len(SYSTEMS) - 1) / 2) * width, values, width, label=system)
+            axis.bar(np.arange(len(groups)) + (i - (len(systems) - 1) / 2) * width, values, width, label=system)
         axis.set_xticks(np.arange(len(groups)), groups, rotation=30)
         axis.set_ylim(0, 1)
         axis.set_title(metric)
@@ -97,7 +98,7 @@ def report_data(report: EvalReport) -> dict[str, object]:
         "collections": report.collections,
         "queries": report.queries,
         "metrics": report.metrics,
-        "average": {s: {m: report.average(s, m) for m in METRICS} for s in SYSTEMS},
+        "average": {s: {m: report.average(s, m) for m in METRICS} for s in report.systems},
         "confusion": report.confusion.tolist(),
         "routing_accuracy": report.routing_accuracy,
         "routed_aggregate": report.routed_aggregate,

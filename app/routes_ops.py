@@ -22,11 +22,20 @@ async def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
 async def readyz(service: Service) -> ReadyOut | JSONResponse:
-    """Ready when the base encoder and every published expert are loaded; else 503 with the reason."""
+    """Ready when the base encoder and every published expert are loaded; else 503 with the reason.
+
+    The 503's details say which experts are up (`experts`, serving) and which
+    published ones are not (`failed`, name to reason), so an operator sees at
+    once what one broken expert costs.
+    """
     reason = service.not_ready_reason()
     if reason is not None or service.runtime is None:
+        details: dict[str, object] = {"phase": service.phase}
+        if service.runtime is not None:
+            details["experts"] = sorted(service.runtime.engine.experts)
+            details["failed"] = dict(sorted(service.runtime.publisher.failed.items()))
         return error_response(
-            503, "not_ready", reason or "starting", details={"phase": service.phase},
+            503, "not_ready", reason or "starting", details=details,
             headers={"Retry-After": str(service.settings.retry_after_s)},
         )  # fmt: skip
     return ReadyOut(experts=sorted(service.runtime.engine.experts))

@@ -28,9 +28,12 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset = torch's default.")
     verify_checksums: bool = Field(True, description="Hash every file of an expert when loading it.")
-    router_aggregate: Literal["max", "mean"] = Field(
-        "max", description="Expert score from its pilots: nearest pilot (max) or mean similarity."
+    router_aggregate: Literal["max", "mean", "knn"] = Field(
+        "knn",
+        description="Expert score from its pilots: nearest pilot (max), mean similarity, or its share of the "
+        "query's nearest pilots (knn; for pilots built with the `queries` method).",
     )
+    router_neighbours: int = Field(5, ge=1, description="Nearest pilots that vote, with router_aggregate=knn.")
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 
     # ------------------------------------------------------------------ service
@@ -56,3 +59,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="How long DELETE waits for in-flight searches before answering (unload still follows)."
     )
+
+    def engine_options(self) -> dict[str, object]:
+        """The search engine's keyword options, so every place that builds one routes alike."""
+        return {
+            "query_max_length": self.query_max_length,
+            "aggregate": self.router_aggregate,
+            "neighbours": self.router_neighbours,
+        }

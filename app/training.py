@@ -43,11 +43,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from app.building import build_pilots, index_expert
+from app.building import PilotMethod, build_pilots, index_expert
 from experts import (
     MANIFEST_FILE,
     AdapterInfo,
@@ -76,7 +75,6 @@ from index import Collection, corpus_fingerprint, read_info
 
 logger = logging.getLogger(__name__)
 
-PilotMethod = Literal["centroid", "kmeans"]
 _STAGING_LOCK = ".staging.lock"
 _READ_CHUNK = 5000
 _ORPHAN_AGE_S = 60.0
@@ -315,7 +313,7 @@ def train_expert(
     spans_with_title: int = 2,
     spans_without_title: int = 3,
     supervised_repeat: int = 3,
-    pilot_method: PilotMethod = "centroid",
+    pilot_method: PilotMethod = "queries",
     pilot_clusters: int = 4,
     progress: bool = True,
 ) -> TrainingResult:

@@ -48,6 +48,9 @@ from index.errors import IndexFileError, InvalidParameterError
 __all__ = ["LEXICAL_FILES", "LexicalIndex", "lexical_files"]
 
 logger = logging.getLogger(__name__)
+# bm25s pins its logger at DEBUG on import, which prints a line per build whatever
+# the application configured; NOTSET hands the decision back to the root logger.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 PARAMS_FILE = "lexical-params.json"
 VOCAB_FILE = "lexical-vocab.json"

@@ -1,10 +1,11 @@
 """Routing queries to experts by their pilot embeddings (numpy only; no torch, no HTTP)."""
 
 from router.errors import NoExpertsError, PilotError, RouterError
-from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots
-from router.routing import Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
+from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
+from router.routing import AGGREGATES, Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
 
 __all__ = [
+    "AGGREGATES",
     "Aggregate",
     "NoExpertsError",
     "PilotError",
@@ -19,4 +20,5 @@ __all__ = [
     "check_pilots",
     "forced_decision",
     "kmeans_pilots",
+    "query_pilots",
 ]

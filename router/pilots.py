@@ -1,8 +1,8 @@
 """Pilot embeddings: vectors in the base encoder's space that say which queries an expert serves.
 
 Plain functions on numpy arrays. Two families: the simple
-constructions (one centroid, or k-means centroids, of an expert's own
-training queries) and RouterRetriever's (``assigned_pilots``: each training
+constructions (one centroid, k-means centroids, or a sample of the queries
+themselves, of an expert's own training queries) and RouterRetriever's (``assigned_pilots``: each training
 query goes to the expert that retrieves its judged documents best, and each
 expert's pilots are the mean queries it wins, one per source collection).
 """
@@ -78,6 +78,24 @@ def kmeans_pilots(query_embeddings: np.ndarray, *, clusters: int, seed: int = 0,
     labels = np.argmax(unit @ centre_matrix.T, axis=1)
     # Return plain means of the original vectors, like ``centroid_pilots``.
     return np.stack([queries[labels == c].mean(axis=0) for c in range(clusters) if np.any(labels == c)])
+
+
+def query_pilots(query_embeddings: np.ndarray, *, limit: int = 1000, seed: int = 0) -> np.ndarray:
+    """The training queries themselves as pilots, a uniform sample of at most ``limit``, (n, d) -> (min(n, limit), d).
+
+    For the ``knn`` aggregate, which votes over the pilots nearest a query:
+    a collection whose queries fall into several regions keeps all of them
+    (a centroid sits between them and matches none). Give every expert the
+    same ``limit``: an expert with more pilots would otherwise win votes by
+    density alone.
+    """
+    queries = check_pilots(query_embeddings, name="queries")
+    if limit < 1:
+        raise PilotError(f"limit must be >= 1, got {limit}")
+    if len(queries) <= limit:
+        return queries
+    chosen = np.sort(np.random.default_rng(seed).choice(len(queries), size=limit, replace=False))
+    return queries[chosen]
 
 
 def best_experts(per_query_scores: np.ndarray, *, atol: float = 1e-9) -> np.ndarray:

@@ -18,8 +18,15 @@ from router.errors import NoExpertsError, PilotError
 from router.pilots import check_pilots
 
 #: How an expert's score is taken from its pilots: the nearest pilot (the
-#: released RouterRetriever code) or the mean over pilots (the paper's text).
-Aggregate = Literal["max", "mean"]
+#: released RouterRetriever code), the mean over pilots (the paper's text), or
+#: the expert's share of the query's ``neighbours`` nearest pilots over every
+#: expert (a k-nearest-neighbour vote; meant for pilots that are the experts'
+#: training queries themselves, sampled to the same number per expert).
+Aggregate = Literal["max", "mean", "knn"]
+AGGREGATES: tuple[Aggregate, ...] = ("max", "mean", "knn")
+#: A kNN score is ``votes / neighbours + TIE_BREAK * nearest-pilot similarity``:
+#: small enough never to outweigh one vote, so it only orders experts with equal votes.
+TIE_BREAK = 1e-3
 #: What a decision does: the top expert; several, fused; the top collection(s)
 #: searched with the base encoder because no expert was confident; or an
 #: expert named by the caller.
@@ -74,10 +81,13 @@ class Router:
     ('cranfield',)
     """
 
-    def __init__(self, pilots: Mapping[str, np.ndarray], *, aggregate: Aggregate = "max") -> None:
-        if aggregate not in ("max", "mean"):
-            raise ValueError(f"Invalid aggregate {aggregate!r}. Valid aggregates are: 'max', 'mean'")
+    def __init__(self, pilots: Mapping[str, np.ndarray], *, aggregate: Aggregate = "max", neighbours: int = 5) -> None:
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"Invalid aggregate {aggregate!r}. Valid aggregates are: {', '.join(AGGREGATES)}")
+        if neighbours < 1:
+            raise ValueError(f"neighbours must be >= 1, got {neighbours}")
         self.aggregate: Aggregate = aggregate
+        self.neighbours = neighbours
         self._pilots = {name: check_pilots(p, name=name) for name, p in sorted(pilots.items())}
         dims = {p.shape[1] for p in self._pilots.values()}
         if len(dims) > 1:
@@ -89,6 +99,7 @@ class Router:
             counts = [len(p) for p in self._pilots.values()]
             self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             self._counts = np.asarray(counts, dtype=np.float32)
+            self._owner = np.repeat(np.arange(len(counts)), counts)
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -98,13 +109,14 @@ class Router:
 
     def with_expert(self, name: str, pilots: np.ndarray) -> Router:
         """A new router with ``name`` added (or its pilots replaced)."""
-        return Router({**self._pilots, name: pilots}, aggregate=self.aggregate)
+        return Router({**self._pilots, name: pilots}, aggregate=self.aggregate, neighbours=self.neighbours)
 
     def without_expert(self, name: str) -> Router:
         """A new router without ``name``."""
         if name not in self._pilots:
             raise KeyError(f"Expert {name!r} is not routed. Routed experts: {list(self.experts)}")
-        return Router({k: v for k, v in self._pilots.items() if k != name}, aggregate=self.aggregate)
+        kept = {k: v for k, v in self._pilots.items() if k != name}
+        return Router(kept, aggregate=self.aggregate, neighbours=self.neighbours)
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Router score of every expert for every query, (n, dim) -> (n, E), columns in ``experts`` order."""
@@ -114,9 +126,21 @@ class Router:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise PilotError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         similarity = queries @ self._matrix.T  # (n, total pilots)
+        if self.aggregate == "mean":
+            return np.add.reduceat(similarity, self._starts, axis=1) / self._counts
+        nearest = np.maximum.reduceat(similarity, self._starts, axis=1)
         if self.aggregate == "max":
-            return np.maximum.reduceat(similarity, self._starts, axis=1)
-        return np.add.reduceat(similarity, self._starts, axis=1) / self._counts
+            return nearest
+        return self._votes(similarity) + TIE_BREAK * nearest
+
+    def _votes(self, similarity: np.ndarray) -> np.ndarray:
+        """Each expert's share of the ``neighbours`` pilots nearest to each query, (n, P) -> (n, E)."""
+        n, total = similarity.shape
+        k = min(self.neighbours, total)
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        votes = np.zeros((n, len(self.experts)), dtype=np.float32)
+        np.add.at(votes, (np.repeat(np.arange(n), k), self._owner[nearest].ravel()), 1.0)
+        return votes / k
 
     def route(self, queries: np.ndarray, *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
         """One decision per query row."""

@@ -21,7 +21,8 @@ def two_experts(cli_env: Path, datasets: Path, tmp_path: Path, capsys: pytest.Ca
         assert f"indexed 60 documents into '{name}'" in out
         code, out, err = run_cli(["pilots", "--expert", name, "--from-documents", "40"], capsys)
         assert code == 0, err
-        assert "built 1 pilot(s)" in out
+        # The default pilots are the pseudo queries themselves (method "queries"): one per sampled document.
+        assert "built 40 pilot(s)" in out
     return cli_env
 
 
@@ -29,7 +30,7 @@ def test_build_route_and_search(two_experts: Path, capsys: pytest.CaptureFixture
     code, out, _ = run_cli(["experts", "--json"], capsys)
     listed = {row["name"]: row for row in json.loads(out)}
     assert set(listed) == {"cranfield", "cacm"}
-    assert listed["cacm"]["documents"] == 60 and listed["cacm"]["pilots"] == 1 and listed["cacm"]["version"] == 3
+    assert listed["cacm"]["documents"] == 60 and listed["cacm"]["pilots"] == 40 and listed["cacm"]["version"] == 3
 
     code, out, _ = run_cli(["route", "--json", "boundary layer", "compilers"], capsys)
     assert code == 0

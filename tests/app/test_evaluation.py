@@ -59,7 +59,7 @@ def setup(tmp_path: Path, tiny_bert_path: Path, adapter_a: Path):
 
 def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: Path) -> None:
     engine, datasets, _ = setup
-    report = evaluate(engine, datasets, ["aero", "computing"], pseudo_sample=3)
+    report = evaluate(engine, datasets, ["aero", "computing"], pseudo_sample=3, fanout_margin=0.5)
     assert report.queries == {"aero": 2, "computing": 3}
     assert report.union_documents == len(AERO) + len(COMPUTING)
     assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
@@ -69,11 +69,11 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
             assert report.metrics[system][name] == pytest.approx({"nDCG@10": 1.0, "R@100": 1.0})
     # The untrained expert is the base model: its oracle run equals the base run.
     assert report.metrics["oracle"]["computing"] == report.metrics["base"]["computing"]
-    assert set(report.metrics) == set(SYSTEMS)
-    assert set(report.pilot_comparison) <= {"centroid", "kmeans", "paper"}
-    assert {"centroid", "kmeans"} <= set(report.pilot_comparison)
+    assert report.systems == list(SYSTEMS)  # routed-fanout included: a margin was given
+    assert set(report.pilot_comparison) <= {"centroid", "kmeans", "queries", "paper"}
+    assert {"centroid", "kmeans", "queries"} <= set(report.pilot_comparison)
     for by_aggregate in report.pilot_comparison.values():
-        assert set(by_aggregate) == {"max", "mean"}
+        assert set(by_aggregate) == {"max", "mean", "knn"}
         assert all(0.0 <= v <= 1.0 for acc in by_aggregate.values() for v in acc.values())
 
     folder = write_report(report, tmp_path / "reports", name="run", command="rr eval")

@@ -48,7 +48,7 @@ def test_a_trained_expert_is_published_complete_and_loads(tmp_path: Path, encode
     result = train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False)
     manifest = result.manifest
     assert result.path == root / "aero" and manifest.adapter.trained and manifest.adapter.side == "query"
-    assert manifest.index.count == 24 and manifest.pilots.count == 1 and "pseudo queries" in manifest.pilots.source
+    assert manifest.index.count == 24 and manifest.pilots.count == 72 and "pseudo queries" in manifest.pilots.source
     assert result.pair_kinds == {"span": 48, "title": 24} and result.train.pairs == 72
     training_record = manifest.training
     assert training_record.recipe["steps"] == 6 and training_record.pair_kinds == result.pair_kinds
@@ -62,7 +62,7 @@ def test_a_trained_expert_is_published_complete_and_loads(tmp_path: Path, encode
     assert leftovers(root) == []
     loaded = load_expert(directory, encoder)
     try:
-        assert loaded.adapter is not None and loaded.pilots.shape == (1, encoder.dim)
+        assert loaded.adapter is not None and loaded.pilots.shape == (72, encoder.dim)  # every pseudo query
         texts = ["wing study 0", "heat transfer"]
         assert not np.allclose(encoder.embed(texts, expert=loaded.adapter), encoder.embed(texts))
     finally:

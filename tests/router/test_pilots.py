@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router import PilotError, centroid_pilots, kmeans_pilots
+from router import PilotError, centroid_pilots, kmeans_pilots, query_pilots
 
 
 def test_centroid_is_the_mean() -> None:
@@ -32,3 +32,14 @@ def test_no_queries_is_an_error() -> None:
         centroid_pilots(np.zeros((0, 4), dtype=np.float32))
     with pytest.raises(PilotError, match="clusters must be >= 1"):
         kmeans_pilots(np.ones((3, 2), dtype=np.float32), clusters=0)
+
+
+def test_query_pilots_keep_every_query_up_to_the_limit_then_a_seeded_sample() -> None:
+    queries = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    np.testing.assert_array_equal(query_pilots(queries, limit=50), queries)
+    sample = query_pilots(queries, limit=10, seed=3)
+    assert sample.shape == (10, 4)
+    assert all(any(np.array_equal(row, q) for q in queries) for row in sample)  # rows of the input, not averages
+    np.testing.assert_array_equal(sample, query_pilots(queries, limit=10, seed=3))
+    with pytest.raises(PilotError, match="limit"):
+        query_pilots(queries, limit=0)

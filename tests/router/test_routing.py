@@ -90,3 +90,33 @@ def test_bad_inputs_are_clear_errors(router: Router) -> None:
 def test_forced_decision_has_no_scores() -> None:
     decision = forced_decision("aero")
     assert decision.mode == "forced" and decision.experts == ("aero",) and decision.scores == ()
+
+
+def test_knn_scores_are_each_experts_share_of_the_nearest_pilots() -> None:
+    # Query points at aero's three pilots first, then at cacm's two: with 5 neighbours aero gets 3 votes, cacm 2.
+    pilots = {
+        "aero": np.stack([unit(1, 0, 0), unit(1, 0.1, 0), unit(1, 0, 0.1)]),
+        "cacm": np.stack([unit(0.6, 0.8, 0), unit(0.6, 0, 0.8), unit(0, 1, 0)]),
+        "cisi": np.stack([unit(0, 0, 1)]),
+    }
+    router = Router(pilots, aggregate="knn", neighbours=5)
+    scores = router.scores(unit(1, 0.02, 0.02)[None])[0]
+    assert scores == pytest.approx([0.6, 0.4, 0.0], abs=2e-3)  # votes / 5, plus a tie-break under one vote
+    decision = router.route(unit(1, 0.02, 0.02)[None])[0]
+    assert decision.experts == ("aero",) and decision.margin == pytest.approx(0.2, abs=2e-3)
+    # Immutable copies keep the aggregate and the neighbour count.
+    assert router.without_expert("cisi").neighbours == 5 and router.with_expert("x", unit(0, 1, 1)[None]).aggregate == "knn"
+
+
+def test_knn_ties_go_to_the_expert_with_the_nearest_pilot() -> None:
+    # One pilot each and 2 neighbours: both experts get one vote; the nearer pilot decides, as with "max".
+    router = Router({"a": unit(1, 0.2)[None], "b": unit(0.2, 1)[None]}, aggregate="knn", neighbours=2)
+    assert router.route(unit(1, 0.5)[None])[0].experts == ("a",)
+    assert router.route(unit(0.5, 1)[None])[0].experts == ("b",)
+
+
+def test_knn_needs_at_least_one_neighbour() -> None:
+    with pytest.raises(ValueError, match="neighbours"):
+        Router({}, aggregate="knn", neighbours=0)
+    with pytest.raises(ValueError, match="knn"):
+        Router({}, aggregate="median")  # type: ignore[arg-type]

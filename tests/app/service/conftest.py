@@ -20,8 +20,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,7 +62,9 @@ def build_expert(root: Path, name: str, encoder: Encoder, *, adapter: Path | Non
     """A complete expert (adapter, index, pilots) on ``encoder``, like `rr create-expert/index/pilots` would."""
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter, description=f"test expert {name}")
     index_expert(expert, encoder, [write_corpus(root / f"{name}.jsonl", name)], progress=False, chunk_size=8)
-    build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=12))
+    # One centroid pilot, routed by the nearest pilot (``service_settings``): the routing tests
+    # below were written against its margins; the knn default is covered by the MiniLM tests.
+    build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=12), method="centroid")
     (root / f"{name}.jsonl").unlink()
     return expert
 
@@ -95,7 +98,7 @@ def experts_root(template_root: Path, tmp_path: Path) -> Path:
 
 def service_settings(root: Path, **overrides: object) -> Settings:
     # Every setting the tests rely on is passed explicitly (init arguments win over RR_* variables).
-    return Settings(**{"data_dir": root, "admin_key": ADMIN_KEY, **overrides})  # type: ignore[arg-type]
+    return Settings(**{"data_dir": root, "admin_key": ADMIN_KEY, "router_aggregate": "max", **overrides})  # type: ignore[arg-type]
 
 
 def wait_for(condition, *, timeout: float = 120.0, what: str = "condition") -> None:
@@ -148,20 +151,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class ServerProcess:
-    """``rr serve`` in a subprocess on a free loopback port; its log goes to a file shown on failure."""
+def launch_subprocess(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    """``python -m app ARGV`` in a fresh interpreter, its stdout and stderr appended to ``log``."""
+    with open(log, "ab") as sink:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "app", *argv], cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
-    def __init__(self, root: Path, log: Path, *, base_model: Path | None, env: dict[str, str] | None = None) -> None:
+
+class ServerProcess:
+    """``rr serve`` in a subprocess on a free loopback port; its log goes to a file shown on failure.
+
+    ``launch`` starts the process (default: a fresh interpreter); the reliability tests pass one that
+    forks a preloaded interpreter, to restart servers many times in little time.
+    """
+
+    def __init__(
+        self, root: Path, log: Path, *, base_model: Path | None, env: dict[str, str] | None = None,
+        launch: Callable[..., Any] = launch_subprocess,
+    ) -> None:  # fmt: skip
         self.root, self.log_path = root, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
-        environment.update(PYTHONPATH=str(REPO), RR_ADMIN_KEY=ADMIN_KEY, **(env or {}))
+        environment.update(PYTHONPATH=str(REPO), RR_ADMIN_KEY=ADMIN_KEY, RR_ROUTER_AGGREGATE="max", **(env or {}))
         if base_model is not None:
             environment["RR_BASE_MODEL"] = str(base_model)
-        command = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(self.port), "--log-level", "info"]
-        self._log = open(log, "ab")
-        self.process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        argv = ["serve", "--data", str(root), "--port", str(self.port), "--log-level", "info"]
+        self.process = launch(argv, env=environment, cwd=REPO, log=log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -189,8 +204,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
-        if not self._log.closed:
-            self._log.close()
         return self.process.returncode
 
     def stopped_cleanly(self) -> bool:
@@ -204,8 +217,11 @@ def start_server(tmp_path: Path, tiny_bert_path: Path) -> Iterator:
     """``start_server(root, base_model=tiny, env=...) -> ServerProcess`` (ready); every one is stopped after the test."""
     servers: list[ServerProcess] = []
 
-    def start(root: Path, *, base_model: Path | None = tiny_bert_path, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(root, tmp_path / f"server-{len(servers)}.log", base_model=base_model, env=env)
+    def start(
+        root: Path, *, base_model: Path | None = tiny_bert_path, env: dict[str, str] | None = None,
+        launch: Callable[..., Any] = launch_subprocess,
+    ) -> ServerProcess:  # fmt: skip
+        server = ServerProcess(root, tmp_path / f"server-{len(servers)}.log", base_model=base_model, env=env, launch=launch)
         servers.append(server)
         server.wait_ready()
         return server
