@@ -29,7 +29,7 @@ from experts import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
-from index import BuildReport, Collection, build_index
+from index import BuildReport, Collection, LexicalSettings, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,14 @@ def index_expert(
     factory: str = "Flat",
     chunk_size: int = 256,
     upsert: bool = False,
+    lexical: LexicalSettings | None = LexicalSettings(),
     progress: bool = True,
 ) -> tuple[Manifest, BuildReport]:
     """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
 
     Resumable: re-running after an interruption continues from the last
     checkpoint. Replaces the expert's collection with exactly these corpora.
+    A BM25 index is built beside the dense one unless ``lexical`` is None.
     """
     manifest = expert.read_manifest()
     check_base_matches(manifest, encoder)
@@ -93,6 +95,7 @@ def index_expert(
             factory=factory,
             chunk_size=chunk_size,
             upsert=upsert,
+            lexical=lexical,
             progress=progress,
         )
     finally:

@@ -106,14 +106,16 @@ def index_command(
     factory: Annotated[str, typer.Option(help="FAISS storage: Flat (exact), HNSW32, IVF1024,PQ32 ...")] = "Flat",
     chunk_size: Annotated[int, typer.Option(min=1, help="Documents per checkpointed chunk.")] = 256,
     upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
+    lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.building import index_expert
+    from index import LexicalSettings
 
     manifest, report = index_expert(
         state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
-        progress=progress,
+        lexical=LexicalSettings() if lexical else None, progress=progress,
     )  # fmt: skip
     typer.echo(
         f"indexed {report.documents} documents into {expert!r} ({report.directory.name}, version {manifest.version}) "
@@ -178,13 +180,23 @@ def search_command(
     top_k: TopK = 1,
     fanout_margin: FanoutMargin = None,
     min_score: MinScore = None,
+    mode: Annotated[
+        Optional[str], typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
+    ] = None,
+    fusion: Annotated[Optional[str], typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
+    hybrid_weight: Annotated[Optional[float], typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Routed search from the command line, without a server."""
     from app.output import result_dict, result_text
+    from app.retrieval import requested_retrieval
 
     engine = state.engine()
-    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score))
+    try:
+        retrieval = requested_retrieval(engine.retrieval, mode=mode, fusion=fusion, weight=hybrid_weight)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score), retrieval=retrieval)
     if as_json:
         typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
         return

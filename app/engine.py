@@ -1,9 +1,11 @@
 """Routed search over the loaded experts, for one query, one request or a micro-batch of requests.
 
 Flow of a batch: one base-encoder pass over every query that is routed → the
-router, each request with its own policy → one mixed-adapter pass for the rows
-that need an adapter → one FAISS search per expert (with the largest ``k``
-asked of it, then cut per request) → documents → fusion for fanned-out rows.
+corpus votes (optional: every expert's dense and BM25 index searched with the
+base vector and the text) → the router, each request with its own policy →
+one mixed-adapter pass for the rows that need a query vector → per expert,
+one dense and one BM25 search for all its rows, fused per row where hybrid
+(:mod:`app.retrieval`) → documents → fusion for fanned-out rows.
 
 The set of experts is an immutable snapshot held by a
 :class:`~app.snapshots.SnapshotHolder`: ``add``/``remove`` publish a new one,
@@ -18,9 +20,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -38,12 +41,17 @@ from app.jobs import (
     check_queries,
 )
 from app.loading import LoadedExpert, load_expert, unload_expert
+from app.retrieval import Retrieval, check_lexical, search_collection
 from app.snapshots import SnapshotHolder
 from experts import Encoder, UnknownExpertError, list_expert_dirs
-from index import reciprocal_rank_fusion
-from router import NoExpertsError, RouteDecision, RoutePolicy, Router, forced_decision
+from index import NoLexicalIndexError, reciprocal_rank_fusion
+from router import NoExpertsError, RouteDecision, RoutePolicy, Router, document_votes, forced_decision
 
 logger = logging.getLogger(__name__)
+
+#: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
+RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
+ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "documents+bm25")
 
 # Re-exported: callers have always imported the engine's inputs and outputs from here.
 __all__ = [
@@ -74,10 +82,26 @@ class SearchEngine:
     """
 
     def __init__(
-        self, encoder: Encoder, *, query_max_length: int = 64, aggregate: str = "max", neighbours: int = 5
+        self,
+        encoder: Encoder,
+        *,
+        query_max_length: int = 64,
+        aggregate: str = "max",
+        neighbours: int = 5,
+        retrieval: Retrieval = Retrieval(),
+        evidence: RouteEvidence = "none",
+        vote_depth: int = 20,
     ) -> None:
+        if evidence not in ROUTE_EVIDENCE:
+            raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
         self.encoder = encoder
         self.query_max_length = query_max_length
+        #: Corpus evidence added to the pilot scores: votes of the best documents in every
+        #: expert's dense index (base vector) and/or BM25 index, ``vote_depth`` deep.
+        self.evidence: RouteEvidence = evidence
+        self.vote_depth = vote_depth
+        #: How a search with no retrieval of its own searches each expert.
+        self.retrieval = retrieval
         empty = _Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
         self._holder: SnapshotHolder[_Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
@@ -170,10 +194,12 @@ class SearchEngine:
         k: int = 10,
         expert: str | None = None,
         policy: RoutePolicy = RoutePolicy(),
+        retrieval: Retrieval | None = None,
     ) -> BatchResult:
         """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
         check_queries(queries)
-        (outcome,) = self.search_jobs([SearchJob(tuple(queries), k=k, expert=expert, policy=policy)])
+        job = SearchJob(tuple(queries), k=k, expert=expert, policy=policy, retrieval=retrieval)
+        (outcome,) = self.search_jobs([job])
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -272,51 +298,116 @@ class _BatchRun:
         timings["base_ms"] = _elapsed(clock)
 
         clock = time.perf_counter()
+        evidence = self._evidence(routed, base)
+        evidence_row = {row: i for i, row in enumerate(routed)}
         decisions: list[RouteDecision] = [forced_decision("")] * len(self.rows)
         for position in self.live:
             job, rows = self.jobs[position], self.rows_of[position]
             if job.expert is not None:
                 decided = [forced_decision(job.expert)] * len(rows)
             else:
-                decided = self.snapshot.router.route(base[rows], policy=job.policy)
+                votes = None if evidence is None else evidence[[evidence_row[row] for row in rows]]
+                decided = self.snapshot.router.route(base[rows], policy=job.policy, evidence=votes)
             for row, decision in zip(rows, decided):
                 decisions[row] = decision
         timings["route_ms"] = _elapsed(clock)
+        self._refuse_missing_lexical(decisions)
 
         clock = time.perf_counter()
-        pairs = [(row, name) for row, decision in enumerate(decisions) for name in decision.experts]
-        vectors = self._pair_vectors(pairs, decisions, base, set(routed))
+        pairs = [
+            (row, name)
+            for row, decision in enumerate(decisions)
+            if self.outcomes[self.rows[row][0]] is None
+            for name in decision.experts
+        ]
+        asks = [self._retrieval(row, name) for row, name in pairs]
+        vectors = self._pair_vectors(pairs, asks, decisions, base, set(routed))
         timings["expert_ms"] = _elapsed(clock)
 
         clock = time.perf_counter()
-        hits_of = self._search(pairs, vectors)
+        hits_of = self._search(pairs, asks, vectors)
         timings["search_ms"] = _elapsed(clock)
 
         lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
+        mode_of: dict[int, str] = {}
         for position, (row, _) in enumerate(pairs):
             lists_of[row].append(hits_of[position])
+            mode_of.setdefault(row, asks[position].mode)
         n_queries = sum(len(job.queries) for job in self.jobs)
         for position in self.live:
+            if self.outcomes[position] is not None:
+                continue
             k, results = self.jobs[position].k, []
             for row in self.rows_of[position]:
                 lists = lists_of[row]
                 hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row]))
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row]))  # type: ignore[arg-type]
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
+    def _evidence(self, rows: list[int], base: np.ndarray) -> np.ndarray | None:
+        """(len(rows), E) votes of the routable experts' collections for the routed rows, or None when off."""
+        router, kind = self.snapshot.router, self.engine.evidence
+        if kind == "none" or not rows or not len(router):
+            return None
+        depth = self.engine.vote_depth
+        collections = [self.snapshot.experts[name].collection for name in router.experts]
+        votes = np.zeros((len(rows), len(router)), dtype=np.float32)
+        if kind in ("documents", "documents+bm25"):
+            votes += document_votes([c.dense.search(base[rows], depth)[0] for c in collections], depth=depth)
+        if kind in ("bm25", "documents+bm25"):
+            texts = [self.rows[row][1] for row in rows]
+            none = np.zeros((len(rows), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
+            scores = [c.search_lexical(texts, depth)[0] if c.has_lexical else none for c in collections]
+            votes += document_votes(scores, depth=depth)
+        return votes
+
+    def _retrieval(self, row: int, name: str) -> Retrieval:
+        """The job's own retrieval, else the engine's default, made dense where the expert has no lexical index."""
+        job = self.jobs[self.rows[row][0]]
+        if job.retrieval is not None:
+            return job.retrieval
+        default = self.engine.retrieval
+        if default.needs_lexical and not self.snapshot.experts[name].collection.has_lexical:
+            return replace(default, mode="dense")
+        return default
+
+    def _refuse_missing_lexical(self, decisions: list[RouteDecision]) -> None:
+        """A job that asked for lexical or hybrid search of an expert without a BM25 index fails, with the reason."""
+        for position in self.live:
+            retrieval = self.jobs[position].retrieval
+            if retrieval is None or not retrieval.needs_lexical:
+                continue
+            names = dict.fromkeys(name for row in self.rows_of[position] for name in decisions[row].experts)
+            for name in names:
+                try:
+                    check_lexical(name, self.snapshot.experts[name].collection, retrieval)
+                except NoLexicalIndexError as exc:
+                    self.outcomes[position] = exc
+                    break
+
     def _pair_vectors(
-        self, pairs: list[tuple[int, str]], decisions: list[RouteDecision], base: np.ndarray, have_base: set[int]
+        self,
+        pairs: list[tuple[int, str]],
+        asks: list[Retrieval],
+        decisions: list[RouteDecision],
+        base: np.ndarray,
+        have_base: set[int],
     ) -> np.ndarray:
         """One vector per (row, expert): the base vector, or one mixed-adapter pass for all adapter rows.
 
         Rows sent to an expert by name have no base vector yet; where they need
-        one (an untrained adapter) it is computed in the same pass, as a base row.
+        one (an untrained adapter) it is computed in the same pass, as a base
+        row. A lexical-only pair needs no vector at all (its row stays zero).
         """
         experts = self.snapshot.experts
-        adapters = [experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs]
-        need = [i for i, adapter in enumerate(adapters) if adapter is not None]
-        missing = sorted({row for (row, _), adapter in zip(pairs, adapters) if adapter is None} - have_base)
+        adapters = [
+            experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs
+        ]  # fmt: skip
+        need = [i for i, adapter in enumerate(adapters) if adapter is not None and asks[i].needs_vector]
+        missing = sorted(
+            {row for i, (row, _) in enumerate(pairs) if adapters[i] is None and asks[i].needs_vector} - have_base
+        )
         texts = [self.rows[pairs[i][0]][1] for i in need] + [self.rows[row][1] for row in missing]
         names = [adapters[i] for i in need] + [None] * len(missing)
         vectors_out = np.zeros((0, base.shape[1]), dtype=np.float32)
@@ -327,17 +418,18 @@ class _BatchRun:
         vectors[need] = vectors_out[: len(need)]
         return vectors
 
-    def _search(self, pairs: list[tuple[int, str]], vectors: np.ndarray) -> dict[int, list[ExpertHit]]:
-        """One FAISS search per expert with the largest k asked of it; each pair cut to its job's k."""
+    def _search(self, pairs: list[tuple[int, str]], asks: list[Retrieval], vectors: np.ndarray) -> dict[int, list[ExpertHit]]:
+        """Per expert, one search of its collection for every pair routed there, each with its own k and mode."""
         by_expert: dict[str, list[int]] = defaultdict(list)
         for position, (_, name) in enumerate(pairs):
             by_expert[name].append(position)
         hits_of: dict[int, list[ExpertHit]] = {}
         for name, positions in by_expert.items():
-            ks = [self.jobs[self.rows[pairs[p][0]][0]].k for p in positions]
-            found = self.snapshot.experts[name].collection.search(vectors[positions], max(ks))
-            for position, k, hits in zip(positions, ks, found):
-                hits_of[position] = [ExpertHit.of(name, hit) for hit in hits[:k]]
+            texts = [self.rows[pairs[p][0]][1] for p in positions]
+            wanted = [(self.jobs[self.rows[pairs[p][0]][0]].k, asks[p]) for p in positions]
+            found = search_collection(self.snapshot.experts[name].collection, texts, vectors[positions], wanted)
+            for position, hits in zip(positions, found, strict=True):
+                hits_of[position] = [ExpertHit.of(name, hit) for hit in hits]
         return hits_of
 
 

@@ -19,9 +19,10 @@ The tree of the service's own errors (domain errors from ``experts``,
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
     └── NotReadyError                 503 not_ready           still loading, shutting down (Retry-After)
 
-Translated here too: a JSON route sent another Content-Type is a 415, a body
-that cannot be parsed at all (not UTF-8, nested too deeply) a 400 that says
-why, and a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) a 507.
+Translated here too: a JSON route sent another Content-Type is a 415; a body
+that is not JSON (a syntax error, not UTF-8, nested too deeply, an integer
+of thousands of digits) is a 422 ``validation_error`` that says why, whichever
+parser found it; a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) is a 507.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts import UnknownExpertError
+from index import NoLexicalIndexError
 from router import NoExpertsError
 
 logger = logging.getLogger(__name__)
@@ -127,28 +129,43 @@ _HTTP_TYPES = {
 }  # fmt: skip
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    # Only where, what and why: never the input back (it may be large, or a secret pasted by mistake).
-    return [
+#: Validation errors listed in a 422's details; a list of 100,000 wrong items has 200,000 of them.
+MAX_VALIDATION_DETAILS = 20
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[list[dict[str, Any]], int]:
+    """The first :data:`MAX_VALIDATION_DETAILS` errors, and how many there are in all.
+
+    Only where, what and why: never the input back (it may be large, or a secret
+    pasted by mistake), and never all of them: the answer to a bad body must
+    stay small, whatever the body.
+    """
+    errors = exc.errors()
+    details = [
         {
             "loc": list(error.get("loc", ())),
             "msg": str(error.get("msg", "")).removeprefix("Value error, "),
             "type": error.get("type", ""),
         }
-        for error in exc.errors()
+        for error in errors[:MAX_VALIDATION_DETAILS]
     ]
+    return details, len(errors)
 
 
 def _unparsable_body(exc: StarletteHTTPException) -> str | None:
-    """Why FastAPI could not parse a body it answers with a bare 400 (it keeps the cause); None for other errors."""
+    """Why FastAPI could not parse a JSON body, for the bare 400 it answers (it keeps the cause); else None.
+
+    A syntax error reaches us as a 422 ``json_invalid``; these are the other
+    ways ``json.loads`` fails, and they get the same status.
+    """
     cause = exc.__cause__
     if exc.status_code != 400 or cause is None:
         return None
     if isinstance(cause, RecursionError):
-        return "the request body is nested too deeply to be parsed as JSON"
+        return "the JSON is nested too deeply to be parsed"
     if isinstance(cause, UnicodeDecodeError):
-        return f"the request body is not UTF-8 (byte {cause.start}: {cause.reason}); send JSON encoded as UTF-8"
-    return f"the request body could not be parsed as JSON: {str(cause)[:200]}"
+        return f"the body is not UTF-8 (byte {cause.start}: {cause.reason}); JSON must be sent as UTF-8"
+    return f"the body could not be parsed as JSON: {str(cause)[:200]}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -168,10 +185,11 @@ def install_error_handlers(app: FastAPI) -> None:
                 415, "unsupported_media_type",
                 f"Content-Type {sent!r} is not accepted here: send the body as JSON with 'Content-Type: application/json'",
             )  # fmt: skip
-        details = _validation_details(exc)
+        details, total = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"][1:] or first["loc"]) or "request"
-        return error_response(422, "validation_error", f"{where}: {first['msg']}", details=details)
+        more = f" (and {total - 1} more errors; the first {len(details)} are in details)" if total > len(details) else ""
+        return error_response(422, "validation_error", f"{where}: {first['msg']}{more}", details=details)
 
     @app.exception_handler(UnknownExpertError)
     async def _unknown(request: Request, exc: UnknownExpertError) -> JSONResponse:
@@ -181,10 +199,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _no_experts(request: Request, exc: NoExpertsError) -> JSONResponse:
         return error_response(409, "no_experts", str(exc))
 
+    @app.exception_handler(NoLexicalIndexError)
+    async def _no_lexical(request: Request, exc: NoLexicalIndexError) -> JSONResponse:
+        return error_response(409, "no_lexical_index", str(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = _unparsable_body(exc) or str(exc.detail)
-        return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), message, headers=exc.headers)
+        unparsable = _unparsable_body(exc)
+        if unparsable is not None:
+            details = [{"loc": ["body"], "msg": unparsable, "type": "json_invalid"}]
+            return error_response(422, "validation_error", f"body: {unparsable}", details=details)
+        return error_response(
+            exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
+        )
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:

@@ -3,18 +3,22 @@
 Systems compared, each scored with ir-measures (nDCG@10, Recall@100) per
 collection and as a macro average over collections:
 
-1. ``base``: the base encoder's query vector on the query's own collection
-   (the oracle-collection baseline);
-2. ``base-union``: the base encoder over one index of every collection's
-   documents (what a user without routing would run);
-3. ``oracle``: the collection's own expert on its own index (perfect routing);
-4. ``routed``: the deployed system, ``SearchEngine.search`` with top-1 routing;
-5. ``routed-fanout`` (with ``fanout_margin``): the same, but a query whose
-   top-1/top-2 margin is below the margin searches both experts, fused.
+- ``base``: the base encoder's query vector on the query's own collection
+  (the oracle-collection baseline); ``base-union``: the base encoder over one
+  index of every collection's documents (what a user without routing runs);
+- ``bm25`` / ``bm25-union``: the same with BM25, what most users run today;
+- ``hybrid-base``: base vector + BM25 fused, own collection;
+- ``oracle`` / ``hybrid-oracle``: the collection's own expert on its own
+  collection, dense / fused with BM25 (perfect routing);
+- ``routed`` / ``routed-hybrid``: the deployed system, ``SearchEngine.search``
+  with top-1 routing, dense / hybrid inside the chosen expert;
+- ``routed-fanout`` (with ``fanout_margin``): routed dense, but a query whose
+  top-1/top-2 margin is below the margin searches both experts, fused.
 
+The lexical systems need every expert to have a BM25 index.
 Plus routing accuracy and the confusion matrix of the deployed router, and a
-comparison of pilot constructions (centroid, k-means, the paper's) under
-both aggregates (nearest pilot, mean over pilots), built in memory from
+comparison of pilot constructions (centroid, k-means, the queries themselves,
+the paper's) under each aggregate (nearest pilot, mean, kNN vote), built in memory from
 training queries only. Every hit is keyed ``collection/doc-id``, so another
 collection's document is simply non-relevant (ids repeat across collections).
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ir_measures
@@ -41,21 +45,32 @@ from app.pilot_selection import (
     simple_pilots,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
-from index import DenseIndex
+from app.retrieval import Retrieval, search_collection
+from index import DenseIndex, LexicalIndex
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
 
 MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
-SYSTEMS = ("base", "base-union", "oracle", "routed", "routed-fanout")
+SYSTEMS = (
+    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "oracle", "hybrid-oracle",
+    "routed", "routed-fanout", "routed-hybrid",
+)  # fmt: skip
 SYSTEM_TITLES = {
+    "bm25": "BM25, own collection",
+    "bm25-union": "BM25, union index of all collections",
     "base": "base encoder, own collection (oracle collection)",
     "base-union": "base encoder, union index of all collections",
+    "hybrid-base": "base encoder + BM25 fused, own collection",
     "oracle": "expert on its own collection (oracle routing)",
+    "hybrid-oracle": "expert + BM25 fused, own collection (oracle routing)",
     "routed": "routed system (top-1 expert, its index)",
     "routed-fanout": "routed, top-2 experts fused when the router's margin is small",
+    "routed-hybrid": "routed system, hybrid search in the chosen expert",
 }
+#: Systems that need every expert to have a BM25 index.
+LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-oracle", "routed-hybrid"})
 #: Queries per engine.search call: bounded memory for the hits of k=100.
 _SEARCH_BATCH = 64
 
@@ -79,6 +94,7 @@ class EvalReport:
     confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
     routed_aggregate: str
     pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # construction -> aggregate -> collection/all -> accuracy
+    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # construction -> aggregate -> (C, C)
     pilot_notes: dict[str, str] = field(default_factory=dict)
     union_documents: int = 0
     seconds: float = 0.0
@@ -95,11 +111,16 @@ class EvalReport:
     @property
     def routing_accuracy(self) -> dict[str, float]:
         """Share of each collection's test queries routed to its own expert, and ``all`` (micro)."""
-        diagonal = np.diag(self.confusion)
-        totals = self.confusion.sum(axis=1)
-        accuracy = {c: float(diagonal[i] / max(totals[i], 1)) for i, c in enumerate(self.collections)}
-        accuracy["all"] = float(diagonal.sum() / max(totals.sum(), 1))
-        return accuracy
+        return accuracy_of(self.confusion, self.collections)
+
+
+def accuracy_of(confusion: np.ndarray, collections: Sequence[str]) -> dict[str, float]:
+    """Per collection (row) the share on the diagonal, and ``all`` (micro)."""
+    diagonal = np.diag(confusion)
+    totals = confusion.sum(axis=1)
+    accuracy = {c: float(diagonal[i] / max(totals[i], 1)) for i, c in enumerate(collections)}
+    accuracy["all"] = float(diagonal.sum() / max(totals.sum(), 1))
+    return accuracy
 
 
 def _keyed_qrels(test: JudgedQueries) -> dict[str, dict[str, int]]:
@@ -121,6 +142,29 @@ def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, d
     return {
         q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
     }
+
+
+def _union_run(test: JudgedQueries, scores: np.ndarray, rows: np.ndarray, keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    return {
+        q: {keys[r]: float(s) for s, r in zip(score_row, row) if r >= 0 and np.isfinite(s)}
+        for q, score_row, row in zip(test.ids, scores, rows, strict=True)
+    }
+
+
+def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[LexicalIndex, list[str]]:
+    """One BM25 index over every collection's documents (the first collection's analyzer); row i is ``keys[i]``."""
+    keys: list[str] = []
+    settings = engine.experts[collections[0]].collection.lexical.settings
+
+    def chunks():
+        for name in collections:
+            docstore = engine.experts[name].collection.docstore
+            docs = [doc for doc in docstore.get(docstore.all_row_ids().tolist()) if doc is not None]
+            rows = np.arange(len(keys), len(keys) + len(docs), dtype=np.int64)
+            keys.extend(f"{name}/{doc.id}" for doc in docs)
+            yield rows, [doc.passage() for doc in docs]
+
+    return LexicalIndex.build(chunks(), settings), keys
 
 
 def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[DenseIndex, list[str]]:
@@ -169,27 +213,36 @@ def evaluate(
     encoder, max_length = engine.encoder, engine.query_max_length
     base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
     union, keys = union_index(engine, collections)
-    systems = [s for s in SYSTEMS if s != "routed-fanout" or fanout_margin is not None]
+    lexical = all(engine.experts[c].collection.has_lexical for c in collections)
+    if lexical:
+        lexical_union, lexical_keys = lexical_union_index(engine, collections)
+    else:
+        logger.warning("not every expert has a BM25 index: the lexical and hybrid systems are left out")
+    systems = [
+        s for s in SYSTEMS
+        if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
+    ]  # fmt: skip
+    dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
     metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
     position = {c: i for i, c in enumerate(collections)}
     confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
     for name, test in tests.items():
         expert = engine.experts[name]
         qrels = _keyed_qrels(test)
-        metrics["base"][name] = score_run(qrels, _run_of(test, name, expert.collection.search(base_vectors[name], k)))
-        scores, rows = union.search(base_vectors[name], k)
-        union_run = {
-            q: {keys[r]: float(s) for s, r in zip(score_row, row) if r >= 0}
-            for q, score_row, row in zip(test.ids, scores, rows, strict=True)
-        }
-        metrics["base-union"][name] = score_run(qrels, union_run)
+
+        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:
+            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))
+            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))
+
         expert_vectors = (
             base_vectors[name]
             if expert.adapter is None
             else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
         )
-        metrics["oracle"][name] = score_run(qrels, _run_of(test, name, expert.collection.search(expert_vectors, k)))
-        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy())
+        metrics["base"][name] = own(base_vectors[name], dense)
+        metrics["base-union"][name] = score_run(qrels, _union_run(test, *union.search(base_vectors[name], k), keys))
+        metrics["oracle"][name] = own(expert_vectors, dense)
+        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), dense)
         for decision in decisions:
             chosen = decision.experts[0]
             if chosen in position:
@@ -197,7 +250,14 @@ def evaluate(
         metrics["routed"][name] = score_run(qrels, routed_run)
         if fanout_margin is not None:
             policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin)
-            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy)[0])
+            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, dense)[0])
+        if lexical:
+            metrics["bm25"][name] = own(base_vectors[name], Retrieval(mode="lexical"))
+            found = lexical_union.search(test.texts, k)
+            metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
+            metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
+            metrics["hybrid-oracle"][name] = own(expert_vectors, hybrid)
+            metrics["routed-hybrid"][name] = score_run(qrels, _routed_run(engine, test, k, RoutePolicy(), hybrid)[0])
         logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
         collections=collections,
@@ -219,29 +279,28 @@ def evaluate(
 
 
 def _routed_run(
-    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy
+    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy, retrieval: Retrieval
 ) -> tuple[dict[str, dict[str, float]], list[RouteDecision]]:
     """The deployed router's run over one collection's test queries, and its decisions."""
     run: dict[str, dict[str, float]] = {}
     decisions: list[RouteDecision] = []
     for start in range(0, len(test.texts), _SEARCH_BATCH):
-        batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k, policy=policy)
+        batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k, policy=policy, retrieval=retrieval)
         for qid, result in zip(test.ids[start : start + _SEARCH_BATCH], batch.results, strict=True):
             run[qid] = {f"{h.expert}/{h.id}": float(h.score) for h in result.hits}
             decisions.append(result.decision)
     return run, decisions
 
 
-def routing_accuracy(router: Router, tests: Mapping[str, JudgedQueries], base_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Share of each collection's test queries whose top-1 expert is the collection's own, plus ``all`` (micro)."""
-    accuracy, right, total = {}, 0, 0
-    for name, vectors in base_vectors.items():
-        chosen = np.asarray(router.experts)[np.argmax(router.scores(vectors), axis=1)]
-        hits = int((chosen == name).sum())
-        accuracy[name] = hits / max(len(tests[name].ids), 1)
-        right, total = right + hits, total + len(tests[name].ids)
-    accuracy["all"] = right / max(total, 1)
-    return accuracy
+def routing_confusion(router: Router, collections: Sequence[str], base_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(C, C) test queries: rows = true collection, columns = the router's top-1 expert (``collections`` order)."""
+    column = {name: collections.index(name) for name in router.experts if name in collections}
+    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    for row, name in enumerate(collections):
+        for chosen in np.argmax(router.scores(base_vectors[name]), axis=1):
+            if router.experts[chosen] in column:
+                confusion[row, column[router.experts[chosen]]] += 1
+    return confusion
 
 
 def compare_pilots(
@@ -281,9 +340,8 @@ def compare_pilots(
                 continue
         else:
             pilots = simple_pilots(selection, construction, clusters=clusters)
-        report.pilot_comparison[construction] = {
-            aggregate: routing_accuracy(
-                Router(pilots, aggregate=aggregate, neighbours=engine.router.neighbours), tests, base_vectors
-            )
-            for aggregate in AGGREGATES
-        }
+        for aggregate in AGGREGATES:
+            router = Router(pilots, aggregate=aggregate, neighbours=engine.router.neighbours)
+            confusion = routing_confusion(router, report.collections, base_vectors)
+            report.pilot_comparison.setdefault(construction, {})[aggregate] = accuracy_of(confusion, report.collections)
+            report.pilot_confusion.setdefault(construction, {})[aggregate] = confusion

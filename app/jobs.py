@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from index import Hit
+from app.retrieval import Retrieval, ScoredHit, SearchMode
 from router import RouteDecision, RoutePolicy
 
 #: ``model`` values of the embeddings API that are not expert names.
@@ -25,7 +25,12 @@ InputType = Literal["query", "document"]
 
 @dataclass(frozen=True)
 class ExpertHit:
-    """A hit and the expert (collection) it came from: ids are unique only within a collection."""
+    """A hit and the expert (collection) it came from: ids are unique only within a collection.
+
+    ``score`` ranks the list (cosine, BM25, or the fused score); ``dense_score``
+    and ``lexical_score`` are the raw scores behind it, None where that side did
+    not retrieve the document (or did not run).
+    """
 
     expert: str
     id: str
@@ -33,10 +38,13 @@ class ExpertHit:
     title: str
     text: str
     metadata: dict[str, object] = field(default_factory=dict, hash=False)
+    dense_score: float | None = None
+    lexical_score: float | None = None
 
     @classmethod
-    def of(cls, expert: str, hit: Hit) -> ExpertHit:
-        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata)
+    def of(cls, expert: str, scored: ScoredHit) -> ExpertHit:
+        hit = scored.hit
+        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata, scored.dense, scored.lexical)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class SearchResult:
     query: str
     hits: list[ExpertHit]
     decision: RouteDecision
+    mode: SearchMode = "dense"
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class BatchResult:
 class SearchJob:
     """One request in a micro-batch: its queries and its own options.
 
+    ``retrieval`` None takes the engine's default; a default that needs a
+    lexical index degrades to dense on an expert without one, while an explicit
+    lexical or hybrid request to such an expert is refused.
+
     >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
     """
 
@@ -69,6 +82,7 @@ class SearchJob:
     k: int = 10
     expert: str | None = None
     policy: RoutePolicy = RoutePolicy()
+    retrieval: Retrieval | None = None
 
     def __post_init__(self) -> None:
         check_queries(self.queries)

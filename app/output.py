@@ -27,12 +27,17 @@ def decision_dict(decision: RouteDecision) -> dict[str, Any]:
 
 
 def result_dict(result: SearchResult) -> dict[str, Any]:
-    return {"query": result.query, "route": decision_dict(result.decision), "hits": [asdict(hit) for hit in result.hits]}
+    return {
+        "query": result.query,
+        "mode": result.mode,
+        "route": decision_dict(result.decision),
+        "hits": [asdict(hit) for hit in result.hits],
+    }
 
 
 def result_text(result: SearchResult, *, width: int = 100) -> str:
     decision = result.decision
-    lines = [f"query: {result.query}", f"  expert: {', '.join(decision.experts)} ({decision.reason})"]
+    lines = [f"query: {result.query}", f"  expert: {', '.join(decision.experts)} ({decision.reason}), {result.mode} search"]
     if decision.scores:
         lines.append("  router: " + ", ".join(f"{name} {score:.3f}" for name, score in decision.scores))
     for rank, hit in enumerate(result.hits, start=1):

@@ -9,6 +9,7 @@ serialised by one lock; searches never wait for it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import shutil
@@ -37,8 +38,19 @@ logger = logging.getLogger(__name__)
 
 #: Where uploaded archives are unpacked, under the data root.
 UPLOADS_DIR = "uploads"
+#: Hidden names under it: an archive being received, and one being unpacked (removed at start-up if left).
+_RECEIVING_PREFIX = ".upload-"
+_STAGING_PREFIX = ".staging-"
 #: What a broken expert directory can raise while being validated and loaded.
 _LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
+
+
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, with a symlink loop raised as OSError (ELOOP) as Python 3.13 does; 3.11 raises RuntimeError."""
+    try:
+        return path.resolve()
+    except RuntimeError as exc:
+        raise OSError(errno.ELOOP, f"{exc}") from exc
 
 
 class ExpertPublisher:
@@ -67,6 +79,7 @@ class ExpertPublisher:
     def restore(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
         """Load what the registry lists; with no registry yet, publish every loadable expert under the root."""
         with self._lock:
+            self._discard_interrupted_writes()
             entries = self.registry.read()
             bootstrap = entries is None
             if entries is None:
@@ -76,7 +89,7 @@ class ExpertPublisher:
             for position, entry in enumerate(entries, start=1):
                 progress(f"loading experts ({position}/{len(entries)}: {entry.name})")
                 try:
-                    directory = self.registry.resolve(entry).resolve()
+                    directory = _resolved(self.registry.resolve(entry))
                     if not directory.is_relative_to(self.root):
                         raise ValueError(f"{entry.path!r} lies outside the data root {self.root}")
                     loaded = self._load(directory, verify_checksums=self.verify_checksums)
@@ -98,6 +111,23 @@ class ExpertPublisher:
             if bootstrap:
                 self.registry.write(published)
 
+    def _discard_interrupted_writes(self) -> None:
+        """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
+
+        Only the hidden names given to them while they are written; unpacked experts (published or not) are kept.
+        """
+        for leftover in self.registry.discard_temporary_files():
+            logger.warning("removed %s, left by a registry update that was interrupted", leftover)
+        uploads = self.root / UPLOADS_DIR
+        if not uploads.is_dir():
+            return
+        for leftover in sorted([*uploads.glob(f"{_RECEIVING_PREFIX}*"), *uploads.glob(f"{_STAGING_PREFIX}*")]):
+            logger.warning("removing %s, left by an upload that was interrupted", leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ add
     def resolve_path(self, path: str) -> Path:
         """An expert directory named by the caller, which must lie under the data root once links are followed."""
@@ -105,7 +135,7 @@ class ExpertPublisher:
         if not candidate.is_absolute():
             candidate = self.root / candidate
         try:
-            resolved = candidate.resolve()
+            resolved = _resolved(candidate)
         except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
             raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc}") from exc
         if not resolved.is_relative_to(self.root):
@@ -115,7 +145,11 @@ class ExpertPublisher:
             )
         if resolved == self.root:
             raise InvalidRequestError(f"path {path!r} is the data root itself; name an expert directory inside it")
-        if not resolved.is_dir():
+        try:
+            is_directory = resolved.is_dir()
+        except OSError as exc:  # a component longer than the filesystem allows (ENAMETOOLONG)
+            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc.strerror}") from exc
+        if not is_directory:
             raise ExpertRejectedError(f"path {path!r} is not a directory under the data root {self.root}")
         return resolved
 
@@ -148,13 +182,19 @@ class ExpertPublisher:
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
             return entry
 
+    def receiving_path(self) -> Path:
+        """A new file name under ``<root>/uploads/`` for an archive being received (the directory is created)."""
+        uploads = self.root / UPLOADS_DIR
+        uploads.mkdir(parents=True, exist_ok=True)
+        return uploads / f"{_RECEIVING_PREFIX}{secrets.token_hex(6)}.tar"
+
     def add_archive(self, archive: Path, *, replace: bool = False, max_bytes: int) -> RegistryEntry:
         """Unpack an uploaded archive under ``<root>/uploads/``, then publish it like a path.
 
         A failure leaves nothing behind: neither the unpacked files nor a change to what is served.
         """
         uploads = self.root / UPLOADS_DIR
-        staging = uploads / f".staging-{secrets.token_hex(6)}"
+        staging = uploads / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
         staging.mkdir(parents=True)
         final: Path | None = None
         try:

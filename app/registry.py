@@ -96,6 +96,13 @@ class RegistryFile:
         atomic_write_bytes(self.path, document.model_dump_json(indent=2).encode() + b"\n")
         logger.info("registry %s: %s", self.path, [entry.name for entry in document.experts])
 
+    def discard_temporary_files(self) -> list[Path]:
+        """Remove temporary files of a rewrite that a crash interrupted (the file itself is intact); returns them."""
+        leftovers = sorted(self.root.glob(f".{REGISTRY_FILE}.*.tmp"))  # atomic_write_bytes' temporary names
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return leftovers
+
     def resolve(self, entry: RegistryEntry) -> Path:
         """The absolute directory of an entry."""
         return self.root / entry.path

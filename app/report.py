@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from app.evaluation import SYSTEM_TITLES, EvalReport
+from app.evaluation import SYSTEM_TITLES, EvalReport, accuracy_of
 
 REPORT_FILE = "report.md"
 CHART_FILE = "metrics.png"
 DATA_FILE = "report.json"
+EVAL_FILE = "eval.json"  # the figures in a stable shape, for comparing runs
 METRICS = ("nDCG@10", "R@100")
 
 
@@ -110,8 +111,42 @@ def report_data(report: EvalReport) -> dict[str, object]:
     }
 
 
+def _confusion_dict(confusion: np.ndarray, collections: list[str]) -> dict[str, dict[str, int]]:
+    return {true: {routed: int(confusion[i, j]) for j, routed in enumerate(collections)} for i, true in enumerate(collections)}
+
+
+def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
+    """The figures in a stable shape for comparing runs: per collection and system, and per routing rule.
+
+    ``{"collections": {name: {system: {"ndcg@10", "recall@100"}}}, "average": {system: ...},
+    "routing": {rule: {"accuracy", "per_collection", "confusion": {true: {routed: n}}}}, "command", "seconds"}``
+    """
+    keys = {"nDCG@10": "ndcg@10", "R@100": "recall@100"}
+    cols = report.collections
+    routing: dict[str, object] = {}
+    rules = [(f"deployed ({report.routed_aggregate or 'router'})", report.confusion)] + [
+        (f"{construction} + {aggregate}", confusion)
+        for construction, by_aggregate in report.pilot_confusion.items()
+        for aggregate, confusion in by_aggregate.items()
+    ]
+    for rule, confusion in rules:
+        accuracy = accuracy_of(confusion, cols)
+        routing[rule] = {
+            "accuracy": accuracy["all"],
+            "per_collection": {c: accuracy[c] for c in cols},
+            "confusion": _confusion_dict(confusion, cols),
+        }
+    return {
+        "collections": {c: {s: {keys[m]: report.metrics[s][c][m] for m in METRICS} for s in report.systems} for c in cols},
+        "average": {s: {keys[m]: report.average(s, m) for m in METRICS} for s in report.systems},
+        "routing": routing,
+        "command": command,
+        "seconds": report.seconds,
+    }
+
+
 def write_report(report: EvalReport, reports_dir: Path, *, name: str | None = None, command: str = "") -> Path:
-    """Write ``report.md``, ``metrics.png`` and ``report.json`` into ``reports_dir/<name>`` (default: a UTC timestamp)."""
+    """Write ``report.md``, ``metrics.png``, ``report.json`` and ``eval.json`` into ``reports_dir/<name>`` (default: a UTC timestamp)."""
     name = name or datetime.now(timezone.utc).strftime("eval-%Y%m%dT%H%M%SZ")
     target = Path(reports_dir) / name
     if target.exists():
@@ -123,6 +158,7 @@ def write_report(report: EvalReport, reports_dir: Path, *, name: str | None = No
         (staging / REPORT_FILE).write_text(render_markdown(report, command=command), encoding="utf-8")
         render_chart(report, staging / CHART_FILE)
         (staging / DATA_FILE).write_text(json.dumps(report_data(report), indent=2) + "\n", encoding="utf-8")
+        (staging / EVAL_FILE).write_text(json.dumps(eval_data(report, command), indent=2) + "\n", encoding="utf-8")
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

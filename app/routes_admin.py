@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,7 +11,6 @@ from pydantic import ValidationError
 
 from app.auth import require_admin
 from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
-from app.publishing import UPLOADS_DIR
 from app.routes_experts import describe
 from app.schemas import AddExpertRequest, ExpertDetailOut, ExpertName, RemovedOut, error_responses
 from app.state import Runtime, Serving
@@ -40,7 +38,7 @@ _ADD_BODY = {
 
 @router.post(
     "/experts", status_code=201, response_model=ExpertDetailOut, openapi_extra=_ADD_BODY,
-    responses=error_responses(401, 403, 409, 413, 415, 422, 503),
+    responses=error_responses(401, 403, 409, 413, 415, 422, 503, 507),
 )  # fmt: skip
 async def add_expert(
     request: Request,
@@ -91,9 +89,7 @@ async def _json_body(request: Request, limit: int) -> AddExpertRequest:
 
 async def _receive_archive(request: Request, runtime: Runtime) -> Path:
     """Stream the body to a file under the data root (the body-size middleware stops it at the limit)."""
-    uploads = runtime.publisher.root / UPLOADS_DIR
-    uploads.mkdir(parents=True, exist_ok=True)
-    target = uploads / f".upload-{secrets.token_hex(6)}.tar"
+    target = runtime.publisher.receiving_path()
     try:
         with open(target, "xb") as sink:
             async for chunk in request.stream():

@@ -16,7 +16,7 @@ from experts import UnknownExpertError
 
 router = APIRouter(tags=["embeddings"])
 
-_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503)
 
 
 def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:

@@ -10,13 +10,14 @@ from app.auth import require_search
 from app.engine import SearchJob
 from app.errors import PayloadTooLargeError
 from app.output import result_dict
+from app.retrieval import requested_retrieval
 from app.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
 from app.state import Serving
 from router import RoutePolicy
 
 router = APIRouter(tags=["search"])
 
-_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503)
 
 
 @router.post("/search", response_model=SearchResponse, dependencies=[Depends(require_search)], responses=_ERRORS)
@@ -24,8 +25,9 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     """Search one query or a list; each query is routed on its own unless `expert` names one.
 
     Concurrent requests are gathered for a few milliseconds and answered
-    together (one base pass, one router call, one expert pass, one FAISS search
-    per expert); `batch` says how many were answered with this one.
+    together (one base pass, one router call, one expert pass, one FAISS and one
+    BM25 search per expert); `batch` says how many were answered with this one.
+    `mode` chooses dense, lexical or hybrid search inside the chosen expert.
     """
     started = time.perf_counter()
     texts = body.texts
@@ -33,7 +35,8 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     if len(texts) > limit:
         raise PayloadTooLargeError(f"{len(texts)} queries in one request; the limit is {limit} (RR_MAX_QUERIES)")
     policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
-    job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy)
+    retrieval = requested_retrieval(runtime.engine.retrieval, mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
+    job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval)
     batch, queue_ms = await runtime.searches.submit(job)
     results = []
     for result in batch.results:
@@ -43,3 +46,4 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     return SearchResponse.model_validate(
         {"results": results, "timings_ms": timings, "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries)}
     )
+

@@ -44,12 +44,12 @@ class RouteOptions(_Strict):
 
     top_k: int = Field(1, ge=1, le=MAX_FANOUT, description="Experts searched when fanning out or falling back.")
     fanout_margin: float | None = Field(
-        None, ge=0, validation_alias=AliasChoices("threshold", "fanout_margin"),
+        None, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("threshold", "fanout_margin"),
         description="Alias `threshold`. Fan out to `top_k` experts when the top-1 minus top-2 router score is "
         "below this; with top_k > 1 and no threshold, always fan out.",
     )  # fmt: skip
     min_score: float | None = Field(
-        None, ge=-1, le=1, description="Below this best router score, search with the base encoder (mode `fallback`)."
+        None, ge=-1, le=1, allow_inf_nan=False, description="Below this best router score, search with the base encoder (mode `fallback`)."
     )
 
 
@@ -76,6 +76,18 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=MAX_K, description="Hits per query.")
     expert: ExpertName | None = Field(None, description="Search this expert, bypassing the router.")
     route: RouteOptions = Field(default_factory=RouteOptions)
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None,
+        description="Within the chosen expert: `dense` (its FAISS index, the adapter's query vector), `lexical` "
+        "(its BM25 index) or `hybrid` (both, fused). Default: RR_SEARCH_MODE (`hybrid`; an expert without a BM25 "
+        "index is then searched dense). Asking for `lexical`/`hybrid` of an expert without one is a 409.",
+    )
+    fusion: Literal["weighted", "rrf"] | None = Field(
+        None, description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion (RR_HYBRID_FUSION)."
+    )
+    hybrid_weight: float | None = Field(
+        None, ge=0, le=1, description="Dense share of a weighted fusion, 0 to 1 (RR_HYBRID_WEIGHT)."
+    )
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchRequest:
@@ -95,6 +107,8 @@ class HitOut(BaseModel):
     text: str
     metadata: dict[str, Any]
     expert: str = Field(description="The collection the document belongs to (ids are unique per collection).")
+    dense_score: float | None = Field(None, description="Cosine of the query vector and the document (null: not a dense hit).")
+    lexical_score: float | None = Field(None, description="BM25 score (null: not a lexical hit, or lexical search did not run).")
 
 
 class RouteOut(BaseModel):
@@ -109,6 +123,7 @@ class RouteOut(BaseModel):
 class QueryResultOut(BaseModel):
     query: str
     expert: str = Field(description="The expert that answered (the first searched).")
+    mode: Literal["dense", "lexical", "hybrid"] = Field(description="How the (first) expert was searched.")
     route: RouteOut
     hits: list[HitOut]
 

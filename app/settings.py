@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.retrieval import Retrieval
+
 
 class Settings(BaseSettings):
     """Every knob of the service and the CLI. Example: ``RR_DATA_DIR=/srv/experts rr search "..."``."""
@@ -34,6 +36,22 @@ class Settings(BaseSettings):
         "query's nearest pilots (knn; for pilots built with the `queries` method).",
     )
     router_neighbours: int = Field(5, ge=1, description="Nearest pilots that vote, with router_aggregate=knn.")
+    router_evidence: Literal["none", "documents", "bm25", "documents+bm25"] = Field(
+        "documents+bm25",
+        description="Corpus evidence added to the pilot scores: each expert's share of the best documents that the "
+        "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
+    )
+    router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
+    search_mode: Literal["dense", "lexical", "hybrid"] = Field(
+        "hybrid",
+        description="How a search that names no mode searches each expert: its dense index, its BM25 index, or "
+        "both fused (an expert without a BM25 index is then searched dense).",
+    )
+    hybrid_fusion: Literal["weighted", "rrf"] = Field(
+        "weighted", description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion."
+    )
+    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion.")
+    hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 
     # ------------------------------------------------------------------ service
@@ -62,8 +80,14 @@ class Settings(BaseSettings):
 
     def engine_options(self) -> dict[str, object]:
         """The search engine's keyword options, so every place that builds one routes alike."""
+        retrieval = Retrieval(
+            mode=self.search_mode, fusion=self.hybrid_fusion, weight=self.hybrid_weight, candidates=self.hybrid_candidates
+        )
         return {
             "query_max_length": self.query_max_length,
             "aggregate": self.router_aggregate,
             "neighbours": self.router_neighbours,
+            "retrieval": retrieval,
+            "evidence": self.router_evidence,
+            "vote_depth": self.router_vote_depth,
         }

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.evaluation import read_test_set  # noqa: E402
+from app.evaluation import lexical_union_index, read_test_set  # noqa: E402
 from app.pilot_selection import collect_training_queries  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.engine import SearchEngine  # noqa: E402
@@ -100,6 +100,30 @@ def main() -> None:
     query_documents = queries @ document_matrix.T
     for m in (10, 20, 50):
         signals[f"docs-{m}"] = vote_shares(top_owners(query_documents, document_owner_all, m), len(names))
+    if all(engine.experts[c].collection.has_lexical for c in names):
+        lexical, keys = lexical_union_index(engine, names)
+        key_owner = np.array([names.index(key.split("/", 1)[0]) for key in keys])
+        texts = [text for c in names for text in tests[c].texts]
+        for m in (10, 20, 50):
+            _, rows = lexical.search(texts, m)
+            owners = np.where(rows >= 0, key_owner[np.maximum(rows, 0)], -1)
+            shares = np.zeros((len(texts), len(names)), dtype=np.float32)
+            for i, row in enumerate(owners):
+                found = row[row >= 0]
+                if len(found):
+                    np.add.at(shares[i], found, 1.0 / len(found))
+            signals[f"bm25-{m}"] = shares
+        # What a server holds: one BM25 index per expert, each with its own idf; merge the raw scores.
+        per_expert = [engine.experts[c].collection.search_lexical(texts, 20) for c in names]
+        merged_scores = np.concatenate([s for s, _ in per_expert], axis=1)
+        merged_owner = np.concatenate([np.where(i >= 0, e, -1) for e, (_, i) in enumerate(per_expert)], axis=1)
+        top = np.argsort(-merged_scores, axis=1, kind="stable")[:, :20]
+        shares = np.zeros((len(texts), len(names)), dtype=np.float32)
+        for i, row in enumerate(np.take_along_axis(merged_owner, top, axis=1)):
+            found = row[row >= 0]
+            if len(found):
+                np.add.at(shares[i], found, 1.0 / len(found))
+        signals["bm25sep-20"] = shares
 
     def show(label: str, scores: np.ndarray) -> None:
         overall, per = accuracy(scores, truth, names)
@@ -111,6 +135,18 @@ def main() -> None:
         for vote in ("knn-10", "docs-20"):
             for weight in (0.1, 0.2, 0.3, 0.5, 1.0):
                 show(f"{pilot} + {weight} x {vote}", signals[pilot] + weight * signals[vote])
+    if "bm25-20" in signals:
+        for vote in ("knn-5", "knn-10"):
+            for w_docs, w_bm25 in ((0.5, 0.5), (1.0, 1.0), (0.0, 0.5), (0.0, 1.0), (0.5, 1.0), (0.3, 0.3)):
+                show(f"{vote} + {w_docs} docs-20 + {w_bm25} bm25-20",
+                     signals[vote] + w_docs * signals["docs-20"] + w_bm25 * signals["bm25-20"])
+        show("docs-20 + bm25-20", signals["docs-20"] + signals["bm25-20"])
+        show("bm25sep-20", signals["bm25sep-20"])
+        show("knn-5 + docs-20", signals["knn-5"] + signals["docs-20"])
+        show("knn-5 + 0.5 docs-20", signals["knn-5"] + 0.5 * signals["docs-20"])
+        show("knn-5 + docs-20 + bm25sep-20", signals["knn-5"] + signals["docs-20"] + signals["bm25sep-20"])
+        show("knn-5 + bm25sep-20", signals["knn-5"] + signals["bm25sep-20"])
+        show("knn-5 + docs-20 + bm25-20 (equal)", signals["knn-5"] + signals["docs-20"] + signals["bm25-20"])
     for weight in (0.5, 1.0):
         show(f"knn-10 + {weight} x docs-20", signals["knn-10"] + weight * signals["docs-20"])
         show(f"kmeans-8 + .3 knn-10 + {weight * 0.3:.2f} docs-20",

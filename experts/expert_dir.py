@@ -113,7 +113,10 @@ class ExpertDir:
     def read_pilots(self, manifest: Manifest) -> np.ndarray:
         if manifest.pilots is None:
             raise ExpertDirError(f"expert {manifest.name!r} has no pilots yet: build them with `rr pilots`")
-        pilots = np.load(self.path / manifest.pilots.file, allow_pickle=False)
+        try:
+            pilots = np.load(self.path / manifest.pilots.file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # missing, truncated, not an .npy file
+            raise ExpertDirError(f"expert {manifest.name!r}: cannot read {manifest.pilots.file}: {exc}") from exc
         if pilots.ndim != 2 or pilots.shape[1] != manifest.base_model.dim:
             raise ExpertDirError(
                 f"expert {manifest.name!r}: pilots have shape {pilots.shape}, expected (p, {manifest.base_model.dim})"

@@ -25,6 +25,7 @@ from index.errors import (
     ReadOnlyError,
 )
 from index.fusion import reciprocal_rank_fusion
+from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
 from index.indexing import BuildReport, EmbedFn, build_index
 from index.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
 
@@ -42,6 +43,9 @@ __all__ = [
     "DocStore",
     "Document",
     "EmbedFn",
+    "FUSION_METHODS",
+    "Fused",
+    "FusionMethod",
     "Hit",
     "INFO_FILE",
     "IndexFileError",
@@ -58,6 +62,7 @@ __all__ = [
     "SearchParams",
     "build_index",
     "corpus_fingerprint",
+    "fuse_dense_lexical",
     "lexical_files",
     "read_corpus",
     "read_info",

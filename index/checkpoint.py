@@ -165,7 +165,7 @@ class Checkpoint:
             with store.transaction() as conn:
                 row = conn.execute("SELECT identity FROM build_identity").fetchone()
             found = BuildIdentity.from_json(row[0])
-        except (sqlite3.Error, TypeError, KeyError, ValueError) as exc:
+        except (sqlite3.Error, IndexFileError, TypeError, KeyError, ValueError) as exc:
             store.close()
             return None, f"it has no valid build identity ({exc})"
         differences = found.differences(identity)

@@ -55,13 +55,18 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the corpus id, its score, and the stored document."""
+    """One search result: the corpus id, its score, and the stored document.
+
+    ``row`` is the docstore row id, the key dense and lexical search share
+    (corpus ids are strings and may be re-used by an upsert; rows are not).
+    """
 
     id: str
     score: float
     title: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    row: int = -1
 
 
 @dataclass(frozen=True)
@@ -291,7 +296,9 @@ class Collection:
                             "%s: row id %d came from a search but is not in %s", self._directory, row_id, DOCSTORE_FILE
                         )
                     continue
-                hits.append(Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata))
+                hits.append(
+                    Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id)
+                )
             results.append(hits)
         return results
 

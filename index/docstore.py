@@ -19,6 +19,7 @@ would be left open in threads we do not own).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,6 +64,17 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _sqlite_failed(path: Path, exc: sqlite3.Error) -> IndexFileError:
+    """A failed statement of a transaction as the package's own error; a full disk is named as the likely cause.
+
+    SQLite reports a full disk as ``SQLITE_FULL``, and a write refused by the
+    file-size limit (EFBIG) as a generic ``SQLITE_IOERR_*``.
+    """
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    hint = " (is the disk full?)" if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) else ""
+    return IndexFileError(f"docstore {str(path)!r}: {exc}{hint}")
+
+
 def _tune_for_writing(conn: sqlite3.Connection) -> None:
     # WAL: readers are never blocked by the writer (live upserts later).
     # synchronous=FULL: a commit is on disk when COMMIT returns, so a checkpoint
@@ -103,9 +115,11 @@ class DocStore:
                 conn.execute(statement)
             conn.execute("INSERT INTO docstore_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             conn.close()
             path.unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.Error):
+                raise _sqlite_failed(path, exc) from exc
             raise
         return cls(conn, path, readonly=False)
 
@@ -172,6 +186,8 @@ class DocStore:
         one transaction this way. Nested calls become savepoints, so a failed
         inner block (say, an ``add`` that hit a duplicate id) is undone without
         aborting the outer transaction. Other threads wait on the lock meanwhile.
+        An SQLite error in it (a full disk, most likely) is raised as
+        :class:`IndexFileError` naming the file.
         """
         if self._readonly:
             raise ReadOnlyError(f"docstore {str(self._path)!r} was opened read-only; open it with readonly=False")
@@ -182,16 +198,22 @@ class DocStore:
                 if depth == 0
                 else (f"SAVEPOINT sp{depth}", f"RELEASE sp{depth}", f"ROLLBACK TO sp{depth}; RELEASE sp{depth}")
             )
-            self._conn.execute(begin)
+            try:
+                self._conn.execute(begin)
+            except sqlite3.Error as exc:
+                raise _sqlite_failed(self._path, exc) from exc
             self._depth += 1
             try:
                 yield self._conn
-            except BaseException:
-                for statement in rollback.split("; "):
-                    self._conn.execute(statement)
-                raise
-            else:
                 self._conn.execute(commit)
+            except BaseException as exc:
+                # After an I/O error SQLite may already have rolled back: then ROLLBACK itself fails.
+                with contextlib.suppress(sqlite3.Error):
+                    for statement in rollback.split("; "):
+                        self._conn.execute(statement)
+                if isinstance(exc, sqlite3.Error):
+                    raise _sqlite_failed(self._path, exc) from exc
+                raise
             finally:
                 self._depth = depth
 
@@ -276,25 +298,29 @@ class DocStore:
         """
         path = Path(path)
         DocStore.create(path).close()
-        with self._lock:
-            self._conn.execute("ATTACH DATABASE ? AS export", (str(path),))
-            try:
-                self._conn.execute("BEGIN")
-                self._conn.execute("INSERT INTO export.documents SELECT * FROM main.documents ORDER BY row_id")
-                self._conn.execute(
-                    "INSERT INTO export.sqlite_sequence SELECT * FROM main.sqlite_sequence WHERE name = 'documents'"
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._conn.execute("DETACH DATABASE export")
-        conn = sqlite3.connect(path, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode = DELETE")
-            conn.execute("VACUUM")
-        finally:
-            conn.close()
+            with self._lock:
+                self._conn.execute("ATTACH DATABASE ? AS export", (str(path),))
+                try:
+                    self._conn.execute("BEGIN")
+                    self._conn.execute("INSERT INTO export.documents SELECT * FROM main.documents ORDER BY row_id")
+                    self._conn.execute(
+                        "INSERT INTO export.sqlite_sequence SELECT * FROM main.sqlite_sequence WHERE name = 'documents'"
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                        self._conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._conn.execute("DETACH DATABASE export")
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")
+                conn.execute("VACUUM")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise _sqlite_failed(path, exc) from exc
         with path.open("rb") as handle:
             os.fsync(handle.fileno())

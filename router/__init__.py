@@ -1,6 +1,7 @@
-"""Routing queries to experts by their pilot embeddings (numpy only; no torch, no HTTP)."""
+"""Routing queries to experts by their pilot embeddings and corpus votes (numpy only; no torch, no HTTP)."""
 
 from router.errors import NoExpertsError, PilotError, RouterError
+from router.evidence import document_votes
 from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
 from router.routing import AGGREGATES, Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
 
@@ -18,6 +19,7 @@ __all__ = [
     "best_experts",
     "centroid_pilots",
     "check_pilots",
+    "document_votes",
     "forced_decision",
     "kmeans_pilots",
     "query_pilots",

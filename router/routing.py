@@ -142,9 +142,22 @@ class Router:
         np.add.at(votes, (np.repeat(np.arange(n), k), self._owner[nearest].ravel()), 1.0)
         return votes / k
 
-    def route(self, queries: np.ndarray, *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
-        """One decision per query row."""
+    def route(
+        self, queries: np.ndarray, *, policy: RoutePolicy = RoutePolicy(), evidence: np.ndarray | None = None
+    ) -> list[RouteDecision]:
+        """One decision per query row.
+
+        ``evidence`` (n, E), columns in ``experts`` order, is added to the pilot
+        scores: for instance the experts' shares of the documents the query
+        finds (:func:`router.document_votes`). Margins and ``min_score`` then
+        apply to the sum.
+        """
         scores = self.scores(queries)
+        if evidence is not None:
+            evidence = np.asarray(evidence, dtype=np.float32)
+            if evidence.shape != scores.shape:
+                raise PilotError(f"evidence must have shape {scores.shape} (queries, experts), got {evidence.shape}")
+            scores = scores + evidence
         order = np.argsort(-scores, axis=1, kind="stable")
         decisions = []
         for row, ranking in zip(scores, order):

@@ -155,3 +155,30 @@ def test_bad_search_arguments(root: Path, tiny_bert_path: Path) -> None:
     with pytest.raises(TypeError, match="list of strings"):
         engine.search("x")  # type: ignore[arg-type]
     assert engine.search([], k=3).results == []
+
+
+@pytest.mark.parametrize("evidence", ["documents", "bm25", "documents+bm25"])
+def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: Path, evidence: str) -> None:
+    # Pilots swapped on purpose: aero's pilot is computing's centroid and the other way round.
+    encoder = Encoder(tiny_bert_path)
+    aero = make_expert(root, "aero", AERO, encoder, pilots=False)
+    computing = make_expert(root, "computing", COMPUTING, encoder, pilots=False)
+    build_pilots(aero, encoder, [f"{t} {x}" for _, t, x in COMPUTING], method="centroid")
+    build_pilots(computing, encoder, [f"{t} {x}" for _, t, x in AERO], method="centroid")
+    query = "oblique shock reflection from a wall"  # aero's a3, word for word
+    plain = SearchEngine.open(root, encoder, aggregate="max")
+    assert plain.search([query], k=1).results[0].decision.experts == ("computing",)
+    plain.close()
+    # One vote per document found, 3 documents deep: aero's collection holds the query's best matches.
+    engine = SearchEngine.open(root, encoder, aggregate="max", evidence=evidence, vote_depth=1)
+    (result,) = engine.search([query], k=1).results
+    assert result.decision.experts == ("aero",) and result.hits[0].id == "a3"
+    scores = dict(result.decision.scores)
+    assert scores["aero"] - scores["computing"] > 0.5  # a whole vote, far above the cosine gap of the pilots
+    assert engine.search([query], k=1, expert="computing").results[0].decision.mode == "forced"  # no votes when forced
+    engine.close()
+
+
+def test_unknown_evidence_is_refused(tiny_bert_path: Path) -> None:
+    with pytest.raises(ValueError, match="documents\\+bm25"):
+        SearchEngine(Encoder(tiny_bert_path), evidence="votes")  # type: ignore[arg-type]

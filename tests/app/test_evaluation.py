@@ -15,7 +15,7 @@ from app.cli_eval import eval_command, pilots_paper_command
 from app.engine import SearchEngine
 from app.evaluation import SYSTEMS, evaluate, score_run, union_index
 from app.pilot_selection import publish_pilots, select_paper_pilots, training_queries
-from app.report import CHART_FILE, DATA_FILE, REPORT_FILE, write_report
+from app.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
 from experts import Encoder, ExpertDir, create_expert
 
 AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
@@ -63,8 +63,8 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert report.queries == {"aero": 2, "computing": 3}
     assert report.union_documents == len(AERO) + len(COMPUTING)
     assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
-    # Each test query is its document's passage, so the base encoder ranks that document first.
-    for system in ("base", "base-union"):
+    # Each test query is its document's passage, so the base encoder and BM25 rank that document first.
+    for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base"):
         for name in ("aero", "computing"):
             assert report.metrics[system][name] == pytest.approx({"nDCG@10": 1.0, "R@100": 1.0})
     # The untrained expert is the base model: its oracle run equals the base run.
@@ -82,6 +82,15 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert "| aero |" in markdown and "nDCG@10" in markdown and "rr eval" in markdown
     assert (folder / CHART_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((folder / DATA_FILE).read_text())["confusion"] == report.confusion.tolist()
+    figures = json.loads((folder / EVAL_FILE).read_text())
+    assert set(figures["collections"]) == {"aero", "computing"} and figures["command"] == "rr eval"
+    assert set(figures["collections"]["aero"]) == set(SYSTEMS)
+    assert figures["collections"]["aero"]["bm25"] == {"ndcg@10": report.metrics["bm25"]["aero"]["nDCG@10"],
+                                                      "recall@100": report.metrics["bm25"]["aero"]["R@100"]}  # fmt: skip
+    deployed = next(rule for rule in figures["routing"] if rule.startswith("deployed"))
+    assert figures["routing"][deployed]["accuracy"] == report.routing_accuracy["all"]
+    assert sum(sum(row.values()) for row in figures["routing"][deployed]["confusion"].values()) == 5
+    assert "queries + knn" in figures["routing"]
     with pytest.raises(FileExistsError):
         write_report(report, tmp_path / "reports", name="run")
 

@@ -6,7 +6,7 @@ test that changes it, so each test starts from the same published set:
     <root>/registry.json      publishes alpha and beta
     <root>/alpha/             untrained adapter (base vectors), pilots
     <root>/beta/              trained (random) adapter, pilots
-    <root>/staging/gamma/     trained adapter, pilots; not published: admin tests add it
+    <root>/staging/gamma/     trained adapter, pilots, no BM25 index; not published: admin tests add it
     <root>/staging/alien/     built on another base model: must be refused
 """
 
@@ -33,6 +33,7 @@ from app.main import create_app
 from app.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, create_expert
+from index import LexicalSettings
 from tests.conftest import save_random_adapter
 
 REPO = Path(__file__).resolve().parents[3]
@@ -58,10 +59,13 @@ def write_corpus(path: Path, name: str, count: int = 24) -> Path:
     return path
 
 
-def build_expert(root: Path, name: str, encoder: Encoder, *, adapter: Path | None = None) -> ExpertDir:
+def build_expert(
+    root: Path, name: str, encoder: Encoder, *, adapter: Path | None = None, lexical: bool = True
+) -> ExpertDir:
     """A complete expert (adapter, index, pilots) on ``encoder``, like `rr create-expert/index/pilots` would."""
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter, description=f"test expert {name}")
-    index_expert(expert, encoder, [write_corpus(root / f"{name}.jsonl", name)], progress=False, chunk_size=8)
+    corpus = write_corpus(root / f"{name}.jsonl", name)
+    index_expert(expert, encoder, [corpus], progress=False, chunk_size=8, lexical=LexicalSettings() if lexical else None)
     # One centroid pilot, routed by the nearest pilot (``service_settings``): the routing tests
     # below were written against its margins; the knn default is covered by the MiniLM tests.
     build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=12), method="centroid")
@@ -82,7 +86,8 @@ def template_root(
     adapters = tmp_path_factory.mktemp("adapters")
     build_expert(root, "alpha", tiny_encoder)
     build_expert(root, "beta", tiny_encoder, adapter=save_random_adapter(tiny_bert_path, adapters / "beta", seed=11))
-    build_expert(root / "staging", "gamma", tiny_encoder, adapter=save_random_adapter(tiny_bert_path, adapters / "gamma", seed=12))
+    gamma_adapter = save_random_adapter(tiny_bert_path, adapters / "gamma", seed=12)
+    build_expert(root / "staging", "gamma", tiny_encoder, adapter=gamma_adapter, lexical=False)
     build_expert(root / "staging", "alien", Encoder(other_bert_path, max_length=64))
     RegistryFile(root).write([RegistryEntry(name="alpha", path="alpha"), RegistryEntry(name="beta", path="beta")])
     return root
@@ -98,7 +103,13 @@ def experts_root(template_root: Path, tmp_path: Path) -> Path:
 
 def service_settings(root: Path, **overrides: object) -> Settings:
     # Every setting the tests rely on is passed explicitly (init arguments win over RR_* variables).
-    return Settings(**{"data_dir": root, "admin_key": ADMIN_KEY, "router_aggregate": "max", **overrides})  # type: ignore[arg-type]
+    # Dense search and nearest-pilot routing unless a test asks otherwise: the tests below check
+    # routing and search mechanics against exact cosine scores; hybrid search has its own tests.
+    defaults = {
+        "data_dir": root, "admin_key": ADMIN_KEY, "router_aggregate": "max", "router_evidence": "none",
+        "search_mode": "dense",
+    }  # fmt: skip
+    return Settings(**{**defaults, **overrides})  # type: ignore[arg-type]
 
 
 def wait_for(condition, *, timeout: float = 120.0, what: str = "condition") -> None:
@@ -166,16 +177,18 @@ class ServerProcess:
 
     def __init__(
         self, root: Path, log: Path, *, base_model: Path | None, env: dict[str, str] | None = None,
-        launch: Callable[..., Any] = launch_subprocess,
+        launch: Callable[..., Any] = launch_subprocess, log_level: str = "info",
     ) -> None:  # fmt: skip
         self.root, self.log_path = root, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
-        environment.update(PYTHONPATH=str(REPO), RR_ADMIN_KEY=ADMIN_KEY, RR_ROUTER_AGGREGATE="max", **(env or {}))
+        environment.update(PYTHONPATH=str(REPO), RR_ADMIN_KEY=ADMIN_KEY, RR_ROUTER_AGGREGATE="max", RR_ROUTER_EVIDENCE="none", RR_SEARCH_MODE="dense",
+            **(env or {}),
+        )
         if base_model is not None:
             environment["RR_BASE_MODEL"] = str(base_model)
-        argv = ["serve", "--data", str(root), "--port", str(self.port), "--log-level", "info"]
+        argv = ["serve", "--data", str(root), "--port", str(self.port), "--log-level", log_level]
         self.process = launch(argv, env=environment, cwd=REPO, log=log)
 
     def log(self) -> str:

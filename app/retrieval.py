@@ -1,0 +1,136 @@
+"""Searching one expert's collection for a group of queries: dense, lexical (BM25) or hybrid.
+
+The engine routes; this module answers "these queries, in this collection".
+Each query brings its own ``k`` and :class:`Retrieval`, yet the group costs
+one dense search (rows that need vectors), one lexical search (rows that need
+BM25) and one document fetch, whatever the mix of modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from index import FUSION_METHODS, Collection, FusionMethod, Hit, NoLexicalIndexError, fuse_dense_lexical
+
+SearchMode = Literal["dense", "lexical", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "lexical", "hybrid")
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How a query is searched inside an expert.
+
+    ``weight`` is the dense share of a ``weighted`` fusion; ``candidates`` is
+    how many each side contributes to a hybrid fusion (more than ``k``: a
+    document ranked 150th by BM25 and 3rd by the dense model belongs in the top 10).
+    """
+
+    mode: SearchMode = "dense"
+    fusion: FusionMethod = "weighted"
+    weight: float = 0.5
+    candidates: int = 200
+
+    def __post_init__(self) -> None:
+        if self.mode not in SEARCH_MODES:
+            raise ValueError(f"Invalid mode {self.mode!r}. Valid modes are: {', '.join(SEARCH_MODES)}")
+        if self.fusion not in FUSION_METHODS:
+            raise ValueError(f"Invalid fusion {self.fusion!r}. Valid fusions are: {', '.join(FUSION_METHODS)}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be between 0 and 1, got {self.weight}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+
+    @property
+    def needs_vector(self) -> bool:
+        return self.mode != "lexical"
+
+    @property
+    def needs_lexical(self) -> bool:
+        return self.mode != "dense"
+
+    def depth(self, k: int) -> int:
+        """How deep each side is searched for ``k`` hits."""
+        return max(k, self.candidates) if self.mode == "hybrid" else k
+
+
+def requested_retrieval(
+    default: Retrieval, *, mode: str | None = None, fusion: str | None = None, weight: float | None = None
+) -> Retrieval | None:
+    """A caller's retrieval: the options it set on top of ``default``; None when it set none (the default applies)."""
+    if mode is None and fusion is None and weight is None:
+        return None
+    return replace(
+        default,
+        mode=mode or default.mode,  # type: ignore[arg-type]
+        fusion=fusion or default.fusion,  # type: ignore[arg-type]
+        weight=default.weight if weight is None else weight,
+    )
+
+
+@dataclass(frozen=True)
+class ScoredHit:
+    """A hit with the scores behind it: dense cosine and BM25 (None where that side did not find it)."""
+
+    hit: Hit
+    dense: float | None
+    lexical: float | None
+
+
+def check_lexical(name: str, collection: Collection, retrieval: Retrieval) -> None:
+    """Refuse, with the way out, a lexical or hybrid search of a collection that has no BM25 index."""
+    if retrieval.needs_lexical and not collection.has_lexical:
+        raise NoLexicalIndexError(
+            f"expert {name!r} has no lexical index, so mode {retrieval.mode!r} cannot search it: "
+            "rebuild its index with `rr index` (it builds one by default) or search with mode 'dense'"
+        )
+
+
+def search_collection(
+    collection: Collection, texts: Sequence[str], vectors: np.ndarray, asks: Sequence[tuple[int, Retrieval]]
+) -> list[list[ScoredHit]]:
+    """Row ``i`` (``texts[i]``, ``vectors[i]``) asks for ``asks[i] = (k, retrieval)``; one hit list per row."""
+    dense_rows = [i for i, (_, r) in enumerate(asks) if r.needs_vector]
+    lexical_rows = [i for i, (_, r) in enumerate(asks) if r.needs_lexical]
+    dense = _search(dense_rows, asks, lambda rows, depth: collection.dense.search(vectors[rows], depth))
+    lexical = _search(lexical_rows, asks, lambda rows, depth: collection.search_lexical([texts[i] for i in rows], depth))
+    width = max(k for k, _ in asks) if asks else 0
+    ids = np.full((len(asks), width), -1, dtype=np.int64)
+    scores = np.full((len(asks), width), -np.inf, dtype=np.float32)
+    raw: list[tuple[dict[int, float], dict[int, float]]] = []
+    for i, (k, retrieval) in enumerate(asks):
+        if retrieval.mode == "hybrid":
+            fused = fuse_dense_lexical(dense[i], lexical[i], k=k, method=retrieval.fusion, weight=retrieval.weight)
+            ids[i, :k], scores[i, :k] = fused.ids[0], fused.scores[0]
+        else:
+            found_scores, found_ids = dense[i] if retrieval.mode == "dense" else lexical[i]
+            ids[i, :k], scores[i, :k] = found_ids[0, :k], found_scores[0, :k]
+        raw.append((_by_row(dense.get(i)), _by_row(lexical.get(i))))
+    hits = collection.hits(scores, ids)
+    return [
+        [ScoredHit(hit, dense_of.get(hit.row), lexical_of.get(hit.row)) for hit in row_hits]
+        for row_hits, (dense_of, lexical_of) in zip(hits, raw, strict=True)
+    ]
+
+
+def _search(rows, asks, run) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One search for ``rows`` at the deepest depth any of them needs; row -> its own (1, depth) scores and ids.
+
+    Each row is cut back to its own depth, so a query's fusion never depends on
+    which other requests shared its micro-batch.
+    """
+    if not rows:
+        return {}
+    depths = {i: asks[i][1].depth(asks[i][0]) for i in rows}
+    scores, ids = run(rows, max(depths.values()))
+    return {row: (scores[j : j + 1, : depths[row]], ids[j : j + 1, : depths[row]]) for j, row in enumerate(rows)}
+
+
+def _by_row(found: tuple[np.ndarray, np.ndarray] | None) -> dict[int, float]:
+    if found is None:
+        return {}
+    scores, ids = found
+    return {int(r): float(s) for r, s in zip(ids[0], scores[0]) if r >= 0 and np.isfinite(s)}
