@@ -10,7 +10,10 @@
 
 /** Search modes. Add one line per mode when the API grows one; `body` is merged into the request. */
 const SEARCH_MODES = [
-  { value: "dense", label: "dense (embeddings)", body: {} },
+  { value: "default", label: "server default (RR_SEARCH_MODE)", body: {} },
+  { value: "dense", label: "dense (embeddings)", body: { mode: "dense" } },
+  { value: "lexical", label: "lexical (BM25)", body: { mode: "lexical" } },
+  { value: "hybrid", label: "hybrid (embeddings + BM25)", body: { mode: "hybrid" } },
 ];
 
 /** The stages of `timings_ms`, in the order a query passes through them. */
@@ -183,7 +186,10 @@ function renderHits(hits, query) {
     const title = el("p", null, "hit-title");
     title.append(el("span", `#${index + 1} `, "rank"));
     appendHighlighted(title, hit.title || "(no title)", terms);
-    const meta = el("p", `id ${hit.id} · expert ${hit.expert} · score ${number(hit.score, 4)}`, "hit-meta");
+    const parts = [`id ${hit.id}`, `expert ${hit.expert}`, `score ${number(hit.score, 4)}`];
+    if (hit.dense_score != null) parts.push(`dense ${number(hit.dense_score, 4)}`);
+    if (hit.lexical_score != null) parts.push(`BM25 ${number(hit.lexical_score, 2)}`);
+    const meta = el("p", parts.join(" · "), "hit-meta");
     const snippet = el("p", null, "hit-snippet");
     appendHighlighted(snippet, snippetOf(hit.text || "", terms), terms);
     item.append(title, meta, snippet);

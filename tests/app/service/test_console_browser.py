@@ -184,7 +184,8 @@ def test_search_shows_the_route_the_hits_and_the_timings(console: Console, home_
 
     query, doc_id = home_document
     console.open()
-    assert [option.get_attribute("value") for option in Select(console.by_id("mode")).options] == ["dense"]
+    modes = [option.get_attribute("value") for option in Select(console.by_id("mode")).options]
+    assert modes == ["default", "dense", "lexical", "hybrid"]
     assert [option.text for option in Select(console.by_id("expert")).options][1:] == ["alpha", "beta"]
     console.type_into("k", "5")
     console.type_into("query", query, Keys.ENTER)  # the keyboard submits
@@ -240,6 +241,11 @@ def test_search_shows_the_route_the_hits_and_the_timings(console: Console, home_
     console.wait(lambda: console.facts("route-facts").get("Mode", "").startswith("forced"), "the forced route")
     assert console.by_id("chart-empty").is_displayed() and console.rows("#router-chart li") == []
     assert all(hit.get_attribute("data-id").startswith("beta-") for hit in console.rows("#hits li"))
+    Select(console.by_id("mode")).select_by_value("lexical")  # BM25 only: hits show their BM25 score
+    console.submit("search-form")
+    console.wait(lambda: "BM25" in console.rows("#hits li")[0].text, "the lexical hits")
+    assert "dense" not in console.rows("#hits li")[0].text.split("·")[-1]
+    Select(console.by_id("mode")).select_by_value("default")
 
     console.type_into("k", "0")  # the browser refuses it; nothing is sent
     console.type_into("query", "x", Keys.ENTER)
