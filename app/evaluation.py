@@ -194,13 +194,14 @@ def evaluate(
     routed_aggregate: str = "",
     fanout_margin: float | None = None,
 ) -> EvalReport:
-    """Score the four systems, the deployed router and the pilot constructions on the test queries.
+    """Score the systems of ``SYSTEMS``, the deployed router and the pilot constructions on the test queries.
 
     Expert names must equal the collections' folder names under ``datasets``.
     Scifact (and any collection with ``qrels/test.tsv``) is scored on its test
     split only; pilot comparisons train on train qrels or pseudo queries.
     ``routed_aggregate`` only labels the report (the engine's router has its own).
-    With ``fanout_margin`` the ``routed-fanout`` system is scored too.
+    With ``fanout_margin`` the ``routed-fanout`` system is scored too; the
+    lexical systems only when every expert has a BM25 index.
     """
     started = time.perf_counter()
     collections = list(collections)

@@ -1,0 +1,171 @@
+"""``kill -9`` the server while it publishes or unpublishes an expert, then restart it.
+
+The registry file is the commit point of the admin API: whatever instant the
+process dies at, the restarted server must publish either the set from
+before the request or the set after it, never a mixture, a half-written file
+or an expert whose files are half there, and ``/readyz`` must name exactly
+the experts that are up. A disk that fills up during an upload is a 507
+that changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.service.conftest import ADMIN, ServerProcess
+from tests.app.service.test_admin_api import tar_gz
+from tests.reliability.forked import ForkedProcess
+
+BEFORE = ["alpha", "beta"]
+AFTER = ["alpha", "beta", "gamma"]
+KILLS_PER_OPERATION = 6
+SEED = 7
+
+
+def registry_names(root: Path) -> list[str]:
+    return [entry["name"] for entry in json.loads((root / "registry.json").read_text())["experts"]]
+
+
+class Restarts:
+    """The server of one data root, killed and started again; every one is stopped at the end."""
+
+    def __init__(self, root: Path, logs: Path, tiny_bert_path: Path) -> None:
+        self.root, self.logs, self.base = root, logs, tiny_bert_path
+        self.servers: list[ServerProcess] = []
+
+    def start(self) -> ServerProcess:
+        server = ServerProcess(
+            self.root, self.logs / f"server-{len(self.servers)}.log", base_model=self.base, launch=ForkedProcess
+        )
+        self.servers.append(server)
+        server.wait_ready(timeout=60)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _request(server: ServerProcess, operation: str, archive: bytes) -> None:
+    """The admin call; the server may die under it, so a transport error is expected."""
+    with httpx.Client(base_url=server.url, timeout=30, headers=ADMIN) as http:
+        try:
+            if operation == "delete":
+                http.delete("/admin/experts/gamma")
+            elif operation == "add-path":
+                http.post("/admin/experts", json={"path": "staging/gamma"})
+            else:
+                http.post("/admin/experts", content=archive, headers={"Content-Type": "application/gzip"})
+        except httpx.TransportError:
+            pass
+
+
+def _timed(server: ServerProcess, operation: str, archive: bytes) -> float:
+    started = time.perf_counter()
+    _request(server, operation, archive)
+    return time.perf_counter() - started
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_during_publish_and_unpublish_leaves_the_old_or_the_new_set(
+    experts_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
+) -> None:
+    archive = tar_gz({"gamma": experts_root / "staging" / "gamma"})
+    restarts = Restarts(experts_root, tmp_path, tiny_bert_path)
+    rng = random.Random(SEED)
+    observed: dict[str, list[str]] = {"add-path": [], "add-archive": [], "delete": []}
+    try:
+        server = restarts.start()
+        # How long each call takes when nothing goes wrong: the kills are spread over 0-120% of that.
+        duration = {"add-path": _timed(server, "add-path", archive), "delete": _timed(server, "delete", archive)}
+        duration["add-archive"] = _timed(server, "add-archive", archive)
+        _request(server, "delete", archive)
+        assert registry_names(experts_root) == BEFORE
+
+        kills = {"add": 0, "delete": 0}
+        for _ in range(8 * KILLS_PER_OPERATION):  # bounded: each round kills one call
+            if min(kills.values()) >= KILLS_PER_OPERATION:
+                break
+            names = registry_names(experts_root)
+            if names == BEFORE:
+                operation = "add-path" if kills["add"] % 2 == 0 else "add-archive"
+            else:
+                operation = "delete"
+            caller = threading.Thread(target=_request, args=(server, operation, archive))
+            delay = rng.uniform(0.0, 1.2 * duration[operation])
+            caller.start()
+            time.sleep(delay)
+            server.process.kill()
+            assert server.process.wait(timeout=30) == -signal.SIGKILL
+            caller.join(timeout=30)
+            kills["delete" if operation == "delete" else "add"] += 1
+
+            after = registry_names(experts_root)  # parses: never a half-written file
+            assert after in (BEFORE, AFTER), after
+            server = restarts.start()  # ready means every published expert loaded
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/readyz").json() == {"status": "ready", "experts": after}
+                for name in after:
+                    hits = http.post("/search", json={"query": "a study", "expert": name, "k": 3}).json()
+                    assert {hit["expert"] for hit in hits["results"][0]["hits"]} == {name}
+            # Temporary files of the interrupted write are gone; unpacked archives (harmless) may stay.
+            assert not list(experts_root.glob(".registry.json.*")) and not list(experts_root.glob("uploads/.*"))
+            state = "new" if after != names else "old"
+            observed[operation].append(f"{delay * 1000:.0f}ms:{state}")
+        assert min(kills.values()) >= KILLS_PER_OPERATION, kills
+    finally:
+        restarts.stop_all()
+    cleaned = sum(server.log().count("that was interrupted") for server in restarts.servers)
+    figures(
+        restarts=len(restarts.servers) - 1, leftovers_removed_at_start=cleaned,
+        call_ms={key: round(value * 1000) for key, value in duration.items()},
+        **{key.replace("-", "_"): " ".join(values) for key, values in observed.items()},
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stage", ["receiving", "unpacking"])
+def test_a_full_disk_during_an_upload_is_a_507_and_changes_nothing(
+    template_root: Path, tmp_path: Path, tiny_bert_path: Path, stage: str, figures
+) -> None:
+    """The server's RLIMIT_FSIZE is lowered while it runs (``prlimit``): writing past 512 KiB fails with
+    EFBIG, as on a full disk. ``receiving``: 1 MiB of random bytes, the archive itself is too big to
+    store. ``unpacking``: 1 MiB of zeros, a small archive whose member is too big to unpack."""
+    root = tmp_path / "experts"
+    shutil.copytree(template_root, root, symlinks=True)
+    padding = os.urandom(1 << 20) if stage == "receiving" else bytes(1 << 20)
+    archive = tar_gz({"gamma": root / "staging" / "gamma", "gamma/padding.bin": padding})
+    server = ServerProcess(root, tmp_path / "server.log", base_model=tiny_bert_path, launch=ForkedProcess)
+    try:
+        server.wait_ready(timeout=90)
+        registry = (root / "registry.json").read_bytes()
+        limit = 512 << 10
+        resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        with httpx.Client(base_url=server.url, timeout=30, headers=ADMIN) as http:
+            response = http.post("/admin/experts", content=archive, headers={"Content-Type": "application/gzip"})
+            assert response.status_code == 507, response.text
+            error = response.json()["error"]
+            assert error["type"] == "insufficient_storage" and "File too large" in error["message"]
+            assert (root / "registry.json").read_bytes() == registry
+            assert list((root / "uploads").iterdir()) == []  # the partial upload and its staging are gone
+            assert http.post("/search", json={"query": "wing lift", "k": 2}).status_code == 200
+            assert http.get("/readyz").json()["experts"] == BEFORE
+
+            resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            retried = http.post("/admin/experts", content=archive, headers={"Content-Type": "application/gzip"})
+            assert retried.status_code == 201, retried.text
+    finally:
+        assert server.stopped_cleanly(), server.log()
+    assert "out of disk space on POST /admin/experts" in server.log_path.read_text()
+    figures(stage=stage, archive_bytes=len(archive), limit_bytes=limit, message=error["message"][:90])

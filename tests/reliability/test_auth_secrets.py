@@ -1,0 +1,96 @@
+"""Admin routes refuse every credential but the admin key, and no key ever shows in a log or a response.
+
+A real server with both keys set (``RR_ADMIN_KEY``, ``RR_SEARCH_KEY``),
+started with ``--log-level debug`` so that anything that would print a
+header at any level shows up in its log.
+Every admin route (publish by path, publish an archive, unpublish) is called
+with no key, a wrong key, the search key, the admin key under another scheme,
+the admin key cut short, lengthened, split by a space or repeated, and the
+admin key in a cookie or another header: all refused, nothing published.
+(Several spaces between ``Bearer`` and the right key are accepted, as RFC 7235
+allows.)
+Then the whole server log and every response body are searched for both
+keys and for each wrong key sent. (``tests/app/service/test_admin_api.py``
+checks the plain no-key/wrong-key/search-key cases in-process.)
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.service.conftest import ADMIN_KEY, SEARCH_KEY, ServerProcess
+from tests.app.service.test_admin_api import tar_gz
+from tests.reliability.forked import ForkedProcess
+
+WRONG_KEYS = ["admin-key-for-test", "admin-key-for-testsX", "not-the-key-0123456789"]  # cut short, lengthened, other
+
+#: label -> the Authorization header (None: no header) and whether it is a 401 (else 403)
+CREDENTIALS: dict[str, tuple[str | None, int]] = {
+    "none": (None, 401),
+    "empty bearer": ("Bearer", 401),
+    "wrong key": (f"Bearer {WRONG_KEYS[2]}", 403),
+    "cut short": (f"Bearer {WRONG_KEYS[0]}", 403),
+    "lengthened": (f"Bearer {WRONG_KEYS[1]}", 403),
+    "search key": (f"Bearer {SEARCH_KEY}", 403),
+    "basic scheme": (f"Basic {base64.b64encode(f'admin:{ADMIN_KEY}'.encode()).decode()}", 401),
+    "token scheme": (f"Token {ADMIN_KEY}", 401),
+    "bare key": (ADMIN_KEY, 401),
+    "space inside the key": (f"Bearer {ADMIN_KEY[:5]} {ADMIN_KEY[5:]}", 403),
+    "key and more": (f"Bearer {ADMIN_KEY} {ADMIN_KEY}", 403),
+}
+
+
+@pytest.mark.timeout(120)
+def test_admin_refuses_all_but_its_key_and_keys_never_leak(
+    template_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
+) -> None:
+    root = tmp_path / "experts"
+    shutil.copytree(template_root, root, symlinks=True)
+    server = ServerProcess(
+        root, tmp_path / "server.log", base_model=tiny_bert_path, env={"RR_SEARCH_KEY": SEARCH_KEY},
+        launch=ForkedProcess, log_level="debug",
+    )  # fmt: skip
+    archive = tar_gz({"gamma": root / "staging" / "gamma"})
+    bodies: list[str] = []
+    wrong: list[tuple[str, str, int]] = []
+    try:
+        server.wait_ready(timeout=90)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            calls = {
+                "add by path": lambda headers: http.post("/admin/experts", json={"path": "staging/gamma"}, headers=headers),
+                "add archive": lambda headers: http.post(
+                    "/admin/experts", content=archive, headers={**headers, "Content-Type": "application/gzip"}
+                ),
+                "remove": lambda headers: http.delete("/admin/experts/beta", headers=headers),
+            }
+            for route, call in calls.items():
+                for label, (authorization, status) in CREDENTIALS.items():
+                    response = call({} if authorization is None else {"Authorization": authorization})
+                    bodies.append(response.text)
+                    if response.status_code != status:
+                        wrong.append((route, label, response.status_code))
+                # The key anywhere but the Authorization header does not count.
+                response = call({"Cookie": f"Authorization=Bearer {ADMIN_KEY}", "X-API-Key": ADMIN_KEY})
+                bodies.append(response.text)
+                if response.status_code != 401:
+                    wrong.append((route, "cookie or X-API-Key", response.status_code))
+            assert wrong == [], wrong
+            assert http.get("/readyz").json()["experts"] == ["alpha", "beta"]  # nothing was published or removed
+            assert http.post("/search", json={"query": "x"}).status_code == 401  # the search key is enforced too
+            ok = http.post("/search", json={"query": "x"}, headers={"Authorization": f"Bearer {SEARCH_KEY}"})
+            assert ok.status_code == 200
+            bodies.append(http.get("/metrics").text)
+            bodies.append(http.get("/metrics/summary").text)
+    finally:
+        assert server.stopped_cleanly(), server.log()
+    log = server.log_path.read_text()
+    assert log.count('"POST /admin/experts') >= 2 * (len(CREDENTIALS) + 1)  # every refused call is in it
+    for secret in (ADMIN_KEY, SEARCH_KEY, *WRONG_KEYS):
+        assert secret not in log, f"a key is in the server log: {secret!r}"
+        assert not [body for body in bodies if secret in body], f"a key is in a response: {secret!r}"
+    figures(refused=sum(len(CREDENTIALS) + 1 for _ in range(3)), log_lines=len(log.splitlines()), responses=len(bodies))
