@@ -17,6 +17,7 @@ The tree of the service's own errors (domain errors from ``experts``,
     │   └── PathNotAllowedError       403 path_not_allowed    outside the data root
     ├── ConflictError                 409 conflict            already published, reserved name
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
+    ├── ExpertUnavailableError        503 expert_unavailable  published, but its files failed to load
     └── NotReadyError                 503 not_ready           still loading, shutting down (Retry-After)
 
 Translated here too: a JSON route sent another Content-Type is a 415; a body
@@ -97,6 +98,12 @@ class OverloadedError(ServiceError):
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ExpertUnavailableError(ServiceError):
+    """Published (in the registry) but not loaded: its files are broken; retrying will not help until fixed."""
+
+    status, type = 503, "expert_unavailable"
 
 
 class NotReadyError(ServiceError):

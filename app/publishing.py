@@ -23,6 +23,7 @@ from app.engine import RESERVED_NAMES, SearchEngine
 from app.errors import (
     ConflictError,
     ExpertRejectedError,
+    ExpertUnavailableError,
     InvalidRequestError,
     PathNotAllowedError,
     PayloadTooLargeError,
@@ -181,6 +182,19 @@ class ExpertPublisher:
             self.failed = {key: value for key, value in self.failed.items() if key != name}
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
             return entry
+
+    def check_servable(self, name: str) -> None:
+        """Refuse, with the load failure, a request naming a published expert that could not be loaded.
+
+        Without this it would be a 404 "not found", sending the caller to check
+        a name that is right; the fault is on the server.
+        """
+        reason = self.failed.get(name)
+        if reason is not None:
+            raise ExpertUnavailableError(
+                f"expert {name!r} is published but could not be loaded: {reason}; "
+                "an admin can fix its files and publish it again with replace"
+            )
 
     def receiving_path(self) -> Path:
         """A new file name under ``<root>/uploads/`` for an archive being received (the directory is created)."""

@@ -44,6 +44,8 @@ async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsRes
         raise InvalidRequestError(
             f"dimensions={body.dimensions} is not available: this encoder gives {engine.encoder.dim}-dimensional vectors"
         )
+    if body.model not in RESERVED_NAMES:
+        runtime.publisher.check_servable(body.model)
     if body.model not in RESERVED_NAMES and body.model not in engine.experts:
         raise UnknownExpertError(
             f"Model {body.model!r} not found. Valid models: {[*sorted(RESERVED_NAMES), *sorted(engine.experts)]}"

@@ -34,6 +34,8 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     limit = runtime.settings.max_queries
     if len(texts) > limit:
         raise PayloadTooLargeError(f"{len(texts)} queries in one request; the limit is {limit} (RR_MAX_QUERIES)")
+    if body.expert is not None:
+        runtime.publisher.check_servable(body.expert)
     policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
     retrieval = requested_retrieval(runtime.engine.retrieval, mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
     job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval)

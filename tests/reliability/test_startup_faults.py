@@ -134,7 +134,11 @@ def test_broken_experts_are_reported_and_the_others_serve(
                 assert len(hits) == 5 and {hit["expert"] for hit in hits} == {name}
             routed = http.post("/search", json={"queries": ["wing lift", "compiler parser"], "k": 3}).json()["results"]
             assert {r["expert"] for r in routed} <= {"alpha", "beta"}
-            assert http.post("/search", json={"query": "x", "expert": broken[0]}).status_code == 404
+            refused = http.post("/search", json={"query": "x", "expert": broken[0]})
+            assert refused.status_code == 503 and refused.json()["error"]["type"] == "expert_unavailable"
+            assert details["failed"][broken[0]] in refused.json()["error"]["message"]
+            embedded = http.post("/v1/embeddings", json={"model": broken[0], "input": "x"})
+            assert embedded.status_code == 503
     finally:
         server.stop()
     figures(verify_checksums=verify, broken=len(broken), serving=2)
