@@ -22,7 +22,6 @@ Each case is timed with torch's default intra-op threads and with one thread
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -32,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    DEFAULT_DATASETS,
     LoadMeter,
+    argument_parser,
     judged_test_queries,
     other_heavy_processes,
     percentiles,
@@ -45,11 +44,7 @@ QUERY_MAX_LENGTH = 64
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser = argument_parser(__doc__)
     parser.add_argument("--adapters", type=int, default=5, help="LoRA adapters loaded (the five shared collections)")
     parser.add_argument("--queries", type=int, default=60, help="queries timed per case and thread setting")
     parser.add_argument("--block", type=int, default=10, help="queries per block before switching thread setting")

@@ -8,6 +8,7 @@ other processes took meanwhile, so a reader can judge how noisy a run was.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -32,6 +33,16 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- queries
+def argument_parser(doc: str, *, datasets: bool = True) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description, the rest (the commands) as the epilog."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if datasets:
+        parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    return parser
+
+
 def judged_test_queries(datasets: Path, collections: Sequence[str] = COLLECTIONS, *, seed: int = 0) -> list[tuple[str, str]]:
     """Every judged test query of ``collections`` as (collection, text), shuffled so the collections mix."""
     from experts.labelled import judged_queries, read_qrels, read_queries

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from app.engine import SearchEngine  # noqa: E402
 from app.evaluation import read_test_set  # noqa: E402
-from app.settings import Settings  # noqa: E402
 from app.loading import open_encoder  # noqa: E402
+from app.settings import Settings  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
 #: (label, search mode, corpus evidence)

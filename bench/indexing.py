@@ -46,11 +46,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    DEFAULT_DATASETS,
     LoadMeter,
+    argument_parser,
     current_rss_mib,
-    other_heavy_processes,
     hiwater_rss_mib,
+    other_heavy_processes,
     reset_peak_rss,
     table,
     verdict,
@@ -213,11 +213,7 @@ def memory(args: argparse.Namespace, scratch: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser = argument_parser(__doc__)
     parser.add_argument("--docs", default="scifact=200,npl=800", help="collection=documents, comma-separated")
     parser.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers batch (its default: 32)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating the order; best is kept")

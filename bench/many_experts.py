@@ -40,8 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    DEFAULT_DATASETS,
     LoadMeter,
+    argument_parser,
     current_rss_mib,
     judged_test_queries,
     other_heavy_processes,
@@ -97,11 +97,7 @@ def measure_child(root: Path, counts: list[int], queries: list[str], out: Path, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser = argument_parser(__doc__)
     parser.add_argument("--counts", default="1,5,20,50", type=lambda v: sorted({int(x) for x in v.split(",")}))
     parser.add_argument("--docs", type=int, default=300, help="documents in each stand-in expert's index")
     parser.add_argument("--queries", type=int, default=40, help="single-query searches per count and pass")

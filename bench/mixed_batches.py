@@ -23,7 +23,6 @@ padding every row to the batch's longest query costs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -36,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    DEFAULT_DATASETS,
     LoadMeter,
+    argument_parser,
     judged_test_queries,
     other_heavy_processes,
     table,
@@ -89,11 +88,7 @@ def measure(encoder, texts: list[str], adapters: list[str], experts: int, repeat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser = argument_parser(__doc__)
     parser.add_argument("--experts", default="1,2,5,20", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--batch-sizes", default="8,32", type=lambda v: [int(x) for x in v.split(",")],
                         help="rows per batch (8 and 32: the service's mean micro-batch at 8 and 32 clients)")  # fmt: skip

@@ -33,10 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.engine import SearchEngine  # noqa: E402
 from app.evaluation import lexical_union_index, read_test_set  # noqa: E402
 from app.pilot_selection import collect_training_queries  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.engine import SearchEngine  # noqa: E402
 from experts import Encoder  # noqa: E402
 from router import Router, centroid_pilots, kmeans_pilots  # noqa: E402
 

@@ -68,6 +68,7 @@ from bench.harness import (  # noqa: E402
     DEFAULT_DATASETS,
     REPO,
     LoadMeter,
+    argument_parser,
     judged_test_queries,
     other_heavy_processes,
     percentiles,
@@ -396,10 +397,7 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    parser = argument_parser(__doc__, datasets=False)
     parser.add_argument("--root", type=Path, default=None, help="experts root to serve (copied, never modified); "
                         "default: build five stand-in experts")  # fmt: skip
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
