@@ -15,13 +15,16 @@ same fixtures). What this folder adds:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.app.service.conftest import (  # noqa: F401  (fixtures, re-exported for this folder)
+    ServerProcess,
     client,
     experts_root,
     make_client,
@@ -64,3 +67,16 @@ def read_rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+@contextmanager
+def forked_server(template: Path, base_model: Path, work: Path) -> Iterator[ServerProcess]:
+    """A real ``rr serve`` on a fresh copy of ``template`` (an experts root), forked (ready in ~0.5 s); must stop cleanly."""
+    root = work / "experts"
+    shutil.copytree(template, root, symlinks=True)
+    server = ServerProcess(root, work / "server.log", base_model=base_model, launch=ForkedProcess)
+    try:
+        server.wait_ready(timeout=90)
+        yield server
+    finally:
+        assert server.stopped_cleanly(), server.log()

@@ -13,7 +13,6 @@ malformed JSON); this is the adversarial version, over real HTTP.
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +23,7 @@ import httpx
 import pytest
 
 from tests.app.service.conftest import ADMIN, ServerProcess
-from tests.reliability.conftest import read_rss_bytes
-from tests.reliability.forked import ForkedProcess
+from tests.reliability.conftest import forked_server, read_rss_bytes
 
 JSON = {"Content-Type": "application/json"}
 MIB = 1 << 20
@@ -107,15 +105,8 @@ CASES: dict[str, Hostile] = {
 
 @pytest.fixture(scope="module")
 def hostile_server(template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("hostile")
-    root = work / "experts"
-    shutil.copytree(template_root, root, symlinks=True)
-    server = ServerProcess(root, work / "server.log", base_model=tiny_bert_path, launch=ForkedProcess)
-    try:
-        server.wait_ready(timeout=90)
+    with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("hostile")) as server:
         yield server
-    finally:
-        assert server.stopped_cleanly(), server.log()
 
 
 @pytest.mark.timeout(120)

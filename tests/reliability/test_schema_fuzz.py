@@ -16,7 +16,6 @@ own pytest plugin is not used: it does not run under pytest 9.)
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 from app.main import create_app
 from app.settings import Settings
 from tests.app.service.conftest import ADMIN, ADMIN_KEY, ServerProcess
-from tests.reliability.forked import ForkedProcess
+from tests.reliability.conftest import forked_server
 
 EXAMPLES = 60  # per operation, about half of them valid, half not
 CHECKS = [
@@ -51,16 +50,9 @@ OPERATIONS = {operation.label: operation for operation in (result.ok() for resul
 
 @pytest.fixture(scope="module")
 def fuzzed_server(template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("fuzz")
-    root = work / "experts"
-    shutil.copytree(template_root, root, symlinks=True)
-    server = ServerProcess(root, work / "server.log", base_model=tiny_bert_path, launch=ForkedProcess)
-    try:
-        server.wait_ready(timeout=90)
+    with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("fuzz")) as server:
         yield server
-    finally:
-        assert server.stopped_cleanly(), server.log()
-        assert ADMIN_KEY not in server.log_path.read_text()
+    assert ADMIN_KEY not in server.log_path.read_text()
 
 
 @pytest.mark.timeout(120)
