@@ -70,11 +70,12 @@ def read_rss_bytes(pid: int) -> int:
 
 
 @contextmanager
-def forked_server(template: Path, base_model: Path, work: Path) -> Iterator[ServerProcess]:
-    """A real ``rr serve`` on a fresh copy of ``template`` (an experts root), forked (ready in ~0.5 s); must stop cleanly."""
+def forked_server(template: Path, base_model: Path, work: Path, **options: Any) -> Iterator[ServerProcess]:
+    """A real ``rr serve`` on a fresh copy of ``template`` (an experts root) in ``work/experts``, forked (ready in
+    ~0.5 s); it must stop cleanly. ``options`` go to :class:`ServerProcess` (``env``, ``log_level``)."""
     root = work / "experts"
     shutil.copytree(template, root, symlinks=True)
-    server = ServerProcess(root, work / "server.log", base_model=base_model, launch=ForkedProcess)
+    server = ServerProcess(root, work / "server.log", base_model=base_model, launch=ForkedProcess, **options)
     try:
         server.wait_ready(timeout=90)
         yield server

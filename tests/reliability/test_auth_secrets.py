@@ -17,15 +17,14 @@ checks the plain no-key/wrong-key/search-key cases in-process.)
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.app.service.conftest import ADMIN_KEY, SEARCH_KEY, ServerProcess
+from tests.app.service.conftest import ADMIN_KEY, SEARCH_KEY
 from tests.app.service.test_admin_api import tar_gz
-from tests.reliability.forked import ForkedProcess
+from tests.reliability.conftest import forked_server
 
 WRONG_KEYS = ["admin-key-for-test", "admin-key-for-testsX", "not-the-key-0123456789"]  # cut short, lengthened, other
 
@@ -49,17 +48,11 @@ CREDENTIALS: dict[str, tuple[str | None, int]] = {
 def test_admin_refuses_all_but_its_key_and_keys_never_leak(
     template_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
 ) -> None:
-    root = tmp_path / "experts"
-    shutil.copytree(template_root, root, symlinks=True)
-    server = ServerProcess(
-        root, tmp_path / "server.log", base_model=tiny_bert_path, env={"RR_SEARCH_KEY": SEARCH_KEY},
-        launch=ForkedProcess, log_level="debug",
-    )  # fmt: skip
-    archive = tar_gz({"gamma": root / "staging" / "gamma"})
     bodies: list[str] = []
     wrong: list[tuple[str, str, int]] = []
-    try:
-        server.wait_ready(timeout=90)
+    options = {"env": {"RR_SEARCH_KEY": SEARCH_KEY}, "log_level": "debug"}
+    with forked_server(template_root, tiny_bert_path, tmp_path, **options) as server:
+        archive = tar_gz({"gamma": tmp_path / "experts" / "staging" / "gamma"})
         with httpx.Client(base_url=server.url, timeout=30) as http:
             calls = {
                 "add by path": lambda headers: http.post("/admin/experts", json={"path": "staging/gamma"}, headers=headers),
@@ -86,8 +79,6 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
             assert ok.status_code == 200
             bodies.append(http.get("/metrics").text)
             bodies.append(http.get("/metrics/summary").text)
-    finally:
-        assert server.stopped_cleanly(), server.log()
     log = server.log_path.read_text()
     assert log.count('"POST /admin/experts') >= 2 * (len(CREDENTIALS) + 1)  # every refused call is in it
     for secret in (ADMIN_KEY, SEARCH_KEY, *WRONG_KEYS):

@@ -12,7 +12,6 @@ itself and the server answer every request again.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.service.conftest import ServerProcess
-from tests.reliability.forked import ForkedProcess
+from tests.reliability.conftest import forked_server
 
 BURST = 300
 QUEUE = 16
@@ -45,13 +43,9 @@ async def _burst(url: str) -> list[tuple[int, float, dict[str, str], dict]]:
 def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
     template_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
 ) -> None:
-    root = tmp_path / "experts"
-    shutil.copytree(template_root, root, symlinks=True)
     env = {"RR_QUEUE_MAX_QUERIES": str(QUEUE), "RR_BATCH_MAX_QUERIES": str(PER_REQUEST), "RR_MAX_QUERIES": str(PER_REQUEST),
            "RR_BATCH_WAIT_MS": "5", "RR_RETRY_AFTER_S": "2"}  # fmt: skip
-    server = ServerProcess(root, tmp_path / "server.log", base_model=tiny_bert_path, env=env, launch=ForkedProcess)
-    try:
-        server.wait_ready(timeout=90)
+    with forked_server(template_root, tiny_bert_path, tmp_path, env=env) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             errors_before = http.get("/metrics/summary").json()["server_errors"]  # /readyz's 503s while loading
         started = time.perf_counter()
@@ -80,8 +74,6 @@ def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
             summary = http.get("/metrics/summary").json()
             assert summary["rejected"]["search"] == len(refused) and summary["server_errors"] == errors_before
             assert http.get("/readyz").status_code == 200
-    finally:
-        assert server.stopped_cleanly(), server.log()
     figures(
         burst=BURST, queue_bound=QUEUE, answered=len(answered), refused_429=len(refused), burst_s=round(burst_s, 2),
         server_p50_ms=search["p50_ms"], server_p95_ms=search["p95_ms"],
