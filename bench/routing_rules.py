@@ -38,17 +38,18 @@ from app.evaluation import lexical_union_index, read_test_set  # noqa: E402
 from app.pilot_selection import collect_training_queries  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from experts import Encoder  # noqa: E402
-from router import Router, centroid_pilots, kmeans_pilots  # noqa: E402
+from router import Router, centroid_pilots, document_votes, kmeans_pilots  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
 
 
 def vote_shares(neighbour_owner: np.ndarray, experts: int) -> np.ndarray:
-    """(n, M) expert index of each neighbour -> (n, E) share of the M neighbours per expert."""
+    """(n, M) expert index of each neighbour (-1: none found) -> (n, E) each expert's share of the neighbours found."""
+    found = neighbour_owner >= 0
     shares = np.zeros((len(neighbour_owner), experts), dtype=np.float32)
-    for column in range(neighbour_owner.shape[1]):
-        np.add.at(shares, (np.arange(len(neighbour_owner)), neighbour_owner[:, column]), 1.0)
-    return shares / neighbour_owner.shape[1]
+    rows = np.repeat(np.arange(len(neighbour_owner)), neighbour_owner.shape[1]).reshape(neighbour_owner.shape)
+    np.add.at(shares, (rows[found], neighbour_owner[found]), 1.0)
+    return shares / np.maximum(found.sum(axis=1, keepdims=True), 1)
 
 
 def top_owners(similarity: np.ndarray, owners: np.ndarray, m: int) -> np.ndarray:
@@ -107,23 +108,10 @@ def main() -> None:
         for m in (10, 20, 50):
             _, rows = lexical.search(texts, m)
             owners = np.where(rows >= 0, key_owner[np.maximum(rows, 0)], -1)
-            shares = np.zeros((len(texts), len(names)), dtype=np.float32)
-            for i, row in enumerate(owners):
-                found = row[row >= 0]
-                if len(found):
-                    np.add.at(shares[i], found, 1.0 / len(found))
-            signals[f"bm25-{m}"] = shares
-        # What a server holds: one BM25 index per expert, each with its own idf; merge the raw scores.
-        per_expert = [engine.experts[c].collection.search_lexical(texts, 20) for c in names]
-        merged_scores = np.concatenate([s for s, _ in per_expert], axis=1)
-        merged_owner = np.concatenate([np.where(i >= 0, e, -1) for e, (_, i) in enumerate(per_expert)], axis=1)
-        top = np.argsort(-merged_scores, axis=1, kind="stable")[:, :20]
-        shares = np.zeros((len(texts), len(names)), dtype=np.float32)
-        for i, row in enumerate(np.take_along_axis(merged_owner, top, axis=1)):
-            found = row[row >= 0]
-            if len(found):
-                np.add.at(shares[i], found, 1.0 / len(found))
-        signals["bm25sep-20"] = shares
+            signals[f"bm25-{m}"] = vote_shares(owners, len(names))
+        # What a server holds: one BM25 index per expert, each with its own idf; the service's own vote.
+        per_expert = [engine.experts[c].collection.search_lexical(texts, 20)[0] for c in names]
+        signals["bm25sep-20"] = document_votes(per_expert, depth=20)
 
     def show(label: str, scores: np.ndarray) -> None:
         overall, per = accuracy(scores, truth, names)
