@@ -151,6 +151,38 @@ def pilots_command(
     typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
 
 
+@cli.command("tune-fusion")
+def tune_fusion_command(
+    expert: Annotated[str, typer.Option(help="Expert whose hybrid fusion weight to tune.")],
+    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
+    qrels: Annotated[Optional[Path], typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
+    pseudo: Annotated[bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")] = False,
+    limit: Annotated[int, typer.Option(min=10, help="Tuning queries sampled.")] = 500,
+) -> None:
+    """Tune an expert's dense/BM25 fusion weight with its adapter's query vectors; the manifest keeps it."""
+    from app.fusion_tuning import from_collection, tune_fusion
+    from index import Collection
+
+    if pseudo == (queries is not None):
+        raise typer.BadParameter("give either --queries with --qrels (labelled), or --pseudo")
+    directory = state.expert_dir(expert)
+    manifest = directory.read_manifest()
+    if manifest.index is None:
+        raise typer.BadParameter(f"expert {expert!r} has no index yet: run `rr index` first")
+    try:
+        with Collection.open(directory.path / manifest.index.directory) as collection:
+            tuning = from_collection(collection, queries=queries, qrels=qrels, limit=limit)
+        manifest = tune_fusion(
+            directory, state.encoder(), tuning, candidates=state.settings.hybrid_candidates,
+            max_length=state.settings.query_max_length,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    section = manifest.retrieval
+    curve = "  ".join(f"{w}: {v:.3f}" for w, v in section.curve.items())
+    typer.echo(f"{expert!r}: dense weight {section.weight} on {section.tuned_on} (version {manifest.version})\n{curve}")
+
+
 @cli.command("route")
 def route_command(
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
@@ -193,7 +225,7 @@ def search_command(
 
     engine = state.engine()
     try:
-        retrieval = requested_retrieval(engine.retrieval, mode=mode, fusion=fusion, weight=hybrid_weight)
+        retrieval = requested_retrieval(mode=mode, fusion=fusion, weight=hybrid_weight)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score), retrieval=retrieval)

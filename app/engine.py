@@ -41,7 +41,7 @@ from app.jobs import (
     check_queries,
 )
 from app.loading import LoadedExpert, load_expert, unload_expert
-from app.retrieval import Retrieval, check_lexical, search_collection
+from app.retrieval import Retrieval, RetrievalOptions, check_lexical, expert_retrieval, search_collection
 from app.snapshots import SnapshotHolder
 from experts import Encoder, UnknownExpertError, list_expert_dirs
 from index import NoLexicalIndexError, reciprocal_rank_fusion
@@ -100,7 +100,7 @@ class SearchEngine:
         #: expert's dense index (base vector) and/or BM25 index, ``vote_depth`` deep.
         self.evidence: RouteEvidence = evidence
         self.vote_depth = vote_depth
-        #: How a search with no retrieval of its own searches each expert.
+        #: How a search with no retrieval of its own searches an expert whose manifest sets none.
         self.retrieval = retrieval
         empty = _Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
         self._holder: SnapshotHolder[_Snapshot] = SnapshotHolder(empty)
@@ -194,7 +194,7 @@ class SearchEngine:
         k: int = 10,
         expert: str | None = None,
         policy: RoutePolicy = RoutePolicy(),
-        retrieval: Retrieval | None = None,
+        retrieval: RetrievalOptions | None = None,
     ) -> BatchResult:
         """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
         check_queries(queries)
@@ -362,12 +362,16 @@ class _BatchRun:
             votes += document_votes(scores, depth=depth)
         return votes
 
+    def _expert_default(self, name: str) -> Retrieval:
+        """How ``name`` is searched when a request says nothing: the settings, then its manifest's tuned fusion."""
+        return expert_retrieval(self.engine.retrieval, self.snapshot.experts[name].manifest.retrieval)
+
     def _retrieval(self, row: int, name: str) -> Retrieval:
-        """The job's own retrieval, else the engine's default, made dense where the expert has no lexical index."""
+        """The job's options over the expert's default, made dense where the default needs a missing lexical index."""
         job = self.jobs[self.rows[row][0]]
+        default = self._expert_default(name)
         if job.retrieval is not None:
-            return job.retrieval
-        default = self.engine.retrieval
+            return job.retrieval.over(default)
         if default.needs_lexical and not self.snapshot.experts[name].collection.has_lexical:
             return replace(default, mode="dense")
         return default
@@ -375,13 +379,13 @@ class _BatchRun:
     def _refuse_missing_lexical(self, decisions: list[RouteDecision]) -> None:
         """A job that asked for lexical or hybrid search of an expert without a BM25 index fails, with the reason."""
         for position in self.live:
-            retrieval = self.jobs[position].retrieval
-            if retrieval is None or not retrieval.needs_lexical:
+            options = self.jobs[position].retrieval
+            if options is None:
                 continue
             names = dict.fromkeys(name for row in self.rows_of[position] for name in decisions[row].experts)
             for name in names:
                 try:
-                    check_lexical(name, self.snapshot.experts[name].collection, retrieval)
+                    check_lexical(name, self.snapshot.experts[name].collection, options.over(self._expert_default(name)))
                 except NoLexicalIndexError as exc:
                     self.outcomes[position] = exc
                     break

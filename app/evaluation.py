@@ -45,7 +45,7 @@ from app.pilot_selection import (
     simple_pilots,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
-from app.retrieval import Retrieval, search_collection
+from app.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from index import DenseIndex, LexicalIndex
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
@@ -224,6 +224,7 @@ def evaluate(
         if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
     ]  # fmt: skip
     dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
+    routed_dense, routed_hybrid = RetrievalOptions(mode="dense"), RetrievalOptions(mode="hybrid")
     metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
     position = {c: i for i, c in enumerate(collections)}
     confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
@@ -243,7 +244,7 @@ def evaluate(
         metrics["base"][name] = own(base_vectors[name], dense)
         metrics["base-union"][name] = score_run(qrels, _union_run(test, *union.search(base_vectors[name], k), keys))
         metrics["oracle"][name] = own(expert_vectors, dense)
-        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), dense)
+        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), routed_dense)
         for decision in decisions:
             chosen = decision.experts[0]
             if chosen in position:
@@ -251,14 +252,17 @@ def evaluate(
         metrics["routed"][name] = score_run(qrels, routed_run)
         if fanout_margin is not None:
             policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin)
-            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, dense)[0])
+            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, routed_dense)[0])
         if lexical:
             metrics["bm25"][name] = own(base_vectors[name], Retrieval(mode="lexical"))
             found = lexical_union.search(test.texts, k)
             metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
             metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
-            metrics["hybrid-oracle"][name] = own(expert_vectors, hybrid)
-            metrics["routed-hybrid"][name] = score_run(qrels, _routed_run(engine, test, k, RoutePolicy(), hybrid)[0])
+            # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
+            tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
+            metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
+            found = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
+            metrics["routed-hybrid"][name] = score_run(qrels, found)
         logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
         collections=collections,
@@ -280,7 +284,7 @@ def evaluate(
 
 
 def _routed_run(
-    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy, retrieval: Retrieval
+    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy, retrieval: RetrievalOptions
 ) -> tuple[dict[str, dict[str, float]], list[RouteDecision]]:
     """The deployed router's run over one collection's test queries, and its decisions."""
     run: dict[str, dict[str, float]] = {}

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.retrieval import Retrieval, ScoredHit, SearchMode
+from app.retrieval import RetrievalOptions, ScoredHit, SearchMode
 from router import RouteDecision, RoutePolicy
 
 #: ``model`` values of the embeddings API that are not expert names.
@@ -71,9 +71,10 @@ class BatchResult:
 class SearchJob:
     """One request in a micro-batch: its queries and its own options.
 
-    ``retrieval`` None takes the engine's default; a default that needs a
-    lexical index degrades to dense on an expert without one, while an explicit
-    lexical or hybrid request to such an expert is refused.
+    ``retrieval`` holds the options the request set, over each expert's own
+    default (settings, then its manifest); None sets none. A default that
+    needs a lexical index degrades to dense on an expert without one, while
+    a request that sets any retrieval option and so needs BM25 there is refused.
 
     >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
     """
@@ -82,7 +83,7 @@ class SearchJob:
     k: int = 10
     expert: str | None = None
     policy: RoutePolicy = RoutePolicy()
-    retrieval: Retrieval | None = None
+    retrieval: RetrievalOptions | None = None
 
     def __post_init__(self) -> None:
         check_queries(self.queries)

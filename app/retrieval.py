@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from experts import RetrievalSection
 from index import FUSION_METHODS, Collection, FusionMethod, Hit, NoLexicalIndexError, fuse_dense_lexical
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
@@ -57,18 +58,47 @@ class Retrieval:
         return max(k, self.candidates) if self.mode == "hybrid" else k
 
 
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """The retrieval fields a request (or an expert's manifest) sets; None leaves the layer below in force.
+
+    Layers, most specific last: the service's settings, the expert's manifest
+    (its tuned fusion weight, its default mode), the request. Keeping the
+    request's choices partial is what lets a request say ``mode: hybrid``
+    and still get each expert's own tuned weight.
+    """
+
+    mode: SearchMode | None = None
+    fusion: FusionMethod | None = None
+    weight: float | None = None
+
+    def __post_init__(self) -> None:
+        Retrieval(mode=self.mode or "dense", fusion=self.fusion or "weighted", weight=0.5 if self.weight is None else self.weight)
+
+    def over(self, base: Retrieval) -> Retrieval:
+        """``base`` with the fields set here replaced."""
+        return replace(
+            base,
+            mode=self.mode or base.mode,
+            fusion=self.fusion or base.fusion,
+            weight=base.weight if self.weight is None else self.weight,
+        )
+
+
 def requested_retrieval(
-    default: Retrieval, *, mode: str | None = None, fusion: str | None = None, weight: float | None = None
-) -> Retrieval | None:
-    """A caller's retrieval: the options it set on top of ``default``; None when it set none (the default applies)."""
+    *, mode: str | None = None, fusion: str | None = None, weight: float | None = None
+) -> RetrievalOptions | None:
+    """A caller's retrieval options; None when it set none (every expert's default applies)."""
     if mode is None and fusion is None and weight is None:
         return None
-    return replace(
-        default,
-        mode=mode or default.mode,  # type: ignore[arg-type]
-        fusion=fusion or default.fusion,  # type: ignore[arg-type]
-        weight=default.weight if weight is None else weight,
-    )
+    return RetrievalOptions(mode=mode, fusion=fusion, weight=weight)  # type: ignore[arg-type]
+
+
+def expert_retrieval(default: Retrieval, section: RetrievalSection | None) -> Retrieval:
+    """The settings' retrieval with an expert's manifest on top: its tuned fusion and weight, its mode if it sets one."""
+    if section is None:
+        return default
+    return RetrievalOptions(mode=section.mode, fusion=section.fusion, weight=section.weight).over(default)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     if body.expert is not None:
         runtime.publisher.check_servable(body.expert)
     policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
-    retrieval = requested_retrieval(runtime.engine.retrieval, mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
+    retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
     job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval)
     batch, queue_ms = await runtime.searches.submit(job)
     results = []

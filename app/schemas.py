@@ -79,14 +79,15 @@ class SearchRequest(_Strict):
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         None,
         description="Within the chosen expert: `dense` (its FAISS index, the adapter's query vector), `lexical` "
-        "(its BM25 index) or `hybrid` (both, fused). Default: RR_SEARCH_MODE (`hybrid`; an expert without a BM25 "
-        "index is then searched dense). Asking for `lexical`/`hybrid` of an expert without one is a 409.",
+        "(its BM25 index) or `hybrid` (both, fused). Default: the expert's manifest, else RR_SEARCH_MODE (`hybrid`; "
+        "an expert without a BM25 index is then searched dense). Asking for `lexical`/`hybrid` of an expert without one is a 409.",
     )
     fusion: Literal["weighted", "rrf"] | None = Field(
         None, description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion (RR_HYBRID_FUSION)."
     )
     hybrid_weight: float | None = Field(
-        None, ge=0, le=1, description="Dense share of a weighted fusion, 0 to 1 (RR_HYBRID_WEIGHT)."
+        None, ge=0, le=1, description="Dense share of a weighted fusion, 0 to 1. Default: the expert's tuned weight "
+        "(`rr tune-fusion`), else RR_HYBRID_WEIGHT."
     )
 
     @model_validator(mode="after")

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     hybrid_fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion."
     )
-    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion.")
+    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none.")
     hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 

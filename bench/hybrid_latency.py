@@ -17,7 +17,6 @@ import argparse
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from app.engine import SearchEngine  # noqa: E402
 from app.evaluation import read_test_set  # noqa: E402
 from app.loading import open_encoder  # noqa: E402
+from app.retrieval import RetrievalOptions  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
@@ -55,7 +55,6 @@ def main() -> None:
     pools = [read_test_set(args.datasets, c).texts for c in names]
     rng = random.Random(args.seed)
     queries = [rng.choice(pools[i % len(pools)]) for i in range(args.queries)]
-    default = engine.retrieval
     engine.search(queries[:4], k=args.k)  # warm up: first-call allocations, page cache
     times: dict[str, list[float]] = {label: [] for label, _, _ in VARIANTS}
     for query in queries:
@@ -64,7 +63,7 @@ def main() -> None:
         for label, mode, evidence in order:
             engine.evidence = evidence  # type: ignore[assignment]
             started = time.perf_counter()
-            engine.search([query], k=args.k, retrieval=replace(default, mode=mode))
+            engine.search([query], k=args.k, retrieval=RetrievalOptions(mode=mode))
             times[label].append((time.perf_counter() - started) * 1000)
     baseline = float(np.median(times[VARIANTS[0][0]]))
     print(f"{len(queries)} queries, k={args.k}, experts: {', '.join(names)}; ms per query")

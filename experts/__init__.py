@@ -34,6 +34,7 @@ from experts.manifest import (
     IndexSection,
     Manifest,
     PilotsSection,
+    RetrievalSection,
     TrainingSection,
     check_expert_name,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "ModelLoadError",
     "NegativeSearch",
     "PilotsSection",
+    "RetrievalSection",
     "TrainConfig",
     "TrainReport",
     "TrainingError",

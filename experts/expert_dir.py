@@ -41,7 +41,15 @@ from experts.adapters import (
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
 from experts.encoder import Encoder
 from experts.errors import AdapterMismatchError, ChecksumMismatchError, ExpertDirError, MissingFileError
-from experts.manifest import AdapterInfo, BaseModelInfo, IndexSection, Manifest, PilotsSection, check_expert_name
+from experts.manifest import (
+    AdapterInfo,
+    BaseModelInfo,
+    IndexSection,
+    Manifest,
+    PilotsSection,
+    RetrievalSection,
+    check_expert_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +155,13 @@ class ExpertDir:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def publish(self, *, index: IndexSection | None = None, pilots: PilotsSection | None = None) -> Manifest:
+    def publish(
+        self,
+        *,
+        index: IndexSection | None = None,
+        pilots: PilotsSection | None = None,
+        retrieval: RetrievalSection | None = None,
+    ) -> Manifest:
         """Commit a new version: re-read the manifest, apply the changes, checksum, replace atomically.
 
         Reading and writing happen under the writers' lock, so an index build
@@ -158,6 +172,8 @@ class ExpertDir:
             changes["index"] = index
         if pilots is not None:
             changes["pilots"] = pilots
+        if retrieval is not None:
+            changes["retrieval"] = retrieval
         with self.locked():
             previous = self.read_manifest()
             new = previous.next_version(**changes)

@@ -68,6 +68,29 @@ class PilotsSection(_Section):
     source: str = Field("", description="Where the pilot queries came from.")
 
 
+class RetrievalSection(_Section):
+    """How this expert is searched when a request does not say: the hybrid fusion weight tuned for it.
+
+    The dense share of a weighted fusion is tuned on the expert's own training
+    queries (labelled ones where it had them, else pseudo queries from its
+    documents), never on test queries, with its adapter's query vectors: the
+    best weight differs per domain (more lexical where terms are technical and
+    rare), and with the adapter the dense side deserves more than with the base.
+    """
+
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None, description="This expert's default search mode; None: the service's setting."
+    )
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    weight: float = Field(ge=0.0, le=1.0, description="Dense share of the weighted fusion, tuned.")
+    tuned_on: str = Field(description="What the weight was tuned on: 'labelled' or 'pseudo' queries, and how many.")
+    queries: int = Field(ge=0, description="Tuning queries used.")
+    curve: dict[str, float] = Field(
+        default_factory=dict, description="nDCG@10 on the tuning queries for each weight tried ('0.50': 0.71)."
+    )
+    tuned_at: str = Field(default_factory=utc_now)
+
+
 class TrainingSection(_Section):
     """How the adapter was trained (absent for an untrained or imported adapter). Informational."""
 
@@ -98,6 +121,7 @@ class Manifest(_Section):
     index: IndexSection | None = None
     pilots: PilotsSection | None = None
     training: TrainingSection | None = None
+    retrieval: RetrievalSection | None = None
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> sha256 of every file.")
 
     @field_validator("name")
