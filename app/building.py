@@ -7,6 +7,8 @@ serving the previous version.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -102,7 +104,10 @@ def index_expert(
         if temporary_adapter is not None:
             encoder.remove_adapter(temporary_adapter)
     published = expert.publish(
-        index=IndexSection(directory=report.directory.name, factory=factory, count=report.documents)
+        index=IndexSection(
+            directory=report.directory.name, factory=factory, count=report.documents,
+            lexical=None if lexical is None else dataclasses.asdict(lexical),
+        )  # fmt: skip
     )
     return published, report
 

@@ -53,7 +53,6 @@ from experts import (
     Encoder,
     ExpertDir,
     ExpertDirError,
-    IndexSection,
     Manifest,
     TrainConfig,
     TrainingPair,
@@ -209,7 +208,7 @@ def _reuse_index(old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpor
         return False
     target = new.new_index_path()
     _link_tree(source, target)
-    new.publish(index=IndexSection(directory=target.name, factory=index.factory, count=index.count))
+    new.publish(index=index.model_copy(update={"directory": target.name}))
     logger.info("reusing the collection of %s (same corpus files, same base encoder)", old.path)
     return True
 

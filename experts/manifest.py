@@ -59,6 +59,9 @@ class IndexSection(_Section):
     directory: str = Field(description="The published index generation, relative to the expert directory.")
     factory: str
     count: int = Field(ge=0)
+    lexical: dict[str, Any] | None = Field(
+        None, description="How the BM25 index analyses text (stopwords, stemmer, k1, b, ...); None: no BM25 index."
+    )
 
 
 class PilotsSection(_Section):
