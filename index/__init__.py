@@ -11,7 +11,7 @@ from __future__ import annotations
 from index.analysis import Analyzer, LexicalMethod, LexicalSettings
 from index.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
-from index.dense import DenseIndex, SearchParams
+from index.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
 from index.docstore import DocStore
 from index.errors import (
     BuildInProgressError,
@@ -19,15 +19,30 @@ from index.errors import (
     DimensionMismatchError,
     IndexFileError,
     IndexStoreError,
+    InvalidFilterError,
     InvalidParameterError,
     NoLexicalIndexError,
     OutputExistsError,
     ReadOnlyError,
+    UnknownFieldError,
+)
+from index.filters import (
+    FieldInfo,
+    Filter,
+    FilterExpr,
+    check_fields,
+    compile_filter,
+    filter_fields,
+    filter_to_json,
+    parse_filter,
 )
 from index.fusion import reciprocal_rank_fusion
 from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
 from index.indexing import BuildReport, EmbedFn, build_index
 from index.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.live import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
+from index.live_view import LiveView
+from index.merge import MergePolicy
 
 __all__ = [
     "Analyzer",
@@ -38,12 +53,17 @@ __all__ = [
     "CorpusProblem",
     "DENSE_FILE",
     "DOCSTORE_FILE",
+    "DeleteReport",
     "DenseIndex",
     "DimensionMismatchError",
     "DocStore",
     "Document",
+    "EXACT_FILTER_LIMIT",
     "EmbedFn",
     "FUSION_METHODS",
+    "FieldInfo",
+    "Filter",
+    "FilterExpr",
     "Fused",
     "FusionMethod",
     "Hit",
@@ -51,19 +71,32 @@ __all__ = [
     "IndexFileError",
     "IndexInfo",
     "IndexStoreError",
+    "InvalidFilterError",
     "InvalidParameterError",
     "LEXICAL_FILES",
     "LexicalIndex",
     "LexicalMethod",
     "LexicalSettings",
+    "LiveCollection",
+    "LiveStats",
+    "LiveView",
+    "MergePolicy",
+    "MergeReport",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
     "SearchParams",
+    "UnknownFieldError",
+    "UpsertReport",
     "build_index",
+    "check_fields",
+    "compile_filter",
     "corpus_fingerprint",
+    "filter_fields",
+    "filter_to_json",
     "fuse_dense_lexical",
     "lexical_files",
+    "parse_filter",
     "read_corpus",
     "read_info",
     "reciprocal_rank_fusion",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,7 @@ from index.atomic import atomic_write
 from index.dense import DenseIndex, SearchParams
 from index.docstore import DocStore
 from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
+from index.filters import FieldInfo, FilterExpr
 from index.lexical import LexicalIndex
 
 __all__ = [
@@ -256,14 +257,41 @@ class Collection:
     def __len__(self) -> int:
         return self._info.count
 
-    def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        params: SearchParams | None = None,
+        allowed: Iterable[int] | np.ndarray | None = None,
+    ) -> list[list[Hit]]:
         """Top-``k`` hits per query: (nq, dim) float32 -> ``nq`` lists of at most ``k`` hits.
 
         One dense search for the batch, then one docstore fetch for every id it
-        returned. Safe to call from several threads.
+        returned. ``allowed`` restricts the hits to those row ids (what
+        :meth:`select` returns for a metadata filter), inside the FAISS search,
+        so a query gets ``k`` hits whenever ``k`` documents are allowed. Safe to
+        call from several threads.
+
+        >>> allowed = collection.select({"year": {"gte": 2000}})  # doctest: +SKIP
+        >>> collection.search(query_vectors, 10, allowed=allowed)
         """
-        scores, ids = self._dense.search(queries, k, params=params)
+        scores, ids = self._dense.search(queries, k, params=params, allowed=allowed)
         return self.hits(scores, ids)
+
+    def select(self, filter: FilterExpr | Mapping[str, Any], *, check: bool = True) -> np.ndarray:
+        """Row ids of the documents matching a metadata filter: (n,) int64, sorted; see :mod:`index.filters`.
+
+        Pass the result as ``allowed=`` to :meth:`search` and
+        :meth:`search_lexical`. A malformed filter is an
+        :class:`~index.errors.InvalidFilterError` naming the clause, a field no
+        document has an :class:`~index.errors.UnknownFieldError` listing the known ones.
+        """
+        return self._docstore.select(filter, check=check)
+
+    def metadata_fields(self) -> dict[str, FieldInfo]:
+        """The metadata fields a filter may name, with their JSON types (recorded when the collection was built)."""
+        return self._docstore.metadata_fields()
 
     def search_lexical(
         self, queries: Sequence[str], k: int, *, allowed: Iterable[int] | np.ndarray | None = None
@@ -272,8 +300,9 @@ class Collection:
 
         The same shapes, order and ids as :meth:`DenseIndex.search`, so the two
         lists can be fused by id; :meth:`hits` turns either into documents.
-        ``allowed`` restricts the results to those row ids. Safe to call from
-        several threads.
+        ``allowed`` restricts the results to those row ids (what :meth:`select`
+        returns), applied inside bm25s as a weight mask, like the dense side.
+        Safe to call from several threads.
 
         >>> scores, ids = collection.search_lexical(["heat transfer"], 10)  # doctest: +SKIP
         >>> collection.hits(scores, ids)[0][0].id

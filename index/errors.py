@@ -13,7 +13,9 @@ handlers keep working::
     ├── OutputExistsError       (FileExistsError)  a build would overwrite an existing directory
     ├── ReadOnlyError           (PermissionError)  a write to something opened read-only
     ├── BuildInProgressError    (RuntimeError)     another build holds the work directory
-    └── NoLexicalIndexError     (LookupError)      lexical search on a collection built without one
+    ├── NoLexicalIndexError     (LookupError)      lexical search on a collection built without one
+    └── InvalidFilterError      (ValueError)       a metadata filter that is malformed, too large or can never match
+        └── UnknownFieldError                      it names a metadata field that no document has
 
 Lower-layer errors (``RuntimeError`` from FAISS, ``sqlite3.Error``) are
 translated where they are raised, so nothing from those libraries leaks out.
@@ -27,10 +29,12 @@ __all__ = [
     "DimensionMismatchError",
     "IndexFileError",
     "IndexStoreError",
+    "InvalidFilterError",
     "InvalidParameterError",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
+    "UnknownFieldError",
 ]
 
 
@@ -71,3 +75,34 @@ class BuildInProgressError(IndexStoreError, RuntimeError):
 
 class NoLexicalIndexError(IndexStoreError, LookupError):
     """A lexical search was asked of a collection that was built without a lexical index."""
+
+
+class InvalidFilterError(IndexStoreError, ValueError):
+    """A metadata filter is malformed, too large, or compares a field in a way that can never match.
+
+    ``path`` names the offending clause as the client wrote it
+    (``filter.and[1].year``) and ``reason`` says what is wrong with it; the
+    message is ``"<path>: <reason>"``, ready for a 422 response.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes, despite the two arguments
+        return (InvalidFilterError, (self.path, self.reason))
+
+
+class UnknownFieldError(InvalidFilterError):
+    """A filter names a metadata field that no document of the collection has; the message lists the known ones."""
+
+    def __init__(self, path: str, field: str, known: list[str], more: str = "") -> None:
+        listed = ", ".join(repr(name) for name in known) if known else "none (the documents carry no metadata)"
+        super().__init__(path, f"unknown metadata field {field!r}; known fields: {listed}{more}")
+        self.field = field
+        self.known = known
+        self._more = more
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str], str]]:
+        return (UnknownFieldError, (self.path, self.field, self.known, self._more))

@@ -180,3 +180,28 @@ def test_missing_truncated_and_corrupt_files(tmp_path: Path, unit_vectors, mmap:
             path.write_bytes(content)
         with pytest.raises(IndexFileError, match=name):
             DenseIndex.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat", "IVF16,PQ8", "PCA16,IVF16,Flat", "SQ8", "PCA16,HNSW32"])
+def test_filtered_search_on_every_index_type(tmp_path: Path, clustered_vectors, factory: str, mmap: bool) -> None:
+    """Only allowed ids come back, k of them whenever k are allowed; exact where the storage is (small sets)."""
+    base, ids, queries = _dataset(clustered_vectors)
+    dense = DenseIndex.create(DIM, factory=factory)
+    if dense.needs_training:
+        dense.train(base[:1000])
+    dense.add(base, ids)
+    dense.save(tmp_path / "dense.faiss")
+    loaded = DenseIndex.load(tmp_path / "dense.faiss", mmap=mmap, factory=factory)
+    rng = np.random.default_rng(7)
+    for size in (5, 40, 1200):  # below k, exact path, graph / list path
+        allowed = np.sort(rng.choice(ids, size, replace=False))
+        scores, found = loaded.search(queries[:20], 10, allowed=allowed)
+        assert ((found >= 0).sum(axis=1) == min(size, 10)).all()
+        assert np.isin(found[found >= 0], allowed).all() and np.isneginf(scores[found < 0]).all()
+        if factory in ("Flat", "HNSW32") and size == 40:
+            subset = base[np.isin(ids, allowed)]
+            exact = np.sort(queries[:20] @ subset.T, axis=1)[:, ::-1][:, :10]
+            np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-6)
+    _, none = loaded.search(queries[:3], 10, allowed=np.array([], dtype=np.int64))
+    assert (none == -1).all()
