@@ -4,8 +4,10 @@
 task takes the queue's oldest job, waits until ``max_wait_s`` after that job
 arrived (or until ``max_batch`` texts are waiting), and hands everything it
 took to ``run`` in a worker thread, so the event loop keeps serving (probes,
-metrics, new requests) while the model works. While one batch runs, the next
-one gathers. When the queue already holds ``max_queue`` texts a new job is
+metrics, new requests) while the model works. The worker is the batcher's own
+single thread, always the same one: every OS thread that runs torch gets its
+own OpenMP team, and asyncio's shared pool would spread passes over several.
+While one batch runs, the next one gathers. When the queue already holds ``max_queue`` texts a new job is
 refused with :class:`~app.errors.OverloadedError` (429 + ``Retry-After``)
 instead of waiting ever longer.
 """
@@ -16,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -73,6 +76,7 @@ class MicroBatcher(Generic[Job, Result]):
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._worker: ThreadPoolExecutor | None = None
 
     @property
     def depth(self) -> int:
@@ -80,6 +84,7 @@ class MicroBatcher(Generic[Job, Result]):
         return self._queued
 
     async def start(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rr-{self.kind}")
         self._task = asyncio.create_task(self._collect(), name=f"micro-batcher-{self.kind}")
 
     async def stop(self) -> None:
@@ -94,6 +99,8 @@ class MicroBatcher(Generic[Job, Result]):
                 waiting.future.set_exception(NotReadyError(f"the {self.kind} queue is shutting down"))
         self._queued = 0
         self._gauge()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
 
     async def submit(self, job: Job) -> tuple[Result, float]:
         """Queue ``job`` and wait for its outcome; returns (result, milliseconds spent queued)."""
@@ -166,7 +173,8 @@ class MicroBatcher(Generic[Job, Result]):
             for waiting in batch:
                 self._metrics.stage_seconds.labels("queue").observe(started - waiting.enqueued)
         try:
-            outcomes = await asyncio.to_thread(self._run, [w.job for w in batch])
+            loop = asyncio.get_running_loop()
+            outcomes = await loop.run_in_executor(self._worker, self._run, [w.job for w in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"batch runner returned {len(outcomes)} outcomes for {len(batch)} jobs")
         except Exception as exc:  # a failure of the whole batch belongs to every job in it

@@ -14,8 +14,9 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
 from index import BuildReport, Collection, LexicalSettings, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
+
+if TYPE_CHECKING:  # the optional [ray] extra is imported only when used
+    from app.ray_indexing import RayIndexing
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +80,23 @@ def index_expert(
     upsert: bool = False,
     lexical: LexicalSettings | None = LexicalSettings(),
     progress: bool = True,
+    ray: RayIndexing | None = None,
 ) -> tuple[Manifest, BuildReport]:
     """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
 
     Resumable: re-running after an interruption continues from the last
     checkpoint. Replaces the expert's collection with exactly these corpora.
     A BM25 index is built beside the dense one unless ``lexical`` is None.
+    ``ray`` embeds on the current Ray cluster instead of in this process
+    (same checkpoint, same index: see :mod:`index.ray_indexing`).
     """
     manifest = expert.read_manifest()
     check_base_matches(manifest, encoder)
     embed, temporary_adapter = _document_embedder(expert, manifest, encoder)
+    build = partial(build_index, embed=embed) if ray is None else ray.builder(expert, manifest, encoder)
     try:
-        report = build_index(
+        report = build(
             [Path(c) for c in corpora],
-            embed=embed,
             dim=encoder.dim,
             out_dir=expert.new_index_path(),
             work_dir=expert.work_path("index"),

@@ -108,15 +108,42 @@ def index_command(
     upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
     lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
+    actors: Annotated[Optional[int], typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
+    cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.building import index_expert
     from index import LexicalSettings
 
-    manifest, report = index_expert(
-        state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
-        lexical=LexicalSettings() if lexical else None, progress=progress,
-    )  # fmt: skip
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"Invalid engine {engine!r}. Valid engines are: local, ray", param_hint="--engine")
+    ray_indexing, started_ray = None, False
+    if engine == "ray":
+        from app.ray_runtime import RayMissingError, ensure_ray
+
+        try:
+            started_ray = ensure_ray(ray_address)
+        except RayMissingError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--engine") from exc
+        from app.ray_indexing import RayIndexing
+        from index.ray_indexing import RayEngine
+
+        ray_indexing = RayIndexing(
+            state.settings, RayEngine(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+        )
+    try:
+        manifest, report = index_expert(
+            state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
+            lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
+        )  # fmt: skip
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     typer.echo(
         f"indexed {report.documents} documents into {expert!r} ({report.directory.name}, version {manifest.version}) "
         f"in {report.seconds:.1f}s; {report.malformed} malformed lines skipped, {report.replaced} replaced"

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from app.errors import ExpertUnavailableError
 from app.jobs import (
     AUTO_MODEL,
     BASE_MODEL,
@@ -44,7 +45,7 @@ from app.loading import LoadedExpert, load_expert, unload_expert
 from app.retrieval import Retrieval, RetrievalOptions, check_lexical, expert_retrieval, search_collection
 from app.snapshots import SnapshotHolder
 from experts import Encoder, UnknownExpertError, list_expert_dirs
-from index import NoLexicalIndexError, reciprocal_rank_fusion
+from index import IndexFileError, NoLexicalIndexError, reciprocal_rank_fusion
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router, document_votes, forced_decision
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class SearchEngine:
         self._write_lock = threading.Lock()
         #: Experts found on disk that could not be loaded, with the reason.
         self.unavailable: dict[str, str] = {}
+        #: Told (expert, reason) when a loaded expert's files fail during a search (the publisher takes it out).
+        self.on_expert_failure: Callable[[LoadedExpert, str], None] | None = None
 
     @classmethod
     def open(cls, root: Path, encoder: Encoder, *, verify_checksums: bool = True, **options: object) -> SearchEngine:
@@ -294,7 +297,7 @@ class _BatchRun:
         base = np.zeros((len(self.rows), encoder.dim), dtype=np.float32)
         routed = [row for row, (p, _) in enumerate(self.rows) if self.jobs[p].expert is None]
         if routed:
-            base[routed] = encoder.embed([self.rows[row][1] for row in routed], max_length=max_length)
+            base[routed] = encoder.embed([self.rows[row][1] for row in routed], max_length=max_length, cache=True)
         timings["base_ms"] = _elapsed(clock)
 
         clock = time.perf_counter()
@@ -431,10 +434,32 @@ class _BatchRun:
         for name, positions in by_expert.items():
             texts = [self.rows[pairs[p][0]][1] for p in positions]
             wanted = [(self.jobs[self.rows[pairs[p][0]][0]].k, asks[p]) for p in positions]
-            found = search_collection(self.snapshot.experts[name].collection, texts, vectors[positions], wanted)
+            expert = self.snapshot.experts[name]
+            try:
+                found = search_collection(expert.collection, texts, vectors[positions], wanted)
+            except IndexFileError as exc:  # its files broke after loading: its queries fail, not the whole batch
+                failure = self._expert_failed(expert, exc)
+                for position in positions:
+                    self.outcomes[self.rows[pairs[position][0]][0]] = failure
+                    hits_of[position] = []
+                continue
             for position, hits in zip(positions, found, strict=True):
                 hits_of[position] = [ExpertHit.of(name, hit) for hit in hits]
         return hits_of
+
+    def _expert_failed(self, expert: LoadedExpert, exc: IndexFileError) -> Exception:
+        """The outcome of the jobs that searched a broken expert: a 503 for the service, the index's error for
+        the CLI (no one to take the expert out of service; `rr` prints that error as one line)."""
+        logger.error("expert %r cannot be searched: %s", expert.name, exc)
+        if self.engine.on_expert_failure is None:
+            return exc
+        reason = f"its files failed while searching: {exc}"
+        self.engine.on_expert_failure(expert, reason)
+        return ExpertUnavailableError(
+            f"expert {expert.name!r} is published but cannot be searched: {reason}; it is out of service until an "
+            "admin publishes it again (POST /admin/experts with replace)",
+            details={"expert": expert.name},
+        )
 
 
 def _unknown(snapshot: _Snapshot, name: str) -> UnknownExpertError:

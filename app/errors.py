@@ -38,6 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.log_redaction import redact
 from experts import UnknownExpertError
 from index import NoLexicalIndexError
 from router import NoExpertsError
@@ -175,12 +176,22 @@ def _unparsable_body(exc: StarletteHTTPException) -> str | None:
     return f"the body could not be parsed as JSON: {str(cause)[:200]}"
 
 
+def _scrubbed(request: Request, message: str) -> str:
+    """``message`` without the service's API keys: a client that sent one as an expert name or a path gets no echo."""
+    service = getattr(request.app.state, "service", None)
+    settings = getattr(service, "settings", None)
+    keys = [getattr(settings, name, None) for name in ("admin_key", "search_key")]
+    return redact(message, secrets=[key.get_secret_value() for key in keys if key is not None], credentials=False)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Translate every error that can reach a route into the one JSON shape."""
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
+        message = _scrubbed(request, exc.message)
+        details = exc.details if message == exc.message else None  # details may quote what the message quoted
+        return error_response(exc.status, exc.type, message, details=details, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,7 +211,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownExpertError)
     async def _unknown(request: Request, exc: UnknownExpertError) -> JSONResponse:
-        return error_response(404, "unknown_expert", str(exc))
+        return error_response(404, "unknown_expert", _scrubbed(request, str(exc)))
 
     @app.exception_handler(NoExpertsError)
     async def _no_experts(request: Request, exc: NoExpertsError) -> JSONResponse:

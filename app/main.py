@@ -25,6 +25,7 @@ from app.body_limit import BodySizeLimitMiddleware
 from app.engine import BatchResult, SearchEngine, SearchJob
 from app.errors import install_error_handlers
 from app.loading import LoadedExpert, open_encoder
+from app.log_redaction import install_on_root, uvicorn_log_config
 from app.metrics import Metrics, MetricsMiddleware
 from app.publishing import ExpertPublisher
 from app.settings import Settings
@@ -129,11 +130,18 @@ def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:
 
 
 def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str = "info") -> None:
-    """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``)."""
+    """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``).
+
+    Every log handler, uvicorn's access log included, redacts the API keys and
+    anything that looks like a credential (:mod:`app.log_redaction`): a key a
+    client put in a URL must not end up in the logs.
+    """
     import uvicorn
 
+    secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
+    install_on_root(secrets)
     uvicorn.run(
         create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=30, log_config=uvicorn_log_config(secrets),
     )  # fmt: skip
 

@@ -16,7 +16,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from app.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.engine import RESERVED_NAMES, SearchEngine
@@ -46,6 +46,14 @@ _STAGING_PREFIX = ".staging-"
 _LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
 
 
+def _remove_tree(path: Path) -> None:
+    """Delete a directory tree, or a file or link (a link is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _resolved(path: Path) -> Path:
     """``path.resolve()``, with a symlink loop raised as OSError (ELOOP) as Python 3.13 does; 3.11 raises RuntimeError."""
     try:
@@ -70,6 +78,7 @@ class ExpertPublisher:
         self.failed: dict[str, str] = {}
         self._entries: dict[str, RegistryEntry] = {}
         self._lock = threading.Lock()
+        engine.on_expert_failure = self._take_out_of_service
 
     @property
     def entries(self) -> dict[str, RegistryEntry]:
@@ -111,6 +120,8 @@ class ExpertPublisher:
             self._entries = {entry.name: entry for entry in published}
             if bootstrap:
                 self.registry.write(published)
+            else:  # without a registry nothing says which uploads were published: keep them all
+                self._discard_unpublished_uploads()
 
     def _discard_interrupted_writes(self) -> None:
         """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
@@ -124,10 +135,76 @@ class ExpertPublisher:
             return
         for leftover in sorted([*uploads.glob(f"{_RECEIVING_PREFIX}*"), *uploads.glob(f"{_STAGING_PREFIX}*")]):
             logger.warning("removing %s, left by an upload that was interrupted", leftover)
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            _remove_tree(leftover)
+
+    def _upload_of(self, entry: RegistryEntry) -> Path | None:
+        """The ``uploads/<name>-<stamp>-<token>`` directory an uploaded expert was unpacked into; None for others."""
+        parts = PurePosixPath(entry.path).parts
+        if len(parts) >= 2 and parts[0] == UPLOADS_DIR and not parts[1].startswith("."):
+            return self.root / UPLOADS_DIR / parts[1]
+        return None
+
+    def _discard_unpublished_uploads(self) -> None:
+        """Under the lock: delete every unpacked upload that no registry entry names (their expert was removed or
+        replaced while the server was down, or a crash came between unpacking and publishing)."""
+        uploads = self.root / UPLOADS_DIR
+        if not uploads.is_dir() or uploads.is_symlink():
+            return
+        kept = {self._upload_of(entry) for entry in self._entries.values()}
+        for directory in sorted(uploads.iterdir()):
+            if directory.name.startswith(".") or directory in kept:
+                continue  # hidden names are uploads in progress (removed by _discard_interrupted_writes)
+            logger.warning("removing %s: an uploaded expert that is no longer published", directory)
+            _remove_tree(directory)
+
+    def _discard_upload_once_released(self, entry: RegistryEntry | None, released: threading.Event) -> threading.Event:
+        """Delete the unpacked upload of an expert that was just removed or replaced, once it is unloaded.
+
+        Not before: searches that still hold the old expert read its files.
+        Returns an event set when that is done (at once for an expert that was
+        not uploaded). Call it without holding the lock.
+        """
+        directory = None if entry is None else self._upload_of(entry)
+        if directory is None:
+            return released
+
+        done = threading.Event()
+
+        def discard() -> None:
+            released.wait()
+            try:
+                with self._lock:  # the same directory may have been published again meanwhile
+                    if directory not in {self._upload_of(e) for e in self._entries.values()}:
+                        _remove_tree(directory)
+                        logger.info("removed %s: the uploaded expert it held is no longer published", directory)
+            finally:
+                done.set()
+
+        if released.is_set():
+            discard()
+        else:
+            threading.Thread(target=discard, name=f"rr-discard-{entry.name}", daemon=True).start()
+        return done
+
+    def _take_out_of_service(self, expert: LoadedExpert, reason: str) -> None:
+        """Called by the engine when a loaded expert's files fail during a search (checksums are only checked at load).
+
+        The expert stays published (in the registry) but is unloaded and
+        reported failed, as if it had failed at start-up: ``/readyz`` and
+        ``GET /experts`` say why, requests naming it get a 503 with the reason,
+        routing skips it. Run in a thread of its own: the search that found the
+        fault must not wait for an admin call holding the lock.
+        """
+
+        def take_out() -> None:
+            with self._lock:
+                if self.engine.experts.get(expert.name) is not expert:
+                    return  # already taken out, replaced or removed
+                self.failed = {**self.failed, expert.name: reason}
+                self.engine.remove(expert.name)
+            logger.error("expert %r taken out of service: %s", expert.name, reason)
+
+        threading.Thread(target=take_out, name=f"rr-take-out-{expert.name}", daemon=True).start()
 
     # ------------------------------------------------------------------ add
     def resolve_path(self, path: str) -> Path:
@@ -176,12 +253,15 @@ class ExpertPublisher:
             except BaseException:
                 unload_expert(loaded, self.engine.encoder)
                 raise
-            self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+            released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+            replaced = self._entries.get(name)
             # New dicts rather than in-place changes: request handlers read these without the lock.
             self._entries = {**self._entries, name: entry}
             self.failed = {key: value for key, value in self.failed.items() if key != name}
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
-            return entry
+        if replaced is not None and replaced.path != entry.path:
+            self._discard_upload_once_released(replaced, released)
+        return entry
 
     def check_servable(self, name: str) -> None:
         """Refuse, with the load failure, a request naming a published expert that could not be loaded.
@@ -255,17 +335,23 @@ class ExpertPublisher:
 
     # ------------------------------------------------------------------ remove
     def remove(self, name: str) -> threading.Event:
-        """Unpublish at once (registry, then snapshot); the event is set once the last search holding it finished."""
+        """Unpublish at once (registry, then snapshot).
+
+        The event is set once the last search holding it finished, it is
+        unloaded and, if it was uploaded, its unpacked files are deleted.
+        """
         with self._lock:
             if name not in self._entries:
                 raise UnknownExpertError(
                     f"Expert {name!r} is not published. Published experts: {sorted(self._entries)}"
                 )
             self.registry.write([entry for n, entry in self._entries.items() if n != name])
+            removed = self._entries[name]
             self._entries = {key: value for key, value in self._entries.items() if key != name}
             self.failed = {key: value for key, value in self.failed.items() if key != name}
             if name in self.engine.experts:
-                return self.engine.remove(name)
-            done = threading.Event()  # it never loaded: nothing to unload
-            done.set()
-            return done
+                released = self.engine.remove(name)
+            else:
+                released = threading.Event()  # it never loaded (or was taken out): nothing to unload
+                released.set()
+        return self._discard_upload_once_released(removed, released)

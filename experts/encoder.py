@@ -1,15 +1,18 @@
 """The shared base encoder, holding any number of LoRA adapters on one copy of its weights.
 
-One ``Encoder`` is loaded per process. Experts are PEFT adapters injected into
-that single model; a forward pass can run with no adapter, one adapter, or a
-different adapter per row (PEFT's mixed-batch ``adapter_names``), so adding an
-expert costs only its adapter's few megabytes.
+One ``Encoder`` is loaded per process. Experts are LoRA adapters (PEFT's
+on-disk format) applied to that single model at forward time by
+:class:`~experts.lora.LoraLayers`; a forward pass can run with no adapter, one
+adapter, or a different adapter per row (one batched LoRA product per layer),
+so adding an expert costs only its adapter's few megabytes, and a pass costs
+the same whether 1 or 50 adapters are loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -17,9 +20,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from experts.adapters import check_adapter_fits, quiet_peft
+from experts.adapters import check_adapter_fits, read_lora_weights
 from experts.base_model import resolve_model, weights_fingerprint
 from experts.errors import ModelLoadError, UnknownExpertError
+from experts.lora import LoraLayers
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +31,22 @@ Pooling = Literal["mean", "cls"]
 #: What ``embed`` takes as ``expert``: none (base), one adapter, or one per row.
 ExpertChoice = str | None | Sequence[str | None]
 
-#: PEFT's name for "no adapter on this row" in a mixed batch.
-_PEFT_BASE_ROW = "__base__"
-
 
 class Encoder:
     """A Hugging Face encoder with mean pooling, L2 normalisation and named LoRA adapters.
 
     Thread-safe: forward passes and adapter changes are serialised by one lock,
-    because PEFT's active-adapter state is global to the model.
+    because which adapter a pass uses is state of the one shared model.
+
+    Length bucketing: rows are sorted by token count and cut into passes of
+    at most ``batch_size`` rows and ``batch_tokens`` padded tokens (rows x
+    longest), because a pass pads every row to its longest and small passes
+    stay in cache: on 2 cores, 32 queries of <= 64 tokens ran 1.7x faster in
+    passes of 8 than in one pass (docs/benchmarks.md, section 6).
+
+    ``cache_size`` > 0 keeps the base vectors of that many recent
+    (text, max_length) pairs for calls that ask for it (``embed(cache=True)``,
+    the service's routing pass): a repeated query skips the base pass.
 
     >>> enc = Encoder()                        # bundled all-MiniLM-L6-v2
     >>> enc.embed(["heat transfer in a boundary layer"]).shape
@@ -51,6 +62,9 @@ class Encoder:
         pooling: Pooling = "mean",
         device: str = "cpu",
         threads: int | None = None,
+        cache_size: int = 0,
+        batch_tokens: int | None = 512,
+        group_up_to: int = 2,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -62,6 +76,10 @@ class Encoder:
             raise ValueError(f"Invalid pooling {pooling!r}. Valid pooling modes are: 'mean', 'cls'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1 (or None), got {batch_tokens}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.model_id, source = resolve_model(model)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source)
@@ -76,10 +94,14 @@ class Encoder:
         model_limit = int(getattr(self._base.config, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, model_limit)
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.group_up_to = group_up_to
         self.pooling: Pooling = pooling
         self.device = device
-        self._peft = None  # a PeftModel wrapping self._base once the first adapter is added
+        self._lora = LoraLayers(self._base)
         self._lock = threading.RLock()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
     @property
     def config(self):
@@ -88,41 +110,28 @@ class Encoder:
 
     @property
     def base_module(self) -> torch.nn.Module:
-        """The underlying transformers module (with LoRA layers injected once adapters are loaded)."""
+        """The underlying transformers module (never rewrapped: adapters act through forward hooks)."""
         return self._base
 
     # ------------------------------------------------------------------ adapters
     @property
     def adapters(self) -> tuple[str, ...]:
         """Names of the loaded adapters, sorted."""
-        return tuple(sorted(self._peft.peft_config)) if self._peft is not None else ()
+        return self._lora.names
 
     def add_adapter(self, name: str, adapter_dir: Path) -> None:
-        """Load a PEFT LoRA adapter under ``name``; refuses one made for another base model."""
-        from peft import PeftModel
-
+        """Load a PEFT LoRA adapter under ``name``; refuses one made for another base model or a LoRA variant."""
         check_adapter_fits(Path(adapter_dir), self._base, base_id=self.model_id)
+        weights = read_lora_weights(Path(adapter_dir))  # read outside the lock: passes keep running
         with self._lock:
-            if name in self.adapters:
-                raise ValueError(f"adapter {name!r} is already loaded; remove it first")
-            with quiet_peft():
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=name)
-                else:
-                    self._peft.load_adapter(str(adapter_dir), adapter_name=name)
-            self._peft.eval()
+            self._lora.add(name, weights)
         logger.info("loaded adapter %r from %s", name, adapter_dir)
 
     def remove_adapter(self, name: str) -> None:
-        """Unload an adapter; with none left the model is unwrapped back to the plain base."""
+        """Unload an adapter; the base model is as it was before any adapter was added."""
         with self._lock:
             self._require(name)
-            with quiet_peft():
-                if len(self.adapters) == 1:
-                    self._base = self._peft.unload()
-                    self._peft = None
-                else:
-                    self._peft.delete_adapter(name)
+            self._lora.remove(name)
         logger.info("removed adapter %r", name)
 
     def _require(self, name: str) -> None:
@@ -137,13 +146,15 @@ class Encoder:
         expert: ExpertChoice = None,
         batch_size: int | None = None,
         max_length: int | None = None,
+        cache: bool = False,
     ) -> np.ndarray:
         """Embed texts as L2-normalised float32 rows, shape (n, dim).
 
         ``expert`` is ``None`` (base model), an adapter name, or one name/None per
         row, which runs as one mixed batch. Texts are sorted by token length
         before batching so each batch pads to similar lengths; rows come back in
-        the caller's order.
+        the caller's order. ``cache=True`` reads and fills the base-vector cache
+        (rows without an adapter only; a no-op when ``cache_size`` is 0).
         """
         texts = list(texts)
         rows = self._per_row_experts(expert, len(texts))
@@ -154,19 +165,48 @@ class Encoder:
         limit = self.max_length if max_length is None else min(max_length, self.max_length)
         if limit < 2:
             raise ValueError(f"max_length must be >= 2 (room for the special tokens), got {limit}")
-        step = batch_size or self.batch_size
-        encoded = self._tokenizer(texts, truncation=True, max_length=limit, padding=False)["input_ids"]
-        order = np.argsort([-len(ids) for ids in encoded], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        todo = list(range(len(texts)))
+        if cache and self.cache_size:
+            todo = self._from_cache(texts, rows, limit, out)
+            if not todo:
+                return out
+        step = batch_size or self.batch_size
+        encoded = self._tokenizer([texts[i] for i in todo], truncation=True, max_length=limit, padding=False)["input_ids"]
+        order = np.asarray(todo)[np.argsort([-len(ids) for ids in encoded], kind="stable")]
+        ids_of = dict(zip(todo, encoded))
         with self._lock, torch.inference_mode():
-            for start in range(0, len(order), step):
-                chunk = order[start : start + step]
-                batch = self._tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-                batch = {key: value.to(self.device) for key, value in batch.items()}
-                with quiet_peft():
-                    hidden = self._forward(batch, [rows[i] for i in chunk])
-                out[chunk] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+            for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
+                for part in self._parts(chunk, rows):
+                    batch = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
+                    batch = {key: value.to(self.device) for key, value in batch.items()}
+                    hidden = self._forward(batch, [rows[i] for i in part])
+                    out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+        if cache and self.cache_size:
+            self._to_cache(texts, rows, limit, out, todo)
         return out
+
+    def _from_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray) -> list[int]:
+        """Fill ``out`` with the cached base rows; return the rows still to compute."""
+        todo = []
+        with self._lock:
+            for i, (text, row) in enumerate(zip(texts, rows)):
+                vector = self._cache.get((text, limit)) if row is None else None
+                if vector is None:
+                    todo.append(i)
+                else:
+                    self._cache.move_to_end((text, limit))
+                    out[i] = vector
+        return todo
+
+    def _to_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray, computed: list[int]) -> None:
+        with self._lock:
+            for i in computed:
+                if rows[i] is None:
+                    self._cache[texts[i], limit] = out[i].copy()
+                    self._cache.move_to_end((texts[i], limit))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     def _per_row_experts(self, expert: ExpertChoice, n: int) -> list[str | None]:
         if expert is None or isinstance(expert, str):
@@ -179,19 +219,20 @@ class Encoder:
             self._require(name)
         return rows
 
+    def _parts(self, chunk: np.ndarray, rows: list[str | None]) -> list[np.ndarray]:
+        """One mixed pass for the chunk, or one pass per adapter when it holds few (``group_up_to``).
+
+        Measured (docs/benchmarks.md, section 6): in a length bucket of 8 rows, one
+        pass per adapter is faster with 2 adapters, the batched mixed pass from 3 on.
+        """
+        names = dict.fromkeys(rows[i] for i in chunk)
+        if len(names) == 1 or len(names) > self.group_up_to:
+            return [chunk]
+        return [np.asarray([i for i in chunk if rows[i] == name]) for name in names]
+
     def _forward(self, batch: dict[str, torch.Tensor], rows: list[str | None]) -> torch.Tensor:
-        names = set(rows)
-        if names == {None}:
-            if self._peft is None:
-                return self._base(**batch).last_hidden_state
-            with self._peft.disable_adapter():
-                return self._peft(**batch).last_hidden_state
-        if len(names) == 1:
-            (name,) = names
-            self._peft.set_adapter(name)
-            return self._peft(**batch).last_hidden_state
-        adapter_names = [_PEFT_BASE_ROW if row is None else row for row in rows]
-        return self._peft(**batch, adapter_names=adapter_names).last_hidden_state
+        with self._lora.applied(rows):
+            return self._base(**batch).last_hidden_state
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
@@ -200,3 +241,18 @@ class Encoder:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=-1)
+
+
+def _buckets(order: np.ndarray, lengths: list[int], *, rows: int, tokens: int | None) -> list[np.ndarray]:
+    """Cut rows sorted by descending length into passes of <= ``rows`` rows and <= ``tokens`` padded tokens.
+
+    A pass pads to its first (longest) row, so its cost is about rows x that
+    length; every pass holds at least one row.
+    """
+    chunks, start = [], 0
+    for end in range(1, len(order) + 1):
+        size = end - start
+        if end == len(order) or size == rows or (tokens is not None and (size + 1) * lengths[start] > tokens):
+            chunks.append(order[start:end])
+            start = end
+    return chunks

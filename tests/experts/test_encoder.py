@@ -112,3 +112,22 @@ def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_invalid_pooling_lists_the_valid_ones(tiny_bert_path: Path) -> None:
     with pytest.raises(ValueError, match="Valid pooling modes are: 'mean', 'cls'"):
         Encoder(tiny_bert_path, pooling="max")  # type: ignore[arg-type]
+
+
+def test_length_buckets_and_grouping_leave_every_row_as_embedded_alone(
+    tiny_bert_path: Path, adapter_a: Path, adapter_b: Path
+) -> None:
+    from experts.encoder import _buckets
+
+    order, lengths = np.arange(6), [40, 30, 12, 10, 9, 3]
+    assert [list(c) for c in _buckets(order, lengths, rows=4, tokens=64)] == [[0], [1, 2], [3, 4, 5]]
+    assert [list(c) for c in _buckets(order, lengths, rows=4, tokens=None)] == [[0, 1, 2, 3], [4, 5]]
+    alone = Encoder(tiny_bert_path, max_length=64, batch_tokens=None, batch_size=1)
+    bucketed = Encoder(tiny_bert_path, max_length=64, batch_tokens=16, batch_size=64, group_up_to=2)
+    for encoder in (alone, bucketed):
+        encoder.add_adapter("a", adapter_a)
+        encoder.add_adapter("b", adapter_b)
+    for rows in (["a", None] * 3, ["a", "b", "a", "b", "b", "a"], ["a", None, "b"] * 2):  # grouped, grouped, mixed
+        np.testing.assert_allclose(bucketed.embed(TEXTS, expert=rows), alone.embed(TEXTS, expert=rows), atol=1e-5)
+    with pytest.raises(ValueError, match="batch_tokens must be >= 1"):
+        Encoder(tiny_bert_path, batch_tokens=0)

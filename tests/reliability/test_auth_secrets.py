@@ -9,7 +9,10 @@ the admin key cut short, lengthened, split by a space or repeated, and the
 admin key in a cookie or another header: all refused, nothing published.
 (Several spaces between ``Bearer`` and the right key are accepted, as RFC 7235
 allows.)
-Then the whole server log and every response body are searched for both
+Then keys are sent where the API never reads them but a log line would
+print them (query strings, paths, an expert's name): the access log shows
+those requests with ``[REDACTED]`` in their place (:mod:`app.log_redaction`).
+Last, the whole server log and every response body are searched for both
 keys and for each wrong key sent. (``tests/app/service/test_admin_api.py``
 checks the plain no-key/wrong-key/search-key cases in-process.)
 """
@@ -77,9 +80,25 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
             assert http.post("/search", json={"query": "x"}).status_code == 401  # the search key is enforced too
             ok = http.post("/search", json={"query": "x"}, headers={"Authorization": f"Bearer {SEARCH_KEY}"})
             assert ok.status_code == 200
+            # Keys where the API never reads one, but the access log would print them: query strings and paths.
+            search = {"Authorization": f"Bearer {SEARCH_KEY}"}
+            leaky = [
+                http.get("/healthz", params={"api_key": ADMIN_KEY}),
+                http.post("/search", params={"key": SEARCH_KEY, "token": WRONG_KEYS[2]}, json={"query": "x"}, headers=search),
+                http.get("/readyz", params={"access_token": WRONG_KEYS[0], "k": "5"}),
+                http.get(f"/experts/{ADMIN_KEY}", headers=search),  # a valid name: 404 unknown expert
+                http.post("/search", json={"query": "x", "expert": SEARCH_KEY}, headers=search),
+                http.get(f"/no/such/route/{SEARCH_KEY}"),
+            ]
+            assert [r.status_code for r in leaky] == [200, 200, 200, 404, 404, 404]
+            bodies.extend(response.text for response in leaky)
             bodies.append(http.get("/metrics").text)
             bodies.append(http.get("/metrics/summary").text)
     log = server.log_path.read_text()
+    for line in ('"GET /healthz?api_key=[REDACTED] HTTP/1.1" 200', '"POST /search?key=[REDACTED]&token=[REDACTED] HTTP/1.1" 200',
+                 '"GET /readyz?access_token=[REDACTED]&k=5 HTTP/1.1" 200', '"GET /experts/[REDACTED] HTTP/1.1" 404',
+                 '"GET /no/such/route/[REDACTED] HTTP/1.1" 404'):  # fmt: skip
+        assert line in log, f"{line!r} is not in the server log"
     assert log.count('"POST /admin/experts') >= 2 * (len(CREDENTIALS) + 1)  # every refused call is in it
     for secret in (ADMIN_KEY, SEARCH_KEY, *WRONG_KEYS):
         assert secret not in log, f"a key is in the server log: {secret!r}"

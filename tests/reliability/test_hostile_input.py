@@ -81,6 +81,8 @@ CASES: dict[str, Hostile] = {
     "NaN min score": Hostile(raw(b'{"query": "x", "route": {"min_score": NaN}}'), 422, INVALID, "min_score"),
     "Infinity k": Hostile(raw(b'{"query": "x", "k": Infinity}'), 422, INVALID, "k"),
     "NaN top_k": Hostile(raw(b'{"query": "x", "route": {"top_k": NaN}}'), 422, INVALID, "top_k"),
+    "NaN hybrid weight": Hostile(raw(b'{"query": "x", "hybrid_weight": NaN}'), 422, INVALID, "hybrid_weight"),
+    "Infinity hybrid weight": Hostile(raw(b'{"query": "x", "hybrid_weight": Infinity}'), 422, INVALID, "hybrid_weight"),
     "1e400 k": Hostile(raw(b'{"query": "x", "k": 1e400}'), 422, INVALID, "finite number"),
     "5000-digit k": Hostile(raw(b'{"query": "x", "k": ' + b"9" * 5000 + b"}"), 422, INVALID, "4300 digits"),
     "NaN dimensions": Hostile(
@@ -133,32 +135,43 @@ def test_hostile_bodies_get_a_clear_4xx_and_the_server_stays_well(hostile_server
 
 
 @pytest.mark.parametrize(
-    ("raw", "status"),
+    ("raw", "statuses"),
     [
-        (b"GARBAGE\r\n\r\n", b"400"),
-        (b"GET /experts/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
-        (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
-        # Both framings: uvicorn follows Transfer-Encoding (RFC 9112), so the body is empty: our 422.
+        (b"GARBAGE\r\n\r\n", {b"400"}),
+        (b"GET /experts/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", {b"400"}),
+        (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", {b"400"}),
+        # Both framings (RFC 9112 lets a server follow Transfer-Encoding or refuse): uvicorn's h11 parser follows
+        # it, so the body is empty, our 422; its httptools parser (when installed) refuses the request, a 400.
         (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"422"),
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", {b"422", b"400"}),
         # A length no client library would send (more than 64 bits): not HTTP as uvicorn reads it.
         (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-         + str(10**20).encode() + b"\r\n\r\n{}", b"400"),
+         + str(10**20).encode() + b"\r\n\r\n{}", {b"400"}),
     ],
     ids=["not HTTP", "non-UTF-8 path", "negative length", "length and chunked", "10^20 length"],
 )  # fmt: skip
-def test_malformed_http_is_refused_and_the_server_carries_on(hostile_server: ServerProcess, raw: bytes, status: bytes) -> None:
-    """uvicorn answers what is not HTTP with a bare 400 before the app sees it; the rest reach our error shape."""
+def test_malformed_http_is_refused_and_the_server_carries_on(
+    hostile_server: ServerProcess, raw: bytes, statuses: set[bytes]
+) -> None:
+    """uvicorn answers what is not HTTP with a bare 400 before the app sees it; the rest reach our error shape.
+
+    The 400 is uvicorn's own, fixed plain text (a known limit, docs/reliability.md): pinned here, so that an
+    upgrade that changes it, or starts echoing the request, is noticed.
+    """
     with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=10) as connection:
         connection.sendall(raw)
         answer = b""
-        while b"\r\n\r\n" not in answer or (status != b"400" and not answer.endswith(b"}")):
+        while b"\r\n\r\n" not in answer or not answer.endswith((b"}", b".")):
             chunk = connection.recv(4096)  # headers and body may come in separate packets
             if not chunk:
                 break
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:300]
+    status = answer[9:12]
+    assert answer.startswith(b"HTTP/1.1 ") and status in statuses, answer[:300]
     if status != b"400":
         assert b'{"error":{"type":' in answer
+    else:
+        headers, body = answer.split(b"\r\n\r\n", 1)
+        assert b"content-type: text/plain; charset=utf-8" in headers.lower() and body == b"Invalid HTTP request received."
     with httpx.Client(base_url=hostile_server.url, timeout=30) as http:
         assert http.get("/healthz").status_code == 200
