@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import socket
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,47 +10,21 @@ import httpx
 import pytest
 from ray import serve
 
-from app.building import build_pilots, index_expert
 from app.engine import SearchEngine
 from app.ray_serve import build_app
 from app.settings import Settings
-from experts import Encoder, create_expert
+from experts import Encoder
 from router import RoutePolicy
+from tests.ray.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
-        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
-COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
-             ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
-MEDICINE = [("m1", "Vitamin D", "vitamin D supplements and the risk of bone fractures"),
-            ("m2", "Stem cells", "haematopoietic stem cells in the bone marrow")]  # fmt: skip
 
-
-def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder: Encoder, adapter: Path) -> None:
-    corpus = root.parent / f"{name}-corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
-    expert = create_expert(root, name, encoder=encoder, adapter_from=adapter)
-    index_expert(expert, encoder, [corpus], progress=False)
-    build_pilots(expert, encoder, [f"{t} {x}" for _, t, x in docs])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture()
-def served(tmp_path: Path, tiny_bert_path: Path, adapter_a: Path, adapter_b: Path) -> Iterator[tuple[str, Settings]]:
-    """Three trained experts on disk, served by one router and one searcher replica that holds one expert at a time."""
-    root = tmp_path / "experts"
-    encoder = Encoder(tiny_bert_path)
-    make_expert(root, "aero", AERO, encoder, adapter_a)
-    make_expert(root, "computing", COMPUTING, encoder, adapter_b)
-    make_expert(root, "medicine", MEDICINE, encoder, adapter_a)
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_bert_path: Path) -> Iterator[tuple[str, Settings]]:
+    """Three experts served by one router and one searcher replica that holds one expert at a time (pilot votes only)."""
+    root = tmp_path_factory.mktemp("lru") / "experts"
+    shutil.copytree(serve_experts, root)
     settings = Settings(data_dir=root, base_model=str(tiny_bert_path), router_evidence="none", torch_threads=1)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
