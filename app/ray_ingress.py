@@ -50,7 +50,7 @@ from app.retrieval import RetrievalOptions, requested_retrieval
 from app.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
-from index import NoLexicalIndexError, reciprocal_rank_fusion
+from index import IndexStoreError, NoLexicalIndexError, reciprocal_rank_fusion
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router, RouterError, check_pilots, document_votes, forced_decision
 
 __all__ = ["Ingress", "RoutingView"]
@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: Errors a searcher replica raises that mean the same on the ingress (the rest: the expert is unavailable).
 _PASSED_THROUGH = (UnknownExpertError, NoLexicalIndexError, NoExpertsError, ServiceError)
+#: What a replica raises when an expert's files are broken: it is taken out of service until published again.
+_BROKEN_FILES = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Ingress:
         self.published = PublishedSet(settings.data_dir)
         self._lock = threading.Lock()
         self._pilots: dict[PublishedExpert, np.ndarray | None] = {}
+        #: Published experts whose files failed on a searcher replica, by the entry that failed, with the reason.
+        self._broken: dict[PublishedExpert, str] = {}
         self._view = self._build(self.published.current())
         self.metrics = IngressMetrics(
             published=lambda: len(self._view.published.experts), routable=lambda: len(self._view.router)
@@ -112,6 +116,9 @@ class Ingress:
         failed: dict[str, str] = {}
         pilots_of: dict[PublishedExpert, np.ndarray | None] = {}
         for name, entry in sorted(published.experts.items()):
+            if entry in self._broken:
+                failed[name] = self._broken[entry]
+                continue
             try:
                 pilots_of[entry] = self._pilots[entry] if entry in self._pilots else self._read_pilots(entry)
             except (ExpertError, RouterError, OSError, ValueError) as exc:
@@ -143,6 +150,12 @@ class Ingress:
         if body.expert is not None:
             if body.expert not in view.published.experts:
                 raise UnknownExpertError(f"Expert {body.expert!r} not found. Published experts: {sorted(view.published.experts)}")
+            if body.expert in view.failed:
+                raise ExpertUnavailableError(
+                    f"expert {body.expert!r} is published but out of service: {view.failed[body.expert]}; "
+                    "an admin can fix its files and publish it again with replace",
+                    details={"expert": body.expert},
+                )
             decisions = [forced_decision(body.expert)] * len(texts)
         else:
             decisions = await self._route(view, texts, body, timings)
@@ -221,11 +234,12 @@ class Ingress:
             cause = _cause(exc)
             if isinstance(cause, _PASSED_THROUGH):
                 raise cause from None
-            logger.error("searcher replica failed on expert %r (%s): %s", expert, method, cause)
+            reason = f"a searcher replica could not serve it: {type(cause).__name__}: {cause}"
+            logger.error("expert %r (%s): %s", expert, method, reason)
+            if isinstance(cause, _BROKEN_FILES):
+                self._take_out_of_service(expert, reason)
             raise ExpertUnavailableError(
-                f"expert {expert!r} is published but a searcher replica could not serve it: "
-                f"{type(cause).__name__}: {cause}",
-                details={"expert": expert},
+                f"expert {expert!r} is published but {reason}", details={"expert": expert}
             ) from None
         finally:
             self.metrics.observe_call(expert, method, time.perf_counter() - started, ok=ok)
@@ -242,6 +256,19 @@ class Ingress:
             return await self.searcher.options(multiplexed_model_id=name).sweep.remote()
         except Exception as exc:
             raise _cause(exc) from None
+
+    def _take_out_of_service(self, name: str, reason: str) -> None:
+        """Route without ``name`` until it is published again (a new registry entry), as ``rr serve`` does.
+
+        Without this, with corpus votes on, one broken expert would fail every
+        routed request (each asks every expert). ``/readyz`` reports it.
+        """
+        with self._lock:
+            entry = self._view.published.experts.get(name)
+            if entry is None:
+                return
+            self._broken = {**self._broken, entry: reason}
+            self._view = self._build(self._view.published)
 
     # ------------------------------------------------------------------ readiness
     async def not_ready(self) -> tuple[str, dict[str, Any]] | None:

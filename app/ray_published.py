@@ -35,11 +35,12 @@ LOCK_FILE = ".registry.lock"
 
 @dataclass(frozen=True)
 class PublishedExpert:
-    """One published expert: where it lives and the version it was published at (a replace changes either)."""
+    """One published expert: where it lives, its version, and when it was published (a re-publish changes it)."""
 
     name: str
     path: Path
     version: int
+    published_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _read(registry: RegistryFile) -> Published:
     if entries is None:
         experts = {d.path.name: PublishedExpert(d.path.name, d.path, 0) for d in list_expert_dirs(registry.root)}
         return Published(experts, signature, from_registry=False)
-    experts = {e.name: PublishedExpert(e.name, registry.resolve(e), e.version) for e in entries}
+    experts = {e.name: PublishedExpert(e.name, registry.resolve(e), e.version, e.published_at) for e in entries}
     return Published(experts, signature, from_registry=True)
 
 
@@ -103,13 +104,10 @@ class PublishedSet:
         and may raise to change nothing.
         """
         with self._locked():
-            published = _read(self.registry)
-            root = self.registry.root
-            entries = {
-                name: RegistryEntry(name=name, path=os.path.relpath(expert.path, root), version=expert.version)
-                for name, expert in published.experts.items()
-            }
-            self.registry.write(list(change(entries).values()))
+            entries = self.registry.read()
+            if entries is None:  # the first edit of a fresh root: what it published until now, written down
+                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in list_expert_dirs(self.registry.root)]
+            self.registry.write(list(change({entry.name: entry for entry in entries}).values()))
         return self.current()
 
     @contextmanager

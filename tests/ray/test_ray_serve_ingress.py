@@ -195,6 +195,31 @@ def test_admin_changes_reach_the_next_routed_search_and_the_replicas(served: Ser
     assert {e.name: e.path for e in RegistryFile(served.settings.data_dir).read() or []}["computing"] == "computing"
 
 
+def test_an_expert_whose_files_fail_on_a_replica_is_taken_out_of_service(served: Served) -> None:
+    root = served.settings.data_dir
+    registry = RegistryFile(root)
+    before = registry.read() or []
+    bad = root / "bad" / "medicine"
+    shutil.copytree(root / "medicine", bad)
+    weights = bad / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"x")  # the pilots still read: the ingress routes to it
+    registry.write([e if e.name != "medicine" else e.model_copy(update={"path": "bad/medicine"}) for e in before])
+
+    first = served.search({"query": "vitamin D and fractures"})  # every expert's votes are asked for: it fails
+    assert first.status_code == 503 and first.json()["error"]["type"] == "expert_unavailable", first.text
+    assert "checksum" in first.json()["error"]["message"]
+    then = served.search({"query": "vitamin D and fractures"})  # routed without it, as rr serve does
+    assert then.status_code == 200 and set(then.json()["results"][0]["route"]["router_scores"]) == {"aero", "computing"}
+    named = served.search({"query": "vitamin D", "expert": "medicine"})
+    assert named.status_code == 503 and "out of service" in named.json()["error"]["message"]
+    ready = served.client.get("/readyz")
+    assert ready.status_code == 503 and set(ready.json()["error"]["details"]["failed"]) == {"medicine"}
+
+    registry.write(before)  # published again (as it was): back in service
+    again = served.search({"query": "vitamin D and fractures"})
+    assert again.status_code == 200 and "medicine" in again.json()["results"][0]["route"]["router_scores"]
+
+
 def test_readyz_and_metrics(served: Served) -> None:
     ready = served.client.get("/readyz")
     assert ready.status_code == 200 and set(ready.json()["experts"]) >= {"aero", "computing"}
