@@ -59,7 +59,8 @@ class IngressAdmin:
         name = manifest.name
         if name in RESERVED_NAMES:
             raise ExpertRejectedError(
-                f"expert name {name!r} is reserved (the embeddings API uses {list(RESERVED_NAMES)} as model names); rename it"
+                f"expert name {name!r} is reserved (the embeddings API uses {list(RESERVED_NAMES)} "
+                "as model names); rename it"
             )
         _refuse_taken(name, {n: str(e.path) for n, e in self.published.current().experts.items()}, replace=replace)
         try:
@@ -100,7 +101,7 @@ def _refuse_taken(name: str, published: dict[str, str], *, replace: bool) -> Non
 
 
 def _describe(entry: RegistryEntry, manifest: Manifest, found: dict[str, Any]) -> dict[str, Any]:
-    """What ``rr serve``'s admin answers (``GET /experts/{name}``'s shape), from the manifest and the replica's check."""
+    """What ``rr serve``'s admin answers (``GET /experts/{name}``'s shape), from the manifest and the check."""
     row: dict[str, Any] = {
         "name": entry.name, "path": entry.path, "state": "loaded", "version": manifest.version,
         "description": manifest.description, "base_model": manifest.base_model.id,

@@ -51,7 +51,16 @@ from app.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
 from index import IndexStoreError, NoLexicalIndexError, reciprocal_rank_fusion
-from router import NoExpertsError, RouteDecision, RoutePolicy, Router, RouterError, check_pilots, document_votes, forced_decision
+from router import (
+    NoExpertsError,
+    RouteDecision,
+    RoutePolicy,
+    Router,
+    RouterError,
+    check_pilots,
+    document_votes,
+    forced_decision,
+)
 
 __all__ = ["Ingress", "RoutingView"]
 
@@ -112,7 +121,8 @@ class Ingress:
             return self._view
 
     def _build(self, published: Published) -> RoutingView:
-        router = Router({}, aggregate=self.settings.router_aggregate, neighbours=self.settings.router_neighbours)
+        """The router over the published experts with pilots; pilots are read only for new or changed entries."""
+        routable: dict[str, np.ndarray] = {}
         failed: dict[str, str] = {}
         pilots_of: dict[PublishedExpert, np.ndarray | None] = {}
         for name, entry in sorted(published.experts.items()):
@@ -120,14 +130,16 @@ class Ingress:
                 failed[name] = self._broken[entry]
                 continue
             try:
-                pilots_of[entry] = self._pilots[entry] if entry in self._pilots else self._read_pilots(entry)
+                pilots = self._pilots[entry] if entry in self._pilots else self._read_pilots(entry)
             except (ExpertError, RouterError, OSError, ValueError) as exc:
                 logger.error("published expert %r cannot be routed to: %s", name, exc)
                 failed[name] = str(exc)
                 continue
-            if pilots_of[entry] is not None:
-                router = router.with_expert(name, pilots_of[entry])  # type: ignore[arg-type]
+            pilots_of[entry] = pilots
+            if pilots is not None:
+                routable[name] = pilots
         self._pilots = pilots_of
+        router = Router(routable, aggregate=self.settings.router_aggregate, neighbours=self.settings.router_neighbours)
         return RoutingView(published, router, failed)
 
     def _read_pilots(self, entry: PublishedExpert) -> np.ndarray | None:
@@ -149,7 +161,8 @@ class Ingress:
         timings: dict[str, float] = {}
         if body.expert is not None:
             if body.expert not in view.published.experts:
-                raise UnknownExpertError(f"Expert {body.expert!r} not found. Published experts: {sorted(view.published.experts)}")
+                published = sorted(view.published.experts)
+                raise UnknownExpertError(f"Expert {body.expert!r} not found. Published experts: {published}")
             if body.expert in view.failed:
                 raise ExpertUnavailableError(
                     f"expert {body.expert!r} is published but out of service: {view.failed[body.expert]}; "
@@ -169,7 +182,9 @@ class Ingress:
         batch = BatchOut(requests=1, queries=len(texts))
         return SearchResponse.model_validate({"results": out, "timings_ms": timings, "batch": batch})
 
-    async def _route(self, view: RoutingView, texts: list[str], body: SearchRequest, timings: dict[str, float]) -> list[RouteDecision]:
+    async def _route(
+        self, view: RoutingView, texts: list[str], body: SearchRequest, timings: dict[str, float]
+    ) -> list[RouteDecision]:
         if not len(view.router):
             raise NoExpertsError("no experts to route to: add an expert with pilots first, or name one with `expert`")
         clock = time.perf_counter()
@@ -217,7 +232,8 @@ class Ingress:
         out = []
         for row, decision in enumerate(decisions):
             lists: list[list[ExpertHit]] = [found[row, name].hits for name in decision.experts]
-            hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=attrgetter("expert", "id"))
+            fused = len(lists) > 1
+            hits = reciprocal_rank_fusion(lists, limit=k, key=attrgetter("expert", "id")) if fused else lists[0]
             out.append(SearchResult(texts[row], hits, decision, found[row, decision.experts[0]].mode))
         return out
 

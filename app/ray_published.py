@@ -106,7 +106,8 @@ class PublishedSet:
         with self._locked():
             entries = self.registry.read()
             if entries is None:  # the first edit of a fresh root: what it published until now, written down
-                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in list_expert_dirs(self.registry.root)]
+                listed = list_expert_dirs(self.registry.root)
+                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in listed]
             self.registry.write(list(change({entry.name: entry for entry in entries}).values()))
         return self.current()
 

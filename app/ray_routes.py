@@ -57,7 +57,7 @@ ops_router = APIRouter(tags=["operations"])
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
 )  # fmt: skip
 async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
-    """``rr serve``'s search: each query routed on pilots and corpus votes, searched by the replicas holding its expert."""
+    """``rr serve``'s search: each query routed on pilots and corpus votes, searched by a replica holding its expert."""
     return await ingress.search(body)
 
 

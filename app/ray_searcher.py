@@ -60,7 +60,9 @@ class _HeldExpert:
     so a collection is never closed under a search.
     """
 
-    def __init__(self, name: str, engine: SearchEngine, entry: PublishedExpert, holding: dict[str, _HeldExpert]) -> None:
+    def __init__(
+        self, name: str, engine: SearchEngine, entry: PublishedExpert, holding: dict[str, _HeldExpert]
+    ) -> None:
         self.name, self.engine, self._holding = name, engine, holding
         #: The registry entry the held expert was loaded from; None once retired.
         self.entry: PublishedExpert | None = entry
@@ -121,7 +123,9 @@ class _HeldExpert:
         logger.info("replica unloaded expert %r (LRU)", self.name)
 
 
-def _scores(loaded: LoadedExpert, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _scores(
+    loaded: LoadedExpert, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     """This expert's top-``depth`` dense and/or BM25 scores, as ``SearchEngine`` takes them for its corpus votes.
 
     The same calls as the engine's evidence step, so the ingress's votes equal
@@ -207,7 +211,9 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
 
             return await self._use(run)
 
-        async def scores(self, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+        async def scores(
+            self, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]
+        ) -> dict[str, np.ndarray]:
             """The request's expert's top-``depth`` scores for the corpus votes (see :func:`_scores`)."""
             return await self._use(lambda held: _scores(held.expert(), base, texts, depth, kinds))
 

@@ -75,7 +75,9 @@ def build_app(
     searcher replica unloads experts that were unpublished.
     """
     if max_experts < 1 or searchers < 1 or ingress_replicas < 1:
-        raise ValueError(f"max_experts, searchers and ingress_replicas must be >= 1, got {max_experts}, {searchers}, {ingress_replicas}")
+        raise ValueError(
+            f"max_experts, searchers and ingress_replicas must be >= 1, got {max_experts}, {searchers}, {ingress_replicas}"
+        )
     if registry_poll_s <= 0:
         raise ValueError(f"registry_poll_s must be > 0, got {registry_poll_s}")
     searcher = serve.deployment(
