@@ -83,6 +83,9 @@ def build_app(
     searcher = serve.deployment(
         expert_searcher_class(max_experts, registry_poll_s), name="ExpertSearcher", num_replicas=searchers,
         ray_actor_options={"num_cpus": searcher_cpus, "num_gpus": searcher_gpus},
+        # A routed request with corpus votes makes one call per expert, all at once: let a replica take
+        # the calls for every expert it holds, twice over (Serve's default is 5).
+        max_ongoing_requests=max(5, 2 * max_experts),
     ).bind(settings)  # fmt: skip
     ingress = serve.deployment(
         RoutedSearch, name="RoutedSearch", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}
