@@ -186,6 +186,16 @@ class Encoder:
             self._to_cache(texts, rows, limit, out, todo)
         return out
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, special tokens included, before any truncation.
+
+        What a caller compares with a token limit to tell a client its text
+        was cut (``embed`` truncates silently). Tokenizing is microseconds per
+        query next to milliseconds of model time.
+        """
+        encoded = self._tokenizer(list(texts), truncation=False, padding=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
     def _from_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray) -> list[int]:
         """Fill ``out`` with the cached base rows; return the rows still to compute."""
         todo = []
