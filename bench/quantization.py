@@ -331,7 +331,7 @@ def run_speed(args) -> None:
 
 
 # ---------------------------------------------------------------------- memory
-def _memory_child(backend: str, threads: int | None) -> dict[str, float]:
+def _memory_child(backend: str, threads: int | None, datasets: Path) -> dict[str, float]:
     import torch  # noqa: F401  (imported before the baseline reading: the library is not the model)
     import transformers  # noqa: F401
 
@@ -341,8 +341,7 @@ def _memory_child(backend: str, threads: int | None) -> dict[str, float]:
     encoder = Encoder(threads=threads, backend=backend)
     loaded = current_rss_mib()
     encoder.embed(["a short query about heat transfer"] * 32, max_length=QUERY_LENGTH)
-    _, passages = documents(Path(sys.argv[sys.argv.index("--datasets") + 1]) if "--datasets" in sys.argv else
-                            Path(__file__).resolve().parents[2] / "shared" / "datasets", "scifact")  # fmt: skip
+    _, passages = documents(datasets, "scifact")
     encoder.embed(passages[:32], max_length=DOC_LENGTH)
     params = sum(t.numel() * t.element_size() for t in encoder.base_module.state_dict().values() if hasattr(t, "numel"))
     return {
@@ -495,7 +494,7 @@ def main() -> None:
     args.collections = [c for c in args.collections.split(",") if c]
     args.backends = [b for b in args.backends.split(",") if b]
     if args.part == "memory-child":
-        print(json.dumps(_memory_child(args.backend, args.threads)))
+        print(json.dumps(_memory_child(args.backend, args.threads, args.datasets)))
         return
     {"vectors": run_vectors, "quality": run_quality, "speed": run_speed, "memory": run_memory, "variants": run_variants,
      "profile": run_profile, "loop": run_loop}[args.part](args)
