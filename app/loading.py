@@ -122,4 +122,5 @@ def open_encoder(settings: Settings) -> Encoder:
     return Encoder(
         settings.base_model, max_length=settings.max_length, batch_size=settings.batch_size, device=settings.device,
         threads=settings.torch_threads, batch_tokens=settings.batch_tokens, cache_size=settings.base_cache_size,
+        backend=settings.encoder_backend,
     )  # fmt: skip

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     query_max_length: int = Field(64, ge=8, description="Token limit for queries.")
     batch_size: int = Field(64, ge=1, description="Rows per forward pass.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    encoder_backend: Literal["torch", "int8", "int8-full"] = Field(
+        "torch",
+        description="How the base encoder computes: torch (fp32), int8 (dynamic int8 linear layers but the "
+        "feed-forward outputs; CPU only) or int8-full (every linear layer). Fingerprint and adapters are unchanged "
+        "(docs/benchmarks.md, section 9).",
+    )
     torch_threads: int | None = Field(
         default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
         description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
