@@ -13,6 +13,7 @@ handlers keep working::
     ├── OutputExistsError       (FileExistsError)  a build would overwrite an existing directory
     ├── ReadOnlyError           (PermissionError)  a write to something opened read-only
     ├── BuildInProgressError    (RuntimeError)     another build holds the work directory
+    ├── LogLockedError          (BlockingIOError)  another process writes this live log
     ├── NoLexicalIndexError     (LookupError)      lexical search on a collection built without one
     └── InvalidFilterError      (ValueError)       a metadata filter that is malformed, too large or can never match
         └── UnknownFieldError                      it names a metadata field that no document has
@@ -31,6 +32,7 @@ __all__ = [
     "IndexStoreError",
     "InvalidFilterError",
     "InvalidParameterError",
+    "LogLockedError",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
@@ -71,6 +73,10 @@ class ReadOnlyError(IndexStoreError, PermissionError):
 
 class BuildInProgressError(IndexStoreError, RuntimeError):
     """Another process is running a build in the same work directory."""
+
+
+class LogLockedError(IndexStoreError, BlockingIOError):
+    """Another process holds the writer lock of a live log (see :mod:`index.writer_lock`)."""
 
 
 class NoLexicalIndexError(IndexStoreError, LookupError):

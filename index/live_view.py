@@ -46,7 +46,7 @@ from index.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 from index.lexical import LexicalIndex
 from index.live_log import LiveLog, LogEntry
 
-__all__ = ["DeltaSegment", "LiveView", "merge_top_k"]
+__all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -377,3 +377,15 @@ class LiveView:
                 hits.append(Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row))
             results.append(hits)
         return results
+
+
+def static_view(main: Collection) -> LiveView:
+    """A view of a published collection with no live log: what is searched where nothing is written.
+
+    Searches it exactly as they search a live view (an empty delta, no
+    tombstones), so callers need one code path whether or not a collection
+    takes writes.
+    """
+    info = main.info
+    delta = DeltaSegment.build({}, dim=info.dim, lexical=info.lexical)
+    return LiveView.build(main, main.docstore.all_row_ids(), delta, {}, 0)
