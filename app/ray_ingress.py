@@ -29,7 +29,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -50,7 +50,7 @@ from app.retrieval import RetrievalOptions, requested_retrieval
 from app.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
-from index import IndexStoreError, NoLexicalIndexError, reciprocal_rank_fusion
+from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError, reciprocal_rank_fusion
 from router import (
     NoExpertsError,
     RouteDecision,
@@ -67,9 +67,9 @@ __all__ = ["Ingress", "RoutingView"]
 logger = logging.getLogger(__name__)
 
 #: Errors a searcher replica raises that mean the same on the ingress (the rest: the expert is unavailable).
-_PASSED_THROUGH = (UnknownExpertError, NoLexicalIndexError, NoExpertsError, ServiceError)
+_PASSED_THROUGH = (UnknownExpertError, NoLexicalIndexError, NoExpertsError, InvalidFilterError, ServiceError)
 #: What a replica raises when an expert's files are broken: it is taken out of service until published again.
-_BROKEN_FILES = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
+_BROKEN_FILES = (ExpertError, IndexStoreError, RouterError, OSError)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class Ingress:
             decisions = await self._route(view, texts, body, timings)
         clock = time.perf_counter()
         retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
-        results = await self._search(texts, decisions, body.k, retrieval)
+        results = await self._search(texts, decisions, body.k, retrieval, body.filter)
         timings["search_ms"] = _elapsed(clock)
         timings["total_ms"] = _elapsed(started)
         self.metrics.observe_search(results, timings)
@@ -215,7 +215,12 @@ class Ingress:
         return votes
 
     async def _search(
-        self, texts: list[str], decisions: list[RouteDecision], k: int, retrieval: RetrievalOptions | None
+        self,
+        texts: list[str],
+        decisions: list[RouteDecision],
+        k: int,
+        retrieval: RetrievalOptions | None,
+        filter: FilterExpr | None,
     ) -> list[SearchResult]:
         rows_of: dict[tuple[str, bool], list[int]] = defaultdict(list)  # (expert, base vector) -> rows
         for row, decision in enumerate(decisions):
@@ -223,7 +228,10 @@ class Ingress:
                 rows_of[name, not decision.use_adapters].append(row)
         groups = list(rows_of.items())
         answers = await asyncio.gather(
-            *(self._call(name, "search", [texts[r] for r in rows], k, retrieval, base) for (name, base), rows in groups)
+            *(
+                self._call(name, "search", [texts[r] for r in rows], k, retrieval, base, filter)
+                for (name, base), rows in groups
+            )
         )
         found: dict[tuple[int, str], SearchResult] = {}
         for ((name, _), rows), results in zip(groups, answers, strict=True):
@@ -234,7 +242,10 @@ class Ingress:
             lists: list[list[ExpertHit]] = [found[row, name].hits for name in decision.experts]
             fused = len(lists) > 1
             hits = reciprocal_rank_fusion(lists, limit=k, key=attrgetter("expert", "id")) if fused else lists[0]
-            out.append(SearchResult(texts[row], hits, decision, found[row, decision.experts[0]].mode))
+            first = found[row, decision.experts[0]]
+            counts = [found[row, name].matched for name in decision.experts]
+            matched = None if all(count is None for count in counts) else sum(count or 0 for count in counts)
+            out.append(replace(first, query=texts[row], hits=hits, decision=decision, matched=matched))
         return out
 
     async def _call(self, expert: str, method: str, *args: Any) -> Any:

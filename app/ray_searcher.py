@@ -36,6 +36,7 @@ from app.ray_published import PublishedExpert, PublishedSet
 from app.retrieval import RetrievalOptions
 from app.settings import Settings
 from experts import Encoder, UnknownExpertError
+from index import FilterExpr
 from router import RoutePolicy
 
 __all__ = ["expert_searcher_class"]
@@ -131,12 +132,12 @@ def _scores(
     The same calls as the engine's evidence step, so the ingress's votes equal
     ``rr serve``'s: an expert without a BM25 index gives an (n, 0) array.
     """
-    collection, out = loaded.collection, {}
+    view, out = loaded.view(), {}  # the live view of this moment, as the engine takes one per batch
     if "documents" in kinds:
-        out["documents"] = collection.dense.search(base, depth)[0]
+        out["documents"] = view.search_dense(base, depth)[0]
     if "bm25" in kinds:
         none = np.zeros((len(texts), 0), dtype=np.float32)
-        out["bm25"] = collection.search_lexical(texts, depth)[0] if collection.has_lexical else none
+        out["bm25"] = view.search_lexical(texts, depth)[0] if view.has_lexical else none
     return out
 
 
@@ -196,14 +197,19 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
                     held.leave()
 
         async def search(
-            self, queries: list[str], k: int, retrieval: RetrievalOptions | None, base_encoder: bool = False
+            self,
+            queries: list[str],
+            k: int,
+            retrieval: RetrievalOptions | None,
+            base_encoder: bool = False,
+            filter: FilterExpr | None = None,
         ) -> list[SearchResult]:
             """Search the request's expert; ``base_encoder``: with the base query vector (a ``min_score`` fallback)."""
 
             def run(held: _HeldExpert) -> list[SearchResult]:
                 if not base_encoder:
-                    return held.engine.search(queries, k=k, expert=held.name, retrieval=retrieval).results
-                job = SearchJob(tuple(queries), k=k, policy=_BASE_ENCODER_POLICY, retrieval=retrieval)
+                    return held.engine.search(queries, k=k, expert=held.name, retrieval=retrieval, filter=filter).results
+                job = SearchJob(tuple(queries), k=k, policy=_BASE_ENCODER_POLICY, retrieval=retrieval, filter=filter)
                 (outcome,) = held.engine.search_jobs([job])
                 if isinstance(outcome, Exception):
                     raise outcome
@@ -225,7 +231,7 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
             """
             loaded = load_expert(Path(path), self.encoder, verify_checksums=True)
             try:
-                return {"name": loaded.name, "documents": len(loaded.collection), "routable": loaded.routable}
+                return {"name": loaded.name, "documents": len(loaded.documents), "routable": loaded.routable}
             finally:
                 unload_expert(loaded, self.encoder)
 
