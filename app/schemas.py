@@ -20,6 +20,8 @@ MAX_QUERY_CHARS = 2_000
 MAX_INPUT_CHARS = 20_000
 MAX_K = 1_000
 MAX_FANOUT = 16
+#: Pilot score (<= 1) plus dense and BM25 corpus votes (<= 1 each), with the knn tie-breaker's 0.001 on top.
+MAX_ROUTER_SCORE = 3.01
 
 
 def _not_blank(text: str) -> str:
@@ -50,8 +52,11 @@ class RouteOptions(_Strict):
         "below this; with top_k > 1 and no threshold, always fan out.",
     )  # fmt: skip
     min_score: float | None = Field(
-        None, ge=-1, le=1, allow_inf_nan=False, description="Below this best router score, search with the base encoder (mode `fallback`)."
-    )
+        None, ge=-1, le=MAX_ROUTER_SCORE, allow_inf_nan=False,
+        description="Below this best router score, search with the base encoder (mode `fallback`). A score is the "
+        "pilot score (a cosine, or a share of the nearest pilots: at most 1) plus, with corpus votes "
+        "(RR_ROUTER_EVIDENCE), up to 1 for each kind of vote: at most 3 with `documents+bm25`.",
+    )  # fmt: skip
 
 
 class SearchRequest(_Strict):

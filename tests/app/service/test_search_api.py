@@ -75,7 +75,7 @@ def test_a_list_of_queries_is_one_batch_and_options_apply(client: TestClient) ->
         ({"query": "a", "route": {"top_k": 0}}, "route.top_k"),
         ({"query": "a", "route": {"top_k": 17}}, "route.top_k"),
         ({"query": "a", "route": {"threshold": -1}}, "route.threshold"),
-        ({"query": "a", "route": {"min_score": 2}}, "route.min_score"),
+        ({"query": "a", "route": {"min_score": 3.5}}, "route.min_score"),
         ({"query": "a", "route": {"bogus": 1}}, "route.bogus"),
         ({"query": "a", "qurey": "typo"}, "qurey"),
     ],
