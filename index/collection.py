@@ -60,6 +60,14 @@ class Hit:
 
     ``row`` is the docstore row id, the key dense and lexical search share
     (corpus ids are strings and may be re-used by an upsert; rows are not).
+
+    ``span`` is ``(start, end)``, character offsets into ``text``
+    (``text[start:end]``) of the document's chunk that scored best against
+    the query, for a document that was split into chunks (see
+    :mod:`index.chunking`); None when the document was embedded whole (it
+    fits the encoder's limit, or its collection truncates long documents), or
+    when no query vector was given to find the best chunk. A chunk that
+    starts in the title starts at 0.
     """
 
     id: str
@@ -68,6 +76,7 @@ class Hit:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
     row: int = -1
+    span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
