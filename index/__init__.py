@@ -9,6 +9,9 @@ packages of the service. Import from ``index``, not from its modules::
 from __future__ import annotations
 
 from index.analysis import Analyzer, LexicalMethod, LexicalSettings
+from index.chunk_map import CHUNKS_FILE, ChunkMap
+from index.chunked_dense import ChunkedDense
+from index.chunking import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
 from index.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
 from index.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
@@ -21,6 +24,7 @@ from index.errors import (
     IndexStoreError,
     InvalidFilterError,
     InvalidParameterError,
+    LongDocumentError,
     NoLexicalIndexError,
     OutputExistsError,
     ReadOnlyError,
@@ -48,6 +52,10 @@ __all__ = [
     "Analyzer",
     "BuildInProgressError",
     "BuildReport",
+    "CHUNKS_FILE",
+    "ChunkMap",
+    "ChunkSettings",
+    "ChunkedDense",
     "Collection",
     "CorpusError",
     "CorpusProblem",
@@ -74,18 +82,22 @@ __all__ = [
     "InvalidFilterError",
     "InvalidParameterError",
     "LEXICAL_FILES",
+    "LONG_DOCUMENT_POLICIES",
     "LexicalIndex",
     "LexicalMethod",
     "LexicalSettings",
     "LiveCollection",
     "LiveStats",
     "LiveView",
+    "LongDocumentError",
+    "LongDocuments",
     "MergePolicy",
     "MergeReport",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
     "SearchParams",
+    "SplitFn",
     "UnknownFieldError",
     "UpsertReport",
     "build_index",
