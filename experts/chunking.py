@@ -94,10 +94,11 @@ def _spans_of(text: str, offsets: list[Span], words: list[int | None], window: i
 def split_passages(
     tokenizer_or_encoder: Any, texts: Sequence[str], *, max_tokens: int, overlap: int = DEFAULT_OVERLAP
 ) -> list[tuple[list[Span], int]]:
-    """Each text's window spans and its token count (special tokens excluded): n texts -> n pairs.
+    """Each text's window spans and its token count as the encoder would see it whole: n texts -> n pairs.
 
-    The count is what a ``long_documents="error"`` policy reports; the spans
-    are :func:`token_spans`'s.
+    The count includes the special tokens, so that it compares with
+    ``max_tokens``; it is what a ``long_documents="error"`` policy reports.
+    The spans are :func:`token_spans`'s.
     """
     tokenizer = _tokenizer(tokenizer_or_encoder)
     window = _window(tokenizer, max_tokens, overlap)
@@ -105,10 +106,11 @@ def split_passages(
     if not texts:
         return []
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    special = tokenizer.num_special_tokens_to_add(pair=False)
     out = []
     for i, text in enumerate(texts):
         offsets = [tuple(pair) for pair in encoded["offset_mapping"][i]]
-        out.append((_spans_of(text, offsets, encoded.word_ids(i), window, overlap), len(offsets)))
+        out.append((_spans_of(text, offsets, encoded.word_ids(i), window, overlap), len(offsets) + special))
     return out
 
 

@@ -62,7 +62,7 @@ SplitFn = Callable[[list[str]], list[tuple[list[Span], int]]]
 
 Each passage's spans cover it in order, each ``passage[start:end]`` fits the
 encoder's limit, and a passage that fits is the single span ``(0, len)``; the
-count is its tokens without special tokens. ``experts.make_split_fn(encoder)``
+count is its length in tokens, special tokens included (as ``max_tokens`` counts). ``experts.make_split_fn(encoder)``
 makes one.
 """
 
@@ -147,7 +147,7 @@ def too_long_message(doc_id: str, tokens: int, settings: ChunkSettings) -> str:
     """What the ``"error"`` policy says about a refused document."""
     return (
         f"document {doc_id!r} is {tokens} tokens long, more than the encoder's limit of {settings.max_tokens} "
-        f"(special tokens included) under long-document policy 'error'; shorten it, or build with "
+        f"under long-document policy 'error'; shorten it, or build with "
         f"long_documents 'chunk' (or 'truncate')"
     )
 

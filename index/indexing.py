@@ -247,7 +247,7 @@ class _Job:
         vectors = _embed(self.embed, texts, self.dim) if docs else None
         for problem in problems:
             level = logging.WARNING if self.progress.malformed < _MAX_LOGGED_PROBLEMS else logging.DEBUG
-            logger.log(level, "skipping malformed line %s", problem)
+            logger.log(level, "skipping corpus line %s", problem)
         store = self.checkpoint.store
         shard = self.progress.next_shard
         with store.transaction() as conn:
