@@ -200,3 +200,18 @@ def test_collapse_keeps_the_first_occurrence_per_row() -> None:
     chunks = ChunkMap(rows, np.zeros(6), np.ones(6))
     assert chunks.chunk_ids(np.array([7, 9, 10])).tolist() == [0, 1, 3, 4, 5] and chunks.multi.tolist() == [7, 9]
     assert json.loads(json.dumps(ChunkSettings().to_dict())) == {"policy": "chunk", "max_tokens": 256, "overlap": 32}
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat", "SQ8"])
+def test_approximate_and_lossy_indexes_collapse_and_filter_too(tmp_path: Path, write_corpus, factory: str) -> None:
+    out, _ = build(tmp_path, write_corpus, factory=factory)
+    queries = fake_embed([f"q{i}" for i in range(8)])
+    with Collection.open(out) as collection:
+        assert collection.chunked and collection.info.factory == factory
+        scores, ids = collection.dense.search(queries, 10)
+        found = [[int(i) for i in row if i >= 0] for row in ids]
+        assert all(len(row) == len(set(row)) == 10 for row in found)
+        assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+        allowed = collection.select({"group": "c"})
+        _, ids = collection.dense.search(queries, 15, allowed=allowed)
+        assert all(sorted(row.tolist()) == allowed.tolist() for row in ids)  # all 15 matching documents

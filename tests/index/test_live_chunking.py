@@ -242,3 +242,26 @@ def test_chunked_writes_survive_kill_9_and_a_killed_merge(generation: Path, tmp_
     with open_chunked(merged, log) as live:  # committed but not truncated: the log's writes are not applied twice
         assert (live.search_dense(QUERIES, 30)[1].tolist(), len(live)) == state
         assert live.stats().delta_documents == 0 and live.hits(*live.search_dense(tail, 1))[0][0].id == "k1"
+
+
+def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path: Path) -> None:
+    rows = records(120)
+    for i in range(0, 120, 10):
+        rows[i]["text"] = long_text(f"w{i}x")
+    corpus = write_corpus(tmp_path / "sq.jsonl", rows)
+    build_index(
+        [corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "sq", work_dir=tmp_path / ".work-sq", build_key="t",
+        factory="SQ8", progress=False, chunking=ChunkSettings("chunk", 40, 10), split=fake_split,
+    )  # fmt: skip
+    with open_chunked(tmp_path / "sq", tmp_path / "sq.sqlite") as live:
+        before = live.main.dense.chunks
+        live.upsert([doc("new", long_text("fresh"))])
+        tail = live.view().delta.entries[live.view().row_id("new")].vectors[-1:]
+        live.merge(tmp_path / "sq-2")
+        after = live.main.dense.chunks
+        main_part = np.isin(after.rows, before.rows)
+        assert np.array_equal(after.starts[main_part], before.starts) and np.array_equal(after.ends[main_part], before.ends)
+        assert live.hits(*live.search_dense(tail, 1))[0][0].id == "new"
+        d10 = live.view().row_id("d10")
+        window = fake_embed([live.get("d10").passage()[after.starts[after.rows == d10][-1] :]])
+        assert live.hits(*live.search_dense(window, 1))[0][0].id == "d10"  # its last window, re-embedded
