@@ -46,7 +46,6 @@ __all__ = [
     "LongDocuments",
     "Span",
     "SplitFn",
-    "TRUNCATE",
     "plan_chunks",
     "text_span",
     "too_long_message",
@@ -105,9 +104,6 @@ class ChunkSettings:
         """Read what :meth:`to_dict` wrote; unknown keys (a newer writer's) are ignored."""
         known = {"policy", "max_tokens", "overlap"}
         return cls(**{key: value for key, value in data.items() if key in known})
-
-
-TRUNCATE = ChunkSettings("truncate")
 
 
 def plan_chunks(
