@@ -34,7 +34,7 @@ from experts import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
-from index import BuildReport, ChunkSettings, Collection, LexicalSettings, LongDocuments, SplitFn, build_index
+from index import BuildReport, ChunkSettings, Collection, IndexInfo, LexicalSettings, LongDocuments, SplitFn, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
 
 if TYPE_CHECKING:  # the optional [ray] extra is imported only when used
@@ -82,6 +82,16 @@ def long_document_splitter(
     """
     max_tokens = min(manifest.max_length, encoder.max_length)
     return ChunkSettings(policy, max_tokens, overlap), make_split_fn(encoder, max_tokens=max_tokens, overlap=overlap)
+
+
+def recorded_splitter(info: IndexInfo, encoder: Encoder) -> SplitFn | None:
+    """The ``split=`` a live collection over this generation needs: its recorded windows; None when it truncates.
+
+    >>> live = LiveCollection.open(main, log, embed=embed, split=recorded_splitter(main.info, encoder))  # doctest: +SKIP
+    """
+    if info.chunking is None or not info.chunking.splits:
+        return None
+    return make_split_fn(encoder, max_tokens=info.chunking.max_tokens, overlap=info.chunking.overlap)
 
 
 def index_expert(

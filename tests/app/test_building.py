@@ -109,7 +109,7 @@ def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
 ) -> None:
     from index import LiveCollection, read_info
 
-    from app.building import long_document_splitter
+    from app.building import long_document_splitter, recorded_splitter
     from index.corpus import Document
 
     encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens
@@ -129,6 +129,8 @@ def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
         assert window in tail or tail in window  # the best window is in the tail
     with Collection.open(directory) as main:  # a live upsert splits the same way, with the same settings
         settings, split = long_document_splitter(manifest, encoder, overlap=16)
+        assert settings == main.info.chunking and recorded_splitter(main.info, encoder)([tail]) == split([tail])
+        split = recorded_splitter(main.info, encoder)
         with LiveCollection.open(main, tmp_path / "live.sqlite", embed=encoder.embed, split=split) as live:
             live.upsert([Document("new", "", "x " * 20 + " ".join([tail] * 8))])
             assert len(live.view().delta.entries[live.view().row_id("new")].spans) > 1
@@ -137,6 +139,7 @@ def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
     assert truncated.index.chunking["policy"] == "truncate"
     with Collection.open(expert.path / truncated.index.directory) as collection:
         assert not collection.chunked and len(collection.vectors()[0]) == 10
+        assert recorded_splitter(collection.info, encoder) is None
 
     refused, report = index_expert(expert, encoder, [corpus], progress=False, long_documents="error")
     assert refused.index.count + report.malformed == 10 and refused.index.count > 0  # every one over 128 tokens refused
