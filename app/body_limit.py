@@ -8,6 +8,8 @@ make the server buffer more than the limit whatever it sends.
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,19 +29,32 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class BodySizeLimitMiddleware:
-    """``max_bytes`` for every request; ``upload_max_bytes`` for the routes in ``upload_routes``."""
+    """``max_bytes`` for every request; ``upload_max_bytes`` for the routes in ``upload_routes``; and, for
+    paths that match a pattern of ``pattern_limits`` (method, compiled regex, limit), that limit."""
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, upload_max_bytes: int, upload_routes: frozenset[tuple[str, str]]
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        upload_max_bytes: int,
+        upload_routes: frozenset[tuple[str, str]],
+        pattern_limits: tuple[tuple[str, re.Pattern[str], int], ...] = (),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes
         self.upload_routes = upload_routes
+        self.pattern_limits = pattern_limits
 
     def limit_for(self, scope: Scope) -> int:
-        upload = (scope.get("method", ""), scope.get("path", "").rstrip("/")) in self.upload_routes
-        return self.upload_max_bytes if upload else self.max_bytes
+        method, path = scope.get("method", ""), scope.get("path", "").rstrip("/")
+        if (method, path) in self.upload_routes:
+            return self.upload_max_bytes
+        for wanted, pattern, limit in self.pattern_limits:
+            if method == wanted and pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -67,6 +67,8 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
         "side": manifest.adapter.side,
         "factory": factory,
     }
+    if encoder.backend != "torch":  # int8 vectors differ a little: never resume an fp32 build with them
+        parts["backend"] = encoder.backend
     if manifest.adapter.side == "both" and manifest.adapter.trained:
         parts["adapter"] = sha256_file(adapter_weights_file(expert.adapter_path))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

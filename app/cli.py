@@ -356,12 +356,14 @@ def demo_command(
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each), registered on the one entry point."""
+    from app.cli_documents import documents_cli
     from app.cli_eval import eval_command, pilots_paper_command
     from app.cli_train import train_expert_command
 
     cli.command("train-expert")(train_expert_command)
     cli.command("eval")(eval_command)
     cli.command("pilots-paper")(pilots_paper_command)
+    cli.add_typer(documents_cli)
 
 
 _register_optional_commands()
@@ -369,12 +371,13 @@ _register_optional_commands()
 
 def main() -> None:
     """Console entry point: domain errors print one line and exit 2, without a traceback (as usage errors do)."""
+    from app.errors import ServiceError
     from experts import ExpertError
     from index import IndexStoreError
     from router import RouterError
 
     try:
         cli()  # standalone: click prints usage errors itself and exits 2
-    except (ExpertError, IndexStoreError, RouterError, ValueError, OSError) as exc:
+    except (ExpertError, IndexStoreError, RouterError, ServiceError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

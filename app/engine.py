@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.errors import ExpertUnavailableError
+from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from app.jobs import (
     AUTO_MODEL,
     BASE_MODEL,
@@ -44,11 +44,25 @@ from app.jobs import (
 from app.loading import LoadedExpert, load_expert, unload_expert
 from app.retrieval import Retrieval, RetrievalOptions, check_lexical, expert_retrieval, search_collection
 from app.snapshots import SnapshotHolder
-from experts import Encoder, UnknownExpertError, list_expert_dirs
-from index import IndexFileError, NoLexicalIndexError, reciprocal_rank_fusion
+from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
+from index import (
+    FieldInfo,
+    FilterExpr,
+    IndexFileError,
+    InvalidFilterError,
+    LiveView,
+    NoLexicalIndexError,
+    check_fields,
+    reciprocal_rank_fusion,
+)
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router, document_votes, forced_decision
 
 logger = logging.getLogger(__name__)
+
+#: What a query over the token limit gets: cut to the limit (and told so), or refused (413).
+LongQueries = Literal["truncate", "error"]
+LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
+_TOKEN_SLACK = 4
 
 #: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
 RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
@@ -92,9 +106,13 @@ class SearchEngine:
         retrieval: Retrieval = Retrieval(),
         evidence: RouteEvidence = "none",
         vote_depth: int = 20,
+        long_queries: LongQueries = "truncate",
     ) -> None:
         if evidence not in ROUTE_EVIDENCE:
             raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+        if long_queries not in LONG_QUERIES:
+            raise ValueError(f"Invalid long_queries {long_queries!r}. Valid choices are: {', '.join(LONG_QUERIES)}")
+        self.long_queries: LongQueries = long_queries
         self.encoder = encoder
         self.query_max_length = query_max_length
         #: Corpus evidence added to the pilot scores: votes of the best documents in every
@@ -106,6 +124,7 @@ class SearchEngine:
         empty = _Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
         self._holder: SnapshotHolder[_Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
+        self._document_locks: dict[str, threading.Lock] = {}
         #: Experts found on disk that could not be loaded, with the reason.
         self.unavailable: dict[str, str] = {}
         #: Told (expert, reason) when a loaded expert's files fail during a search (the publisher takes it out).
@@ -154,7 +173,22 @@ class SearchEngine:
             releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
             done = self._holder.publish(_Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
             self.unavailable.pop(expert.name, None)
+        expert.documents.on_merged = self._merged  # no cycle: the engine holds experts only through snapshots
         return done
+
+    def _merged(self, documents: object, manifest: Manifest) -> None:
+        """A merge published a new manifest version of a loaded expert: show it, without reloading anything.
+
+        The live collection already searches the merged generation; only the
+        manifest the listing shows (version, index directory, count) changes.
+        """
+        with self._write_lock:
+            old = self._holder.current
+            current = next((e for e in old.experts.values() if e.documents is documents), None)
+            if current is None:
+                return  # removed or replaced meanwhile
+            refreshed = replace(current, manifest=manifest)
+            self._holder.publish(_Snapshot({**old.experts, current.name: refreshed}, old.router))
 
     def remove(self, name: str) -> threading.Event:
         """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
@@ -166,6 +200,14 @@ class SearchEngine:
             return self._holder.publish(
                 _Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
             )
+
+    def document_lock(self, name: str) -> threading.Lock:
+        """Serialises the document writes of expert ``name`` with each other and with its replacement.
+
+        Writers to different experts never wait on each other; searches never take it.
+        """
+        with self._write_lock:
+            return self._document_locks.setdefault(name, threading.Lock())
 
     def close(self) -> None:
         """Unpublish everything; each expert is unloaded once nothing holds it."""
@@ -198,10 +240,11 @@ class SearchEngine:
         expert: str | None = None,
         policy: RoutePolicy = RoutePolicy(),
         retrieval: RetrievalOptions | None = None,
+        filter: FilterExpr | None = None,
     ) -> BatchResult:
         """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
         check_queries(queries)
-        job = SearchJob(tuple(queries), k=k, expert=expert, policy=policy, retrieval=retrieval)
+        job = SearchJob(tuple(queries), k=k, expert=expert, policy=policy, retrieval=retrieval, filter=filter)
         (outcome,) = self.search_jobs([job])
         if isinstance(outcome, Exception):
             raise outcome
@@ -284,11 +327,69 @@ class _BatchRun:
                 self.outcomes[position] = NoExpertsError(
                     "no experts to route to: add an expert with pilots first, or name one with `expert`"
                 )
+        #: Each expert's live view, taken once: every stage of the batch sees the same documents.
+        self.views: dict[str, LiveView] = {name: expert.view() for name, expert in snapshot.experts.items()}
+        self.truncated = self._check_lengths()
+        self._check_filters()
         self.live = [p for p, outcome in enumerate(self.outcomes) if outcome is None]
         self.rows: list[tuple[int, str]] = [(p, query) for p in self.live for query in jobs[p].queries]
         self.rows_of: dict[int, list[int]] = defaultdict(list)
         for row, (position, _) in enumerate(self.rows):
             self.rows_of[position].append(row)
+        self._allowed: dict[tuple[int, str], np.ndarray] = {}  # (job, expert) -> row ids its filter allows
+
+    def _check_lengths(self) -> dict[int, list[bool]]:
+        """Per job, which queries are over the token limit; with ``long_queries="error"`` such a job fails (413)."""
+        engine, over = self.engine, {}
+        limit = engine.query_max_length
+        positions = [p for p, outcome in enumerate(self.outcomes) if outcome is None]
+        # A tokenizer makes at most one token per UTF-8 byte, plus a word-start marker and the special
+        # tokens: short queries (most of them) cannot be over the limit and are not tokenized again.
+        texts = [q for p in positions for q in self.jobs[p].queries if len(q.encode()) + _TOKEN_SLACK > limit]
+        counted = dict(zip(texts, engine.encoder.token_counts(texts) if texts else []))
+        for p in positions:
+            tokens = [counted.get(query, 0) for query in self.jobs[p].queries]
+            over[p] = [n > limit for n in tokens]
+            if engine.long_queries == "error" and any(over[p]):
+                first = over[p].index(True)
+                self.outcomes[p] = PayloadTooLargeError(
+                    f"query {first} has {tokens[first]} tokens; the limit is {limit} (RR_QUERY_MAX_LENGTH); "
+                    "shorten it, or let the server truncate long queries (RR_LONG_QUERIES=truncate)",
+                    details={"query": first, "tokens": tokens[first], "limit": limit},
+                )
+        return over
+
+    def _check_filters(self) -> None:
+        """A filter naming a field that no expert it may search has (or malformed for them) fails its job (422).
+
+        A job sent to one expert is checked against that expert's fields; a
+        routed one against every expert's, since routing picks the expert
+        later: a field only some experts have simply matches nothing in the others.
+        """
+        union: dict[str, FieldInfo] | None = None
+        for p, job in enumerate(self.jobs):
+            if job.filter is None or self.outcomes[p] is not None:
+                continue
+            if job.expert is not None:
+                fields = self.views[job.expert].metadata_fields()
+            else:
+                if union is None:
+                    union = _fields_of(self.views.values())
+                fields = union
+            try:
+                check_fields(job.filter, fields)
+            except InvalidFilterError as exc:
+                self.outcomes[p] = exc
+
+    def allowed(self, position: int, name: str) -> np.ndarray | None:
+        """The row ids of expert ``name`` that job ``position``'s filter allows (None: no filter); resolved once."""
+        expression = self.jobs[position].filter
+        if expression is None:
+            return None
+        key = (position, name)
+        if key not in self._allowed:
+            self._allowed[key] = self.views[name].select(expression, check=False)
+        return self._allowed[key]
 
     def run(self) -> list[BatchResult | Exception]:
         timings: dict[str, float] = {}
@@ -341,10 +442,14 @@ class _BatchRun:
             if self.outcomes[position] is not None:
                 continue
             k, results = self.jobs[position].k, []
-            for row in self.rows_of[position]:
+            for i, row in enumerate(self.rows_of[position]):
                 lists = lists_of[row]
                 hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row]))  # type: ignore[arg-type]
+                matched = None
+                if self.jobs[position].filter is not None:
+                    matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
+                truncated = self.truncated[position][i]
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))  # type: ignore[arg-type]
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
@@ -354,10 +459,10 @@ class _BatchRun:
         if kind == "none" or not rows or not len(router):
             return None
         depth = self.engine.vote_depth
-        collections = [self.snapshot.experts[name].collection for name in router.experts]
+        collections = [self.views[name] for name in router.experts]
         votes = np.zeros((len(rows), len(router)), dtype=np.float32)
         if kind in ("documents", "documents+bm25"):
-            votes += document_votes([c.dense.search(base[rows], depth)[0] for c in collections], depth=depth)
+            votes += document_votes([c.search_dense(base[rows], depth)[0] for c in collections], depth=depth)
         if kind in ("bm25", "documents+bm25"):
             texts = [self.rows[row][1] for row in rows]
             none = np.zeros((len(rows), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
@@ -375,7 +480,7 @@ class _BatchRun:
         default = self._expert_default(name)
         if job.retrieval is not None:
             return job.retrieval.over(default)
-        if default.needs_lexical and not self.snapshot.experts[name].collection.has_lexical:
+        if default.needs_lexical and not self.views[name].has_lexical:
             return replace(default, mode="dense")
         return default
 
@@ -388,7 +493,7 @@ class _BatchRun:
             names = dict.fromkeys(name for row in self.rows_of[position] for name in decisions[row].experts)
             for name in names:
                 try:
-                    check_lexical(name, self.snapshot.experts[name].collection, options.over(self._expert_default(name)))
+                    check_lexical(name, self.views[name], options.over(self._expert_default(name)))
                 except NoLexicalIndexError as exc:
                     self.outcomes[position] = exc
                     break
@@ -433,10 +538,11 @@ class _BatchRun:
         hits_of: dict[int, list[ExpertHit]] = {}
         for name, positions in by_expert.items():
             texts = [self.rows[pairs[p][0]][1] for p in positions]
-            wanted = [(self.jobs[self.rows[pairs[p][0]][0]].k, asks[p]) for p in positions]
+            jobs = [self.rows[pairs[p][0]][0] for p in positions]
             expert = self.snapshot.experts[name]
             try:
-                found = search_collection(expert.collection, texts, vectors[positions], wanted)
+                wanted = [(self.jobs[j].k, asks[p], self.allowed(j, name)) for j, p in zip(jobs, positions)]
+                found = search_collection(self.views[name], texts, vectors[positions], wanted)
             except IndexFileError as exc:  # its files broke after loading: its queries fail, not the whole batch
                 failure = self._expert_failed(expert, exc)
                 for position in positions:
@@ -460,6 +566,18 @@ class _BatchRun:
             "admin publishes it again (POST /admin/experts with replace)",
             details={"expert": expert.name},
         )
+
+
+def _fields_of(views: Iterable[LiveView]) -> dict[str, FieldInfo]:
+    """The metadata fields of several collections together: a field is known if any has it."""
+    fields: dict[str, FieldInfo] = {}
+    for view in views:
+        for name, info in view.metadata_fields().items():
+            seen = fields.get(name)
+            if seen is not None:
+                info = FieldInfo(name, seen.types | info.types, seen.documents + info.documents, seen.indexed and info.indexed)
+            fields[name] = info
+    return fields
 
 
 def _unknown(snapshot: _Snapshot, name: str) -> UnknownExpertError:

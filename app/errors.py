@@ -15,7 +15,9 @@ The tree of the service's own errors (domain errors from ``experts``,
     ├── AuthenticationError           401 unauthenticated     no key, or not a Bearer key
     ├── PermissionDeniedError         403 forbidden           wrong key, admin API disabled
     │   └── PathNotAllowedError       403 path_not_allowed    outside the data root
+    ├── UnknownDocumentError          404 unknown_document    no such document id in the expert
     ├── ConflictError                 409 conflict            already published, reserved name
+    │   └── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
     ├── ExpertUnavailableError        503 expert_unavailable  published, but its files failed to load
     └── NotReadyError                 503 not_ready           still loading, shutting down (Retry-After)
@@ -23,7 +25,10 @@ The tree of the service's own errors (domain errors from ``experts``,
 Translated here too: a JSON route sent another Content-Type is a 415; a body
 that is not JSON (a syntax error, not UTF-8, nested too deeply, an integer
 of thousands of digits) is a 422 ``validation_error`` that says why, whichever
-parser found it; a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) is a 507.
+parser found it; a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) is a 507; a
+malformed metadata filter, or one naming a field no document has, is a 422
+``invalid_filter`` naming the clause; a bad document in an upsert is a 422
+``invalid_document``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.log_redaction import redact
 from experts import UnknownExpertError
-from index import NoLexicalIndexError
+from index import CorpusError, InvalidFilterError, NoLexicalIndexError
 from router import NoExpertsError
 
 logger = logging.getLogger(__name__)
@@ -90,8 +95,18 @@ class PathNotAllowedError(PermissionDeniedError):
     type = "path_not_allowed"
 
 
+class UnknownDocumentError(ServiceError):
+    status, type = 404, "unknown_document"
+
+
 class ConflictError(ServiceError):
     status, type = 409, "conflict"
+
+
+class DocumentsReadOnlyError(ConflictError):
+    """The expert is served read-only here: another process holds its live log's writer lock, or it cannot be written."""
+
+    type = "documents_read_only"
 
 
 class OverloadedError(ServiceError):
@@ -220,6 +235,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoLexicalIndexError)
     async def _no_lexical(request: Request, exc: NoLexicalIndexError) -> JSONResponse:
         return error_response(409, "no_lexical_index", str(exc))
+
+    @app.exception_handler(InvalidFilterError)
+    async def _invalid_filter(request: Request, exc: InvalidFilterError) -> JSONResponse:
+        message = _scrubbed(request, str(exc))
+        details = {"clause": exc.path, "reason": exc.reason} if message == str(exc) else None
+        return error_response(422, "invalid_filter", message, details=details)
+
+    @app.exception_handler(CorpusError)
+    async def _invalid_document(request: Request, exc: CorpusError) -> JSONResponse:
+        return error_response(422, "invalid_document", _scrubbed(request, str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from app.retrieval import RetrievalOptions, ScoredHit, SearchMode
+from index import FilterExpr
 from router import RouteDecision, RoutePolicy
 
 #: ``model`` values of the embeddings API that are not expert names.
@@ -40,21 +41,31 @@ class ExpertHit:
     metadata: dict[str, object] = field(default_factory=dict, hash=False)
     dense_score: float | None = None
     lexical_score: float | None = None
+    #: Character offsets in ``text`` of the passage that matched, where the document was split into chunks.
+    span: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, expert: str, scored: ScoredHit) -> ExpertHit:
         hit = scored.hit
-        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata, scored.dense, scored.lexical)
+        span = getattr(hit, "span", None)  # set by collections that split long documents into chunks
+        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata, scored.dense, scored.lexical, span)
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Hits for one query, and the routing decision that produced them."""
+    """Hits for one query, and the routing decision that produced them.
+
+    ``truncated``: the query had more tokens than the query limit and was cut
+    to it. ``matched``: with a filter, how many documents of the searched
+    expert(s) match it (the hits are at most that many); None without one.
+    """
 
     query: str
     hits: list[ExpertHit]
     decision: RouteDecision
     mode: SearchMode = "dense"
+    truncated: bool = False
+    matched: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class SearchJob:
     default (settings, then its manifest); None sets none. A default that
     needs a lexical index degrades to dense on an expert without one, while
     a request that sets any retrieval option and so needs BM25 there is refused.
+    ``filter`` restricts the hits to documents whose metadata match it, inside
+    the search of the chosen expert(s); routing does not look at it.
 
     >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
     """
@@ -84,6 +97,7 @@ class SearchJob:
     expert: str | None = None
     policy: RoutePolicy = RoutePolicy()
     retrieval: RetrievalOptions | None = None
+    filter: FilterExpr | None = None
 
     def __post_init__(self) -> None:
         check_queries(self.queries)

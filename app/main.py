@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import routes_admin, routes_console, routes_embeddings, routes_experts, routes_ops, routes_search
+from app import (
+    routes_admin,
+    routes_console,
+    routes_documents,
+    routes_embeddings,
+    routes_experts,
+    routes_ops,
+    routes_search,
+)
 from app.batching import MicroBatcher
 from app.body_limit import BodySizeLimitMiddleware
+from app.document_writes import DocumentWriter
 from app.engine import BatchResult, SearchEngine, SearchJob
 from app.errors import install_error_handlers
 from app.loading import LoadedExpert, open_encoder
@@ -50,13 +60,17 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
     engine = SearchEngine(encoder, **settings.engine_options())  # type: ignore[arg-type]
-    publisher = ExpertPublisher(engine, settings.data_dir, verify_checksums=settings.verify_checksums)
+    publisher = ExpertPublisher(
+        engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
+    )
     service.phase = "loading experts"
     try:
         publisher.restore(progress=lambda phase: setattr(service, "phase", phase))
     except BaseException:
         engine.close()  # give back what was loaded before the failure (the encoder may be shared)
         raise
+    for expert in engine.experts.values():  # writes left over from the last run may be due for a merge
+        expert.documents.start_merge()
     metrics = service.metrics
 
     def run_searches(jobs: list[SearchJob]) -> list[BatchResult | Exception]:
@@ -70,6 +84,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     }  # fmt: skip
     return Runtime(
         settings=settings, metrics=metrics, engine=engine, publisher=publisher,
+        documents=DocumentWriter(engine, check_servable=publisher.check_servable),
         searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
     )  # fmt: skip
@@ -106,6 +121,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
             if service.runtime is not None:
                 await service.runtime.searches.stop()
                 await service.runtime.embeddings.stop()
+                await asyncio.to_thread(_finish_merges, service.runtime)
                 service.runtime.engine.close()
 
     app = FastAPI(
@@ -115,14 +131,23 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
     install_error_handlers(app)
-    for module in (routes_search, routes_embeddings, routes_experts, routes_admin, routes_ops, routes_console):
+    modules = (routes_search, routes_embeddings, routes_experts, routes_admin, routes_documents, routes_ops, routes_console)
+    for module in modules:
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
         upload_routes=frozenset({("POST", "/admin/experts")}),
+        pattern_limits=tuple((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
     )  # fmt: skip
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     return app
+
+
+def _finish_merges(runtime: Runtime) -> None:
+    """Let running merges end (within the drain timeout) rather than dropping their work at exit."""
+    deadline = time.monotonic() + runtime.settings.drain_timeout_s
+    for expert in list(runtime.engine.experts.values()):
+        expert.documents.wait_merge(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:

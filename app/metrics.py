@@ -39,10 +39,24 @@ class _ExpertCollector(Collector):
         documents = GaugeMetricFamily(
             "rr_index_documents", "Documents in each published expert's index.", labels=["expert", "index"]
         )
+        delta = GaugeMetricFamily(
+            "rr_live_delta_documents", "Documents upserted since the expert's last merge.", labels=["expert"]
+        )
+        tombstones = GaugeMetricFamily(
+            "rr_live_tombstones", "Rows of the published index deleted or replaced since the last merge.", labels=["expert"]
+        )
+        merging = GaugeMetricFamily("rr_live_merging", "1 while a background merge of the expert runs.", labels=["expert"])
         for name, expert in sorted(experts.items()):
-            documents.add_metric([name, expert.collection.info.factory], len(expert.collection))
+            state = expert.documents.state()
+            documents.add_metric([name, expert.collection.info.factory], state.documents)
+            delta.add_metric([name], state.delta_documents)
+            tombstones.add_metric([name], state.tombstones)
+            merging.add_metric([name], int(state.merging))
         yield published
         yield documents
+        yield delta
+        yield tombstones
+        yield merging
 
 
 class Metrics:

@@ -32,12 +32,18 @@ def result_dict(result: SearchResult) -> dict[str, Any]:
         "mode": result.mode,
         "route": decision_dict(result.decision),
         "hits": [asdict(hit) for hit in result.hits],
+        "truncated": result.truncated,
+        "matched": result.matched,
     }
 
 
 def result_text(result: SearchResult, *, width: int = 100) -> str:
     decision = result.decision
     lines = [f"query: {result.query}", f"  expert: {', '.join(decision.experts)} ({decision.reason}), {result.mode} search"]
+    if result.truncated:
+        lines.append("  (the query was longer than the query token limit and was cut to it)")
+    if result.matched is not None:
+        lines.append(f"  filter: {result.matched} matching document(s)")
     if decision.scores:
         lines.append("  router: " + ", ".join(f"{name} {score:.3f}" for name, score in decision.scores))
     for rank, hit in enumerate(result.hits, start=1):

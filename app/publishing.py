@@ -32,7 +32,7 @@ from app.errors import (
 from app.loading import LoadedExpert, load_expert, unload_expert
 from app.registry import RegistryEntry, RegistryFile
 from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
-from index import IndexStoreError
+from index import IndexStoreError, MergePolicy
 from router import RouterError
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,14 @@ class ExpertPublisher:
     ready until they are replaced or deleted.
     """
 
-    def __init__(self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True) -> None:
+    def __init__(
+        self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True, merge_policy: MergePolicy = MergePolicy()
+    ) -> None:
         self.engine = engine
         self.root = Path(root).resolve()
         self.registry = RegistryFile(self.root)
         self.verify_checksums = verify_checksums
+        self.merge_policy = merge_policy
         self.failed: dict[str, str] = {}
         self._entries: dict[str, RegistryEntry] = {}
         self._lock = threading.Lock()
@@ -198,7 +201,8 @@ class ExpertPublisher:
 
         def take_out() -> None:
             with self._lock:
-                if self.engine.experts.get(expert.name) is not expert:
+                current = self.engine.experts.get(expert.name)
+                if current is None or current.documents is not expert.documents:
                     return  # already taken out, replaced or removed
                 self.failed = {**self.failed, expert.name: reason}
                 self.engine.remove(expert.name)
@@ -240,20 +244,26 @@ class ExpertPublisher:
             except _LOAD_ERRORS as exc:
                 raise ExpertRejectedError(f"expert at {path!r} was not published: {exc}") from exc
             self._check_name(name, replace=replace)
-            try:
-                loaded = self._load(directory, verify_checksums=True)  # an add always checks every byte
-            except _LOAD_ERRORS as exc:
-                raise ExpertRejectedError(
-                    f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
-                ) from exc
-            relative = directory.relative_to(self.root).as_posix()
-            entry = RegistryEntry(name=name, path=relative, version=loaded.manifest.version)
-            try:
-                self.registry.write([*(e for n, e in self._entries.items() if n != name), entry])
-            except BaseException:
-                unload_expert(loaded, self.engine.encoder)
-                raise
-            released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+            # No document write of this expert between loading the new version (which replays the live
+            # log) and publishing it: a write acknowledged by the old version would be missing from the new.
+            with self.engine.document_lock(name):
+                current = self.engine.experts.get(name)
+                if current is not None:
+                    current.documents.wait_merge()  # its merge would publish a generation under the new one
+                try:
+                    loaded = self._load(directory, verify_checksums=True)  # an add always checks every byte
+                except _LOAD_ERRORS as exc:
+                    raise ExpertRejectedError(
+                        f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
+                    ) from exc
+                relative = directory.relative_to(self.root).as_posix()
+                entry = RegistryEntry(name=name, path=relative, version=loaded.manifest.version)
+                try:
+                    self.registry.write([*(e for n, e in self._entries.items() if n != name), entry])
+                except BaseException:
+                    unload_expert(loaded, self.engine.encoder)
+                    raise
+                released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
             replaced = self._entries.get(name)
             # New dicts rather than in-place changes: request handlers read these without the lock.
             self._entries = {**self._entries, name: entry}
@@ -331,7 +341,9 @@ class ExpertPublisher:
         name = directory.name
         if name in RESERVED_NAMES:
             raise ValueError(f"expert name {name!r} is reserved for the embeddings API")
-        return load_expert(directory, self.engine.encoder, verify_checksums=verify_checksums)
+        return load_expert(
+            directory, self.engine.encoder, verify_checksums=verify_checksums, write=True, merge_policy=self.merge_policy
+        )
 
     # ------------------------------------------------------------------ remove
     def remove(self, name: str) -> threading.Event:
@@ -350,7 +362,8 @@ class ExpertPublisher:
             self._entries = {key: value for key, value in self._entries.items() if key != name}
             self.failed = {key: value for key, value in self.failed.items() if key != name}
             if name in self.engine.experts:
-                released = self.engine.remove(name)
+                with self.engine.document_lock(name):  # a write in progress finishes (and is acknowledged) first
+                    released = self.engine.remove(name)
             else:
                 released = threading.Event()  # it never loaded (or was taken out): nothing to unload
                 released.set()

@@ -15,7 +15,16 @@ from typing import Literal
 import numpy as np
 
 from experts import RetrievalSection
-from index import FUSION_METHODS, Collection, FusionMethod, Hit, NoLexicalIndexError, fuse_dense_lexical
+from index import (
+    FUSION_METHODS,
+    Collection,
+    FusionMethod,
+    Hit,
+    LiveView,
+    NoLexicalIndexError,
+    fuse_dense_lexical,
+    static_view,
+)
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "lexical", "hybrid")
@@ -110,40 +119,74 @@ class ScoredHit:
     lexical: float | None
 
 
-def check_lexical(name: str, collection: Collection, retrieval: Retrieval) -> None:
+def check_lexical(name: str, view: LiveView | Collection, retrieval: Retrieval) -> None:
     """Refuse, with the way out, a lexical or hybrid search of a collection that has no BM25 index."""
-    if retrieval.needs_lexical and not collection.has_lexical:
+    if retrieval.needs_lexical and not view.has_lexical:
         raise NoLexicalIndexError(
             f"expert {name!r} has no lexical index, so mode {retrieval.mode!r} cannot search it: "
             "rebuild its index with `rr index` (it builds one by default) or search with mode 'dense'"
         )
 
 
+#: What one row asks of a collection: ``k``, how to search, and the row ids a filter allows (None: all).
+Ask = tuple[int, Retrieval] | tuple[int, Retrieval, np.ndarray | None]
+
+
 def search_collection(
-    collection: Collection, texts: Sequence[str], vectors: np.ndarray, asks: Sequence[tuple[int, Retrieval]]
+    view: LiveView | Collection, texts: Sequence[str], vectors: np.ndarray, asks: Sequence[Ask]
 ) -> list[list[ScoredHit]]:
-    """Row ``i`` (``texts[i]``, ``vectors[i]``) asks for ``asks[i] = (k, retrieval)``; one hit list per row."""
-    dense_rows = [i for i, (_, r) in enumerate(asks) if r.needs_vector]
-    lexical_rows = [i for i, (_, r) in enumerate(asks) if r.needs_lexical]
-    dense = _search(dense_rows, asks, lambda rows, depth: collection.dense.search(vectors[rows], depth))
-    lexical = _search(lexical_rows, asks, lambda rows, depth: collection.search_lexical([texts[i] for i in rows], depth))
-    width = max(k for k, _ in asks) if asks else 0
+    """Row ``i`` (``texts[i]``, ``vectors[i]``) asks for ``asks[i] = (k, retrieval[, allowed])``; one hit list per row.
+
+    ``view`` is the live view a search took (a plain published ``Collection``
+    is searched as a view without writes). Rows that share one ``allowed``
+    array (one request's filter) share one dense and one lexical search; a
+    filter is applied inside both searches, so a row gets ``k`` hits whenever
+    ``k`` allowed documents exist.
+    """
+    if isinstance(view, Collection):
+        view = static_view(view)
+    allowed_of = [ask[2] if len(ask) > 2 else None for ask in asks]  # type: ignore[misc]
+    groups: dict[int, list[int]] = {}
+    for i, allowed in enumerate(allowed_of):
+        groups.setdefault(id(allowed), []).append(i)
+    dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    lexical: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for members in groups.values():
+        allowed = allowed_of[members[0]]
+        if allowed is not None and not len(allowed):
+            continue  # nothing matches the filter: no search at all, the rows get no hits
+        dense_rows = [i for i in members if asks[i][1].needs_vector]
+        lexical_rows = [i for i in members if asks[i][1].needs_lexical]
+        dense |= _search(dense_rows, asks, lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed))
+        lexical |= _search(
+            lexical_rows, asks, lambda rows, depth: view.search_lexical([texts[i] for i in rows], depth, allowed=allowed)
+        )
+    width = max(ask[0] for ask in asks) if asks else 0
     ids = np.full((len(asks), width), -1, dtype=np.int64)
     scores = np.full((len(asks), width), -np.inf, dtype=np.float32)
     raw: list[tuple[dict[int, float], dict[int, float]]] = []
-    for i, (k, retrieval) in enumerate(asks):
+    for i, ask in enumerate(asks):
+        k, retrieval = ask[0], ask[1]
+        empty = _nothing(retrieval.depth(k))
         if retrieval.mode == "hybrid":
-            fused = fuse_dense_lexical(dense[i], lexical[i], k=k, method=retrieval.fusion, weight=retrieval.weight)
+            fused = fuse_dense_lexical(
+                dense.get(i, empty), lexical.get(i, empty), k=k, method=retrieval.fusion, weight=retrieval.weight
+            )
             ids[i, :k], scores[i, :k] = fused.ids[0], fused.scores[0]
         else:
-            found_scores, found_ids = dense[i] if retrieval.mode == "dense" else lexical[i]
+            found_scores, found_ids = (dense if retrieval.mode == "dense" else lexical).get(i, empty)
             ids[i, :k], scores[i, :k] = found_ids[0, :k], found_scores[0, :k]
         raw.append((_by_row(dense.get(i)), _by_row(lexical.get(i))))
-    hits = collection.hits(scores, ids)
+    hits = view.hits(scores, ids)
     return [
         [ScoredHit(hit, dense_of.get(hit.row), lexical_of.get(hit.row)) for hit in row_hits]
         for row_hits, (dense_of, lexical_of) in zip(hits, raw, strict=True)
     ]
+
+
+def _nothing(depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (1, depth) result without hits, for a row whose filter matched nothing."""
+    return np.full((1, depth), -np.inf, dtype=np.float32), np.full((1, depth), -1, dtype=np.int64)
 
 
 def _search(rows, asks, run) -> dict[int, tuple[np.ndarray, np.ndarray]]:

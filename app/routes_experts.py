@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -40,8 +41,10 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
         if with_manifest:
             row["manifest"] = manifest.model_dump(mode="json")
     if loaded is not None:
-        row["documents"] = len(loaded.collection)
+        live = loaded.documents.state()
+        row["documents"] = live.documents
         row["routable"] = loaded.routable
+        row["live"] = asdict(live)
     return row
 
 

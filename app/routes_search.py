@@ -38,7 +38,7 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
         runtime.publisher.check_servable(body.expert)
     policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
     retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
-    job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval)
+    job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval, filter=body.filter)
     batch, queue_ms = await runtime.searches.submit(job)
     results = []
     for result in batch.results:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from experts import check_expert_name
+from index import Filter
 
 #: Characters per query; queries are cut at RR_QUERY_MAX_LENGTH tokens anyway.
 MAX_QUERY_CHARS = 2_000
@@ -65,6 +66,7 @@ class SearchRequest(_Strict):
                     "route": {"top_k": 2, "threshold": 0.05},
                 },
                 {"query": "compiler optimisation", "k": 10, "expert": "cacm"},
+                {"query": "vitamin D and fractures", "k": 5, "filter": {"year": {"gte": 2010}, "lang": "en"}},
             ]
         },
     )  # fmt: skip
@@ -89,6 +91,11 @@ class SearchRequest(_Strict):
         None, ge=0, le=1, description="Dense share of a weighted fusion, 0 to 1. Default: the expert's tuned weight "
         "(`rr tune-fusion`), else RR_HYBRID_WEIGHT."
     )
+    filter: Filter | None = Field(
+        None, description="Only documents whose metadata match: equality, `in`, numeric or ISO-date ranges "
+        "(`gt`, `gte`, `lt`, `lte`), combined with `and` / `or` / `not`. Applied inside the search, so a query "
+        "gets `k` hits whenever `k` documents match. A field no expert has is a 422 naming the clause.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchRequest:
@@ -110,6 +117,10 @@ class HitOut(BaseModel):
     expert: str = Field(description="The collection the document belongs to (ids are unique per collection).")
     dense_score: float | None = Field(None, description="Cosine of the query vector and the document (null: not a dense hit).")
     lexical_score: float | None = Field(None, description="BM25 score (null: not a lexical hit, or lexical search did not run).")
+    span: tuple[int, int] | None = Field(
+        None, description="Character offsets [start, end) in `text` of the chunk that matched best, for documents "
+        "split into chunks (null: the document was searched whole)."
+    )
 
 
 class RouteOut(BaseModel):
@@ -127,6 +138,10 @@ class QueryResultOut(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"] = Field(description="How the (first) expert was searched.")
     route: RouteOut
     hits: list[HitOut]
+    truncated: bool = Field(False, description="The query was longer than RR_QUERY_MAX_LENGTH tokens and was cut to it.")
+    matched: int | None = Field(
+        None, description="With a filter: documents of the searched expert(s) that match it (null without one)."
+    )
 
 
 class BatchOut(BaseModel):
@@ -215,6 +230,19 @@ class AdapterOut(BaseModel):
     alpha: float
 
 
+class LiveOut(BaseModel):
+    """The expert's documents since its last merge: searched at once, folded into the index by a background merge."""
+
+    documents: int = Field(description="Live documents (the index's, minus deleted, plus upserted).")
+    main_documents: int = Field(description="Rows of the published index generation, deleted ones included.")
+    delta_documents: int = Field(description="Documents upserted since the last merge.")
+    tombstones: int = Field(description="Rows of the published generation deleted or replaced since.")
+    seq: int = Field(description="Sequence number of the last acknowledged write.")
+    writable: bool = Field(description="False when this server may not write them (another process holds the log).")
+    read_only_reason: str | None = None
+    merging: bool = Field(description="A background merge is running.")
+
+
 class ExpertOut(BaseModel):
     name: str
     state: Literal["loaded", "failed"]
@@ -228,6 +256,7 @@ class ExpertOut(BaseModel):
     pilots: int | None = None
     routable: bool = False
     base_model: str | None = None
+    live: LiveOut | None = None
 
 
 class ExpertDetailOut(ExpertOut):

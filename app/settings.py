@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.retrieval import Retrieval
+from index import MergePolicy
 
 
 class Settings(BaseSettings):
@@ -29,6 +30,12 @@ class Settings(BaseSettings):
     query_max_length: int = Field(64, ge=8, description="Token limit for queries.")
     batch_size: int = Field(64, ge=1, description="Rows per forward pass.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    encoder_backend: Literal["torch", "int8", "int8-full"] = Field(
+        "torch",
+        description="How the base encoder computes: torch (fp32), int8 (dynamic int8 linear layers but the "
+        "feed-forward outputs; CPU only) or int8-full (every linear layer). Fingerprint and adapters are unchanged "
+        "(docs/benchmarks.md, section 9).",
+    )
     torch_threads: int | None = Field(
         default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
         description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
@@ -91,6 +98,22 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="How long DELETE waits for in-flight searches before answering (unload still follows)."
     )
+    long_queries: Literal["truncate", "error"] = Field(
+        "truncate", description="A query over RR_QUERY_MAX_LENGTH tokens: cut to it (the result says `truncated`), or 413."
+    )
+    max_upsert_documents: int = Field(
+        1000, ge=1, description="Documents per upsert or ids per delete request (413 above)."
+    )
+    max_documents_body_bytes: int = Field(
+        32 << 20, ge=1024, description="Largest body of a document upsert or delete (413 above)."
+    )
+    merge_max_delta_docs: int = Field(
+        2000, ge=1, description="Merge an expert's live writes into a new index once this many documents were upserted."
+    )
+    merge_max_fraction: float = Field(
+        0.10, gt=0, le=1, description="... or once the upserted (or deleted) documents reach this share of the index."
+    )
+    merge_min_changes: int = Field(100, ge=1, description="Never merge for fewer changed documents than this.")
 
     def engine_options(self) -> dict[str, object]:
         """The search engine's keyword options, so every place that builds one routes alike."""
@@ -104,4 +127,12 @@ class Settings(BaseSettings):
             "retrieval": retrieval,
             "evidence": self.router_evidence,
             "vote_depth": self.router_vote_depth,
+            "long_queries": self.long_queries,
         }
+
+    def merge_policy(self) -> MergePolicy:
+        """When the service folds an expert's live writes into a new index generation."""
+        return MergePolicy(
+            max_delta_docs=self.merge_max_delta_docs, max_fraction=self.merge_max_fraction,
+            min_changes=self.merge_min_changes,
+        )  # fmt: skip

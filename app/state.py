@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.batching import MicroBatcher
+from app.document_writes import DocumentWriter
 from app.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
 from app.errors import NotReadyError
 from app.metrics import Metrics
@@ -27,6 +28,7 @@ class Runtime:
     metrics: Metrics
     engine: SearchEngine
     publisher: ExpertPublisher
+    documents: DocumentWriter
     searches: MicroBatcher[SearchJob, BatchResult]
     embeddings: MicroBatcher[EmbedJob, EmbedResult]
 

@@ -41,12 +41,15 @@ from experts.manifest import (
     check_expert_name,
 )
 from experts.pairs import TrainingPair, combine_pairs, pseudo_pairs, supervised_pairs
+from experts.quantization import BACKENDS, Backend
 from experts.train import NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
 
 __all__ = [
     "ADAPTER_DIR",
     "AdapterInfo",
     "AdapterMismatchError",
+    "BACKENDS",
+    "Backend",
     "BaseModelInfo",
     "ChecksumMismatchError",
     "ChunkingError",

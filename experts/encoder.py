@@ -24,6 +24,7 @@ from experts.adapters import check_adapter_fits, read_lora_weights
 from experts.base_model import resolve_model, weights_fingerprint
 from experts.errors import ModelLoadError, UnknownExpertError
 from experts.lora import LoraLayers
+from experts.quantization import Backend, apply_backend, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Encoder:
     (text, max_length) pairs for calls that ask for it (``embed(cache=True)``,
     the service's routing pass): a repeated query skips the base pass.
 
+    ``backend="int8"`` quantises the base model's linear layers (CPU only;
+    adapters stay fp32; the fingerprint stays the fp32 one): see
+    :mod:`experts.quantization`.
+
     >>> enc = Encoder()                        # bundled all-MiniLM-L6-v2
     >>> enc.embed(["heat transfer in a boundary layer"]).shape
     (1, 384)
@@ -65,6 +70,7 @@ class Encoder:
         cache_size: int = 0,
         batch_tokens: int | None = 512,
         group_up_to: int = 2,
+        backend: Backend = "torch",
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -80,6 +86,7 @@ class Encoder:
             raise ValueError(f"batch_tokens must be >= 1 (or None), got {batch_tokens}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.backend = check_backend(backend, device=device)
         self.model_id, source = resolve_model(model)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source)
@@ -89,7 +96,8 @@ class Encoder:
                 f"cannot load base encoder {self.model_id!r}: {exc}. Give a local directory with a "
                 "transformers model, or leave it unset for the bundled all-MiniLM-L6-v2"
             ) from exc
-        self.fingerprint = weights_fingerprint(self._base)
+        self.fingerprint = weights_fingerprint(self._base)  # of the fp32 weights, whatever the backend
+        self._base = apply_backend(self._base, self.backend)
         self.dim = int(self._base.config.hidden_size)
         model_limit = int(getattr(self._base.config, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, model_limit)
@@ -190,6 +198,16 @@ class Encoder:
         if cache and self.cache_size:
             self._to_cache(texts, rows, limit, out, todo)
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, special tokens included, before any truncation.
+
+        What a caller compares with a token limit to tell a client its text
+        was cut (``embed`` truncates silently). Tokenizing is microseconds per
+        query next to milliseconds of model time.
+        """
+        encoded = self._tokenizer(list(texts), truncation=False, padding=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in encoded]
 
     def _from_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray) -> list[int]:
         """Fill ``out`` with the cached base rows; return the rows still to compute."""

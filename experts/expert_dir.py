@@ -161,11 +161,16 @@ class ExpertDir:
         index: IndexSection | None = None,
         pilots: PilotsSection | None = None,
         retrieval: RetrievalSection | None = None,
+        expect_index: str | None = None,
     ) -> Manifest:
         """Commit a new version: re-read the manifest, apply the changes, checksum, replace atomically.
 
         Reading and writing happen under the writers' lock, so an index build
-        and a pilots build finishing together both land.
+        and a pilots build finishing together both land. ``expect_index``: only
+        publish if the manifest still names this index generation (a live
+        merge folds writes into the generation it started from; if another
+        build replaced that generation meanwhile, publishing the merge would
+        silently undo that build).
         """
         changes: dict[str, object] = {}
         if index is not None:
@@ -176,6 +181,12 @@ class ExpertDir:
             changes["retrieval"] = retrieval
         with self.locked():
             previous = self.read_manifest()
+            current = None if previous.index is None else previous.index.directory
+            if expect_index is not None and current != expect_index:
+                raise ExpertDirError(
+                    f"expert {previous.name!r}: its index is now {current!r}, not {expect_index!r}; "
+                    "another build published a new generation meanwhile, so this one was not published"
+                )
             new = previous.next_version(**changes)
             new = new.model_copy(update={"files": self._checksums(new)})
             atomic_write_bytes(self.path / MANIFEST_FILE, new.model_dump_json(indent=2).encode())

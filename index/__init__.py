@@ -24,6 +24,7 @@ from index.errors import (
     IndexStoreError,
     InvalidFilterError,
     InvalidParameterError,
+    LogLockedError,
     LongDocumentError,
     NoLexicalIndexError,
     OutputExistsError,
@@ -45,8 +46,9 @@ from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
 from index.indexing import BuildReport, EmbedFn, build_index
 from index.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
 from index.live import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
-from index.live_view import LiveView
+from index.live_view import LiveView, static_view
 from index.merge import MergePolicy
+from index.writer_lock import WriterLock
 
 __all__ = [
     "Analyzer",
@@ -89,6 +91,7 @@ __all__ = [
     "LiveCollection",
     "LiveStats",
     "LiveView",
+    "LogLockedError",
     "LongDocumentError",
     "LongDocuments",
     "MergePolicy",
@@ -100,6 +103,7 @@ __all__ = [
     "SplitFn",
     "UnknownFieldError",
     "UpsertReport",
+    "WriterLock",
     "build_index",
     "check_fields",
     "compile_filter",
@@ -112,5 +116,6 @@ __all__ = [
     "read_corpus",
     "read_info",
     "reciprocal_rank_fusion",
+    "static_view",
     "write_info",
 ]

@@ -362,10 +362,18 @@ class DocStore:
         return [found.get(d) for d in wanted]
 
     def all_row_ids(self) -> np.ndarray:
-        """Every live row id, ascending: (n,) int64."""
+        """Every live row id, ascending: (n,) int64.
+
+        Read without ``ORDER BY`` and sorted here: SQLite then scans the small
+        ``doc_id`` index (it covers the row id) instead of the table with every
+        text in it, so opening a live collection over a large corpus does not
+        read the whole file.
+        """
         with self._reading():
-            cursor = self._conn.execute("SELECT row_id FROM documents ORDER BY row_id")
-            return np.fromiter((row[0] for row in cursor), dtype=np.int64)
+            cursor = self._conn.execute("SELECT row_id FROM documents")
+            ids = np.fromiter((row[0] for row in cursor), dtype=np.int64)
+        ids.sort()
+        return ids
 
     def __len__(self) -> int:
         with self._reading():

@@ -14,6 +14,7 @@ handlers keep working::
     ├── OutputExistsError       (FileExistsError)  a build would overwrite an existing directory
     ├── ReadOnlyError           (PermissionError)  a write to something opened read-only
     ├── BuildInProgressError    (RuntimeError)     another build holds the work directory
+    ├── LogLockedError          (BlockingIOError)  another process writes this live log
     ├── NoLexicalIndexError     (LookupError)      lexical search on a collection built without one
     └── InvalidFilterError      (ValueError)       a metadata filter that is malformed, too large or can never match
         └── UnknownFieldError                      it names a metadata field that no document has
@@ -32,6 +33,7 @@ __all__ = [
     "IndexStoreError",
     "InvalidFilterError",
     "InvalidParameterError",
+    "LogLockedError",
     "LongDocumentError",
     "NoLexicalIndexError",
     "OutputExistsError",
@@ -88,6 +90,10 @@ class ReadOnlyError(IndexStoreError, PermissionError):
 
 class BuildInProgressError(IndexStoreError, RuntimeError):
     """Another process is running a build in the same work directory."""
+
+
+class LogLockedError(IndexStoreError, BlockingIOError):
+    """Another process holds the writer lock of a live log (see :mod:`index.writer_lock`)."""
 
 
 class NoLexicalIndexError(IndexStoreError, LookupError):

@@ -49,7 +49,7 @@ from index.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 from index.live_delta import DeltaSegment, no_hits
 from index.live_log import LiveLog
 
-__all__ = ["DeltaSegment", "LiveView", "merge_top_k"]  # DeltaSegment lives in index.live_delta
+__all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live_delta
 
 logger = logging.getLogger(__name__)
 
@@ -291,3 +291,15 @@ class LiveView:
                 )
             results.append(hits)
         return results
+
+
+def static_view(main: Collection) -> LiveView:
+    """A view of a published collection with no live log: what is searched where nothing is written.
+
+    Searches it exactly as they search a live view (an empty delta, no
+    tombstones), so callers need one code path whether or not a collection
+    takes writes.
+    """
+    info = main.info
+    delta = DeltaSegment.build({}, dim=info.dim, lexical=info.lexical)
+    return LiveView.build(main, main.docstore.all_row_ids(), delta, {}, 0)

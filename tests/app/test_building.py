@@ -94,6 +94,16 @@ def test_pilots_from_documents_use_titles_and_are_in_base_space(tmp_path: Path, 
         build_pilots(expert, encoder, [])
 
 
+def test_an_int8_encoder_never_resumes_an_fp32_build(tmp_path: Path, tiny_bert_path: Path) -> None:
+    from app.building import _build_key
+
+    fp32, int8 = Encoder(tiny_bert_path), Encoder(tiny_bert_path, backend="int8")
+    expert = create_expert(tmp_path / "experts", "keyed", encoder=fp32)
+    manifest = expert.read_manifest()
+    assert _build_key(expert, manifest, fp32, "Flat") != _build_key(expert, manifest, int8, "Flat")
+    assert _build_key(expert, manifest, fp32, "Flat") == _build_key(expert, manifest, Encoder(tiny_bert_path), "Flat")
+
+
 def _long_corpus(path: Path, datasets: Path) -> tuple[Path, str]:
     """Ten real cranfield documents, the first one made long: twenty texts joined, then a distinctive tail."""
     with (datasets / "cranfield" / "corpus.jsonl").open(encoding="utf-8") as handle:

@@ -30,7 +30,7 @@ def test_a_routed_search_says_which_expert_answered_and_why(client: TestClient) 
     hits = result["hits"]
     assert len(hits) == 5 and all(hit["expert"] == result["expert"] and hit["id"].startswith(result["expert"]) for hit in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert {"id", "score", "title", "text", "metadata", "expert", "dense_score", "lexical_score"} == set(hits[0])
+    assert {"id", "score", "title", "text", "metadata", "expert", "dense_score", "lexical_score", "span"} == set(hits[0])
     assert result["mode"] == "dense" and hits[0]["dense_score"] == hits[0]["score"] and hits[0]["lexical_score"] is None
     assert {"queue_ms", "base_ms", "route_ms", "expert_ms", "search_ms", "total_ms"} <= set(body["timings_ms"])
     assert body["batch"]["requests"] >= 1 and body["batch"]["queries"] >= 1
