@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from experts import (
+    DEFAULT_OVERLAP,
     Encoder,
     ExpertDir,
     IndexSection,
@@ -28,11 +29,12 @@ from experts import (
     PilotsSection,
     adapter_weights_file,
     check_base_matches,
+    make_split_fn,
     sha256_file,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
-from index import BuildReport, Collection, LexicalSettings, build_index
+from index import BuildReport, ChunkSettings, Collection, IndexInfo, LexicalSettings, LongDocuments, SplitFn, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
 
 if TYPE_CHECKING:  # the optional [ray] extra is imported only when used
@@ -72,6 +74,28 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def long_document_splitter(
+    manifest: Manifest, encoder: Encoder, *, policy: LongDocuments = "chunk", overlap: int = DEFAULT_OVERLAP
+) -> tuple[ChunkSettings, SplitFn]:
+    """An expert's long-document settings and the split function that goes with them (also for live upserts).
+
+    Windows are as long as the documents' embedding limit (the manifest's
+    ``max_length``, capped by the encoder's).
+    """
+    max_tokens = min(manifest.max_length, encoder.max_length)
+    return ChunkSettings(policy, max_tokens, overlap), make_split_fn(encoder, max_tokens=max_tokens, overlap=overlap)
+
+
+def recorded_splitter(info: IndexInfo, encoder: Encoder) -> SplitFn | None:
+    """The ``split=`` a live collection over this generation needs: its recorded windows; None when it truncates.
+
+    >>> live = LiveCollection.open(main, log, embed=embed, split=recorded_splitter(main.info, encoder))  # doctest: +SKIP
+    """
+    if info.chunking is None or not info.chunking.splits:
+        return None
+    return make_split_fn(encoder, max_tokens=info.chunking.max_tokens, overlap=info.chunking.overlap)
+
+
 def index_expert(
     expert: ExpertDir,
     encoder: Encoder,
@@ -83,6 +107,8 @@ def index_expert(
     lexical: LexicalSettings | None = LexicalSettings(),
     progress: bool = True,
     ray: RayIndexing | None = None,
+    long_documents: LongDocuments | None = None,
+    chunk_overlap: int = DEFAULT_OVERLAP,
 ) -> tuple[Manifest, BuildReport]:
     """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
 
@@ -91,11 +117,30 @@ def index_expert(
     A BM25 index is built beside the dense one unless ``lexical`` is None.
     ``ray`` embeds on the current Ray cluster instead of in this process
     (same checkpoint, same index: see :mod:`index.ray_indexing`).
+
+    ``long_documents`` is the policy for documents over the embedding limit
+    (see :mod:`index.chunking`; windows overlap by ``chunk_overlap`` tokens);
+    None means ``"chunk"``, except on Ray, whose actors embed whole passages
+    and cannot chunk yet: there it means ``"truncate"`` (logged, and recorded
+    in the index and the manifest), and asking for ``"chunk"`` or
+    ``"error"`` is refused.
     """
     manifest = expert.read_manifest()
     check_base_matches(manifest, encoder)
+    if ray is not None and long_documents not in (None, "truncate"):
+        raise ValueError(
+            f"long_documents={long_documents!r} is not available with the Ray engine yet (its actors embed whole "
+            "passages); use long_documents='truncate', or build locally"
+        )
+    if ray is not None and long_documents is None:
+        logger.warning("the Ray engine cannot chunk long documents yet: they are truncated to the encoder's limit")
+    policy: LongDocuments = long_documents or ("chunk" if ray is None else "truncate")
+    chunking, split = long_document_splitter(manifest, encoder, policy=policy, overlap=chunk_overlap)
     embed, temporary_adapter = _document_embedder(expert, manifest, encoder)
-    build = partial(build_index, embed=embed) if ray is None else ray.builder(expert, manifest, encoder)
+    if ray is None:
+        build = partial(build_index, embed=embed, chunking=chunking, split=split if chunking.splits else None)
+    else:
+        build = partial(ray.builder(expert, manifest, encoder), chunking=chunking)
     try:
         report = build(
             [Path(c) for c in corpora],
@@ -115,7 +160,7 @@ def index_expert(
     published = expert.publish(
         index=IndexSection(
             directory=report.directory.name, factory=factory, count=report.documents,
-            lexical=None if lexical is None else dataclasses.asdict(lexical),
+            lexical=None if lexical is None else dataclasses.asdict(lexical), chunking=chunking.to_dict(),
         )  # fmt: skip
     )
     return published, report

@@ -113,13 +113,20 @@ def index_command(
     actors: Annotated[Optional[int], typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
     cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
+    long_documents: Annotated[Optional[str], typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
+    chunk_overlap: Annotated[int, typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document.")] = 32,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.building import index_expert
-    from index import LexicalSettings
+    from index import LONG_DOCUMENT_POLICIES, LexicalSettings
 
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"Invalid engine {engine!r}. Valid engines are: local, ray", param_hint="--engine")
+    if long_documents is not None and long_documents not in LONG_DOCUMENT_POLICIES:
+        valid = ", ".join(LONG_DOCUMENT_POLICIES)
+        raise typer.BadParameter(f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents")
+    if engine == "ray" and long_documents not in (None, "truncate"):
+        raise typer.BadParameter("--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents")
     ray_indexing, started_ray = None, False
     if engine == "ray":
         from app.ray_runtime import RayMissingError, ensure_ray
@@ -138,6 +145,7 @@ def index_command(
         manifest, report = index_expert(
             state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
             lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
+            long_documents=long_documents, chunk_overlap=chunk_overlap,
         )  # fmt: skip
     finally:
         if started_ray:

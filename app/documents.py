@@ -42,6 +42,7 @@ from index import (
     LogLockedError,
     MergePolicy,
     MergeReport,
+    SplitFn,
     UpsertReport,
     WriterLock,
     static_view,
@@ -121,6 +122,7 @@ class ExpertDocuments:
         embed: EmbedFn | None,
         write: bool,
         policy: MergePolicy = MergePolicy(),
+        split: SplitFn | None = None,
     ) -> ExpertDocuments:
         """Open the published generation and replay the live log over it.
 
@@ -148,7 +150,7 @@ class ExpertDocuments:
             live = None
             if lock is not None:
                 _discard_killed_merges(directory.path)
-                live = LiveCollection.open(main, log_dir / LOG_FILE, embed=embed)
+                live = LiveCollection.open(main, log_dir / LOG_FILE, embed=embed, split=split)
             elif (log_dir / LOG_FILE).is_file():
                 live = LiveCollection.open(main, log_dir / LOG_FILE, embed=None)
         except BaseException:

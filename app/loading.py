@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.building import recorded_splitter
 from app.documents import ExpertDocuments, sliced
 from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertDirError, Manifest, check_base_matches
@@ -86,7 +87,8 @@ def load_expert(
         encoder.add_adapter(adapter, expert.adapter_path)
     try:
         embed = document_embedder(encoder, manifest, adapter) if write else None
-        documents = ExpertDocuments.open(expert, manifest, embed=embed, write=write, policy=merge_policy)
+        split = recorded_splitter(info, encoder) if write else None  # long upserts split as the index was built
+        documents = ExpertDocuments.open(expert, manifest, embed=embed, write=write, policy=merge_policy, split=split)
     except BaseException:
         if adapter is not None:
             encoder.remove_adapter(adapter)

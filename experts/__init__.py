@@ -8,11 +8,13 @@ from experts.adapters import (
     read_adapter_config,
 )
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
+from experts.chunking import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
 from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
 from experts.encoder import Encoder, ExpertChoice
 from experts.errors import (
     AdapterMismatchError,
     ChecksumMismatchError,
+    ChunkingError,
     ExpertDirError,
     ExpertError,
     MissingFileError,
@@ -50,7 +52,9 @@ __all__ = [
     "Backend",
     "BaseModelInfo",
     "ChecksumMismatchError",
+    "ChunkingError",
     "DEFAULT_MODEL_ID",
+    "DEFAULT_OVERLAP",
     "DEFAULT_TARGET_MODULES",
     "Encoder",
     "ExpertChoice",
@@ -82,12 +86,15 @@ __all__ = [
     "fsync_dir",
     "fsync_tree",
     "list_expert_dirs",
+    "make_split_fn",
     "new_lora_adapter",
     "pseudo_pairs",
     "read_adapter_config",
     "resolve_model",
     "sha256_file",
+    "split_passages",
     "supervised_pairs",
+    "token_spans",
     "train_adapter",
     "weights_fingerprint",
 ]

@@ -117,6 +117,11 @@ class Encoder:
         return self._base.config
 
     @property
+    def tokenizer(self):
+        """The fast Hugging Face tokenizer the encoder uses (for :mod:`experts.chunking`'s token windows)."""
+        return self._tokenizer
+
+    @property
     def base_module(self) -> torch.nn.Module:
         """The underlying transformers module (never rewrapped: adapters act through forward hooks)."""
         return self._base

@@ -6,9 +6,10 @@ The tree, so that callers can catch as broadly or narrowly as they need::
     ├── UnknownExpertError        (also KeyError)    no adapter or expert of that name
     ├── ModelLoadError            (also OSError)     the base model could not be loaded
     ├── AdapterMismatchError      (also ValueError)  adapter/expert made for another base
-    └── ExpertDirError            (also ValueError)  an expert directory is not valid
-        ├── MissingFileError      (also FileNotFoundError)
-        └── ChecksumMismatchError
+    ├── ExpertDirError            (also ValueError)  an expert directory is not valid
+    │   ├── MissingFileError      (also FileNotFoundError)
+    │   └── ChecksumMismatchError
+    └── ChunkingError             (also ValueError)  token-window settings that cannot split a text
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ class MissingFileError(ExpertDirError, FileNotFoundError):
 
 class ChecksumMismatchError(ExpertDirError):
     """A file's bytes differ from the checksum recorded in the manifest."""
+
+
+class ChunkingError(ExpertError, ValueError):
+    """Token-window settings that cannot split a text: overlap not below the window, no room beside special tokens."""

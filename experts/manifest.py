@@ -62,6 +62,11 @@ class IndexSection(_Section):
     lexical: dict[str, Any] | None = Field(
         None, description="How the BM25 index analyses text (stopwords, stemmer, k1, b, ...); None: no BM25 index."
     )
+    chunking: dict[str, Any] | None = Field(
+        None,
+        description="Long-document policy of the index (policy: truncate | chunk | error, max_tokens, overlap), "
+        "as its index.json records it; None: built before the policy existed (truncate).",
+    )
 
 
 class PilotsSection(_Section):

@@ -9,6 +9,9 @@ packages of the service. Import from ``index``, not from its modules::
 from __future__ import annotations
 
 from index.analysis import Analyzer, LexicalMethod, LexicalSettings
+from index.chunk_map import CHUNKS_FILE, ChunkMap
+from index.chunked_dense import ChunkedDense
+from index.chunking import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
 from index.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
 from index.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
@@ -22,6 +25,7 @@ from index.errors import (
     InvalidFilterError,
     InvalidParameterError,
     LogLockedError,
+    LongDocumentError,
     NoLexicalIndexError,
     OutputExistsError,
     ReadOnlyError,
@@ -50,6 +54,10 @@ __all__ = [
     "Analyzer",
     "BuildInProgressError",
     "BuildReport",
+    "CHUNKS_FILE",
+    "ChunkMap",
+    "ChunkSettings",
+    "ChunkedDense",
     "Collection",
     "CorpusError",
     "CorpusProblem",
@@ -76,6 +84,7 @@ __all__ = [
     "InvalidFilterError",
     "InvalidParameterError",
     "LEXICAL_FILES",
+    "LONG_DOCUMENT_POLICIES",
     "LexicalIndex",
     "LexicalMethod",
     "LexicalSettings",
@@ -83,12 +92,15 @@ __all__ = [
     "LiveStats",
     "LiveView",
     "LogLockedError",
+    "LongDocumentError",
+    "LongDocuments",
     "MergePolicy",
     "MergeReport",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
     "SearchParams",
+    "SplitFn",
     "UnknownFieldError",
     "UpsertReport",
     "WriterLock",

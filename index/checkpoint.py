@@ -71,6 +71,8 @@ class BuildIdentity:
     upsert: bool
     corpus_fingerprints: tuple[str, ...]
     version: int = CHECKPOINT_VERSION
+    # How long documents are embedded ("chunk:256:32"); "truncate" matches checkpoints written before chunking.
+    chunking: str = "truncate"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self) | {"corpus_fingerprints": list(self.corpus_fingerprints)}, sort_keys=True)

@@ -7,6 +7,8 @@
         docs.sqlite   the docstore (rollback-journal mode: opening it writes nothing)
         index.json    IndexInfo: dim, factory, count, provenance, lexical settings, file sizes and checksums
         lexical-*     the BM25 index (see index.lexical), when the collection has one
+        chunks.npy    chunk id -> (row, start, end), when some document was split into chunks
+                      (see index.chunk_map); then dense.faiss holds chunk ids, not row ids
 
 A directory is produced complete by the indexing job and published with one
 ``rename``; nothing in it is modified afterwards, so any number of processes
@@ -28,6 +30,9 @@ import numpy as np
 
 from index.analysis import LexicalSettings
 from index.atomic import atomic_write
+from index.chunk_map import CHUNKS_FILE, ChunkMap
+from index.chunked_dense import ChunkedDense
+from index.chunking import ChunkSettings, text_span
 from index.dense import DenseIndex, SearchParams
 from index.docstore import DocStore
 from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
@@ -60,6 +65,14 @@ class Hit:
 
     ``row`` is the docstore row id, the key dense and lexical search share
     (corpus ids are strings and may be re-used by an upsert; rows are not).
+
+    ``span`` is ``(start, end)``, character offsets into ``text``
+    (``text[start:end]``) of the document's chunk that scored best against
+    the query, for a document that was split into chunks (see
+    :mod:`index.chunking`); None when the document was embedded whole (it
+    fits the encoder's limit, or its collection truncates long documents), or
+    when no query vector was given to find the best chunk. A chunk that
+    starts in the title starts at 0.
     """
 
     id: str
@@ -68,6 +81,7 @@ class Hit:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
     row: int = -1
+    span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,8 @@ class IndexInfo:
     checksums: dict[str, str] = field(default_factory=dict, hash=False)  # "sha256:<hex>" per file name
     format_version: int = FORMAT_VERSION
     lexical: LexicalSettings | None = None  # how the BM25 index was built; None when there is none
+    chunking: ChunkSettings | None = None  # the long-document policy; None: built before it existed (= truncate)
+    chunks: int | None = None  # vectors in dense.faiss when chunks.npy maps them to rows; None: one per document
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -141,7 +157,18 @@ def read_info(directory: Path) -> IndexInfo:
             lexical = LexicalSettings.from_dict(lexical)
         except (InvalidParameterError, TypeError) as exc:
             raise IndexFileError(f"collection info file {str(path)!r}: invalid 'lexical' settings: {exc}") from exc
-    parsed = {"corpus_fingerprints": tuple(fingerprints), "lexical": lexical}
+    chunking = data.get("chunking")
+    if chunking is not None:
+        if not isinstance(chunking, dict):
+            raise IndexFileError(f"collection info file {str(path)!r}: 'chunking' must be an object or null")
+        try:
+            chunking = ChunkSettings.from_dict(chunking)
+        except (InvalidParameterError, TypeError) as exc:
+            raise IndexFileError(f"collection info file {str(path)!r}: invalid 'chunking' settings: {exc}") from exc
+    chunks = data.get("chunks")
+    if chunks is not None and (not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 0):
+        raise IndexFileError(f"collection info file {str(path)!r}: 'chunks' must be a non-negative integer or null")
+    parsed = {"corpus_fingerprints": tuple(fingerprints), "lexical": lexical, "chunking": chunking}
     return IndexInfo(**{k: v for k, v in data.items() if k in known} | parsed)
 
 
@@ -153,7 +180,12 @@ class Collection:
     """
 
     def __init__(
-        self, directory: Path, info: IndexInfo, dense: DenseIndex, docstore: DocStore, lexical: LexicalIndex | None
+        self,
+        directory: Path,
+        info: IndexInfo,
+        dense: DenseIndex | ChunkedDense,
+        docstore: DocStore,
+        lexical: LexicalIndex | None,
     ) -> None:
         """Private: use :meth:`open`."""
         self._directory = directory
@@ -201,7 +233,16 @@ class Collection:
             for name, digest in info.checksums.items():
                 if file_sha256(directory / name) != digest:
                     raise IndexFileError(f"{str(directory / name)!r} does not match its checksum in {INFO_FILE}")
-        dense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
+        dense: DenseIndex | ChunkedDense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
+        vectors = dense.ntotal
+        if CHUNKS_FILE in info.file_sizes:
+            chunks = ChunkMap.load(directory / CHUNKS_FILE)
+            if len(chunks) != vectors or info.chunks != vectors:
+                raise IndexFileError(
+                    f"collection {str(directory)!r} is inconsistent: {CHUNKS_FILE} maps {len(chunks)} chunks, "
+                    f"{DENSE_FILE} holds {vectors} vectors and {INFO_FILE} says {info.chunks}"
+                )
+            dense = ChunkedDense(dense, chunks)
         if search_params is not None:
             dense.default_params = search_params
         lexical = None if info.lexical is None else LexicalIndex.load(directory, info.lexical, mmap=mmap)
@@ -211,7 +252,8 @@ class Collection:
             if dense.dim != info.dim:
                 problems.append(f"{DENSE_FILE} has dim {dense.dim} but {INFO_FILE} says {info.dim}")
             if dense.ntotal != info.count:
-                problems.append(f"{DENSE_FILE} holds {dense.ntotal} vectors but {INFO_FILE} says {info.count}")
+                what = "documents' chunks" if isinstance(dense, ChunkedDense) else "vectors"
+                problems.append(f"{DENSE_FILE} holds {dense.ntotal} {what} but {INFO_FILE} says {info.count}")
             if (stored := len(docstore)) != info.count:
                 problems.append(f"{DOCSTORE_FILE} holds {stored} documents but {INFO_FILE} says {info.count}")
             if lexical is not None and len(lexical) != info.count:
@@ -232,8 +274,14 @@ class Collection:
         return self._info
 
     @property
-    def dense(self) -> DenseIndex:
+    def dense(self) -> DenseIndex | ChunkedDense:
+        """The dense index, searched in row ids (a :class:`ChunkedDense` when documents were split into chunks)."""
         return self._dense
+
+    @property
+    def chunked(self) -> bool:
+        """True when some document is stored as several chunk vectors (``index.json`` records ``chunks``)."""
+        return isinstance(self._dense, ChunkedDense)
 
     @property
     def docstore(self) -> DocStore:
@@ -277,7 +325,7 @@ class Collection:
         >>> collection.search(query_vectors, 10, allowed=allowed)
         """
         scores, ids = self._dense.search(queries, k, params=params, allowed=allowed)
-        return self.hits(scores, ids)
+        return self.hits(scores, ids, queries=queries)
 
     def select(self, filter: FilterExpr | Mapping[str, Any], *, check: bool = True) -> np.ndarray:
         """Row ids of the documents matching a metadata filter: (n,) int64, sorted; see :mod:`index.filters`.
@@ -310,12 +358,20 @@ class Collection:
         """
         return self.lexical.search(queries, k, allowed=allowed)
 
-    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`, one docstore fetch."""
+    def hits(self, scores: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None) -> list[list[Hit]]:
+        """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`, one docstore fetch.
+
+        ``queries``: the (nq, dim) query vectors the ids were searched with
+        (dense or lexically: for a fused list give the dense query vectors).
+        With them, a hit on a chunked document carries its best chunk's
+        :attr:`Hit.span`; without them (or in an unchunked collection) every
+        span is None.
+        """
+        spans = self.best_spans(queries, ids) if queries is not None else None
         unique = np.unique(ids[ids >= 0])
         docs = dict(zip(unique.tolist(), self._docstore.get(unique.tolist()), strict=True))
         results: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+        for q, (row_scores, row_ids) in enumerate(zip(scores.tolist(), ids.tolist(), strict=True)):
             hits = []
             for score, row_id in zip(row_scores, row_ids, strict=True):
                 doc = docs.get(row_id)
@@ -325,14 +381,29 @@ class Collection:
                             "%s: row id %d came from a search but is not in %s", self._directory, row_id, DOCSTORE_FILE
                         )
                     continue
+                span = None if spans is None or (found := spans[q].get(row_id)) is None else text_span(doc, *found)
                 hits.append(
-                    Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id)
+                    Hit(
+                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id,
+                        span=span,
+                    )  # fmt: skip
                 )
             results.append(hits)
         return results
 
+    def best_spans(self, queries: np.ndarray, ids: np.ndarray) -> list[dict[int, tuple[int, int]]]:
+        """Per query, row -> passage span (title + " " + text) of its best chunk, for the chunked rows among ``ids``.
+
+        (nq, dim) query vectors, (nq, k) rows -> nq dicts; empty in an unchunked collection.
+        """
+        if not isinstance(self._dense, ChunkedDense):
+            return [{} for _ in range(len(ids))]
+        return self._dense.best_spans(np.ascontiguousarray(queries, dtype=np.float32), np.asarray(ids))
+
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every document's stored vector, by docstore row id ascending: (n,) int64, (n, dim) float32.
+
+        In a chunked collection, each document's first chunk (see :meth:`ChunkedDense.vectors`).
 
         Exact-storage indexes only (``Flat``, ``HNSW<M>``); see :meth:`DenseIndex.vectors`.
         """

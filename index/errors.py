@@ -7,6 +7,7 @@ handlers keep working::
 
     IndexStoreError
     ├── CorpusError             (ValueError)       bad corpus: empty, duplicate ids, unreadable
+    │   └── LongDocumentError                      a document over the encoder's limit under policy 'error'
     ├── DimensionMismatchError  (ValueError)       vectors of the wrong width
     ├── InvalidParameterError   (ValueError)       bad option: factory string, k, limit, ...
     ├── IndexFileError          (OSError)          missing / corrupt / truncated artifact file
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidFilterError",
     "InvalidParameterError",
     "LogLockedError",
+    "LongDocumentError",
     "NoLexicalIndexError",
     "OutputExistsError",
     "ReadOnlyError",
@@ -46,6 +48,21 @@ class IndexStoreError(Exception):
 
 class CorpusError(IndexStoreError, ValueError):
     """The corpus cannot be indexed: empty, duplicate document ids, or unreadable."""
+
+
+class LongDocumentError(CorpusError):
+    """A document is longer than the encoder's limit and its collection's long-document policy is ``"error"``.
+
+    ``doc_id`` and ``tokens`` name the document and its length in tokens.
+    """
+
+    def __init__(self, message: str, *, doc_id: str = "", tokens: int = 0) -> None:
+        super().__init__(message)
+        self.doc_id = doc_id
+        self.tokens = tokens
+
+    def __reduce__(self) -> tuple[type, tuple[str], dict[str, object]]:  # picklable across processes
+        return (LongDocumentError, (str(self),), {"doc_id": self.doc_id, "tokens": self.tokens})
 
 
 class DimensionMismatchError(IndexStoreError, ValueError):

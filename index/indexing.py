@@ -10,6 +10,13 @@ lexical (BM25) index to it, and publishes it with one ``rename`` to
 ``out_dir``. Nothing outside ``work_dir`` and ``out_dir`` is touched, so the
 collection being served elsewhere is never disturbed.
 
+Long documents follow the ``chunking`` policy (see :mod:`index.chunking`):
+with ``"chunk"`` each document's token windows are embedded in its chunk's
+call and written to the same shard with their spans, so a resumed build
+splits and numbers chunks exactly as an uninterrupted one; the policy is part
+of the checkpoint's identity. ``"error"`` reports each over-long document as
+a corpus problem (skipped and listed), like a malformed line.
+
 The lexical index is not checkpointed: it is rebuilt from the checkpoint's
 docstore after the last chunk, read back in chunks, in seconds where the
 embedding took minutes. A run killed while building it simply builds it again,
@@ -33,6 +40,7 @@ from tqdm import tqdm
 from index.analysis import LexicalSettings
 from index.assembly import assemble_dense, stage_collection
 from index.atomic import fsync_dir
+from index.chunking import ChunkSettings, SplitFn, plan_chunks, too_long_message
 from index.checkpoint import (
     CHECKPOINT_FILE,
     LOCK_FILE,
@@ -87,11 +95,25 @@ class BuildReport:
 
 
 def _check_arguments(
-    corpora: Sequence[Path], *, chunk_size: int, out_dir: Path, work_dir: Path, lexical: LexicalSettings | None
+    corpora: Sequence[Path],
+    *,
+    chunk_size: int,
+    out_dir: Path,
+    work_dir: Path,
+    lexical: LexicalSettings | None,
+    chunking: ChunkSettings | None,
+    split: SplitFn | None,
 ) -> None:
     """Refuse bad arguments before anything is created or embedded."""
     if not corpora:
         raise InvalidParameterError("corpora is empty: give at least one corpus file")
+    if chunking is not None and not isinstance(chunking, ChunkSettings):
+        raise InvalidParameterError(f"chunking must be a ChunkSettings or None, got {chunking!r}")
+    if chunking is not None and chunking.splits and split is None:
+        raise InvalidParameterError(
+            f"long-document policy {chunking.policy!r} needs split= (experts.make_split_fn(encoder)); "
+            "or use ChunkSettings('truncate')"
+        )
     if lexical is not None and not isinstance(lexical, LexicalSettings):
         raise InvalidParameterError(f"lexical must be a LexicalSettings or None, got {lexical!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -154,12 +176,24 @@ def _embed(embed: EmbedFn, passages: list[str], dim: int) -> np.ndarray:
 class _Job:
     """One run of :func:`build_index`; holds the checkpoint and counters between chunks."""
 
-    def __init__(self, corpora: list[Path], checkpoint: Checkpoint, *, embed: EmbedFn, dim: int, upsert: bool) -> None:
+    def __init__(
+        self,
+        corpora: list[Path],
+        checkpoint: Checkpoint,
+        *,
+        embed: EmbedFn,
+        dim: int,
+        upsert: bool,
+        chunking: ChunkSettings | None = None,
+        split: SplitFn | None = None,
+    ) -> None:
         self.corpora = corpora
         self.checkpoint = checkpoint
         self.embed = embed
         self.dim = dim
         self.upsert = upsert
+        self.chunking = chunking
+        self.split = split
         self.progress = checkpoint.progress()
 
     def _where(self, corpus: int, line: int) -> str:
@@ -192,18 +226,36 @@ class _Job:
         next_marker: tuple[int, int],
     ) -> None:
         """Embed and commit one chunk; afterwards the marker points at ``next_marker``."""
+        spans, refused = plan_chunks([doc for _, doc in docs], self.chunking, self.split)
+        if refused:
+            gone = {position for position, _ in refused}
+            problems = sorted(
+                [*problems]
+                + [
+                    CorpusProblem(docs[i][0], too_long_message(docs[i][1].id, tokens, self.chunking), self.corpora[corpus])
+                    for i, tokens in refused
+                ],
+                key=lambda p: p.line,
+            )
+            docs = [d for i, d in enumerate(docs) if i not in gone]
+            spans = [s for i, s in enumerate(spans) if i not in gone]
         replaced = self._check_duplicates(corpus, docs) if docs else 0
-        vectors = _embed(self.embed, [doc.passage() for _, doc in docs], self.dim) if docs else None
+        owners = np.repeat(np.arange(len(docs)), [len(s) for s in spans]).astype(np.int64)
+        windows = np.asarray([w for s in spans for w in s], dtype=np.int64).reshape(-1, 2)
+        passages = [doc.passage() for _, doc in docs]
+        texts = [passages[o][a:b] for o, (a, b) in zip(owners.tolist(), windows.tolist(), strict=True)]
+        vectors = _embed(self.embed, texts, self.dim) if docs else None
         for problem in problems:
             level = logging.WARNING if self.progress.malformed < _MAX_LOGGED_PROBLEMS else logging.DEBUG
-            logger.log(level, "skipping malformed line %s", problem)
+            logger.log(level, "skipping corpus line %s", problem)
         store = self.checkpoint.store
         shard = self.progress.next_shard
         with store.transaction() as conn:
             row_ids = store.add([doc for _, doc in docs], upsert=self.upsert)
             if vectors is not None:
                 # The shard is durable before the commit: a committed marker always has its shard.
-                write_shard(self.checkpoint.shards_dir, shard, row_ids, vectors)
+                splits = self.chunking is not None and self.chunking.splits
+                write_shard(self.checkpoint.shards_dir, shard, row_ids[owners], vectors, windows if splits else None)
             progress = Progress(
                 corpus=next_marker[0],
                 line=next_marker[1],
@@ -251,9 +303,12 @@ class _Job:
                 "line(s)" + "".join(f"; {p}" for p in self.problems()[:3])
             )
         shards, count = self.checkpoint.shards_dir, self.progress.next_shard
-        dense = assemble_dense(shards, count, live, dim=self.dim, factory=factory)
+        dense, chunks = assemble_dense(shards, count, live, dim=self.dim, factory=factory)
         staging = self.checkpoint.work_dir / STAGING_DIR
-        info = stage_collection(staging, dense, self.checkpoint.store, identity=self.checkpoint.identity)
+        info = stage_collection(
+            staging, dense, self.checkpoint.store, identity=self.checkpoint.identity, chunks=chunks,
+            chunking=self.chunking,
+        )  # fmt: skip
         if lexical is not None:
             _stage_lexical(staging, self.checkpoint.store, info, lexical, progress=progress)
 
@@ -263,7 +318,9 @@ class _Job:
         return [CorpusProblem(line=line, reason=reason, path=self.corpora[corpus]) for corpus, line, reason in rows]
 
 
-def _already_published(out_dir: Path, checkpoint: Checkpoint, corpora: int, lexical: LexicalSettings | None) -> bool:
+def _already_published(
+    out_dir: Path, checkpoint: Checkpoint, corpora: int, lexical: LexicalSettings | None, chunking: ChunkSettings | None
+) -> bool:
     """True when ``out_dir`` is this very build, published by a run killed before its cleanup."""
     if checkpoint.progress().corpus < corpora or not (out_dir / INFO_FILE).is_file():
         return False
@@ -272,14 +329,16 @@ def _already_published(out_dir: Path, checkpoint: Checkpoint, corpora: int, lexi
     except IndexFileError:
         return False
     ident = checkpoint.identity
-    return (info.build_key, info.dim, info.factory, info.corpus_fingerprints, info.count, info.lexical) == (
-        ident.build_key,
-        ident.dim,
-        ident.factory,
-        ident.corpus_fingerprints,
-        len(checkpoint.store),
-        lexical,
-    )
+    recorded = (info.build_key, info.dim, info.factory, info.corpus_fingerprints, info.count, info.lexical)
+    wanted = (ident.build_key, ident.dim, ident.factory, ident.corpus_fingerprints, len(checkpoint.store), lexical)
+    return recorded == wanted and info.chunking == chunking
+
+
+def _identity(chunking: ChunkSettings | None) -> str:
+    """The policy as the checkpoint identity records it: shards embedded under another one are not reused."""
+    if chunking is None or not chunking.splits:
+        return "truncate"
+    return f"{chunking.policy}:{chunking.max_tokens}:{chunking.overlap}"
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -310,6 +369,8 @@ def build_index(
     upsert: bool = False,
     progress: bool = True,
     lexical: LexicalSettings | None = DEFAULT_LEXICAL,
+    chunking: ChunkSettings | None = None,
+    split: SplitFn | None = None,
 ) -> BuildReport:
     """Build a collection from BEIR corpora and publish it atomically to ``out_dir``.
 
@@ -325,6 +386,12 @@ def build_index(
     by default because it costs little next to embedding (measured: cranfield
     0.2 s and 0.9 MB, scifact 1 s and 4.7 MB) and a domain search service needs both.
 
+    ``chunking`` is the long-document policy (see :mod:`index.chunking`),
+    recorded in ``index.json``; ``"chunk"`` and ``"error"`` need ``split``
+    (``experts.make_split_fn(encoder, overlap=...)``). None embeds whole
+    passages, truncated by the encoder, and records nothing, as builds did
+    before the policy existed; ``rr index`` passes ``"chunk"``.
+
     >>> report = build_index([Path("scifact/corpus.jsonl")], embed=encoder.embed_documents,  # doctest: +SKIP
     ...                      dim=384, out_dir=Path("idx/scifact-v2"), work_dir=Path("idx/.work-scifact"),
     ...                      build_key="all-MiniLM-L6-v2@base")
@@ -333,20 +400,25 @@ def build_index(
     corpora = [Path(p) for p in corpora]
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     DenseIndex.create(dim, factory=factory)  # a bad dim or factory fails now, not after embedding
-    _check_arguments(corpora, chunk_size=chunk_size, out_dir=out_dir, work_dir=work_dir, lexical=lexical)
+    _check_arguments(
+        corpora, chunk_size=chunk_size, out_dir=out_dir, work_dir=work_dir, lexical=lexical, chunking=chunking,
+        split=split,
+    )  # fmt: skip
     if out_dir.exists() and not (work_dir / CHECKPOINT_FILE).exists():
         raise OutputExistsError(f"out_dir {str(out_dir)!r} already exists; a build publishes into a new directory")
     work_dir.mkdir(parents=True, exist_ok=True)
-    identity = BuildIdentity(build_key, dim, factory, upsert, tuple(corpus_fingerprint(p) for p in corpora))
+    identity = BuildIdentity(
+        build_key, dim, factory, upsert, tuple(corpus_fingerprint(p) for p in corpora), chunking=_identity(chunking)
+    )
 
     with lock_work_dir(work_dir), Checkpoint.open(work_dir, identity) as checkpoint:
-        job = _Job(corpora, checkpoint, embed=embed, dim=dim, upsert=upsert)
+        job = _Job(corpora, checkpoint, embed=embed, dim=dim, upsert=upsert, chunking=chunking, split=split)
         start = job.progress
         resumed = start != Progress(0, 0, 0, 0, 0)
         if not out_dir.exists():
             job.run(chunk_size=chunk_size, progress=progress, factory=factory, lexical=lexical)
             _publish(work_dir / STAGING_DIR, out_dir)
-        elif _already_published(out_dir, checkpoint, len(corpora), lexical):
+        elif _already_published(out_dir, checkpoint, len(corpora), lexical, chunking):
             logger.info("%s was already published by an interrupted run of this build; cleaning up", out_dir)
         else:
             raise OutputExistsError(f"out_dir {str(out_dir)!r} already exists; a build publishes into a new directory")

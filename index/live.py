@@ -26,6 +26,14 @@
   at any point of a merge restarts with the old generation and the full log,
   or with the new generation and the log that is left (see :meth:`open`).
 
+* **Long documents** follow the main segment's recorded policy
+  (``index.json``'s ``chunking``; see :mod:`index.chunking`): under
+  ``chunk`` an upsert splits each passage with the ``split`` function given
+  to :meth:`LiveCollection.open` and logs one vector and span per window;
+  under ``error`` an over-long document fails the whole upsert with
+  :class:`~index.errors.LongDocumentError`. A delete or replacement removes
+  the document's row, and with it all its chunks.
+
 Different experts have different LiveCollections and logs, so their writers
 never wait on each other.
 """
@@ -46,9 +54,10 @@ from typing import Any, Self
 import numpy as np
 
 from index.analysis import Analyzer
+from index.chunking import SplitFn, plan_chunks, too_long_message
 from index.collection import Collection, Hit
 from index.corpus import Document
-from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError
+from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError, LongDocumentError
 from index.filters import FieldInfo, FilterExpr
 from index.indexing import EmbedFn, _embed
 from index.live_log import LiveLog, LogEntry, metadata_json
@@ -124,7 +133,7 @@ class LiveCollection:
     """A published collection plus a write-ahead log: upsert, delete, search, merge.
 
     >>> main = Collection.open(index_dir)  # doctest: +SKIP
-    >>> live = LiveCollection.open(main, Path("live/live.sqlite"), embed=encoder.embed_documents)
+    >>> live = LiveCollection.open(main, Path("live/live.sqlite"), embed=embed, split=make_split_fn(encoder))
     >>> live.upsert([Document("new-1", "Title", "Body", {"year": 2026})])
     >>> scores, ids = live.search_dense(query_vectors, 10)
     >>> live.hits(scores, ids)
@@ -133,13 +142,23 @@ class LiveCollection:
     It owns the collections it opens or is given, and closes them in :meth:`close`.
     """
 
-    def __init__(self, log: LiveLog, view: LiveView, *, log_id: str, next_row_id: int, embed: EmbedFn | None) -> None:
+    def __init__(
+        self,
+        log: LiveLog,
+        view: LiveView,
+        *,
+        log_id: str,
+        next_row_id: int,
+        embed: EmbedFn | None,
+        split: SplitFn | None = None,
+    ) -> None:
         """Private: use :meth:`open`."""
         self._log = log
         self._view = view
         self._log_id = log_id
         self._next_row_id = next_row_id
         self._embed = embed
+        self._split = split
         self._write_lock = threading.Lock()  # serialises writers (and a merge's final swap)
         self._merge_lock = threading.Lock()  # one merge at a time
         self._retired: list[Collection] = []  # older main segments: searches may still hold views of them
@@ -148,11 +167,17 @@ class LiveCollection:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def open(cls, main: Collection, log_path: Path, *, embed: EmbedFn | None = None) -> LiveCollection:
+    def open(
+        cls, main: Collection, log_path: Path, *, embed: EmbedFn | None = None, split: SplitFn | None = None
+    ) -> LiveCollection:
         """Put the log at ``log_path`` (created when missing) over ``main`` and replay it.
 
         ``embed`` maps passages to (n, dim) L2-normalised float32 base-encoder
-        vectors; upserts need it (and merges of lossy indexes). The log must
+        vectors; upserts need it (and merges of lossy indexes). ``split``
+        (``experts.make_split_fn(encoder, overlap=...)``, with the overlap the
+        collection records) cuts long passages into token windows; upserts
+        need it when ``main`` was built with long-document policy ``chunk`` or
+        ``error``. The log must
         belong to ``main``: it is, when it was written over ``main`` itself, or
         when ``main`` is a merge of this very log (then the writes it already
         contains are dropped from the log: the merge was killed before its
@@ -197,7 +222,7 @@ class LiveCollection:
             len(view.tombstones),
             view.seq,
         )
-        return cls(log, view, log_id=contents.log_id, next_row_id=top, embed=embed)
+        return cls(log, view, log_id=contents.log_id, next_row_id=top, embed=embed, split=split)
 
     def close(self) -> None:
         """Close the log and every main segment this object held; wait for a running merge first."""
@@ -244,9 +269,9 @@ class LiveCollection:
         """See :meth:`LiveView.search_lexical`."""
         return self._view.search_lexical(texts, k, allowed=allowed)
 
-    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+    def hits(self, scores: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None) -> list[list[Hit]]:
         """See :meth:`LiveView.hits` (prefer one view for the search and its hits)."""
-        return self._view.hits(scores, ids)
+        return self._view.hits(scores, ids, queries=queries)
 
     def get(self, doc_id: str) -> Document | None:
         """The live document with this corpus id, or None (``GET /experts/{name}/documents/{id}``)."""
@@ -291,7 +316,24 @@ class LiveCollection:
             return UpsertReport(seq=self._view.seq, row_ids=[], created=0, replaced=0)
         if self._embed is None:
             raise InvalidParameterError("this live collection was opened without an embed function; it cannot upsert")
-        vectors = _embed(self._embed, [doc.passage() for doc in docs], self._view.main.info.dim)
+        chunking = self._view.main.info.chunking
+        if chunking is not None and chunking.splits and self._split is None:
+            raise InvalidParameterError(
+                f"this collection's long-document policy is {chunking.policy!r}, but the live collection was opened "
+                "without a split function; open it with split=experts.make_split_fn(encoder)"
+            )
+        spans, refused = plan_chunks(docs, chunking, self._split)
+        if refused:
+            position, tokens = refused[0]
+            doc_id = docs[position].id
+            raise LongDocumentError(too_long_message(doc_id, tokens, chunking), doc_id=doc_id, tokens=tokens)
+        texts = [doc.passage()[a:b] for doc, windows in zip(docs, spans, strict=True) for a, b in windows]
+        vectors = _embed(self._embed, texts, self._view.main.info.dim)
+        ends = np.cumsum([len(windows) for windows in spans])
+        per_doc = [
+            (vectors[end - len(windows) : end], tuple(windows) if len(windows) > 1 else None)
+            for end, windows in zip(ends.tolist(), spans, strict=True)
+        ]
         with self._write_lock:
             view = self._view
             seq = view.seq + 1
@@ -307,7 +349,10 @@ class LiveCollection:
                     removed_delta.append(old)
                     del entries[old]
             rows = list(range(self._next_row_id, self._next_row_id + len(docs)))
-            added = [LogEntry(r, doc, vectors[i], seq) for i, (r, doc) in enumerate(zip(rows, docs, strict=True))]
+            added = [
+                LogEntry(r, doc, chunk_vectors, seq, doc_spans)
+                for r, doc, (chunk_vectors, doc_spans) in zip(rows, docs, per_doc, strict=True)
+            ]
             self._log.commit(
                 seq=seq, next_row_id=rows[-1] + 1, added=added, removed_delta=removed_delta, tombstones=dead
             )

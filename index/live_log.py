@@ -10,7 +10,10 @@ Tables::
 
     documents   row_id, doc_id, title, text, metadata  (the docstore's columns, so a
                 metadata filter runs against this table unchanged) + vector (float32
-                BLOB) + seq: the delta segment's documents, one row per live doc id
+                BLOB: one vector, or one per chunk of a long document, concatenated)
+                + seq + spans (JSON [[start, end], ...] of each chunk in the passage;
+                NULL for a document embedded whole): the delta segment's
+                documents, one row per live doc id
     tombstones  row_id, seq: rows of the main segment (or of an earlier delta) that
                 were deleted or replaced; applied at search time until a merge
     live_meta   schema_version, log_id, dim, seq (last committed write), next_row_id
@@ -55,7 +58,8 @@ _SCHEMA = (
         text     TEXT NOT NULL,
         metadata TEXT NOT NULL DEFAULT '{}',
         vector   BLOB NOT NULL,
-        seq      INTEGER NOT NULL
+        seq      INTEGER NOT NULL,
+        spans    TEXT
     )""",
     "CREATE INDEX documents_seq ON documents (seq)",
     "CREATE TABLE tombstones (row_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
@@ -65,12 +69,32 @@ _SCHEMA = (
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One document of the delta segment as the log holds it."""
+    """One document of the delta segment as the log holds it.
+
+    ``vectors`` is (c, dim) float32, one row per chunk (a (dim,) vector is
+    taken as one chunk); ``spans`` the chunks' ``(start, end)`` in the
+    passage, or None for a document embedded whole (c = 1).
+    """
 
     row_id: int
     document: Document
-    vector: np.ndarray  # (dim,) float32
+    vectors: np.ndarray
     seq: int
+    spans: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        vectors = np.asarray(self.vectors)
+        if vectors.ndim == 1:
+            object.__setattr__(self, "vectors", vectors.reshape(1, -1))
+        if self.spans is not None and len(self.spans) != len(self.vectors):
+            raise IndexFileError(
+                f"document {self.document.id!r} has {len(self.vectors)} chunk vectors but {len(self.spans)} spans"
+            )
+
+    @property
+    def vector(self) -> np.ndarray:
+        """(dim,) the first chunk's vector (the whole document's, when it was not chunked)."""
+        return self.vectors[0]
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,9 @@ class LiveLog:
                     f"{str(path)!r} is an SQLite database but not a live log "
                     f"(expected tables 'live_meta', 'documents' and 'tombstones', found {sorted(names)})"
                 )
+            elif "spans" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}:
+                # A log written before chunking: its documents are embedded whole (spans NULL).
+                conn.execute("ALTER TABLE documents ADD COLUMN spans TEXT")
             meta = dict(conn.execute("SELECT key, value FROM live_meta").fetchall())
         except sqlite3.Error as exc:
             conn.close()
@@ -189,20 +216,23 @@ class LiveLog:
             try:
                 meta = dict(self._conn.execute("SELECT key, value FROM live_meta").fetchall())
                 rows = self._conn.execute(
-                    "SELECT row_id, doc_id, title, text, metadata, vector, seq FROM documents ORDER BY row_id"
+                    "SELECT row_id, doc_id, title, text, metadata, vector, seq, spans FROM documents ORDER BY row_id"
                 ).fetchall()
                 tombstones = dict(self._conn.execute("SELECT row_id, seq FROM tombstones").fetchall())
             except sqlite3.Error as exc:
                 raise _failed(self._path, exc) from exc
         entries = []
-        for row_id, doc_id, title, text, metadata, blob, seq in rows:
-            vector = np.frombuffer(blob, dtype=np.float32)
-            if vector.shape != (self._dim,):
+        for row_id, doc_id, title, text, metadata, blob, seq, spans_json in rows:
+            spans = None if spans_json is None else tuple((int(a), int(b)) for a, b in json.loads(spans_json))
+            chunks = 1 if spans is None else len(spans)
+            vectors = np.frombuffer(blob, dtype=np.float32)
+            if vectors.shape != (chunks * self._dim,):
                 raise IndexFileError(
-                    f"live log {str(self._path)!r}: document {doc_id!r} has a vector of {len(blob)} bytes, "
-                    f"expected {self._dim} float32"
+                    f"live log {str(self._path)!r}: document {doc_id!r} has vectors of {len(blob)} bytes, "
+                    f"expected {chunks} x {self._dim} float32"
                 )
-            entries.append(LogEntry(row_id, Document(doc_id, title, text, json.loads(metadata)), vector, seq))
+            document = Document(doc_id, title, text, json.loads(metadata))
+            entries.append(LogEntry(row_id, document, vectors.reshape(chunks, self._dim), seq, spans))
         return LogContents(
             log_id=meta["log_id"],
             seq=int(meta["seq"]),
@@ -272,18 +302,21 @@ class LiveLog:
         caller may acknowledge it.
         """
         documents = [
-            (e.row_id, e.document.id, e.document.title, e.document.text, metadata_json(e.document), e.vector, e.seq)
+            (
+                e.row_id, e.document.id, e.document.title, e.document.text, metadata_json(e.document),
+                np.ascontiguousarray(e.vectors).tobytes(), e.seq, None if e.spans is None else json.dumps(e.spans),
+            )  # fmt: skip
             for e in added
         ]
         for entry in added:
-            if entry.vector.dtype != np.float32 or entry.vector.shape != (self._dim,):
-                raise IndexFileError(f"vector of {entry.document.id!r} must be ({self._dim},) float32")
+            if entry.vectors.dtype != np.float32 or entry.vectors.ndim != 2 or entry.vectors.shape[1] != self._dim:
+                raise IndexFileError(f"vectors of {entry.document.id!r} must be (chunks, {self._dim}) float32")
         with self._transaction() as conn:
             conn.executemany("DELETE FROM documents WHERE row_id = ?", [(int(r),) for r in removed_delta])
             conn.executemany(
-                "INSERT INTO documents (row_id, doc_id, title, text, metadata, vector, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*row[:5], row[5].tobytes(), row[6]) for row in documents],
+                "INSERT INTO documents (row_id, doc_id, title, text, metadata, vector, seq, spans) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                documents,
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO tombstones (row_id, seq) VALUES (?, ?)", [(int(r), seq) for r in tombstones]

@@ -12,6 +12,11 @@ of the survivors remain; the delta segment (an ``IndexIDMap2(IndexFlatIP)``) is
 searched exactly; the two lists are merged by score. With ``allowed`` (a
 metadata filter's row ids) both segments are searched for the allowed rows
 only, so ``k`` hits come back whenever ``k`` allowed documents are live.
+Chunked documents (see :mod:`index.chunking`) are collapsed to their best
+chunk inside each segment's search (:class:`~index.chunked_dense.ChunkedDense`
+for the main one, :class:`~index.live_delta.DeltaSegment` for the delta), so
+both lists are in rows, each row at most once, before tombstones apply and
+the two are merged.
 
 Lexical statistics. The delta's BM25 index is built by bm25s over the delta's
 documents with the main index's settings (same analyzer, k1, b), so a term
@@ -30,23 +35,21 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
-from index.analysis import Analyzer, LexicalSettings
+from index.chunking import text_span
 from index.collection import Collection, Hit
 from index.corpus import Document
 from index.dense import DenseIndex
 from index.errors import InvalidParameterError, NoLexicalIndexError
 from index.filters import FieldInfo, FilterExpr, check_fields, parse_filter
-from index.lexical import LexicalIndex
-from index.live_log import LiveLog, LogEntry
+from index.live_delta import DeltaSegment, no_hits
+from index.live_log import LiveLog
 
-__all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]
+__all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live_delta
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +75,6 @@ def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def _no_hits(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
-
-
 def _drop(scores: np.ndarray, ids: np.ndarray, unwanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Turn the ``ids`` that are in ``unwanted`` into padding (-1, -inf)."""
     gone = np.isin(ids, unwanted) | (ids < 0)
@@ -98,111 +97,6 @@ def check_allowed(allowed: np.ndarray | None) -> np.ndarray | None:
     if array.size > 1 and (np.diff(array) <= 0).any():
         array = np.unique(array)
     return array
-
-
-class DeltaSegment:
-    """The documents written since the last merge: vectors in FAISS, text in BM25, rows in memory.
-
-    Immutable once built. Each write builds the next segment from the previous
-    one: the vectors are copied (the delta is small, so that is a memcpy) into
-    a fresh ``IndexIDMap2(IndexFlatIP)``, and each document's stems are
-    computed once, when it is written, and carried along. The BM25 index is
-    built on the first lexical search that needs it (under a lock, so once),
-    not by the writer: a burst of writes pays for one build, not one per write.
-    """
-
-    def __init__(
-        self,
-        entries: Mapping[int, LogEntry],
-        terms: Mapping[int, list[str]] | None,
-        vectors: np.ndarray,
-        *,
-        dim: int,
-        lexical: LexicalSettings | None,
-    ) -> None:
-        """Private: use :meth:`build`."""
-        self.entries = entries  # row id -> entry
-        self.terms = terms  # row id -> stems; None when the collection has no lexical index
-        self.by_doc_id = {entry.document.id: row for row, entry in entries.items()}
-        self.row_ids = np.fromiter(sorted(entries), dtype=np.int64, count=len(entries))
-        self._vectors = vectors  # (m, dim) float32, rows in row-id order
-        self.dense = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        if len(self.row_ids):
-            self.dense.add_with_ids(vectors, self.row_ids)
-        self._settings = lexical
-        self._lexical: LexicalIndex | None = None
-        self._lexical_lock = threading.Lock()
-
-    @classmethod
-    def build(
-        cls,
-        entries: Mapping[int, LogEntry],
-        *,
-        dim: int,
-        lexical: LexicalSettings | None,
-        previous: DeltaSegment | None = None,
-        analyzer: Analyzer | None = None,
-    ) -> DeltaSegment:
-        """Index ``entries`` (a new dict the segment then owns), reusing what ``previous`` computed for its rows."""
-        rows = sorted(entries)
-        reuse = previous is not None and previous._settings == lexical and previous.dense.d == dim
-        old = previous.entries if reuse else {}
-        kept = [r for r in rows if r in old]
-        fresh = [r for r in rows if r not in old]
-        if kept and fresh and kept[-1] > fresh[0]:  # new rows are allocated above old ones; else rebuild all
-            kept, fresh = [], rows
-        parts = []
-        if kept:
-            positions = np.searchsorted(previous.row_ids, np.asarray(kept, dtype=np.int64))
-            parts.append(previous._vectors[positions])
-        if fresh:
-            parts.append(np.stack([entries[r].vector for r in fresh]).astype(np.float32, copy=False))
-        vectors = np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, dim), dtype=np.float32)
-        terms = None
-        if lexical is not None:
-            analyze = analyzer or Analyzer(lexical)
-            known = previous.terms if reuse and previous.terms is not None else {}
-            terms = {r: known[r] if r in known else analyze(entries[r].document.passage()) for r in rows}
-        return cls(entries, terms, vectors, dim=dim, lexical=lexical)
-
-    def __len__(self) -> int:
-        return len(self.row_ids)
-
-    def vectors(self) -> np.ndarray:
-        """(m, dim) float32 in row-id order."""
-        return self._vectors
-
-    @property
-    def lexical(self) -> LexicalIndex | None:
-        """The delta's BM25 index, built on first use; None when empty or when there is no lexical index."""
-        if self._lexical is None and self.terms and len(self.row_ids):
-            with self._lexical_lock:
-                if self._lexical is None:
-                    terms = [self.terms[int(r)] for r in self.row_ids]
-                    self._lexical = LexicalIndex.build([(self.row_ids, terms)], self._settings, analyzed=True)
-        return self._lexical
-
-    def search_dense(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` over the delta, restricted to ``allowed`` row ids by a FAISS IDSelector."""
-        nq = len(queries)
-        if not len(self.row_ids):
-            return _no_hits(nq, k)
-        params = None
-        if allowed is not None:
-            wanted = np.intersect1d(allowed, self.row_ids, assume_unique=True)
-            if not len(wanted):
-                return _no_hits(nq, k)
-            selector = faiss.IDSelectorBatch(wanted)  # held in a local: params does not keep it alive
-            params = faiss.SearchParameters(sel=selector)
-        scores, ids = self.dense.search(queries, k, params=params)
-        return np.where(ids < 0, -np.inf, scores).astype(np.float32), ids
-
-    def search_lexical(self, texts: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        lexical = self.lexical
-        if lexical is None:
-            return _no_hits(len(texts), k)
-        wanted = None if allowed is None else np.intersect1d(allowed, self.row_ids, assume_unique=True)
-        return lexical.search(texts, k, allowed=wanted)
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,11 +198,11 @@ class LiveView:
         if allowed is None:
             depth = min(dense.ntotal, k + len(self.main_dead))
             if depth <= 0:
-                return _no_hits(nq, k)
+                return no_hits(nq, k)
             return _drop(*dense.search(queries, depth), self.main_dead)
         wanted = self._allowed_main(allowed)
         if not len(wanted):
-            return _no_hits(nq, k)
+            return no_hits(nq, k)
         if _DENSE_TAKES_ALLOWED:
             return dense.search(queries, k, allowed=wanted)  # type: ignore[call-arg]
         depth = min(dense.ntotal, k + dense.ntotal - len(wanted))
@@ -355,17 +249,31 @@ class LiveView:
             main = _drop(*self.main.search_lexical(texts, depth), self.main_dead)
         else:
             wanted = self._allowed_main(allowed)
-            main = self.main.search_lexical(texts, k, allowed=wanted) if len(wanted) else _no_hits(len(texts), k)
+            main = self.main.search_lexical(texts, k, allowed=wanted) if len(wanted) else no_hits(len(texts), k)
         return merge_top_k([main, self.delta.search_lexical(texts, k, allowed)], k)
 
-    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`; one docstore fetch."""
+    def hits(self, scores: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None) -> list[list[Hit]]:
+        """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`; one docstore fetch.
+
+        ``queries``: the (nq, dim) dense query vectors; with them a hit on a
+        chunked document carries its best chunk's :attr:`Hit.span` (see
+        :meth:`Collection.hits`), without them every span is None.
+        """
         delta = self.delta.entries
+        spans: list[dict[int, tuple[int, int]]] | None = None
+        if queries is not None:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            in_main = np.where(np.isin(ids, self.delta.row_ids), -1, ids)
+            spans = self.main.best_spans(queries, in_main)
+            for q, row_ids in enumerate(np.asarray(ids).tolist()):
+                for row in row_ids:
+                    if row in delta and (span := self.delta.best_span(row, queries[q])) is not None:
+                        spans[q][row] = span
         wanted = np.unique(ids[ids >= 0])
         from_main = [int(r) for r in wanted if int(r) not in delta]
         docs: dict[int, Document | None] = dict(zip(from_main, self.main.docstore.get(from_main), strict=True))
         results: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+        for q, (row_scores, row_ids) in enumerate(zip(scores.tolist(), ids.tolist(), strict=True)):
             hits = []
             for score, row in zip(row_scores, row_ids, strict=True):
                 if row < 0:
@@ -374,7 +282,13 @@ class LiveView:
                 if doc is None:
                     logger.warning("row id %d came from a search but is in neither segment", row)
                     continue
-                hits.append(Hit(id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row))
+                span = None if spans is None or (found := spans[q].get(row)) is None else text_span(doc, *found)
+                hits.append(
+                    Hit(
+                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row,
+                        span=span,
+                    )  # fmt: skip
+                )
             results.append(hits)
         return results
 

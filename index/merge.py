@@ -7,6 +7,12 @@ writes: a tombstone written during the merge names a row that still means the
 same document in the new generation, so the writer never has to know a merge
 is running.
 
+Chunked documents stay chunked: every surviving chunk of the main segment (read
+back with its span from ``chunks.npy``) and every chunk the log holds goes into
+the new generation, renumbered in row order, with a new ``chunks.npy``; the
+generation keeps the main segment's long-document policy. When no document
+has more than one chunk, the ids are rows and no map is written.
+
 Nothing is re-embedded when the main index stores exact vectors (Flat, HNSW):
 its vectors are read back from FAISS and the delta's come from the log. A
 lossy index (IVF-PQ, SQ, OPQ) keeps codes, not vectors, so its surviving
@@ -35,6 +41,8 @@ from tqdm import tqdm
 from index.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.atomic import atomic_write, fsync_dir
 from index.checkpoint import BuildIdentity
+from index.chunk_map import ChunkMap
+from index.chunked_dense import ChunkedDense
 from index.collection import IndexInfo, file_sha256, write_info
 from index.dense import DenseIndex
 from index.docstore import DocStore
@@ -105,10 +113,34 @@ def _read_docs(view: LiveView, rows: np.ndarray) -> Iterator[tuple[np.ndarray, l
         yield chunk, docs
 
 
-def _main_vectors(view: LiveView, keep: np.ndarray, embed: EmbedFn | None, *, progress: bool) -> np.ndarray:
-    """Vectors of the surviving main rows ``keep`` (ascending): (n, dim) float32."""
+def _main_chunks(view: LiveView, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, starts and ends of every chunk of the surviving main rows ``keep`` (ascending): (C,) int64 each.
+
+    An unchunked main segment has one chunk per row, the whole passage; its
+    spans are only read (one docstore pass) when the delta brings chunked
+    documents, so that the merged generation needs a map.
+    """
+    dense = view.main.dense
+    if isinstance(dense, ChunkedDense):
+        mask = np.isin(dense.chunks.rows, keep)
+        return dense.chunks.rows[mask], dense.chunks.starts[mask], dense.chunks.ends[mask]
+    zeros = np.zeros(len(keep), dtype=np.int64)
+    if not view.delta.chunked:
+        return keep, zeros, zeros  # no map will be written: the spans are never used
+    lengths = [len(doc.passage()) for _, docs in _read_docs(view, keep) for doc in docs]
+    return keep, zeros, np.asarray(lengths, dtype=np.int64)
+
+
+def _main_vectors(
+    view: LiveView, keep: np.ndarray, chunks: tuple[np.ndarray, np.ndarray, np.ndarray], embed: EmbedFn | None, *,
+    progress: bool,
+) -> np.ndarray:  # fmt: skip
+    """Vectors of the chunks of the surviving main rows ``keep`` (ascending): (C, dim) float32."""
     dense = view.main.dense
     if dense.exact_storage:
+        if isinstance(dense, ChunkedDense):
+            rows, vectors, _, _ = dense.chunk_vectors()
+            return vectors[np.isin(rows, keep)]
         ids, vectors = dense.vectors()
         return vectors[np.isin(ids, keep, assume_unique=True)]
     if embed is None:
@@ -116,10 +148,17 @@ def _main_vectors(view: LiveView, keep: np.ndarray, embed: EmbedFn | None, *, pr
             f"the main index is {dense.factory!r}, which keeps compressed codes: merging it re-embeds its "
             "documents, so give the embed function"
         )
+    rows, starts, ends = chunks
     parts = []
     with tqdm(total=len(keep), unit="doc", desc="re-embed", disable=not progress, dynamic_ncols=True) as bar:
-        for _, docs in _read_docs(view, keep):
-            parts.append(_embed(embed, [doc.passage() for doc in docs], dense.dim))
+        for chunk, docs in _read_docs(view, keep):
+            texts = [doc.passage() for doc in docs]
+            if isinstance(dense, ChunkedDense):  # the same windows again, so the same chunks as before
+                passages = dict(zip(chunk.tolist(), texts, strict=True))
+                mask = np.isin(rows, chunk)
+                windows = zip(rows[mask].tolist(), starts[mask].tolist(), ends[mask].tolist(), strict=True)
+                texts = [passages[r][a:b] for r, a, b in windows]
+            parts.append(_embed(embed, texts, dense.dim))
             bar.update(len(docs))
     return np.concatenate(parts) if parts else np.zeros((0, dense.dim), dtype=np.float32)
 
@@ -183,14 +222,20 @@ def write_generation(
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{scratch}{suffix}").unlink(missing_ok=True)
     keep = view.live_main_ids()
-    vectors = np.concatenate([_main_vectors(view, keep, embed, progress=progress), view.delta.vectors()])
-    ids = np.concatenate([keep, view.delta.row_ids])
-    dense = _dense(view, vectors, ids)
+    main_chunks = _main_chunks(view, keep)
+    delta_rows, delta_vectors, delta_starts, delta_ends = view.delta.chunk_arrays()
+    vectors = np.concatenate([_main_vectors(view, keep, main_chunks, embed, progress=progress), delta_vectors])
+    rows = np.concatenate([main_chunks[0], delta_rows])
+    chunks = ChunkMap(rows, np.concatenate([main_chunks[1], delta_starts]), np.concatenate([main_chunks[2], delta_ends]))
+    chunked = chunks.chunked
+    dense = _dense(view, vectors, np.arange(len(rows), dtype=np.int64) if chunked else rows)
     store = _write_docstore(scratch, view, keep, next_row_id)
     try:
         info = view.main.info
         identity = BuildIdentity(info.build_key, info.dim, info.factory, True, info.corpus_fingerprints)
-        staged = stage_collection(staging, dense, store, identity=identity)
+        staged = stage_collection(
+            staging, dense, store, identity=identity, chunks=chunks if chunked else None, chunking=info.chunking
+        )
         if info.lexical is not None:
             staged = _stage_lexical(staging, store, staged, info.lexical, progress=progress)
     finally:

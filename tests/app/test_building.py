@@ -102,3 +102,59 @@ def test_an_int8_encoder_never_resumes_an_fp32_build(tmp_path: Path, tiny_bert_p
     manifest = expert.read_manifest()
     assert _build_key(expert, manifest, fp32, "Flat") != _build_key(expert, manifest, int8, "Flat")
     assert _build_key(expert, manifest, fp32, "Flat") == _build_key(expert, manifest, Encoder(tiny_bert_path), "Flat")
+
+
+def _long_corpus(path: Path, datasets: Path) -> tuple[Path, str]:
+    """Ten real cranfield documents, the first one made long: twenty texts joined, then a distinctive tail."""
+    with (datasets / "cranfield" / "corpus.jsonl").open(encoding="utf-8") as handle:
+        rows = [json.loads(line) for _, line in zip(range(30), handle)]
+    tail = rows[29]["text"]
+    long = {"_id": "long", "title": "", "text": " ".join(r["text"] for r in rows[10:29]) + " " + tail}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [long, *rows[:9]]))
+    return path, tail
+
+
+def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
+    tmp_path: Path, tiny_bert_path: Path, datasets: Path
+) -> None:
+    from index import LiveCollection, read_info
+
+    from app.building import long_document_splitter, recorded_splitter
+    from index.corpus import Document
+
+    encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens
+    expert = create_expert(tmp_path / "experts", "aero", encoder=encoder)
+    corpus, tail = _long_corpus(tmp_path / "long.jsonl", datasets)
+    manifest, report = index_expert(expert, encoder, [corpus], progress=False, chunk_overlap=16)
+    assert report.documents == 10
+    assert manifest.index.chunking == {"policy": "chunk", "max_tokens": 128, "overlap": 16}
+    directory = expert.path / manifest.index.directory
+    assert read_info(directory).chunks > 10
+    with Collection.open(directory) as collection:
+        assert collection.chunked
+        query = encoder.embed([tail])
+        (hit,) = collection.search(query, 1)[0]
+        assert hit.id == "long" and hit.span is not None
+        window = hit.text[hit.span[0] : hit.span[1]]
+        assert window in tail or tail in window  # the best window is in the tail
+    with Collection.open(directory) as main:  # a live upsert splits the same way, with the same settings
+        settings, split = long_document_splitter(manifest, encoder, overlap=16)
+        assert settings == main.info.chunking and recorded_splitter(main.info, encoder)([tail]) == split([tail])
+        split = recorded_splitter(main.info, encoder)
+        with LiveCollection.open(main, tmp_path / "live.sqlite", embed=encoder.embed, split=split) as live:
+            live.upsert([Document("new", "", "x " * 20 + " ".join([tail] * 8))])
+            assert len(live.view().delta.entries[live.view().row_id("new")].spans) > 1
+
+    truncated, _ = index_expert(expert, encoder, [corpus], progress=False, long_documents="truncate")
+    assert truncated.index.chunking["policy"] == "truncate"
+    with Collection.open(expert.path / truncated.index.directory) as collection:
+        assert not collection.chunked and len(collection.vectors()[0]) == 10
+        assert recorded_splitter(collection.info, encoder) is None
+
+    refused, report = index_expert(expert, encoder, [corpus], progress=False, long_documents="error")
+    assert refused.index.count + report.malformed == 10 and refused.index.count > 0  # every one over 128 tokens refused
+    assert "document 'long' is" in report.problems[0].reason and "limit of 128" in report.problems[0].reason
+    with Collection.open(expert.path / refused.index.directory) as collection:
+        _, vectors = collection.vectors()
+        docs = collection.docstore.get(collection.docstore.all_row_ids().tolist())
+        assert all(len(encoder.tokenizer(d.passage())["input_ids"]) <= 128 for d in docs)

@@ -103,3 +103,24 @@ def test_an_adapter_for_another_base_is_refused(
 def test_search_with_no_experts_says_so(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["search", "anything"], capsys)
     assert code == 2 and "no experts to route to" in err
+
+
+def test_index_long_document_options(cli_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(["create-expert", "long"], capsys)
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [{"_id": "d1", "text": "lift and drag " * 100}, {"_id": "d2", "text": "shock waves"}],
+    )
+    base = ["index", "--expert", "long", "--corpus", str(corpus), "--no-progress"]
+    code, out, err = run_cli([*base, "--long-documents", "error"], capsys)
+    assert code == 0 and "indexed 1 documents" in out and "document 'd1' is 302 tokens long" in err
+    code, out, _ = run_cli([*base, "--chunk-overlap", "8"], capsys)
+    assert code == 0 and "indexed 2 documents" in out
+    code, out, _ = run_cli(["experts", "--json"], capsys)
+    assert json.loads(out)[0]["documents"] == 2
+    code, _, err = run_cli([*base, "--long-documents", "split"], capsys)
+    assert code == 2 and "Valid policies are: truncate, chunk, error" in " ".join(err.replace("│", " ").split())
+    code, _, err = run_cli([*base, "--engine", "ray", "--long-documents", "chunk"], capsys)
+    assert code == 2 and "--long-documents truncate" in " ".join(err.replace("│", " ").split())
+    code, _, err = run_cli([*base, "--chunk-overlap", "200"], capsys)
+    assert code == 2 and "overlap" in err

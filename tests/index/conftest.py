@@ -83,3 +83,26 @@ def make_records_fixture() -> Callable[..., list[dict[str, Any]]]:
 @pytest.fixture(name="write_corpus")
 def write_corpus_fixture() -> Callable[[Path, Sequence[dict[str, Any] | str]], Path]:
     return write_corpus
+
+
+def fake_split(passages: list[str], *, width: int = 40, overlap: int = 10) -> list[tuple[list[tuple[int, int]], int]]:
+    """Deterministic stand-in for experts.make_split_fn: one "token" per character, windows of ``width``."""
+    out = []
+    for passage in passages:
+        if len(passage) <= width:
+            out.append(([(0, len(passage))], len(passage)))
+            continue
+        spans, start = [], 0
+        while True:
+            end = min(start + width, len(passage))
+            spans.append((start, end))
+            if end == len(passage):
+                break
+            start = end - overlap
+        out.append((spans, len(passage)))
+    return out
+
+
+@pytest.fixture(name="split")
+def split_fixture() -> Callable[[list[str]], list[tuple[list[tuple[int, int]], int]]]:
+    return fake_split

@@ -11,7 +11,7 @@ stand-in for an expert's manifest). Modes:
   pointer; at step ARG ("written", "committed", "truncated") print ``STEP <name>``
   and sleep, so the parent can kill the process right there.
 
-It embeds with the same fake encoder as the tests (conftest.py, loaded by path).
+It embeds (and splits long passages) with the same fakes as the tests (conftest.py, loaded by path).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from index.atomic import atomic_write  # noqa: E402
 from index.live import LiveCollection  # noqa: E402
 
 
-def _fake_embed():
+def _fakes():
     spec = importlib.util.spec_from_file_location("index_tests_conftest", HERE / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.fake_embed
+    return module.fake_embed, module.fake_split
 
 
 def _hang(line: str) -> None:
@@ -46,7 +46,8 @@ def main() -> None:
     pointer, log_path, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     argument = sys.argv[4] if len(sys.argv) > 4 else ""
     generation = Path(pointer.read_text().strip())
-    live = LiveCollection.open(Collection.open(generation), log_path, embed=_fake_embed())
+    embed, split = _fakes()
+    live = LiveCollection.open(Collection.open(generation), log_path, embed=embed, split=split)
     if mode == "upsert":
         docs = [Document(d["id"], d.get("title", ""), d["text"], d.get("metadata", {})) for d in json.loads(argument)]
         _hang(f"ACK {live.upsert(docs).seq}")

@@ -58,13 +58,15 @@ def test_ray_engine_builds_the_local_engines_index_of_scifact(tmp_path: Path, da
     local_expert = create_expert(settings.data_dir, "local", encoder=encoder)
     ray_expert = create_expert(settings.data_dir, "viaray", encoder=encoder)
 
-    local_manifest, local_report = index_expert(local_expert, encoder, [corpus], progress=False)
+    # The Ray engine cannot chunk yet, so it truncates; the local engine is asked for the same policy.
+    local_manifest, local_report = index_expert(local_expert, encoder, [corpus], progress=False, long_documents="truncate")
     ray_manifest, ray_report = index_expert(
         ray_expert, encoder, [corpus], progress=False, chunk_size=64,
         ray=RayIndexing(settings, RayEngine(actors=2, batch_size=32)),
     )  # fmt: skip
 
     assert ray_report.documents == local_report.documents == 240
+    assert ray_manifest.index.chunking == local_manifest.index.chunking and ray_manifest.index.chunking["policy"] == "truncate"
     texts = ["vitamin D and bone fractures", "stem cells in the bone marrow", "gene expression in cancer cells"]
     queries = encoder.embed(texts, max_length=64)
     with (
@@ -89,7 +91,8 @@ def test_a_local_build_interrupted_halfway_is_finished_on_ray(tmp_path: Path, ti
     encoder = Encoder(tiny_bert_path)
     whole = create_expert(settings.data_dir, "whole", encoder=encoder)
     resumed = create_expert(settings.data_dir, "resumed", encoder=encoder)
-    whole_manifest, _ = index_expert(whole, encoder, [corpus], progress=False, chunk_size=50)
+    # A checkpoint is shared between engines under the same long-document policy: the Ray engine's truncate.
+    whole_manifest, _ = index_expert(whole, encoder, [corpus], progress=False, chunk_size=50, long_documents="truncate")
 
     real_embed, calls = encoder.embed, {"n": 0}
 
@@ -101,7 +104,7 @@ def test_a_local_build_interrupted_halfway_is_finished_on_ray(tmp_path: Path, ti
 
     encoder.embed = failing_embed  # type: ignore[method-assign]
     with pytest.raises(Interrupted):
-        index_expert(resumed, encoder, [corpus], progress=False, chunk_size=50)
+        index_expert(resumed, encoder, [corpus], progress=False, chunk_size=50, long_documents="truncate")
     encoder.embed = real_embed  # type: ignore[method-assign]
 
     manifest, report = index_expert(
