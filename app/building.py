@@ -75,14 +75,17 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
 
 
 def long_document_splitter(
-    manifest: Manifest, encoder: Encoder, *, policy: LongDocuments = "chunk", overlap: int = DEFAULT_OVERLAP
+    manifest: Manifest, encoder: Encoder, *, policy: LongDocuments = "chunk", overlap: int | None = None
 ) -> tuple[ChunkSettings, SplitFn]:
     """An expert's long-document settings and the split function that goes with them (also for live upserts).
 
     Windows are as long as the documents' embedding limit (the manifest's
-    ``max_length``, capped by the encoder's).
+    ``max_length``, capped by the encoder's). ``overlap`` None: 32 tokens, at
+    most a quarter of a window (a short window must still move forward).
     """
     max_tokens = min(manifest.max_length, encoder.max_length)
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, max_tokens // 4)
     return ChunkSettings(policy, max_tokens, overlap), make_split_fn(encoder, max_tokens=max_tokens, overlap=overlap)
 
 
@@ -108,7 +111,7 @@ def index_expert(
     progress: bool = True,
     ray: RayIndexing | None = None,
     long_documents: LongDocuments | None = None,
-    chunk_overlap: int = DEFAULT_OVERLAP,
+    chunk_overlap: int | None = None,
 ) -> tuple[Manifest, BuildReport]:
     """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
 

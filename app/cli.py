@@ -114,7 +114,7 @@ def index_command(
     cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
     long_documents: Annotated[Optional[str], typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
-    chunk_overlap: Annotated[int, typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document.")] = 32,
+    chunk_overlap: Annotated[Optional[int], typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.building import index_expert

@@ -144,11 +144,18 @@ def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, d
     }
 
 
-def _union_run(test: JudgedQueries, scores: np.ndarray, rows: np.ndarray, keys: Sequence[str]) -> dict[str, dict[str, float]]:
-    return {
-        q: {keys[r]: float(s) for s, r in zip(score_row, row) if r >= 0 and np.isfinite(s)}
-        for q, score_row, row in zip(test.ids, scores, rows, strict=True)
-    }
+def _union_run(
+    test: JudgedQueries, scores: np.ndarray, rows: np.ndarray, keys: Sequence[str], *, limit: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Per query, document key -> score; a document found through several chunks keeps its best (first) one."""
+    run: dict[str, dict[str, float]] = {}
+    for q, score_row, row in zip(test.ids, scores, rows, strict=True):
+        found: dict[str, float] = {}
+        for s, r in zip(score_row, row):
+            if r >= 0 and np.isfinite(s) and keys[r] not in found and (limit is None or len(found) < limit):
+                found[keys[r]] = float(s)
+        run[q] = found
+    return run
 
 
 def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[LexicalIndex, list[str]]:
@@ -167,18 +174,29 @@ def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tup
     return LexicalIndex.build(chunks(), settings), keys
 
 
-def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[DenseIndex, list[str]]:
-    """One exact index of every collection's stored base document vectors; row i is ``keys[i]`` (collection/doc-id)."""
+def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[DenseIndex, list[str], int]:
+    """One exact index of every collection's stored base vectors; row i is ``keys[i]`` (collection/doc-id).
+
+    A collection that split long documents into chunks contributes every
+    chunk (keyed by its document), as its own index searches them; the third
+    value is the most chunks any document has, so a search can go deep
+    enough to find ``k`` distinct documents.
+    """
     union = DenseIndex.create(engine.encoder.dim)
     keys: list[str] = []
+    most = 1
     for name in collections:
         collection = engine.experts[name].collection
-        rows, vectors = collection.vectors()
+        if collection.chunked:
+            rows, vectors, _, _ = collection.dense.chunk_vectors()
+            most = max(most, int(np.bincount(rows).max()) if len(rows) else 1)
+        else:
+            rows, vectors = collection.vectors()
         docs = collection.docstore.get(rows.tolist())
         keep = [i for i, doc in enumerate(docs) if doc is not None]
         union.add(vectors[keep], np.arange(len(keys), len(keys) + len(keep), dtype=np.int64))
         keys.extend(f"{name}/{docs[i].id}" for i in keep)
-    return union, keys
+    return union, keys, most
 
 
 def evaluate(
@@ -213,7 +231,7 @@ def evaluate(
     tests = {c: read_test_set(datasets, c) for c in collections}
     encoder, max_length = engine.encoder, engine.query_max_length
     base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
-    union, keys = union_index(engine, collections)
+    union, keys, most_chunks = union_index(engine, collections)
     lexical = all(engine.experts[c].collection.has_lexical for c in collections)
     if lexical:
         lexical_union, lexical_keys = lexical_union_index(engine, collections)
@@ -242,7 +260,8 @@ def evaluate(
             else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
         )
         metrics["base"][name] = own(base_vectors[name], dense)
-        metrics["base-union"][name] = score_run(qrels, _union_run(test, *union.search(base_vectors[name], k), keys))
+        found = union.search(base_vectors[name], min(k * most_chunks, union.ntotal))
+        metrics["base-union"][name] = score_run(qrels, _union_run(test, *found, keys, limit=k))
         metrics["oracle"][name] = own(expert_vectors, dense)
         routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), routed_dense)
         for decision in decisions:

@@ -177,10 +177,17 @@ def search_collection(
             found_scores, found_ids = (dense if retrieval.mode == "dense" else lexical).get(i, empty)
             ids[i, :k], scores[i, :k] = found_ids[0, :k], found_scores[0, :k]
         raw.append((_by_row(dense.get(i)), _by_row(lexical.get(i))))
-    hits = view.hits(scores, ids)
+    # The query vectors let a hit on a document split into chunks say which chunk matched (its span);
+    # a lexical-only row has no vector (its row is zeros), so its hits carry no span.
+    with_vectors = any(ask[1].needs_vector for ask in asks)
+    hits = view.hits(scores, ids, queries=vectors if with_vectors else None)
     return [
-        [ScoredHit(hit, dense_of.get(hit.row), lexical_of.get(hit.row)) for hit in row_hits]
-        for row_hits, (dense_of, lexical_of) in zip(hits, raw, strict=True)
+        [
+            ScoredHit(hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
+                      dense_of.get(hit.row), lexical_of.get(hit.row))
+            for hit in row_hits
+        ]  # fmt: skip
+        for row_hits, (dense_of, lexical_of), ask in zip(hits, raw, asks, strict=True)
     ]
 
 

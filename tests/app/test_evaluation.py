@@ -117,8 +117,8 @@ def test_score_run_counts_a_query_missing_from_the_run_as_zero() -> None:
 
 def test_union_index_holds_every_document_once_with_its_collection(setup) -> None:
     engine, _, _ = setup
-    union, keys = union_index(engine, ["aero", "computing"])
-    assert len(union) == len(keys) == 7
+    union, keys, most_chunks = union_index(engine, ["aero", "computing"])
+    assert len(union) == len(keys) == 7 and most_chunks == 1
     assert sorted(keys) == sorted([f"aero/{i}" for i, _, _ in AERO] + [f"computing/{i}" for i, _, _ in COMPUTING])
 
 
@@ -172,3 +172,28 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
     result = runner.invoke(app, ["pilots-paper", "--datasets", str(datasets), "--pseudo-sample", "3", "--dry-run"])
     assert result.exit_code in (0, 2), result.output
     assert "aero (train qrels)" in result.output
+
+
+def test_the_union_of_chunked_collections_holds_every_chunk_and_ranks_documents_once(tmp_path, tiny_bert_path) -> None:
+    from app.building import index_expert
+    from app.engine import SearchEngine
+    from app.evaluation import _union_run
+    from app.loading import load_expert
+    from experts import Encoder, create_expert
+    from app.pilot_selection import JudgedQueries
+
+    encoder = Encoder(tiny_bert_path, max_length=32)
+    corpus = tmp_path / "long.jsonl"
+    rows = [{"_id": f"d{i}", "title": "", "text": " ".join(f"word{i}x{j}" for j in range(60))} for i in range(4)]
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    expert = create_expert(tmp_path / "experts", "long", encoder=encoder)
+    index_expert(expert, encoder, [corpus], progress=False)
+    engine = SearchEngine(encoder)
+    engine.add(load_expert(expert.path, encoder))
+    union, keys, most_chunks = union_index(engine, ["long"])
+    assert most_chunks > 1 and len(keys) == len(union) > 4 and set(keys) == {f"long/d{i}" for i in range(4)}
+    query = encoder.embed(["word2x50 word2x51 word2x52"])
+    found = union.search(query, len(union))
+    test = JudgedQueries("long", ["q"], ["word2x50"], {"q": {"d2": 1}}, "test")
+    run = _union_run(test, *found, keys, limit=3)
+    assert len(run["q"]) == 3 and len(set(run["q"])) == 3  # three distinct documents, each once

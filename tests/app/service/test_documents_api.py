@@ -261,3 +261,17 @@ def test_writes_survive_a_restart_and_a_replace(make_client, experts_root: Path)
     assert restarted.get("/experts/alpha/documents/alpha-1").status_code == 404
     assert search(restarted, "wing", expert="alpha", filter={"tag": "t"})["matched"] == 1
     assert json.loads((experts_root / "registry.json").read_text())["experts"]
+
+
+def test_a_long_upserted_document_is_chunked_and_its_hits_say_which_span_matched(client: TestClient) -> None:
+    filler = " ".join(f"filler{i}" for i in range(300))  # far past the tiny encoder's 64-token window
+    text = f"{filler} the {UNIQUE} tail phrase"
+    assert upsert(client, "alpha", [{"id": "long", "text": text}, {"id": "short", "text": f"{UNIQUE} short"}]).status_code == 200
+    hits = search(client, f"the {UNIQUE} tail phrase", expert="alpha", mode="dense", k=30)["hits"]
+    by_id = {hit["id"]: hit for hit in hits}
+    start, end = by_id["long"]["span"]
+    assert 0 <= start < end <= len(text) and end - start < len(text)  # one window of the text, not all of it
+    assert by_id["short"]["span"] is None  # one chunk: searched whole
+    lexical = search(client, UNIQUE, expert="alpha", mode="lexical", k=5)["hits"]
+    assert {hit["id"] for hit in lexical} >= {"long", "short"} and all(hit["span"] is None for hit in lexical)
+    assert client.get("/experts/alpha/documents/long").json()["text"] == text  # stored whole
