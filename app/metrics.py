@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -59,20 +60,46 @@ class _ExpertCollector(Collector):
         yield merging
 
 
+@dataclass(frozen=True)
+class SharedFamilies:
+    """The families ``rr serve`` and the Ray Serve ingress both export, under the same names, so one dashboard reads both."""
+
+    requests: Counter
+    latency: Histogram
+    routed: Counter
+    margin: Histogram
+
+
+def shared_families(registry: CollectorRegistry) -> SharedFamilies:
+    """Register the HTTP and routing families in ``registry``."""
+    return SharedFamilies(
+        requests=Counter(
+            "rr_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"],
+            registry=registry,
+        ),
+        latency=Histogram(
+            "rr_http_request_duration_seconds", "HTTP request latency by route template.", ["route", "method"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        ),
+        routed=Counter(
+            "rr_routed_queries", "Queries by the expert that answered and the routing mode.", ["expert", "mode"],
+            registry=registry,
+        ),
+        margin=Histogram(
+            "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
+            buckets=_MARGIN_BUCKETS, registry=registry,
+        ),
+    )  # fmt: skip
+
+
 class Metrics:
     """Every metric the service exports, registered in a registry of its own."""
 
     def __init__(self, experts: Callable[[], Mapping[str, LoadedExpert]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "rr_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"],
-            registry=r,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "rr_http_request_duration_seconds", "HTTP request latency by route template.", ["route", "method"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        shared = shared_families(r)
+        self.requests, self.latency, self.routed, self.margin = shared.requests, shared.latency, shared.routed, shared.margin
         self.batch_requests = Histogram(
             "rr_batch_requests", "Requests answered together in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS,
             registry=r,
@@ -87,14 +114,6 @@ class Metrics:
         self.stage_seconds = Histogram(
             "rr_stage_duration_seconds", "Time per micro-batch stage (queue, base, route, expert, search).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.routed = Counter(
-            "rr_routed_queries", "Queries by the expert that answered and the routing mode.", ["expert", "mode"],
-            registry=r,
-        )  # fmt: skip
-        self.margin = Histogram(
-            "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
-            buckets=_MARGIN_BUCKETS, registry=r,
         )  # fmt: skip
         self.registry.register(_ExpertCollector(experts))
 

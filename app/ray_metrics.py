@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app.jobs import SearchResult
+from app.metrics import shared_families
 
 __all__ = ["IngressMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_MARGIN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 class IngressMetrics:
@@ -34,25 +34,11 @@ class IngressMetrics:
 
     def __init__(self, *, published: Callable[[], int], routable: Callable[[], int]) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(
-            "rr_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"],
-            registry=r,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "rr_http_request_duration_seconds", "HTTP request latency by route template.", ["route", "method"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        shared = shared_families(r)
+        self.requests, self.latency, self.routed, self.margin = shared.requests, shared.latency, shared.routed, shared.margin
         self.stage_seconds = Histogram(
             "rr_stage_duration_seconds", "Time per request stage (base, evidence, route, search).", ["stage"],
             buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.routed = Counter(
-            "rr_routed_queries", "Queries by the expert that answered and the routing mode.", ["expert", "mode"],
-            registry=r,
-        )  # fmt: skip
-        self.margin = Histogram(
-            "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
-            buckets=_MARGIN_BUCKETS, registry=r,
         )  # fmt: skip
         self.expert_calls = Counter(
             "rr_searcher_calls", "Calls to the searcher replicas by expert, kind (search, scores) and outcome.",
