@@ -129,3 +129,25 @@ def test_after_stop_new_jobs_are_refused_with_503() -> None:
             await batcher.submit("too late")
 
     asyncio.run(scenario())
+
+
+def test_the_window_opens_only_once_requests_arrive_together() -> None:
+    """Sequential traffic is never held for the (here 60 s) window; concurrent traffic is gathered again."""
+    calls: list[list[str]] = []
+
+    async def scenario() -> None:
+        batcher = make(recording_runner(calls), max_batch=3)
+        await batcher.start()
+        try:
+            for job in ["a", "b", "c"]:  # one at a time: each runs at once, alone
+                assert (await batcher.submit(job))[0] == job.upper()
+            await asyncio.gather(*(batcher.submit(job) for job in ["d", "e", "f"]))  # arrive together: one batch
+            lone = asyncio.ensure_future(batcher.submit("g"))  # after a batch of three the window is open again
+            await asyncio.sleep(0.2)
+            assert not lone.done() and calls[-1] == ["d", "e", "f"]
+            await asyncio.gather(lone, batcher.submit("h"), batcher.submit("i"))  # filled up: it fires
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls == [["a"], ["b"], ["c"], ["d", "e", "f"], ["g", "h", "i"]]
