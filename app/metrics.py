@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.engine import BatchResult
 from app.loading import LoadedExpert
+from router import RouteDecision
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -69,6 +70,13 @@ class SharedFamilies:
     routed: Counter
     margin: Histogram
 
+    def observe_decision(self, decision: RouteDecision) -> None:
+        """One query's routing: the expert that answered (first searched) and the mode; its margin when finite."""
+        expert = decision.experts[0] if decision.experts else "none"
+        self.routed.labels(expert, decision.mode).inc()
+        if math.isfinite(decision.margin):
+            self.margin.labels(expert).observe(decision.margin)
+
 
 def shared_families(registry: CollectorRegistry) -> SharedFamilies:
     """Register the HTTP and routing families in ``registry``."""
@@ -98,8 +106,9 @@ class Metrics:
     def __init__(self, experts: Callable[[], Mapping[str, LoadedExpert]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        shared = shared_families(r)
-        self.requests, self.latency, self.routed, self.margin = shared.requests, shared.latency, shared.routed, shared.margin
+        self.shared = shared_families(r)
+        self.requests, self.latency = self.shared.requests, self.shared.latency
+        self.routed, self.margin = self.shared.routed, self.shared.margin
         self.batch_requests = Histogram(
             "rr_batch_requests", "Requests answered together in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS,
             registry=r,
@@ -126,11 +135,7 @@ class Metrics:
             self.stage_seconds.labels(stage).observe(answered[0].timings_ms.get(f"{stage}_ms", 0.0) / 1000)
         for batch in answered:
             for result in batch.results:
-                decision = result.decision
-                expert = decision.experts[0] if decision.experts else "none"
-                self.routed.labels(expert, decision.mode).inc()
-                if math.isfinite(decision.margin):
-                    self.margin.labels(expert).observe(decision.margin)
+                self.shared.observe_decision(result.decision)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -16,7 +16,6 @@ service discovery file) or sum over them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,8 +33,9 @@ class IngressMetrics:
 
     def __init__(self, *, published: Callable[[], int], routable: Callable[[], int]) -> None:
         self.registry = r = CollectorRegistry()
-        shared = shared_families(r)
-        self.requests, self.latency, self.routed, self.margin = shared.requests, shared.latency, shared.routed, shared.margin
+        self.shared = shared_families(r)
+        self.requests, self.latency = self.shared.requests, self.shared.latency
+        self.routed, self.margin = self.shared.routed, self.shared.margin
         self.stage_seconds = Histogram(
             "rr_stage_duration_seconds", "Time per request stage (base, evidence, route, search).", ["stage"],
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -63,11 +63,7 @@ class IngressMetrics:
             if stage.endswith("_ms") and stage != "total_ms":
                 self.stage_seconds.labels(stage.removesuffix("_ms")).observe(ms / 1000)
         for result in results:
-            decision = result.decision
-            expert = decision.experts[0] if decision.experts else "none"
-            self.routed.labels(expert, decision.mode).inc()
-            if math.isfinite(decision.margin):
-                self.margin.labels(expert).observe(decision.margin)
+            self.shared.observe_decision(result.decision)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
