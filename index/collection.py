@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +124,19 @@ def write_info(directory: Path, info: IndexInfo) -> None:
     atomic_write(Path(directory) / INFO_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _settings_section(path: Path, data: Mapping[str, Any], key: str, parse: Callable[[dict], Any]) -> Any:
+    """``data[key]`` parsed by ``parse`` (None when absent or null); a malformed one names the file and the key."""
+    raw = data.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise IndexFileError(f"collection info file {str(path)!r}: {key!r} must be an object or null")
+    try:
+        return parse(raw)
+    except (InvalidParameterError, TypeError) as exc:
+        raise IndexFileError(f"collection info file {str(path)!r}: invalid {key!r} settings: {exc}") from exc
+
+
 def read_info(directory: Path) -> IndexInfo:
     """Read ``index.json``; unknown keys are dropped with a warning (newer writers)."""
     path = Path(directory) / INFO_FILE
@@ -149,22 +162,8 @@ def read_info(directory: Path) -> IndexInfo:
     fingerprints = data.get("corpus_fingerprints", [])
     if not isinstance(fingerprints, list) or not all(isinstance(f, str) for f in fingerprints):
         raise IndexFileError(f"collection info file {str(path)!r}: 'corpus_fingerprints' must be a list of strings")
-    lexical = data.get("lexical")
-    if lexical is not None:
-        if not isinstance(lexical, dict):
-            raise IndexFileError(f"collection info file {str(path)!r}: 'lexical' must be an object or null")
-        try:
-            lexical = LexicalSettings.from_dict(lexical)
-        except (InvalidParameterError, TypeError) as exc:
-            raise IndexFileError(f"collection info file {str(path)!r}: invalid 'lexical' settings: {exc}") from exc
-    chunking = data.get("chunking")
-    if chunking is not None:
-        if not isinstance(chunking, dict):
-            raise IndexFileError(f"collection info file {str(path)!r}: 'chunking' must be an object or null")
-        try:
-            chunking = ChunkSettings.from_dict(chunking)
-        except (InvalidParameterError, TypeError) as exc:
-            raise IndexFileError(f"collection info file {str(path)!r}: invalid 'chunking' settings: {exc}") from exc
+    lexical = _settings_section(path, data, "lexical", LexicalSettings.from_dict)
+    chunking = _settings_section(path, data, "chunking", ChunkSettings.from_dict)
     chunks = data.get("chunks")
     if chunks is not None and (not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 0):
         raise IndexFileError(f"collection info file {str(path)!r}: 'chunks' must be a non-negative integer or null")
