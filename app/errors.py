@@ -43,7 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.log_redaction import redact
+from app.api.log_redaction import redact
 from experts import UnknownExpertError
 from index import CorpusError, InvalidFilterError, NoLexicalIndexError
 from router import NoExpertsError

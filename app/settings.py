@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.retrieval import Retrieval
+from app.engine.retrieval import Retrieval
 from index import MergePolicy
 
 

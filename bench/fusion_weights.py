@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import argument_parser  # noqa: E402
-from app.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
-from app.loading import open_encoder  # noqa: E402
+from app.offline.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
+from app.engine.loading import open_encoder  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from experts import ExpertDir  # noqa: E402
 from index import Collection  # noqa: E402

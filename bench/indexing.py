@@ -83,10 +83,10 @@ def write_slice(source: Path, target: Path, docs: int, *, repeat: int = 1) -> Pa
 
 
 class LexicalTimer:
-    """Adds up the time the job spends in its BM25 step (``index.indexing._stage_lexical``), benchmark only."""
+    """Adds up the time the job spends in its BM25 step (``index.build.indexing._stage_lexical``), benchmark only."""
 
     def __init__(self) -> None:
-        import index.indexing as job
+        import index.build.indexing as job
 
         self.seconds = 0.0
         original = job._stage_lexical

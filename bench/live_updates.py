@@ -94,7 +94,7 @@ def upsert_rate(live, docs, batch: int) -> float:
 def throughput(args, scratch: Path) -> dict:
     from experts import Encoder
     from index import Collection, build_index
-    from index.live import LiveCollection
+    from index.live.live_collection import LiveCollection
 
     corpus = args.datasets / "scifact" / "corpus.jsonl"
     records = read_records(corpus, 4 * args.docs)
@@ -127,7 +127,7 @@ def throughput(args, scratch: Path) -> dict:
 def write_path(scratch: Path, generation: Path, records: list[dict]) -> dict:
     """Upsert docs/s with the stand-in encoder: what the log, the delta rebuild and the swap cost."""
     from index import Collection
-    from index.live import LiveCollection
+    from index.live.live_collection import LiveCollection
 
     rows = []
     n = len(records)
@@ -161,7 +161,7 @@ def write_path(scratch: Path, generation: Path, records: list[dict]) -> dict:
 def latency(args, scratch: Path) -> dict:
     from bench.harness import judged_test_queries
     from index import Collection, build_index
-    from index.live import LiveCollection
+    from index.live.live_collection import LiveCollection
 
     records = read_records(args.datasets / "scifact" / "corpus.jsonl")
     rng = random.Random(0)

@@ -56,8 +56,8 @@ def measure_child(
     root: Path, counts: list[int], queries: list[str], out: Path, overrides: dict[str, str], kind: str = "now"
 ) -> None:
     """Hidden mode (a fresh process): load experts in steps, time searches, record RSS."""
-    from app.engine import SearchEngine
-    from app.loading import load_expert
+    from app.engine.engine import SearchEngine
+    from app.engine.loading import load_expert
     from app.settings import Settings
     from experts import Encoder, list_expert_dirs
 

@@ -139,7 +139,7 @@ def _summary(measured: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
 
 
 def run_quality(args) -> None:
-    from app.evaluation import read_test_set
+    from app.offline.evaluation import read_test_set
     from experts import Encoder
 
     fp32 = Encoder(threads=args.threads)

@@ -7,7 +7,7 @@ Run by hand (not in CI), about 5 minutes with the defaults on 2 cores::
 
 Both engines index the first ``--docs`` documents of ``--collection`` into a
 new expert with the bundled MiniLM (title + text, 256 tokens, BM25 included),
-through ``app.building.index_expert`` as ``rr index`` does; the Ray engine on
+through ``app.offline.building.index_expert`` as ``rr index`` does; the Ray engine on
 a local Ray started here (``ray.init(num_cpus=--cpus)``, not timed) with
 ``--actors`` encoder actors of one CPU and one torch thread each (default: one
 per CPU). The local engine runs with the service's settings (torch threads:
@@ -63,12 +63,12 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from app.building import index_expert
-    from app.loading import open_encoder
-    from app.ray_indexing import RayIndexing
+    from app.offline.building import index_expert
+    from app.engine.loading import open_encoder
+    from app.offline.ray_encoders import RayIndexing
     from app.settings import Settings
     from experts import create_expert
-    from index.ray_indexing import RayEngine
+    from index.build.ray_data import RayEngine
 
     busy = other_heavy_processes()
     work = Path(tempfile.mkdtemp(prefix="rr-bench-ray-"))

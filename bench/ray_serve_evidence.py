@@ -37,7 +37,7 @@ def build_root(root: Path, collections: list[str], *, datasets: Path, docs: int)
     import json
     import shutil
 
-    from app.building import build_pilots, index_expert
+    from app.offline.building import build_pilots, index_expert
     from experts import Encoder, ExpertDir, create_expert
 
     encoder = Encoder()
@@ -85,8 +85,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from app.engine import SearchEngine
-    from app.ray_serve import build_app
+    from app.engine.engine import SearchEngine
+    from app.ray_serve.deployment import build_app
     from app.settings import Settings
     from experts import Encoder
 

@@ -33,9 +33,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.engine import SearchEngine  # noqa: E402
-from app.evaluation import lexical_union_index, read_test_set  # noqa: E402
-from app.pilot_selection import collect_training_queries  # noqa: E402
+from app.engine.engine import SearchEngine  # noqa: E402
+from app.offline.evaluation import lexical_union_index, read_test_set  # noqa: E402
+from app.offline.pilot_selection import collect_training_queries  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from experts import Encoder  # noqa: E402
 from router import Router, centroid_pilots, document_votes, kmeans_pilots  # noqa: E402

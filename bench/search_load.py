@@ -113,7 +113,7 @@ def copy_root(source: Path, target: Path, *, attempts: int = 3) -> list[str]:
 
 def build_stand_ins(target: Path, datasets: Path, docs: int) -> list[str]:
     """Five experts on the first ``docs`` documents of each collection (see the module docstring)."""
-    from app.building import build_pilots, pilot_texts_from_documents
+    from app.offline.building import build_pilots, pilot_texts_from_documents
     from bench.synthetic_experts import corpus_slice, random_adapters, synthetic_expert
     from experts import Encoder
 
@@ -140,7 +140,7 @@ class References:
     """
 
     def __init__(self, root: Path, texts: list[str], args: argparse.Namespace) -> None:
-        from app.engine import SearchEngine
+        from app.engine.engine import SearchEngine
         from app.settings import Settings
         from experts import Encoder
 

@@ -7,7 +7,7 @@ Run by hand (not in CI)::
     python bench/train_quality.py scifact --corpus-only     # ablation
     python bench/train_quality.py cacm --steps 500 --temperature 0.03 --root /tmp/rr-bench
 
-Each collection's expert is trained with ``app.training.train_expert`` exactly
+Each collection's expert is trained with ``app.offline.expert_training.train_expert`` exactly
 as ``rr train-expert`` does (documents from ``<datasets>/<name>/corpus.jsonl``,
 and ``queries.jsonl`` + ``qrels/train.tsv`` where a train split exists), then
 the judged test queries are embedded by the base encoder and by the expert's
@@ -36,9 +36,9 @@ from ir_measures import R, nDCG
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.evaluation import read_test_set  # noqa: E402
-from app.pilot_selection import JudgedQueries  # noqa: E402
-from app.training import train_expert  # noqa: E402
+from app.offline.evaluation import read_test_set  # noqa: E402
+from app.offline.pilot_selection import JudgedQueries  # noqa: E402
+from app.offline.expert_training import train_expert  # noqa: E402
 from experts import Encoder, ExpertDir, TrainConfig  # noqa: E402
 from index import Collection  # noqa: E402
 

@@ -8,7 +8,7 @@ from experts.adapters import (
     read_adapter_config,
 )
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
-from experts.chunking import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
+from experts.token_windows import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
 from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
 from experts.encoder import Encoder, ExpertChoice
 from experts.errors import (

@@ -118,7 +118,7 @@ class Encoder:
 
     @property
     def tokenizer(self):
-        """The fast Hugging Face tokenizer the encoder uses (for :mod:`experts.chunking`'s token windows)."""
+        """The fast Hugging Face tokenizer the encoder uses (for :mod:`experts.token_windows`'s token windows)."""
         return self._tokenizer
 
     @property

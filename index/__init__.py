@@ -8,14 +8,14 @@ packages of the service. Import from ``index``, not from its modules::
 
 from __future__ import annotations
 
-from index.analysis import Analyzer, LexicalMethod, LexicalSettings
-from index.chunk_map import CHUNKS_FILE, ChunkMap
-from index.chunked_dense import ChunkedDense
-from index.chunking import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
-from index.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
+from index.store.analysis import Analyzer, LexicalMethod, LexicalSettings
+from index.store.chunk_map import CHUNKS_FILE, ChunkMap
+from index.store.chunked_dense import ChunkedDense
+from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
+from index.store.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
-from index.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
-from index.docstore import DocStore
+from index.store.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
+from index.store.docstore import DocStore
 from index.errors import (
     BuildInProgressError,
     CorpusError,
@@ -31,7 +31,7 @@ from index.errors import (
     ReadOnlyError,
     UnknownFieldError,
 )
-from index.filters import (
+from index.store.filters import (
     FieldInfo,
     Filter,
     FilterExpr,
@@ -43,12 +43,12 @@ from index.filters import (
 )
 from index.fusion import reciprocal_rank_fusion
 from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
-from index.indexing import BuildReport, EmbedFn, build_index
-from index.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
-from index.live import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
-from index.live_view import LiveView, static_view
-from index.merge import MergePolicy
-from index.writer_lock import WriterLock
+from index.build.indexing import BuildReport, EmbedFn, build_index
+from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
+from index.live.view import LiveView, static_view
+from index.live.merge import MergePolicy
+from index.live.writer_lock import WriterLock
 
 __all__ = [
     "Analyzer",

@@ -93,7 +93,7 @@ class BuildInProgressError(IndexStoreError, RuntimeError):
 
 
 class LogLockedError(IndexStoreError, BlockingIOError):
-    """Another process holds the writer lock of a live log (see :mod:`index.writer_lock`)."""
+    """Another process holds the writer lock of a live log (see :mod:`index.live.writer_lock`)."""
 
 
 class NoLexicalIndexError(IndexStoreError, LookupError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.building import build_pilots, index_expert, pilot_texts_from_documents
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from experts import Encoder, ExpertDir, create_expert
 from index import Collection
 
@@ -95,7 +95,7 @@ def test_pilots_from_documents_use_titles_and_are_in_base_space(tmp_path: Path, 
 
 
 def test_an_int8_encoder_never_resumes_an_fp32_build(tmp_path: Path, tiny_bert_path: Path) -> None:
-    from app.building import _build_key
+    from app.offline.building import _build_key
 
     fp32, int8 = Encoder(tiny_bert_path), Encoder(tiny_bert_path, backend="int8")
     expert = create_expert(tmp_path / "experts", "keyed", encoder=fp32)
@@ -119,7 +119,7 @@ def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
 ) -> None:
     from index import LiveCollection, read_info
 
-    from app.building import long_document_splitter, recorded_splitter
+    from app.offline.building import long_document_splitter, recorded_splitter
     from index.corpus import Document
 
     encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens

@@ -10,12 +10,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.building import build_pilots, index_expert
-from app.cli_eval import eval_command, pilots_paper_command
-from app.engine import SearchEngine
-from app.evaluation import SYSTEMS, evaluate, score_run, union_index
-from app.pilot_selection import publish_pilots, select_paper_pilots, training_queries
-from app.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
+from app.offline.building import build_pilots, index_expert
+from app.cli.evaluation import eval_command, pilots_paper_command
+from app.engine.engine import SearchEngine
+from app.offline.evaluation import SYSTEMS, evaluate, score_run, union_index
+from app.offline.pilot_selection import publish_pilots, select_paper_pilots, training_queries
+from app.offline.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
 from experts import Encoder, ExpertDir, create_expert
 
 AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
@@ -102,7 +102,7 @@ def test_a_failing_report_leaves_no_folder(setup, tmp_path: Path, monkeypatch: p
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("app.report.render_chart", broken)
+    monkeypatch.setattr("app.offline.report.render_chart", broken)
     with pytest.raises(RuntimeError):
         write_report(report, tmp_path / "reports", name="run")
     assert list((tmp_path / "reports").iterdir()) == []
@@ -156,7 +156,7 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
     _, datasets, root = setup
     monkeypatch.setenv("RR_DATA_DIR", str(root))
     monkeypatch.setenv("RR_BASE_MODEL", str(tiny_bert_path))
-    from app import cli as cli_module
+    from app.cli import commands as cli_module
 
     app = typer.Typer()
     app.callback()(cli_module._configure)
@@ -175,12 +175,12 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
 
 
 def test_the_union_of_chunked_collections_holds_every_chunk_and_ranks_documents_once(tmp_path, tiny_bert_path) -> None:
-    from app.building import index_expert
-    from app.engine import SearchEngine
-    from app.evaluation import _union_run
-    from app.loading import load_expert
+    from app.offline.building import index_expert
+    from app.engine.engine import SearchEngine
+    from app.offline.evaluation import _union_run
+    from app.engine.loading import load_expert
     from experts import Encoder, create_expert
-    from app.pilot_selection import JudgedQueries
+    from app.offline.pilot_selection import JudgedQueries
 
     encoder = Encoder(tiny_bert_path, max_length=32)
     corpus = tmp_path / "long.jsonl"

@@ -9,7 +9,7 @@ import logging
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from app.log_redaction import REDACTED, RedactSecrets, redact, uvicorn_log_config
+from app.api.log_redaction import REDACTED, RedactSecrets, redact, uvicorn_log_config
 
 KEY = "admin-key-0123456789"
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from app.metrics_summary import bucket_quantile
+from app.api.metrics_summary import bucket_quantile
 
 # 10 observations: 4 at most 0.1 s, 8 at most 0.5 s, 9 at most 1 s, 1 above every finite bound.
 LADDER = [(0.1, 4.0), (0.5, 8.0), (1.0, 9.0), (math.inf, 10.0)]

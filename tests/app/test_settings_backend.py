@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.loading import open_encoder
+from app.engine.loading import open_encoder
 from app.settings import Settings
 from experts import BACKENDS
 from experts.quantization import is_quantized

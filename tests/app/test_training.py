@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import app.training as training
-from app.cli_train import _DEFAULTS, train_expert_command
-from app.loading import load_expert, unload_expert
-from app.training import train_expert
+import app.offline.expert_training as training
+from app.cli.train import _DEFAULTS, train_expert_command
+from app.engine.loading import load_expert, unload_expert
+from app.offline.expert_training import train_expert
 from experts import Encoder, ExpertDir, ExpertDirError, TrainConfig, create_expert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -170,7 +170,7 @@ def test_an_orphaned_staging_directory_is_cleaned_up(tmp_path: Path, encoder: En
 
 
 def test_the_cli_command_trains_and_reports(tmp_path: Path, tiny_bert_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import cli as cli_module
+    from app.cli import commands as cli_module
 
     monkeypatch.setenv("RR_DATA_DIR", str(tmp_path / "experts"))
     monkeypatch.setenv("RR_BASE_MODEL", str(tiny_bert_path))

@@ -114,7 +114,7 @@ def test_the_install_script_makes_a_regular_install_with_the_pinned_torch(instal
     assert "bundled base encoder loaded offline" in installed.output, "--check-offline ran"
     # A regular install: the package lives in the venv, so the image needs no source tree.
     probe = subprocess.run(
-        [str(installed.venv / "bin" / "python"), "-c", "import app.cli, experts; print(app.cli.__file__); print(experts.__file__)"],
+        [str(installed.venv / "bin" / "python"), "-c", "import app.cli.commands, experts; print(app.cli.commands.__file__); print(experts.__file__)"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert all(Path(line).is_relative_to(installed.venv) for line in probe.stdout.split()), probe.stdout
@@ -131,7 +131,7 @@ def test_the_healthcheck_fails_when_nothing_answers(installed: Installed, tmp_pa
 
 def _build_expert(root: Path, corpus: Path) -> tuple[Path, dict]:
     """A small MiniLM expert on 30 cranfield documents, built the way `rr create-expert/index/pilots` would."""
-    from app.building import build_pilots, index_expert, pilot_texts_from_documents
+    from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
     from experts import Encoder, create_expert
 
     encoder = Encoder(None)  # the bundled MiniLM, as the image's server loads it

@@ -1,4 +1,4 @@
-"""Token windows of long texts (experts.chunking), with MiniLM's real fast tokenizer."""
+"""Token windows of long texts (experts.token_windows), with MiniLM's real fast tokenizer."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from index import Collection, Document, build_index
-from index.live import LiveCollection
-from index.live_view import LiveView
+from index.live.live_collection import LiveCollection
+from index.live.view import LiveView
 from tests.index.conftest import DIM, fake_embed, make_records, write_corpus
 
 
@@ -68,7 +68,7 @@ def state_of(live: LiveCollection, queries: np.ndarray, texts: list[str], *, bm2
     """Everything a reader can observe, as one comparable string: size, dense and lexical results with documents.
 
     ``bm25_scores=False`` compares which documents each lexical query matches,
-    not their scores: a merge changes BM25 statistics (see index.live_view).
+    not their scores: a merge changes BM25 statistics (see index.live.view).
     """
     view = live.view()
     dense = view.search_dense(queries, 8)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for `import ind
 
 from index import Collection, Document  # noqa: E402
 from index.atomic import atomic_write  # noqa: E402
-from index.live import LiveCollection  # noqa: E402
+from index.live.live_collection import LiveCollection  # noqa: E402
 
 
 def _fakes():

@@ -17,7 +17,7 @@ from index import (
     build_index,
     read_info,
 )
-from index.chunk_map import ChunkMap, collapse
+from index.store.chunk_map import ChunkMap, collapse
 from tests.index.conftest import DIM, fake_embed, fake_split
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron sigma tau upsilon".split()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import index.indexing as indexing
+import index.build.indexing as indexing
 from index import (
     DENSE_FILE,
     BuildInProgressError,
@@ -25,7 +25,7 @@ from index import (
     SearchParams,
     build_index,
 )
-from index.checkpoint import CHECKPOINT_FILE, SHARDS_DIR
+from index.build.checkpoint import CHECKPOINT_FILE, SHARDS_DIR
 
 DIM = 32
 WORKER = Path(__file__).with_name("build_worker.py")

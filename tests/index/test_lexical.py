@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from ir_measures import nDCG
 
-import index.indexing as indexing
-import index.lexical as lexical_module
+import index.build.indexing as indexing
+import index.store.lexical as lexical_module
 from index import (
     LEXICAL_FILES,
     Collection,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from index import Collection, CorpusError, Document, IndexFileError, InvalidParameterError, UnknownFieldError
-from index.live import LiveCollection
-from index.live_log import LiveLog
+from index.live.live_collection import LiveCollection
+from index.live.log import LiveLog
 from tests.index.conftest import fake_embed
 from tests.index.live_helpers import brute_force, build_collection, doc, ids_of, open_live, state_of
 

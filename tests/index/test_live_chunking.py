@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from index import CHUNKS_FILE, ChunkSettings, Collection, InvalidParameterError, LongDocumentError, build_index, read_info
-from index.chunked_dense import ChunkedDense
-from index.live import LiveCollection
-from index.live_view import LiveView
+from index.store.chunked_dense import ChunkedDense
+from index.live.live_collection import LiveCollection
+from index.live.view import LiveView
 from tests.index.conftest import DIM, fake_embed, fake_split, write_corpus
 from tests.index.live_helpers import build_collection, doc, ids_of, records
 
@@ -188,7 +188,7 @@ def test_an_unchunked_generation_takes_chunked_upserts_and_merges_them(tmp_path:
         assert live.view().delta.entries[live.view().row_id("long")].spans is None
     # A generation that records 'chunk' splits upserts; merging writes the first chunk map.
     info = read_info(generation)
-    from index.collection import write_info
+    from index.store.collection import write_info
 
     write_info(generation, type(info)(**{**info.__dict__, "chunking": chunking}))
     with open_chunked(generation, tmp_path / "m.sqlite") as live:

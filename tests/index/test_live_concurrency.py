@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from index.live import LiveCollection
+from index.live.live_collection import LiveCollection
 from tests.index.conftest import fake_embed
 from tests.index.live_helpers import build_collection, doc, open_live
 

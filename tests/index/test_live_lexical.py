@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from index import Collection, Document, build_index
-from index.live import LiveCollection
+from index.live.live_collection import LiveCollection
 from tests.index.conftest import DIM, fake_embed
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from index import BuildInProgressError, Collection, InvalidParameterError, read_info
-from index.live import LiveCollection
-from index.live_log import LiveLog
-from index.merge import MARKER_FILE, MergePolicy, read_marker
+from index.live.live_collection import LiveCollection
+from index.live.log import LiveLog
+from index.live.merge import MARKER_FILE, MergePolicy, read_marker
 from tests.index.conftest import DIM, fake_embed
 from tests.index.live_helpers import brute_force, build_collection, doc, ids_of, open_live, state_of
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.building import index_expert
+from app.offline.building import index_expert
 from experts import Encoder, create_expert
 from index import Collection, read_info
 

@@ -35,7 +35,7 @@ def local_ray() -> Iterator[None]:
 
 
 def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder: object, adapter: Path) -> None:
-    from app.building import build_pilots, index_expert
+    from app.offline.building import build_pilots, index_expert
     from experts import create_expert
 
     corpus = root.parent / f"{name}-corpus.jsonl"

@@ -11,13 +11,13 @@ import faiss
 import numpy as np
 import pytest
 
-from app.building import index_expert
-from app.cli import main
-from app.ray_indexing import RayIndexing
+from app.offline.building import index_expert
+from app.cli.commands import main
+from app.offline.ray_encoders import RayIndexing
 from app.settings import Settings
 from experts import Encoder, create_expert
 from index import DENSE_FILE, Collection, CorpusError
-from index.ray_indexing import OrderedVectors, RayEngine, passage_digest
+from index.build.ray_data import OrderedVectors, RayEngine, passage_digest
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 

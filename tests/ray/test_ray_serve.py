@@ -10,8 +10,8 @@ import httpx
 import pytest
 from ray import serve
 
-from app.engine import SearchEngine
-from app.ray_serve import build_app
+from app.engine.engine import SearchEngine
+from app.ray_serve.deployment import build_app
 from app.settings import Settings
 from experts import Encoder
 from router import RoutePolicy

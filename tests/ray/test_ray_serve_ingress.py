@@ -18,9 +18,9 @@ import httpx
 import pytest
 from ray import serve
 
-from app.engine import SearchEngine
-from app.ray_serve import build_app
-from app.registry import RegistryFile
+from app.engine.engine import SearchEngine
+from app.ray_serve.deployment import build_app
+from app.publishing.registry import RegistryFile
 from app.settings import Settings
 from experts import Encoder
 from router import RoutePolicy

@@ -7,7 +7,7 @@ machine), which would make those tests minutes long. So the children come
 from a :mod:`multiprocessing` *forkserver* that imports those modules once:
 each child is a real, separate process (its own pid, killed with a real
 ``SIGKILL``, its own open files and memory) running the very function
-behind the ``rr`` console script, :func:`app.cli.main`, with ``sys.argv``,
+behind the ``rr`` console script, :func:`app.cli.commands.main`, with ``sys.argv``,
 the environment and the working directory set as a shell would set them.
 
 The forkserver never runs a model (it only imports), so forking it is safe:
@@ -36,9 +36,9 @@ PRELOAD = [
     "faiss",
     "bm25s",
     "uvicorn",
-    "app.cli",
-    "app.building",
-    "app.main",
+    "app.cli.commands",
+    "app.offline.building",
+    "app.api.main",
     "tests.reliability.forked",
 ]
 
@@ -70,7 +70,7 @@ def _run_rr(argv: list[str], env: dict[str, str], cwd: str, log: str, fsize_limi
     if fsize_limit is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
-    from app.cli import main
+    from app.cli.commands import main
 
     sys.argv = ["rr", *argv]
     main()  # exits through SystemExit; multiprocessing turns its code into the exit code

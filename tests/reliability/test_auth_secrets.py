@@ -11,7 +11,7 @@ admin key in a cookie or another header: all refused, nothing published.
 allows.)
 Then keys are sent where the API never reads them but a log line would
 print them (query strings, paths, an expert's name): the access log shows
-those requests with ``[REDACTED]`` in their place (:mod:`app.log_redaction`).
+those requests with ``[REDACTED]`` in their place (:mod:`app.api.log_redaction`).
 Last, the whole server log and every response body are searched for both
 keys and for each wrong key sent. (``tests/app/service/test_admin_api.py``
 checks the plain no-key/wrong-key/search-key cases in-process.)

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.schemas import SearchResponse
+from app.api.schemas import SearchResponse
 from tests.app.service.conftest import ADMIN, TOPICS, ServerProcess
 from tests.reliability.conftest import read_rss_bytes
 from tests.reliability.forked import ForkedProcess

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import SearchJob
+from app.engine.engine import SearchJob
 from app.errors import ExpertUnavailableError
-from app.registry import RegistryEntry, RegistryFile
+from app.publishing.registry import RegistryEntry, RegistryFile
 from tests.app.service.conftest import ADMIN, wait_for
 
 PAGE = 4096  # SQLite's default page size, which the docstore keeps

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.main import create_app
+from app.api.main import create_app
 from app.settings import Settings
 from tests.app.service.conftest import ADMIN, ADMIN_KEY, ServerProcess
 from tests.reliability.conftest import forked_server

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import RegistryEntry, RegistryFile
+from app.publishing.registry import RegistryEntry, RegistryFile
 from tests.app.service.conftest import ServerProcess
 from tests.reliability.forked import ForkedProcess
 

@@ -28,9 +28,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.building import build_pilots, index_expert, pilot_texts_from_documents
-from app.main import create_app
-from app.registry import RegistryEntry, RegistryFile
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
+from app.api.main import create_app
+from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, create_expert
 from index import LexicalSettings

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from app.batching import MicroBatcher
+from app.api.batching import MicroBatcher
 from app.errors import NotReadyError, OverloadedError
 
 

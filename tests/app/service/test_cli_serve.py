@@ -30,8 +30,8 @@ def test_demo_builds_what_is_missing_reports_and_reuses_it(cli_env: Path, datase
 
 
 def test_demo_adds_its_experts_to_an_existing_registry(cli_env: Path, datasets: Path, capsys) -> None:
-    from app.demo import publish_demo
-    from app.registry import RegistryEntry, RegistryFile
+    from app.offline.demo import publish_demo
+    from app.publishing.registry import RegistryEntry, RegistryFile
     from app.settings import Settings
 
     RegistryFile(cli_env).write([RegistryEntry(name="other", path="other")])

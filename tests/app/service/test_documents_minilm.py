@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.building import build_pilots, index_expert, pilot_texts_from_documents
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from experts import Encoder, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 from tests.app.service.conftest import ADMIN

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.engine import EmbedJob, SearchEngine, SearchJob
-from app.loading import load_expert
-from app.snapshots import SnapshotHolder
+from app.engine.engine import EmbedJob, SearchEngine, SearchJob
+from app.engine.loading import load_expert
+from app.engine.snapshots import SnapshotHolder
 from experts import Encoder, UnknownExpertError
 from router import NoExpertsError, RoutePolicy
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import SearchEngine
-from app.publishing import ExpertPublisher
-from app.registry import RegistryEntry, RegistryError, RegistryFile
+from app.engine.engine import SearchEngine
+from app.publishing.publisher import ExpertPublisher
+from app.publishing.registry import RegistryEntry, RegistryError, RegistryFile
 from experts import Encoder
 
 

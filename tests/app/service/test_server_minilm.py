@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from experts import Encoder, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 

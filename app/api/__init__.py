@@ -1,0 +1,1 @@
+"""``rr serve``: the FastAPI app factory and lifespan, routes, schemas, auth, limits, metrics, micro-batcher, console."""

@@ -1,0 +1,170 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; its lifespan loads and unloads.
+
+Start-up runs in the background so that ``/healthz`` answers at once and
+``/readyz`` can say what is still loading: the base encoder, then every
+expert the registry lists. Until that is done the search routes answer 503
+with ``Retry-After``. Shutdown finishes the micro-batch in progress, then
+unpublishes every expert (each unloads when nothing holds it).
+
+>>> app = create_app(Settings(data_dir="data/experts"))
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.routes import admin as routes_admin
+from app.api.routes import console as routes_console
+from app.api.routes import documents as routes_documents
+from app.api.routes import embeddings as routes_embeddings
+from app.api.routes import experts as routes_experts
+from app.api.routes import ops as routes_ops
+from app.api.routes import search as routes_search
+from app.api.batching import MicroBatcher
+from app.api.body_limit import BodySizeLimitMiddleware
+from app.publishing.document_writes import DocumentWriter
+from app.engine.engine import BatchResult, SearchEngine, SearchJob
+from app.errors import install_error_handlers
+from app.engine.loading import LoadedExpert, open_encoder
+from app.api.log_redaction import install_on_root, uvicorn_log_config
+from app.api.metrics import Metrics, MetricsMiddleware
+from app.publishing.publisher import ExpertPublisher
+from app.settings import Settings
+from app.api.state import Runtime, ServiceState
+from experts import Encoder
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+Expert-routing retrieval: one shared encoder, one LoRA adapter per domain, a pilot-embedding router,
+one FAISS index per expert. `POST /search` routes each query to its expert; `POST /v1/embeddings`
+is OpenAI-compatible; `/admin/experts` publishes and unpublishes experts while the service runs
+(`Authorization: Bearer <RR_ADMIN_KEY>`). Errors are always `{"error": {"type", "message", "details"}}`.
+A browser console for people who run the service is at [`/console/`](/console/).
+"""
+
+
+def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
+    """Blocking start-up (runs in a worker thread): the encoder, the engine, the registry's experts."""
+    settings = service.settings
+    if encoder is None:
+        service.phase = "loading the base encoder"
+        encoder = open_encoder(settings)
+    engine = SearchEngine(encoder, **settings.engine_options())  # type: ignore[arg-type]
+    publisher = ExpertPublisher(
+        engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
+    )
+    service.phase = "loading experts"
+    try:
+        publisher.restore(progress=lambda phase: setattr(service, "phase", phase))
+    except BaseException:
+        engine.close()  # give back what was loaded before the failure (the encoder may be shared)
+        raise
+    for expert in engine.experts.values():  # writes left over from the last run may be due for a merge
+        expert.documents.start_merge()
+    metrics = service.metrics
+
+    def run_searches(jobs: list[SearchJob]) -> list[BatchResult | Exception]:
+        outcomes = engine.search_jobs(jobs)
+        metrics.observe_search_batch(outcomes)
+        return outcomes
+
+    batching = {
+        "max_wait_s": settings.batch_wait_ms / 1000, "max_batch": settings.batch_max_queries,
+        "max_queue": settings.queue_max_queries, "retry_after_s": settings.retry_after_s, "metrics": metrics,
+    }  # fmt: skip
+    return Runtime(
+        settings=settings, metrics=metrics, engine=engine, publisher=publisher,
+        documents=DocumentWriter(engine, check_servable=publisher.check_servable),
+        searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
+        embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
+    )  # fmt: skip
+
+
+async def _start(service: ServiceState, encoder: Encoder | None) -> None:
+    try:
+        runtime = await asyncio.to_thread(_load, service, encoder)
+    except Exception as exc:  # the process stays up so that /readyz can say why
+        logger.exception("start-up failed")
+        service.startup_error = f"{type(exc).__name__}: {exc}"
+        service.phase = "failed"
+        return
+    await runtime.searches.start()
+    await runtime.embeddings.start()
+    service.runtime = runtime
+    service.serving = True
+    service.phase = "serving"
+    logger.info("serving %d experts: %s", len(runtime.engine.experts), sorted(runtime.engine.experts))
+
+
+def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI:
+    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service: ServiceState = app.state.service
+        starting = asyncio.create_task(_start(service, encoder), name="rr-start-up")
+        try:
+            yield
+        finally:
+            service.closing = True
+            await starting  # a load in progress cannot be interrupted; let it finish, then undo it
+            if service.runtime is not None:
+                await service.runtime.searches.stop()
+                await service.runtime.embeddings.stop()
+                await asyncio.to_thread(_finish_merges, service.runtime)
+                service.runtime.engine.close()
+
+    app = FastAPI(
+        title="router-retriever", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs", redoc_url=None,
+    )  # fmt: skip
+    service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
+    app.state.service = service
+    install_error_handlers(app)
+    modules = (routes_search, routes_embeddings, routes_experts, routes_admin, routes_documents, routes_ops, routes_console)
+    for module in modules:
+        app.include_router(module.router)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
+        upload_routes=frozenset({("POST", "/admin/experts")}),
+        pattern_limits=tuple((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
+    )  # fmt: skip
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
+    return app
+
+
+def _finish_merges(runtime: Runtime) -> None:
+    """Let running merges end (within the drain timeout) rather than dropping their work at exit."""
+    deadline = time.monotonic() + runtime.settings.drain_timeout_s
+    for expert in list(runtime.engine.experts.values()):
+        expert.documents.wait_merge(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:
+    return service.runtime.engine.experts if service.runtime is not None else {}
+
+
+def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str = "info") -> None:
+    """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``).
+
+    Every log handler, uvicorn's access log included, redacts the API keys and
+    anything that looks like a credential (:mod:`app.api.log_redaction`): a key a
+    client put in a URL must not end up in the logs.
+    """
+    import uvicorn
+
+    secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
+    install_on_root(secrets)
+    uvicorn.run(
+        create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
+        timeout_graceful_shutdown=30, log_config=uvicorn_log_config(secrets),
+    )  # fmt: skip
+

@@ -1,0 +1,175 @@
+"""Prometheus metrics of one app instance: its own registry, never the process-global one.
+
+Request counts and latencies are recorded by :class:`MetricsMiddleware` with
+the route *template* as label (``/experts/{name}``), so label cardinality stays
+bounded whatever clients send. Index sizes are read from the engine at scrape
+time, so an unpublished expert's series disappear with it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.engine.engine import BatchResult
+from app.engine.loading import LoadedExpert
+from router import RouteDecision
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_MARGIN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+class _ExpertCollector(Collector):
+    """Published experts and their index sizes, read when Prometheus scrapes."""
+
+    def __init__(self, experts: Callable[[], Mapping[str, LoadedExpert]]) -> None:
+        self._experts = experts
+
+    def collect(self) -> Iterator[Metric]:
+        experts = self._experts()
+        published = GaugeMetricFamily("rr_experts_published", "Experts published (serving).")
+        published.add_metric([], len(experts))
+        documents = GaugeMetricFamily(
+            "rr_index_documents", "Documents in each published expert's index.", labels=["expert", "index"]
+        )
+        delta = GaugeMetricFamily(
+            "rr_live_delta_documents", "Documents upserted since the expert's last merge.", labels=["expert"]
+        )
+        tombstones = GaugeMetricFamily(
+            "rr_live_tombstones", "Rows of the published index deleted or replaced since the last merge.", labels=["expert"]
+        )
+        merging = GaugeMetricFamily("rr_live_merging", "1 while a background merge of the expert runs.", labels=["expert"])
+        for name, expert in sorted(experts.items()):
+            state = expert.documents.state()
+            documents.add_metric([name, expert.collection.info.factory], state.documents)
+            delta.add_metric([name], state.delta_documents)
+            tombstones.add_metric([name], state.tombstones)
+            merging.add_metric([name], int(state.merging))
+        yield published
+        yield documents
+        yield delta
+        yield tombstones
+        yield merging
+
+
+@dataclass(frozen=True)
+class SharedFamilies:
+    """The families ``rr serve`` and the Ray Serve ingress both export, under the same names, so one dashboard reads both."""
+
+    requests: Counter
+    latency: Histogram
+    routed: Counter
+    margin: Histogram
+
+    def observe_decision(self, decision: RouteDecision) -> None:
+        """One query's routing: the expert that answered (first searched) and the mode; its margin when finite."""
+        expert = decision.experts[0] if decision.experts else "none"
+        self.routed.labels(expert, decision.mode).inc()
+        if math.isfinite(decision.margin):
+            self.margin.labels(expert).observe(decision.margin)
+
+
+def shared_families(registry: CollectorRegistry) -> SharedFamilies:
+    """Register the HTTP and routing families in ``registry``."""
+    return SharedFamilies(
+        requests=Counter(
+            "rr_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"],
+            registry=registry,
+        ),
+        latency=Histogram(
+            "rr_http_request_duration_seconds", "HTTP request latency by route template.", ["route", "method"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        ),
+        routed=Counter(
+            "rr_routed_queries", "Queries by the expert that answered and the routing mode.", ["expert", "mode"],
+            registry=registry,
+        ),
+        margin=Histogram(
+            "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
+            buckets=_MARGIN_BUCKETS, registry=registry,
+        ),
+    )  # fmt: skip
+
+
+class Metrics:
+    """Every metric the service exports, registered in a registry of its own."""
+
+    def __init__(self, experts: Callable[[], Mapping[str, LoadedExpert]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.shared = shared_families(r)
+        self.requests, self.latency = self.shared.requests, self.shared.latency
+        self.routed, self.margin = self.shared.routed, self.shared.margin
+        self.batch_requests = Histogram(
+            "rr_batch_requests", "Requests answered together in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.batch_queries = Histogram(
+            "rr_batch_queries", "Queries (texts) in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("rr_queue_depth", "Queries waiting for the model.", ["kind"], registry=r)
+        self.rejected = Counter(
+            "rr_rejected_requests", "Requests refused with 429 because the queue was full.", ["kind"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "rr_stage_duration_seconds", "Time per micro-batch stage (queue, base, route, expert, search).",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.registry.register(_ExpertCollector(experts))
+
+    def observe_search_batch(self, outcomes: Sequence[object]) -> None:
+        """Stage times once per micro-batch; the routing decision of every query answered in it."""
+        answered = [outcome for outcome in outcomes if isinstance(outcome, BatchResult)]
+        if not answered:
+            return
+        for stage in ("base", "route", "expert", "search"):
+            self.stage_seconds.labels(stage).observe(answered[0].timings_ms.get(f"{stage}_ms", 0.0) / 1000)
+        for batch in answered:
+            for result in batch.results:
+                self.shared.observe_decision(result.decision)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request and times it, labelled by the route that matched (or ``unmatched``)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = _route_label(scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(route, method, str(status["code"])).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+
+
+def _route_label(scope: dict[str, Any]) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"

@@ -1,0 +1,64 @@
+"""``GET /experts`` and ``GET /experts/{name}``: what is published, what each holds, whether it loaded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from app.api.auth import require_search
+from app.publishing.registry import RegistryEntry
+from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
+from app.api.state import Runtime, Serving
+from experts import ExpertDir, Manifest, UnknownExpertError
+
+router = APIRouter(tags=["experts"], dependencies=[Depends(require_search)])
+
+
+def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = False) -> dict[str, Any]:
+    """One published expert as the API shows it; a failed one shows what its files still say."""
+    loaded = runtime.engine.experts.get(entry.name)
+    manifest: Manifest | None = loaded.manifest if loaded is not None else None
+    row: dict[str, Any] = {"name": entry.name, "path": entry.path, "state": "loaded" if loaded else "failed"}
+    if loaded is None:
+        row["error"] = runtime.publisher.failed.get(entry.name, "not loaded")
+        try:
+            manifest = ExpertDir(runtime.publisher.registry.resolve(entry)).read_manifest()
+        except Exception:  # the listing shows a broken expert rather than failing  # noqa: BLE001
+            manifest = None
+    if manifest is not None:
+        row.update(
+            version=manifest.version, description=manifest.description, base_model=manifest.base_model.id,
+            pilots=manifest.pilots.count if manifest.pilots else None,
+            adapter={"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
+                     "alpha": manifest.adapter.alpha},
+        )  # fmt: skip
+        if manifest.index is not None:
+            row["documents"] = manifest.index.count
+            row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
+                            "documents": manifest.index.count}  # fmt: skip
+        if with_manifest:
+            row["manifest"] = manifest.model_dump(mode="json")
+    if loaded is not None:
+        live = loaded.documents.state()
+        row["documents"] = live.documents
+        row["routable"] = loaded.routable
+        row["live"] = asdict(live)
+    return row
+
+
+@router.get("/experts", response_model=ExpertListOut, responses=error_responses(401, 403, 503))
+async def list_experts(runtime: Serving) -> ExpertListOut:
+    """Every published expert: documents, index type, adapter, pilots and load state."""
+    entries = sorted(runtime.publisher.entries.values(), key=lambda entry: entry.name)
+    return ExpertListOut(experts=[ExpertOut.model_validate(describe(runtime, entry)) for entry in entries])
+
+
+@router.get("/experts/{name}", response_model=ExpertDetailOut, responses=error_responses(401, 403, 404, 422, 503))
+async def get_expert(name: ExpertName, runtime: Serving) -> ExpertDetailOut:
+    """One published expert, with its manifest."""
+    entries = runtime.publisher.entries
+    if name not in entries:
+        raise UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(entries)}")
+    return ExpertDetailOut.model_validate(describe(runtime, entries[name], with_manifest=True))

@@ -1,0 +1,80 @@
+"""What one running app holds, and the dependencies through which routes reach it.
+
+Built by :func:`app.api.main.create_app`, stored on ``app.state.service``; routes
+never import it from a module-level variable, they ask for it with ``Depends``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.api.batching import MicroBatcher
+from app.publishing.document_writes import DocumentWriter
+from app.engine.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
+from app.errors import NotReadyError
+from app.api.metrics import Metrics
+from app.publishing.publisher import ExpertPublisher
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The parts that exist once the base encoder has loaded: what a serving route works with."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: SearchEngine
+    publisher: ExpertPublisher
+    documents: DocumentWriter
+    searches: MicroBatcher[SearchJob, BatchResult]
+    embeddings: MicroBatcher[EmbedJob, EmbedResult]
+
+
+@dataclass
+class ServiceState:
+    """The service as a whole, from the first moment (probes answer before anything is loaded)."""
+
+    settings: Settings
+    metrics: Metrics
+    runtime: Runtime | None = None
+    #: What start-up is doing, in words ("loading the base encoder", "serving", ...).
+    phase: str = "starting"
+    #: True once start-up finished (even if some published experts failed to load).
+    serving: bool = False
+    #: Why start-up failed as a whole (base encoder or registry unreadable).
+    startup_error: str | None = None
+    closing: bool = False
+
+    def not_ready_reason(self) -> str | None:
+        """None when the base encoder and every published expert are loaded; else why not."""
+        if self.closing:
+            return "the server is shutting down"
+        if self.startup_error is not None:
+            return f"start-up failed: {self.startup_error}"
+        if not self.serving or self.runtime is None:
+            return f"starting: {self.phase}"
+        failed = self.runtime.publisher.failed
+        if failed:
+            return "published experts failed to load: " + "; ".join(
+                f"{name}: {reason}" for name, reason in sorted(failed.items())
+            )
+        return None
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_runtime(service: Annotated[ServiceState, Depends(get_service)]) -> Runtime:
+    """The runtime, once the service answers requests; 503 + Retry-After before that."""
+    if not service.serving or service.closing or service.runtime is None:
+        reason = service.not_ready_reason() or "not serving yet"
+        raise NotReadyError(f"not ready: {reason}", retry_after=service.settings.retry_after_s)
+    return service.runtime
+
+
+Service = Annotated[ServiceState, Depends(get_service)]
+Serving = Annotated[Runtime, Depends(get_runtime)]

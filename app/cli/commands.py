@@ -1,0 +1,383 @@
+"""``rr``: the single command-line entry point. Each subcommand parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    name="rr",
+    help="Expert-routing retrieval: build experts (LoRA adapter + pilots + index) and search them, routed.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class _State:
+    settings: Settings
+    _encoder = None
+
+    def encoder(self):
+        """The base encoder, loaded on first use (listing experts needs no model)."""
+        if self._encoder is None:
+            from app.engine.loading import open_encoder
+
+            self._encoder = open_encoder(self.settings)
+        return self._encoder
+
+    def expert_dir(self, name: str):
+        from experts import ExpertDir, UnknownExpertError, check_expert_name, list_expert_dirs
+
+        check_expert_name(name)
+        directory = ExpertDir(self.settings.data_dir / name)
+        if not directory.path.is_dir():
+            known = [d.path.name for d in list_expert_dirs(self.settings.data_dir)]
+            raise UnknownExpertError(f"Expert {name!r} not found under {self.settings.data_dir}. Experts: {known}")
+        return directory
+
+    def engine(self):
+        from app.engine.engine import SearchEngine
+
+        return SearchEngine.open(
+            self.settings.data_dir,
+            self.encoder(),
+            verify_checksums=self.settings.verify_checksums,
+            **self.settings.engine_options(),
+        )
+
+
+state = _State()
+
+
+@cli.callback()
+def _configure(
+    data_dir: Annotated[Optional[Path], typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
+    base_model: Annotated[Optional[str], typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
+    state.settings = Settings(**overrides)
+    state._encoder = None
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _policy(top_k: int, fanout_margin: float | None, min_score: float | None):
+    from router import RoutePolicy
+
+    return RoutePolicy(top_k=top_k, fanout_margin=fanout_margin, min_score=min_score)
+
+
+TopK = Annotated[int, typer.Option("--top-k", help="Experts searched when fanning out or falling back.")]
+FanoutMargin = Annotated[Optional[float], typer.Option(help="Fan out to --top-k experts when the top-1 margin is below this.")]
+MinScore = Annotated[Optional[float], typer.Option(help="Use the base encoder when the best router score is below this.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@cli.command("create-expert")
+def create_expert_command(
+    name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
+    adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank of a new adapter.")] = 8,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha of a new adapter.")] = 32,
+    description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
+) -> None:
+    """Create an expert directory (adapter + manifest) under the experts root."""
+    from experts import create_expert
+
+    expert = create_expert(
+        state.settings.data_dir, name, encoder=state.encoder(), adapter_from=adapter, rank=rank, alpha=alpha,
+        description=description,
+    )  # fmt: skip
+    typer.echo(f"created expert {name!r} at {expert.path}")
+
+
+@cli.command("index")
+def index_command(
+    expert: Annotated[str, typer.Option(help="Expert whose collection to build.")],
+    corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
+    factory: Annotated[str, typer.Option(help="FAISS storage: Flat (exact), HNSW32, IVF1024,PQ32 ...")] = "Flat",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per checkpointed chunk.")] = 256,
+    upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
+    lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
+    actors: Annotated[Optional[int], typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
+    cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
+    long_documents: Annotated[Optional[str], typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
+    chunk_overlap: Annotated[Optional[int], typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
+) -> None:
+    """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
+    from app.offline.building import index_expert
+    from index import LONG_DOCUMENT_POLICIES, LexicalSettings
+
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"Invalid engine {engine!r}. Valid engines are: local, ray", param_hint="--engine")
+    if long_documents is not None and long_documents not in LONG_DOCUMENT_POLICIES:
+        valid = ", ".join(LONG_DOCUMENT_POLICIES)
+        raise typer.BadParameter(f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents")
+    if engine == "ray" and long_documents not in (None, "truncate"):
+        raise typer.BadParameter("--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents")
+    ray_indexing, started_ray = None, False
+    if engine == "ray":
+        from app.offline.ray_runtime import RayMissingError, ensure_ray
+
+        try:
+            started_ray = ensure_ray(ray_address)
+        except RayMissingError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--engine") from exc
+        from app.offline.ray_encoders import RayIndexing
+        from index.build.ray_data import RayEngine
+
+        ray_indexing = RayIndexing(
+            state.settings, RayEngine(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+        )
+    try:
+        manifest, report = index_expert(
+            state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
+            lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
+            long_documents=long_documents, chunk_overlap=chunk_overlap,
+        )  # fmt: skip
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    typer.echo(
+        f"indexed {report.documents} documents into {expert!r} ({report.directory.name}, version {manifest.version}) "
+        f"in {report.seconds:.1f}s; {report.malformed} malformed lines skipped, {report.replaced} replaced"
+    )
+    for problem in report.problems[:10]:
+        typer.echo(f"  skipped line {problem.line}: {problem.reason}", err=True)
+
+
+@cli.command("pilots")
+def pilots_command(
+    expert: Annotated[str, typer.Option(help="Expert whose pilots to build.")],
+    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
+    qrels: Annotated[Optional[Path], typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
+    from_documents: Annotated[Optional[int], typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
+    method: Annotated[str, typer.Option(help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn).")] = "queries",
+    clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
+) -> None:
+    """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""
+    from app.offline.building import build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
+
+    if (queries is None) == (from_documents is None):
+        raise typer.BadParameter("give exactly one of --queries or --from-documents")
+    directory = state.expert_dir(expert)
+    if queries is not None:
+        texts, source = pilot_texts_from_queries(queries, qrels), str(queries)
+    else:
+        texts, source = pilot_texts_from_documents(directory, sample=from_documents), "pseudo queries from documents"
+    manifest = build_pilots(
+        directory, state.encoder(), texts, method=method, clusters=clusters,  # type: ignore[arg-type]
+        source=source, query_max_length=state.settings.query_max_length,
+    )  # fmt: skip
+    typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
+
+
+@cli.command("tune-fusion")
+def tune_fusion_command(
+    expert: Annotated[str, typer.Option(help="Expert whose hybrid fusion weight to tune.")],
+    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
+    qrels: Annotated[Optional[Path], typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
+    pseudo: Annotated[bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")] = False,
+    limit: Annotated[int, typer.Option(min=10, help="Tuning queries sampled.")] = 500,
+) -> None:
+    """Tune an expert's dense/BM25 fusion weight with its adapter's query vectors; the manifest keeps it."""
+    from app.offline.fusion_tuning import from_collection, tune_fusion
+    from index import Collection
+
+    if pseudo == (queries is not None):
+        raise typer.BadParameter("give either --queries with --qrels (labelled), or --pseudo")
+    directory = state.expert_dir(expert)
+    manifest = directory.read_manifest()
+    if manifest.index is None:
+        raise typer.BadParameter(f"expert {expert!r} has no index yet: run `rr index` first")
+    try:
+        with Collection.open(directory.path / manifest.index.directory) as collection:
+            tuning = from_collection(collection, queries=queries, qrels=qrels, limit=limit)
+        manifest = tune_fusion(
+            directory, state.encoder(), tuning, candidates=state.settings.hybrid_candidates,
+            max_length=state.settings.query_max_length,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    section = manifest.retrieval
+    curve = "  ".join(f"{w}: {v:.3f}" for w, v in section.curve.items())
+    typer.echo(f"{expert!r}: dense weight {section.weight} on {section.tuned_on} (version {manifest.version})\n{curve}")
+
+
+@cli.command("route")
+def route_command(
+    query: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    top_k: TopK = 1,
+    fanout_margin: FanoutMargin = None,
+    min_score: MinScore = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show which expert each query is routed to, with every expert's score."""
+    from app.engine.output import decision_dict
+
+    engine = state.engine()
+    decisions = engine.route(query, policy=_policy(top_k, fanout_margin, min_score))
+    if as_json:
+        typer.echo(json.dumps([{"query": q, **decision_dict(d)} for q, d in zip(query, decisions)], indent=2))
+        return
+    for text, decision in zip(query, decisions):
+        scores = ", ".join(f"{name} {score:.3f}" for name, score in decision.scores)
+        typer.echo(f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})")
+
+
+@cli.command("search")
+def search_command(
+    query: Annotated[list[str], typer.Argument(help="One or more queries (searched as one batch).")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
+    expert: Annotated[Optional[str], typer.Option(help="Search this expert, bypassing the router.")] = None,
+    top_k: TopK = 1,
+    fanout_margin: FanoutMargin = None,
+    min_score: MinScore = None,
+    mode: Annotated[
+        Optional[str], typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
+    ] = None,
+    fusion: Annotated[Optional[str], typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
+    hybrid_weight: Annotated[Optional[float], typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Routed search from the command line, without a server."""
+    from app.engine.output import result_dict, result_text
+    from app.engine.retrieval import requested_retrieval
+
+    engine = state.engine()
+    try:
+        retrieval = requested_retrieval(mode=mode, fusion=fusion, weight=hybrid_weight)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score), retrieval=retrieval)
+    if as_json:
+        typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
+        return
+    for result in batch.results:
+        typer.echo(result_text(result))
+
+
+@cli.command("experts")
+def experts_command(as_json: AsJson = False) -> None:
+    """List the experts under the experts root, with what each has."""
+    from experts import list_expert_dirs
+
+    rows = []
+    for directory in list_expert_dirs(state.settings.data_dir):
+        try:
+            manifest = directory.read_manifest()
+            rows.append({
+                "name": manifest.name, "version": manifest.version,
+                "documents": manifest.index.count if manifest.index else None,
+                "index": manifest.index.factory if manifest.index else None,
+                "pilots": manifest.pilots.count if manifest.pilots else None,
+                "adapter": "trained" if manifest.adapter.trained else "untrained", "side": manifest.adapter.side,
+            })  # fmt: skip
+        except Exception as exc:  # a listing shows broken experts rather than hiding them
+            rows.append({"name": directory.path.name, "error": str(exc)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no experts under {state.settings.data_dir}")
+    for row in rows:
+        typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
+
+
+Host = Annotated[Optional[str], typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
+Port = Annotated[Optional[int], typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
+LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
+
+
+def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> None:
+    from app.api.main import serve
+
+    settings = state.settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    for name in ("app", "experts", "router", "index"):
+        logging.getLogger(name).setLevel(level)
+    typer.echo(f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)")
+    serve(settings, encoder=encoder, log_level=log_level.lower())
+
+
+@cli.command("serve")
+def serve_command(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
+    host: Host = None,
+    port: Port = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the HTTP service: publishes what the registry lists (or, on a fresh root, every expert in it)."""
+    if data is not None:
+        state.settings = state.settings.model_copy(update={"data_dir": data})
+    _serve(host, port, log_level)
+
+
+@cli.command("demo")
+def demo_command(
+    collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
+    datasets: Annotated[Optional[Path], typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
+    max_docs: Annotated[Optional[int], typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")] = True,
+    host: Host = None,
+    port: Port = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Build one expert per collection (if missing), route every test query, then serve them over HTTP."""
+    from app.offline.demo import publish_demo, run_demo
+
+    names = [c.strip() for c in collections.split(",") if c.strip()]
+    run_demo(
+        state.settings, state.encoder(), datasets or state.settings.datasets_dir, names, max_docs=max_docs,
+        echo=typer.echo,
+    )  # fmt: skip
+    if not serve:
+        typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
+        return
+    publish_demo(state.settings, names)
+    typer.echo("\ntry: curl -s localhost:%d/search -H 'Content-Type: application/json' "
+               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'" % (port or state.settings.port))
+    _serve(host, port, log_level, encoder=state.encoder())
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (one job each), registered on the one entry point."""
+    from app.cli.documents import documents_cli
+    from app.cli.evaluation import eval_command, pilots_paper_command
+    from app.cli.train import train_expert_command
+
+    cli.command("train-expert")(train_expert_command)
+    cli.command("eval")(eval_command)
+    cli.command("pilots-paper")(pilots_paper_command)
+    cli.add_typer(documents_cli)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Console entry point: domain errors print one line and exit 2, without a traceback (as usage errors do)."""
+    from app.errors import ServiceError
+    from experts import ExpertError
+    from index import IndexStoreError
+    from router import RouterError
+
+    try:
+        cli()  # standalone: click prints usage errors itself and exits 2
+    except (ExpertError, IndexStoreError, RouterError, ServiceError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

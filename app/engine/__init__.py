@@ -1,0 +1,1 @@
+"""The search runtime: engine, batch stages, snapshots, retrieval, expert loading, live documents (no web framework)."""

@@ -1,0 +1,292 @@
+"""Routed search over the loaded experts, for one query, one request or a micro-batch of requests.
+
+The engine holds the encoder, the search settings and the experts; what one
+micro-batch goes through (base pass, corpus votes, router, adapter pass,
+searches with filters, fusion) is :class:`app.engine.batch_run.BatchRun`.
+
+The set of experts is an immutable snapshot held by a
+:class:`~app.engine.snapshots.SnapshotHolder`: ``add``/``remove`` publish a new one,
+a search leases the current one for its whole batch, and an expert that is
+removed or replaced is unloaded only when the last search holding it is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from app.engine.batch_run import BatchRun, Snapshot, unknown_expert
+from app.engine.jobs import (
+    AUTO_MODEL,
+    BASE_MODEL,
+    RESERVED_NAMES,
+    BatchResult,
+    EmbedJob,
+    EmbedResult,
+    ExpertHit,
+    InputType,
+    SearchJob,
+    SearchResult,
+    check_queries,
+)
+from app.engine.loading import LoadedExpert, load_expert, unload_expert
+from app.engine.retrieval import Retrieval, RetrievalOptions
+from app.engine.snapshots import SnapshotHolder
+from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
+from index import FilterExpr
+from router import NoExpertsError, RouteDecision, RoutePolicy, Router
+
+logger = logging.getLogger(__name__)
+
+#: What a query over the token limit gets: cut to the limit (and told so), or refused (413).
+LongQueries = Literal["truncate", "error"]
+LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
+
+#: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
+RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
+ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "documents+bm25")
+
+# Re-exported: callers have always imported the engine's inputs and outputs from here.
+__all__ = [
+    "AUTO_MODEL",
+    "BASE_MODEL",
+    "RESERVED_NAMES",
+    "BatchResult",
+    "EmbedJob",
+    "EmbedResult",
+    "ExpertHit",
+    "SearchEngine",
+    "SearchJob",
+    "SearchResult",
+]
+
+class SearchEngine:
+    """Holds the encoder and a snapshot of loaded experts; thread-safe.
+
+    >>> engine = SearchEngine.open(Path("data/experts"), Encoder())
+    >>> engine.search(["lift of a swept wing"], k=5).results[0].decision.experts
+    ('cranfield',)
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        query_max_length: int = 64,
+        aggregate: str = "max",
+        neighbours: int = 5,
+        retrieval: Retrieval = Retrieval(),
+        evidence: RouteEvidence = "none",
+        vote_depth: int = 20,
+        long_queries: LongQueries = "truncate",
+    ) -> None:
+        if evidence not in ROUTE_EVIDENCE:
+            raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+        if long_queries not in LONG_QUERIES:
+            raise ValueError(f"Invalid long_queries {long_queries!r}. Valid choices are: {', '.join(LONG_QUERIES)}")
+        self.long_queries: LongQueries = long_queries
+        self.encoder = encoder
+        self.query_max_length = query_max_length
+        #: Corpus evidence added to the pilot scores: votes of the best documents in every
+        #: expert's dense index (base vector) and/or BM25 index, ``vote_depth`` deep.
+        self.evidence: RouteEvidence = evidence
+        self.vote_depth = vote_depth
+        #: How a search with no retrieval of its own searches an expert whose manifest sets none.
+        self.retrieval = retrieval
+        empty = Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
+        self._holder: SnapshotHolder[Snapshot] = SnapshotHolder(empty)
+        self._write_lock = threading.Lock()
+        self._document_locks: dict[str, threading.Lock] = {}
+        #: Experts found on disk that could not be loaded, with the reason.
+        self.unavailable: dict[str, str] = {}
+        #: Told (expert, reason) when a loaded expert's files fail during a search (the publisher takes it out).
+        self.on_expert_failure: Callable[[LoadedExpert, str], None] | None = None
+
+    @classmethod
+    def open(cls, root: Path, encoder: Encoder, *, verify_checksums: bool = True, **options: object) -> SearchEngine:
+        """Load every expert under ``root``; a broken one is reported in ``unavailable``, the rest serve."""
+        engine = cls(encoder, **options)  # type: ignore[arg-type]
+        for directory in list_expert_dirs(root):
+            try:
+                engine.add(load_expert(directory, encoder, verify_checksums=verify_checksums))
+            except Exception as exc:  # one bad expert must not stop the others
+                logger.error("expert %s is unavailable: %s", directory.path.name, exc)
+                engine.unavailable[directory.path.name] = str(exc)
+        return engine
+
+    # ------------------------------------------------------------------ experts
+    @property
+    def experts(self) -> Mapping[str, LoadedExpert]:
+        """The published experts (for listings; a search leases its own snapshot)."""
+        return self._holder.current.experts
+
+    @property
+    def router(self) -> Router:
+        """The current router (immutable; a search leases its own snapshot)."""
+        return self._holder.current.router
+
+    @property
+    def in_flight(self) -> int:
+        """Searches holding a snapshot right now."""
+        return self._holder.in_flight
+
+    def add(self, expert: LoadedExpert) -> threading.Event:
+        """Publish a loaded expert (replacing one of the same name) with one snapshot swap.
+
+        A replaced expert is unloaded once the searches still holding it finish;
+        the returned event is set then.
+        """
+        with self._write_lock:
+            old = self._holder.current
+            router = old.router.without_expert(expert.name) if expert.name in old.router.experts else old.router
+            if expert.pilots is not None:
+                router = router.with_expert(expert.name, expert.pilots)
+            replaced = old.experts.get(expert.name)
+            releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
+            done = self._holder.publish(Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
+            self.unavailable.pop(expert.name, None)
+        expert.documents.on_merged = self._merged  # no cycle: the engine holds experts only through snapshots
+        return done
+
+    def _merged(self, documents: object, manifest: Manifest) -> None:
+        """A merge published a new manifest version of a loaded expert: show it, without reloading anything.
+
+        The live collection already searches the merged generation; only the
+        manifest the listing shows (version, index directory, count) changes.
+        """
+        with self._write_lock:
+            old = self._holder.current
+            current = next((e for e in old.experts.values() if e.documents is documents), None)
+            if current is None:
+                return  # removed or replaced meanwhile
+            refreshed = replace(current, manifest=manifest)
+            self._holder.publish(Snapshot({**old.experts, current.name: refreshed}, old.router))
+
+    def remove(self, name: str) -> threading.Event:
+        """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
+        with self._write_lock:
+            old = self._holder.current
+            expert = self._require(old, name)
+            router = old.router.without_expert(name) if name in old.router.experts else old.router
+            remaining = {key: value for key, value in old.experts.items() if key != name}
+            return self._holder.publish(
+                Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
+            )
+
+    def document_lock(self, name: str) -> threading.Lock:
+        """Serialises the document writes of expert ``name`` with each other and with its replacement.
+
+        Writers to different experts never wait on each other; searches never take it.
+        """
+        with self._write_lock:
+            return self._document_locks.setdefault(name, threading.Lock())
+
+    def close(self) -> None:
+        """Unpublish everything; each expert is unloaded once nothing holds it."""
+        with self._write_lock:
+            old = self._holder.current
+            releases = [partial(unload_expert, expert, self.encoder) for expert in old.experts.values()]
+            empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
+            self._holder.publish(Snapshot({}, empty), releases=releases)
+
+    @staticmethod
+    def _require(snapshot: Snapshot, name: str) -> LoadedExpert:
+        try:
+            return snapshot.experts[name]
+        except KeyError:
+            raise unknown_expert(snapshot, name) from None
+
+    # ------------------------------------------------------------------ search
+    def route(self, queries: Sequence[str], *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
+        """Routing decisions only (no search): what ``rr route`` shows."""
+        check_queries(queries)
+        with self._holder.lease() as snapshot:
+            base = self.encoder.embed(queries, max_length=self.query_max_length)
+            return snapshot.router.route(base, policy=policy)
+
+    def search(
+        self,
+        queries: Sequence[str],
+        *,
+        k: int = 10,
+        expert: str | None = None,
+        policy: RoutePolicy = RoutePolicy(),
+        retrieval: RetrievalOptions | None = None,
+        filter: FilterExpr | None = None,
+    ) -> BatchResult:
+        """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
+        check_queries(queries)
+        job = SearchJob(tuple(queries), k=k, expert=expert, policy=policy, retrieval=retrieval, filter=filter)
+        (outcome,) = self.search_jobs([job])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def search_jobs(self, jobs: Sequence[SearchJob]) -> list[BatchResult | Exception]:
+        """Answer several requests in one pass of each stage; one outcome per job, in order.
+
+        A job that cannot run (an unknown expert, nothing to route to) gets its
+        exception as its outcome; the others are answered as usual.
+        """
+        with self._holder.lease() as snapshot:  # one consistent view for the whole batch
+            return BatchRun(self, snapshot, jobs).run()
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, texts: Sequence[str], *, model: str = BASE_MODEL, input_type: InputType = "query") -> EmbedResult:
+        """Embed texts with the base encoder, a named expert's adapter, or the routed expert's (``auto``)."""
+        (outcome,) = self.embed_jobs([EmbedJob(tuple(texts), model=model, input_type=input_type)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def embed_jobs(self, jobs: Sequence[EmbedJob]) -> list[EmbedResult | Exception]:
+        """One outcome per job; jobs asking for the same model and input type share one pass."""
+        outcomes: list[EmbedResult | Exception | None] = [None] * len(jobs)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for position, job in enumerate(jobs):
+            groups[job.model, job.input_type].append(position)
+        with self._holder.lease() as snapshot:
+            for (model, input_type), positions in groups.items():
+                texts = [text for p in positions for text in jobs[p].texts]
+                try:
+                    result = self._embed(snapshot, texts, model, input_type)  # type: ignore[arg-type]
+                except (UnknownExpertError, NoExpertsError) as exc:
+                    for p in positions:
+                        outcomes[p] = exc
+                    continue
+                start = 0
+                for p in positions:
+                    end = start + len(jobs[p].texts)
+                    decisions = result.decisions[start:end] if result.decisions is not None else None
+                    outcomes[p] = EmbedResult(result.vectors[start:end], result.adapters_of[start:end], decisions)
+                    start = end
+        return outcomes  # type: ignore[return-value]
+
+    def _embed(self, snapshot: Snapshot, texts: list[str], model: str, input_type: InputType) -> EmbedResult:
+        max_length = self.query_max_length if input_type == "query" else None
+        if model == BASE_MODEL:
+            return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts))
+        decisions = None
+        if model == AUTO_MODEL:
+            base = self.encoder.embed(texts, max_length=self.query_max_length)
+            decisions = snapshot.router.route(base)
+            names = [decision.experts[0] for decision in decisions]
+        else:
+            self._require(snapshot, model)
+            names = [model] * len(texts)
+        adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]
+        vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length)
+        return EmbedResult(vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions)
+
+
+def _adapter_for(expert: LoadedExpert, input_type: InputType) -> str | None:
+    """A query-side expert embeds documents with the base encoder: that is what its index holds."""
+    if input_type == "document" and expert.manifest.adapter.side == "query":
+        return None
+    return expert.adapter

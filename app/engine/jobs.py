@@ -1,0 +1,139 @@
+"""What goes into the engine and what comes out: jobs of a micro-batch, hits, results, embeddings.
+
+Plain frozen dataclasses, shared by the engine, the batcher's callers and the
+output formatting; they know nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from app.engine.retrieval import RetrievalOptions, ScoredHit, SearchMode
+from index import FilterExpr
+from router import RouteDecision, RoutePolicy
+
+#: ``model`` values of the embeddings API that are not expert names.
+BASE_MODEL = "base"
+AUTO_MODEL = "auto"
+RESERVED_NAMES = (AUTO_MODEL, BASE_MODEL)
+
+InputType = Literal["query", "document"]
+
+
+@dataclass(frozen=True)
+class ExpertHit:
+    """A hit and the expert (collection) it came from: ids are unique only within a collection.
+
+    ``score`` ranks the list (cosine, BM25, or the fused score); ``dense_score``
+    and ``lexical_score`` are the raw scores behind it, None where that side did
+    not retrieve the document (or did not run).
+    """
+
+    expert: str
+    id: str
+    score: float
+    title: str
+    text: str
+    metadata: dict[str, object] = field(default_factory=dict, hash=False)
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    #: Character offsets in ``text`` of the passage that matched, where the document was split into chunks.
+    span: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, expert: str, scored: ScoredHit) -> ExpertHit:
+        hit = scored.hit
+        span = getattr(hit, "span", None)  # set by collections that split long documents into chunks
+        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata, scored.dense, scored.lexical, span)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits for one query, and the routing decision that produced them.
+
+    ``truncated``: the query had more tokens than the query limit and was cut
+    to it. ``matched``: with a filter, how many documents of the searched
+    expert(s) match it (the hits are at most that many); None without one.
+    """
+
+    query: str
+    hits: list[ExpertHit]
+    decision: RouteDecision
+    mode: SearchMode = "dense"
+    truncated: bool = False
+    matched: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's results. ``timings_ms`` and the batch sizes describe the micro-batch it ran in."""
+
+    results: list[SearchResult]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    batch_requests: int = 1
+    batch_queries: int = 0
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """One request in a micro-batch: its queries and its own options.
+
+    ``retrieval`` holds the options the request set, over each expert's own
+    default (settings, then its manifest); None sets none. A default that
+    needs a lexical index degrades to dense on an expert without one, while
+    a request that sets any retrieval option and so needs BM25 there is refused.
+    ``filter`` restricts the hits to documents whose metadata match it, inside
+    the search of the chosen expert(s); routing does not look at it.
+
+    >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
+    """
+
+    queries: tuple[str, ...]
+    k: int = 10
+    expert: str | None = None
+    policy: RoutePolicy = RoutePolicy()
+    retrieval: RetrievalOptions | None = None
+    filter: FilterExpr | None = None
+
+    def __post_init__(self) -> None:
+        check_queries(self.queries)
+        object.__setattr__(self, "queries", tuple(self.queries))
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One embeddings request: ``model`` is an expert name, ``base`` or ``auto`` (routed)."""
+
+    texts: tuple[str, ...]
+    model: str = BASE_MODEL
+    input_type: InputType = "query"
+
+    def __post_init__(self) -> None:
+        check_queries(self.texts)
+        object.__setattr__(self, "texts", tuple(self.texts))
+        if self.input_type not in ("query", "document"):
+            raise ValueError(f"Invalid input_type {self.input_type!r}. Valid input types are: 'query', 'document'")
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors (n, dim) and, per row, the expert whose adapter made it (None: the base encoder)."""
+
+    vectors: np.ndarray
+    adapters_of: list[str | None]
+    decisions: list[RouteDecision] | None = None
+
+
+def check_queries(queries: Sequence[str]) -> None:
+    """Refuse a bare string (a common slip for a one-item list) and empty queries, naming the position."""
+    if isinstance(queries, str) or not isinstance(queries, Sequence):
+        raise TypeError("queries must be a list of strings")
+    for position, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query {position} is empty: every query needs some text")

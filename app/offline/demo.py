@@ -1,0 +1,169 @@
+"""The demo: one expert per shared collection, built if missing, every test query routed, then served.
+
+Idempotent: an expert that already has an index and pilots is reused, so a
+second run goes straight to routing and serving (and needs the collections
+only for the routing report).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
+from app.engine.engine import SearchEngine
+from app.engine.output import result_text
+from app.publishing.registry import RegistryEntry, RegistryFile
+from app.settings import Settings
+from experts import Encoder, ExpertDir, ExpertError, create_expert
+from experts.labelled import judged_queries, read_qrels, read_queries
+
+logger = logging.getLogger(__name__)
+
+
+def _corpus_for(collection: Path, work: Path, max_docs: int | None) -> Path:
+    corpus = collection / "corpus.jsonl"
+    if max_docs is None:
+        return corpus
+    sliced = work / f"corpus-first-{max_docs}.jsonl"
+    if not sliced.exists():
+        with open(corpus, encoding="utf-8") as source, open(sliced, "w", encoding="utf-8") as target:
+            target.writelines(itertools.islice(source, max_docs))
+    return sliced
+
+
+def prepare_expert(
+    settings: Settings, encoder: Encoder, collection: Path, *, max_docs: int | None, echo: Callable[[str], None]
+) -> ExpertDir:
+    """Create, index and give pilots to the expert named after ``collection``, skipping what is done."""
+    name = collection.name
+    directory = ExpertDir(settings.data_dir / name)
+    if not directory.path.exists():
+        create_expert(settings.data_dir, name, encoder=encoder, description=f"demo expert for {name}")
+    manifest = directory.read_manifest()
+    if manifest.index is None:
+        echo(f"[{name}] indexing {collection / 'corpus.jsonl'}" + (f" (first {max_docs})" if max_docs else ""))
+        corpus = _corpus_for(collection, directory.work_path("demo"), max_docs)
+        manifest, report = index_expert(directory, encoder, [corpus])
+        echo(f"[{name}] {report.documents} documents in {report.seconds:.0f}s")
+    if manifest.pilots is None:
+        train_qrels = collection / "qrels" / "train.tsv"
+        if train_qrels.is_file():  # real training queries where the collection has them
+            texts, source = pilot_texts_from_queries(collection / "queries.jsonl", train_qrels), "train queries"
+        else:  # never the test queries: pseudo queries from the expert's own documents
+            texts, source = pilot_texts_from_documents(directory, sample=1000), "pseudo queries"
+        build_pilots(directory, encoder, texts, source=source, query_max_length=settings.query_max_length)
+        echo(f"[{name}] pilots from {len(texts)} {source}")
+    return directory
+
+
+class DatasetsMissingError(FileNotFoundError):
+    """The shared collections are not where the settings point; the message says what to point where."""
+
+
+def _complete(directory: ExpertDir) -> bool:
+    """An expert the demo already built: it has an index and pilots."""
+    try:
+        manifest = directory.read_manifest()
+    except (ExpertError, OSError):
+        return False
+    return manifest.index is not None and manifest.pilots is not None
+
+
+def _missing_collections_message(datasets: Path, names: Sequence[str]) -> str:
+    return (
+        f"the shared collections {list(names)} were not found under {datasets} (each needs <name>/corpus.jsonl). "
+        "Point RR_DATASETS_DIR (or `rr demo --datasets DIR`) at the directory holding the BEIR collections, "
+        "e.g. the shared/datasets directory beside this checkout"
+    )
+
+
+def prepare_demo(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    max_docs: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Build every demo expert that is not complete yet; the collections are needed only for those."""
+    todo = [name for name in collections if not _complete(ExpertDir(settings.data_dir / name))]
+    absent = [name for name in todo if not (datasets / name / "corpus.jsonl").is_file()]
+    if absent:
+        raise DatasetsMissingError(_missing_collections_message(datasets, absent))
+    for name in todo:
+        prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo)
+
+
+def report_routing(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    echo: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Route every judged test query; print and return the share routed to its own collection's expert."""
+    engine = SearchEngine.open(settings.data_dir, encoder, **settings.engine_options())
+    try:
+        accuracy: dict[str, float] = {}
+        echo("\nrouting of each collection's test queries (share sent to its own expert):")
+        for name in collections:
+            test = datasets / name / "qrels" / "test.tsv"
+            if not test.is_file():
+                echo(f"  {name:<10} skipped: {test} not found")
+                continue
+            queries = read_queries(datasets / name / "queries.jsonl")
+            texts = list(judged_queries(queries, read_qrels(test)).values())
+            decisions = engine.route(texts)
+            counts = Counter(d.experts[0] for d in decisions)
+            accuracy[name] = counts[name] / len(texts)
+            spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
+            echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
+            example = engine.search(texts[:1], k=3).results[0]
+            echo(result_text(example))
+        return accuracy
+    finally:
+        engine.close()
+
+
+def run_demo(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    max_docs: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Build the demo experts, route every judged test query, print accuracy and sample results.
+
+    Returns routing accuracy per collection (the share of its test queries
+    routed to its own expert). Without the collections, experts built earlier
+    are kept and the report is skipped.
+    """
+    prepare_demo(settings, encoder, datasets, collections, max_docs=max_docs, echo=echo)
+    if not all((datasets / name / "corpus.jsonl").is_file() for name in collections):
+        echo("\nrouting report skipped: " + _missing_collections_message(datasets, collections))
+        return {}
+    return report_routing(settings, encoder, datasets, collections, echo=echo)
+
+
+def publish_demo(settings: Settings, collections: Sequence[str]) -> None:
+    """Make sure the service publishes the demo experts: add them to an existing registry file.
+
+    With no registry file yet the service publishes every expert under the
+    root on its first start, the demo's included, so nothing is written then.
+    """
+    registry = RegistryFile(settings.data_dir)
+    entries = registry.read()
+    if entries is None:
+        return
+    published = {entry.name for entry in entries}
+    added = [RegistryEntry(name=name, path=name) for name in collections if name not in published]
+    if added:
+        registry.write([*entries, *added])

@@ -1,0 +1,371 @@
+"""``rr eval``: retrieval quality and routing accuracy on the collections' *test* queries.
+
+Systems compared, each scored with ir-measures (nDCG@10, Recall@100) per
+collection and as a macro average over collections:
+
+- ``base``: the base encoder's query vector on the query's own collection
+  (the oracle-collection baseline); ``base-union``: the base encoder over one
+  index of every collection's documents (what a user without routing runs);
+- ``bm25`` / ``bm25-union``: the same with BM25, what most users run today;
+- ``hybrid-base``: base vector + BM25 fused, own collection;
+- ``oracle`` / ``hybrid-oracle``: the collection's own expert on its own
+  collection, dense / fused with BM25 (perfect routing);
+- ``routed`` / ``routed-hybrid``: the deployed system, ``SearchEngine.search``
+  with top-1 routing, dense / hybrid inside the chosen expert;
+- ``routed-fanout`` (with ``fanout_margin``): routed dense, but a query whose
+  top-1/top-2 margin is below the margin searches both experts, fused.
+
+The lexical systems need every expert to have a BM25 index.
+Plus routing accuracy and the confusion matrix of the deployed router, and a
+comparison of pilot constructions (centroid, k-means, the queries themselves,
+the paper's) under each aggregate (nearest pilot, mean, kNN vote), built in memory from
+training queries only. Every hit is keyed ``collection/doc-id``, so another
+collection's document is simply non-relevant (ids repeat across collections).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import ir_measures
+import numpy as np
+from ir_measures import R, nDCG
+
+from app.engine.engine import SearchEngine
+from app.offline.pilot_selection import (
+    PILOT_CONSTRUCTIONS,
+    JudgedQueries,
+    PilotConstruction,
+    collect_training_queries,
+    select_paper_pilots,
+    simple_pilots,
+)
+from experts.labelled import judged_queries, read_qrels, read_queries
+from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
+from index import DenseIndex, LexicalIndex
+from router import AGGREGATES, RouteDecision, RoutePolicy, Router
+
+logger = logging.getLogger(__name__)
+
+MEASURES = (nDCG @ 10, R @ 100)
+METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
+SYSTEMS = (
+    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "oracle", "hybrid-oracle",
+    "routed", "routed-fanout", "routed-hybrid",
+)  # fmt: skip
+SYSTEM_TITLES = {
+    "bm25": "BM25, own collection",
+    "bm25-union": "BM25, union index of all collections",
+    "base": "base encoder, own collection (oracle collection)",
+    "base-union": "base encoder, union index of all collections",
+    "hybrid-base": "base encoder + BM25 fused, own collection",
+    "oracle": "expert on its own collection (oracle routing)",
+    "hybrid-oracle": "expert + BM25 fused, own collection (oracle routing)",
+    "routed": "routed system (top-1 expert, its index)",
+    "routed-fanout": "routed, top-2 experts fused when the router's margin is small",
+    "routed-hybrid": "routed system, hybrid search in the chosen expert",
+}
+#: Systems that need every expert to have a BM25 index.
+LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-oracle", "routed-hybrid"})
+#: Queries per engine.search call: bounded memory for the hits of k=100.
+_SEARCH_BATCH = 64
+
+
+def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> JudgedQueries:
+    """``<datasets>/<collection>/qrels/<split>.tsv`` and the queries judged in it (relevance > 0)."""
+    folder = Path(datasets) / collection
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    queries = judged_queries(read_queries(folder / "queries.jsonl"), qrels)
+    ids = list(queries)
+    return JudgedQueries(collection, ids, [queries[q] for q in ids], {q: qrels[q] for q in ids}, f"{split} qrels")
+
+
+@dataclass
+class EvalReport:
+    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is the macro mean."""
+
+    collections: list[str]
+    queries: dict[str, int]
+    metrics: dict[str, dict[str, dict[str, float]]]
+    confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
+    routed_aggregate: str
+    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # construction -> aggregate -> collection/all -> accuracy
+    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # construction -> aggregate -> (C, C)
+    pilot_notes: dict[str, str] = field(default_factory=dict)
+    union_documents: int = 0
+    seconds: float = 0.0
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def systems(self) -> list[str]:
+        """The systems scored, in ``SYSTEMS`` order (``routed-fanout`` only when asked for)."""
+        return [s for s in SYSTEMS if s in self.metrics]
+
+    def average(self, system: str, metric: str) -> float:
+        return float(np.mean([self.metrics[system][c][metric] for c in self.collections]))
+
+    @property
+    def routing_accuracy(self) -> dict[str, float]:
+        """Share of each collection's test queries routed to its own expert, and ``all`` (micro)."""
+        return accuracy_of(self.confusion, self.collections)
+
+
+def accuracy_of(confusion: np.ndarray, collections: Sequence[str]) -> dict[str, float]:
+    """Per collection (row) the share on the diagonal, and ``all`` (micro)."""
+    diagonal = np.diag(confusion)
+    totals = confusion.sum(axis=1)
+    accuracy = {c: float(diagonal[i] / max(totals[i], 1)) for i, c in enumerate(collections)}
+    accuracy["all"] = float(diagonal.sum() / max(totals.sum(), 1))
+    return accuracy
+
+
+def _keyed_qrels(test: JudgedQueries) -> dict[str, dict[str, int]]:
+    return {q: {f"{test.collection}/{doc}": rel for doc, rel in docs.items()} for q, docs in test.qrels.items()}
+
+
+def score_run(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """nDCG@10 and Recall@100 averaged over every judged query (a query missing from the run scores 0)."""
+    full_run = {q: dict(run.get(q, {})) for q in qrels}
+    totals = {name: 0.0 for name in METRIC_NAMES.values()}
+    for metric in ir_measures.iter_calc(list(MEASURES), qrels, full_run):
+        totals[METRIC_NAMES[metric.measure]] += metric.value
+    return {name: value / max(len(qrels), 1) for name, value in totals.items()}
+
+
+def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
+    return {
+        q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
+    }
+
+
+def _union_run(
+    test: JudgedQueries, scores: np.ndarray, rows: np.ndarray, keys: Sequence[str], *, limit: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Per query, document key -> score; a document found through several chunks keeps its best (first) one."""
+    run: dict[str, dict[str, float]] = {}
+    for q, score_row, row in zip(test.ids, scores, rows, strict=True):
+        found: dict[str, float] = {}
+        for s, r in zip(score_row, row):
+            if r >= 0 and np.isfinite(s) and keys[r] not in found and (limit is None or len(found) < limit):
+                found[keys[r]] = float(s)
+        run[q] = found
+    return run
+
+
+def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[LexicalIndex, list[str]]:
+    """One BM25 index over every collection's documents (the first collection's analyzer); row i is ``keys[i]``."""
+    keys: list[str] = []
+    settings = engine.experts[collections[0]].collection.lexical.settings
+
+    def chunks():
+        for name in collections:
+            docstore = engine.experts[name].collection.docstore
+            docs = [doc for doc in docstore.get(docstore.all_row_ids().tolist()) if doc is not None]
+            rows = np.arange(len(keys), len(keys) + len(docs), dtype=np.int64)
+            keys.extend(f"{name}/{doc.id}" for doc in docs)
+            yield rows, [doc.passage() for doc in docs]
+
+    return LexicalIndex.build(chunks(), settings), keys
+
+
+def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[DenseIndex, list[str], int]:
+    """One exact index of every collection's stored base vectors; row i is ``keys[i]`` (collection/doc-id).
+
+    A collection that split long documents into chunks contributes every
+    chunk (keyed by its document), as its own index searches them; the third
+    value is the most chunks any document has, so a search can go deep
+    enough to find ``k`` distinct documents.
+    """
+    union = DenseIndex.create(engine.encoder.dim)
+    keys: list[str] = []
+    most = 1
+    for name in collections:
+        collection = engine.experts[name].collection
+        if collection.chunked:
+            rows, vectors, _, _ = collection.dense.chunk_vectors()
+            most = max(most, int(np.bincount(rows).max()) if len(rows) else 1)
+        else:
+            rows, vectors = collection.vectors()
+        docs = collection.docstore.get(rows.tolist())
+        keep = [i for i, doc in enumerate(docs) if doc is not None]
+        union.add(vectors[keep], np.arange(len(keys), len(keys) + len(keep), dtype=np.int64))
+        keys.extend(f"{name}/{docs[i].id}" for i in keep)
+    return union, keys, most
+
+
+def evaluate(
+    engine: SearchEngine,
+    datasets: Path,
+    collections: Sequence[str],
+    *,
+    k: int = 100,
+    constructions: Sequence[PilotConstruction] = PILOT_CONSTRUCTIONS,
+    pseudo_sample: int = 300,
+    clusters: int = 4,
+    seed: int = 0,
+    routed_aggregate: str = "",
+    fanout_margin: float | None = None,
+) -> EvalReport:
+    """Score the systems of ``SYSTEMS``, the deployed router and the pilot constructions on the test queries.
+
+    Expert names must equal the collections' folder names under ``datasets``.
+    Scifact (and any collection with ``qrels/test.tsv``) is scored on its test
+    split only; pilot comparisons train on train qrels or pseudo queries.
+    ``routed_aggregate`` only labels the report (the engine's router has its own).
+    With ``fanout_margin`` the ``routed-fanout`` system is scored too; the
+    lexical systems only when every expert has a BM25 index.
+    """
+    started = time.perf_counter()
+    collections = list(collections)
+    missing = [c for c in collections if c not in engine.experts]
+    if missing:
+        raise KeyError(f"Collections {missing} have no loaded expert. Loaded experts: {sorted(engine.experts)}")
+    if k < 100:
+        raise ValueError(f"k must be >= 100 to score Recall@100, got {k}")
+    tests = {c: read_test_set(datasets, c) for c in collections}
+    encoder, max_length = engine.encoder, engine.query_max_length
+    base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
+    union, keys, most_chunks = union_index(engine, collections)
+    lexical = all(engine.experts[c].collection.has_lexical for c in collections)
+    if lexical:
+        lexical_union, lexical_keys = lexical_union_index(engine, collections)
+    else:
+        logger.warning("not every expert has a BM25 index: the lexical and hybrid systems are left out")
+    systems = [
+        s for s in SYSTEMS
+        if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
+    ]  # fmt: skip
+    dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
+    routed_dense, routed_hybrid = RetrievalOptions(mode="dense"), RetrievalOptions(mode="hybrid")
+    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
+    position = {c: i for i, c in enumerate(collections)}
+    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    for name, test in tests.items():
+        expert = engine.experts[name]
+        qrels = _keyed_qrels(test)
+
+        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:
+            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))
+            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))
+
+        expert_vectors = (
+            base_vectors[name]
+            if expert.adapter is None
+            else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
+        )
+        metrics["base"][name] = own(base_vectors[name], dense)
+        found = union.search(base_vectors[name], min(k * most_chunks, union.ntotal))
+        metrics["base-union"][name] = score_run(qrels, _union_run(test, *found, keys, limit=k))
+        metrics["oracle"][name] = own(expert_vectors, dense)
+        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), routed_dense)
+        for decision in decisions:
+            chosen = decision.experts[0]
+            if chosen in position:
+                confusion[position[name], position[chosen]] += 1
+        metrics["routed"][name] = score_run(qrels, routed_run)
+        if fanout_margin is not None:
+            policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin)
+            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, routed_dense)[0])
+        if lexical:
+            metrics["bm25"][name] = own(base_vectors[name], Retrieval(mode="lexical"))
+            found = lexical_union.search(test.texts, k)
+            metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
+            metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
+            # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
+            tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
+            metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
+            found = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
+            metrics["routed-hybrid"][name] = score_run(qrels, found)
+        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
+    report = EvalReport(
+        collections=collections,
+        queries={c: len(t.ids) for c, t in tests.items()},
+        metrics=metrics,
+        confusion=confusion,
+        routed_aggregate=routed_aggregate,
+        union_documents=len(keys),
+        settings={
+            "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
+            "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
+        },  # fmt: skip
+    )
+    if constructions:
+        compare_pilots(engine, datasets, tests, base_vectors, report, constructions=constructions,
+                       pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _routed_run(
+    engine: SearchEngine, test: JudgedQueries, k: int, policy: RoutePolicy, retrieval: RetrievalOptions
+) -> tuple[dict[str, dict[str, float]], list[RouteDecision]]:
+    """The deployed router's run over one collection's test queries, and its decisions."""
+    run: dict[str, dict[str, float]] = {}
+    decisions: list[RouteDecision] = []
+    for start in range(0, len(test.texts), _SEARCH_BATCH):
+        batch = engine.search(test.texts[start : start + _SEARCH_BATCH], k=k, policy=policy, retrieval=retrieval)
+        for qid, result in zip(test.ids[start : start + _SEARCH_BATCH], batch.results, strict=True):
+            run[qid] = {f"{h.expert}/{h.id}": float(h.score) for h in result.hits}
+            decisions.append(result.decision)
+    return run, decisions
+
+
+def routing_confusion(router: Router, collections: Sequence[str], base_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(C, C) test queries: rows = true collection, columns = the router's top-1 expert (``collections`` order)."""
+    column = {name: collections.index(name) for name in router.experts if name in collections}
+    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    for row, name in enumerate(collections):
+        for chosen in np.argmax(router.scores(base_vectors[name]), axis=1):
+            if router.experts[chosen] in column:
+                confusion[row, column[router.experts[chosen]]] += 1
+    return confusion
+
+
+def compare_pilots(
+    engine: SearchEngine,
+    datasets: Path,
+    tests: Mapping[str, JudgedQueries],
+    base_vectors: Mapping[str, np.ndarray],
+    report: EvalReport,
+    *,
+    constructions: Sequence[PilotConstruction],
+    pseudo_sample: int,
+    clusters: int,
+    seed: int,
+) -> None:
+    """Routing accuracy per pilot construction x aggregate, pilots built in memory from training queries only."""
+    selection = collect_training_queries(
+        engine, datasets, experts=report.collections, pseudo_sample=pseudo_sample, seed=seed
+    )
+    report.pilot_notes["training queries"] = selection.source
+    for construction in constructions:
+        if construction == "paper":
+            select_paper_pilots(engine, datasets, selection=selection)
+            pilots = selection.pilots
+            dropped = sum(selection.dropped.values())
+            report.pilot_notes["paper"] = (
+                f"{sum(len(p) for p in pilots.values())} pilots; {dropped} training queries dropped as ties; "
+                f"experts without pilots: {selection.without_pilots or 'none'}"
+            )
+            if selection.without_pilots:
+                # An expert that won nothing cannot be routed to; say so rather than inventing a pilot.
+                report.pilot_notes["paper"] += " (never routed to)"
+            if not pilots:
+                report.pilot_notes["paper"] = (
+                    f"not applicable: every expert tied on all {sum(len(q.ids) for q in selection.queries.values())} "
+                    "training queries (untrained adapters are identical to the base model)"
+                )
+                continue
+        else:
+            pilots = simple_pilots(selection, construction, clusters=clusters)
+        for aggregate in AGGREGATES:
+            router = Router(pilots, aggregate=aggregate, neighbours=engine.router.neighbours)
+            confusion = routing_confusion(router, report.collections, base_vectors)
+            report.pilot_comparison.setdefault(construction, {})[aggregate] = accuracy_of(confusion, report.collections)
+            report.pilot_confusion.setdefault(construction, {})[aggregate] = confusion

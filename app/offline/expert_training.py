@@ -1,0 +1,399 @@
+"""Training an expert end to end: index, pairs, LoRA adapter, pilots, published as one directory.
+
+The flow (``train_expert``):
+
+1. a complete new expert is assembled in a hidden staging directory under the
+   experts root (``.<name>.train-XXXX.tmp/<name>``), never under its real name;
+2. its collection is built with the batch indexing job, or, when retraining on
+   the same corpus files, hard-linked from the published version (documents
+   are embedded by the frozen base encoder, so an adapter never changes them);
+3. the base document vectors are read back from the index (no second embedding
+   pass) and training pairs are built: pseudo queries from the documents, plus
+   labelled queries when given;
+4. the adapter is trained (``experts.train_adapter``) and replaces the staged
+   untrained one; the manifest records ``trained=True`` and the recipe;
+5. pilots are built from the training queries (never test queries) and
+   published, which checksums every file;
+6. the staging directory is renamed into place. Retraining an existing expert
+   swaps the two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``),
+   so the old version serves until the very moment the new one is complete; a
+   server that loaded it keeps its open files and loaded adapter until it
+   publishes the new version.
+
+Any exception or Ctrl-C removes the staging directory: no half-written
+expert is ever left under the root, and the served one is untouched. A
+staging directory orphaned by a killed process is removed by the next run for
+that name (it holds a lock while in use).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.offline.building import PilotMethod, build_pilots, index_expert
+from experts import (
+    MANIFEST_FILE,
+    AdapterInfo,
+    Encoder,
+    ExpertDir,
+    ExpertDirError,
+    Manifest,
+    TrainConfig,
+    TrainingPair,
+    TrainingSection,
+    TrainReport,
+    atomic_write_bytes,
+    check_expert_name,
+    combine_pairs,
+    create_expert,
+    fsync_dir,
+    fsync_tree,
+    pseudo_pairs,
+    read_adapter_config,
+    supervised_pairs,
+    train_adapter,
+)
+from experts.labelled import read_qrels, read_queries
+from index import Collection, corpus_fingerprint, read_info
+
+logger = logging.getLogger(__name__)
+
+_STAGING_LOCK = ".staging.lock"
+_READ_CHUNK = 5000
+_ORPHAN_AGE_S = 60.0
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What ``train_expert`` published and how long each part took."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    train: TrainReport
+    pair_kinds: dict[str, int]
+    index_reused: bool
+    index_seconds: float
+    seconds: float
+    replaced_version: int | None
+
+
+# ---------------------------------------------------------------------- staging and swapping
+@contextmanager
+def _staging(root: Path, name: str) -> Iterator[Path]:
+    """A hidden, locked staging directory under ``root``, removed on every exit.
+
+    After a publish it holds only what was replaced (or nothing); after an
+    error or Ctrl-C, the half-built expert.
+
+    Orphans from killed runs (their lock is free, and they are a minute old,
+    so a run that is just starting is not mistaken for one) are removed first.
+    """
+    for orphan in root.glob(f".{name}.train-*.tmp"):
+        try:
+            if time.time() - orphan.stat().st_mtime < _ORPHAN_AGE_S:
+                continue
+            with open(orphan / _STAGING_LOCK, "a+b") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(orphan, ignore_errors=True)
+                logger.info("removed %s, left behind by an interrupted training run", orphan)
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+            continue  # in use by a running training, or already gone
+    stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.train-", suffix=".tmp"))
+    handle = open(stage / _STAGING_LOCK, "a+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        handle.close()
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Raises ``NotImplementedError`` where the platform or filesystem cannot.
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is None:
+        raise NotImplementedError("renameat2 is not available")
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise NotImplementedError(os.strerror(code))
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _swap_into_place(staged: Path, target: Path, *, old_version: int | None) -> None:
+    """Make ``staged`` the expert at ``target``: a rename for a new one, an atomic exchange for a replacement.
+
+    Refuses when ``target`` changed since training started (another writer
+    published meanwhile), rather than silently discarding that change.
+    """
+    if old_version is None:
+        try:
+            os.rename(staged, target)  # fails if a directory of that name appeared meanwhile
+        except OSError as exc:
+            raise ExpertDirError(f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})") from exc
+        fsync_dir(target.parent)
+        return
+    current = ExpertDir(target)
+    with current.locked():
+        now = current.read_manifest().version
+        if now != old_version:
+            raise ExpertDirError(
+                f"expert {target.name!r} changed while training (version {old_version} -> {now}); "
+                "nothing was replaced, train again to include that change"
+            )
+        try:
+            _exchange(staged, target)
+        except NotImplementedError:
+            # Two renames: for a moment no expert of that name exists (a loader then reports it missing).
+            aside = staged.with_name(staged.name + ".old")
+            os.rename(target, aside)
+            try:
+                os.rename(staged, target)
+            except BaseException:
+                os.rename(aside, target)
+                raise
+            os.rename(aside, staged)
+    fsync_dir(target.parent)
+
+
+# ---------------------------------------------------------------------- index and documents
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (or copy, across filesystems) a published index generation: its files are never rewritten."""
+    target.mkdir()
+    for path in sorted(source.iterdir()):
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def _reuse_index(old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpora: Sequence[Path], factory: str) -> bool:
+    """Give ``new`` the collection of ``old`` when it was built from the same files the same way."""
+    if old is None:
+        return False
+    manifest = old.read_manifest()
+    index = manifest.index
+    if (
+        index is None
+        or index.factory != factory
+        or manifest.adapter.side != "query"
+        or manifest.base_model.fingerprint != encoder.fingerprint
+        or manifest.max_length != encoder.max_length
+        or manifest.pooling != encoder.pooling
+    ):
+        return False
+    source = old.path / index.directory
+    if list(read_info(source).corpus_fingerprints) != [corpus_fingerprint(Path(c)) for c in corpora]:
+        return False
+    target = new.new_index_path()
+    _link_tree(source, target)
+    new.publish(index=index.model_copy(update={"directory": target.name}))
+    logger.info("reusing the collection of %s (same corpus files, same base encoder)", old.path)
+    return True
+
+
+def _documents(collection: Collection, rows: np.ndarray) -> list[tuple[str, str, str]]:
+    """``(doc_id, title, text)`` of every row, in row order, read in chunks."""
+    out: list[tuple[str, str, str]] = []
+    for start in range(0, len(rows), _READ_CHUNK):
+        chunk = rows[start : start + _READ_CHUNK].tolist()
+        for row, doc in zip(chunk, collection.docstore.get(chunk), strict=True):
+            if doc is None:
+                raise ExpertDirError(f"{collection.directory}: row {row} is in the index but not in the docstore")
+            out.append((doc.id, doc.title, doc.text))
+    return out
+
+
+def _base_vectors(collection: Collection, encoder: Encoder, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids and base document vectors: read back from an exact index, else embedded again."""
+    if collection.dense.exact_storage:
+        return collection.vectors()
+    rows = collection.docstore.all_row_ids()
+    logger.info("the %r index stores compressed codes: embedding %d documents again", manifest.index.factory, len(rows))
+    passages = []
+    for start in range(0, len(rows), _READ_CHUNK):
+        passages += [doc.passage() for doc in collection.docstore.get(rows[start : start + _READ_CHUNK].tolist())]
+    return rows, encoder.embed(passages, max_length=manifest.max_length)
+
+
+def _faiss_negatives(collection: Collection, rows: np.ndarray):
+    """Hard-negative search through the expert's own FAISS index, answering matrix positions."""
+
+    def search(queries: np.ndarray, k: int) -> np.ndarray:
+        _, ids = collection.dense.search(queries, k)
+        positions = np.searchsorted(rows, ids)
+        return np.where(ids >= 0, positions, -1).astype(np.int64)
+
+    return search
+
+
+# ---------------------------------------------------------------------- the workflow
+def _pairs(
+    documents: list[tuple[str, str, str]],
+    *,
+    queries: Path | None,
+    qrels: Path | None,
+    spans_with_title: int,
+    spans_without_title: int,
+    supervised_repeat: int,
+    seed: int,
+) -> tuple[list[TrainingPair], list[str]]:
+    """Training pairs and the texts to build pilots from (real training queries where given)."""
+    pseudo = pseudo_pairs(
+        [(title, text) for _, title, text in documents],
+        spans_with_title=spans_with_title, spans_without_title=spans_without_title, seed=seed,
+    )  # fmt: skip
+    if queries is None:
+        texts = [pair.query for pair in pseudo]
+        return pseudo, random.Random(seed).sample(texts, min(1000, len(texts)))
+    rows = {doc_id: position for position, (doc_id, _, _) in enumerate(documents)}
+    supervised = supervised_pairs(read_queries(queries), read_qrels(qrels), rows)
+    return combine_pairs(pseudo, supervised, supervised_repeat=supervised_repeat), [p.query for p in supervised]
+
+
+def _record_training(
+    expert: ExpertDir, report: TrainReport, kinds: dict[str, int], *, corpora: Sequence[Path], labelled: str,
+    min_version: int,
+) -> None:  # fmt: skip
+    """Mark the staged adapter trained and record the recipe (checksums follow with the pilots' publish)."""
+    manifest = expert.read_manifest()
+    config = read_adapter_config(expert.adapter_path)
+    adapter = AdapterInfo(
+        side="query",
+        rank=int(config["r"]),
+        alpha=float(config.get("lora_alpha", config["r"])),
+        dropout=float(config.get("lora_dropout", 0.0)),
+        target_modules=tuple(sorted(report.config.target_modules)),
+        trained=True,
+    )
+    training = TrainingSection(
+        recipe=report.config.as_dict(), mode=report.mode, pairs=report.pairs, pair_kinds=kinds,
+        documents=report.documents, first_loss=report.first_loss, final_loss=report.final_loss,
+        seconds=round(report.seconds, 1), corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora), labelled=labelled,
+    )  # fmt: skip
+    updated = manifest.next_version(adapter=adapter, training=training)
+    updated = updated.model_copy(update={"version": max(updated.version, min_version)})
+    atomic_write_bytes(expert.path / MANIFEST_FILE, updated.model_dump_json(indent=2).encode())
+
+
+def train_expert(
+    root: Path,
+    name: str,
+    *,
+    encoder: Encoder,
+    corpora: Sequence[Path],
+    queries: Path | None = None,
+    qrels: Path | None = None,
+    config: TrainConfig = TrainConfig(),
+    replace: bool = False,
+    factory: str = "Flat",
+    description: str = "",
+    spans_with_title: int = 2,
+    spans_without_title: int = 3,
+    supervised_repeat: int = 3,
+    pilot_method: PilotMethod = "queries",
+    pilot_clusters: int = 4,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
+
+    Corpus-only by default: pseudo queries (titles, random text spans) point
+    at their own documents. With ``queries`` and ``qrels`` (e.g. scifact's
+    train split) the labelled pairs join them, repeated ``supervised_repeat``
+    times, and the pilots are built from those real queries.
+
+    ``replace=True`` retrains an existing expert; it keeps serving until the
+    new directory is complete and swapped in. See the module docstring for
+    the guarantees on interruption.
+
+    >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
+    ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
+    >>> result.manifest.adapter.trained
+    True
+    """
+    started = time.perf_counter()
+    check_expert_name(name)
+    corpora = [Path(c) for c in corpora]
+    if not corpora:
+        raise ValueError("give at least one corpus file to train on")
+    if (queries is None) != (qrels is None):
+        raise ValueError("labelled training needs both queries and qrels (e.g. queries.jsonl and qrels/train.tsv)")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    old = ExpertDir(target) if target.exists() else None
+    if old is not None and not replace:
+        raise ExpertDirError(
+            f"expert {name!r} already exists at {target}; pass replace=True (--replace) to retrain it "
+            "(the current version keeps serving until the new one is complete)"
+        )
+    old_version = old.read_manifest().version if old is not None else None
+    with _staging(root, name) as stage:
+        expert = create_expert(
+            stage, name, encoder=encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,  # type: ignore[arg-type]
+            target_modules=config.target_modules, description=description,
+        )  # fmt: skip
+        index_started = time.perf_counter()
+        reused = _reuse_index(old, expert, encoder, corpora, factory)
+        if not reused:
+            index_expert(expert, encoder, corpora, factory=factory, progress=progress)
+        index_seconds = time.perf_counter() - index_started
+        manifest = expert.read_manifest()
+        with Collection.open(expert.path / manifest.index.directory) as collection:
+            rows, vectors = _base_vectors(collection, encoder, manifest)
+            documents = _documents(collection, rows)
+            pairs, pilot_texts = _pairs(
+                documents, queries=queries, qrels=qrels, spans_with_title=spans_with_title,
+                spans_without_title=spans_without_title, supervised_repeat=supervised_repeat, seed=config.seed,
+            )  # fmt: skip
+            trained_dir = expert.work_path("train") / "adapter"
+            report = train_adapter(
+                encoder, pairs, vectors, trained_dir, config=config, negative_search=_faiss_negatives(collection, rows),
+                progress=progress, description=f"training {name}",
+            )  # fmt: skip
+        shutil.rmtree(expert.adapter_path)
+        os.rename(trained_dir, expert.adapter_path)
+        shutil.rmtree(expert.path / ".work", ignore_errors=True)
+        kinds = dict(sorted(Counter(pair.kind for pair in pairs).items()))
+        labelled = f"{queries} + {qrels}" if queries is not None else ""
+        _record_training(
+            expert, report, kinds, corpora=corpora, labelled=labelled,
+            min_version=(old_version or 0) + 1,
+        )  # fmt: skip
+        source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
+        published = build_pilots(
+            expert, encoder, pilot_texts, method=pilot_method, clusters=pilot_clusters, source=source
+        )  # fmt: skip
+        expert.verify(published)
+        fsync_tree(expert.path)
+        _swap_into_place(expert.path, target, old_version=old_version)
+    result = TrainingResult(
+        name=name, path=target, manifest=published, train=report, pair_kinds=kinds, index_reused=reused,
+        index_seconds=index_seconds, seconds=time.perf_counter() - started, replaced_version=old_version,
+    )  # fmt: skip
+    logger.info(
+        "published expert %r version %d (%s) in %.0fs", name, published.version,
+        f"replacing version {old_version}" if old_version is not None else "new", result.seconds,
+    )  # fmt: skip
+    return result

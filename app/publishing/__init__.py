@@ -1,0 +1,1 @@
+"""What is served, changed at run time: the publisher, the registry file, archives, document writes."""

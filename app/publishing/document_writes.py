@@ -1,0 +1,92 @@
+"""Writing the documents of published experts: upsert, delete, read one, merge.
+
+The API routes and ``rr documents`` call these; each takes the expert as it is
+published now. A write to one expert holds that expert's document lock (from
+:meth:`~app.engine.engine.SearchEngine.document_lock`) for its embedding and commit,
+so two writers to one expert run one after the other and an expert is never
+replaced between a write's commit and its acknowledgement; writers to other
+experts and all searches go on meanwhile. After a write, a background merge
+starts when the expert's merge policy asks for one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from app.engine.engine import SearchEngine
+from app.errors import UnknownDocumentError
+from app.engine.loading import LoadedExpert
+from experts import UnknownExpertError
+from index import DeleteReport, Document, MergeReport, UpsertReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A write's report and the expert's state right after it."""
+
+    report: UpsertReport | DeleteReport
+    documents: int
+    merging: bool
+
+
+class DocumentWriter:
+    """The document operations on ``engine``'s published experts.
+
+    ``check_servable`` (the publisher's) refuses an expert that is published
+    but failed to load, with its reason, before the unknown-expert 404.
+    """
+
+    def __init__(self, engine: SearchEngine, *, check_servable=lambda name: None) -> None:
+        self.engine = engine
+        self._check_servable = check_servable
+
+    def expert(self, name: str) -> LoadedExpert:
+        self._check_servable(name)
+        expert = self.engine.experts.get(name)
+        if expert is None:
+            raise UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(self.engine.experts)}")
+        return expert
+
+    def upsert(self, name: str, docs: Sequence[Document]) -> Written:
+        """Insert or replace documents of ``name``; durable and searchable once this returns."""
+        with self.engine.document_lock(name):
+            expert = self.expert(name)  # the one published now, looked up under the lock
+            report = expert.documents.upsert(docs)
+        return self._written(expert, report)
+
+    def delete(self, name: str, doc_ids: Sequence[str]) -> Written:
+        """Delete documents of ``name`` by id; durable and gone from searches once this returns."""
+        with self.engine.document_lock(name):
+            expert = self.expert(name)
+            report = expert.documents.delete(doc_ids)
+        return self._written(expert, report)
+
+    def get(self, name: str, doc_id: str) -> Document:
+        document = self.expert(name).documents.get(doc_id)
+        if document is None:
+            raise UnknownDocumentError(f"expert {name!r} has no document {doc_id!r}")
+        return document
+
+    def merge(self, name: str, *, timeout: float | None = None) -> tuple[MergeReport | None, LoadedExpert]:
+        """Fold ``name``'s live writes into a new index generation now (or join the running merge) and wait.
+
+        Returns the report (None when there was nothing to fold in) and the
+        expert as published afterwards (its manifest names the new generation).
+        """
+        expert = self.expert(name)
+        future = expert.documents.start_merge(force=True)
+        if future is None:
+            expert.documents.check_writable()  # this process cannot write it: say why
+        report = future.result(timeout) if future is not None else None
+        return report, self.expert(name)
+
+    def _written(self, expert: LoadedExpert, report: UpsertReport | DeleteReport) -> Written:
+        merge: Future[MergeReport | None] | None = expert.documents.start_merge()
+        if merge is not None:
+            logger.info("expert %r: merging its live writes in the background", expert.name)
+        return Written(report, len(expert.documents), expert.documents.merging)

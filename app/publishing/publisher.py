@@ -1,0 +1,370 @@
+"""Publishing and unpublishing experts at run time, and the registry that makes it survive a restart.
+
+Every change follows one order, so that a failure at any step changes
+nothing: validate and load the new expert completely (manifest, checksums,
+base-model fingerprint, dimension, pilots, index, adapter) → write the
+registry file atomically → swap the engine's snapshot. Admin operations are
+serialised by one lock; searches never wait for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
+from app.engine.engine import RESERVED_NAMES, SearchEngine
+from app.errors import (
+    ConflictError,
+    ExpertRejectedError,
+    ExpertUnavailableError,
+    InvalidRequestError,
+    PathNotAllowedError,
+    PayloadTooLargeError,
+    is_disk_full,
+)
+from app.engine.loading import LoadedExpert, load_expert, unload_expert
+from app.publishing.registry import RegistryEntry, RegistryFile
+from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
+from index import IndexStoreError, MergePolicy
+from router import RouterError
+
+logger = logging.getLogger(__name__)
+
+#: Where uploaded archives are unpacked, under the data root.
+UPLOADS_DIR = "uploads"
+#: Hidden names under it: an archive being received, and one being unpacked (removed at start-up if left).
+_RECEIVING_PREFIX = ".upload-"
+_STAGING_PREFIX = ".staging-"
+#: What a broken expert directory can raise while being validated and loaded.
+_LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory tree, or a file or link (a link is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, with a symlink loop raised as OSError (ELOOP) as Python 3.13 does; 3.11 raises RuntimeError."""
+    try:
+        return path.resolve()
+    except RuntimeError as exc:
+        raise OSError(errno.ELOOP, f"{exc}") from exc
+
+
+class ExpertPublisher:
+    """The published set: the engine's snapshot plus the registry file, changed together.
+
+    ``failed`` holds experts that are published (in the registry) but could not
+    be loaded at start-up, with the reason: they keep the service from being
+    ready until they are replaced or deleted.
+    """
+
+    def __init__(
+        self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True, merge_policy: MergePolicy = MergePolicy()
+    ) -> None:
+        self.engine = engine
+        self.root = Path(root).resolve()
+        self.registry = RegistryFile(self.root)
+        self.verify_checksums = verify_checksums
+        self.merge_policy = merge_policy
+        self.failed: dict[str, str] = {}
+        self._entries: dict[str, RegistryEntry] = {}
+        self._lock = threading.Lock()
+        engine.on_expert_failure = self._take_out_of_service
+
+    @property
+    def entries(self) -> dict[str, RegistryEntry]:
+        """Published experts by name (loaded or failed)."""
+        return dict(self._entries)
+
+    # ------------------------------------------------------------------ start-up
+    def restore(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Load what the registry lists; with no registry yet, publish every loadable expert under the root."""
+        with self._lock:
+            self._discard_interrupted_writes()
+            entries = self.registry.read()
+            bootstrap = entries is None
+            if entries is None:
+                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in list_expert_dirs(self.root)]
+                logger.info("no %s yet: publishing the experts found under %s", self.registry.path.name, self.root)
+            published: list[RegistryEntry] = []
+            for position, entry in enumerate(entries, start=1):
+                progress(f"loading experts ({position}/{len(entries)}: {entry.name})")
+                try:
+                    directory = _resolved(self.registry.resolve(entry))
+                    if not directory.is_relative_to(self.root):
+                        raise ValueError(f"{entry.path!r} lies outside the data root {self.root}")
+                    loaded = self._load(directory, verify_checksums=self.verify_checksums)
+                    if loaded.name != entry.name:
+                        unload_expert(loaded, self.engine.encoder)
+                        raise ValueError(f"the directory now holds expert {loaded.name!r}")
+                except _LOAD_ERRORS as exc:
+                    if bootstrap:  # never published: just not served
+                        logger.warning("not publishing %s: %s", entry.path, exc)
+                        self.engine.unavailable[entry.name] = str(exc)
+                        continue
+                    logger.error("published expert %r cannot be loaded: %s", entry.name, exc)
+                    self.failed = {**self.failed, entry.name: str(exc)}
+                    published.append(entry)
+                    continue
+                self.engine.add(loaded)
+                published.append(entry.model_copy(update={"version": loaded.manifest.version}) if bootstrap else entry)
+            self._entries = {entry.name: entry for entry in published}
+            if bootstrap:
+                self.registry.write(published)
+            else:  # without a registry nothing says which uploads were published: keep them all
+                self._discard_unpublished_uploads()
+
+    def _discard_interrupted_writes(self) -> None:
+        """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
+
+        Only the hidden names given to them while they are written; unpacked experts (published or not) are kept.
+        """
+        for leftover in self.registry.discard_temporary_files():
+            logger.warning("removed %s, left by a registry update that was interrupted", leftover)
+        uploads = self.root / UPLOADS_DIR
+        if not uploads.is_dir():
+            return
+        for leftover in sorted([*uploads.glob(f"{_RECEIVING_PREFIX}*"), *uploads.glob(f"{_STAGING_PREFIX}*")]):
+            logger.warning("removing %s, left by an upload that was interrupted", leftover)
+            _remove_tree(leftover)
+
+    def _upload_of(self, entry: RegistryEntry) -> Path | None:
+        """The ``uploads/<name>-<stamp>-<token>`` directory an uploaded expert was unpacked into; None for others."""
+        parts = PurePosixPath(entry.path).parts
+        if len(parts) >= 2 and parts[0] == UPLOADS_DIR and not parts[1].startswith("."):
+            return self.root / UPLOADS_DIR / parts[1]
+        return None
+
+    def _discard_unpublished_uploads(self) -> None:
+        """Under the lock: delete every unpacked upload that no registry entry names (their expert was removed or
+        replaced while the server was down, or a crash came between unpacking and publishing)."""
+        uploads = self.root / UPLOADS_DIR
+        if not uploads.is_dir() or uploads.is_symlink():
+            return
+        kept = {self._upload_of(entry) for entry in self._entries.values()}
+        for directory in sorted(uploads.iterdir()):
+            if directory.name.startswith(".") or directory in kept:
+                continue  # hidden names are uploads in progress (removed by _discard_interrupted_writes)
+            logger.warning("removing %s: an uploaded expert that is no longer published", directory)
+            _remove_tree(directory)
+
+    def _discard_upload_once_released(self, entry: RegistryEntry | None, released: threading.Event) -> threading.Event:
+        """Delete the unpacked upload of an expert that was just removed or replaced, once it is unloaded.
+
+        Not before: searches that still hold the old expert read its files.
+        Returns an event set when that is done (at once for an expert that was
+        not uploaded). Call it without holding the lock.
+        """
+        directory = None if entry is None else self._upload_of(entry)
+        if directory is None:
+            return released
+
+        done = threading.Event()
+
+        def discard() -> None:
+            released.wait()
+            try:
+                with self._lock:  # the same directory may have been published again meanwhile
+                    if directory not in {self._upload_of(e) for e in self._entries.values()}:
+                        _remove_tree(directory)
+                        logger.info("removed %s: the uploaded expert it held is no longer published", directory)
+            finally:
+                done.set()
+
+        if released.is_set():
+            discard()
+        else:
+            threading.Thread(target=discard, name=f"rr-discard-{entry.name}", daemon=True).start()
+        return done
+
+    def _take_out_of_service(self, expert: LoadedExpert, reason: str) -> None:
+        """Called by the engine when a loaded expert's files fail during a search (checksums are only checked at load).
+
+        The expert stays published (in the registry) but is unloaded and
+        reported failed, as if it had failed at start-up: ``/readyz`` and
+        ``GET /experts`` say why, requests naming it get a 503 with the reason,
+        routing skips it. Run in a thread of its own: the search that found the
+        fault must not wait for an admin call holding the lock.
+        """
+
+        def take_out() -> None:
+            with self._lock:
+                current = self.engine.experts.get(expert.name)
+                if current is None or current.documents is not expert.documents:
+                    return  # already taken out, replaced or removed
+                self.failed = {**self.failed, expert.name: reason}
+                self.engine.remove(expert.name)
+            logger.error("expert %r taken out of service: %s", expert.name, reason)
+
+        threading.Thread(target=take_out, name=f"rr-take-out-{expert.name}", daemon=True).start()
+
+    # ------------------------------------------------------------------ add
+    def resolve_path(self, path: str) -> Path:
+        """An expert directory named by the caller, which must lie under the data root once links are followed."""
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = self.root / candidate
+        try:
+            resolved = _resolved(candidate)
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc}") from exc
+        if not resolved.is_relative_to(self.root):
+            raise PathNotAllowedError(
+                f"path {path!r} resolves to {resolved}, outside the data root {self.root}: "
+                "experts can only be published from directories under the data root"
+            )
+        if resolved == self.root:
+            raise InvalidRequestError(f"path {path!r} is the data root itself; name an expert directory inside it")
+        try:
+            is_directory = resolved.is_dir()
+        except OSError as exc:  # a component longer than the filesystem allows (ENAMETOOLONG)
+            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc.strerror}") from exc
+        if not is_directory:
+            raise ExpertRejectedError(f"path {path!r} is not a directory under the data root {self.root}")
+        return resolved
+
+    def add_path(self, path: str, *, replace: bool = False) -> RegistryEntry:
+        """Validate, load and publish the expert directory at ``path``; a failure changes nothing."""
+        directory = self.resolve_path(path)
+        with self._lock:
+            try:
+                name = ExpertDir(directory).read_manifest().name
+            except _LOAD_ERRORS as exc:
+                raise ExpertRejectedError(f"expert at {path!r} was not published: {exc}") from exc
+            self._check_name(name, replace=replace)
+            # No document write of this expert between loading the new version (which replays the live
+            # log) and publishing it: a write acknowledged by the old version would be missing from the new.
+            with self.engine.document_lock(name):
+                current = self.engine.experts.get(name)
+                if current is not None:
+                    current.documents.wait_merge()  # its merge would publish a generation under the new one
+                try:
+                    loaded = self._load(directory, verify_checksums=True)  # an add always checks every byte
+                except _LOAD_ERRORS as exc:
+                    raise ExpertRejectedError(
+                        f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
+                    ) from exc
+                relative = directory.relative_to(self.root).as_posix()
+                entry = RegistryEntry(name=name, path=relative, version=loaded.manifest.version)
+                try:
+                    self.registry.write([*(e for n, e in self._entries.items() if n != name), entry])
+                except BaseException:
+                    unload_expert(loaded, self.engine.encoder)
+                    raise
+                released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+            replaced = self._entries.get(name)
+            # New dicts rather than in-place changes: request handlers read these without the lock.
+            self._entries = {**self._entries, name: entry}
+            self.failed = {key: value for key, value in self.failed.items() if key != name}
+            logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
+        if replaced is not None and replaced.path != entry.path:
+            self._discard_upload_once_released(replaced, released)
+        return entry
+
+    def check_servable(self, name: str) -> None:
+        """Refuse, with the load failure, a request naming a published expert that could not be loaded.
+
+        Without this it would be a 404 "not found", sending the caller to check
+        a name that is right; the fault is on the server.
+        """
+        reason = self.failed.get(name)
+        if reason is not None:
+            raise ExpertUnavailableError(
+                f"expert {name!r} is published but could not be loaded: {reason}; "
+                "an admin can fix its files and publish it again with replace"
+            )
+
+    def receiving_path(self) -> Path:
+        """A new file name under ``<root>/uploads/`` for an archive being received (the directory is created)."""
+        uploads = self.root / UPLOADS_DIR
+        uploads.mkdir(parents=True, exist_ok=True)
+        return uploads / f"{_RECEIVING_PREFIX}{secrets.token_hex(6)}.tar"
+
+    def add_archive(self, archive: Path, *, replace: bool = False, max_bytes: int) -> RegistryEntry:
+        """Unpack an uploaded archive under ``<root>/uploads/``, then publish it like a path.
+
+        A failure leaves nothing behind: neither the unpacked files nor a change to what is served.
+        """
+        uploads = self.root / UPLOADS_DIR
+        staging = uploads / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
+        staging.mkdir(parents=True)
+        final: Path | None = None
+        try:
+            try:
+                extract_archive(archive, staging, max_bytes=max_bytes)
+                source = find_expert_root(staging)
+                name = ExpertDir(source).read_manifest().name
+            except ArchiveTooLargeError as exc:
+                raise PayloadTooLargeError(str(exc)) from exc
+            except (ArchiveError, *_LOAD_ERRORS) as exc:
+                if is_disk_full(exc):
+                    raise  # the server's fault, not the archive's: answered 507
+                raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
+            self._check_name(name, replace=replace)  # before the (slow) load: fail fast
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            final = uploads / f"{name}-{stamp}-{secrets.token_hex(3)}" / name
+            final.parent.mkdir()
+            source.rename(final)
+            return self.add_path(str(final), replace=replace)
+        except BaseException:
+            if final is not None:
+                shutil.rmtree(final.parent, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_name(self, name: str, *, replace: bool) -> None:
+        if name in RESERVED_NAMES:
+            raise ExpertRejectedError(
+                f"expert name {name!r} is reserved (the embeddings API uses {list(RESERVED_NAMES)} "
+                "as model names); rename it"
+            )
+        if name in self._entries and not replace:
+            raise ConflictError(
+                f"expert {name!r} is already published (from {self._entries[name].path!r}); "
+                "add with replace=true to swap it for this one, or DELETE it first"
+            )
+
+    def _load(self, directory: Path, *, verify_checksums: bool) -> LoadedExpert:
+        name = directory.name
+        if name in RESERVED_NAMES:
+            raise ValueError(f"expert name {name!r} is reserved for the embeddings API")
+        return load_expert(
+            directory, self.engine.encoder, verify_checksums=verify_checksums, write=True, merge_policy=self.merge_policy
+        )
+
+    # ------------------------------------------------------------------ remove
+    def remove(self, name: str) -> threading.Event:
+        """Unpublish at once (registry, then snapshot).
+
+        The event is set once the last search holding it finished, it is
+        unloaded and, if it was uploaded, its unpacked files are deleted.
+        """
+        with self._lock:
+            if name not in self._entries:
+                raise UnknownExpertError(
+                    f"Expert {name!r} is not published. Published experts: {sorted(self._entries)}"
+                )
+            self.registry.write([entry for n, entry in self._entries.items() if n != name])
+            removed = self._entries[name]
+            self._entries = {key: value for key, value in self._entries.items() if key != name}
+            self.failed = {key: value for key, value in self.failed.items() if key != name}
+            if name in self.engine.experts:
+                with self.engine.document_lock(name):  # a write in progress finishes (and is acknowledged) first
+                    released = self.engine.remove(name)
+            else:
+                released = threading.Event()  # it never loaded (or was taken out): nothing to unload
+                released.set()
+        return self._discard_upload_once_released(removed, released)
