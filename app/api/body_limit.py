@@ -13,7 +13,7 @@ import re
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.api.error_handlers import error_response
 
 
 class BodyTooLarge(StarletteHTTPException):

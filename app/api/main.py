@@ -31,7 +31,7 @@ from app.api.batching import MicroBatcher
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.publishing.document_writes import DocumentWriter
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
-from app.errors import install_error_handlers
+from app.api.error_handlers import install_error_handlers
 from app.engine.loading import LoadedExpert, open_encoder
 from app.api.log_redaction import install_on_root, uvicorn_log_config
 from app.api.metrics import Metrics, MetricsMiddleware

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.offline.building import recorded_splitter
 from app.engine.documents import ExpertDocuments, sliced
+from app.engine.splitting import recorded_splitter
 from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertDirError, Manifest, check_base_matches
 from index import Collection, EmbedFn, LiveView, MergePolicy, read_info

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from experts import (
-    DEFAULT_OVERLAP,
     Encoder,
     ExpertDir,
     IndexSection,
@@ -29,12 +28,12 @@ from experts import (
     PilotsSection,
     adapter_weights_file,
     check_base_matches,
-    make_split_fn,
     sha256_file,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
-from index import BuildReport, ChunkSettings, Collection, IndexInfo, LexicalSettings, LongDocuments, SplitFn, build_index
+from app.engine.splitting import long_document_splitter
+from index import BuildReport, Collection, LexicalSettings, LongDocuments, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
 
 if TYPE_CHECKING:  # the optional [ray] extra is imported only when used
@@ -72,31 +71,6 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
     if manifest.adapter.side == "both" and manifest.adapter.trained:
         parts["adapter"] = sha256_file(adapter_weights_file(expert.adapter_path))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def long_document_splitter(
-    manifest: Manifest, encoder: Encoder, *, policy: LongDocuments = "chunk", overlap: int | None = None
-) -> tuple[ChunkSettings, SplitFn]:
-    """An expert's long-document settings and the split function that goes with them (also for live upserts).
-
-    Windows are as long as the documents' embedding limit (the manifest's
-    ``max_length``, capped by the encoder's). ``overlap`` None: 32 tokens, at
-    most a quarter of a window (a short window must still move forward).
-    """
-    max_tokens = min(manifest.max_length, encoder.max_length)
-    if overlap is None:
-        overlap = min(DEFAULT_OVERLAP, max_tokens // 4)
-    return ChunkSettings(policy, max_tokens, overlap), make_split_fn(encoder, max_tokens=max_tokens, overlap=overlap)
-
-
-def recorded_splitter(info: IndexInfo, encoder: Encoder) -> SplitFn | None:
-    """The ``split=`` a live collection over this generation needs: its recorded windows; None when it truncates.
-
-    >>> live = LiveCollection.open(main, log, embed=embed, split=recorded_splitter(main.info, encoder))  # doctest: +SKIP
-    """
-    if info.chunking is None or not info.chunking.splits:
-        return None
-    return make_split_fn(encoder, max_tokens=info.chunking.max_tokens, overlap=info.chunking.overlap)
 
 
 def index_expert(

@@ -3,7 +3,7 @@
 Built once per ingress replica by :func:`create_ingress_app` (Serve calls it
 through ``RoutedSearch.__serve_build_asgi_app__``), from ``rr serve``'s own
 parts: :mod:`app.api.auth`'s dependencies, :mod:`app.api.body_limit`'s middleware (413
-before anything parses), :mod:`app.errors`' handlers (one error shape, 422 for
+before anything parses), :mod:`app.api.error_handlers`' handlers (one error shape, 422 for
 validation), :mod:`app.api.schemas`' request and response bodies (their limits
 included) and :mod:`app.api.metrics`' request-counting middleware. Routes reach
 the replica's :class:`~app.ray_serve.ingress.Ingress` through ``Depends``.
@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.auth import require_admin, require_search
 from app.api.body_limit import BodySizeLimitMiddleware
-from app.errors import error_response, install_error_handlers
+from app.api.error_handlers import error_response, install_error_handlers
 from app.api.metrics import MetricsMiddleware
 from app.ray_serve.ingress import Ingress
 from app.api.schemas import (
@@ -107,7 +107,7 @@ def create_ingress_app(ingress: Ingress) -> FastAPI:
     """The ingress replica's app around ``ingress`` (its settings give the keys and limits)."""
     settings = ingress.settings
     app = FastAPI(title="router-retriever on Ray Serve", version="0.1.0", docs_url="/docs", redoc_url=None)
-    app.state.service = ingress  # where app.api.auth and app.errors look for the settings, as in rr serve
+    app.state.service = ingress  # where app.api.auth and app.api.error_handlers look for the settings, as in rr serve
     install_error_handlers(app)
     for router in (search_router, admin_router, ops_router):
         app.include_router(router)

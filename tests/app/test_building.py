@@ -119,7 +119,7 @@ def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
 ) -> None:
     from index import LiveCollection, read_info
 
-    from app.offline.building import long_document_splitter, recorded_splitter
+    from app.engine.splitting import long_document_splitter, recorded_splitter
     from index.corpus import Document
 
     encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.errors import error_response
+from app.api.error_handlers import error_response
 from app.api.metrics_summary import summarize
 from app.api.schemas import HealthOut, MetricsSummaryOut, ReadyOut, error_responses
 from app.api.state import Service
