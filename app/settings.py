@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.retrieval import Retrieval
 from index import MergePolicy
+from router import RoutePolicy
 
 
 class Settings(BaseSettings):
@@ -61,6 +62,16 @@ class Settings(BaseSettings):
         "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
+    route_top_k: int = Field(1, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin).")
+    route_fanout_margin: float | None = Field(
+        None, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
+        "the top one's; unset = always route_top_k experts.",
+    )  # fmt: skip
+    route_merge: Literal["score", "rrf"] = Field(
+        "score", description="How the lists of a query searched in several experts become one: by fused score minus "
+        "route_gap_weight x the expert's router-score gap to the top expert, or by reciprocal rank fusion.",
+    )  # fmt: skip
+    route_gap_weight: float = Field(1.0, ge=0, description="Score merge: hit score lost per unit of router-score gap.")
     search_mode: Literal["dense", "lexical", "hybrid"] = Field(
         "hybrid",
         description="How a search that names no mode searches each expert: its dense index, its BM25 index, or "
@@ -128,7 +139,15 @@ class Settings(BaseSettings):
             "evidence": self.router_evidence,
             "vote_depth": self.router_vote_depth,
             "long_queries": self.long_queries,
+            "policy": self.route_policy(),
         }
+
+    def route_policy(self) -> RoutePolicy:
+        """The routing of a search that sets none of its own (requests override it field by field)."""
+        return RoutePolicy(
+            top_k=self.route_top_k, fanout_margin=self.route_fanout_margin, merge=self.route_merge,
+            gap_weight=self.route_gap_weight,
+        )  # fmt: skip
 
     def merge_policy(self) -> MergePolicy:
         """When the service folds an expert's live writes into a new index generation."""

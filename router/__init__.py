@@ -3,11 +3,23 @@
 from router.errors import NoExpertsError, PilotError, RouterError
 from router.evidence import document_votes
 from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
-from router.routing import AGGREGATES, Aggregate, RouteDecision, RouteMode, RoutePolicy, Router, forced_decision
+from router.routing import (
+    AGGREGATES,
+    MERGE_RULES,
+    Aggregate,
+    MergeRule,
+    RouteDecision,
+    RouteMode,
+    RoutePolicy,
+    Router,
+    forced_decision,
+)
 
 __all__ = [
     "AGGREGATES",
     "Aggregate",
+    "MERGE_RULES",
+    "MergeRule",
     "NoExpertsError",
     "PilotError",
     "RouteDecision",

@@ -9,7 +9,7 @@ pilots.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -31,29 +31,51 @@ TIE_BREAK = 1e-3
 #: searched with the base encoder because no expert was confident; or an
 #: expert named by the caller.
 RouteMode = Literal["top1", "fanout", "fallback", "forced"]
+#: How the hit lists of a query sent to several experts become one ranking:
+#: ``score``, each hit's score minus ``gap_weight`` times its expert's router-score
+#: gap to the top expert (a confident router keeps its top expert's order, an
+#: unsure one interleaves); ``rrf``, reciprocal rank fusion (ranks only, no prior).
+MergeRule = Literal["score", "rrf"]
+MERGE_RULES: tuple[MergeRule, ...] = ("score", "rrf")
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """When to search more than the top expert, and when to trust no adapter.
 
-    - ``top_k``: how many experts a fan-out (or a fallback) searches.
-    - ``fanout_margin``: fan out to ``top_k`` experts when top-1 minus top-2
-      score is below this. With ``top_k > 1`` and no margin, always fan out.
+    - ``top_k``: how many experts a fan-out (or a fallback) searches at most.
+    - ``fanout_margin``: fan out to the experts among the top ``top_k`` whose
+      score is less than this below the top one's. With ``top_k > 1`` and no
+      margin, always fan out to ``top_k``.
     - ``min_score``: when even the best expert scores below this, the query
       looks out of every domain; search the top ``top_k`` collections with the
       base encoder instead of an adapter.
+    - ``merge`` and ``gap_weight``: how a fan-out's lists become one (see ``MergeRule``).
     """
 
     top_k: int = 1
     fanout_margin: float | None = None
     min_score: float | None = None
+    merge: MergeRule = "score"
+    gap_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.fanout_margin is not None and self.fanout_margin < 0:
             raise ValueError(f"fanout_margin must be >= 0, got {self.fanout_margin}")
+        if self.merge not in MERGE_RULES:
+            raise ValueError(f"Invalid merge {self.merge!r}. Valid merges are: {', '.join(MERGE_RULES)}")
+        if not self.gap_weight >= 0:  # also refuses NaN
+            raise ValueError(f"gap_weight must be >= 0, got {self.gap_weight}")
+
+    def updated(self, **changes: object) -> RoutePolicy:
+        """This policy with the fields given a value other than None replaced (a request over the server's default).
+
+        >>> RoutePolicy(top_k=3, fanout_margin=0.2).updated(top_k=1, fanout_margin=None)
+        RoutePolicy(top_k=1, fanout_margin=0.2, min_score=None, merge='score', gap_weight=1.0)
+        """
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +197,10 @@ def _decide(ranked: tuple[tuple[str, float], ...], margin: float, policy: RouteP
             top, "fallback", ranked, margin, use_adapters=False,
             reason=f"best score {best_score:.3f} < min_score {policy.min_score}: base encoder",
         )  # fmt: skip
-    if len(top) > 1 and (policy.fanout_margin is None or margin < policy.fanout_margin):
-        why = "always" if policy.fanout_margin is None else f"margin {margin:.3f} < {policy.fanout_margin}"
+    if policy.fanout_margin is not None:
+        top = tuple(name for name, score in ranked[: policy.top_k] if best_score - score < policy.fanout_margin)
+    if len(top) > 1:
+        why = "always" if policy.fanout_margin is None else f"within {policy.fanout_margin} of the top score"
         return RouteDecision(top, "fanout", ranked, margin, reason=f"fan-out to {len(top)} experts ({why})")
     return RouteDecision((best_name,), "top1", ranked, margin, reason="top-1")
 

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 from experts import check_expert_name
 from index import Filter
+from router import RoutePolicy
 
 #: Characters per query; queries are cut at RR_QUERY_MAX_LENGTH tokens anyway.
 MAX_QUERY_CHARS = 2_000
@@ -41,15 +42,17 @@ class _Strict(BaseModel):
 
 # ---------------------------------------------------------------------- search
 class RouteOptions(_Strict):
-    """How the router may widen or drop its choice (see the README's routing options)."""
+    """How the router may widen or drop its choice; a field left unset keeps the server's default (RR_ROUTE_*)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    top_k: int = Field(1, ge=1, le=MAX_FANOUT, description="Experts searched when fanning out or falling back.")
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_FANOUT, description="Most experts searched when fanning out or falling back (RR_ROUTE_TOP_K)."
+    )
     fanout_margin: float | None = Field(
         None, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("threshold", "fanout_margin"),
-        description="Alias `threshold`. Fan out to `top_k` experts when the top-1 minus top-2 router score is "
-        "below this; with top_k > 1 and no threshold, always fan out.",
+        description="Alias `threshold`. Fan out to the experts among the top `top_k` whose router score is within "
+        "this of the top one's (RR_ROUTE_FANOUT_MARGIN); with top_k > 1 and no margin anywhere, always fan out.",
     )  # fmt: skip
     min_score: float | None = Field(
         None, ge=-1, le=MAX_ROUTER_SCORE, allow_inf_nan=False,
@@ -57,6 +60,20 @@ class RouteOptions(_Strict):
         "pilot score (a cosine, or a share of the nearest pilots: at most 1) plus, with corpus votes "
         "(RR_ROUTER_EVIDENCE), up to 1 for each kind of vote: at most 3 with `documents+bm25`.",
     )  # fmt: skip
+    merge: Literal["score", "rrf"] | None = Field(
+        None, description="How a fan-out's lists become one: `score` (each hit's fused score minus `gap_weight` x "
+        "its expert's router-score gap to the top expert) or `rrf` (reciprocal rank fusion) (RR_ROUTE_MERGE).",
+    )  # fmt: skip
+    gap_weight: float | None = Field(
+        None, ge=0, le=100, allow_inf_nan=False, description="Score merge: score lost per unit of router-score gap."
+    )
+
+    def policy(self, default: RoutePolicy) -> RoutePolicy:
+        """The server's default policy with the fields this request set."""
+        return default.updated(
+            top_k=self.top_k, fanout_margin=self.fanout_margin, min_score=self.min_score, merge=self.merge,
+            gap_weight=self.gap_weight,
+        )  # fmt: skip
 
 
 class SearchRequest(_Strict):

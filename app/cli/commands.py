@@ -69,15 +69,17 @@ def _configure(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _policy(top_k: int, fanout_margin: float | None, min_score: float | None):
-    from router import RoutePolicy
+def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | None, merge: str | None):
+    """The settings' routing policy (RR_ROUTE_*) with the options given on the command line."""
+    return state.settings.route_policy().updated(
+        top_k=top_k, fanout_margin=fanout_margin, min_score=min_score, merge=merge
+    )
 
-    return RoutePolicy(top_k=top_k, fanout_margin=fanout_margin, min_score=min_score)
 
-
-TopK = Annotated[int, typer.Option("--top-k", help="Experts searched when fanning out or falling back.")]
-FanoutMargin = Annotated[Optional[float], typer.Option(help="Fan out to --top-k experts when the top-1 margin is below this.")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K).")]
+FanoutMargin = Annotated[Optional[float], typer.Option(min=0, help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).")]
 MinScore = Annotated[Optional[float], typer.Option(help="Use the base encoder when the best router score is below this.")]
+Merge = Annotated[Optional[str], typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -221,16 +223,17 @@ def tune_fusion_command(
 @cli.command("route")
 def route_command(
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
-    top_k: TopK = 1,
+    top_k: TopK = None,
     fanout_margin: FanoutMargin = None,
     min_score: MinScore = None,
+    merge: Merge = None,
     as_json: AsJson = False,
 ) -> None:
     """Show which expert each query is routed to, with every expert's score."""
     from app.engine.output import decision_dict
 
     engine = state.engine()
-    decisions = engine.route(query, policy=_policy(top_k, fanout_margin, min_score))
+    decisions = engine.route(query, policy=_policy(top_k, fanout_margin, min_score, merge))
     if as_json:
         typer.echo(json.dumps([{"query": q, **decision_dict(d)} for q, d in zip(query, decisions)], indent=2))
         return
@@ -244,9 +247,10 @@ def search_command(
     query: Annotated[list[str], typer.Argument(help="One or more queries (searched as one batch).")],
     k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
     expert: Annotated[Optional[str], typer.Option(help="Search this expert, bypassing the router.")] = None,
-    top_k: TopK = 1,
+    top_k: TopK = None,
     fanout_margin: FanoutMargin = None,
     min_score: MinScore = None,
+    merge: Merge = None,
     mode: Annotated[
         Optional[str], typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
     ] = None,
@@ -263,7 +267,7 @@ def search_command(
         retrieval = requested_retrieval(mode=mode, fusion=fusion, weight=hybrid_weight)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score), retrieval=retrieval)
+    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score, merge), retrieval=retrieval)
     if as_json:
         typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
         return

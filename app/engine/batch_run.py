@@ -27,6 +27,7 @@ import numpy as np
 from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
+from app.engine.merging import merge_expert_lists
 from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
 from experts import UnknownExpertError
 from index import (
@@ -36,9 +37,8 @@ from index import (
     LiveView,
     NoLexicalIndexError,
     check_fields,
-    reciprocal_rank_fusion,
 )
-from router import NoExpertsError, RouteDecision, Router, document_votes, forced_decision
+from router import NoExpertsError, RouteDecision, RoutePolicy, Router, document_votes, forced_decision
 
 if TYPE_CHECKING:
     from app.engine.engine import SearchEngine
@@ -156,7 +156,7 @@ class BatchRun:
                 decided = [forced_decision(job.expert)] * len(rows)
             else:
                 votes = None if evidence is None else evidence[[evidence_row[row] for row in rows]]
-                decided = self.snapshot.router.route(base[rows], policy=job.policy, evidence=votes)
+                decided = self.snapshot.router.route(base[rows], policy=self._policy(position), evidence=votes)
             for row, decision in zip(rows, decided):
                 decisions[row] = decision
         timings["route_ms"] = _elapsed(clock)
@@ -178,23 +178,22 @@ class BatchRun:
         timings["search_ms"] = _elapsed(clock)
 
         lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
-        mode_of: dict[int, str] = {}
+        modes_of: dict[int, list[str]] = defaultdict(list)
         for position, (row, _) in enumerate(pairs):
             lists_of[row].append(hits_of[position])
-            mode_of.setdefault(row, asks[position].mode)
+            modes_of[row].append(asks[position].mode)
         n_queries = sum(len(job.queries) for job in self.jobs)
         for position in self.live:
             if self.outcomes[position] is not None:
                 continue
             k, results = self.jobs[position].k, []
             for i, row in enumerate(self.rows_of[position]):
-                lists = lists_of[row]
-                hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
+                hits = merge_expert_lists(lists_of[row], modes_of[row], decisions[row], self._policy(position), k=k)
                 matched = None
                 if self.jobs[position].filter is not None:
                     matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
                 truncated = self.truncated[position][i]
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))  # type: ignore[arg-type]
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row], modes_of[row][0], truncated, matched))  # type: ignore[arg-type]
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
@@ -214,6 +213,10 @@ class BatchRun:
             scores = [c.search_lexical(texts, depth)[0] if c.has_lexical else none for c in collections]
             votes += document_votes(scores, depth=depth)
         return votes
+
+    def _policy(self, position: int) -> RoutePolicy:
+        """Job ``position``'s routing policy: its own, else the engine's default."""
+        return self.jobs[position].policy or self.engine.policy
 
     def _expert_default(self, name: str) -> Retrieval:
         """How ``name`` is searched when a request says nothing: the settings, then its manifest's tuned fusion."""
@@ -327,10 +330,6 @@ def _fields_of(views: Iterable[LiveView]) -> dict[str, FieldInfo]:
 
 def unknown_expert(snapshot: Snapshot, name: str) -> UnknownExpertError:
     return UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(snapshot.experts)}")
-
-
-def _expert_and_id(hit: ExpertHit) -> tuple[str, str]:
-    return hit.expert, hit.id
 
 
 def _elapsed(start: float) -> float:

@@ -85,6 +85,7 @@ class SearchEngine:
         evidence: RouteEvidence = "none",
         vote_depth: int = 20,
         long_queries: LongQueries = "truncate",
+        policy: RoutePolicy = RoutePolicy(),
     ) -> None:
         if evidence not in ROUTE_EVIDENCE:
             raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
@@ -99,6 +100,8 @@ class SearchEngine:
         self.vote_depth = vote_depth
         #: How a search with no retrieval of its own searches an expert whose manifest sets none.
         self.retrieval = retrieval
+        #: How a search with no routing policy of its own is routed and merged.
+        self.policy = policy
         empty = Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
         self._holder: SnapshotHolder[Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
@@ -203,12 +206,12 @@ class SearchEngine:
             raise unknown_expert(snapshot, name) from None
 
     # ------------------------------------------------------------------ search
-    def route(self, queries: Sequence[str], *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
+    def route(self, queries: Sequence[str], *, policy: RoutePolicy | None = None) -> list[RouteDecision]:
         """Routing decisions only (no search): what ``rr route`` shows."""
         check_queries(queries)
         with self._holder.lease() as snapshot:
             base = self.encoder.embed(queries, max_length=self.query_max_length)
-            return snapshot.router.route(base, policy=policy)
+            return snapshot.router.route(base, policy=policy or self.policy)
 
     def search(
         self,
@@ -216,11 +219,11 @@ class SearchEngine:
         *,
         k: int = 10,
         expert: str | None = None,
-        policy: RoutePolicy = RoutePolicy(),
+        policy: RoutePolicy | None = None,
         retrieval: RetrievalOptions | None = None,
         filter: FilterExpr | None = None,
     ) -> BatchResult:
-        """Search a batch of queries, each routed on its own (or all sent to ``expert``)."""
+        """Search a batch of queries, each routed on its own (or all sent to ``expert``); ``policy`` None: the engine's."""
         check_queries(queries)
         job = SearchJob(tuple(queries), k=k, expert=expert, policy=policy, retrieval=retrieval, filter=filter)
         (outcome,) = self.search_jobs([job])

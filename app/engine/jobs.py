@@ -86,7 +86,7 @@ class SearchJob:
     default (settings, then its manifest); None sets none. A default that
     needs a lexical index degrades to dense on an expert without one, while
     a request that sets any retrieval option and so needs BM25 there is refused.
-    ``filter`` restricts the hits to documents whose metadata match it, inside
+    ``policy`` None routes by the engine's default policy. ``filter`` restricts the hits to documents whose metadata match it, inside
     the search of the chosen expert(s); routing does not look at it.
 
     >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
@@ -95,7 +95,7 @@ class SearchJob:
     queries: tuple[str, ...]
     k: int = 10
     expert: str | None = None
-    policy: RoutePolicy = RoutePolicy()
+    policy: RoutePolicy | None = None
     retrieval: RetrievalOptions | None = None
     filter: FilterExpr | None = None
 

@@ -30,7 +30,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from ray.serve.handle import DeploymentHandle
 from app.engine.engine import SearchEngine
 from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.engine.jobs import ExpertHit, SearchResult
+from app.engine.merging import merge_expert_lists
 from app.engine.loading import open_encoder
 from app.engine.output import result_dict
 from app.publishing.publisher import ExpertPublisher
@@ -50,7 +50,7 @@ from app.engine.retrieval import RetrievalOptions, requested_retrieval
 from app.api.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
-from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError, reciprocal_rank_fusion
+from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError
 from router import (
     NoExpertsError,
     RouteDecision,
@@ -174,7 +174,7 @@ class Ingress:
             decisions = await self._route(view, texts, body, timings)
         clock = time.perf_counter()
         retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
-        results = await self._search(texts, decisions, body.k, retrieval, body.filter)
+        results = await self._search(texts, decisions, body.k, retrieval, body.filter, self._policy(body))
         timings["search_ms"] = _elapsed(clock)
         timings["total_ms"] = _elapsed(started)
         self.metrics.observe_search(results, timings)
@@ -195,11 +195,13 @@ class Ingress:
         evidence = await self._evidence(view.router.experts, base, texts)
         timings["evidence_ms"] = _elapsed(clock)
         clock = time.perf_counter()
-        route = body.route
-        policy = RoutePolicy(top_k=route.top_k, fanout_margin=route.fanout_margin, min_score=route.min_score)
-        decisions = view.router.route(base, policy=policy, evidence=evidence)
+        decisions = view.router.route(base, policy=self._policy(body), evidence=evidence)
         timings["route_ms"] = _elapsed(clock)
         return decisions
+
+    def _policy(self, body: SearchRequest) -> RoutePolicy:
+        """The request's routing over the service's default, as ``rr serve`` takes it."""
+        return body.route.policy(self.settings.route_policy())
 
     async def _evidence(self, experts: Sequence[str], base: np.ndarray, texts: list[str]) -> np.ndarray | None:
         """(n, E) corpus votes, columns in the router's order, as ``SearchEngine`` takes them; None when off."""
@@ -221,6 +223,7 @@ class Ingress:
         k: int,
         retrieval: RetrievalOptions | None,
         filter: FilterExpr | None,
+        policy: RoutePolicy,
     ) -> list[SearchResult]:
         rows_of: dict[tuple[str, bool], list[int]] = defaultdict(list)  # (expert, base vector) -> rows
         for row, decision in enumerate(decisions):
@@ -240,8 +243,8 @@ class Ingress:
         out = []
         for row, decision in enumerate(decisions):
             lists: list[list[ExpertHit]] = [found[row, name].hits for name in decision.experts]
-            fused = len(lists) > 1
-            hits = reciprocal_rank_fusion(lists, limit=k, key=attrgetter("expert", "id")) if fused else lists[0]
+            modes = [found[row, name].mode for name in decision.experts]
+            hits = merge_expert_lists(lists, modes, decision, policy, k=k)
             first = found[row, decision.experts[0]]
             counts = [found[row, name].matched for name in decision.experts]
             matched = None if all(count is None for count in counts) else sum(count or 0 for count in counts)

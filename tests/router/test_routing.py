@@ -120,3 +120,22 @@ def test_knn_needs_at_least_one_neighbour() -> None:
         Router({}, aggregate="knn", neighbours=0)
     with pytest.raises(ValueError, match="knn"):
         Router({}, aggregate="median")  # type: ignore[arg-type]
+
+
+def test_a_margin_fans_out_only_to_the_experts_within_it_of_the_top(router: Router) -> None:
+    between = unit(0, 0.95, 0.35)[None]
+    scores = dict(router.route(between)[0].scores)
+    width = abs(scores["cacm"] - scores["cisi"]) + 1e-3
+    decision = router.route(between, policy=RoutePolicy(top_k=3, fanout_margin=width))[0]
+    assert decision.mode == "fanout" and set(decision.experts) == {"cacm", "cisi"}  # aero is further than the margin
+
+
+def test_policies_validate_their_merge_and_a_request_overrides_only_what_it_sets() -> None:
+    with pytest.raises(ValueError, match="Valid merges are: score, rrf"):
+        RoutePolicy(merge="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gap_weight must be >= 0"):
+        RoutePolicy(gap_weight=float("nan"))
+    default = RoutePolicy(top_k=3, fanout_margin=0.3, gap_weight=2.0)
+    assert default.updated(top_k=1, fanout_margin=None, merge="rrf") == RoutePolicy(
+        top_k=1, fanout_margin=0.3, merge="rrf", gap_weight=2.0
+    )

@@ -13,7 +13,6 @@ from app.engine.output import result_dict
 from app.engine.retrieval import requested_retrieval
 from app.api.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
 from app.api.state import Serving
-from router import RoutePolicy
 
 router = APIRouter(tags=["search"])
 
@@ -36,7 +35,7 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
         raise PayloadTooLargeError(f"{len(texts)} queries in one request; the limit is {limit} (RR_MAX_QUERIES)")
     if body.expert is not None:
         runtime.publisher.check_servable(body.expert)
-    policy = RoutePolicy(top_k=body.route.top_k, fanout_margin=body.route.fanout_margin, min_score=body.route.min_score)
+    policy = body.route.policy(runtime.settings.route_policy())
     retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
     job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval, filter=body.filter)
     batch, queue_ms = await runtime.searches.submit(job)
