@@ -7,7 +7,11 @@ collection and as a macro average over collections:
   (the oracle-collection baseline); ``base-union``: the base encoder over one
   index of every collection's documents (what a user without routing runs);
 - ``bm25`` / ``bm25-union``: the same with BM25, what most users run today;
-- ``hybrid-base``: base vector + BM25 fused, own collection;
+- ``hybrid-base``: base vector + BM25 fused, own collection; ``hybrid-union``:
+  the same over one union index per side (base-encoder dense search over every
+  collection's documents, each document's best chunk, fused with BM25 over one
+  index of them all, by the engine's default fusion): what any vector database
+  with hybrid search gives a user, the baseline routing has to beat;
 - ``oracle`` / ``hybrid-oracle``: the collection's own expert on its own
   collection, dense / fused with BM25 (perfect routing);
 - ``routed`` / ``routed-hybrid``: the deployed system, ``SearchEngine.search``
@@ -46,7 +50,7 @@ from app.offline.pilot_selection import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
-from index import DenseIndex, LexicalIndex
+from index import DenseIndex, LexicalIndex, fuse_dense_lexical
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ logger = logging.getLogger(__name__)
 MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
 SYSTEMS = (
-    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "oracle", "hybrid-oracle",
+    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "hybrid-union", "oracle", "hybrid-oracle",
     "routed", "routed-fanout", "routed-hybrid",
 )  # fmt: skip
 SYSTEM_TITLES = {
@@ -63,6 +67,7 @@ SYSTEM_TITLES = {
     "base": "base encoder, own collection (oracle collection)",
     "base-union": "base encoder, union index of all collections",
     "hybrid-base": "base encoder + BM25 fused, own collection",
+    "hybrid-union": "base encoder + BM25 fused, union indexes of all collections",
     "oracle": "expert on its own collection (oracle routing)",
     "hybrid-oracle": "expert + BM25 fused, own collection (oracle routing)",
     "routed": "routed system (top-1 expert, its index)",
@@ -70,7 +75,7 @@ SYSTEM_TITLES = {
     "routed-hybrid": "routed system, hybrid search in the chosen expert",
 }
 #: Systems that need every expert to have a BM25 index.
-LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-oracle", "routed-hybrid"})
+LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-union", "hybrid-oracle", "routed-hybrid"})
 #: Queries per engine.search call: bounded memory for the hits of k=100.
 _SEARCH_BATCH = 64
 
@@ -156,6 +161,57 @@ def _union_run(
                 found[keys[r]] = float(s)
         run[q] = found
     return run
+
+
+def _best_per_document(
+    scores: np.ndarray, rows: np.ndarray, keys: Sequence[str], position: Mapping[str, int], *, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nq, m) chunk hits of a union search -> (nq, limit) scores and document positions, each document once.
+
+    Rows arrive best first, so a document's first chunk is its best one (what
+    a chunked collection's own search returns); -inf / -1 pad a short row.
+    """
+    out_scores = np.full((len(rows), limit), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(rows), limit), -1, dtype=np.int64)
+    for i, (score_row, row) in enumerate(zip(scores, rows, strict=True)):
+        seen: set[int] = set()
+        for s, r in zip(score_row, row):
+            if len(seen) == limit:
+                break
+            if r < 0 or not np.isfinite(s) or position[keys[r]] in seen:
+                continue
+            out_scores[i, len(seen)], out_ids[i, len(seen)] = s, position[keys[r]]
+            seen.add(position[keys[r]])
+    return out_scores, out_ids
+
+
+def hybrid_union_run(
+    test: JudgedQueries,
+    dense: tuple[np.ndarray, np.ndarray],
+    dense_keys: Sequence[str],
+    lexical: tuple[np.ndarray, np.ndarray],
+    lexical_keys: Sequence[str],
+    *,
+    k: int,
+    retrieval: Retrieval,
+) -> dict[str, dict[str, float]]:
+    """Fuse a union dense search (chunk rows) with a union BM25 search (document rows) per query; top ``k``.
+
+    Both sides are keyed by one document numbering (position in the union of
+    both key lists), cut to ``retrieval.candidates`` documents each and fused
+    by :func:`index.fuse_dense_lexical` with ``retrieval``'s method and weight,
+    exactly as a hybrid search fuses inside one collection.
+    """
+    documents = list(dict.fromkeys([*lexical_keys, *dense_keys]))
+    position = {key: i for i, key in enumerate(documents)}
+    depth = retrieval.depth(k)
+    dense_side = _best_per_document(*dense, dense_keys, position, limit=depth)
+    lexical_side = _best_per_document(*lexical, lexical_keys, position, limit=depth)
+    fused = fuse_dense_lexical(dense_side, lexical_side, k=k, method=retrieval.fusion, weight=retrieval.weight)
+    return {
+        q: {documents[r]: float(s) for s, r in zip(scores, ids) if r >= 0}
+        for q, scores, ids in zip(test.ids, fused.scores, fused.ids, strict=True)
+    }
 
 
 def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[LexicalIndex, list[str]]:
@@ -277,6 +333,11 @@ def evaluate(
             found = lexical_union.search(test.texts, k)
             metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
             metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
+            depth = hybrid.depth(k)
+            dense_found = union.search(base_vectors[name], min(depth * most_chunks, union.ntotal))
+            lexical_found = lexical_union.search(test.texts, depth)
+            fused = hybrid_union_run(test, dense_found, keys, lexical_found, lexical_keys, k=k, retrieval=hybrid)
+            metrics["hybrid-union"][name] = score_run(qrels, fused)
             # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)

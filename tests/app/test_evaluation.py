@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from app.offline.building import build_pilots, index_expert
 from app.cli.evaluation import eval_command, pilots_paper_command
 from app.engine.engine import SearchEngine
-from app.offline.evaluation import SYSTEMS, evaluate, score_run, union_index
+from app.engine.retrieval import Retrieval
+from app.offline.evaluation import SYSTEMS, evaluate, hybrid_union_run, score_run, union_index
 from app.offline.pilot_selection import publish_pilots, select_paper_pilots, training_queries
 from app.offline.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
 from experts import Encoder, ExpertDir, create_expert
@@ -64,7 +65,7 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert report.union_documents == len(AERO) + len(COMPUTING)
     assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
     # Each test query is its document's passage, so the base encoder and BM25 rank that document first.
-    for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base"):
+    for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base", "hybrid-union"):
         for name in ("aero", "computing"):
             assert report.metrics[system][name] == pytest.approx({"nDCG@10": 1.0, "R@100": 1.0})
     # The untrained expert is the base model: its oracle run equals the base run.
@@ -113,6 +114,32 @@ def test_score_run_counts_a_query_missing_from_the_run_as_zero() -> None:
     assert score_run(qrels, {"q1": {"c/d1": 1.0, "c/d9": 0.5}}) == pytest.approx({"nDCG@10": 0.5, "R@100": 0.5})
     # Another collection's document with the same id is not relevant.
     assert score_run({"q": {"cacm/1": 1}}, {"q": {"cisi/1": 1.0}})["nDCG@10"] == 0.0
+
+
+def test_hybrid_union_over_one_collection_is_that_collections_hybrid_search(setup) -> None:
+    engine, datasets, _ = setup
+    report = evaluate(engine, datasets, ["computing"], constructions=())
+    # One collection: the union indexes hold exactly its documents, fused by the same rule.
+    assert report.metrics["hybrid-union"]["computing"] == pytest.approx(report.metrics["hybrid-base"]["computing"])
+    assert report.systems.index("hybrid-union") == report.systems.index("hybrid-base") + 1
+
+
+def test_hybrid_union_keeps_each_documents_best_chunk_and_fuses_on_document_keys() -> None:
+    from app.offline.pilot_selection import JudgedQueries
+    from index import fuse_dense_lexical
+
+    test = JudgedQueries("c", ["q"], ["text"], {"q": {"d1": 1}}, "test")
+    dense_keys = ["c/d1", "c/d1", "c/d2", "x/d1"]  # d1 split into two chunks; x/d1 is another collection's d1
+    dense = (np.array([[0.9, 0.8, 0.7, 0.1]]), np.array([[1, 0, 2, 3]]))  # chunk rows, best first
+    lexical_keys = ["x/d1", "c/d2", "c/d1"]  # another order: rows of the lexical union are its own
+    lexical = (np.array([[5.0, 1.0, -np.inf]]), np.array([[0, 1, -1]]))
+    run = hybrid_union_run(test, dense, dense_keys, lexical, lexical_keys, k=10, retrieval=Retrieval(mode="hybrid"))
+    # Document positions: x/d1 0, c/d2 1, c/d1 2; dense side c/d1 .9 (its best chunk), c/d2 .7, x/d1 .1.
+    expected = fuse_dense_lexical((np.array([[0.9, 0.7, 0.1]]), np.array([[2, 1, 0]])),
+                                  (np.array([[5.0, 1.0]]), np.array([[0, 1]])), k=10)  # fmt: skip
+    names = ["x/d1", "c/d2", "c/d1"]
+    assert run["q"] == pytest.approx({names[r]: float(s) for r, s in zip(expected.ids[0], expected.scores[0]) if r >= 0})
+    assert len(run["q"]) == 3
 
 
 def test_union_index_holds_every_document_once_with_its_collection(setup) -> None:
