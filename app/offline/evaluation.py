@@ -1,7 +1,8 @@
 """``rr eval``: retrieval quality and routing accuracy on the collections' *test* queries.
 
 Systems compared, each scored with ir-measures (nDCG@10, Recall@100) per
-collection and as a macro average over collections:
+collection, as a macro average (mean over collections) and as a micro average
+(mean over every judged query, each collection weighted by its queries):
 
 - ``base``: the base encoder's query vector on the query's own collection
   (the oracle-collection baseline); ``base-union``: the base encoder over one
@@ -34,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import ir_measures
 import numpy as np
@@ -76,6 +78,9 @@ SYSTEM_TITLES = {
 }
 #: Systems that need every expert to have a BM25 index.
 LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-union", "hybrid-oracle", "routed-hybrid"})
+#: How :meth:`EvalReport.average` averages over collections: mean of the collections, or of every query.
+AverageKind = Literal["macro", "micro"]
+AVERAGE_KINDS: tuple[AverageKind, ...] = ("macro", "micro")
 #: Queries per engine.search call: bounded memory for the hits of k=100.
 _SEARCH_BATCH = 64
 
@@ -91,7 +96,7 @@ def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> Ju
 
 @dataclass
 class EvalReport:
-    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is the macro mean."""
+    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is macro or micro."""
 
     collections: list[str]
     queries: dict[str, int]
@@ -110,8 +115,23 @@ class EvalReport:
         """The systems scored, in ``SYSTEMS`` order (``routed-fanout`` only when asked for)."""
         return [s for s in SYSTEMS if s in self.metrics]
 
-    def average(self, system: str, metric: str) -> float:
-        return float(np.mean([self.metrics[system][c][metric] for c in self.collections]))
+    def average(self, system: str, metric: str, kind: AverageKind = "macro") -> float:
+        """``system``'s ``metric`` over the collections: ``macro`` (each collection counts once) or ``micro``.
+
+        Macro is the BEIR convention and keeps a small collection from being
+        drowned out; micro weights each collection by its judged queries, so
+        it is the mean over every query: the figure a user sending all of them
+        would see. Both are reported because they rank systems differently
+        when one collection (scifact's 300 queries) outweighs the rest.
+        """
+        if kind not in AVERAGE_KINDS:
+            raise ValueError(f"Invalid average kind {kind!r}. Valid kinds are: {', '.join(AVERAGE_KINDS)}")
+        values = [self.metrics[system][c][metric] for c in self.collections]
+        if kind == "macro":
+            return float(np.mean(values))
+        weights = [self.queries[c] for c in self.collections]
+        # No judged query anywhere: every figure is 0 (score_run), and so is either mean.
+        return float(np.average(values, weights=weights)) if sum(weights) else float(np.mean(values))
 
     @property
     def routing_accuracy(self) -> dict[str, float]:

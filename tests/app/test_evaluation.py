@@ -88,12 +88,36 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert set(figures["collections"]["aero"]) == set(SYSTEMS)
     assert figures["collections"]["aero"]["bm25"] == {"ndcg@10": report.metrics["bm25"]["aero"]["nDCG@10"],
                                                       "recall@100": report.metrics["bm25"]["aero"]["R@100"]}  # fmt: skip
+    assert figures["queries"] == {"aero": 2, "computing": 3}
+    for system in SYSTEMS:
+        for kind in ("macro", "micro"):
+            assert figures[f"{kind}_average"][system] == {
+                "ndcg@10": report.average(system, "nDCG@10", kind), "recall@100": report.average(system, "R@100", kind)
+            }  # fmt: skip
+        assert figures["average"][system] == figures["macro_average"][system]  # the old key: readers of earlier runs
+    data = json.loads((folder / DATA_FILE).read_text())
+    assert data["average"] == data["macro_average"] and data["micro_average"]["bm25"]["nDCG@10"] == report.average(
+        "bm25", "nDCG@10", "micro"
+    )
+    assert "| system | what | aero | computing | macro | micro |" in markdown
     deployed = next(rule for rule in figures["routing"] if rule.startswith("deployed"))
     assert figures["routing"][deployed]["accuracy"] == report.routing_accuracy["all"]
     assert sum(sum(row.values()) for row in figures["routing"][deployed]["confusion"].values()) == 5
     assert "queries + knn" in figures["routing"]
     with pytest.raises(FileExistsError):
         write_report(report, tmp_path / "reports", name="run")
+
+
+def test_macro_averages_collections_and_micro_averages_queries() -> None:
+    from app.offline.evaluation import EvalReport
+
+    metrics = {"bm25": {"a": {"nDCG@10": 1.0, "R@100": 0.5}, "b": {"nDCG@10": 0.0, "R@100": 0.5}}}
+    report = EvalReport(["a", "b"], {"a": 3, "b": 1}, metrics, np.zeros((2, 2)), "")
+    assert report.average("bm25", "nDCG@10") == report.average("bm25", "nDCG@10", "macro") == 0.5
+    assert report.average("bm25", "nDCG@10", "micro") == pytest.approx(0.75)  # 3 of the 4 queries score 1
+    assert report.average("bm25", "R@100", "micro") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="Valid kinds are: macro, micro"):
+        report.average("bm25", "nDCG@10", "weighted")  # type: ignore[arg-type]
 
 
 def test_a_failing_report_leaves_no_folder(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,6 +218,7 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
                                  "--out", str(tmp_path / "reports"), "--name", "cli", "--pilot-method", "centroid"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "routing accuracy" in result.output and (tmp_path / "reports" / "cli" / REPORT_FILE).is_file()
+    assert "hybrid-union" in result.output and "nDCG@10 macro " in result.output and " micro " in result.output
     result = runner.invoke(app, ["eval", "--pilot-method", "magic", "--datasets", str(datasets)])
     assert result.exit_code != 0 and "Valid methods are" in result.output
     result = runner.invoke(app, ["pilots-paper", "--datasets", str(datasets), "--pseudo-sample", "3", "--dry-run"])
