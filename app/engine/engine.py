@@ -38,6 +38,7 @@ from app.engine.jobs import (
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import Retrieval, RetrievalOptions
 from app.engine.snapshots import SnapshotHolder
+from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence, corpus_votes
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
@@ -48,9 +49,6 @@ logger = logging.getLogger(__name__)
 LongQueries = Literal["truncate", "error"]
 LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
 
-#: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
-RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
-ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "documents+bm25")
 
 # Re-exported: callers have always imported the engine's inputs and outputs from here.
 __all__ = [
@@ -204,11 +202,25 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ search
     def route(self, queries: Sequence[str], *, policy: RoutePolicy = RoutePolicy()) -> list[RouteDecision]:
-        """Routing decisions only (no search): what ``rr route`` shows."""
+        """Routing decisions only (no search): the decisions :meth:`search` makes for these queries.
+
+        Pilot scores plus the same corpus votes a search adds (``evidence``,
+        ``vote_depth``, one live view per expert, taken as a search batch takes
+        them), so ``rr route`` and the demo's routing report show what
+        ``/search`` does, not a pilots-only guess.
+
+        >>> engine.route(["lift of a swept wing"])[0].experts  # doctest: +SKIP
+        ('cranfield',)
+        """
         check_queries(queries)
         with self._holder.lease() as snapshot:
-            base = self.encoder.embed(queries, max_length=self.query_max_length)
-            return snapshot.router.route(base, policy=policy)
+            base = self.encoder.embed(queries, max_length=self.query_max_length, cache=True)
+            router = snapshot.router
+            votes = None
+            if self.evidence != "none" and len(queries):
+                views = [snapshot.experts[name].view() for name in router.experts]
+                votes = corpus_votes(views, base, queries, evidence=self.evidence, depth=self.vote_depth)
+            return router.route(base, policy=policy, evidence=votes)
 
     def search(
         self,
