@@ -48,7 +48,7 @@ def eval_command(
 ) -> None:
     """Score base, union, oracle-expert and routed search on the test qrels; compare pilot constructions."""
     from app.cli.commands import state
-    from app.offline.evaluation import evaluate
+    from app.offline.evaluation import AVERAGE_KINDS, evaluate
     from app.offline.pilot_selection import PILOT_CONSTRUCTIONS
     from app.offline.report import write_report
 
@@ -69,9 +69,11 @@ def eval_command(
     accuracy = report.routing_accuracy
     typer.echo(f"wrote {folder} ({report.seconds:.0f}s)")
     for system in report.systems:
-        typer.echo(
-            f"  {system:<13} nDCG@10 {report.average(system, 'nDCG@10'):.3f}  R@100 {report.average(system, 'R@100'):.3f}"
+        figures = "  ".join(
+            f"{metric} " + " ".join(f"{kind} {report.average(system, metric, kind):.3f}" for kind in AVERAGE_KINDS)
+            for metric in ("nDCG@10", "R@100")
         )
+        typer.echo(f"  {system:<13} {figures}")
     typer.echo(f"  routing accuracy {accuracy['all']:.1%}")
 
 

@@ -1,1 +1,1 @@
-"""The search runtime: engine, batch stages, snapshots, retrieval, expert loading, live documents (no web framework)."""
+"""The search runtime: engine, batch stages, corpus votes, snapshots, retrieval, expert loading, live documents (no web framework)."""

@@ -29,6 +29,7 @@ from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
 from app.engine.merging import merge_expert_lists
 from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
+from app.engine.votes import corpus_votes
 from experts import UnknownExpertError
 from index import (
     FieldInfo,
@@ -38,7 +39,7 @@ from index import (
     NoLexicalIndexError,
     check_fields,
 )
-from router import NoExpertsError, RouteDecision, RoutePolicy, Router, document_votes, forced_decision
+from router import NoExpertsError, RouteDecision, RoutePolicy, Router, forced_decision
 
 if TYPE_CHECKING:
     from app.engine.engine import SearchEngine
@@ -198,21 +199,16 @@ class BatchRun:
         return self.outcomes  # type: ignore[return-value]
 
     def _evidence(self, rows: list[int], base: np.ndarray) -> np.ndarray | None:
-        """(len(rows), E) votes of the routable experts' collections for the routed rows, or None when off."""
-        router, kind = self.snapshot.router, self.engine.evidence
-        if kind == "none" or not rows or not len(router):
+        """(len(rows), E) votes of the routable experts' collections for the routed rows, or None when off.
+
+        :func:`app.engine.votes.corpus_votes` on this batch's views: the same
+        function ``SearchEngine.route`` calls, so both make one decision.
+        """
+        if self.engine.evidence == "none" or not rows:
             return None
-        depth = self.engine.vote_depth
-        collections = [self.views[name] for name in router.experts]
-        votes = np.zeros((len(rows), len(router)), dtype=np.float32)
-        if kind in ("documents", "documents+bm25"):
-            votes += document_votes([c.search_dense(base[rows], depth)[0] for c in collections], depth=depth)
-        if kind in ("bm25", "documents+bm25"):
-            texts = [self.rows[row][1] for row in rows]
-            none = np.zeros((len(rows), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
-            scores = [c.search_lexical(texts, depth)[0] if c.has_lexical else none for c in collections]
-            votes += document_votes(scores, depth=depth)
-        return votes
+        views = [self.views[name] for name in self.snapshot.router.experts]
+        texts = [self.rows[row][1] for row in rows]
+        return corpus_votes(views, base[rows], texts, evidence=self.engine.evidence, depth=self.engine.vote_depth)
 
     def _policy(self, position: int) -> RoutePolicy:
         """Job ``position``'s routing policy: its own, else the engine's default."""

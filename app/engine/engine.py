@@ -21,6 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from app.engine.batch_run import BatchRun, Snapshot, unknown_expert
 from app.engine.jobs import (
     AUTO_MODEL,
@@ -38,6 +40,7 @@ from app.engine.jobs import (
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import Retrieval, RetrievalOptions
 from app.engine.snapshots import SnapshotHolder
+from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence, corpus_votes
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
@@ -48,9 +51,6 @@ logger = logging.getLogger(__name__)
 LongQueries = Literal["truncate", "error"]
 LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
 
-#: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
-RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
-ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "documents+bm25")
 
 # Re-exported: callers have always imported the engine's inputs and outputs from here.
 __all__ = [
@@ -207,11 +207,29 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ search
     def route(self, queries: Sequence[str], *, policy: RoutePolicy | None = None) -> list[RouteDecision]:
-        """Routing decisions only (no search): what ``rr route`` shows."""
+        """Routing decisions only (no search): the decisions :meth:`search` makes for these queries.
+
+        Pilot scores plus the same corpus votes a search adds (``evidence``,
+        ``vote_depth``, one live view per expert, taken as a search batch takes
+        them), so ``rr route`` and the demo's routing report show what
+        ``/search`` does, not a pilots-only guess.
+
+        >>> engine.route(["lift of a swept wing"])[0].experts  # doctest: +SKIP
+        ('cranfield',)
+        """
         check_queries(queries)
         with self._holder.lease() as snapshot:
-            base = self.encoder.embed(queries, max_length=self.query_max_length)
-            return snapshot.router.route(base, policy=policy or self.policy)
+            base = self.encoder.embed(queries, max_length=self.query_max_length, cache=True)
+            return self._decide(snapshot, base, list(queries), policy or self.policy)
+
+    def _decide(self, snapshot: Snapshot, base: np.ndarray, texts: list[str], policy: RoutePolicy) -> list[RouteDecision]:
+        """The router's decisions on pilot scores plus this engine's corpus votes, as a search batch makes them."""
+        router = snapshot.router
+        votes = None
+        if self.evidence != "none" and len(texts):
+            views = [snapshot.experts[name].view() for name in router.experts]
+            votes = corpus_votes(views, base, texts, evidence=self.evidence, depth=self.vote_depth)
+        return router.route(base, policy=policy, evidence=votes)
 
     def search(
         self,
@@ -277,8 +295,8 @@ class SearchEngine:
             return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts))
         decisions = None
         if model == AUTO_MODEL:
-            base = self.encoder.embed(texts, max_length=self.query_max_length)
-            decisions = snapshot.router.route(base)
+            base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True)
+            decisions = self._decide(snapshot, base, texts, self.policy)
             names = [decision.experts[0] for decision in decisions]
         else:
             self._require(snapshot, model)

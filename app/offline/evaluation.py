@@ -1,13 +1,18 @@
 """``rr eval``: retrieval quality and routing accuracy on the collections' *test* queries.
 
 Systems compared, each scored with ir-measures (nDCG@10, Recall@100) per
-collection and as a macro average over collections:
+collection, as a macro average (mean over collections) and as a micro average
+(mean over every judged query, each collection weighted by its queries):
 
 - ``base``: the base encoder's query vector on the query's own collection
   (the oracle-collection baseline); ``base-union``: the base encoder over one
   index of every collection's documents (what a user without routing runs);
 - ``bm25`` / ``bm25-union``: the same with BM25, what most users run today;
-- ``hybrid-base``: base vector + BM25 fused, own collection;
+- ``hybrid-base``: base vector + BM25 fused, own collection; ``hybrid-union``:
+  the same over one union index per side (base-encoder dense search over every
+  collection's documents, each document's best chunk, fused with BM25 over one
+  index of them all, by the engine's default fusion): what any vector database
+  with hybrid search gives a user, the baseline routing has to beat;
 - ``oracle`` / ``hybrid-oracle``: the collection's own expert on its own
   collection, dense / fused with BM25 (perfect routing);
 - ``routed`` / ``routed-hybrid``: the deployed system, ``SearchEngine.search``
@@ -30,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import ir_measures
 import numpy as np
@@ -46,7 +52,7 @@ from app.offline.pilot_selection import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
-from index import DenseIndex, LexicalIndex
+from index import DenseIndex, LexicalIndex, fuse_dense_lexical
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ logger = logging.getLogger(__name__)
 MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
 SYSTEMS = (
-    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "oracle", "hybrid-oracle",
+    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "hybrid-union", "oracle", "hybrid-oracle",
     "routed", "routed-fanout", "routed-hybrid",
 )  # fmt: skip
 SYSTEM_TITLES = {
@@ -63,6 +69,7 @@ SYSTEM_TITLES = {
     "base": "base encoder, own collection (oracle collection)",
     "base-union": "base encoder, union index of all collections",
     "hybrid-base": "base encoder + BM25 fused, own collection",
+    "hybrid-union": "base encoder + BM25 fused, union indexes of all collections",
     "oracle": "expert on its own collection (oracle routing)",
     "hybrid-oracle": "expert + BM25 fused, own collection (oracle routing)",
     "routed": "routed system (top-1 expert, its index)",
@@ -70,7 +77,10 @@ SYSTEM_TITLES = {
     "routed-hybrid": "routed system, hybrid search in the chosen expert",
 }
 #: Systems that need every expert to have a BM25 index.
-LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-oracle", "routed-hybrid"})
+LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-union", "hybrid-oracle", "routed-hybrid"})
+#: How :meth:`EvalReport.average` averages over collections: mean of the collections, or of every query.
+AverageKind = Literal["macro", "micro"]
+AVERAGE_KINDS: tuple[AverageKind, ...] = ("macro", "micro")
 #: Queries per engine.search call: bounded memory for the hits of k=100.
 _SEARCH_BATCH = 64
 
@@ -86,7 +96,7 @@ def read_test_set(datasets: Path, collection: str, *, split: str = "test") -> Ju
 
 @dataclass
 class EvalReport:
-    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is the macro mean."""
+    """Everything ``rr eval`` measured; ``metrics[system][collection][metric]``; ``average`` is macro or micro."""
 
     collections: list[str]
     queries: dict[str, int]
@@ -105,8 +115,23 @@ class EvalReport:
         """The systems scored, in ``SYSTEMS`` order (``routed-fanout`` only when asked for)."""
         return [s for s in SYSTEMS if s in self.metrics]
 
-    def average(self, system: str, metric: str) -> float:
-        return float(np.mean([self.metrics[system][c][metric] for c in self.collections]))
+    def average(self, system: str, metric: str, kind: AverageKind = "macro") -> float:
+        """``system``'s ``metric`` over the collections: ``macro`` (each collection counts once) or ``micro``.
+
+        Macro is the BEIR convention and keeps a small collection from being
+        drowned out; micro weights each collection by its judged queries, so
+        it is the mean over every query: the figure a user sending all of them
+        would see. Both are reported because they rank systems differently
+        when one collection (scifact's 300 queries) outweighs the rest.
+        """
+        if kind not in AVERAGE_KINDS:
+            raise ValueError(f"Invalid average kind {kind!r}. Valid kinds are: {', '.join(AVERAGE_KINDS)}")
+        values = [self.metrics[system][c][metric] for c in self.collections]
+        if kind == "macro":
+            return float(np.mean(values))
+        weights = [self.queries[c] for c in self.collections]
+        # No judged query anywhere: every figure is 0 (score_run), and so is either mean.
+        return float(np.average(values, weights=weights)) if sum(weights) else float(np.mean(values))
 
     @property
     def routing_accuracy(self) -> dict[str, float]:
@@ -156,6 +181,57 @@ def _union_run(
                 found[keys[r]] = float(s)
         run[q] = found
     return run
+
+
+def _best_per_document(
+    scores: np.ndarray, rows: np.ndarray, keys: Sequence[str], position: Mapping[str, int], *, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nq, m) chunk hits of a union search -> (nq, limit) scores and document positions, each document once.
+
+    Rows arrive best first, so a document's first chunk is its best one (what
+    a chunked collection's own search returns); -inf / -1 pad a short row.
+    """
+    out_scores = np.full((len(rows), limit), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(rows), limit), -1, dtype=np.int64)
+    for i, (score_row, row) in enumerate(zip(scores, rows, strict=True)):
+        seen: set[int] = set()
+        for s, r in zip(score_row, row):
+            if len(seen) == limit:
+                break
+            if r < 0 or not np.isfinite(s) or position[keys[r]] in seen:
+                continue
+            out_scores[i, len(seen)], out_ids[i, len(seen)] = s, position[keys[r]]
+            seen.add(position[keys[r]])
+    return out_scores, out_ids
+
+
+def hybrid_union_run(
+    test: JudgedQueries,
+    dense: tuple[np.ndarray, np.ndarray],
+    dense_keys: Sequence[str],
+    lexical: tuple[np.ndarray, np.ndarray],
+    lexical_keys: Sequence[str],
+    *,
+    k: int,
+    retrieval: Retrieval,
+) -> dict[str, dict[str, float]]:
+    """Fuse a union dense search (chunk rows) with a union BM25 search (document rows) per query; top ``k``.
+
+    Both sides are keyed by one document numbering (position in the union of
+    both key lists), cut to ``retrieval.candidates`` documents each and fused
+    by :func:`index.fuse_dense_lexical` with ``retrieval``'s method and weight,
+    exactly as a hybrid search fuses inside one collection.
+    """
+    documents = list(dict.fromkeys([*lexical_keys, *dense_keys]))
+    position = {key: i for i, key in enumerate(documents)}
+    depth = retrieval.depth(k)
+    dense_side = _best_per_document(*dense, dense_keys, position, limit=depth)
+    lexical_side = _best_per_document(*lexical, lexical_keys, position, limit=depth)
+    fused = fuse_dense_lexical(dense_side, lexical_side, k=k, method=retrieval.fusion, weight=retrieval.weight)
+    return {
+        q: {documents[r]: float(s) for s, r in zip(scores, ids) if r >= 0}
+        for q, scores, ids in zip(test.ids, fused.scores, fused.ids, strict=True)
+    }
 
 
 def lexical_union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[LexicalIndex, list[str]]:
@@ -277,6 +353,11 @@ def evaluate(
             found = lexical_union.search(test.texts, k)
             metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
             metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
+            depth = hybrid.depth(k)
+            dense_found = union.search(base_vectors[name], min(depth * most_chunks, union.ntotal))
+            lexical_found = lexical_union.search(test.texts, depth)
+            fused = hybrid_union_run(test, dense_found, keys, lexical_found, lexical_keys, k=k, retrieval=hybrid)
+            metrics["hybrid-union"][name] = score_run(qrels, fused)
             # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.offline.evaluation import SYSTEM_TITLES, EvalReport, accuracy_of
+from app.offline.evaluation import AVERAGE_KINDS, SYSTEM_TITLES, AverageKind, EvalReport, accuracy_of
 
 REPORT_FILE = "report.md"
 CHART_FILE = "metrics.png"
@@ -38,16 +38,18 @@ def render_markdown(report: EvalReport, *, command: str = "") -> str:
         f"Judged test queries: {queries} ({sum(report.queries.values())} in all). "
         f"Union index: {report.union_documents} documents. Took {report.seconds:.0f} s.",
         "",
+        "macro: mean over collections; micro: mean over every judged query (collections weighted by their queries).",
+        "",
     ]
     for metric in METRICS:
         lines += [f"## {metric}", ""]
         rows = [
             [system, SYSTEM_TITLES[system]]
             + [f"{report.metrics[system][c][metric]:.3f}" for c in cols]
-            + [f"{report.average(system, metric):.3f}"]
+            + [f"{report.average(system, metric, kind):.3f}" for kind in AVERAGE_KINDS]
             for system in report.systems
         ]
-        lines += _table(["system", "what", *cols, "average"], rows) + [""]
+        lines += _table(["system", "what", *cols, *AVERAGE_KINDS], rows) + [""]
     accuracy = report.routing_accuracy
     aggregate = f" (aggregate {report.routed_aggregate})" if report.routed_aggregate else ""
     lines += [f"## Routing of the deployed pilots{aggregate}", "", "Rows: true collection; columns: routed expert.", ""]
@@ -69,20 +71,24 @@ def render_markdown(report: EvalReport, *, command: str = "") -> str:
 
 
 def render_chart(report: EvalReport, path: Path) -> None:
-    """Grouped bars: per collection and average, one bar per system; one panel per metric."""
+    """Grouped bars: per collection and the macro and micro averages, one bar per system; one panel per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [*report.collections, "average"]
+    groups = [*report.collections, *AVERAGE_KINDS]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(6 + 1.4 * len(groups), 4.5), squeeze=False)
     systems = report.systems
     width = 0.8 / len(systems)
+    # Matplotlib's default cycle has 10 colours: more systems than that would share one.
+    palette = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20")
     for axis, metric in zip(axes[0], METRICS):
         for i, system in enumerate(systems):
-            values = [report.metrics[system][c][metric] for c in report.collections] + [report.average(system, metric)]
-            axis.bar(np.arange(len(groups)) + (i - (len(systems) - 1) / 2) * width, values, width, label=system)
+            values = [report.metrics[system][c][metric] for c in report.collections]
+            values += [report.average(system, metric, kind) for kind in AVERAGE_KINDS]
+            offset = (i - (len(systems) - 1) / 2) * width
+            axis.bar(np.arange(len(groups)) + offset, values, width, label=system, color=palette(i % palette.N))
         axis.set_xticks(np.arange(len(groups)), groups, rotation=30)
         axis.set_ylim(0, 1)
         axis.set_title(metric)
@@ -93,13 +99,21 @@ def render_chart(report: EvalReport, path: Path) -> None:
     plt.close(fig)
 
 
+def _averages(report: EvalReport, kind: AverageKind, names: dict[str, str]) -> dict[str, dict[str, float]]:
+    """``{system: {metric name: average}}`` of one kind, the metrics named as ``names`` says."""
+    return {s: {names[m]: report.average(s, m, kind) for m in METRICS} for s in report.systems}
+
+
 def report_data(report: EvalReport) -> dict[str, object]:
-    """The figures as plain JSON-ready data."""
+    """The figures as plain JSON-ready data; ``average`` is the macro one (older readers), as ``macro_average``."""
+    same = {m: m for m in METRICS}
     return {
         "collections": report.collections,
         "queries": report.queries,
         "metrics": report.metrics,
-        "average": {s: {m: report.average(s, m) for m in METRICS} for s in report.systems},
+        "average": _averages(report, "macro", same),
+        "macro_average": _averages(report, "macro", same),
+        "micro_average": _averages(report, "micro", same),
         "confusion": report.confusion.tolist(),
         "routing_accuracy": report.routing_accuracy,
         "routed_aggregate": report.routed_aggregate,
@@ -118,8 +132,12 @@ def _confusion_dict(confusion: np.ndarray, collections: list[str]) -> dict[str, 
 def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
     """The figures in a stable shape for comparing runs: per collection and system, and per routing rule.
 
-    ``{"collections": {name: {system: {"ndcg@10", "recall@100"}}}, "average": {system: ...},
+    ``{"collections": {name: {system: {"ndcg@10", "recall@100"}}}, "queries": {name: n},
+    "average": {system: ...}, "macro_average": {system: ...}, "micro_average": {system: ...},
     "routing": {rule: {"accuracy", "per_collection", "confusion": {true: {routed: n}}}}, "command", "seconds"}``
+
+    ``average`` is the macro average, kept under its old name for the readers
+    of earlier runs; ``macro_average`` is the same figures under an explicit name.
     """
     keys = {"nDCG@10": "ndcg@10", "R@100": "recall@100"}
     cols = report.collections
@@ -138,7 +156,10 @@ def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
         }
     return {
         "collections": {c: {s: {keys[m]: report.metrics[s][c][m] for m in METRICS} for s in report.systems} for c in cols},
-        "average": {s: {keys[m]: report.average(s, m) for m in METRICS} for s in report.systems},
+        "queries": dict(report.queries),
+        "average": _averages(report, "macro", keys),
+        "macro_average": _averages(report, "macro", keys),
+        "micro_average": _averages(report, "micro", keys),
         "routing": routing,
         "command": command,
         "seconds": report.seconds,

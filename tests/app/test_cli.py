@@ -46,6 +46,11 @@ def test_build_route_and_search(two_experts: Path, capsys: pytest.CaptureFixture
         hits = result["hits"]
         assert len(hits) == 5 and all(hit["title"] or hit["text"] for hit in hits)
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # `rr route` shows the decisions the search made (pilots and the default corpus votes alike).
+    for decision, result in zip(decisions, body["results"], strict=True):
+        searched = result["route"]
+        assert (decision["experts"], decision["mode"]) == (searched["experts"], searched["mode"])
+        assert decision["router_scores"] == pytest.approx(searched["router_scores"], abs=1e-5)
 
     code, out, _ = run_cli(["search", "-k", "3", "--expert", "cacm", "compilers"], capsys)
     assert code == 0 and "expert: cacm (expert named by the caller)" in out and " 3. " in out

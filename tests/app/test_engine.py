@@ -182,3 +182,30 @@ def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: 
 def test_unknown_evidence_is_refused(tiny_bert_path: Path) -> None:
     with pytest.raises(ValueError, match="documents\\+bm25"):
         SearchEngine(Encoder(tiny_bert_path), evidence="votes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("evidence", ["none", "documents", "bm25", "documents+bm25"])
+def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path, evidence: str) -> None:
+    # Misleading pilots (swapped, as above), so the corpus votes change decisions: a pilots-only route() would differ.
+    encoder = Encoder(tiny_bert_path)
+    aero = make_expert(root, "aero", AERO, encoder, pilots=False)
+    computing = make_expert(root, "computing", COMPUTING, encoder, pilots=False)
+    build_pilots(aero, encoder, [f"{t} {x}" for _, t, x in COMPUTING], method="centroid")
+    build_pilots(computing, encoder, [f"{t} {x}" for _, t, x in AERO], method="centroid")
+    queries = [f"{t} {x}" for _, t, x in AERO + COMPUTING] + ["oblique shock reflection", "sorting on tape", "wing"]
+    engine = SearchEngine.open(root, encoder, aggregate="max", evidence=evidence, vote_depth=1)
+    for policy in (RoutePolicy(), RoutePolicy(top_k=2, fanout_margin=0.3)):
+        routed = engine.route(queries, policy=policy)
+        searched = [result.decision for result in engine.search(queries, k=2, policy=policy).results]
+        for decision, expected in zip(routed, searched, strict=True):
+            assert (decision.experts, decision.mode, decision.use_adapters) == (
+                expected.experts, expected.mode, expected.use_adapters
+            )  # fmt: skip
+            assert [name for name, _ in decision.scores] == [name for name, _ in expected.scores]
+            np.testing.assert_allclose([s for _, s in decision.scores], [s for _, s in expected.scores], rtol=1e-5)
+            assert decision.margin == pytest.approx(expected.margin, abs=1e-5)
+    if evidence != "none":
+        pilots_only = engine.router.route(encoder.embed(queries, max_length=engine.query_max_length))
+        assert [d.scores for d in engine.route(queries)] != [d.scores for d in pilots_only]  # the votes are in
+        assert engine.route(["oblique shock reflection from a wall"])[0].experts == ("aero",)  # outvoted pilots
+    engine.close()

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from app.offline.building import build_pilots, index_expert
 from app.cli.evaluation import eval_command, pilots_paper_command
 from app.engine.engine import SearchEngine
-from app.offline.evaluation import SYSTEMS, evaluate, score_run, union_index
+from app.engine.retrieval import Retrieval
+from app.offline.evaluation import SYSTEMS, evaluate, hybrid_union_run, score_run, union_index
 from app.offline.pilot_selection import publish_pilots, select_paper_pilots, training_queries
 from app.offline.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
 from experts import Encoder, ExpertDir, create_expert
@@ -64,7 +65,7 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert report.union_documents == len(AERO) + len(COMPUTING)
     assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
     # Each test query is its document's passage, so the base encoder and BM25 rank that document first.
-    for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base"):
+    for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base", "hybrid-union"):
         for name in ("aero", "computing"):
             assert report.metrics[system][name] == pytest.approx({"nDCG@10": 1.0, "R@100": 1.0})
     # The untrained expert is the base model: its oracle run equals the base run.
@@ -87,12 +88,36 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     assert set(figures["collections"]["aero"]) == set(SYSTEMS)
     assert figures["collections"]["aero"]["bm25"] == {"ndcg@10": report.metrics["bm25"]["aero"]["nDCG@10"],
                                                       "recall@100": report.metrics["bm25"]["aero"]["R@100"]}  # fmt: skip
+    assert figures["queries"] == {"aero": 2, "computing": 3}
+    for system in SYSTEMS:
+        for kind in ("macro", "micro"):
+            assert figures[f"{kind}_average"][system] == {
+                "ndcg@10": report.average(system, "nDCG@10", kind), "recall@100": report.average(system, "R@100", kind)
+            }  # fmt: skip
+        assert figures["average"][system] == figures["macro_average"][system]  # the old key: readers of earlier runs
+    data = json.loads((folder / DATA_FILE).read_text())
+    assert data["average"] == data["macro_average"] and data["micro_average"]["bm25"]["nDCG@10"] == report.average(
+        "bm25", "nDCG@10", "micro"
+    )
+    assert "| system | what | aero | computing | macro | micro |" in markdown
     deployed = next(rule for rule in figures["routing"] if rule.startswith("deployed"))
     assert figures["routing"][deployed]["accuracy"] == report.routing_accuracy["all"]
     assert sum(sum(row.values()) for row in figures["routing"][deployed]["confusion"].values()) == 5
     assert "queries + knn" in figures["routing"]
     with pytest.raises(FileExistsError):
         write_report(report, tmp_path / "reports", name="run")
+
+
+def test_macro_averages_collections_and_micro_averages_queries() -> None:
+    from app.offline.evaluation import EvalReport
+
+    metrics = {"bm25": {"a": {"nDCG@10": 1.0, "R@100": 0.5}, "b": {"nDCG@10": 0.0, "R@100": 0.5}}}
+    report = EvalReport(["a", "b"], {"a": 3, "b": 1}, metrics, np.zeros((2, 2)), "")
+    assert report.average("bm25", "nDCG@10") == report.average("bm25", "nDCG@10", "macro") == 0.5
+    assert report.average("bm25", "nDCG@10", "micro") == pytest.approx(0.75)  # 3 of the 4 queries score 1
+    assert report.average("bm25", "R@100", "micro") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="Valid kinds are: macro, micro"):
+        report.average("bm25", "nDCG@10", "weighted")  # type: ignore[arg-type]
 
 
 def test_a_failing_report_leaves_no_folder(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,6 +138,32 @@ def test_score_run_counts_a_query_missing_from_the_run_as_zero() -> None:
     assert score_run(qrels, {"q1": {"c/d1": 1.0, "c/d9": 0.5}}) == pytest.approx({"nDCG@10": 0.5, "R@100": 0.5})
     # Another collection's document with the same id is not relevant.
     assert score_run({"q": {"cacm/1": 1}}, {"q": {"cisi/1": 1.0}})["nDCG@10"] == 0.0
+
+
+def test_hybrid_union_over_one_collection_is_that_collections_hybrid_search(setup) -> None:
+    engine, datasets, _ = setup
+    report = evaluate(engine, datasets, ["computing"], constructions=())
+    # One collection: the union indexes hold exactly its documents, fused by the same rule.
+    assert report.metrics["hybrid-union"]["computing"] == pytest.approx(report.metrics["hybrid-base"]["computing"])
+    assert report.systems.index("hybrid-union") == report.systems.index("hybrid-base") + 1
+
+
+def test_hybrid_union_keeps_each_documents_best_chunk_and_fuses_on_document_keys() -> None:
+    from app.offline.pilot_selection import JudgedQueries
+    from index import fuse_dense_lexical
+
+    test = JudgedQueries("c", ["q"], ["text"], {"q": {"d1": 1}}, "test")
+    dense_keys = ["c/d1", "c/d1", "c/d2", "x/d1"]  # d1 split into two chunks; x/d1 is another collection's d1
+    dense = (np.array([[0.9, 0.8, 0.7, 0.1]]), np.array([[1, 0, 2, 3]]))  # chunk rows, best first
+    lexical_keys = ["x/d1", "c/d2", "c/d1"]  # another order: rows of the lexical union are its own
+    lexical = (np.array([[5.0, 1.0, -np.inf]]), np.array([[0, 1, -1]]))
+    run = hybrid_union_run(test, dense, dense_keys, lexical, lexical_keys, k=10, retrieval=Retrieval(mode="hybrid"))
+    # Document positions: x/d1 0, c/d2 1, c/d1 2; dense side c/d1 .9 (its best chunk), c/d2 .7, x/d1 .1.
+    expected = fuse_dense_lexical((np.array([[0.9, 0.7, 0.1]]), np.array([[2, 1, 0]])),
+                                  (np.array([[5.0, 1.0]]), np.array([[0, 1]])), k=10)  # fmt: skip
+    names = ["x/d1", "c/d2", "c/d1"]
+    assert run["q"] == pytest.approx({names[r]: float(s) for r, s in zip(expected.ids[0], expected.scores[0]) if r >= 0})
+    assert len(run["q"]) == 3
 
 
 def test_union_index_holds_every_document_once_with_its_collection(setup) -> None:
@@ -167,6 +218,7 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
                                  "--out", str(tmp_path / "reports"), "--name", "cli", "--pilot-method", "centroid"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "routing accuracy" in result.output and (tmp_path / "reports" / "cli" / REPORT_FILE).is_file()
+    assert "hybrid-union" in result.output and "nDCG@10 macro " in result.output and " micro " in result.output
     result = runner.invoke(app, ["eval", "--pilot-method", "magic", "--datasets", str(datasets)])
     assert result.exit_code != 0 and "Valid methods are" in result.output
     result = runner.invoke(app, ["pilots-paper", "--datasets", str(datasets), "--pseudo-sample", "3", "--dry-run"])

@@ -1,0 +1,58 @@
+"""The corpus votes a routing decision adds to the pilot scores, computed in one place.
+
+Both :meth:`SearchEngine.search <app.engine.engine.SearchEngine.search>` (each
+micro-batch, :class:`~app.engine.batch_run.BatchRun`) and
+:meth:`SearchEngine.route <app.engine.engine.SearchEngine.route>` (``rr route``,
+the demo's routing report) call :func:`corpus_votes`, so what a user is shown
+as the routing of a query is the routing its search gets. The scores are
+turned into votes by :func:`router.document_votes`; this module only runs the
+searches on the experts' live views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from index import LiveView
+from router import document_votes
+
+__all__ = ["ROUTE_EVIDENCE", "RouteEvidence", "corpus_votes"]
+
+#: Corpus evidence the router may add to pilot scores (see ``SearchEngine``).
+RouteEvidence = Literal["none", "documents", "bm25", "documents+bm25"]
+ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "documents+bm25")
+
+
+def corpus_votes(
+    views: Sequence[LiveView], base: np.ndarray, texts: Sequence[str], *, evidence: RouteEvidence, depth: int
+) -> np.ndarray | None:
+    """(n, E) votes of the collections ``views`` (the router's experts, in its order) for n queries; None when off.
+
+    ``base`` (n, dim) holds the queries' base vectors, searched in every dense
+    index (``documents``); ``texts`` the queries, searched in every BM25 index
+    (``bm25``); each kind gives each expert its share of the ``depth`` best
+    documents over all of them, and ``documents+bm25`` adds the two. An expert
+    without a BM25 index gets no lexical votes. The caller takes the views once
+    (one per expert, as a search batch does), so every expert is asked about
+    the same moment of its documents.
+
+    >>> votes = corpus_votes(views, base, ["lift of a swept wing"], evidence="documents", depth=20)  # doctest: +SKIP
+    >>> votes.shape                                                                                  # doctest: +SKIP
+    (1, 5)
+    """
+    if evidence not in ROUTE_EVIDENCE:
+        raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+    if evidence == "none" or not len(texts) or not views:
+        return None
+    votes = np.zeros((len(texts), len(views)), dtype=np.float32)
+    if evidence in ("documents", "documents+bm25"):
+        votes += document_votes([view.search_dense(base, depth)[0] for view in views], depth=depth)
+    if evidence in ("bm25", "documents+bm25"):
+        queries = list(texts)
+        none = np.zeros((len(queries), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
+        scores = [view.search_lexical(queries, depth)[0] if view.has_lexical else none for view in views]
+        votes += document_votes(scores, depth=depth)
+    return votes
