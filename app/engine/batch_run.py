@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +29,7 @@ from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
 from app.engine.merging import merge_expert_lists
 from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
+from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
 from experts import UnknownExpertError
 from index import (
@@ -39,26 +40,17 @@ from index import (
     NoLexicalIndexError,
     check_fields,
 )
-from router import NoExpertsError, RouteDecision, RoutePolicy, Router, forced_decision
+from router import NoExpertsError, RouteDecision, RoutePolicy, forced_decision
 
 if TYPE_CHECKING:
     from app.engine.engine import SearchEngine
 
-__all__ = ["BatchRun", "Snapshot", "unknown_expert"]
+__all__ = ["BatchRun", "unknown_expert"]
 
 logger = logging.getLogger(__name__)
 
 #: A tokenizer makes at most one token per UTF-8 byte, plus a word-start marker and special tokens.
 _TOKEN_SLACK = 4
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The published experts and the router over them, replaced whole by each publish (see app.engine.snapshots)."""
-
-    experts: Mapping[str, LoadedExpert]
-    router: Router
-
 
 
 class BatchRun:

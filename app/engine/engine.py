@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.engine.batch_run import BatchRun, Snapshot, unknown_expert
+from app.engine.batch_run import BatchRun, unknown_expert
 from app.engine.jobs import (
     AUTO_MODEL,
     BASE_MODEL,
@@ -39,7 +39,7 @@ from app.engine.jobs import (
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import Retrieval, RetrievalOptions
-from app.engine.snapshots import SnapshotHolder
+from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence, corpus_votes
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from app.engine.loading import LoadedExpert
+from router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +120,11 @@ def _run(due: list[_Retired]) -> None:
             except Exception:  # one failed release must not leak the others
                 logger.exception("releasing a retired resource failed")
         retired.done.set()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The published experts and the router over them: what the engine's holder publishes whole, each publish."""
+
+    experts: Mapping[str, LoadedExpert]
+    router: Router
