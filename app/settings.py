@@ -62,16 +62,20 @@ class Settings(BaseSettings):
         "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
-    route_top_k: int = Field(1, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin).")
+    # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
+    # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
+    route_top_k: int = Field(3, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin).")
     route_fanout_margin: float | None = Field(
-        None, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
-        "the top one's; unset = always route_top_k experts.",
+        1.5, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
+        "the top one's (a score is at most 3: pilot votes plus two kinds of corpus votes); unset = always "
+        "route_top_k experts.",
     )  # fmt: skip
     route_merge: Literal["score", "rrf"] = Field(
-        "score", description="How the lists of a query searched in several experts become one: by fused score minus "
-        "route_gap_weight x the expert's router-score gap to the top expert, or by reciprocal rank fusion.",
+        "score", description="How the lists of a query searched in several experts become one: dense and BM25 "
+        "scores min-max normalised over all the lists together, minus route_gap_weight x the expert's router-score "
+        "gap to the top expert; or reciprocal rank fusion.",
     )  # fmt: skip
-    route_gap_weight: float = Field(1.0, ge=0, description="Score merge: hit score lost per unit of router-score gap.")
+    route_gap_weight: float = Field(0.1, ge=0, description="Score merge: hit score lost per unit of router-score gap.")
     search_mode: Literal["dense", "lexical", "hybrid"] = Field(
         "hybrid",
         description="How a search that names no mode searches each expert: its dense index, its BM25 index, or "

@@ -27,7 +27,7 @@ import numpy as np
 from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
-from app.engine.merging import merge_expert_lists
+from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
@@ -167,26 +167,29 @@ class BatchRun:
         timings["expert_ms"] = _elapsed(clock)
 
         clock = time.perf_counter()
-        hits_of = self._search(pairs, asks, vectors)
+        depths = [self._depth(row, decisions[row]) for row, _ in pairs]
+        hits_of = self._search(pairs, asks, vectors, depths)
         timings["search_ms"] = _elapsed(clock)
 
         lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
-        modes_of: dict[int, list[str]] = defaultdict(list)
+        shares_of: dict[int, list[float]] = defaultdict(list)
+        mode_of: dict[int, str] = {}
         for position, (row, _) in enumerate(pairs):
             lists_of[row].append(hits_of[position])
-            modes_of[row].append(asks[position].mode)
+            shares_of[row].append(asks[position].dense_share)
+            mode_of.setdefault(row, asks[position].mode)
         n_queries = sum(len(job.queries) for job in self.jobs)
         for position in self.live:
             if self.outcomes[position] is not None:
                 continue
             k, results = self.jobs[position].k, []
             for i, row in enumerate(self.rows_of[position]):
-                hits = merge_expert_lists(lists_of[row], modes_of[row], decisions[row], self._policy(position), k=k)
+                hits = merge_expert_lists(lists_of[row], shares_of[row], decisions[row], self._policy(position), k=k)
                 matched = None
                 if self.jobs[position].filter is not None:
                     matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
                 truncated = self.truncated[position][i]
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row], modes_of[row][0], truncated, matched))  # type: ignore[arg-type]
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))  # type: ignore[arg-type]
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
@@ -201,6 +204,14 @@ class BatchRun:
         views = [self.views[name] for name in self.snapshot.router.experts]
         texts = [self.rows[row][1] for row in rows]
         return corpus_votes(views, base[rows], texts, evidence=self.engine.evidence, depth=self.engine.vote_depth)
+
+    def _depth(self, row: int, decision: RouteDecision) -> int:
+        """Hits to fetch for one (row, expert) pair: the job's ``k``, or the merge depth when a score merge follows."""
+        position = self.rows[row][0]
+        k = self.jobs[position].k
+        if len(decision.experts) > 1 and self._policy(position).merge == "score":
+            return max(k, MERGE_DEPTH)
+        return k
 
     def _policy(self, position: int) -> RoutePolicy:
         """Job ``position``'s routing policy: its own, else the engine's default."""
@@ -266,8 +277,10 @@ class BatchRun:
         vectors[need] = vectors_out[: len(need)]
         return vectors
 
-    def _search(self, pairs: list[tuple[int, str]], asks: list[Retrieval], vectors: np.ndarray) -> dict[int, list[ExpertHit]]:
-        """Per expert, one search of its collection for every pair routed there, each with its own k and mode."""
+    def _search(
+        self, pairs: list[tuple[int, str]], asks: list[Retrieval], vectors: np.ndarray, depths: list[int]
+    ) -> dict[int, list[ExpertHit]]:
+        """Per expert, one search of its collection for every pair routed there, each with its own depth and mode."""
         by_expert: dict[str, list[int]] = defaultdict(list)
         for position, (_, name) in enumerate(pairs):
             by_expert[name].append(position)
@@ -277,7 +290,7 @@ class BatchRun:
             jobs = [self.rows[pairs[p][0]][0] for p in positions]
             expert = self.snapshot.experts[name]
             try:
-                wanted = [(self.jobs[j].k, asks[p], self.allowed(j, name)) for j, p in zip(jobs, positions)]
+                wanted = [(depths[p], asks[p], self.allowed(j, name)) for j, p in zip(jobs, positions)]
                 found = search_collection(self.views[name], texts, vectors[positions], wanted)
             except IndexFileError as exc:  # its files broke after loading: its queries fail, not the whole batch
                 failure = self._expert_failed(expert, exc)

@@ -1,19 +1,24 @@
 """One ranking from the hit lists of a query that went to several experts.
 
-Every collection holds base-encoder vectors and each list's hybrid score is
-already on one scale (dense and BM25 min-max normalised over that list's
-candidates, so in [0, 1]), so lists can be merged by score, with the router's
-belief as a prior: ``score`` subtracts from each hit ``gap_weight`` times its
-expert's router-score gap to the top expert. A confident router (large gaps)
-keeps the top expert's list in front; an unsure one (small gaps) lets the
-second collection's best hits in where they score higher. ``rrf`` fuses by
-rank alone, which interleaves a wrong collection's hits with the right one's
-whatever the router believed (measured: always fanning out to two experts
-by RRF cost 15 nDCG points on the shared collections).
+Every collection holds base-encoder vectors, so the experts' lists can be
+merged as one index over those collections would rank them: ``score`` takes
+each hit's raw dense cosine and raw BM25 score, min-max normalises each side
+over the hits of *all* the query's lists together, mixes them with the list's
+dense share (its hybrid weight; 1 for a dense list, 0 for a lexical one), and
+subtracts ``gap_weight`` times the hit's expert's router-score gap to the top
+expert. So a collection whose best documents match the query less well ranks
+lower, and the router's belief is a prior on top: a confident router keeps its
+top expert's hits in front, an unsure one lets the other collection in where
+it matches better. Each list must be searched :data:`MERGE_DEPTH` deep, so the
+normalisation does not depend on the ``k`` a request asked for.
 
-BM25 scores are on no common scale (they grow with query length and differ
-by collection), so a lexical-only list is min-max normalised over its own hits
-before the prior applies; dense cosines of one encoder family are compared as they are.
+``rrf`` fuses by rank alone, which interleaves a wrong collection's hits with
+the right one's whatever the router believed (measured: always fanning out to
+two experts by RRF cost 15 nDCG points on the shared collections).
+
+Normalising each list over its own candidates instead (every list's best hit
+then scores about 1) was measured too and lost to this on real queries
+(``bench/merge_tuning.py``, docs/eval-2026-12-03).
 """
 
 from __future__ import annotations
@@ -25,23 +30,26 @@ from app.engine.jobs import ExpertHit
 from index import reciprocal_rank_fusion
 from router import RouteDecision, RoutePolicy
 
-__all__ = ["merge_expert_lists"]
+__all__ = ["MERGE_DEPTH", "merge_expert_lists"]
+
+#: How deep each fanned-out expert is searched for a score merge (then cut to the request's ``k``).
+MERGE_DEPTH = 100
 
 
 def merge_expert_lists(
     lists: Sequence[Sequence[ExpertHit]],
-    modes: Sequence[str],
+    weights: Sequence[float],
     decision: RouteDecision,
     policy: RoutePolicy,
     *,
     k: int,
 ) -> list[ExpertHit]:
-    """Merge one query's per-expert lists (``decision.experts`` order, ``modes[i]`` the search mode of list i).
+    """Merge one query's per-expert lists; ``weights[i]`` is list i's dense share (1: dense only, 0: BM25 only).
 
-    >>> hit = lambda e, i, s: ExpertHit(e, i, s, "", "")
+    >>> hit = lambda e, i, d, l: ExpertHit(e, i, 0.0, "", "", dense_score=d, lexical_score=l)
     >>> d = RouteDecision(("a", "b"), "fanout", (("a", 1.0), ("b", 0.9)), 0.1)
-    >>> lists = [[hit("a", "1", 0.8), hit("a", "2", 0.5)], [hit("b", "1", 0.95)]]
-    >>> [(h.expert, h.id) for h in merge_expert_lists(lists, ["hybrid"] * 2, d, RoutePolicy(gap_weight=1.0), k=3)]
+    >>> lists = [[hit("a", "1", 0.8, 5.0), hit("a", "2", 0.5, None)], [hit("b", "1", 0.6, 9.0)]]
+    >>> [(h.expert, h.id) for h in merge_expert_lists(lists, [0.5, 0.5], d, RoutePolicy(gap_weight=1.0), k=3)]
     [('b', '1'), ('a', '1'), ('a', '2')]
     """
     if len(lists) == 1:
@@ -50,18 +58,32 @@ def merge_expert_lists(
         return reciprocal_rank_fusion(lists, limit=k, key=_expert_and_id)
     router_score = dict(decision.scores)
     top = decision.scores[0][1] if decision.scores else 0.0
+    dense = _Scale([h.dense_score for hits in lists for h in hits])
+    lexical = _Scale([h.lexical_score for hits in lists for h in hits])
     merged: list[tuple[float, int, int, ExpertHit]] = []
-    for position, (hits, mode) in enumerate(zip(lists, modes, strict=True)):
+    for position, (hits, weight) in enumerate(zip(lists, weights, strict=True)):
         if not hits:
             continue
-        scores = [hit.score for hit in hits]
-        if mode == "lexical":
-            low, high = min(scores), max(scores)
-            scores = [(s - low) / (high - low) if high > low else 1.0 for s in scores]
         penalty = policy.gap_weight * (top - router_score.get(hits[0].expert, top))
-        merged.extend((s - penalty, position, rank, hit) for rank, (s, hit) in enumerate(zip(scores, hits)))
+        for rank, hit in enumerate(hits):
+            score = weight * dense(hit.dense_score) + (1.0 - weight) * lexical(hit.lexical_score) - penalty
+            merged.append((score, position, rank, hit))
     merged.sort(key=lambda item: (-item[0], item[1], item[2]))
     return [replace(hit, score=float(score)) for score, _, _, hit in merged[:k]]
+
+
+class _Scale:
+    """Min-max over the values present; a missing value (that side did not find the hit) maps to 0."""
+
+    def __init__(self, values: Sequence[float | None]) -> None:
+        present = [v for v in values if v is not None]
+        self.low = min(present, default=0.0)
+        self.span = max(present, default=0.0) - self.low
+
+    def __call__(self, value: float | None) -> float:
+        if value is None:
+            return 0.0
+        return 1.0 if self.span <= 1e-12 else (value - self.low) / self.span
 
 
 def _expert_and_id(hit: ExpertHit) -> tuple[str, str]:

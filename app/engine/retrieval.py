@@ -62,6 +62,13 @@ class Retrieval:
     def needs_lexical(self) -> bool:
         return self.mode != "dense"
 
+    @property
+    def dense_share(self) -> float:
+        """How much of a hit's score comes from the dense side: 1 dense, 0 lexical, the weight (rrf: 0.5) hybrid."""
+        if self.mode != "hybrid":
+            return 1.0 if self.mode == "dense" else 0.0
+        return self.weight if self.fusion == "weighted" else 0.5
+
     def depth(self, k: int) -> int:
         """How deep each side is searched for ``k`` hits."""
         return max(k, self.candidates) if self.mode == "hybrid" else k

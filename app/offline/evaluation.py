@@ -16,9 +16,11 @@ collection, as a macro average (mean over collections) and as a micro average
 - ``oracle`` / ``hybrid-oracle``: the collection's own expert on its own
   collection, dense / fused with BM25 (perfect routing);
 - ``routed`` / ``routed-hybrid``: the deployed system, ``SearchEngine.search``
-  with top-1 routing, dense / hybrid inside the chosen expert;
+  with the engine's routing policy (``RR_ROUTE_*``: which experts a query is
+  searched in, how their lists merge), dense / hybrid inside the chosen experts;
+  ``routed-hybrid-top1``: hybrid, the top expert only (what the merge adds);
 - ``routed-fanout`` (with ``fanout_margin``): routed dense, but a query whose
-  top-1/top-2 margin is below the margin searches both experts, fused.
+  top-1/top-2 margin is below the margin searches both experts, fused by RRF.
 
 The lexical systems need every expert to have a BM25 index.
 Plus routing accuracy and the confusion matrix of the deployed router, and a
@@ -61,7 +63,7 @@ MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
 SYSTEMS = (
     "bm25", "bm25-union", "base", "base-union", "hybrid-base", "hybrid-union", "oracle", "hybrid-oracle",
-    "routed", "routed-fanout", "routed-hybrid",
+    "routed", "routed-fanout", "routed-hybrid-top1", "routed-hybrid",
 )  # fmt: skip
 SYSTEM_TITLES = {
     "bm25": "BM25, own collection",
@@ -72,12 +74,15 @@ SYSTEM_TITLES = {
     "hybrid-union": "base encoder + BM25 fused, union indexes of all collections",
     "oracle": "expert on its own collection (oracle routing)",
     "hybrid-oracle": "expert + BM25 fused, own collection (oracle routing)",
-    "routed": "routed system (top-1 expert, its index)",
-    "routed-fanout": "routed, top-2 experts fused when the router's margin is small",
-    "routed-hybrid": "routed system, hybrid search in the chosen expert",
+    "routed": "routed system (the deployed routing policy), dense",
+    "routed-fanout": "routed, top-2 experts fused by RRF when the router's margin is small",
+    "routed-hybrid-top1": "routed, hybrid search in the top expert only",
+    "routed-hybrid": "routed system (the deployed routing policy), hybrid search",
 }
 #: Systems that need every expert to have a BM25 index.
-LEXICAL_SYSTEMS = frozenset({"bm25", "bm25-union", "hybrid-base", "hybrid-union", "hybrid-oracle", "routed-hybrid"})
+LEXICAL_SYSTEMS = frozenset(
+    {"bm25", "bm25-union", "hybrid-base", "hybrid-union", "hybrid-oracle", "routed-hybrid-top1", "routed-hybrid"}
+)
 #: How :meth:`EvalReport.average` averages over collections: mean of the collections, or of every query.
 AverageKind = Literal["macro", "micro"]
 AVERAGE_KINDS: tuple[AverageKind, ...] = ("macro", "micro")
@@ -339,14 +344,14 @@ def evaluate(
         found = union.search(base_vectors[name], min(k * most_chunks, union.ntotal))
         metrics["base-union"][name] = score_run(qrels, _union_run(test, *found, keys, limit=k))
         metrics["oracle"][name] = own(expert_vectors, dense)
-        routed_run, decisions = _routed_run(engine, test, k, RoutePolicy(), routed_dense)
+        routed_run, decisions = _routed_run(engine, test, k, engine.policy, routed_dense)
         for decision in decisions:
             chosen = decision.experts[0]
             if chosen in position:
                 confusion[position[name], position[chosen]] += 1
         metrics["routed"][name] = score_run(qrels, routed_run)
         if fanout_margin is not None:
-            policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin)
+            policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin, merge="rrf")
             metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, routed_dense)[0])
         if lexical:
             metrics["bm25"][name] = own(base_vectors[name], Retrieval(mode="lexical"))
@@ -362,6 +367,8 @@ def evaluate(
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
             found = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
+            metrics["routed-hybrid-top1"][name] = score_run(qrels, found)
+            found = _routed_run(engine, test, k, engine.policy, routed_hybrid)[0]
             metrics["routed-hybrid"][name] = score_run(qrels, found)
         logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
@@ -374,6 +381,11 @@ def evaluate(
         settings={
             "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
             "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
+            "route_policy": {
+                "top_k": engine.policy.top_k, "fanout_margin": engine.policy.fanout_margin,
+                "merge": engine.policy.merge, "gap_weight": engine.policy.gap_weight,
+            },
+            "router_evidence": engine.evidence, "router_vote_depth": engine.vote_depth,
         },  # fmt: skip
     )
     if constructions:

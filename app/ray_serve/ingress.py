@@ -39,14 +39,14 @@ from ray.serve.handle import DeploymentHandle
 from app.engine.engine import SearchEngine
 from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.engine.jobs import ExpertHit, SearchResult
-from app.engine.merging import merge_expert_lists
+from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.loading import open_encoder
 from app.engine.output import result_dict
 from app.publishing.publisher import ExpertPublisher
 from app.ray_serve.admin import IngressAdmin
 from app.ray_serve.metrics import IngressMetrics
 from app.ray_serve.published import Published, PublishedExpert, PublishedSet
-from app.engine.retrieval import RetrievalOptions, requested_retrieval
+from app.engine.retrieval import Retrieval, RetrievalOptions, requested_retrieval
 from app.api.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
@@ -230,9 +230,12 @@ class Ingress:
             for name in decision.experts:
                 rows_of[name, not decision.use_adapters].append(row)
         groups = list(rows_of.items())
+        # A score merge normalises over MERGE_DEPTH hits per list, as rr serve does; other rows are cut back to k.
+        merging = policy.merge == "score" and any(len(decision.experts) > 1 for decision in decisions)
+        depth = max(k, MERGE_DEPTH) if merging else k
         answers = await asyncio.gather(
             *(
-                self._call(name, "search", [texts[r] for r in rows], k, retrieval, base, filter)
+                self._call(name, "search", [texts[r] for r in rows], depth, retrieval, base, filter)
                 for (name, base), rows in groups
             )
         )
@@ -243,13 +246,21 @@ class Ingress:
         out = []
         for row, decision in enumerate(decisions):
             lists: list[list[ExpertHit]] = [found[row, name].hits for name in decision.experts]
-            modes = [found[row, name].mode for name in decision.experts]
-            hits = merge_expert_lists(lists, modes, decision, policy, k=k)
+            shares = [self._dense_share(found[row, name].mode, retrieval) for name in decision.experts]
+            hits = merge_expert_lists(lists, shares, decision, policy, k=k)
             first = found[row, decision.experts[0]]
             counts = [found[row, name].matched for name in decision.experts]
             matched = None if all(count is None for count in counts) else sum(count or 0 for count in counts)
             out.append(replace(first, query=texts[row], hits=hits, decision=decision, matched=matched))
         return out
+
+    def _dense_share(self, mode: str, retrieval: RetrievalOptions | None) -> float:
+        """A list's dense share in a score merge: the request's or the settings' fusion (a replica's per-expert
+        tuned weight is not known here, unlike in rr serve)."""
+        weight = retrieval.weight if retrieval is not None and retrieval.weight is not None else None
+        fusion = retrieval.fusion if retrieval is not None and retrieval.fusion is not None else None
+        base = Retrieval(fusion=fusion or self.settings.hybrid_fusion, weight=self.settings.hybrid_weight)
+        return Retrieval(mode=mode, fusion=base.fusion, weight=base.weight if weight is None else weight).dense_share  # type: ignore[arg-type]
 
     async def _call(self, expert: str, method: str, *args: Any) -> Any:
         """One call to the searcher replicas for ``expert``, timed and counted; their errors as the service's."""

@@ -59,6 +59,6 @@ def test_metrics_summary_digests_requests_latency_and_routes(client: TestClient)
     assert summary["requests"] == sum(row["requests"] for row in summary["routes"]) >= 4
     assert summary["server_errors"] == readyz["server_errors"] == readyz["requests"] - 1
     routed = {(row["expert"], row["mode"]): row["queries"] for row in summary["routed"]}
-    assert routed[("beta", "forced")] == 1 and sum(q for (_, mode), q in routed.items() if mode == "top1") == 3
+    assert routed[("beta", "forced")] == 1 and sum(q for (_, mode), q in routed.items() if mode in {"top1", "fanout"}) == 3
     assert summary["queue_depth"]["search"] == 0 and summary["rejected"] == {}
     assert client.get("/metrics/summary").json()["requests"] == summary["requests"] + 1

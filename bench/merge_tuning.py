@@ -1,0 +1,193 @@
+"""How should a query's hits be merged when it goes to more than one expert?
+
+Run by hand (not in CI), on a root that holds one expert per shared collection
+(expert name = collection folder name), e.g. the demo's::
+
+    RR_DATA_DIR=data/experts python bench/merge_tuning.py --datasets ../shared/datasets --split dev
+    RR_DATA_DIR=data/experts python bench/merge_tuning.py --datasets ../shared/datasets --split test
+
+Every query is routed by the deployed router (pilots plus corpus votes, the
+decision ``/search`` makes) and searched in *every* expert's collection with
+that expert's own adapter and its own hybrid fusion (the lists a fan-out
+would get); the merge rules below are then applied to those lists, so each
+rule costs no model pass. Rules:
+
+- ``top1``: the top expert's list (today's default);
+- ``rrf-N``: reciprocal rank fusion of the top N experts' lists (today's fan-out);
+- ``prior-M-B-N``: every expert among the top ``N`` whose router score is
+  within ``M`` of the top one is searched; a hit's merged score is its list's fused score (hybrid:
+  min-max dense and BM25 over that list's candidates, so in [0, 1]) minus
+  ``B`` times its expert's router-score gap to the top expert. A confident
+  router (no expert within ``M``) is top-1; an unsure one interleaves;
+- ``joint-M-B-N``: the same experts, but each hit's dense cosine and BM25
+  score are min-max normalised over the hits of every chosen list together
+  (as one index over those collections would), mixed 0.5/0.5, minus ``B`` x gap.
+
+``--split dev`` tunes: pseudo queries (the title, else a 4-12-word span) of
+documents *not* among those the demo's pilots were drawn from, the source
+document being the one relevant; never a test query. Such known-item queries
+favour merging (their one document scores high wherever it is), so
+``--split dev-real`` adds real queries: scifact's labelled *train* queries
+(the demo's scifact pilots, each with its own vote taken off). ``--split test`` reports
+the test qrels for the rules named with ``--rules`` (the ones dev chose).
+nDCG@10 and R@100 from ir-measures; macro (per collection) and micro (per query) averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.engine.engine import SearchEngine  # noqa: E402
+from app.engine.loading import open_encoder  # noqa: E402
+from app.engine.retrieval import expert_retrieval, search_collection  # noqa: E402
+from app.offline.evaluation import read_test_set, score_run  # noqa: E402
+from app.offline.pilot_selection import JudgedQueries  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from router import RoutePolicy  # noqa: E402
+from experts.pseudo_queries import pseudo_queries  # noqa: E402
+
+COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
+#: The demo's pilots are pseudo queries of this many documents sampled with seed 0 (app.offline.building).
+PILOT_SAMPLE, PILOT_SEED = 1000, 0
+
+
+def dev_queries(engine: SearchEngine, name: str, *, sample: int, seed: int) -> JudgedQueries:
+    """Pseudo queries of ``sample`` documents outside the pilots' sample; each one's source document is relevant."""
+    collection = engine.experts[name].collection
+    rows = collection.docstore.all_row_ids().tolist()
+    pilots = set(random.Random(PILOT_SEED).sample(rows, min(PILOT_SAMPLE, len(rows))))
+    rest = [r for r in rows if r not in pilots] or rows
+    chosen = sorted(random.Random(seed).sample(rest, min(sample, len(rest))))
+    ids, texts, qrels = [], [], {}
+    for number, doc in enumerate(collection.docstore.get(chosen)):
+        made = pseudo_queries([(doc.title, doc.text)], seed=seed + number) if doc is not None else []
+        if made:
+            ids.append(f"dev-{number}")
+            texts.append(made[0])
+            qrels[ids[-1]] = {doc.id: 1}
+    return JudgedQueries(name, ids, texts, qrels, "pseudo queries (dev)")
+
+
+def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_pilot: str | None = None):
+    """Router scores (n, E) in ``names`` order, and per expert its hybrid hits for every query.
+
+    ``own_pilot``: the queries are that expert's pilots themselves (scifact's
+    train queries); each one's vote for itself is taken off its score, so it
+    is routed roughly as a new query like it would be.
+    """
+    names = sorted(engine.experts)
+    scores = np.zeros((len(texts), len(names)), dtype=np.float32)
+    for start in range(0, len(texts), 64):
+        batch = engine.search(list(texts[start : start + 64]), k=1, policy=RoutePolicy())
+        for i, result in enumerate(batch.results):
+            for name, score in result.decision.scores:
+                scores[start + i, names.index(name)] = score
+    if own_pilot is not None:
+        scores[:, names.index(own_pilot)] -= 1.0 / engine.router.neighbours
+    lists = {}
+    for name in names:
+        expert = engine.experts[name]
+        retrieval = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
+        vectors = engine.encoder.embed(list(texts), expert=expert.adapter, max_length=engine.query_max_length)
+        found = search_collection(expert.view(), list(texts), vectors, [(k, retrieval)] * len(texts))
+        lists[name] = [
+            [(f"{name}/{s.hit.id}", float(s.hit.score), s.dense, s.lexical) for s in row] for row in found
+        ]
+    return names, scores, lists
+
+
+def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[str, float]:
+    order = np.argsort(-scores[i], kind="stable")
+    top = order[0]
+    if rule == "top1":
+        return {key: s for key, s, _, _ in lists[names[top]][i][:k]}
+    if rule.startswith("rrf-"):
+        fused: dict[str, float] = {}
+        for e in order[: int(rule.split("-")[1])]:
+            for rank, (key, *_) in enumerate(lists[names[e]][i], start=1):
+                fused[key] = fused.get(key, 0.0) + 1.0 / (60 + rank)
+        return dict(sorted(fused.items(), key=lambda item: -item[1])[:k])
+    kind, margin, beta, *cap = rule.split("-")
+    chosen = []
+    for e in order[: int(cap[0]) if cap else len(order)]:
+        gap = float(scores[i, top] - scores[i, e])
+        if gap >= float(margin) and e != top:
+            break
+        chosen.append((e, gap))
+    merged: dict[str, float] = {}
+    if kind == "prior":
+        for e, gap in chosen:
+            for key, s, _, _ in lists[names[e]][i]:
+                merged[key] = s - float(beta) * gap
+    else:  # joint: dense and BM25 min-max normalised over every chosen list's hits together, then 0.5/0.5
+        hits = [(key, d, l, gap) for e, gap in chosen for key, _, d, l in lists[names[e]][i]]
+        dense = [d for _, d, _, _ in hits if d is not None]
+        lexical = [l for _, _, l, _ in hits if l is not None]
+        d_low, d_high = (min(dense), max(dense)) if dense else (0.0, 1.0)
+        l_low, l_high = (min(lexical), max(lexical)) if lexical else (0.0, 1.0)
+        for key, d, l, gap in hits:
+            dn = 0.0 if d is None else (d - d_low) / max(d_high - d_low, 1e-12)
+            ln = 0.0 if l is None else (l - l_low) / max(l_high - l_low, 1e-12)
+            merged[key] = 0.5 * dn + 0.5 * ln - float(beta) * gap
+    return dict(sorted(merged.items(), key=lambda item: -item[1])[:k])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", type=Path, required=True)
+    parser.add_argument("--split", choices=("dev", "dev-real", "test"), default="dev")
+    parser.add_argument("--dev-sample", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rules", default="", help="Comma-separated rules (default: the whole grid).")
+    args = parser.parse_args()
+    settings = Settings()
+    engine = SearchEngine.open(settings.data_dir, open_encoder(settings), **settings.engine_options())
+    started = time.perf_counter()
+    grid = ["top1", "rrf-2", "rrf-3"] + [
+        f"{kind}-{m}-{b}-{n}"
+        for kind in ("prior", "joint")
+        for n in (2, 3, 5)
+        for m in (0.3, 0.5, 1.0, 1.5, 3.0)
+        for b in (0.0, 0.1, 0.25, 0.5)
+    ]
+    rules = [r for r in args.rules.split(",") if r] or grid
+    table: dict[str, dict[str, dict[str, float]]] = {rule: {} for rule in rules}
+    counts = {}
+    collections = ("scifact",) if args.split == "dev-real" else COLLECTIONS
+    for name in collections:
+        if args.split == "dev":
+            queries = dev_queries(engine, name, sample=args.dev_sample, seed=args.seed)
+        else:
+            queries = read_test_set(args.datasets, name, split="train" if args.split == "dev-real" else "test")
+        qrels = {q: {f"{name}/{d}": r for d, r in docs.items()} for q, docs in queries.qrels.items()}
+        own = name if args.split == "dev-real" else None
+        names, scores, lists = lists_and_scores(engine, queries.texts, 100, own_pilot=own)
+        counts[name] = len(queries.ids)
+        routed_home = float(np.mean([names[int(np.argmax(row))] == name for row in scores]))
+        print(f"{name}: {len(queries.ids)} {queries.origin}, routed home {routed_home:.1%}", flush=True)
+        for rule in rules:
+            run = {q: merge(rule, names, scores, lists, i, 100) for i, q in enumerate(queries.ids)}
+            table[rule][name] = score_run(qrels, run)
+    total = sum(counts.values())
+    print(f"\n{args.split}: nDCG@10 / R@100 per collection, macro and micro averages ({time.perf_counter() - started:.0f}s)")
+    print(f"{'rule':<16}" + "".join(f"{c:>10}" for c in collections) + f"{'macro':>9}{'micro':>9}{'R@100':>8}")
+    for rule in rules:
+        ndcg = [table[rule][c]["nDCG@10"] for c in collections]
+        micro = sum(table[rule][c]["nDCG@10"] * counts[c] for c in collections) / total
+        recall = np.mean([table[rule][c]["R@100"] for c in collections])
+        print(f"{rule:<16}" + "".join(f"{v:>10.3f}" for v in ndcg) + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
