@@ -61,8 +61,8 @@ def as_document(row: dict) -> dict:
 
 def build(root: Path, rows: list[dict]) -> float:
     """Index ``rows`` as expert 'merged' with the batch job; returns documents/s."""
-    from app.offline.building import index_expert
     from app.engine.loading import open_encoder
+    from app.offline.building import index_expert
     from app.settings import Settings
     from experts import create_expert
 

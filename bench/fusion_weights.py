@@ -23,10 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.harness import argument_parser  # noqa: E402
-from app.offline.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
 from app.engine.loading import open_encoder  # noqa: E402
+from app.offline.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from bench.harness import argument_parser  # noqa: E402
 from experts import ExpertDir  # noqa: E402
 from index import Collection  # noqa: E402
 

@@ -101,7 +101,7 @@ async def client(host: str, port: int, bodies: list[bytes], start: int, recorder
             began = loop.time()
             try:
                 status, payload = await asyncio.wait_for(connection.post("/search", body), timeout)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 recorder.failures.append(f"{type(exc).__name__}: {exc}")
                 await connection.close()
                 await asyncio.sleep(0.1)

@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from app.offline.evaluation import score_run
     from app.engine.retrieval import Retrieval, search_collection
+    from app.offline.evaluation import score_run
     from experts import Encoder, make_split_fn
     from experts.labelled import judged_queries, read_qrels, read_queries
     from index import ChunkSettings, Collection, build_index

@@ -63,8 +63,8 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from app.offline.building import index_expert
     from app.engine.loading import open_encoder
+    from app.offline.building import index_expert
     from app.offline.ray_encoders import RayIndexing
     from app.settings import Settings
     from experts import create_expert

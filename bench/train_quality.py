@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.offline.evaluation import read_test_set  # noqa: E402
-from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from app.offline.expert_training import train_expert  # noqa: E402
+from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from experts import Encoder, ExpertDir, TrainConfig  # noqa: E402
 from index import Collection  # noqa: E402
 

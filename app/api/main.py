@@ -20,6 +20,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.batching import MicroBatcher
+from app.api.body_limit import BodySizeLimitMiddleware
+from app.api.error_handlers import install_error_handlers
+from app.api.log_redaction import install_on_root, uvicorn_log_config
+from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.routes import admin as routes_admin
 from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
@@ -27,17 +32,12 @@ from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
 from app.api.routes import ops as routes_ops
 from app.api.routes import search as routes_search
-from app.api.batching import MicroBatcher
-from app.api.body_limit import BodySizeLimitMiddleware
-from app.publishing.document_writes import DocumentWriter
+from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
-from app.api.error_handlers import install_error_handlers
 from app.engine.loading import LoadedExpert, open_encoder
-from app.api.log_redaction import install_on_root, uvicorn_log_config
-from app.api.metrics import Metrics, MetricsMiddleware
+from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
-from app.api.state import Runtime, ServiceState
 from experts import Encoder
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -59,8 +59,8 @@ state = _State()
 
 @cli.callback()
 def _configure(
-    data_dir: Annotated[Optional[Path], typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
@@ -76,17 +76,17 @@ def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | N
     )
 
 
-TopK = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K).")]
-FanoutMargin = Annotated[Optional[float], typer.Option(min=0, help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).")]
-MinScore = Annotated[Optional[float], typer.Option(help="Use the base encoder when the best router score is below this.")]
-Merge = Annotated[Optional[str], typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
+TopK = Annotated[int | None, typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K).")]
+FanoutMargin = Annotated[float | None, typer.Option(min=0, help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).")]
+MinScore = Annotated[float | None, typer.Option(help="Use the base encoder when the best router score is below this.")]
+Merge = Annotated[str | None, typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 @cli.command("create-expert")
 def create_expert_command(
     name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
-    adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank of a new adapter.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha of a new adapter.")] = 32,
     description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
@@ -111,12 +111,12 @@ def index_command(
     lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     engine: Annotated[str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
-    actors: Annotated[Optional[int], typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
+    actors: Annotated[int | None, typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
     cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
-    long_documents: Annotated[Optional[str], typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
-    chunk_overlap: Annotated[Optional[int], typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
+    long_documents: Annotated[str | None, typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.offline.building import index_expert
@@ -165,9 +165,9 @@ def index_command(
 @cli.command("pilots")
 def pilots_command(
     expert: Annotated[str, typer.Option(help="Expert whose pilots to build.")],
-    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
-    qrels: Annotated[Optional[Path], typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
-    from_documents: Annotated[Optional[int], typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
+    from_documents: Annotated[int | None, typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
     method: Annotated[str, typer.Option(help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn).")] = "queries",
     clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
 ) -> None:
@@ -191,8 +191,8 @@ def pilots_command(
 @cli.command("tune-fusion")
 def tune_fusion_command(
     expert: Annotated[str, typer.Option(help="Expert whose hybrid fusion weight to tune.")],
-    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
-    qrels: Annotated[Optional[Path], typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
     pseudo: Annotated[bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")] = False,
     limit: Annotated[int, typer.Option(min=10, help="Tuning queries sampled.")] = 500,
 ) -> None:
@@ -246,16 +246,16 @@ def route_command(
 def search_command(
     query: Annotated[list[str], typer.Argument(help="One or more queries (searched as one batch).")],
     k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
-    expert: Annotated[Optional[str], typer.Option(help="Search this expert, bypassing the router.")] = None,
+    expert: Annotated[str | None, typer.Option(help="Search this expert, bypassing the router.")] = None,
     top_k: TopK = None,
     fanout_margin: FanoutMargin = None,
     min_score: MinScore = None,
     merge: Merge = None,
     mode: Annotated[
-        Optional[str], typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
+        str | None, typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
     ] = None,
-    fusion: Annotated[Optional[str], typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
-    hybrid_weight: Annotated[Optional[float], typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
+    fusion: Annotated[str | None, typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
+    hybrid_weight: Annotated[float | None, typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Routed search from the command line, without a server."""
@@ -302,8 +302,8 @@ def experts_command(as_json: AsJson = False) -> None:
         typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
 
 
-Host = Annotated[Optional[str], typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
-Port = Annotated[Optional[int], typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
+Host = Annotated[str | None, typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
 LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
 
 
@@ -320,7 +320,7 @@ def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> 
 
 @cli.command("serve")
 def serve_command(
-    data: Annotated[Optional[Path], typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -334,8 +334,8 @@ def serve_command(
 @cli.command("demo")
 def demo_command(
     collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
-    datasets: Annotated[Optional[Path], typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
-    max_docs: Annotated[Optional[int], typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
+    datasets: Annotated[Path | None, typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
+    max_docs: Annotated[int | None, typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")] = True,
     host: Host = None,
     port: Port = None,
@@ -353,8 +353,8 @@ def demo_command(
         typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
         return
     publish_demo(state.settings, names)
-    typer.echo("\ntry: curl -s localhost:%d/search -H 'Content-Type: application/json' "
-               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'" % (port or state.settings.port))
+    typer.echo(f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
+               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'")
     _serve(host, port, log_level, encoder=state.encoder())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,9 +21,9 @@ documents_cli = typer.Typer(
 
 Expert = Annotated[str, typer.Option("--expert", "-e", help="The expert whose documents these are.")]
 Url = Annotated[
-    Optional[str], typer.Option(help="A running service (http://host:port): send the operation to it instead.")
+    str | None, typer.Option(help="A running service (http://host:port): send the operation to it instead.")
 ]
-AdminKey = Annotated[Optional[str], typer.Option(help="Admin key for --url (default: RR_ADMIN_KEY).", show_default=False)]
+AdminKey = Annotated[str | None, typer.Option(help="Admin key for --url (default: RR_ADMIN_KEY).", show_default=False)]
 
 
 def _target(expert: str, url: str | None, admin_key: str | None, *, write: bool = True):
@@ -61,9 +61,9 @@ def upsert_command(
 
 @documents_cli.command("delete")
 def delete_command(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Document ids.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="Document ids.")] = None,
     expert: Expert = ...,  # type: ignore[assignment]
-    ids_file: Annotated[Optional[Path], typer.Option(help="A file with one id per line.")] = None,
+    ids_file: Annotated[Path | None, typer.Option(help="A file with one id per line.")] = None,
     url: Url = None,
     admin_key: AdminKey = None,
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,11 +31,11 @@ def _names(text: str) -> list[str]:
 
 def eval_command(
     datasets: Annotated[
-        Optional[Path], typer.Option(help="Folder of BEIR collections, one per expert name (env RR_DATASETS_DIR).")
+        Path | None, typer.Option(help="Folder of BEIR collections, one per expert name (env RR_DATASETS_DIR).")
     ] = None,
     collections: Annotated[str, typer.Option(help="Comma-separated collections (= expert names).")] = DEFAULT_COLLECTIONS,
     out: Annotated[Path, typer.Option(help="Reports folder; each run writes a new sub-folder.")] = Path("reports"),
-    name: Annotated[Optional[str], typer.Option(help="Sub-folder name (default: a UTC timestamp).")] = None,
+    name: Annotated[str | None, typer.Option(help="Sub-folder name (default: a UTC timestamp).")] = None,
     pilot_method: Annotated[
         str, typer.Option(help="Pilot constructions to compare, comma-separated: centroid, kmeans, queries, paper; or 'none'.")
     ] = "centroid,kmeans,queries,paper",
@@ -43,7 +43,7 @@ def eval_command(
     clusters: Annotated[int, typer.Option(min=1, help="k-means pilots per expert.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the pseudo-query sample.")] = 0,
     fanout_margin: Annotated[
-        Optional[float], typer.Option(min=0, help="Also score routing that fans out to the top 2 below this margin.")
+        float | None, typer.Option(min=0, help="Also score routing that fans out to the top 2 below this margin.")
     ] = None,
 ) -> None:
     """Score base, union, oracle-expert and routed search on the test qrels; compare pilot constructions."""
@@ -79,10 +79,10 @@ def eval_command(
 
 def pilots_paper_command(
     datasets: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="BEIR collections: an expert's qrels/train.tsv gives its training queries (env RR_DATASETS_DIR)."),
     ] = None,
-    experts: Annotated[Optional[str], typer.Option(help="Comma-separated experts (default: every loaded one).")] = None,
+    experts: Annotated[str | None, typer.Option(help="Comma-separated experts (default: every loaded one).")] = None,
     pseudo_sample: Annotated[int, typer.Option(min=1, help="Pseudo queries per expert without train qrels.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the pseudo-query sample.")] = 0,
     dry_run: Annotated[bool, typer.Option(help="Show who wins what; publish nothing.")] = False,

@@ -9,7 +9,7 @@ every subcommand it parses options and calls one library function,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,8 +22,8 @@ _DEFAULTS = {
 def train_expert_command(
     name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
     corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
-    queries: Annotated[Optional[Path], typer.Option(help="Labelled training queries (BEIR queries.jsonl).")] = None,
-    qrels: Annotated[Optional[Path], typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="Labelled training queries (BEIR queries.jsonl).")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")] = None,
     replace: Annotated[bool, typer.Option(help="Retrain an existing expert; it serves until the new one is complete.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = _DEFAULTS["steps"],
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per step.")] = _DEFAULTS["batch_size"],
@@ -34,7 +34,7 @@ def train_expert_command(
     dropout: Annotated[float, typer.Option(min=0, max=0.99, help="LoRA dropout.")] = _DEFAULTS["dropout"],
     targets: Annotated[str, typer.Option(help="Comma-separated module names that get LoRA.")] = _DEFAULTS["targets"],
     hard_negatives: Annotated[
-        Optional[int], typer.Option(min=1, help="Mined hard negatives per query (collections above --full-softmax-limit).")
+        int | None, typer.Option(min=1, help="Mined hard negatives per query (collections above --full-softmax-limit).")
     ] = None,
     full_softmax_limit: Annotated[
         int, typer.Option(min=0, help="Up to this many documents, score each query against all of them.")

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
 from app.engine.merging import merge_expert_lists
 from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
+from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from experts import UnknownExpertError
 from index import (
     FieldInfo,

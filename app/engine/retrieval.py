@@ -157,9 +157,14 @@ def search_collection(
             continue  # nothing matches the filter: no search at all, the rows get no hits
         dense_rows = [i for i in members if asks[i][1].needs_vector]
         lexical_rows = [i for i in members if asks[i][1].needs_lexical]
-        dense |= _search(dense_rows, asks, lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed))
+        # The lambdas run inside _search, within this iteration: binding `allowed` late is safe.
+        dense |= _search(
+            dense_rows, asks, lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed)  # noqa: B023
+        )
         lexical |= _search(
-            lexical_rows, asks, lambda rows, depth: view.search_lexical([texts[i] for i in rows], depth, allowed=allowed)
+            lexical_rows,
+            asks,
+            lambda rows, depth: view.search_lexical([texts[i] for i in rows], depth, allowed=allowed),  # noqa: B023
         )
     width = max(ask[0] for ask in asks) if asks else 0
     ids = np.full((len(asks), width), -1, dtype=np.int64)

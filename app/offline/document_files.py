@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from app.publishing.document_writes import DocumentWriter
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.publishing.document_writes import DocumentWriter
 from app.settings import Settings
 from experts import Encoder, ExpertDir
 from index import CorpusError, CorpusProblem, Document, read_corpus

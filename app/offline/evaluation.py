@@ -42,6 +42,7 @@ import numpy as np
 from ir_measures import R, nDCG
 
 from app.engine.engine import SearchEngine
+from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from app.offline.pilot_selection import (
     PILOT_CONSTRUCTIONS,
     JudgedQueries,
@@ -51,7 +52,6 @@ from app.offline.pilot_selection import (
     simple_pilots,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
-from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from index import DenseIndex, LexicalIndex, fuse_dense_lexical
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
@@ -326,9 +326,9 @@ def evaluate(
         expert = engine.experts[name]
         qrels = _keyed_qrels(test)
 
-        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:
-            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))
-            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))
+        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:  # called within this iteration only
+            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))  # noqa: B023
+            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))  # noqa: B023
 
         expert_vectors = (
             base_vectors[name]

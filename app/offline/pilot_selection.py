@@ -24,8 +24,8 @@ import ir_measures
 import numpy as np
 from ir_measures import nDCG
 
-from app.offline.building import PILOT_METHODS, QUERY_PILOTS, PilotMethod
 from app.engine.engine import SearchEngine
+from app.offline.building import PILOT_METHODS, QUERY_PILOTS, PilotMethod
 from experts import Manifest, PilotsSection
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +168,7 @@ def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
 
 def write_report(report: EvalReport, reports_dir: Path, *, name: str | None = None, command: str = "") -> Path:
     """Write ``report.md``, ``metrics.png``, ``report.json`` and ``eval.json`` into ``reports_dir/<name>`` (default: a UTC timestamp)."""
-    name = name or datetime.now(timezone.utc).strftime("eval-%Y%m%dT%H%M%SZ")
+    name = name or datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
     target = Path(reports_dir) / name
     if target.exists():
         raise FileExistsError(f"report folder {target} already exists; give another name")

@@ -17,8 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from app.engine.engine import SearchEngine
-from app.errors import UnknownDocumentError
 from app.engine.loading import LoadedExpert
+from app.errors import UnknownDocumentError
 from experts import UnknownExpertError
 from index import DeleteReport, Document, MergeReport, UpsertReport
 

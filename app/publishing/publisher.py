@@ -15,11 +15,11 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.engine.engine import RESERVED_NAMES, SearchEngine
+from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.errors import (
     ConflictError,
     ExpertRejectedError,
@@ -29,7 +29,7 @@ from app.errors import (
     PayloadTooLargeError,
     is_disk_full,
 )
-from app.engine.loading import LoadedExpert, load_expert, unload_expert
+from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.publishing.registry import RegistryEntry, RegistryFile
 from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
 from index import IndexStoreError, MergePolicy
@@ -313,7 +313,7 @@ class ExpertPublisher:
                     raise  # the server's fault, not the archive's: answered 507
                 raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
             self._check_name(name, replace=replace)  # before the (slow) load: fail fast
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             final = uploads / f"{name}-{stamp}-{secrets.token_hex(3)}" / name
             final.parent.mkdir()
             source.rename(final)

@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConflictError, ExpertRejectedError
-from app.engine.jobs import RESERVED_NAMES
-from app.publishing.publisher import ExpertPublisher
-from app.ray_serve.published import PublishedSet
-from app.publishing.registry import RegistryEntry
 from app.api.schemas import ExpertDetailOut, RemovedOut
+from app.engine.jobs import RESERVED_NAMES
+from app.errors import ConflictError, ExpertRejectedError
+from app.publishing.publisher import ExpertPublisher
+from app.publishing.registry import RegistryEntry
+from app.ray_serve.published import PublishedSet
 from experts import ExpertDir, ExpertError, Manifest, UnknownExpertError
 
 __all__ = ["IngressAdmin"]

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.engine.jobs import SearchResult
 from app.api.metrics import shared_families
+from app.engine.jobs import SearchResult
 
 __all__ = ["IngressMetrics"]
 

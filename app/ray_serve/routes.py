@@ -25,7 +25,6 @@ from app.api.auth import require_admin, require_search
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.api.error_handlers import error_response, install_error_handlers
 from app.api.metrics import MetricsMiddleware
-from app.ray_serve.ingress import Ingress
 from app.api.schemas import (
     AddExpertRequest,
     ExpertDetailOut,
@@ -37,6 +36,7 @@ from app.api.schemas import (
     SearchResponse,
     error_responses,
 )
+from app.ray_serve.ingress import Ingress
 
 __all__ = ["create_ingress_app"]
 

@@ -32,8 +32,8 @@ from ray import serve
 
 from app.engine.engine import SearchEngine, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert, load_expert, open_encoder, unload_expert
-from app.ray_serve.published import PublishedExpert, PublishedSet
 from app.engine.retrieval import RetrievalOptions
+from app.ray_serve.published import PublishedExpert, PublishedSet
 from app.settings import Settings
 from experts import Encoder, UnknownExpertError
 from index import FilterExpr

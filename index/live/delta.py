@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 import faiss
 import numpy as np
 
+from index.live.log import LogEntry
 from index.store.analysis import Analyzer, LexicalSettings
 from index.store.chunk_map import search_collapsed
 from index.store.lexical import LexicalIndex
-from index.live.log import LogEntry
 
 __all__ = ["DeltaSegment", "no_hits"]
 

@@ -38,18 +38,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.atomic import atomic_write, fsync_dir
+from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.build.checkpoint import BuildIdentity
+from index.build.indexing import EmbedFn, _embed, _publish, _stage_lexical
+from index.errors import IndexFileError, InvalidParameterError
+from index.live.log import metadata_json
+from index.live.view import LiveView
 from index.store.chunk_map import ChunkMap
 from index.store.chunked_dense import ChunkedDense
 from index.store.collection import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
-from index.errors import IndexFileError, InvalidParameterError
-from index.build.indexing import EmbedFn, _embed, _publish, _stage_lexical
-from index.live.log import metadata_json
-from index.live.view import LiveView
 
 __all__ = ["MARKER_FILE", "MergeMarker", "MergePolicy", "read_marker", "write_generation"]
 

@@ -40,14 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.long_documents import text_span
-from index.store.collection import Collection, Hit
 from index.corpus import Document
-from index.store.dense import DenseIndex
 from index.errors import InvalidParameterError, NoLexicalIndexError
-from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 from index.live.delta import DeltaSegment, no_hits
 from index.live.log import LiveLog
+from index.long_documents import text_span
+from index.store.collection import Collection, Hit
+from index.store.dense import DenseIndex
+from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 
 __all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live.delta
 

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from index.errors import InvalidParameterError
 from index.store.chunk_map import ChunkMap, collapse, search_collapsed
 from index.store.dense import DenseIndex, SearchParams, _allowed_ids
-from index.errors import InvalidParameterError
 
 __all__ = ["ChunkedDense"]
 

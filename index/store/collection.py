@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from index.store.analysis import LexicalSettings
 from index.atomic import atomic_write
+from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
+from index.long_documents import ChunkSettings, text_span
+from index.store.analysis import LexicalSettings
 from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.long_documents import ChunkSettings, text_span
 from index.store.dense import DenseIndex, SearchParams
 from index.store.docstore import DocStore
-from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
 from index.store.filters import FieldInfo, FilterExpr
 from index.store.lexical import LexicalIndex
 

@@ -43,7 +43,15 @@ import numpy as np
 
 from index.corpus import Document
 from index.errors import CorpusError, IndexFileError, OutputExistsError, ReadOnlyError
-from index.store.filters import FIELD_PATTERN, FieldInfo, FilterExpr, check_fields, compile_filter, json_path, parse_filter
+from index.store.filters import (
+    FIELD_PATTERN,
+    FieldInfo,
+    FilterExpr,
+    check_fields,
+    compile_filter,
+    json_path,
+    parse_filter,
+)
 
 __all__ = ["DocStore"]
 

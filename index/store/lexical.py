@@ -41,9 +41,9 @@ import bm25s
 import numpy as np
 from bm25s.tokenization import Tokenized
 
-from index.store.analysis import METHODS_WITH_NONOCCURRENCE, Analyzer, LexicalSettings
 from index.atomic import atomic_write, fsync_dir, fsync_file
 from index.errors import IndexFileError, InvalidParameterError
+from index.store.analysis import METHODS_WITH_NONOCCURRENCE, Analyzer, LexicalSettings
 
 __all__ = ["LEXICAL_FILES", "LexicalIndex", "lexical_files"]
 

@@ -117,9 +117,8 @@ def _long_corpus(path: Path, datasets: Path) -> tuple[Path, str]:
 def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
     tmp_path: Path, tiny_bert_path: Path, datasets: Path
 ) -> None:
-    from index import LiveCollection, read_info
-
     from app.engine.splitting import long_document_splitter, recorded_splitter
+    from index import LiveCollection, read_info
     from index.corpus import Document
 
     encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens

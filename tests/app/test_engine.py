@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import build_pilots, index_expert
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.offline.building import build_pilots, index_expert
 from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
 from router import RoutePolicy
 

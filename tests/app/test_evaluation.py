@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.offline.building import build_pilots, index_expert
 from app.cli.evaluation import eval_command, pilots_paper_command
 from app.engine.engine import SearchEngine
 from app.engine.retrieval import Retrieval
+from app.offline.building import build_pilots, index_expert
 from app.offline.evaluation import SYSTEMS, evaluate, hybrid_union_run, score_run, union_index
 from app.offline.pilot_selection import publish_pilots, select_paper_pilots, training_queries
 from app.offline.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
@@ -194,7 +194,7 @@ def test_paper_pilots_follow_the_winners_and_publish(setup) -> None:
         assert ((scores >= 0) & (scores <= 1)).all()
         won = sum(selection.wins[source].values())
         assert won + selection.dropped[source] >= len(scores)  # a shared best counts for each expert
-    for name, pilots in selection.pilots.items():
+    for pilots in selection.pilots.values():
         assert pilots.shape[1] == engine.encoder.dim and 1 <= len(pilots) <= 2  # at most one pilot per source
     if selection.pilots:
         published = publish_pilots(engine, selection.pilots, method="paper", source=selection.source)
@@ -227,12 +227,12 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
 
 
 def test_the_union_of_chunked_collections_holds_every_chunk_and_ranks_documents_once(tmp_path, tiny_bert_path) -> None:
-    from app.offline.building import index_expert
     from app.engine.engine import SearchEngine
-    from app.offline.evaluation import _union_run
     from app.engine.loading import load_expert
-    from experts import Encoder, create_expert
+    from app.offline.building import index_expert
+    from app.offline.evaluation import _union_run
     from app.offline.pilot_selection import JudgedQueries
+    from experts import Encoder, create_expert
 
     encoder = Encoder(tiny_bert_path, max_length=32)
     corpus = tmp_path / "long.jsonl"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import build_pilots, index_expert
 from app.engine.engine import SearchEngine
-from app.offline.fusion_tuning import TuningQueries, best_weight, from_collection, fusion_curve, tune_fusion
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
+from app.offline.building import build_pilots, index_expert
+from app.offline.fusion_tuning import TuningQueries, best_weight, from_collection, fusion_curve, tune_fusion
 from experts import Encoder, ExpertDir, RetrievalSection, create_expert
 from index import Collection
 from tests.app.conftest import run_cli, write_jsonl

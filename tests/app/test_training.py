@@ -93,7 +93,7 @@ def test_an_interruption_leaves_no_expert_and_no_staging(
     real = training.train_adapter
 
     def interrupted(*args, **kwargs):
-        report = real(*args, **kwargs)  # the adapter is written, then the user presses Ctrl-C
+        real(*args, **kwargs)  # the adapter is written, then the user presses Ctrl-C
         raise failure("interrupted")
 
     monkeypatch.setattr(training, "train_adapter", interrupted)

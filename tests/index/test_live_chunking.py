@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import CHUNKS_FILE, ChunkSettings, Collection, InvalidParameterError, LongDocumentError, build_index, read_info
-from index.store.chunked_dense import ChunkedDense
+from index import (
+    CHUNKS_FILE,
+    ChunkSettings,
+    Collection,
+    InvalidParameterError,
+    LongDocumentError,
+    build_index,
+    read_info,
+)
 from index.live.live_collection import LiveCollection
 from index.live.view import LiveView
+from index.store.chunked_dense import ChunkedDense
 from tests.index.conftest import DIM, fake_embed, fake_split, write_corpus
 from tests.index.live_helpers import build_collection, doc, ids_of, records
 

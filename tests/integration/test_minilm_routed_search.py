@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.engine.engine import SearchEngine
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from experts import Encoder, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 

@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from app.offline.building import index_expert
 from app.cli.commands import main
+from app.offline.building import index_expert
 from app.offline.ray_encoders import RayIndexing
 from app.settings import Settings
 from experts import Encoder, create_expert

@@ -19,8 +19,8 @@ import pytest
 from ray import serve
 
 from app.engine.engine import SearchEngine
-from app.ray_serve.deployment import build_app
 from app.publishing.registry import RegistryFile
+from app.ray_serve.deployment import build_app
 from app.settings import Settings
 from experts import Encoder
 from router import RoutePolicy

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import index_expert
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.offline.building import index_expert
 from experts import Encoder, ExpertDir, create_expert
 from tests.app.conftest import slice_corpus
 from tests.reliability.forked import ForkedProcess, rr_environment

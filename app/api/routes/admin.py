@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.auth import require_admin
-from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from app.api.routes.experts import describe
 from app.api.schemas import AddExpertRequest, ExpertDetailOut, ExpertName, RemovedOut, error_responses
 from app.api.state import Runtime, Serving
+from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 

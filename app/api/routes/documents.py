@@ -13,7 +13,6 @@ import re
 from fastapi import APIRouter, Depends, Path
 
 from app.api.auth import require_admin, require_search
-from app.errors import PayloadTooLargeError
 from app.api.schemas import ExpertName, error_responses
 from app.api.schemas_documents import (
     MAX_DOCUMENT_ID_CHARS,
@@ -25,6 +24,7 @@ from app.api.schemas_documents import (
     UpsertRequest,
 )
 from app.api.state import Runtime, Serving
+from app.errors import PayloadTooLargeError
 from index import Document
 
 router = APIRouter(tags=["documents"])

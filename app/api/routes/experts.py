@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.publishing.registry import RegistryEntry
 from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
 from app.api.state import Runtime, Serving
+from app.publishing.registry import RegistryEntry
 from experts import ExpertDir, Manifest, UnknownExpertError
 
 router = APIRouter(tags=["experts"], dependencies=[Depends(require_search)])

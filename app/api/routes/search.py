@@ -7,12 +7,12 @@ import time
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.engine.engine import SearchJob
-from app.errors import PayloadTooLargeError
-from app.engine.output import result_dict
-from app.engine.retrieval import requested_retrieval
 from app.api.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
 from app.api.state import Serving
+from app.engine.engine import SearchJob
+from app.engine.output import result_dict
+from app.engine.retrieval import requested_retrieval
+from app.errors import PayloadTooLargeError
 
 router = APIRouter(tags=["search"])
 

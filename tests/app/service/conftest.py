@@ -28,8 +28,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.api.main import create_app
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, create_expert

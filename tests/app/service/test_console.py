@@ -6,7 +6,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from app.api.routes.console import ASSETS, CONSOLE_DIR as CONSOLE
+from app.api.routes.console import ASSETS
+from app.api.routes.console import CONSOLE_DIR as CONSOLE
 
 
 def test_console_files_are_served_with_a_same_origin_policy(client: TestClient) -> None:
