@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
         "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
         "(docs/benchmarks.md, section 6).",
-    )  # fmt: skip
+    )
     batch_tokens: int | None = Field(
         512, ge=1, description="Most padded tokens (rows x longest) in one forward pass: length bucketing."
     )
@@ -66,11 +66,11 @@ class Settings(BaseSettings):
     route_fanout_margin: float | None = Field(
         None, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
         "the top one's; unset = always route_top_k experts.",
-    )  # fmt: skip
+    )
     route_merge: Literal["score", "rrf"] = Field(
         "score", description="How the lists of a query searched in several experts become one: by fused score minus "
         "route_gap_weight x the expert's router-score gap to the top expert, or by reciprocal rank fusion.",
-    )  # fmt: skip
+    )
     route_gap_weight: float = Field(1.0, ge=0, description="Score merge: hit score lost per unit of router-score gap.")
     search_mode: Literal["dense", "lexical", "hybrid"] = Field(
         "hybrid",
@@ -147,11 +147,11 @@ class Settings(BaseSettings):
         return RoutePolicy(
             top_k=self.route_top_k, fanout_margin=self.route_fanout_margin, merge=self.route_merge,
             gap_weight=self.route_gap_weight,
-        )  # fmt: skip
+        )
 
     def merge_policy(self) -> MergePolicy:
         """When the service folds an expert's live writes into a new index generation."""
         return MergePolicy(
             max_delta_docs=self.merge_max_delta_docs, max_fraction=self.merge_max_fraction,
             min_changes=self.merge_min_changes,
-        )  # fmt: skip
+        )

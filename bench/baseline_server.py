@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(create_app(args.root, max_seq_length=args.max_seq_length, threads=args.threads), host=args.host, port=args.port,
-                log_level=args.log_level)  # fmt: skip
+                log_level=args.log_level)
 
 
 if __name__ == "__main__":

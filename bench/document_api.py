@@ -191,7 +191,7 @@ def main() -> None:
         "docs": args.docs, "upserts": args.upserts, "queries": len(queries), "load": load.__dict__,
         "throughput": {"batch_job": job_rate, **{f"upsert_batch_{b}": r for b, r in rates.items()}},
         "latency_ms": {name: {"wall": wall[name], "search": stage[name]} for name in variants},
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument(
         "--faiss-threads", type=int, default=1,
         help="OpenMP threads for FAISS; 1 (the default) keeps one-query latency steady on a shared machine",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.faiss_threads)
     k = args.k
@@ -182,7 +182,7 @@ def main() -> None:
             extra = select_ms.get(name, 0.0)
             rows_out.append([factory, name, p50, p95, p50 / base, (p50 + extra) / base, recall, full])
             results.append({"index": factory, "filter": name, "p50_ms": p50, "p95_ms": p95, "ratio": p50 / base,
-                            "ratio_with_select": (p50 + extra) / base, "recall_at_k": recall, "all_k_hits": full})  # fmt: skip
+                            "ratio_with_select": (p50 + extra) / base, "recall_at_k": recall, "all_k_hits": full})
     print(
         table(["index", "filter", "p50 ms", "p95 ms", "p50 / unfiltered", "+ select", "recall@k", "all hits"], rows_out)
     )
@@ -210,7 +210,7 @@ def main() -> None:
             sweep.append({"index": factory, "allowed": size, "exact_ms": exact_ms, "approximate_ms": approx_ms})
     print(table(["index", "allowed ids", "exact ms", "graph/lists ms", "exact / approximate"], sweep_rows))
     write_json(args.json, {"args": vars(args), "select_ms": select_ms, "results": results, "sweep": sweep,
-                           "load": load.__dict__})  # fmt: skip
+                           "load": load.__dict__})
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def main() -> None:
             if (folder / "qrels" / "train.tsv").exists():
                 labelled = from_collection(
                     collection, queries=folder / "queries.jsonl", qrels=folder / "qrels" / "train.tsv", limit=args.limit
-                )  # fmt: skip
+                )
                 curves["labelled"] = fusion_curve(encoder, adapter, collection, labelled)
             test = from_collection(collection, queries=folder / "queries.jsonl", qrels=folder / "qrels" / "test.tsv", limit=10**6)
             curves["test (expert)"] = fusion_curve(encoder, adapter, collection, test)
@@ -70,7 +70,7 @@ def main() -> None:
         test_curve = curves["test (expert)"]
         picks = {label: best_weight(curves[label]) for label in curves if not label.startswith("test")}
         summary.append((name, test_curve[0.5], {label: (w, test_curve[w]) for label, w in picks.items()},
-                        max(test_curve.values())))  # fmt: skip
+                        max(test_curve.values())))
     print("\nnDCG@10 on test queries, expert query vectors: untuned 0.5 vs the weight each tuning set picks")
     for name, untuned, picks, ceiling in summary:
         chosen = "  ".join(f"{label} {w:.1f}: {v:.3f} ({v - untuned:+.3f})" for label, (w, v) in picks.items())

@@ -151,7 +151,7 @@ class LoadMeter:
             seconds=round(seconds, 1), cores=os.cpu_count() or 1, machine_busy_cores=round(machine, 2),
             own_cores=round(own, 2), other_cores=round(max(machine - own, 0.0), 2),
             loadavg_start=round(self.loadavg, 2), loadavg_end=round(os.getloadavg()[0], 2),
-        )  # fmt: skip
+        )
 
 
 # ---------------------------------------------------------------------- memory

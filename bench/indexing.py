@@ -110,7 +110,7 @@ def run_job(corpus: Path, encoder, out_parent: Path, name: str) -> tuple[float, 
     report = build_index(
         [corpus], embed=lambda texts: encoder.embed(texts, max_length=MAX_LENGTH), dim=encoder.dim,
         out_dir=out_dir, work_dir=out_parent / f".work-{name}", build_key=f"bench:{name}", progress=False,
-    )  # fmt: skip
+    )
     return time.perf_counter() - started, report.documents, out_dir
 
 
@@ -126,7 +126,7 @@ def raw_forward(passages: list[str], model_path: Path) -> float:
         started = time.perf_counter()
         for start in range(0, len(passages), BATCH):
             batch = tokenizer(passages[start : start + BATCH], padding=True, truncation=True, max_length=MAX_LENGTH,
-                              return_tensors="pt")  # fmt: skip
+                              return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -178,7 +178,7 @@ def throughput(collection: str, docs: int, args: argparse.Namespace, scratch: Pa
         "seconds": {kind: [round(v, 2) for v in values] for kind, values in seconds.items()},
         "lexical_added": round(max(lexical_added), 4), "lexical_added_per_run": [round(v, 4) for v in lexical_added],
         "lexical_mib": round(lexical_mib, 2), "load": meter.stop().__dict__,
-    }  # fmt: skip
+    }
 
 
 def memory_child(corpus: Path, out: Path) -> None:
@@ -193,14 +193,14 @@ def memory_child(corpus: Path, out: Path) -> None:
     seconds, documents, _ = run_job(corpus, encoder, out, "memory")
     print(json.dumps({"documents": documents, "seconds": round(seconds, 1), "rss_loaded_mib": round(loaded, 1),
                       "load_peak_rss_mib": round(load_peak, 1), "peak_rss_mib": round(hiwater_rss_mib(), 1),
-                      "peak_is_the_jobs": reset}))  # fmt: skip
+                      "peak_is_the_jobs": reset}))
 
 
 def memory(args: argparse.Namespace, scratch: Path) -> list[dict]:
     rows = []
     for multiple in args.memory_multiples:
         corpus = write_slice(args.datasets / args.memory_collection / "corpus.jsonl",
-                             scratch / f"memory-{multiple}x.jsonl", args.memory_docs, repeat=multiple)  # fmt: skip
+                             scratch / f"memory-{multiple}x.jsonl", args.memory_docs, repeat=multiple)
         out = scratch / f"memory-{multiple}x"
         out.mkdir()
         command = [sys.executable, __file__, "--memory-child", str(corpus), "--memory-out", str(out)]
@@ -257,7 +257,7 @@ def main() -> None:
          "other cores"],
         [[r["collection"], r["documents"], r["raw_docs_per_s"], r["job_docs_per_s"], r["st_docs_per_s"],
           r["job_over_raw"], r["job_over_st"], f"{r['lexical_added']:.1%}", r["load"]["other_cores"]] for r in rows],
-    ))  # fmt: skip
+    ))
     targets = []
     for r in rows:
         targets += [
@@ -265,25 +265,25 @@ def main() -> None:
             [f"{r['collection']}: job / sentence-transformers", r["job_over_st"], ">= 1.0", verdict(r["job_over_st"], 1.0)],
             [f"{r['collection']}: BM25 time added to the job", r["lexical_added"], "<= 0.15",
              verdict(r["lexical_added"], 0.15, at_most=True)],
-        ]  # fmt: skip
+        ]
     if memory_rows:
         print()
         print(table(
             ["corpus", "documents", "seconds", "RSS loaded MiB", "peak RSS MiB", "growth MiB"],
             [[f"{m['multiple']}x {args.memory_collection}", m["documents"], m["seconds"], m["rss_loaded_mib"],
               m["peak_rss_mib"], m["growth_mib"]] for m in memory_rows],
-        ))  # fmt: skip
+        ))
         first, last = memory_rows[0], memory_rows[-1]
         ratio = last["peak_rss_mib"] / first["peak_rss_mib"]
         targets.append([f"peak RSS {last['multiple']}x / {first['multiple']}x", round(ratio, 3), "flat (<= 1.1)",
-                        verdict(ratio, 1.1, at_most=True)])  # fmt: skip
+                        verdict(ratio, 1.1, at_most=True)])
         print(f"memory runs: others used {memory_load['other_cores']:.2f} cores over {memory_load['seconds']:.0f}s")
     print()
     print(table(["target", "value", "target", "verdict"], targets))
     write_json(args.json, {
         "throughput": rows, "memory": memory_rows, "memory_load": memory_load if memory_rows else None,
         "targets": [dict(zip(["name", "value", "target", "verdict"], t)) for t in targets],
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def main() -> None:
                 build_index(
                     [corpus], embed=embed, dim=encoder.dim, out_dir=out, work_dir=work / f"{name}-{policy}-work",
                     build_key=f"bench-{policy}", progress=False, chunking=ChunkSettings(policy, 256, 32), split=split,
-                )  # fmt: skip
+                )
                 seconds = time.perf_counter() - started
                 with Collection.open(out) as collection:
                     entry[policy] = {"index_seconds": round(seconds, 1), "vectors": getattr(collection.dense, "chunk_count", collection.dense.ntotal)}
@@ -94,13 +94,13 @@ def main() -> None:
                 t, c = entry["truncate"][mode], entry["chunk"][mode]
                 rows.append([f"{name} {mode}", long, t["nDCG@10"], c["nDCG@10"], 100 * (c["nDCG@10"] - t["nDCG@10"]),
                              t["R@100"], c["R@100"],
-                             entry["chunk"]["vectors"] / entry["truncate"]["vectors"]])  # fmt: skip
+                             entry["chunk"]["vectors"] / entry["truncate"]["vectors"]])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = meter.stop()
     print(f"\n{load.line()}")
     headers = ["collection / search", "docs > 256 tok", "nDCG@10 truncate", "chunk", "points", "R@100 truncate", "chunk",
-               "vectors chunk / truncate"]  # fmt: skip
+               "vectors chunk / truncate"]
     print(table(headers, rows))
     write_json(args.json, {"collections": results, "load": load.__dict__})
 

@@ -91,14 +91,14 @@ def measure(encoders: dict, texts: list[str], adapters: list[str], experts: int,
         "mixed_over_base_time": round(median["mixed"] / median["base"], 3),
         "faster": "mixed" if median["mixed"] < median["grouped"] else "grouped",
         "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--experts", default="1,2,5,20", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--batch-sizes", default="8,32", type=lambda v: [int(x) for x in v.split(",")],
-                        help="rows per batch (8 and 32: the service's mean micro-batch at 8 and 32 clients)")  # fmt: skip
+                        help="rows per batch (8 and 32: the service's mean micro-batch at 8 and 32 clients)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
@@ -126,7 +126,7 @@ def main() -> None:
             results.append(measure(encoders, texts, names, min(experts, batch), args.repeats))
             r = results[-1]
             print(f"  batch {batch}, {r['experts']} experts: mixed {r['mixed_qps']} q/s, grouped {r['grouped_qps']} "
-                  f"q/s, PEFT mixed {r['peft_mixed_qps']} q/s, base {r['base_qps']} q/s", flush=True)  # fmt: skip
+                  f"q/s, PEFT mixed {r['peft_mixed_qps']} q/s, base {r['base_qps']} q/s", flush=True)
     load = meter.stop()
     print()
     print(table(
@@ -136,7 +136,7 @@ def main() -> None:
         [[r["batch"], r["experts"], r["peft_mixed_qps"], r["peft_grouped_qps"], r["mixed_qps"], r["grouped_qps"],
           r["mixed_by_8_qps"], r["base_qps"], r["base_by_8_qps"], r["grouped_over_mixed_time"], r["peft_best_over_mixed_time"], r["mixed_over_base_time"],
           r["faster"]] for r in results],
-    ))  # fmt: skip
+    ))
     print(f"\nmeasurement: {load.line()}")
     write_json(args.json, {"threads": args.threads, "results": results, "load": load.__dict__})
 

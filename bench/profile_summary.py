@@ -45,7 +45,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("metrics", r"metrics\.py|prometheus"),
     ("micro-batcher", r"batching\.py"),
     ("asyncio event loop", r"asyncio|selectors"),
-]  # fmt: skip
+]
 
 
 def summarise(lines: list[str]) -> tuple[Counter, int]:

@@ -118,7 +118,7 @@ def score(test: Any, doc_ids: list[str], doc_vectors: np.ndarray, query_vectors:
     result = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], test.qrels, run)
     per_query = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], test.qrels, run)}
     return {"ndcg10": round(result[nDCG @ 10], 4), "recall100": round(result[R @ 100], 4),
-            "per_query": np.asarray([per_query.get(qid, 0.0) for qid in test.ids])}  # fmt: skip
+            "per_query": np.asarray([per_query.get(qid, 0.0) for qid in test.ids])}
 
 
 def paired_p(a: np.ndarray, b: np.ndarray, *, rounds: int = 20_000, seed: int = 0) -> float:
@@ -135,7 +135,7 @@ def _summary(measured: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
     return {"ndcg10": measured["ndcg10"], "recall100": measured["recall100"],
             "ndcg10_points": round(100 * (measured["ndcg10"] - baseline["ndcg10"]), 2),
             "changed_queries": int((measured["per_query"] != baseline["per_query"]).sum()),
-            "paired_p": round(paired_p(baseline["per_query"], measured["per_query"]), 4)}  # fmt: skip
+            "paired_p": round(paired_p(baseline["per_query"], measured["per_query"]), 4)}
 
 
 def run_quality(args) -> None:
@@ -154,14 +154,14 @@ def run_quality(args) -> None:
         q32 = fp32.embed(test.texts, max_length=QUERY_LENGTH)
         base = score(test, ids, fp32_docs, q32)
         row: dict[str, Any] = {"queries": len(test.ids), "documents": len(ids),
-                               "fp32": {"ndcg10": base["ndcg10"], "recall100": base["recall100"]}}  # fmt: skip
+                               "fp32": {"ndcg10": base["ndcg10"], "recall100": base["recall100"]}}
         for backend, encoder in quantized.items():
             q8 = encoder.embed(test.texts, max_length=QUERY_LENGTH)
             cos = (q32 * q8).sum(1)
             entry: dict[str, Any] = {
                 "queries_over_fp32_documents": _summary(score(test, ids, fp32_docs, q8), base),
                 "query_cosine_mean": round(float(cos.mean()), 4), "query_cosine_min": round(float(cos.min()), 4),
-            }  # fmt: skip
+            }
             if name in int8_docs:
                 ids8, docs8 = document_vectors(encoder, args.datasets, name, args.cache)
                 if ids8 != ids:
@@ -178,7 +178,7 @@ def run_quality(args) -> None:
                 over32["ndcg10_points"], over32["paired_p"], both.get("ndcg10_points", float("nan")),
                 both.get("paired_p", float("nan")), row["fp32"]["recall100"], over32["recall100"],
                 both.get("recall100", float("nan")), entry["query_cosine_mean"], entry.get("document_cosine_mean", float("nan")),
-            ])  # fmt: skip
+            ])
         results[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
     for backend in quantized:  # the five collections' mean, as rr eval reports it
@@ -186,7 +186,7 @@ def run_quality(args) -> None:
         print(f"{backend}: int8 queries over fp32 documents, mean {np.mean(points):+.2f} points of nDCG@10 over {len(points)}")
     load = meter.stop()
     headers = ["collection backend", "nDCG fp32", "int8 q", "int8 q+d", "pts q", "p", "pts q+d", "p", "R@100 fp32",
-               "int8 q", "int8 q+d", "cos q", "cos d"]  # fmt: skip
+               "int8 q", "int8 q+d", "cos q", "cos d"]
     print(table(headers, rows))
     print(f"\nmeasurement: {load.line()}")
     write_json(args.json, {"threads": args.threads, "results": results, "load": load.__dict__})
@@ -239,7 +239,7 @@ class OnnxBase:
             axes = {0: "rows", 1: "tokens"}
             torch.onnx.export(Hidden(), (sample["input_ids"], sample["attention_mask"]), str(path), dynamo=False,
                               input_names=["input_ids", "attention_mask"], output_names=["hidden"], opset_version=17,
-                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes})  # fmt: skip
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes})
             model.eval()  # torch 2.13's TorchScript exporter leaves the model in training mode (dropout on)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -348,7 +348,7 @@ def _memory_child(backend: str, threads: int | None, datasets: Path) -> dict[str
         "rss_before_model_mib": round(before, 1), "model_rss_mib": round(loaded - before, 1),
         "after_embedding_rss_mib": round(current_rss_mib() - before, 1), "peak_rss_mib": round(hiwater_rss_mib() - before, 1),
         "state_dict_mib": round(params / 2**20, 1),
-    }  # fmt: skip
+    }
 
 
 def run_memory(args) -> None:
@@ -405,9 +405,9 @@ def run_variants(args) -> None:
         figures[name] = {"int8_layers": int8_layers, "doc_cos_mean": round(float(cd.mean()), 4), "doc_cos_min": round(float(cd.min()), 4),
                          "query_cos_mean": round(float(cq.mean()), 4), "query_cos_min": round(float(cq.min()), 4),
                          "batched_vs_alone_query_cos_mean": round(float(ca.mean()), 4),
-                         "batched_vs_alone_query_cos_min": round(float(ca.min()), 4)}  # fmt: skip
+                         "batched_vs_alone_query_cos_min": round(float(ca.min()), 4)}
         rows.append([name, int8_layers, float(cd.mean()), float(cd.min()), float(cq.mean()), float(cq.min()),
-                     float(ca.mean()), float(ca.min())])  # fmt: skip
+                     float(ca.mean()), float(ca.min())])
     print(table(["variant", "int8 layers", "doc cos", "min", "query cos", "min", "batched/alone cos", "min"], rows))
     write_json(args.json, {"threads": args.threads, "variants": figures})
 
@@ -457,7 +457,7 @@ def summarise_profile(raw: Path) -> dict[str, float]:
         if not re.search(r"embed \(experts/encoder\.py", stack):
             continue  # start-up: imports, loading and quantising the model
         what = next((name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, stack)),
-                    "other (module calls, embeddings, Python)")  # fmt: skip
+                    "other (module calls, embeddings, Python)")
         counts[what] += int(number)
     total = sum(counts.values()) or 1
     return {name: round(count / total, 3) for name, count in counts.most_common()}
@@ -468,7 +468,7 @@ def run_profile(args) -> None:
     out = args.cache / f"profile-{args.backend}-queries.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     child = [sys.executable, __file__, "loop", "--backend", args.backend, "--seconds", str(args.seconds),
-             "--threads", str(args.threads), "--datasets", str(args.datasets)]  # fmt: skip
+             "--threads", str(args.threads), "--datasets", str(args.datasets)]
     py_spy = Path(sys.executable).with_name("py-spy")
     command = [str(py_spy), "record", "--native", "--format", "raw", "--rate", "50", "-o", str(out), "--", *child]
     subprocess.run(command, check=True)

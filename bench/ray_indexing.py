@@ -88,7 +88,7 @@ def main() -> None:
             manifest, report = index_expert(
                 expert, encoder, [corpus], progress=False,
                 ray=RayIndexing(settings, engine) if kind == "ray" else None,
-            )  # fmt: skip
+            )
             timings[kind].append(time.perf_counter() - started)
             readings.append(f"{kind} run {repeat + 1}: {meter.stop().line()}")
             built[kind] = expert.path / manifest.index.directory
@@ -105,7 +105,7 @@ def main() -> None:
         [["local", args.docs, f"{min(timings['local']):.1f}", f"{rate['local']:.1f}", "1.00"],
          [f"ray ({actors} actors)", args.docs, f"{min(timings['ray']):.1f}", f"{rate['ray']:.1f}",
           f"{rate['ray'] / rate['local']:.2f}"]],
-    ))  # fmt: skip
+    ))
     print(f"identical indexes: {identical}; other heavy processes at start: {busy or 'none'}")
     for line in readings:
         print("  " + line)
@@ -113,7 +113,7 @@ def main() -> None:
         "collection": args.collection, "docs": args.docs, "cpus": args.cpus, "actors": actors,
         "seconds": timings, "docs_per_s": rate, "ratio": rate["ray"] / rate["local"], "identical": identical,
         "load": readings, "others_at_start": busy,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def build_stand_ins(target: Path, datasets: Path, docs: int) -> list[str]:
         expert = synthetic_expert(
             target, name, encoder=encoder, adapter=adapters[i], corpus=corpus,
             embed=lambda texts: encoder.embed(texts, max_length=256),
-        )  # fmt: skip
+        )
         build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=300), source="pseudo queries")
         print(f"  built stand-in expert {name} ({docs} documents)", flush=True)
     return list(COLLECTIONS)
@@ -265,11 +265,11 @@ def start_servers(root: Path, logs: Path, args: argparse.Namespace) -> dict[str,
     routed = Server(
         "routed", [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(routed_port),
                    "--log-level", args.log_level], "/readyz", routed_port, logs,
-    )  # fmt: skip
+    )
     baseline = Server(
         "single-model", [sys.executable, str(BENCH / "baseline_server.py"), "--root", str(root), "--port",
                          str(baseline_port), "--log-level", args.log_level, *threads], "/healthz", baseline_port, logs,
-    )  # fmt: skip
+    )
     servers = {"routed": routed, "single-model": baseline}
     for server in servers.values():
         wait_until_up(server.ready_url, server.process, server.log)
@@ -281,7 +281,7 @@ def load(server: Server, clients: int, queries_file: Path, out: Path, args: argp
     command = [
         sys.executable, str(BENCH / "loadgen.py"), "--port", str(server.port), "--clients", str(clients),
         "--duration", str(args.duration), "--warmup", str(args.warmup), "--queries", str(queries_file), "--json", str(out),
-    ]  # fmt: skip
+    ]
     meter = LoadMeter(pids)
     subprocess.run(command, check=True, cwd=REPO)
     result = json.loads(out.read_text())
@@ -321,7 +321,7 @@ def pool(results: list[dict]) -> dict:
         "generator_cores": round(sum(r["generator_cores"] for r in results) / len(results), 3),
         "other_cores": round(sum(x["other_cores"] * x["seconds"] for x in loads) / sum(x["seconds"] for x in loads), 2),
         "loadavg": [min(x["loadavg_start"] for x in loads), max(x["loadavg_end"] for x in loads)],
-    }  # fmt: skip
+    }
 
 
 def profile(server: Server, clients: int, queries_file: Path, folder: Path, args: argparse.Namespace) -> Path | None:
@@ -336,7 +336,7 @@ def profile(server: Server, clients: int, queries_file: Path, folder: Path, args
         [py_spy, "record", "--pid", str(server.process.pid), "--duration", str(int(args.duration + args.warmup)),
          "--rate", "100", "--format", "raw", "--nonblocking", "--threads", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
     time.sleep(1.0)
     load(server, clients, queries_file, folder / f"routed-{clients}-clients.json", args, [server.process.pid])
     _, errors = sampler.communicate(timeout=120)
@@ -357,10 +357,10 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
                 f"{name}, {clients} clients", r["throughput_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
                 r["throughput_rps"] / refs["ceiling_qps"], r["mean_batch_requests"] or "-", r["errors"],
                 r["generator_cores"], r["other_cores"],
-            ])  # fmt: skip
+            ])
     lines = [
         table(["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "/ ceiling", "batch", "errors", "gen cores",
-               "other cores"], rows),  # fmt: skip
+               "other cores"], rows),
         "",
         f"raw two-pass ceiling: {refs['ceiling_qps']} queries/s (batches of {refs['ceiling_batch']} in arrival "
         f"order); all queries length-sorted in batches of 64: {refs['ceiling_sorted64_qps']} queries/s",
@@ -373,10 +373,10 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
         [f"routed throughput at {top} clients / ceiling", routed[top]["throughput_rps"] / refs["ceiling_qps"], ">= 0.8"],
         ["  (against the length-sorted batch-64 ceiling)", routed[top]["throughput_rps"] / refs["ceiling_sorted64_qps"],
          ">= 0.8"],
-    ]  # fmt: skip
+    ]
     if 1 in routed:
         targets.append(["routed p50 at 1 client / single-query reference", routed[1]["p50_ms"] / refs["single_p50_ms"],
-                        "<= 1.5"])  # fmt: skip
+                        "<= 1.5"])
     for clients in levels:
         ratio = routed[clients]["throughput_rps"] / single[clients]["throughput_rps"]
         targets.append([f"routed / single-model throughput, {clients} clients", ratio, ">= 0.8"])
@@ -399,7 +399,7 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
 def main() -> None:
     parser = argument_parser(__doc__, datasets=False)
     parser.add_argument("--root", type=Path, default=None, help="experts root to serve (copied, never modified); "
-                        "default: build five stand-in experts")  # fmt: skip
+                        "default: build five stand-in experts")
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--docs", type=int, default=300, help="documents per stand-in expert (without --root)")
     parser.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
@@ -410,12 +410,12 @@ def main() -> None:
     parser.add_argument("--ceiling-queries", type=int, default=256, help="queries (the first, shuffled) in the ceiling")
     parser.add_argument("--single-queries", type=int, default=40, help="queries timed for the single-query reference")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads everywhere "
-                        "(RR_TORCH_THREADS for the service); default: torch's own choice")  # fmt: skip
+                        "(RR_TORCH_THREADS for the service); default: torch's own choice")
     parser.add_argument("--service-env", action="append", default=[], metavar="RR_NAME=VALUE",
-                        help="a setting for the routed service, e.g. RR_ROUTER_EVIDENCE=none (repeatable)")  # fmt: skip
+                        help="a setting for the routed service, e.g. RR_ROUTER_EVIDENCE=none (repeatable)")
     parser.add_argument("--log-level", default="warning", help="both servers' log level (warning: no access log)")
     parser.add_argument("--profile", type=Path, default=None, help="also profile the routed server with py-spy "
-                        "(extra, uncounted runs at the lowest and highest level); raw stacks land here")  # fmt: skip
+                        "(extra, uncounted runs at the lowest and highest level); raw stacks land here")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     args = parser.parse_args()
     levels = sorted({int(v) for v in args.levels.split(",")})
@@ -456,7 +456,7 @@ def main() -> None:
                         raw[name][clients].append(result)
                         print(f"round {round_ + 1}: {name:>12}, {clients:>2} clients: {result['throughput_rps']:7.1f} "
                               f"req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; {load_line(result)}",
-                              flush=True)  # fmt: skip
+                              flush=True)
             if args.profile is not None:
                 for clients in sorted({min(levels), max(levels)}):
                     path = profile(servers["routed"], clients, queries_file, args.profile, args)
@@ -478,7 +478,7 @@ def main() -> None:
             for result in results:
                 result.pop("latencies_ms", None)
     write_json(args.json, {"service_env": args.service_env, "experts": experts, "source": source, "references": refs, "runs": runs,
-                           "raw_runs": raw, "profiles": profiles, "targets": targets})  # fmt: skip
+                           "raw_runs": raw, "profiles": profiles, "targets": targets})
 
 
 def load_line(result: dict) -> str:

@@ -81,7 +81,7 @@ def bench_collection(name: str, args: argparse.Namespace, encoder: Encoder, root
         queries=folder / "queries.jsonl" if supervised else None, qrels=train_qrels if supervised else None,
         config=config, replace=True, spans_with_title=args.spans_with_title,
         spans_without_title=args.spans_without_title, supervised_repeat=args.supervised_repeat, progress=not args.quiet,
-    )  # fmt: skip
+    )
     test = read_test_set(args.datasets, name)
     expert = ExpertDir(root / name)
     manifest = expert.read_manifest()
@@ -100,7 +100,7 @@ def bench_collection(name: str, args: argparse.Namespace, encoder: Encoder, root
         base_ndcg10=base[0], expert_ndcg10=tuned[0], base_recall100=base[1], expert_recall100=tuned[1],
         index_seconds=result.index_seconds, train_seconds=result.train.seconds, total_seconds=result.seconds,
         first_loss=result.train.first_loss, final_loss=result.train.final_loss,
-    )  # fmt: skip
+    )
 
 
 def table(rows: list[Row]) -> str:
@@ -145,7 +145,7 @@ def main() -> None:
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, rank=args.rank,
         alpha=args.alpha, hard_negatives=args.hard_negatives, full_softmax_limit=args.full_softmax_limit, seed=args.seed,
-    )  # fmt: skip
+    )
     encoder = Encoder(threads=args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rr-train-quality-") as scratch:

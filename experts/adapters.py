@@ -44,7 +44,7 @@ _UNSUPPORTED_OPTIONS = (
     "use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication", "target_parameters",
     "alora_invocation_tokens", "use_qalora", "trainable_token_indices", "velora_config", "monteclora_config",
     "arrow_config", "kasa_config", "use_bdlora",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def exact_search(documents: np.ndarray) -> NegativeSearch:
 def _mine(
     model, tokenizer, pairs: Sequence[TrainingPair], used: np.ndarray, *, k: int, search: NegativeSearch,
     max_length: int, pooling: Pooling,
-) -> dict[int, np.ndarray]:  # fmt: skip
+) -> dict[int, np.ndarray]:
     """Per used pair index: up to ``k`` rows the base encoder ranks highest that are not its positives."""
     model.eval()
     vectors = []
@@ -348,7 +348,7 @@ def train_adapter(
             negatives = _mine(
                 model, tokenizer, pairs, used, k=config.hard_negatives, search=negative_search or exact_search(matrix),
                 max_length=max_length, pooling=pooling,
-            )  # fmt: skip
+            )
         lora = LoraConfig(
             r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(config.target_modules)
         )
@@ -400,5 +400,5 @@ def train_adapter(
     logger.info(
         "trained adapter in %.0fs (%s, %d pairs, %d documents): loss %.3f -> %.3f",
         report.seconds, mode, report.pairs, report.documents, report.first_loss, report.final_loss,
-    )  # fmt: skip
+    )
     return report

@@ -196,7 +196,7 @@ def _decide(ranked: tuple[tuple[str, float], ...], margin: float, policy: RouteP
         return RouteDecision(
             top, "fallback", ranked, margin, use_adapters=False,
             reason=f"best score {best_score:.3f} < min_score {policy.min_score}: base encoder",
-        )  # fmt: skip
+        )
     if policy.fanout_margin is not None:
         top = tuple(name for name, score in ranked[: policy.top_k] if best_score - score < policy.fanout_margin)
     if len(top) > 1:

@@ -49,7 +49,7 @@ def error_response(
 _HTTP_TYPES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     413: "payload_too_large", 415: "unsupported_media_type",
-}  # fmt: skip
+}
 
 
 #: Validation errors listed in a 422's details; a list of 100,000 wrong items has 200,000 of them.
@@ -117,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 415, "unsupported_media_type",
                 f"Content-Type {sent!r} is not accepted here: send the body as JSON with 'Content-Type: application/json'",
-            )  # fmt: skip
+            )
         details, total = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"][1:] or first["loc"]) or "request"
@@ -165,7 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
             507, "insufficient_storage",
             f"the server ran out of disk space while writing ({exc.strerror}); nothing was changed: "
             "free some space on the server and retry",
-        )  # fmt: skip
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -79,13 +79,13 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     batching = {
         "max_wait_s": settings.batch_wait_ms / 1000, "max_batch": settings.batch_max_queries,
         "max_queue": settings.queue_max_queries, "retry_after_s": settings.retry_after_s, "metrics": metrics,
-    }  # fmt: skip
+    }
     return Runtime(
         settings=settings, metrics=metrics, engine=engine, publisher=publisher,
         documents=DocumentWriter(engine, check_servable=publisher.check_servable),
         searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
-    )  # fmt: skip
+    )
 
 
 async def _start(service: ServiceState, encoder: Encoder | None) -> None:
@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
     app = FastAPI(
         title="router-retriever", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
         docs_url="/docs", redoc_url=None,
-    )  # fmt: skip
+    )
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
     install_error_handlers(app)
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
         upload_routes=frozenset({("POST", "/admin/experts")}),
         pattern_limits=tuple((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
-    )  # fmt: skip
+    )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     return app
 
@@ -166,5 +166,5 @@ def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str 
     uvicorn.run(
         create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
         timeout_graceful_shutdown=30, log_config=uvicorn_log_config(secrets),
-    )  # fmt: skip
+    )
 

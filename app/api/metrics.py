@@ -97,7 +97,7 @@ def shared_families(registry: CollectorRegistry) -> SharedFamilies:
             "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
             buckets=_MARGIN_BUCKETS, registry=registry,
         ),
-    )  # fmt: skip
+    )
 
 
 class Metrics:
@@ -112,7 +112,7 @@ class Metrics:
         self.batch_requests = Histogram(
             "rr_batch_requests", "Requests answered together in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.batch_queries = Histogram(
             "rr_batch_queries", "Queries (texts) in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS, registry=r
         )
@@ -123,7 +123,7 @@ class Metrics:
         self.stage_seconds = Histogram(
             "rr_stage_duration_seconds", "Time per micro-batch stage (queue, base, route, expert, search).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        )
         self.registry.register(_ExpertCollector(experts))
 
     def observe_search_batch(self, outcomes: Sequence[object]) -> None:

@@ -53,17 +53,17 @@ class RouteOptions(_Strict):
         None, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("threshold", "fanout_margin"),
         description="Alias `threshold`. Fan out to the experts among the top `top_k` whose router score is within "
         "this of the top one's (RR_ROUTE_FANOUT_MARGIN); with top_k > 1 and no margin anywhere, always fan out.",
-    )  # fmt: skip
+    )
     min_score: float | None = Field(
         None, ge=-1, le=MAX_ROUTER_SCORE, allow_inf_nan=False,
         description="Below this best router score, search with the base encoder (mode `fallback`). A score is the "
         "pilot score (a cosine, or a share of the nearest pilots: at most 1) plus, with corpus votes "
         "(RR_ROUTER_EVIDENCE), up to 1 for each kind of vote: at most 3 with `documents+bm25`.",
-    )  # fmt: skip
+    )
     merge: Literal["score", "rrf"] | None = Field(
         None, description="How a fan-out's lists become one: `score` (each hit's fused score minus `gap_weight` x "
         "its expert's router-score gap to the top expert) or `rrf` (reciprocal rank fusion) (RR_ROUTE_MERGE).",
-    )  # fmt: skip
+    )
     gap_weight: float | None = Field(
         None, ge=0, le=100, allow_inf_nan=False, description="Score merge: score lost per unit of router-score gap."
     )
@@ -73,7 +73,7 @@ class RouteOptions(_Strict):
         return default.updated(
             top_k=self.top_k, fanout_margin=self.fanout_margin, min_score=self.min_score, merge=self.merge,
             gap_weight=self.gap_weight,
-        )  # fmt: skip
+        )
 
 
 class SearchRequest(_Strict):
@@ -91,7 +91,7 @@ class SearchRequest(_Strict):
                 {"query": "vitamin D and fractures", "k": 5, "filter": {"year": {"gte": 2010}, "lang": "en"}},
             ]
         },
-    )  # fmt: skip
+    )
 
     query: QueryText | None = Field(None, description="One query. Give this or `queries`.")
     queries: list[QueryText] | None = Field(
@@ -117,7 +117,7 @@ class SearchRequest(_Strict):
         None, description="Only documents whose metadata match: equality, `in`, numeric or ISO-date ranges "
         "(`gt`, `gte`, `lt`, `lte`), combined with `and` / `or` / `not`. Applied inside the search, so a query "
         "gets `k` hits whenever `k` documents match. A field no expert has is a 422 naming the clause.",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchRequest:

@@ -88,7 +88,7 @@ class UpsertRequest(_Strict):
                 }
             ]
         },
-    )  # fmt: skip
+    )
 
     documents: list[DocumentIn] = Field(min_length=1, description="At most RR_MAX_UPSERT_DOCUMENTS; ids must differ.")
 

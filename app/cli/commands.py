@@ -97,7 +97,7 @@ def create_expert_command(
     expert = create_expert(
         state.settings.data_dir, name, encoder=state.encoder(), adapter_from=adapter, rank=rank, alpha=alpha,
         description=description,
-    )  # fmt: skip
+    )
     typer.echo(f"created expert {name!r} at {expert.path}")
 
 
@@ -148,7 +148,7 @@ def index_command(
             state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
             lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
             long_documents=long_documents, chunk_overlap=chunk_overlap,
-        )  # fmt: skip
+        )
     finally:
         if started_ray:
             import ray
@@ -184,7 +184,7 @@ def pilots_command(
     manifest = build_pilots(
         directory, state.encoder(), texts, method=method, clusters=clusters,  # type: ignore[arg-type]
         source=source, query_max_length=state.settings.query_max_length,
-    )  # fmt: skip
+    )
     typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
 
 
@@ -212,7 +212,7 @@ def tune_fusion_command(
         manifest = tune_fusion(
             directory, state.encoder(), tuning, candidates=state.settings.hybrid_candidates,
             max_length=state.settings.query_max_length,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     section = manifest.retrieval
@@ -290,7 +290,7 @@ def experts_command(as_json: AsJson = False) -> None:
                 "index": manifest.index.factory if manifest.index else None,
                 "pilots": manifest.pilots.count if manifest.pilots else None,
                 "adapter": "trained" if manifest.adapter.trained else "untrained", "side": manifest.adapter.side,
-            })  # fmt: skip
+            })
         except Exception as exc:  # a listing shows broken experts rather than hiding them
             rows.append({"name": directory.path.name, "error": str(exc)})
     if as_json:
@@ -348,7 +348,7 @@ def demo_command(
     run_demo(
         state.settings, state.encoder(), datasets or state.settings.datasets_dir, names, max_docs=max_docs,
         echo=typer.echo,
-    )  # fmt: skip
+    )
     if not serve:
         typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
         return

@@ -17,7 +17,7 @@ import typer
 documents_cli = typer.Typer(
     name="documents", help="Upsert, delete, read and merge an expert's documents (JSONL in, JSON out).",
     no_args_is_help=True,
-)  # fmt: skip
+)
 
 Expert = Annotated[str, typer.Option("--expert", "-e", help="The expert whose documents these are.")]
 Url = Annotated[

@@ -62,7 +62,7 @@ def eval_command(
             engine, datasets or state.settings.datasets_dir, _names(collections), constructions=methods,  # type: ignore[arg-type]
             pseudo_sample=pseudo_sample, clusters=clusters, seed=seed,
             routed_aggregate=state.settings.router_aggregate, fanout_margin=fanout_margin,
-        )  # fmt: skip
+        )
     finally:
         engine.close()
     folder = write_report(report, out, name=name, command=shlex.join(["rr", *sys.argv[1:]]))

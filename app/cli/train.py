@@ -16,7 +16,7 @@ import typer
 _DEFAULTS = {
     "steps": 300, "batch_size": 64, "lr": 1e-3, "temperature": 0.05, "rank": 8, "alpha": 32.0, "dropout": 0.1,
     "targets": "query,key,value,dense", "seed": 0, "query_max_length": 48, "full_softmax_limit": 50_000,
-}  # fmt: skip  (TrainConfig's defaults; a test keeps the two in step)
+}
 
 
 def train_expert_command(
@@ -58,13 +58,13 @@ def train_expert_command(
             dropout=dropout, target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()),
             query_max_length=query_max_length, seed=seed, hard_negatives=hard_negatives,
             full_softmax_limit=full_softmax_limit,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     result = train_expert(
         state.settings.data_dir, name, encoder=state.encoder(), corpora=corpus, queries=queries, qrels=qrels,
         config=config, replace=replace, factory=factory, description=description, progress=progress,
-    )  # fmt: skip
+    )
     report, manifest = result.train, result.manifest
     kinds = ", ".join(f"{count} {kind}" for kind, count in result.pair_kinds.items())
     index = "reused" if result.index_reused else f"built in {result.index_seconds:.0f}s"

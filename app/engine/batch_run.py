@@ -251,7 +251,7 @@ class BatchRun:
         experts = self.snapshot.experts
         adapters = [
             experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs
-        ]  # fmt: skip
+        ]
         need = [i for i, adapter in enumerate(adapters) if adapter is not None and asks[i].needs_vector]
         missing = sorted(
             {row for i, (row, _) in enumerate(pairs) if adapters[i] is None and asks[i].needs_vector} - have_base

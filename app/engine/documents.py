@@ -186,7 +186,7 @@ class ExpertDocuments:
             documents=len(view), main_documents=len(view.main_ids), delta_documents=len(view.delta),
             tombstones=len(view.main_dead), seq=view.seq, writable=self.writable,
             read_only_reason=self.read_only_reason, merging=self.merging,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ writing
     def _writer(self) -> LiveCollection:
@@ -269,7 +269,7 @@ class ExpertDocuments:
         logger.info(
             "expert %r merged %d delta document(s) and %d tombstone(s) into %s",
             self.directory.path.name, report.from_delta, report.tombstones_applied, report.directory.name,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -97,7 +97,7 @@ def load_expert(
         "loaded expert %r v%d: %d documents, %s pilots, adapter %s",
         manifest.name, manifest.version, len(documents), "no" if pilots is None else len(pilots),
         adapter or "untrained (base vectors)",
-    )  # fmt: skip
+    )
     return LoadedExpert(manifest.name, expert, manifest, documents, pilots, adapter)
 
 
@@ -125,4 +125,4 @@ def open_encoder(settings: Settings) -> Encoder:
         settings.base_model, max_length=settings.max_length, batch_size=settings.batch_size, device=settings.device,
         threads=settings.torch_threads, batch_tokens=settings.batch_tokens, cache_size=settings.base_cache_size,
         backend=settings.encoder_backend,
-    )  # fmt: skip
+    )

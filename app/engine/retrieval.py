@@ -191,7 +191,7 @@ def search_collection(
             ScoredHit(hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
                       dense_of.get(hit.row), lexical_of.get(hit.row))
             for hit in row_hits
-        ]  # fmt: skip
+        ]
         for row_hits, (dense_of, lexical_of), ask in zip(hits, raw, asks, strict=True)
     ]
 

@@ -137,7 +137,7 @@ def index_expert(
         index=IndexSection(
             directory=report.directory.name, factory=factory, count=report.documents,
             lexical=None if lexical is None else dataclasses.asdict(lexical), chunking=chunking.to_dict(),
-        )  # fmt: skip
+        )
     )
     return published, report
 

@@ -104,7 +104,7 @@ class LocalDocuments:
         self._expert = load_expert(
             directory, encoder, verify_checksums=settings.verify_checksums, write=write,
             merge_policy=settings.merge_policy(),
-        )  # fmt: skip
+        )
         self._engine.add(self._expert)
         self._writer = DocumentWriter(self._engine)
         if write:
@@ -114,23 +114,23 @@ class LocalDocuments:
         written = self._writer.upsert(self.name, docs)
         report = written.report
         return {"seq": report.seq, "created": report.created, "replaced": report.replaced,  # type: ignore[union-attr]
-                "documents": written.documents, "merging": written.merging}  # fmt: skip
+                "documents": written.documents, "merging": written.merging}
 
     def delete(self, ids: Sequence[str]) -> dict[str, Any]:
         written = self._writer.delete(self.name, ids)
         report = written.report
         return {"seq": report.seq, "deleted": report.deleted, "missing": report.missing,  # type: ignore[union-attr]
-                "documents": written.documents, "merging": written.merging}  # fmt: skip
+                "documents": written.documents, "merging": written.merging}
 
     def get(self, doc_id: str) -> dict[str, Any]:
         document = self._writer.get(self.name, doc_id)
         return {"expert": self.name, "id": document.id, "title": document.title, "text": document.text,
-                "metadata": document.metadata}  # fmt: skip
+                "metadata": document.metadata}
 
     def merge(self) -> dict[str, Any]:
         report, expert = self._writer.merge(self.name)
         return {"merged": report is not None, "directory": None if report is None else report.directory.name,
-                "documents": len(expert.documents), "version": expert.manifest.version}  # fmt: skip
+                "documents": len(expert.documents), "version": expert.manifest.version}
 
     def close(self) -> None:
         """Finish a merge the writes started (a CLI exiting would drop it), then unload."""

@@ -62,7 +62,7 @@ METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
 SYSTEMS = (
     "bm25", "bm25-union", "base", "base-union", "hybrid-base", "hybrid-union", "oracle", "hybrid-oracle",
     "routed", "routed-fanout", "routed-hybrid",
-)  # fmt: skip
+)
 SYSTEM_TITLES = {
     "bm25": "BM25, own collection",
     "bm25-union": "BM25, union index of all collections",
@@ -316,7 +316,7 @@ def evaluate(
     systems = [
         s for s in SYSTEMS
         if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
-    ]  # fmt: skip
+    ]
     dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
     routed_dense, routed_hybrid = RetrievalOptions(mode="dense"), RetrievalOptions(mode="hybrid")
     metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
@@ -374,11 +374,11 @@ def evaluate(
         settings={
             "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
             "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
-        },  # fmt: skip
+        },
     )
     if constructions:
         compare_pilots(engine, datasets, tests, base_vectors, report, constructions=constructions,
-                       pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)  # fmt: skip
+                       pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)
     report.seconds = time.perf_counter() - started
     return report
 

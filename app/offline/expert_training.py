@@ -263,7 +263,7 @@ def _pairs(
     pseudo = pseudo_pairs(
         [(title, text) for _, title, text in documents],
         spans_with_title=spans_with_title, spans_without_title=spans_without_title, seed=seed,
-    )  # fmt: skip
+    )
     if queries is None:
         texts = [pair.query for pair in pseudo]
         return pseudo, random.Random(seed).sample(texts, min(1000, len(texts)))
@@ -275,7 +275,7 @@ def _pairs(
 def _record_training(
     expert: ExpertDir, report: TrainReport, kinds: dict[str, int], *, corpora: Sequence[Path], labelled: str,
     min_version: int,
-) -> None:  # fmt: skip
+) -> None:
     """Mark the staged adapter trained and record the recipe (checksums follow with the pilots' publish)."""
     manifest = expert.read_manifest()
     config = read_adapter_config(expert.adapter_path)
@@ -291,7 +291,7 @@ def _record_training(
         recipe=report.config.as_dict(), mode=report.mode, pairs=report.pairs, pair_kinds=kinds,
         documents=report.documents, first_loss=report.first_loss, final_loss=report.final_loss,
         seconds=round(report.seconds, 1), corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora), labelled=labelled,
-    )  # fmt: skip
+    )
     updated = manifest.next_version(adapter=adapter, training=training)
     updated = updated.model_copy(update={"version": max(updated.version, min_version)})
     atomic_write_bytes(expert.path / MANIFEST_FILE, updated.model_dump_json(indent=2).encode())
@@ -353,7 +353,7 @@ def train_expert(
         expert = create_expert(
             stage, name, encoder=encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,  # type: ignore[arg-type]
             target_modules=config.target_modules, description=description,
-        )  # fmt: skip
+        )
         index_started = time.perf_counter()
         reused = _reuse_index(old, expert, encoder, corpora, factory)
         if not reused:
@@ -366,12 +366,12 @@ def train_expert(
             pairs, pilot_texts = _pairs(
                 documents, queries=queries, qrels=qrels, spans_with_title=spans_with_title,
                 spans_without_title=spans_without_title, supervised_repeat=supervised_repeat, seed=config.seed,
-            )  # fmt: skip
+            )
             trained_dir = expert.work_path("train") / "adapter"
             report = train_adapter(
                 encoder, pairs, vectors, trained_dir, config=config, negative_search=_faiss_negatives(collection, rows),
                 progress=progress, description=f"training {name}",
-            )  # fmt: skip
+            )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)
         shutil.rmtree(expert.path / ".work", ignore_errors=True)
@@ -380,20 +380,20 @@ def train_expert(
         _record_training(
             expert, report, kinds, corpora=corpora, labelled=labelled,
             min_version=(old_version or 0) + 1,
-        )  # fmt: skip
+        )
         source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
         published = build_pilots(
             expert, encoder, pilot_texts, method=pilot_method, clusters=pilot_clusters, source=source
-        )  # fmt: skip
+        )
         expert.verify(published)
         fsync_tree(expert.path)
         _swap_into_place(expert.path, target, old_version=old_version)
     result = TrainingResult(
         name=name, path=target, manifest=published, train=report, pair_kinds=kinds, index_reused=reused,
         index_seconds=index_seconds, seconds=time.perf_counter() - started, replaced_version=old_version,
-    )  # fmt: skip
+    )
     logger.info(
         "published expert %r version %d (%s) in %.0fs", name, published.version,
         f"replacing version {old_version}" if old_version is not None else "new", result.seconds,
-    )  # fmt: skip
+    )
     return result

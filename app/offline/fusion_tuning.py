@@ -162,7 +162,7 @@ def tune_fusion(
         with Collection.open(expert.path / manifest.index.directory) as collection:
             curve = fusion_curve(
                 encoder, adapter, collection, queries, candidates=candidates, max_length=max_length
-            )  # fmt: skip
+            )
     finally:
         if adapter is not None:
             encoder.remove_adapter(adapter)
@@ -178,5 +178,5 @@ def tune_fusion(
     logger.info(
         "expert %r: fusion weight %.1f (nDCG@10 %.4f on %d %s queries; 0.5 gives %.4f)",
         manifest.name, weight, curve[weight], len(queries.texts), queries.kind, curve.get(0.5, float("nan")),
-    )  # fmt: skip
+    )
     return expert.publish(retrieval=section)

@@ -63,5 +63,5 @@ class RayIndexing:
         embedder = partial(
             actor_embedder, actor_settings, max_length=manifest.max_length, fingerprint=encoder.fingerprint,
             adapter=expert.adapter_path if symmetric else None,
-        )  # fmt: skip
+        )
         return partial(build_index_on_ray, embedder=embedder, engine=self.engine)

@@ -109,8 +109,8 @@ def _describe(entry: RegistryEntry, manifest: Manifest, found: dict[str, Any]) -
         "adapter": {"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
                     "alpha": manifest.adapter.alpha},
         "documents": found.get("documents"), "manifest": manifest.model_dump(mode="json"),
-    }  # fmt: skip
+    }
     if manifest.index is not None:
         row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
-                        "documents": manifest.index.count}  # fmt: skip
+                        "documents": manifest.index.count}
     return row

@@ -86,7 +86,7 @@ def build_app(
         # A routed request with corpus votes makes one call per expert, all at once: let a replica take
         # the calls for every expert it holds, twice over (Serve's default is 5).
         max_ongoing_requests=max(5, 2 * max_experts),
-    ).bind(settings)  # fmt: skip
+    ).bind(settings)
     ingress = serve.deployment(
         RoutedSearch, name="RoutedSearch", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}
     )
@@ -96,7 +96,7 @@ def build_app(
 def app_builder(args: dict[str, str]) -> serve.Application:
     """For ``serve run app.ray_serve:app_builder max_experts=8 searchers=4 searcher_cpus=2``; settings from ``RR_*``."""
     known = {"max_experts": int, "searchers": int, "searcher_cpus": float, "searcher_gpus": float,
-             "ingress_replicas": int, "ingress_cpus": float, "registry_poll_s": float}  # fmt: skip
+             "ingress_replicas": int, "ingress_cpus": float, "registry_poll_s": float}
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}. Valid arguments are: {', '.join(sorted(known))}")

@@ -55,7 +55,7 @@ ops_router = APIRouter(tags=["operations"])
 @search_router.post(
     "/search", response_model=SearchResponse, dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
-)  # fmt: skip
+)
 async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
     """``rr serve``'s search: each query routed on pilots and corpus votes, searched by a replica holding its expert."""
     return await ingress.search(body)
@@ -114,6 +114,6 @@ def create_ingress_app(ingress: Ingress) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_body_bytes,
         upload_routes=frozenset(),  # no archive uploads here
-    )  # fmt: skip
+    )
     app.add_middleware(MetricsMiddleware, metrics=ingress.metrics)  # type: ignore[arg-type]  # outermost: counts 413s
     return app

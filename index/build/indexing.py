@@ -308,7 +308,7 @@ class _Job:
         info = stage_collection(
             staging, dense, self.checkpoint.store, identity=self.checkpoint.identity, chunks=chunks,
             chunking=self.chunking,
-        )  # fmt: skip
+        )
         if lexical is not None:
             _stage_lexical(staging, self.checkpoint.store, info, lexical, progress=progress)
 
@@ -403,7 +403,7 @@ def build_index(
     _check_arguments(
         corpora, chunk_size=chunk_size, out_dir=out_dir, work_dir=work_dir, lexical=lexical, chunking=chunking,
         split=split,
-    )  # fmt: skip
+    )
     if out_dir.exists() and not (work_dir / CHECKPOINT_FILE).exists():
         raise OutputExistsError(f"out_dir {str(out_dir)!r} already exists; a build publishes into a new directory")
     work_dir.mkdir(parents=True, exist_ok=True)

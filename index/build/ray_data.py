@@ -168,7 +168,7 @@ class OrderedVectors:
                     f"{self.delivered + rows}: did a corpus file change during the build?"
                 ) from None
             parts = (np.asarray(batch["digest"]), np.asarray(batch["vector"], dtype=np.float32),
-                     np.asarray(batch["corpus"]), np.asarray(batch["line"]))  # fmt: skip
+                     np.asarray(batch["corpus"]), np.asarray(batch["line"]))
             self._pending.append(parts)
             held += len(parts[0])
 
@@ -242,7 +242,7 @@ def _vector_stream(
                 compute=ActorPoolStrategy(size=size), num_cpus=engine.cpus_per_actor,
                 num_gpus=engine.gpus_per_actor or None, batch_format="numpy",
             )
-        )  # fmt: skip
+        )
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
@@ -295,6 +295,6 @@ def build_index_on_ray(
             corpora, embed=stream, dim=dim, out_dir=out_dir, work_dir=work_dir, build_key=build_key,
             factory=factory, chunk_size=chunk_size, upsert=upsert, progress=progress, lexical=lexical,
             chunking=chunking,
-        )  # fmt: skip
+        )
     finally:
         stream.close()

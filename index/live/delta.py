@@ -160,7 +160,7 @@ class DeltaSegment:
         scores, rows, _ = search_collapsed(
             search, queries, k, rows=self.chunk_rows, available=available,
             per_document=len(self.chunk_rows) / len(self.row_ids),
-        )  # fmt: skip
+        )
         return scores, rows
 
     def best_span(self, row: int, query: np.ndarray) -> tuple[int, int] | None:

@@ -305,7 +305,7 @@ class LiveLog:
             (
                 e.row_id, e.document.id, e.document.title, e.document.text, metadata_json(e.document),
                 np.ascontiguousarray(e.vectors).tobytes(), e.seq, None if e.spans is None else json.dumps(e.spans),
-            )  # fmt: skip
+            )
             for e in added
         ]
         for entry in added:

@@ -134,7 +134,7 @@ def _main_chunks(view: LiveView, keep: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _main_vectors(
     view: LiveView, keep: np.ndarray, chunks: tuple[np.ndarray, np.ndarray, np.ndarray], embed: EmbedFn | None, *,
     progress: bool,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Vectors of the chunks of the surviving main rows ``keep`` (ascending): (C, dim) float32."""
     dense = view.main.dense
     if dense.exact_storage:

@@ -287,7 +287,7 @@ class LiveView:
                     Hit(
                         id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row,
                         span=span,
-                    )  # fmt: skip
+                    )
                 )
             results.append(hits)
         return results

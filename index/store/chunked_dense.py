@@ -131,7 +131,7 @@ class ChunkedDense:
         return search_collapsed(
             search, queries, k, rows=self.chunks.rows, available=available,
             per_document=self.chunks.chunks_per_document,
-        )  # fmt: skip
+        )
 
     def best_spans(self, queries: np.ndarray, ids: np.ndarray) -> list[dict[int, tuple[int, int]]]:
         """For each query, the passage span of the best chunk of each returned row that has several chunks.

@@ -385,7 +385,7 @@ class Collection:
                     Hit(
                         id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id,
                         span=span,
-                    )  # fmt: skip
+                    )
                 )
             results.append(hits)
         return results

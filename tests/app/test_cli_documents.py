@@ -75,7 +75,7 @@ def test_refused_while_another_process_writes_the_expert(cranfield: Path, tmp_pa
          "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write(str(os.getpid())); f.flush()\n"
          "print('locked', flush=True); time.sleep(120)", str(lock)],
         stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, _, err = run_cli(["documents", "upsert", str(_new_documents(tmp_path / "n.jsonl")), "-e", "cranfield"], capsys)

@@ -16,14 +16,14 @@ from router import RoutePolicy
 
 AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
         ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
+        ("a3", "Shock waves", "oblique shock reflection from a wall")]
 COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
              ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+             ("a3", "Storage", "dynamic storage allocation with linked lists")]
 
 
 def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder: Encoder, *,
-                adapter: Path | None = None, pilots: bool = True) -> ExpertDir:  # fmt: skip
+                adapter: Path | None = None, pilots: bool = True) -> ExpertDir:
     corpus = root.parent / f"{name}-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter)
@@ -200,7 +200,7 @@ def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path
         for decision, expected in zip(routed, searched, strict=True):
             assert (decision.experts, decision.mode, decision.use_adapters) == (
                 expected.experts, expected.mode, expected.use_adapters
-            )  # fmt: skip
+            )
             assert [name for name, _ in decision.scores] == [name for name, _ in expected.scores]
             np.testing.assert_allclose([s for _, s in decision.scores], [s for _, s in expected.scores], rtol=1e-5)
             assert decision.margin == pytest.approx(expected.margin, abs=1e-5)

@@ -69,7 +69,7 @@ def test_labelled_tuning_queries_map_corpus_ids_to_rows(tmp_path: Path, tiny_ber
     assert tuning.kind == "labelled"
     assert sorted(zip(tuning.texts, tuning.relevant)) == [
         ("tape sort", (rows["d9"],)), ("wing lift", tuple(sorted((rows["d3"], rows["d5"]))))
-    ]  # fmt: skip
+    ]
     with pytest.raises(ValueError, match="both"):
         from_collection(collection, queries=queries)
     with pytest.raises(ValueError, match="no queries"):

@@ -25,7 +25,7 @@ KEY = "admin-key-0123456789"
         (f"{KEY}{KEY}", f"{REDACTED}{REDACTED}"),
         ("monkey=1&keystone=2", "monkey=1&keystone=2"),  # only whole parameter names
     ],
-)  # fmt: skip
+)
 def test_redact(text: str, expected: str) -> None:
     assert redact(text, secrets=[KEY]) == expected
 

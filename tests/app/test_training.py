@@ -77,7 +77,7 @@ def test_labelled_queries_join_the_pseudo_pairs_and_make_the_pilots(tmp_path: Pa
     result = train_expert(
         tmp_path / "experts", "mixed", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl", titled=False)],
         queries=queries, qrels=qrels, config=CONFIG, progress=False,
-    )  # fmt: skip
+    )
     assert result.pair_kinds == {"span": 72, "supervised": 6}  # 3 spans per untitled document, 2 queries x 3
     assert result.manifest.pilots.source == "labelled training queries (2 queries)"
     assert "train.tsv" in result.manifest.training.labelled
@@ -123,7 +123,7 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
     second = train_expert(
         root, "aero", encoder=encoder, corpora=[corpus], config=TrainConfig(**{**CONFIG.as_dict(), "seed": 7}),
         replace=True, progress=False,
-    )  # fmt: skip
+    )
     assert seen["manifest"] == first.manifest
     assert second.index_reused and second.replaced_version == first.manifest.version
     assert second.manifest.version > first.manifest.version and second.manifest.training.recipe["seed"] == 7
@@ -137,7 +137,7 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
     finally:
         unload_expert(served, encoder)
     third = train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "d.jsonl", 30)], config=CONFIG,
-                         replace=True, progress=False)  # fmt: skip
+                         replace=True, progress=False)
     assert not third.index_reused and third.manifest.index.count == 30
 
 
@@ -179,7 +179,7 @@ def test_the_cli_command_trains_and_reports(tmp_path: Path, tiny_bert_path: Path
     app.command("train-expert")(train_expert_command)
     corpus = write_corpus(tmp_path / "c.jsonl")
     args = ["train-expert", "aero", "--corpus", str(corpus), "--steps", "4", "--batch-size", "8", "--rank", "4",
-            "--targets", "query,value", "--seed", "3", "--no-progress"]  # fmt: skip
+            "--targets", "query,value", "--seed", "3", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "trained expert 'aero' (version" in result.output and "24 documents" in result.output

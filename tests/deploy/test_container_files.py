@@ -47,7 +47,7 @@ def hadolint(path: Path, cwd: Path) -> list[dict]:
     result = subprocess.run(
         [_tool("hadolint"), "--config", str(config), "--format", "json", "--failure-threshold", "style", str(path)],
         check=False, capture_output=True, text=True, cwd=cwd, timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout or "[]")
 
@@ -172,7 +172,7 @@ def test_the_build_context_lets_through_exactly_what_the_dockerfile_copies(spec:
     for source in copied:
         files = [source] if (REPO / source).is_file() else [
             str(p.relative_to(REPO)) for p in (REPO / source).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-        ]  # fmt: skip
+        ]
         assert files and not [f for f in files if _ignored(f, patterns)], f"{source} is copied but ignored"
     for kept_out in (".venv/bin/python", ".git/HEAD", "data/experts/registry.json", "tests/conftest.py", "app/__pycache__/x.pyc"):
         assert _ignored(kept_out, patterns), f"{kept_out} would be sent to the builder"

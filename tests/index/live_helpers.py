@@ -28,7 +28,7 @@ def build_collection(tmp_path: Path, *, n: int = 300, factory: str = "Flat", nam
     build_index(
         [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}",
         build_key="test", factory=factory, progress=False,
-    )  # fmt: skip
+    )
     return out
 
 

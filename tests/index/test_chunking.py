@@ -29,7 +29,7 @@ def long_records(n: int = 60) -> list[dict]:
     for i in range(n):
         words = [WORDS[(i * 7 + j) % len(WORDS)] + str(i) for j in range(4 if i % 3 else 30)]
         out.append({"_id": f"d{i}", "title": f"T{i}" if i % 2 else "", "text": " ".join(words),
-                    "metadata": {"group": ["a", "b", "c", "d"][i % 4]}})  # fmt: skip
+                    "metadata": {"group": ["a", "b", "c", "d"][i % 4]}})
     return out
 
 
@@ -39,7 +39,7 @@ def build(tmp_path: Path, write_corpus, *, policy: str = "chunk", records=None, 
     report = build_index(
         [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}", build_key="t",
         factory=factory, progress=False, chunking=ChunkSettings(policy, max_tokens=40, overlap=10), split=fake_split,
-    )  # fmt: skip
+    )
     return out, report
 
 
@@ -151,7 +151,7 @@ def test_policy_arguments_are_checked(tmp_path: Path, write_corpus) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", long_records(3))
     with pytest.raises(InvalidParameterError, match="needs split="):
         build_index([corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "o", work_dir=tmp_path / "w",
-                    build_key="t", progress=False, chunking=ChunkSettings("chunk"))  # fmt: skip
+                    build_key="t", progress=False, chunking=ChunkSettings("chunk"))
     with pytest.raises(InvalidParameterError, match="valid policies: truncate, chunk, error"):
         ChunkSettings("split")
     with pytest.raises(InvalidParameterError, match="overlap"):
@@ -179,7 +179,7 @@ def test_resumed_chunked_build_equals_an_uninterrupted_one(tmp_path: Path, write
         return fake_embed(passages)
 
     kwargs = dict(dim=DIM, out_dir=tmp_path / "r", work_dir=tmp_path / ".work-r", build_key="t", progress=False,
-                  chunk_size=8, chunking=ChunkSettings("chunk", 40, 10), split=fake_split)  # fmt: skip
+                  chunk_size=8, chunking=ChunkSettings("chunk", 40, 10), split=fake_split)
     with pytest.raises(RuntimeError):
         build_index([corpus], embed=failing, **kwargs)
     report = build_index([corpus], embed=fake_embed, **kwargs)

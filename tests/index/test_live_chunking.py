@@ -45,7 +45,7 @@ def chunked_generation(tmp_path: Path, *, policy: str = "chunk", name: str = "ge
     build_index(
         [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}", build_key="test",
         progress=False, chunking=ChunkSettings(policy, max_tokens=40, overlap=10), split=fake_split,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -260,7 +260,7 @@ def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path:
     build_index(
         [corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "sq", work_dir=tmp_path / ".work-sq", build_key="t",
         factory="SQ8", progress=False, chunking=ChunkSettings("chunk", 40, 10), split=fake_split,
-    )  # fmt: skip
+    )
     with open_chunked(tmp_path / "sq", tmp_path / "sq.sqlite") as live:
         before = live.main.dense.chunks
         live.upsert([doc("new", long_text("fresh"))])

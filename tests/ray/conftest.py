@@ -18,12 +18,12 @@ import ray
 
 AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
         ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
+        ("a3", "Shock waves", "oblique shock reflection from a wall")]
 COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
              ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+             ("a3", "Storage", "dynamic storage allocation with linked lists")]
 MEDICINE = [("m1", "Vitamin D", "vitamin D supplements and the risk of bone fractures"),
-            ("m2", "Stem cells", "haematopoietic stem cells in the bone marrow")]  # fmt: skip
+            ("m2", "Stem cells", "haematopoietic stem cells in the bone marrow")]
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ def test_ray_engine_builds_the_local_engines_index_of_scifact(tmp_path: Path, da
     ray_manifest, ray_report = index_expert(
         ray_expert, encoder, [corpus], progress=False, chunk_size=64,
         ray=RayIndexing(settings, RayEngine(actors=2, batch_size=32)),
-    )  # fmt: skip
+    )
 
     assert ray_report.documents == local_report.documents == 240
     assert ray_manifest.index.chunking == local_manifest.index.chunking and ray_manifest.index.chunking["policy"] == "truncate"
@@ -109,7 +109,7 @@ def test_a_local_build_interrupted_halfway_is_finished_on_ray(tmp_path: Path, ti
 
     manifest, report = index_expert(
         resumed, encoder, [corpus], progress=False, chunk_size=50, ray=RayIndexing(settings, RayEngine(actors=2)),
-    )  # fmt: skip
+    )
     assert (report.resumed_from_line, report.documents, report.malformed) == (101, 299, 1)
     texts = ["wing 12 lift", "shock 3 flow"]
     with (

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 
 SEARCH_KEY, ADMIN_KEY = "search-key-123", "admin-key-456"
 QUERIES = ["lift of a swept wing", "sorting methods on tape", "vitamin D and fractures", "storage of wings",
-           "shock", "stem cells in marrow", "a compiler for wings", "boundary of the bone"]  # fmt: skip
+           "shock", "stem cells in marrow", "a compiler for wings", "boundary of the bone"]
 
 
 @dataclass
@@ -54,7 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_b
     settings = Settings(
         data_dir=root, base_model=str(tiny_bert_path), router_evidence="documents+bm25", torch_threads=1,
         search_key=SEARCH_KEY, admin_key=ADMIN_KEY, max_body_bytes=2048, max_queries=4,
-    )  # fmt: skip
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(settings, max_experts=3, searchers=1, searcher_cpus=0.5, ingress_cpus=0.5, registry_poll_s=0.5)

@@ -97,7 +97,7 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
     log = server.log_path.read_text()
     for line in ('"GET /healthz?api_key=[REDACTED] HTTP/1.1" 200', '"POST /search?key=[REDACTED]&token=[REDACTED] HTTP/1.1" 200',
                  '"GET /readyz?access_token=[REDACTED]&k=5 HTTP/1.1" 200', '"GET /experts/[REDACTED] HTTP/1.1" 404',
-                 '"GET /no/such/route/[REDACTED] HTTP/1.1" 404'):  # fmt: skip
+                 '"GET /no/such/route/[REDACTED] HTTP/1.1" 404'):
         assert line in log, f"{line!r} is not in the server log"
     assert log.count('"POST /admin/experts') >= 2 * (len(CREDENTIALS) + 1)  # every refused call is in it
     for secret in (ADMIN_KEY, SEARCH_KEY, *WRONG_KEYS):

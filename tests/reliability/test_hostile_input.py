@@ -73,7 +73,7 @@ CASES: dict[str, Hostile] = {
     "Latin-1 declared": Hostile(
         raw('{"query": "café"}'.encode("latin-1"), **{"Content-Type": "application/json; charset=latin-1"}), 422, INVALID,
         "not UTF-8",
-    ),  # fmt: skip
+    ),
     "lone surrogate": Hostile(raw(b'{"query": "\\ud800"}'), 422, INVALID, "unicode"),
     "NaN fan-out margin": Hostile(raw(b'{"query": "x", "route": {"fanout_margin": NaN}}'), 422, INVALID, "fanout_margin"),
     "Infinity threshold": Hostile(raw(b'{"query": "x", "route": {"threshold": Infinity}}'), 422, INVALID, "finite number"),
@@ -149,7 +149,7 @@ def test_hostile_bodies_get_a_clear_4xx_and_the_server_stays_well(hostile_server
          + str(10**20).encode() + b"\r\n\r\n{}", {b"400"}),
     ],
     ids=["not HTTP", "non-UTF-8 path", "negative length", "length and chunked", "10^20 length"],
-)  # fmt: skip
+)
 def test_malformed_http_is_refused_and_the_server_carries_on(
     hostile_server: ServerProcess, raw: bytes, statuses: set[bytes]
 ) -> None:

@@ -96,7 +96,7 @@ def setup(tmp_path: Path, tiny_encoder: Encoder, tiny_bert_path: Path, datasets:
     env = rr_environment(
         RR_DATA_DIR=str(root), RR_BASE_MODEL=str(tiny_bert_path), RR_MAX_LENGTH="64", RR_BATCH_SIZE=str(CHUNK),
         RR_TORCH_THREADS="1",
-    )  # fmt: skip
+    )
     return Setup(root, expert, corpus, env, served(expert, tiny_encoder), served(reference_expert, tiny_encoder))
 
 

@@ -103,7 +103,7 @@ class Traffic:
                 if response.status_code == 200:
                     found = _problems(kind, response.json(), forced)
                 elif not (kind == "churned" and response.status_code == 404
-                          and response.json()["error"]["type"] == "unknown_expert"):  # fmt: skip
+                          and response.json()["error"]["type"] == "unknown_expert"):
                     found = [f"{kind}: {response.status_code} {response.text[:200]}"]
                 with self.lock:
                     self.statuses[kind, response.status_code] += 1
@@ -153,7 +153,7 @@ def test_32_clients_while_experts_come_and_go(experts_root: Path, tmp_path: Path
     server = ServerProcess(
         experts_root, tmp_path / "server.log", base_model=tiny_bert_path, launch=ForkedProcess,
         env={"RR_BATCH_WAIT_MS": "2", "RR_DRAIN_TIMEOUT_S": "10"},
-    )  # fmt: skip
+    )
     traffic = Traffic(server.url)
     admin_log: list[str] = []
     clients = [threading.Thread(target=traffic.client, args=(seed,)) for seed in range(CLIENTS)]
@@ -212,7 +212,7 @@ def test_32_clients_while_experts_come_and_go(experts_root: Path, tmp_path: Path
         p50_ms=round(statistics.median(latencies) * 1000, 1), p99_ms=round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
         admin_calls=len(admin_log), adapters_loaded=len(loaded),
         rss_mib=f"start {mib(rss_start)} warm {mib(rss_warm)} peak {mib(rss_peak)} end {mib(rss_end)}",
-    )  # fmt: skip
+    )
 
 
 def _adapter_names(log: str, what: str) -> list[str]:

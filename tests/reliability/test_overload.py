@@ -44,7 +44,7 @@ def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
     template_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
 ) -> None:
     env = {"RR_QUEUE_MAX_QUERIES": str(QUEUE), "RR_BATCH_MAX_QUERIES": str(PER_REQUEST), "RR_MAX_QUERIES": str(PER_REQUEST),
-           "RR_BATCH_WAIT_MS": "5", "RR_RETRY_AFTER_S": "2"}  # fmt: skip
+           "RR_BATCH_WAIT_MS": "5", "RR_RETRY_AFTER_S": "2"}
     with forked_server(template_root, tiny_bert_path, tmp_path, env=env) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             errors_before = http.get("/metrics/summary").json()["server_errors"]  # /readyz's 503s while loading
@@ -78,4 +78,4 @@ def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
         burst=BURST, queue_bound=QUEUE, answered=len(answered), refused_429=len(refused), burst_s=round(burst_s, 2),
         server_p50_ms=search["p50_ms"], server_p95_ms=search["p95_ms"],
         client_p50_ms=round(statistics.median(took for took, _, _ in refused) * 1000), drained_s=round(drained_s, 2),
-    )  # fmt: skip
+    )

@@ -66,7 +66,7 @@ def test_no_server_errors_and_responses_match_the_schema(label: str, fuzzed_serv
     @settings(
         max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    )
     def fuzz(case: schemathesis.Case) -> None:
         response = case.call(base_url=fuzzed_server.url, headers=ADMIN, timeout=30)
         sent[response.status_code] = sent.get(response.status_code, 0) + 1

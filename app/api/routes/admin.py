@@ -33,13 +33,13 @@ _ADD_BODY = {
                                  "example": "(tar.gz of an expert directory; ?replace=true to swap)"},
         },
     }
-}  # fmt: skip
+}
 
 
 @router.post(
     "/experts", status_code=201, response_model=ExpertDetailOut, openapi_extra=_ADD_BODY,
     responses=error_responses(401, 403, 409, 413, 415, 422, 503, 507),
-)  # fmt: skip
+)
 async def add_expert(
     request: Request,
     runtime: Serving,

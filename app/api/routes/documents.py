@@ -48,7 +48,7 @@ def _check_count(runtime: Runtime, count: int, what: str) -> None:
 @router.put(
     "/admin/experts/{name}/documents", response_model=UpsertOut, dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
-)  # fmt: skip
+)
 async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Serving) -> UpsertOut:
     """Insert or replace a batch of documents (all or nothing); searchable as soon as this answers.
 
@@ -63,13 +63,13 @@ async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Servi
     return UpsertOut(
         expert=name, seq=report.seq, created=report.created, replaced=report.replaced,  # type: ignore[union-attr]
         documents=written.documents, merging=written.merging,
-    )  # fmt: skip
+    )
 
 
 @router.delete(
     "/admin/experts/{name}/documents", response_model=DeleteOut, dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
-)  # fmt: skip
+)
 async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Serving) -> DeleteOut:
     """Delete a batch of documents by id; gone from every search as soon as this answers. Unknown ids are listed."""
     _check_count(runtime, len(body.ids), "ids")
@@ -78,13 +78,13 @@ async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Servi
     return DeleteOut(
         expert=name, seq=report.seq, deleted=report.deleted, missing=report.missing,  # type: ignore[union-attr]
         documents=written.documents, merging=written.merging,
-    )  # fmt: skip
+    )
 
 
 @router.get(
     "/experts/{name}/documents/{doc_id:path}", response_model=DocumentOut, dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 422, 503),
-)  # fmt: skip
+)
 async def get_document(
     name: ExpertName,
     runtime: Serving,
@@ -98,7 +98,7 @@ async def get_document(
 @router.post(
     "/admin/experts/{name}/merge", response_model=MergeOut, dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 409, 422, 503, 507),
-)  # fmt: skip
+)
 async def merge_documents(name: ExpertName, runtime: Serving) -> MergeOut:
     """Fold the live writes into a new index generation now and wait for it (searches go on meanwhile)."""
     report, expert = await asyncio.to_thread(runtime.documents.merge, name)
@@ -106,4 +106,4 @@ async def merge_documents(name: ExpertName, runtime: Serving) -> MergeOut:
         expert=name, merged=report is not None, directory=None if report is None else report.directory.name,
         documents=len(expert.documents), from_delta=0 if report is None else report.from_delta,
         tombstones_applied=0 if report is None else report.tombstones_applied, version=expert.manifest.version,
-    )  # fmt: skip
+    )

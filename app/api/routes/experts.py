@@ -33,11 +33,11 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
             pilots=manifest.pilots.count if manifest.pilots else None,
             adapter={"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
                      "alpha": manifest.adapter.alpha},
-        )  # fmt: skip
+        )
         if manifest.index is not None:
             row["documents"] = manifest.index.count
             row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
-                            "documents": manifest.index.count}  # fmt: skip
+                            "documents": manifest.index.count}
         if with_manifest:
             row["manifest"] = manifest.model_dump(mode="json")
     if loaded is not None:

@@ -37,7 +37,7 @@ async def readyz(service: Service) -> ReadyOut | JSONResponse:
         return error_response(
             503, "not_ready", reason or "starting", details=details,
             headers={"Retry-After": str(service.settings.retry_after_s)},
-        )  # fmt: skip
+        )
     return ReadyOut(experts=sorted(service.runtime.engine.experts))
 
 

@@ -108,7 +108,7 @@ def service_settings(root: Path, **overrides: object) -> Settings:
     defaults = {
         "data_dir": root, "admin_key": ADMIN_KEY, "router_aggregate": "max", "router_evidence": "none",
         "search_mode": "dense",
-    }  # fmt: skip
+    }
     return Settings(**{**defaults, **overrides})  # type: ignore[arg-type]
 
 
@@ -178,7 +178,7 @@ class ServerProcess:
     def __init__(
         self, root: Path, log: Path, *, base_model: Path | None, env: dict[str, str] | None = None,
         launch: Callable[..., Any] = launch_subprocess, log_level: str = "info",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.root, self.log_path = root, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -233,7 +233,7 @@ def start_server(tmp_path: Path, tiny_bert_path: Path) -> Iterator:
     def start(
         root: Path, *, base_model: Path | None = tiny_bert_path, env: dict[str, str] | None = None,
         launch: Callable[..., Any] = launch_subprocess,
-    ) -> ServerProcess:  # fmt: skip
+    ) -> ServerProcess:
         server = ServerProcess(root, tmp_path / f"server-{len(servers)}.log", base_model=base_model, env=env, launch=launch)
         servers.append(server)
         server.wait_ready()

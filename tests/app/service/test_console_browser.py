@@ -34,7 +34,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1400",
-)  # fmt: skip
+)
 TIMING_STAGES = ["queue", "base", "route", "expert", "search", "total"]
 
 
@@ -291,7 +291,7 @@ def test_add_and_remove_an_expert_with_the_admin_key(console: Console) -> None:
     gamma = [cell.text for cell in console.rows("#experts-rows tr[data-expert=gamma] td")]
     assert gamma[:8] == [
         "gamma", "loaded", "24", "Flat", f"{listed['adapter']['side']}, trained", str(listed["version"]), "yes", ""
-    ]  # fmt: skip
+    ]
     assert "gamma" in [option.text for option in console.rows("#expert option")]
 
     console.rows("#experts-rows tr[data-expert=gamma] button")[0].click()

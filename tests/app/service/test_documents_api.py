@@ -86,7 +86,7 @@ def test_filters_restrict_the_hits_inside_the_search(client: TestClient) -> None
         {"id": f"m-{i}", "title": f"wing lift {i}", "text": f"a study of wing lift number {i}",
          "metadata": {"year": 2000 + i, "lab": "north" if i % 2 else "south"}}
         for i in range(10)
-    ]  # fmt: skip
+    ]
     assert upsert(client, "alpha", docs).status_code == 200
     result = search(client, "wing lift", expert="alpha", k=5, filter={"year": {"gte": 2004}, "lab": "north"})
     assert sorted(ids(result)) == ["m-5", "m-7", "m-9"] and result["matched"] == 3  # fewer match than k: all of them
@@ -154,7 +154,7 @@ def test_limits_unknown_experts_and_keys(make_client, experts_root: Path) -> Non
     wrong = client.put(
         "/admin/experts/alpha/documents", json={"documents": [{"id": "a", "text": "x"}]},
         headers={"Authorization": "Bearer wrong"},
-    )  # fmt: skip
+    )
     assert wrong.status_code == 403
     assert client.request("DELETE", "/admin/experts/alpha/documents", json={"ids": ["alpha-1"]}).status_code == 401
     assert client.post("/admin/experts/alpha/merge").status_code == 401
@@ -231,7 +231,7 @@ def test_an_expert_written_by_another_process_is_served_read_only(make_client, e
          "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
          "print('locked', flush=True); time.sleep(120)", str(experts_root / "alpha" / "live" / "writer.lock")],
         stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         client = make_client(experts_root)

@@ -88,7 +88,7 @@ def test_upserts_and_deletes_are_read_after_write_and_survive_kill_9(scifact_cas
 
     response = httpx.request(
         "DELETE", f"{server.url}/admin/experts/scifact/documents", json={"ids": [row["_id"]]}, headers=ADMIN, timeout=60
-    )  # fmt: skip
+    )
     assert response.status_code == 200 and response.json()["deleted"] == [row["_id"]]
     assert row["_id"] not in _search(server.url, query)
     server.process.kill()

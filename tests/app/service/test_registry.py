@@ -43,7 +43,7 @@ def test_restore_loads_the_listed_experts_and_marks_the_rest_failed(experts_root
         RegistryEntry(name="gamma", path="staging/gamma"),
         RegistryEntry(name="ghost", path="ghost"),
         RegistryEntry(name="beta", path="../elsewhere/beta"),
-    ])  # fmt: skip
+    ])
     engine = SearchEngine(Encoder(tiny_bert_path, max_length=64))
     publisher = ExpertPublisher(engine, experts_root)
     publisher.restore()

@@ -208,7 +208,7 @@ def test_probes_metrics_and_docs(client: TestClient) -> None:
         'rr_batch_requests_count{kind="search"}', 'rr_queue_depth{kind="search"} 0.0',
         "rr_routed_queries_total{", "rr_router_margin_bucket{", 'rr_index_documents{expert="alpha",index="Flat"} 24.0',
         "rr_experts_published 2.0", 'rr_stage_duration_seconds_count{stage="base"}',
-    ):  # fmt: skip
+    ):
         assert needle in text, needle
     openapi = client.get("/openapi.json").json()
     assert {"/search", "/v1/embeddings", "/experts", "/admin/experts", "/admin/experts/{name}", "/readyz"} <= set(openapi["paths"])
