@@ -11,13 +11,13 @@ import numpy as np
 
 from index.atomic import fsync_dir
 from index.build.checkpoint import BuildIdentity
-from index.store.chunk_map import ChunkMap
+from index.build.shards import iter_shards
+from index.errors import IndexFileError
 from index.long_documents import ChunkSettings
+from index.store.chunk_map import ChunkMap
 from index.store.collection import DENSE_FILE, DOCSTORE_FILE, IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
-from index.errors import IndexFileError
-from index.build.shards import iter_shards
 
 __all__ = ["TRAIN_SAMPLE_SIZE", "assemble_dense", "stage_collection"]
 

@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.store.analysis import LexicalSettings
-from index.build.assembly import assemble_dense, stage_collection
 from index.atomic import fsync_dir
-from index.long_documents import ChunkSettings, SplitFn, plan_chunks, too_long_message
+from index.build.assembly import assemble_dense, stage_collection
 from index.build.checkpoint import (
     CHECKPOINT_FILE,
     LOCK_FILE,
@@ -51,10 +49,8 @@ from index.build.checkpoint import (
     discard,
     lock_work_dir,
 )
-from index.store.collection import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
+from index.build.shards import remove_shards_from, write_shard
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, count_lines, read_corpus
-from index.store.dense import DenseIndex
-from index.store.docstore import DocStore
 from index.errors import (
     CorpusError,
     DimensionMismatchError,
@@ -62,8 +58,12 @@ from index.errors import (
     InvalidParameterError,
     OutputExistsError,
 )
+from index.long_documents import ChunkSettings, SplitFn, plan_chunks, too_long_message
+from index.store.analysis import LexicalSettings
+from index.store.collection import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
+from index.store.dense import DenseIndex
+from index.store.docstore import DocStore
 from index.store.lexical import LexicalIndex
-from index.build.shards import remove_shards_from, write_shard
 
 __all__ = ["BuildReport", "EmbedFn", "build_index"]
 

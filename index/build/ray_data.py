@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from index.store.analysis import LexicalSettings
-from index.long_documents import ChunkSettings
 from index.build.checkpoint import CHECKPOINT_FILE, BuildIdentity, Checkpoint, lock_work_dir
+from index.build.indexing import DEFAULT_LEXICAL, BuildReport, EmbedFn, build_index
 from index.corpus import Document, corpus_fingerprint, count_lines, read_corpus
 from index.errors import CorpusError, InvalidParameterError
-from index.build.indexing import DEFAULT_LEXICAL, BuildReport, EmbedFn, build_index
+from index.long_documents import ChunkSettings
+from index.store.analysis import LexicalSettings
 
 __all__ = ["RayEngine", "build_index_on_ray"]
 
