@@ -38,7 +38,8 @@ class Settings(BaseSettings):
         "(docs/benchmarks.md, section 9).",
     )
     torch_threads: int | None = Field(
-        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None,
+        ge=1,
         description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
         "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
         "(docs/benchmarks.md, section 6).",
@@ -62,13 +63,18 @@ class Settings(BaseSettings):
         "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
-    route_top_k: int = Field(1, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin).")
+    route_top_k: int = Field(
+        1, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin)."
+    )
     route_fanout_margin: float | None = Field(
-        None, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
+        None,
+        ge=0,
+        description="Search every expert among the top route_top_k whose router score is within this of "
         "the top one's; unset = always route_top_k experts.",
     )
     route_merge: Literal["score", "rrf"] = Field(
-        "score", description="How the lists of a query searched in several experts become one: by fused score minus "
+        "score",
+        description="How the lists of a query searched in several experts become one: by fused score minus "
         "route_gap_weight x the expert's router-score gap to the top expert, or by reciprocal rank fusion.",
     )
     route_gap_weight: float = Field(1.0, ge=0, description="Score merge: hit score lost per unit of router-score gap.")
@@ -80,7 +86,9 @@ class Settings(BaseSettings):
     hybrid_fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion."
     )
-    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none.")
+    hybrid_weight: float = Field(
+        0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none."
+    )
     hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 
@@ -110,7 +118,8 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long DELETE waits for in-flight searches before answering (unload still follows)."
     )
     long_queries: Literal["truncate", "error"] = Field(
-        "truncate", description="A query over RR_QUERY_MAX_LENGTH tokens: cut to it (the result says `truncated`), or 413."
+        "truncate",
+        description="A query over RR_QUERY_MAX_LENGTH tokens: cut to it (the result says `truncated`), or 413.",
     )
     max_upsert_documents: int = Field(
         1000, ge=1, description="Documents per upsert or ids per delete request (413 above)."
@@ -129,7 +138,10 @@ class Settings(BaseSettings):
     def engine_options(self) -> dict[str, object]:
         """The search engine's keyword options, so every place that builds one routes alike."""
         retrieval = Retrieval(
-            mode=self.search_mode, fusion=self.hybrid_fusion, weight=self.hybrid_weight, candidates=self.hybrid_candidates
+            mode=self.search_mode,
+            fusion=self.hybrid_fusion,
+            weight=self.hybrid_weight,
+            candidates=self.hybrid_candidates,
         )
         return {
             "query_max_length": self.query_max_length,
@@ -145,13 +157,16 @@ class Settings(BaseSettings):
     def route_policy(self) -> RoutePolicy:
         """The routing of a search that sets none of its own (requests override it field by field)."""
         return RoutePolicy(
-            top_k=self.route_top_k, fanout_margin=self.route_fanout_margin, merge=self.route_merge,
+            top_k=self.route_top_k,
+            fanout_margin=self.route_fanout_margin,
+            merge=self.route_merge,
             gap_weight=self.route_gap_weight,
         )
 
     def merge_policy(self) -> MergePolicy:
         """When the service folds an expert's live writes into a new index generation."""
         return MergePolicy(
-            max_delta_docs=self.merge_max_delta_docs, max_fraction=self.merge_max_fraction,
+            max_delta_docs=self.merge_max_delta_docs,
+            max_fraction=self.merge_max_fraction,
             min_changes=self.merge_min_changes,
         )

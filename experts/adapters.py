@@ -41,9 +41,20 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which
 #: LoRA options that change the forward pass beyond ``B @ A * scaling`` on a linear layer;
 #: an adapter that sets any of them is refused by :func:`read_lora_weights` rather than served wrong.
 _UNSUPPORTED_OPTIONS = (
-    "use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication", "target_parameters",
-    "alora_invocation_tokens", "use_qalora", "trainable_token_indices", "velora_config", "monteclora_config",
-    "arrow_config", "kasa_config", "use_bdlora",
+    "use_dora",
+    "lora_bias",
+    "fan_in_fan_out",
+    "modules_to_save",
+    "layer_replication",
+    "target_parameters",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "trainable_token_indices",
+    "velora_config",
+    "monteclora_config",
+    "arrow_config",
+    "kasa_config",
+    "use_bdlora",
 )
 
 
@@ -91,7 +102,9 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
         raise AdapterMismatchError(f"{config_path} must hold a JSON object")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise AdapterMismatchError(f"adapter {adapter_dir} has peft_type {peft_type!r}; only 'LORA' adapters are supported")
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} has peft_type {peft_type!r}; only 'LORA' adapters are supported"
+        )
     return config
 
 
@@ -150,7 +163,9 @@ def read_lora_weights(adapter_dir: Path) -> LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for module, pair in pairs.items():
         if set(pair) != {"A", "B"}:
-            raise AdapterMismatchError(f"adapter {adapter_dir} has lora_{next(iter(pair))} but not its pair for {module!r}")
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} has lora_{next(iter(pair))} but not its pair for {module!r}"
+            )
         a, b = pair["A"].float(), pair["B"].float()
         rank = a.shape[0]
         if a.ndim != 2 or b.ndim != 2 or b.shape[1] != rank:
@@ -239,7 +254,9 @@ def new_lora_adapter(
             model = get_peft_model(base, config)
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in base.named_modules() if name})
-        raise AdapterMismatchError(f"cannot place LoRA on {list(target_modules)}: {exc}. Module names: {names}") from exc
+        raise AdapterMismatchError(
+            f"cannot place LoRA on {list(target_modules)}: {exc}. Module names: {names}"
+        ) from exc
     if base_id is not None:
         model.peft_config["default"].base_model_name_or_path = base_id
     # save_embedding_layers=False: PEFT would otherwise look the base id up (on the hub) to

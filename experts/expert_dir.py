@@ -313,4 +313,3 @@ def list_expert_dirs(root: Path) -> list[ExpertDir]:
     if not root.is_dir():
         return []
     return [ExpertDir(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / MANIFEST_FILE).is_file()]
-

@@ -117,7 +117,9 @@ class LoraLayers:
         return _Plan(single=None, names=names, rows=rows_t, slots=slots)
 
     def _hook(self, module_name: str):
-        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        def hook(
+            module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor | None:
             plan = self._plan
             if plan is None:
                 return None
@@ -161,7 +163,9 @@ def _mixed(
     shape = rows_x.shape
     flat = rows_x.reshape(shape[0], -1, shape[-1])  # (m, tokens, in)
     a_rows, b_rows = a_stack.index_select(0, plan.slots), b_stack.index_select(0, plan.slots)
-    delta = torch.bmm(torch.bmm(flat, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)).reshape(*shape[:-1], out_features)
+    delta = torch.bmm(torch.bmm(flat, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)).reshape(
+        *shape[:-1], out_features
+    )
     if plan.rows is None:
         return output + delta
     return output.index_add(0, plan.rows, delta)

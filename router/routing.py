@@ -194,7 +194,11 @@ def _decide(ranked: tuple[tuple[str, float], ...], margin: float, policy: RouteP
     top = tuple(name for name, _ in ranked[: policy.top_k])
     if policy.min_score is not None and best_score < policy.min_score:
         return RouteDecision(
-            top, "fallback", ranked, margin, use_adapters=False,
+            top,
+            "fallback",
+            ranked,
+            margin,
+            use_adapters=False,
             reason=f"best score {best_score:.3f} < min_score {policy.min_score}: base encoder",
         )
     if policy.fanout_margin is not None:

@@ -47,8 +47,13 @@ def error_response(
 
 
 _HTTP_TYPES = {
-    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    413: "payload_too_large", 415: "unsupported_media_type",
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
 }
 
 
@@ -115,13 +120,16 @@ def install_error_handlers(app: FastAPI) -> None:
             # dictionary" would send the client looking in the wrong place.
             sent = request.headers.get("content-type") or "(none)"
             return error_response(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"Content-Type {sent!r} is not accepted here: send the body as JSON with 'Content-Type: application/json'",
             )
         details, total = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"][1:] or first["loc"]) or "request"
-        more = f" (and {total - 1} more errors; the first {len(details)} are in details)" if total > len(details) else ""
+        more = (
+            f" (and {total - 1} more errors; the first {len(details)} are in details)" if total > len(details) else ""
+        )
         return error_response(422, "validation_error", f"{where}: {first['msg']}{more}", details=details)
 
     @app.exception_handler(UnknownExpertError)
@@ -162,7 +170,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return await _internal(request, exc)
         logger.error("out of disk space on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
-            507, "insufficient_storage",
+            507,
+            "insufficient_storage",
             f"the server ran out of disk space while writing ({exc.strerror}); nothing was changed: "
             "free some space on the server and retry",
         )

@@ -77,11 +77,17 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         return outcomes
 
     batching = {
-        "max_wait_s": settings.batch_wait_ms / 1000, "max_batch": settings.batch_max_queries,
-        "max_queue": settings.queue_max_queries, "retry_after_s": settings.retry_after_s, "metrics": metrics,
+        "max_wait_s": settings.batch_wait_ms / 1000,
+        "max_batch": settings.batch_max_queries,
+        "max_queue": settings.queue_max_queries,
+        "retry_after_s": settings.retry_after_s,
+        "metrics": metrics,
     }
     return Runtime(
-        settings=settings, metrics=metrics, engine=engine, publisher=publisher,
+        settings=settings,
+        metrics=metrics,
+        engine=engine,
+        publisher=publisher,
         documents=DocumentWriter(engine, check_servable=publisher.check_servable),
         searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
@@ -123,19 +129,35 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
                 service.runtime.engine.close()
 
     app = FastAPI(
-        title="router-retriever", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
-        docs_url="/docs", redoc_url=None,
+        title="router-retriever",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
     )
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
     install_error_handlers(app)
-    modules = (routes_search, routes_embeddings, routes_experts, routes_admin, routes_documents, routes_ops, routes_console)
+    modules = (
+        routes_search,
+        routes_embeddings,
+        routes_experts,
+        routes_admin,
+        routes_documents,
+        routes_ops,
+        routes_console,
+    )
     for module in modules:
         app.include_router(module.router)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
         upload_routes=frozenset({("POST", "/admin/experts")}),
-        pattern_limits=tuple((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
+        pattern_limits=tuple(
+            (m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES
+        ),
     )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     return app
@@ -164,7 +186,10 @@ def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
     uvicorn.run(
-        create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
-        timeout_graceful_shutdown=30, log_config=uvicorn_log_config(secrets),
+        create_app(settings, encoder=encoder),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        log_config=uvicorn_log_config(secrets),
     )
-

@@ -82,8 +82,12 @@ class UpsertRequest(_Strict):
             "examples": [
                 {
                     "documents": [
-                        {"id": "memo-17", "title": "Wing flutter test", "text": "Flutter onset was observed at ...",
-                         "metadata": {"year": 2026, "source": "lab"}},
+                        {
+                            "id": "memo-17",
+                            "title": "Wing flutter test",
+                            "text": "Flutter onset was observed at ...",
+                            "metadata": {"year": 2026, "source": "lab"},
+                        },
                     ]
                 }
             ]

@@ -66,7 +66,9 @@ def _configure(
     overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
     state.settings = Settings(**overrides)
     state._encoder = None
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | None, merge: str | None):
@@ -76,8 +78,17 @@ def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | N
     )
 
 
-TopK = Annotated[int | None, typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K).")]
-FanoutMargin = Annotated[float | None, typer.Option(min=0, help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).")]
+TopK = Annotated[
+    int | None,
+    typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K)."),
+]
+FanoutMargin = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).",
+    ),
+]
 MinScore = Annotated[float | None, typer.Option(help="Use the base encoder when the best router score is below this.")]
 Merge = Annotated[str | None, typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -86,7 +97,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text
 @cli.command("create-expert")
 def create_expert_command(
     name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
-    adapter: Annotated[Path | None, typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")
+    ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank of a new adapter.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha of a new adapter.")] = 32,
     description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
@@ -95,7 +108,12 @@ def create_expert_command(
     from experts import create_expert
 
     expert = create_expert(
-        state.settings.data_dir, name, encoder=state.encoder(), adapter_from=adapter, rank=rank, alpha=alpha,
+        state.settings.data_dir,
+        name,
+        encoder=state.encoder(),
+        adapter_from=adapter,
+        rank=rank,
+        alpha=alpha,
         description=description,
     )
     typer.echo(f"created expert {name!r} at {expert.path}")
@@ -107,16 +125,35 @@ def index_command(
     corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
     factory: Annotated[str, typer.Option(help="FAISS storage: Flat (exact), HNSW32, IVF1024,PQ32 ...")] = "Flat",
     chunk_size: Annotated[int, typer.Option(min=1, help="Documents per checkpointed chunk.")] = 256,
-    upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
+    upsert: Annotated[
+        bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")
+    ] = False,
     lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    engine: Annotated[str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")] = "local",
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
-    actors: Annotated[int | None, typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
+    engine: Annotated[
+        str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")
+    ] = None,
     cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
-    long_documents: Annotated[str | None, typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
-    chunk_overlap: Annotated[int | None, typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
+    long_documents: Annotated[
+        str | None,
+        typer.Option(
+            help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them)."
+        ),
+    ] = None,
+    chunk_overlap: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).",
+        ),
+    ] = None,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.offline.building import index_expert
@@ -126,9 +163,13 @@ def index_command(
         raise typer.BadParameter(f"Invalid engine {engine!r}. Valid engines are: local, ray", param_hint="--engine")
     if long_documents is not None and long_documents not in LONG_DOCUMENT_POLICIES:
         valid = ", ".join(LONG_DOCUMENT_POLICIES)
-        raise typer.BadParameter(f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents")
+        raise typer.BadParameter(
+            f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents"
+        )
     if engine == "ray" and long_documents not in (None, "truncate"):
-        raise typer.BadParameter("--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents")
+        raise typer.BadParameter(
+            "--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents"
+        )
     ray_indexing, started_ray = None, False
     if engine == "ray":
         from app.offline.ray_runtime import RayMissingError, ensure_ray
@@ -145,9 +186,17 @@ def index_command(
         )
     try:
         manifest, report = index_expert(
-            state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
-            lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
-            long_documents=long_documents, chunk_overlap=chunk_overlap,
+            state.expert_dir(expert),
+            state.encoder(),
+            corpus,
+            factory=factory,
+            chunk_size=chunk_size,
+            upsert=upsert,
+            lexical=LexicalSettings() if lexical else None,
+            progress=progress,
+            ray=ray_indexing,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
         )
     finally:
         if started_ray:
@@ -167,8 +216,15 @@ def pilots_command(
     expert: Annotated[str, typer.Option(help="Expert whose pilots to build.")],
     queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
     qrels: Annotated[Path | None, typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
-    from_documents: Annotated[int | None, typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
-    method: Annotated[str, typer.Option(help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn).")] = "queries",
+    from_documents: Annotated[
+        int | None, typer.Option(help="Use pseudo queries from N sampled indexed documents.")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn)."
+        ),
+    ] = "queries",
     clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
 ) -> None:
     """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""
@@ -182,18 +238,29 @@ def pilots_command(
     else:
         texts, source = pilot_texts_from_documents(directory, sample=from_documents), "pseudo queries from documents"
     manifest = build_pilots(
-        directory, state.encoder(), texts, method=method, clusters=clusters,  # type: ignore[arg-type]
-        source=source, query_max_length=state.settings.query_max_length,
+        directory,
+        state.encoder(),
+        texts,
+        method=method,
+        clusters=clusters,  # type: ignore[arg-type]
+        source=source,
+        query_max_length=state.settings.query_max_length,
     )
-    typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
+    typer.echo(
+        f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})"
+    )
 
 
 @cli.command("tune-fusion")
 def tune_fusion_command(
     expert: Annotated[str, typer.Option(help="Expert whose hybrid fusion weight to tune.")],
     queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
-    qrels: Annotated[Path | None, typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
-    pseudo: Annotated[bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")] = False,
+    qrels: Annotated[
+        Path | None, typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")
+    ] = None,
+    pseudo: Annotated[
+        bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")
+    ] = False,
     limit: Annotated[int, typer.Option(min=10, help="Tuning queries sampled.")] = 500,
 ) -> None:
     """Tune an expert's dense/BM25 fusion weight with its adapter's query vectors; the manifest keeps it."""
@@ -210,7 +277,10 @@ def tune_fusion_command(
         with Collection.open(directory.path / manifest.index.directory) as collection:
             tuning = from_collection(collection, queries=queries, qrels=qrels, limit=limit)
         manifest = tune_fusion(
-            directory, state.encoder(), tuning, candidates=state.settings.hybrid_candidates,
+            directory,
+            state.encoder(),
+            tuning,
+            candidates=state.settings.hybrid_candidates,
             max_length=state.settings.query_max_length,
         )
     except ValueError as exc:
@@ -239,7 +309,9 @@ def route_command(
         return
     for text, decision in zip(query, decisions):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in decision.scores)
-        typer.echo(f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})")
+        typer.echo(
+            f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})"
+        )
 
 
 @cli.command("search")
@@ -267,9 +339,13 @@ def search_command(
         retrieval = requested_retrieval(mode=mode, fusion=fusion, weight=hybrid_weight)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score, merge), retrieval=retrieval)
+    batch = engine.search(
+        query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score, merge), retrieval=retrieval
+    )
     if as_json:
-        typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
+        typer.echo(
+            json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2)
+        )
         return
     for result in batch.results:
         typer.echo(result_text(result))
@@ -284,13 +360,17 @@ def experts_command(as_json: AsJson = False) -> None:
     for directory in list_expert_dirs(state.settings.data_dir):
         try:
             manifest = directory.read_manifest()
-            rows.append({
-                "name": manifest.name, "version": manifest.version,
-                "documents": manifest.index.count if manifest.index else None,
-                "index": manifest.index.factory if manifest.index else None,
-                "pilots": manifest.pilots.count if manifest.pilots else None,
-                "adapter": "trained" if manifest.adapter.trained else "untrained", "side": manifest.adapter.side,
-            })
+            rows.append(
+                {
+                    "name": manifest.name,
+                    "version": manifest.version,
+                    "documents": manifest.index.count if manifest.index else None,
+                    "index": manifest.index.factory if manifest.index else None,
+                    "pilots": manifest.pilots.count if manifest.pilots else None,
+                    "adapter": "trained" if manifest.adapter.trained else "untrained",
+                    "side": manifest.adapter.side,
+                }
+            )
         except Exception as exc:  # a listing shows broken experts rather than hiding them
             rows.append({"name": directory.path.name, "error": str(exc)})
     if as_json:
@@ -310,17 +390,23 @@ LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warn
 def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> None:
     from app.api.main import serve
 
-    settings = state.settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    settings = state.settings.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
     level = getattr(logging, log_level.upper(), logging.INFO)
     for name in ("app", "experts", "router", "index"):
         logging.getLogger(name).setLevel(level)
-    typer.echo(f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)")
+    typer.echo(
+        f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)"
+    )
     serve(settings, encoder=encoder, log_level=log_level.lower())
 
 
 @cli.command("serve")
 def serve_command(
-    data: Annotated[Path | None, typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")
+    ] = None,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -333,10 +419,16 @@ def serve_command(
 
 @cli.command("demo")
 def demo_command(
-    collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated collections from the datasets directory.")
+    ] = "scifact,cranfield,cacm,cisi,npl",
     datasets: Annotated[Path | None, typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
-    max_docs: Annotated[int | None, typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")] = True,
+    max_docs: Annotated[
+        int | None, typer.Option(min=1, help="Index at most this many documents per collection.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")
+    ] = True,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -346,15 +438,21 @@ def demo_command(
 
     names = [c.strip() for c in collections.split(",") if c.strip()]
     run_demo(
-        state.settings, state.encoder(), datasets or state.settings.datasets_dir, names, max_docs=max_docs,
+        state.settings,
+        state.encoder(),
+        datasets or state.settings.datasets_dir,
+        names,
+        max_docs=max_docs,
         echo=typer.echo,
     )
     if not serve:
-        typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
+        typer.echo(f'\nsearch it yourself: rr --data-dir {state.settings.data_dir} search "your question"')
         return
     publish_demo(state.settings, names)
-    typer.echo(f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
-               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'")
+    typer.echo(
+        f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
+        '-d \'{"query": "lift of a swept wing at supersonic speed", "k": 3}\''
+    )
     _serve(host, port, log_level, encoder=state.encoder())
 
 

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 documents_cli = typer.Typer(
-    name="documents", help="Upsert, delete, read and merge an expert's documents (JSONL in, JSON out).",
+    name="documents",
+    help="Upsert, delete, read and merge an expert's documents (JSONL in, JSON out).",
     no_args_is_help=True,
 )
 
@@ -43,7 +44,9 @@ def _print(result: dict) -> None:
 
 @documents_cli.command("upsert")
 def upsert_command(
-    corpus: Annotated[Path, typer.Argument(help="JSONL (BEIR corpus lines: _id, title, text, other fields = metadata).")],
+    corpus: Annotated[
+        Path, typer.Argument(help="JSONL (BEIR corpus lines: _id, title, text, other fields = metadata).")
+    ],
     expert: Expert,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per write (each all or nothing).")] = 256,
     url: Url = None,

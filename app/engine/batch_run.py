@@ -186,7 +186,9 @@ class BatchRun:
                 if self.jobs[position].filter is not None:
                     matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
                 truncated = self.truncated[position][i]
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row], modes_of[row][0], truncated, matched))  # type: ignore[arg-type]
+                results.append(
+                    SearchResult(self.rows[row][1], hits, decisions[row], modes_of[row][0], truncated, matched)
+                )  # type: ignore[arg-type]
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
@@ -249,9 +251,7 @@ class BatchRun:
         row. A lexical-only pair needs no vector at all (its row stays zero).
         """
         experts = self.snapshot.experts
-        adapters = [
-            experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs
-        ]
+        adapters = [experts[name].adapter if decisions[row].use_adapters else None for row, name in pairs]
         need = [i for i, adapter in enumerate(adapters) if adapter is not None and asks[i].needs_vector]
         missing = sorted(
             {row for i, (row, _) in enumerate(pairs) if adapters[i] is None and asks[i].needs_vector} - have_base
@@ -266,7 +266,9 @@ class BatchRun:
         vectors[need] = vectors_out[: len(need)]
         return vectors
 
-    def _search(self, pairs: list[tuple[int, str]], asks: list[Retrieval], vectors: np.ndarray) -> dict[int, list[ExpertHit]]:
+    def _search(
+        self, pairs: list[tuple[int, str]], asks: list[Retrieval], vectors: np.ndarray
+    ) -> dict[int, list[ExpertHit]]:
         """Per expert, one search of its collection for every pair routed there, each with its own k and mode."""
         by_expert: dict[str, list[int]] = defaultdict(list)
         for position, (_, name) in enumerate(pairs):
@@ -311,7 +313,9 @@ def _fields_of(views: Iterable[LiveView]) -> dict[str, FieldInfo]:
         for name, info in view.metadata_fields().items():
             seen = fields.get(name)
             if seen is not None:
-                info = FieldInfo(name, seen.types | info.types, seen.documents + info.documents, seen.indexed and info.indexed)
+                info = FieldInfo(
+                    name, seen.types | info.types, seen.documents + info.documents, seen.indexed and info.indexed
+                )
             fields[name] = info
     return fields
 

@@ -82,7 +82,11 @@ class RetrievalOptions:
     weight: float | None = None
 
     def __post_init__(self) -> None:
-        Retrieval(mode=self.mode or "dense", fusion=self.fusion or "weighted", weight=0.5 if self.weight is None else self.weight)
+        Retrieval(
+            mode=self.mode or "dense",
+            fusion=self.fusion or "weighted",
+            weight=0.5 if self.weight is None else self.weight,
+        )
 
     def over(self, base: Retrieval) -> Retrieval:
         """``base`` with the fields set here replaced."""
@@ -159,7 +163,9 @@ def search_collection(
         lexical_rows = [i for i in members if asks[i][1].needs_lexical]
         # The lambdas run inside _search, within this iteration: binding `allowed` late is safe.
         dense |= _search(
-            dense_rows, asks, lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed)  # noqa: B023
+            dense_rows,
+            asks,
+            lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed),  # noqa: B023
         )
         lexical |= _search(
             lexical_rows,
@@ -188,8 +194,11 @@ def search_collection(
     hits = view.hits(scores, ids, queries=vectors if with_vectors else None)
     return [
         [
-            ScoredHit(hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
-                      dense_of.get(hit.row), lexical_of.get(hit.row))
+            ScoredHit(
+                hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
+                dense_of.get(hit.row),
+                lexical_of.get(hit.row),
+            )
             for hit in row_hits
         ]
         for row_hits, (dense_of, lexical_of), ask in zip(hits, raw, asks, strict=True)

@@ -135,8 +135,11 @@ def index_expert(
             encoder.remove_adapter(temporary_adapter)
     published = expert.publish(
         index=IndexSection(
-            directory=report.directory.name, factory=factory, count=report.documents,
-            lexical=None if lexical is None else dataclasses.asdict(lexical), chunking=chunking.to_dict(),
+            directory=report.directory.name,
+            factory=factory,
+            count=report.documents,
+            lexical=None if lexical is None else dataclasses.asdict(lexical),
+            chunking=chunking.to_dict(),
         )
     )
     return published, report

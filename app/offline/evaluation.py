@@ -60,8 +60,17 @@ logger = logging.getLogger(__name__)
 MEASURES = (nDCG @ 10, R @ 100)
 METRIC_NAMES = {nDCG @ 10: "nDCG@10", R @ 100: "R@100"}
 SYSTEMS = (
-    "bm25", "bm25-union", "base", "base-union", "hybrid-base", "hybrid-union", "oracle", "hybrid-oracle",
-    "routed", "routed-fanout", "routed-hybrid",
+    "bm25",
+    "bm25-union",
+    "base",
+    "base-union",
+    "hybrid-base",
+    "hybrid-union",
+    "oracle",
+    "hybrid-oracle",
+    "routed",
+    "routed-fanout",
+    "routed-hybrid",
 )
 SYSTEM_TITLES = {
     "bm25": "BM25, own collection",
@@ -103,8 +112,12 @@ class EvalReport:
     metrics: dict[str, dict[str, dict[str, float]]]
     confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
     routed_aggregate: str
-    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # construction -> aggregate -> collection/all -> accuracy
-    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # construction -> aggregate -> (C, C)
+    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=dict
+    )  # construction -> aggregate -> collection/all -> accuracy
+    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(
+        default_factory=dict
+    )  # construction -> aggregate -> (C, C)
     pilot_notes: dict[str, str] = field(default_factory=dict)
     union_documents: int = 0
     seconds: float = 0.0
@@ -152,9 +165,7 @@ def _keyed_qrels(test: JudgedQueries) -> dict[str, dict[str, int]]:
     return {q: {f"{test.collection}/{doc}": rel for doc, rel in docs.items()} for q, docs in test.qrels.items()}
 
 
-def score_run(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
+def score_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """nDCG@10 and Recall@100 averaged over every judged query (a query missing from the run scores 0)."""
     full_run = {q: dict(run.get(q, {})) for q in qrels}
     totals = {name: 0.0 for name in METRIC_NAMES.values()}
@@ -165,7 +176,8 @@ def score_run(
 
 def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
     return {
-        q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
+        q: {f"{collection}/{h.id}": float(h.score) for h in hits}
+        for q, hits in zip(test.ids, hits_per_query, strict=True)
     }
 
 
@@ -314,7 +326,8 @@ def evaluate(
     else:
         logger.warning("not every expert has a BM25 index: the lexical and hybrid systems are left out")
     systems = [
-        s for s in SYSTEMS
+        s
+        for s in SYSTEMS
         if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
     ]
     dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
@@ -372,13 +385,27 @@ def evaluate(
         routed_aggregate=routed_aggregate,
         union_documents=len(keys),
         settings={
-            "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
-            "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
+            "k": k,
+            "pseudo_sample": pseudo_sample,
+            "clusters": clusters,
+            "seed": seed,
+            "datasets": str(datasets),
+            "fanout_margin": fanout_margin,
+            "router_neighbours": engine.router.neighbours,
         },
     )
     if constructions:
-        compare_pilots(engine, datasets, tests, base_vectors, report, constructions=constructions,
-                       pseudo_sample=pseudo_sample, clusters=clusters, seed=seed)
+        compare_pilots(
+            engine,
+            datasets,
+            tests,
+            base_vectors,
+            report,
+            constructions=constructions,
+            pseudo_sample=pseudo_sample,
+            clusters=clusters,
+            seed=seed,
+        )
     report.seconds = time.perf_counter() - started
     return report
 

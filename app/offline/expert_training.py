@@ -151,7 +151,9 @@ def _swap_into_place(staged: Path, target: Path, *, old_version: int | None) -> 
         try:
             os.rename(staged, target)  # fails if a directory of that name appeared meanwhile
         except OSError as exc:
-            raise ExpertDirError(f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})") from exc
+            raise ExpertDirError(
+                f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})"
+            ) from exc
         fsync_dir(target.parent)
         return
     current = ExpertDir(target)
@@ -188,7 +190,9 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, target / path.name)
 
 
-def _reuse_index(old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpora: Sequence[Path], factory: str) -> bool:
+def _reuse_index(
+    old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpora: Sequence[Path], factory: str
+) -> bool:
     """Give ``new`` the collection of ``old`` when it was built from the same files the same way."""
     if old is None:
         return False
@@ -262,7 +266,9 @@ def _pairs(
     """Training pairs and the texts to build pilots from (real training queries where given)."""
     pseudo = pseudo_pairs(
         [(title, text) for _, title, text in documents],
-        spans_with_title=spans_with_title, spans_without_title=spans_without_title, seed=seed,
+        spans_with_title=spans_with_title,
+        spans_without_title=spans_without_title,
+        seed=seed,
     )
     if queries is None:
         texts = [pair.query for pair in pseudo]
@@ -273,7 +279,12 @@ def _pairs(
 
 
 def _record_training(
-    expert: ExpertDir, report: TrainReport, kinds: dict[str, int], *, corpora: Sequence[Path], labelled: str,
+    expert: ExpertDir,
+    report: TrainReport,
+    kinds: dict[str, int],
+    *,
+    corpora: Sequence[Path],
+    labelled: str,
     min_version: int,
 ) -> None:
     """Mark the staged adapter trained and record the recipe (checksums follow with the pilots' publish)."""
@@ -288,9 +299,16 @@ def _record_training(
         trained=True,
     )
     training = TrainingSection(
-        recipe=report.config.as_dict(), mode=report.mode, pairs=report.pairs, pair_kinds=kinds,
-        documents=report.documents, first_loss=report.first_loss, final_loss=report.final_loss,
-        seconds=round(report.seconds, 1), corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora), labelled=labelled,
+        recipe=report.config.as_dict(),
+        mode=report.mode,
+        pairs=report.pairs,
+        pair_kinds=kinds,
+        documents=report.documents,
+        first_loss=report.first_loss,
+        final_loss=report.final_loss,
+        seconds=round(report.seconds, 1),
+        corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora),
+        labelled=labelled,
     )
     updated = manifest.next_version(adapter=adapter, training=training)
     updated = updated.model_copy(update={"version": max(updated.version, min_version)})
@@ -351,8 +369,14 @@ def train_expert(
     old_version = old.read_manifest().version if old is not None else None
     with _staging(root, name) as stage:
         expert = create_expert(
-            stage, name, encoder=encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,  # type: ignore[arg-type]
-            target_modules=config.target_modules, description=description,
+            stage,
+            name,
+            encoder=encoder,
+            rank=config.rank,
+            alpha=config.alpha,
+            dropout=config.dropout,  # type: ignore[arg-type]
+            target_modules=config.target_modules,
+            description=description,
         )
         index_started = time.perf_counter()
         reused = _reuse_index(old, expert, encoder, corpora, factory)
@@ -364,13 +388,24 @@ def train_expert(
             rows, vectors = _base_vectors(collection, encoder, manifest)
             documents = _documents(collection, rows)
             pairs, pilot_texts = _pairs(
-                documents, queries=queries, qrels=qrels, spans_with_title=spans_with_title,
-                spans_without_title=spans_without_title, supervised_repeat=supervised_repeat, seed=config.seed,
+                documents,
+                queries=queries,
+                qrels=qrels,
+                spans_with_title=spans_with_title,
+                spans_without_title=spans_without_title,
+                supervised_repeat=supervised_repeat,
+                seed=config.seed,
             )
             trained_dir = expert.work_path("train") / "adapter"
             report = train_adapter(
-                encoder, pairs, vectors, trained_dir, config=config, negative_search=_faiss_negatives(collection, rows),
-                progress=progress, description=f"training {name}",
+                encoder,
+                pairs,
+                vectors,
+                trained_dir,
+                config=config,
+                negative_search=_faiss_negatives(collection, rows),
+                progress=progress,
+                description=f"training {name}",
             )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)
@@ -378,7 +413,11 @@ def train_expert(
         kinds = dict(sorted(Counter(pair.kind for pair in pairs).items()))
         labelled = f"{queries} + {qrels}" if queries is not None else ""
         _record_training(
-            expert, report, kinds, corpora=corpora, labelled=labelled,
+            expert,
+            report,
+            kinds,
+            corpora=corpora,
+            labelled=labelled,
             min_version=(old_version or 0) + 1,
         )
         source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
@@ -389,11 +428,21 @@ def train_expert(
         fsync_tree(expert.path)
         _swap_into_place(expert.path, target, old_version=old_version)
     result = TrainingResult(
-        name=name, path=target, manifest=published, train=report, pair_kinds=kinds, index_reused=reused,
-        index_seconds=index_seconds, seconds=time.perf_counter() - started, replaced_version=old_version,
+        name=name,
+        path=target,
+        manifest=published,
+        train=report,
+        pair_kinds=kinds,
+        index_reused=reused,
+        index_seconds=index_seconds,
+        seconds=time.perf_counter() - started,
+        replaced_version=old_version,
     )
     logger.info(
-        "published expert %r version %d (%s) in %.0fs", name, published.version,
-        f"replacing version {old_version}" if old_version is not None else "new", result.seconds,
+        "published expert %r version %d (%s) in %.0fs",
+        name,
+        published.version,
+        f"replacing version {old_version}" if old_version is not None else "new",
+        result.seconds,
     )
     return result

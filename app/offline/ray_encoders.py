@@ -61,7 +61,10 @@ class RayIndexing:
         device = "cuda" if self.engine.gpus_per_actor > 0 else self.settings.device
         actor_settings = self.settings.model_copy(update={"torch_threads": threads, "device": device})
         embedder = partial(
-            actor_embedder, actor_settings, max_length=manifest.max_length, fingerprint=encoder.fingerprint,
+            actor_embedder,
+            actor_settings,
+            max_length=manifest.max_length,
+            fingerprint=encoder.fingerprint,
             adapter=expert.adapter_path if symmetric else None,
         )
         return partial(build_index_on_ray, embedder=embedder, engine=self.engine)

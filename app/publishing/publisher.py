@@ -71,7 +71,12 @@ class ExpertPublisher:
     """
 
     def __init__(
-        self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True, merge_policy: MergePolicy = MergePolicy()
+        self,
+        engine: SearchEngine,
+        root: Path,
+        *,
+        verify_checksums: bool = True,
+        merge_policy: MergePolicy = MergePolicy(),
     ) -> None:
         self.engine = engine
         self.root = Path(root).resolve()
@@ -342,7 +347,11 @@ class ExpertPublisher:
         if name in RESERVED_NAMES:
             raise ValueError(f"expert name {name!r} is reserved for the embeddings API")
         return load_expert(
-            directory, self.engine.encoder, verify_checksums=verify_checksums, write=True, merge_policy=self.merge_policy
+            directory,
+            self.engine.encoder,
+            verify_checksums=verify_checksums,
+            write=True,
+            merge_policy=self.merge_policy,
         )
 
     # ------------------------------------------------------------------ remove

@@ -103,14 +103,27 @@ def _refuse_taken(name: str, published: dict[str, str], *, replace: bool) -> Non
 def _describe(entry: RegistryEntry, manifest: Manifest, found: dict[str, Any]) -> dict[str, Any]:
     """What ``rr serve``'s admin answers (``GET /experts/{name}``'s shape), from the manifest and the check."""
     row: dict[str, Any] = {
-        "name": entry.name, "path": entry.path, "state": "loaded", "version": manifest.version,
-        "description": manifest.description, "base_model": manifest.base_model.id,
-        "pilots": manifest.pilots.count if manifest.pilots else None, "routable": bool(found.get("routable")),
-        "adapter": {"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
-                    "alpha": manifest.adapter.alpha},
-        "documents": found.get("documents"), "manifest": manifest.model_dump(mode="json"),
+        "name": entry.name,
+        "path": entry.path,
+        "state": "loaded",
+        "version": manifest.version,
+        "description": manifest.description,
+        "base_model": manifest.base_model.id,
+        "pilots": manifest.pilots.count if manifest.pilots else None,
+        "routable": bool(found.get("routable")),
+        "adapter": {
+            "trained": manifest.adapter.trained,
+            "side": manifest.adapter.side,
+            "rank": manifest.adapter.rank,
+            "alpha": manifest.adapter.alpha,
+        },
+        "documents": found.get("documents"),
+        "manifest": manifest.model_dump(mode="json"),
     }
     if manifest.index is not None:
-        row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
-                        "documents": manifest.index.count}
+        row["index"] = {
+            "factory": manifest.index.factory,
+            "directory": manifest.index.directory,
+            "documents": manifest.index.count,
+        }
     return row

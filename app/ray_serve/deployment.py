@@ -81,7 +81,9 @@ def build_app(
     if registry_poll_s <= 0:
         raise ValueError(f"registry_poll_s must be > 0, got {registry_poll_s}")
     searcher = serve.deployment(
-        expert_searcher_class(max_experts, registry_poll_s), name="ExpertSearcher", num_replicas=searchers,
+        expert_searcher_class(max_experts, registry_poll_s),
+        name="ExpertSearcher",
+        num_replicas=searchers,
         ray_actor_options={"num_cpus": searcher_cpus, "num_gpus": searcher_gpus},
         # A routed request with corpus votes makes one call per expert, all at once: let a replica take
         # the calls for every expert it holds, twice over (Serve's default is 5).
@@ -95,8 +97,15 @@ def build_app(
 
 def app_builder(args: dict[str, str]) -> serve.Application:
     """For ``serve run app.ray_serve:app_builder max_experts=8 searchers=4 searcher_cpus=2``; settings from ``RR_*``."""
-    known = {"max_experts": int, "searchers": int, "searcher_cpus": float, "searcher_gpus": float,
-             "ingress_replicas": int, "ingress_cpus": float, "registry_poll_s": float}
+    known = {
+        "max_experts": int,
+        "searchers": int,
+        "searcher_cpus": float,
+        "searcher_gpus": float,
+        "ingress_replicas": int,
+        "ingress_cpus": float,
+        "registry_poll_s": float,
+    }
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}. Valid arguments are: {', '.join(sorted(known))}")

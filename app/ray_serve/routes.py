@@ -53,7 +53,9 @@ ops_router = APIRouter(tags=["operations"])
 
 
 @search_router.post(
-    "/search", response_model=SearchResponse, dependencies=[Depends(require_search)],
+    "/search",
+    response_model=SearchResponse,
+    dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
@@ -112,7 +114,9 @@ def create_ingress_app(ingress: Ingress) -> FastAPI:
     for router in (search_router, admin_router, ops_router):
         app.include_router(router)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_body_bytes,
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_body_bytes,
         upload_routes=frozenset(),  # no archive uploads here
     )
     app.add_middleware(MetricsMiddleware, metrics=ingress.metrics)  # type: ignore[arg-type]  # outermost: counts 413s

@@ -208,7 +208,9 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
 
             def run(held: _HeldExpert) -> list[SearchResult]:
                 if not base_encoder:
-                    return held.engine.search(queries, k=k, expert=held.name, retrieval=retrieval, filter=filter).results
+                    return held.engine.search(
+                        queries, k=k, expert=held.name, retrieval=retrieval, filter=filter
+                    ).results
                 job = SearchJob(tuple(queries), k=k, policy=_BASE_ENCODER_POLICY, retrieval=retrieval, filter=filter)
                 (outcome,) = held.engine.search_jobs([job])
                 if isinstance(outcome, Exception):

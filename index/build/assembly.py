@@ -50,7 +50,9 @@ def _chunk_map(shards_dir: Path, shard_count: int, live: np.ndarray) -> ChunkMap
     if not chunked:
         return None
     if len(starts) != len(rows):
-        raise IndexFileError(f"the shards in {str(shards_dir)!r} repeat row ids without spans; delete the work directory")
+        raise IndexFileError(
+            f"the shards in {str(shards_dir)!r} repeat row ids without spans; delete the work directory"
+        )
     return ChunkMap(np.concatenate(rows), np.concatenate(starts), np.concatenate(ends))
 
 

@@ -232,7 +232,9 @@ class _Job:
             problems = sorted(
                 [*problems]
                 + [
-                    CorpusProblem(docs[i][0], too_long_message(docs[i][1].id, tokens, self.chunking), self.corpora[corpus])
+                    CorpusProblem(
+                        docs[i][0], too_long_message(docs[i][1].id, tokens, self.chunking), self.corpora[corpus]
+                    )
                     for i, tokens in refused
                 ],
                 key=lambda p: p.line,
@@ -306,7 +308,11 @@ class _Job:
         dense, chunks = assemble_dense(shards, count, live, dim=self.dim, factory=factory)
         staging = self.checkpoint.work_dir / STAGING_DIR
         info = stage_collection(
-            staging, dense, self.checkpoint.store, identity=self.checkpoint.identity, chunks=chunks,
+            staging,
+            dense,
+            self.checkpoint.store,
+            identity=self.checkpoint.identity,
+            chunks=chunks,
             chunking=self.chunking,
         )
         if lexical is not None:
@@ -401,7 +407,12 @@ def build_index(
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     DenseIndex.create(dim, factory=factory)  # a bad dim or factory fails now, not after embedding
     _check_arguments(
-        corpora, chunk_size=chunk_size, out_dir=out_dir, work_dir=work_dir, lexical=lexical, chunking=chunking,
+        corpora,
+        chunk_size=chunk_size,
+        out_dir=out_dir,
+        work_dir=work_dir,
+        lexical=lexical,
+        chunking=chunking,
         split=split,
     )
     if out_dir.exists() and not (work_dir / CHECKPOINT_FILE).exists():

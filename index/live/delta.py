@@ -158,7 +158,11 @@ class DeltaSegment:
             return search(queries, k)
         available = len(self.chunk_rows) if selected is None else len(selected)
         scores, rows, _ = search_collapsed(
-            search, queries, k, rows=self.chunk_rows, available=available,
+            search,
+            queries,
+            k,
+            rows=self.chunk_rows,
+            available=available,
             per_document=len(self.chunk_rows) / len(self.row_ids),
         )
         return scores, rows

@@ -303,8 +303,14 @@ class LiveLog:
         """
         documents = [
             (
-                e.row_id, e.document.id, e.document.title, e.document.text, metadata_json(e.document),
-                np.ascontiguousarray(e.vectors).tobytes(), e.seq, None if e.spans is None else json.dumps(e.spans),
+                e.row_id,
+                e.document.id,
+                e.document.title,
+                e.document.text,
+                metadata_json(e.document),
+                np.ascontiguousarray(e.vectors).tobytes(),
+                e.seq,
+                None if e.spans is None else json.dumps(e.spans),
             )
             for e in added
         ]

@@ -132,7 +132,11 @@ def _main_chunks(view: LiveView, keep: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _main_vectors(
-    view: LiveView, keep: np.ndarray, chunks: tuple[np.ndarray, np.ndarray, np.ndarray], embed: EmbedFn | None, *,
+    view: LiveView,
+    keep: np.ndarray,
+    chunks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    embed: EmbedFn | None,
+    *,
     progress: bool,
 ) -> np.ndarray:
     """Vectors of the chunks of the surviving main rows ``keep`` (ascending): (C, dim) float32."""
@@ -226,7 +230,9 @@ def write_generation(
     delta_rows, delta_vectors, delta_starts, delta_ends = view.delta.chunk_arrays()
     vectors = np.concatenate([_main_vectors(view, keep, main_chunks, embed, progress=progress), delta_vectors])
     rows = np.concatenate([main_chunks[0], delta_rows])
-    chunks = ChunkMap(rows, np.concatenate([main_chunks[1], delta_starts]), np.concatenate([main_chunks[2], delta_ends]))
+    chunks = ChunkMap(
+        rows, np.concatenate([main_chunks[1], delta_starts]), np.concatenate([main_chunks[2], delta_ends])
+    )
     chunked = chunks.chunked
     dense = _dense(view, vectors, np.arange(len(rows), dtype=np.int64) if chunked else rows)
     store = _write_docstore(scratch, view, keep, next_row_id)

@@ -285,7 +285,12 @@ class LiveView:
                 span = None if spans is None or (found := spans[q].get(row)) is None else text_span(doc, *found)
                 hits.append(
                     Hit(
-                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row,
+                        id=doc.id,
+                        score=score,
+                        title=doc.title,
+                        text=doc.text,
+                        metadata=doc.metadata,
+                        row=row,
                         span=span,
                     )
                 )

@@ -129,7 +129,11 @@ class ChunkedDense:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             self.chunks_index.search(queries, k)  # raises the DenseIndex's error for the shape
         return search_collapsed(
-            search, queries, k, rows=self.chunks.rows, available=available,
+            search,
+            queries,
+            k,
+            rows=self.chunks.rows,
+            available=available,
             per_document=self.chunks.chunks_per_document,
         )
 

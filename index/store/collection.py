@@ -383,7 +383,12 @@ class Collection:
                 span = None if spans is None or (found := spans[q].get(row_id)) is None else text_span(doc, *found)
                 hits.append(
                     Hit(
-                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id,
+                        id=doc.id,
+                        score=score,
+                        title=doc.title,
+                        text=doc.text,
+                        metadata=doc.metadata,
+                        row=row_id,
                         span=span,
                     )
                 )

@@ -43,8 +43,15 @@ def chunked_generation(tmp_path: Path, *, policy: str = "chunk", name: str = "ge
     corpus = write_corpus(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / name
     build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}", build_key="test",
-        progress=False, chunking=ChunkSettings(policy, max_tokens=40, overlap=10), split=fake_split,
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / f".work-{name}",
+        build_key="test",
+        progress=False,
+        chunking=ChunkSettings(policy, max_tokens=40, overlap=10),
+        split=fake_split,
     )
     return out
 
@@ -203,7 +210,10 @@ def test_an_unchunked_generation_takes_chunked_upserts_and_merges_them(tmp_path:
         live.upsert([doc("long", long_text("q"))])
         tail = live.view().delta.entries[live.view().row_id("long")].vectors[-1:]
         live.merge(tmp_path / "gen-2")
-        assert live.main.chunked and read_info(tmp_path / "gen-2").chunks == 299 + len(fake_split([long_text("q")])[0][0]) + 1
+        assert (
+            live.main.chunked
+            and read_info(tmp_path / "gen-2").chunks == 299 + len(fake_split([long_text("q")])[0][0]) + 1
+        )
         assert live.hits(*live.search_dense(tail, 1))[0][0].id == "long"
 
 
@@ -258,8 +268,16 @@ def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path:
         rows[i]["text"] = long_text(f"w{i}x")
     corpus = write_corpus(tmp_path / "sq.jsonl", rows)
     build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "sq", work_dir=tmp_path / ".work-sq", build_key="t",
-        factory="SQ8", progress=False, chunking=ChunkSettings("chunk", 40, 10), split=fake_split,
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=tmp_path / "sq",
+        work_dir=tmp_path / ".work-sq",
+        build_key="t",
+        factory="SQ8",
+        progress=False,
+        chunking=ChunkSettings("chunk", 40, 10),
+        split=fake_split,
     )
     with open_chunked(tmp_path / "sq", tmp_path / "sq.sqlite") as live:
         before = live.main.dense.chunks
@@ -268,7 +286,9 @@ def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path:
         live.merge(tmp_path / "sq-2")
         after = live.main.dense.chunks
         main_part = np.isin(after.rows, before.rows)
-        assert np.array_equal(after.starts[main_part], before.starts) and np.array_equal(after.ends[main_part], before.ends)
+        assert np.array_equal(after.starts[main_part], before.starts) and np.array_equal(
+            after.ends[main_part], before.ends
+        )
         assert live.hits(*live.search_dense(tail, 1))[0][0].id == "new"
         d10 = live.view().row_id("d10")
         window = fake_embed([live.get("d10").passage()[after.starts[after.rows == d10][-1] :]])

@@ -25,19 +25,30 @@ _ADD_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AddExpertRequest.model_json_schema(), "examples": {
-                "path": {"summary": "a directory under the data root", "value": {"path": "cranfield"}},
-                "replace": {"summary": "swap a published expert", "value": {"path": "v2/cranfield", "replace": True}},
-            }},
-            "application/gzip": {"schema": {"type": "string", "format": "binary"},
-                                 "example": "(tar.gz of an expert directory; ?replace=true to swap)"},
+            "application/json": {
+                "schema": AddExpertRequest.model_json_schema(),
+                "examples": {
+                    "path": {"summary": "a directory under the data root", "value": {"path": "cranfield"}},
+                    "replace": {
+                        "summary": "swap a published expert",
+                        "value": {"path": "v2/cranfield", "replace": True},
+                    },
+                },
+            },
+            "application/gzip": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(tar.gz of an expert directory; ?replace=true to swap)",
+            },
         },
     }
 }
 
 
 @router.post(
-    "/experts", status_code=201, response_model=ExpertDetailOut, openapi_extra=_ADD_BODY,
+    "/experts",
+    status_code=201,
+    response_model=ExpertDetailOut,
+    openapi_extra=_ADD_BODY,
     responses=error_responses(401, 403, 409, 413, 415, 422, 503, 507),
 )
 async def add_expert(

@@ -45,6 +45,9 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
         results.append({**row, "expert": result.decision.experts[0]})
     timings = {"queue_ms": queue_ms, **batch.timings_ms, "total_ms": round((time.perf_counter() - started) * 1000, 3)}
     return SearchResponse.model_validate(
-        {"results": results, "timings_ms": timings, "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries)}
+        {
+            "results": results,
+            "timings_ms": timings,
+            "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries),
+        }
     )
-

@@ -43,8 +43,18 @@ def test_the_script_uses_relative_urls_and_keeps_the_key_in_memory() -> None:
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
     assert re.search(r"https?:|wss?:|['\"`]//", code) is None  # no absolute URL, no scheme-relative one
     assert re.findall(r"fetch\(([^,]+),", code) == ["`../${path}`"]  # the one place that talks to the network
-    for forbidden in ("localStorage", "sessionStorage", "document.cookie", "console.log", "innerHTML", "outerHTML",
-                      "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+    for forbidden in (
+        "localStorage",
+        "sessionStorage",
+        "document.cookie",
+        "console.log",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ):
         assert forbidden not in code, forbidden
 
 
