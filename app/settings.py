@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     )
     merge_min_changes: int = Field(100, ge=1, description="Never merge for fewer changed documents than this.")
 
-    def engine_options(self) -> dict[str, object]:
+    def engine_options(self) -> dict[str, Any]:
         """The search engine's keyword options, so every place that builds one routes alike."""
         retrieval = Retrieval(
             mode=self.search_mode,

@@ -228,7 +228,7 @@ def new_lora_adapter(
     adapter_dir: Path,
     *,
     rank: int = 8,
-    alpha: int = 32,
+    alpha: float = 32,
     dropout: float = 0.1,
     target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
     base_id: str | None = None,
@@ -248,7 +248,12 @@ def new_lora_adapter(
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     torch.manual_seed(seed)
     base = AutoModel.from_config(base_config)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT annotates it int; a float scales alike
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+    )
     try:
         with quiet_peft():
             model = get_peft_model(base, config)

@@ -193,8 +193,8 @@ class Encoder:
         with self._lock, torch.inference_mode():
             for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
                 for part in self._parts(chunk, rows):
-                    batch = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
-                    batch = {key: value.to(self.device) for key, value in batch.items()}
+                    padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
+                    batch = {key: value.to(self.device) for key, value in padded.items()}
                     hidden = self._forward(batch, [rows[i] for i in part])
                     out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         if cache and self.cache_size:

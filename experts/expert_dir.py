@@ -238,7 +238,7 @@ def create_expert(
     encoder: Encoder,
     adapter_from: Path | None = None,
     rank: int = 8,
-    alpha: int = 32,
+    alpha: float = 32,
     dropout: float = 0.1,
     target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
     description: str = "",

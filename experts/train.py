@@ -371,7 +371,7 @@ def train_adapter(
             )
         lora = LoraConfig(
             r=config.rank,
-            lora_alpha=config.alpha,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates it int; a float scales alike
             lora_dropout=config.dropout,
             target_modules=list(config.target_modules),
         )

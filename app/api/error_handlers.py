@@ -18,6 +18,7 @@ malformed metadata filter, or one naming a field no document has, is a 422
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def error_response(
-    status: int, type_: str, message: str, *, details: Any = None, headers: dict[str, str] | None = None
+    status: int, type_: str, message: str, *, details: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The one error body of the API."""
     body = {"error": {"type": type_, "message": message, "details": jsonable_encoder(details)}}

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -57,7 +58,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if encoder is None:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
-    engine = SearchEngine(encoder, **settings.engine_options())  # type: ignore[arg-type]
+    engine = SearchEngine(encoder, **settings.engine_options())
     publisher = ExpertPublisher(
         engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
     )
@@ -76,7 +77,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         metrics.observe_search_batch(outcomes)
         return outcomes
 
-    batching = {
+    batching: dict[str, Any] = {
         "max_wait_s": settings.batch_wait_ms / 1000,
         "max_batch": settings.batch_max_queries,
         "max_queue": settings.queue_max_queries,

@@ -190,6 +190,6 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
 
 
-def _route_label(scope: dict[str, Any]) -> str:
+def _route_label(scope: Mapping[str, Any]) -> str:
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"

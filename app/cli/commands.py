@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -63,7 +63,9 @@ def _configure(
     base_model: Annotated[str | None, typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None
+    }
     state.settings = Settings(**overrides)
     state._encoder = None
     logging.basicConfig(
@@ -228,7 +230,7 @@ def pilots_command(
     clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
 ) -> None:
     """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""
-    from app.offline.building import build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
+    from app.offline.building import PilotMethod, build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
 
     if (queries is None) == (from_documents is None):
         raise typer.BadParameter("give exactly one of --queries or --from-documents")
@@ -236,16 +238,18 @@ def pilots_command(
     if queries is not None:
         texts, source = pilot_texts_from_queries(queries, qrels), str(queries)
     else:
+        assert from_documents is not None  # exactly one of the two, checked above
         texts, source = pilot_texts_from_documents(directory, sample=from_documents), "pseudo queries from documents"
     manifest = build_pilots(
         directory,
         state.encoder(),
         texts,
-        method=method,
-        clusters=clusters,  # type: ignore[arg-type]
+        method=cast(PilotMethod, method),  # a plain str option; build_pilots checks it
+        clusters=clusters,
         source=source,
         query_max_length=state.settings.query_max_length,
     )
+    assert manifest.pilots is not None  # just built
     typer.echo(
         f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})"
     )
@@ -286,6 +290,7 @@ def tune_fusion_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     section = manifest.retrieval
+    assert section is not None  # tune_fusion records it
     curve = "  ".join(f"{w}: {v:.3f}" for w, v in section.curve.items())
     typer.echo(f"{expert!r}: dense weight {section.weight} on {section.tuned_on} (version {manifest.version})\n{curve}")
 

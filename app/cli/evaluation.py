@@ -130,4 +130,5 @@ def pilots_paper_command(
     finally:
         engine.close()
     for name, manifest in published.items():
+        assert manifest.pilots is not None  # just published
         typer.echo(f"published {manifest.pilots.count} paper pilot(s) for {name!r} (version {manifest.version})")

@@ -9,11 +9,11 @@ every subcommand it parses options and calls one library function,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-_DEFAULTS = {
+_DEFAULTS: dict[str, Any] = {  # Any: each parameter below states its value's type
     "steps": 300,
     "batch_size": 64,
     "lr": 1e-3,
@@ -106,6 +106,7 @@ def train_expert_command(
         progress=progress,
     )
     report, manifest = result.train, result.manifest
+    assert manifest.index is not None and manifest.pilots is not None  # train_expert builds both
     kinds = ", ".join(f"{count} {kind}" for kind, count in result.pair_kinds.items())
     index = "reused" if result.index_reused else f"built in {result.index_seconds:.0f}s"
     replaced = f", replacing version {result.replaced_version}" if result.replaced_version is not None else ""

@@ -27,7 +27,7 @@ import numpy as np
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
 from app.engine.merging import merge_expert_lists
-from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
+from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
 from app.errors import ExpertUnavailableError, PayloadTooLargeError
@@ -171,7 +171,7 @@ class BatchRun:
         timings["search_ms"] = _elapsed(clock)
 
         lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
-        modes_of: dict[int, list[str]] = defaultdict(list)
+        modes_of: dict[int, list[SearchMode]] = defaultdict(list)
         for position, (row, _) in enumerate(pairs):
             lists_of[row].append(hits_of[position])
             modes_of[row].append(asks[position].mode)
@@ -182,13 +182,14 @@ class BatchRun:
             k, results = self.jobs[position].k, []
             for i, row in enumerate(self.rows_of[position]):
                 hits = merge_expert_lists(lists_of[row], modes_of[row], decisions[row], self._policy(position), k=k)
-                matched = None
-                if self.jobs[position].filter is not None:
-                    matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
+                matched: int | None = None
+                if self.jobs[position].filter is not None:  # then allowed() is never None
+                    allowed = [self.allowed(position, name) for name in decisions[row].experts]
+                    matched = sum(len(ids) for ids in allowed if ids is not None)
                 truncated = self.truncated[position][i]
                 results.append(
                     SearchResult(self.rows[row][1], hits, decisions[row], modes_of[row][0], truncated, matched)
-                )  # type: ignore[arg-type]
+                )
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 

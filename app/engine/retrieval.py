@@ -149,7 +149,7 @@ def search_collection(
     """
     if isinstance(view, Collection):
         view = static_view(view)
-    allowed_of = [ask[2] if len(ask) > 2 else None for ask in asks]  # type: ignore[misc]
+    allowed_of = [ask[2] if len(ask) > 2 else None for ask in asks]
     groups: dict[int, list[int]] = {}
     for i, allowed in enumerate(allowed_of):
         groups.setdefault(id(allowed), []).append(i)

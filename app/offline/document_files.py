@@ -126,7 +126,7 @@ class LocalDocuments:
         return {
             "seq": report.seq,
             "created": report.created,
-            "replaced": report.replaced,  # type: ignore[union-attr]
+            "replaced": report.replaced,
             "documents": written.documents,
             "merging": written.merging,
         }
@@ -137,7 +137,7 @@ class LocalDocuments:
         return {
             "seq": report.seq,
             "deleted": report.deleted,
-            "missing": report.missing,  # type: ignore[union-attr]
+            "missing": report.missing,
             "documents": written.documents,
             "merging": written.merging,
         }

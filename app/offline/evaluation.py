@@ -52,7 +52,7 @@ from app.offline.pilot_selection import (
     simple_pilots,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
-from index import DenseIndex, LexicalIndex, fuse_dense_lexical
+from index import ChunkedDense, DenseIndex, LexicalIndex, fuse_dense_lexical
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -276,6 +276,7 @@ def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[Dense
     for name in collections:
         collection = engine.experts[name].collection
         if collection.chunked:
+            assert isinstance(collection.dense, ChunkedDense)  # what `chunked` means
             rows, vectors, _, _ = collection.dense.chunk_vectors()
             most = max(most, int(np.bincount(rows).max()) if len(rows) else 1)
         else:
@@ -283,7 +284,7 @@ def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[Dense
         docs = collection.docstore.get(rows.tolist())
         keep = [i for i, doc in enumerate(docs) if doc is not None]
         union.add(vectors[keep], np.arange(len(keys), len(keys) + len(keep), dtype=np.int64))
-        keys.extend(f"{name}/{docs[i].id}" for i in keep)
+        keys.extend(f"{name}/{doc.id}" for doc in docs if doc is not None)  # the `keep` rows, in order
     return union, keys, most
 
 
@@ -374,8 +375,8 @@ def evaluate(
             # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
-            found = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
-            metrics["routed-hybrid"][name] = score_run(qrels, found)
+            routed_hybrid_run = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
+            metrics["routed-hybrid"][name] = score_run(qrels, routed_hybrid_run)
         logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
         collections=collections,

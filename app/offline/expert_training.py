@@ -233,11 +233,14 @@ def _base_vectors(collection: Collection, encoder: Encoder, manifest: Manifest) 
     """Row ids and base document vectors: read back from an exact index, else embedded again."""
     if collection.dense.exact_storage:
         return collection.vectors()
+    assert manifest.index is not None  # the collection was opened from it
     rows = collection.docstore.all_row_ids()
     logger.info("the %r index stores compressed codes: embedding %d documents again", manifest.index.factory, len(rows))
     passages = []
     for start in range(0, len(rows), _READ_CHUNK):
-        passages += [doc.passage() for doc in collection.docstore.get(rows[start : start + _READ_CHUNK].tolist())]
+        for doc in collection.docstore.get(rows[start : start + _READ_CHUNK].tolist()):
+            assert doc is not None  # the row ids were read from this docstore
+            passages.append(doc.passage())
     return rows, encoder.embed(passages, max_length=manifest.max_length)
 
 
@@ -273,6 +276,7 @@ def _pairs(
     if queries is None:
         texts = [pair.query for pair in pseudo]
         return pseudo, random.Random(seed).sample(texts, min(1000, len(texts)))
+    assert qrels is not None  # train_expert takes queries and qrels together
     rows = {doc_id: position for position, (doc_id, _, _) in enumerate(documents)}
     supervised = supervised_pairs(read_queries(queries), read_qrels(qrels), rows)
     return combine_pairs(pseudo, supervised, supervised_repeat=supervised_repeat), [p.query for p in supervised]
@@ -374,7 +378,7 @@ def train_expert(
             encoder=encoder,
             rank=config.rank,
             alpha=config.alpha,
-            dropout=config.dropout,  # type: ignore[arg-type]
+            dropout=config.dropout,
             target_modules=config.target_modules,
             description=description,
         )
@@ -384,6 +388,7 @@ def train_expert(
             index_expert(expert, encoder, corpora, factory=factory, progress=progress)
         index_seconds = time.perf_counter() - index_started
         manifest = expert.read_manifest()
+        assert manifest.index is not None  # just built or reused
         with Collection.open(expert.path / manifest.index.directory) as collection:
             rows, vectors = _base_vectors(collection, encoder, manifest)
             documents = _documents(collection, rows)
@@ -410,7 +415,7 @@ def train_expert(
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)
         shutil.rmtree(expert.path / ".work", ignore_errors=True)
-        kinds = dict(sorted(Counter(pair.kind for pair in pairs).items()))
+        kinds: dict[str, int] = dict(sorted(Counter(pair.kind for pair in pairs).items()))
         labelled = f"{queries} + {qrels}" if queries is not None else ""
         _record_training(
             expert,

@@ -20,6 +20,7 @@ import numpy as np
 from app.engine.loading import open_encoder
 from app.settings import Settings
 from experts import Encoder, ExpertDir, Manifest, ModelLoadError
+from index import BuildReport
 from index.build.ray_data import RayEngine, build_index_on_ray
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class RayIndexing:
     settings: Settings
     engine: RayEngine = field(default_factory=RayEngine)
 
-    def builder(self, expert: ExpertDir, manifest: Manifest, encoder: Encoder) -> Callable[..., object]:
+    def builder(self, expert: ExpertDir, manifest: Manifest, encoder: Encoder) -> Callable[..., BuildReport]:
         """``build_index`` with the embedding on Ray, for this expert (same arguments, no ``embed``)."""
         symmetric = manifest.adapter.side != "query" and manifest.adapter.trained
         threads = max(1, int(self.engine.cpus_per_actor))

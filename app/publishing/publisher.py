@@ -172,7 +172,9 @@ class ExpertPublisher:
         Returns an event set when that is done (at once for an expert that was
         not uploaded). Call it without holding the lock.
         """
-        directory = None if entry is None else self._upload_of(entry)
+        if entry is None:
+            return released
+        directory = self._upload_of(entry)
         if directory is None:
             return released
 

@@ -80,6 +80,8 @@ def build_app(
         )
     if registry_poll_s <= 0:
         raise ValueError(f"registry_poll_s must be > 0, got {registry_poll_s}")
+    # Ray annotates serve.deployment() as returning the decorator even when it is given the class (it then
+    # returns the Deployment), hence the two ignores on .bind below.
     searcher = serve.deployment(
         expert_searcher_class(max_experts, registry_poll_s),
         name="ExpertSearcher",
@@ -88,11 +90,11 @@ def build_app(
         # A routed request with corpus votes makes one call per expert, all at once: let a replica take
         # the calls for every expert it holds, twice over (Serve's default is 5).
         max_ongoing_requests=max(5, 2 * max_experts),
-    ).bind(settings)
+    ).bind(settings)  # type: ignore[attr-defined]
     ingress = serve.deployment(
         RoutedSearch, name="RoutedSearch", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}
     )
-    return ingress.bind(searcher, settings)
+    return ingress.bind(searcher, settings)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
@@ -109,4 +111,4 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}. Valid arguments are: {', '.join(sorted(known))}")
-    return build_app(Settings(), **{key: known[key](value) for key, value in args.items()})  # type: ignore[arg-type]
+    return build_app(Settings(), **{key: known[key](value) for key, value in args.items()})

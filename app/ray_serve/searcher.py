@@ -172,7 +172,7 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
         async def expert(self, name: str) -> _HeldExpert:
             entry = await asyncio.to_thread(self._entry, name)
             loaded = await asyncio.to_thread(self._load, entry)
-            engine = SearchEngine(self.encoder, **self._engine_options)  # type: ignore[arg-type]
+            engine = SearchEngine(self.encoder, **self._engine_options)
             engine.add(loaded)
             logger.info("replica loaded expert %r v%d", name, entry.version)
             return _HeldExpert(name, engine, entry, self.holding)

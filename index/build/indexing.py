@@ -228,6 +228,7 @@ class _Job:
         """Embed and commit one chunk; afterwards the marker points at ``next_marker``."""
         spans, refused = plan_chunks([doc for _, doc in docs], self.chunking, self.split)
         if refused:
+            assert self.chunking is not None  # only a long-document policy refuses documents
             gone = {position for position, _ in refused}
             problems = sorted(
                 [*problems]

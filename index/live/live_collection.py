@@ -324,6 +324,7 @@ class LiveCollection:
             )
         spans, refused = plan_chunks(docs, chunking, self._split)
         if refused:
+            assert chunking is not None  # only a long-document policy refuses documents
             position, tokens = refused[0]
             doc_id = docs[position].id
             raise LongDocumentError(too_long_message(doc_id, tokens, chunking), doc_id=doc_id, tokens=tokens)

@@ -204,7 +204,7 @@ class LiveView:
         if not len(wanted):
             return no_hits(nq, k)
         if _DENSE_TAKES_ALLOWED:
-            return dense.search(queries, k, allowed=wanted)  # type: ignore[call-arg]
+            return dense.search(queries, k, allowed=wanted)
         depth = min(dense.ntotal, k + dense.ntotal - len(wanted))
         return _keep_only(*dense.search(queries, depth), wanted)
 

@@ -232,8 +232,9 @@ class Collection:
             for name, digest in info.checksums.items():
                 if file_sha256(directory / name) != digest:
                     raise IndexFileError(f"{str(directory / name)!r} does not match its checksum in {INFO_FILE}")
-        dense: DenseIndex | ChunkedDense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
-        vectors = dense.ntotal
+        flat = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
+        dense: DenseIndex | ChunkedDense = flat
+        vectors = flat.ntotal
         if CHUNKS_FILE in info.file_sizes:
             chunks = ChunkMap.load(directory / CHUNKS_FILE)
             if len(chunks) != vectors or info.chunks != vectors:
@@ -241,7 +242,7 @@ class Collection:
                     f"collection {str(directory)!r} is inconsistent: {CHUNKS_FILE} maps {len(chunks)} chunks, "
                     f"{DENSE_FILE} holds {vectors} vectors and {INFO_FILE} says {info.chunks}"
                 )
-            dense = ChunkedDense(dense, chunks)
+            dense = ChunkedDense(flat, chunks)
         if search_params is not None:
             dense.default_params = search_params
         lexical = None if info.lexical is None else LexicalIndex.load(directory, info.lexical, mmap=mmap)

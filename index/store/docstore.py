@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -320,7 +320,7 @@ class DocStore:
                     raise CorpusError(
                         f"document id {doc.id!r} is already in the docstore; pass upsert=True to replace it"
                     ) from exc
-                row_ids[i] = cursor.lastrowid
+                row_ids[i] = cast(int, cursor.lastrowid)  # None only before a first INSERT
         return row_ids
 
     # ------------------------------------------------------------------ reads

@@ -64,7 +64,7 @@ async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Servi
         expert=name,
         seq=report.seq,
         created=report.created,
-        replaced=report.replaced,  # type: ignore[union-attr]
+        replaced=report.replaced,
         documents=written.documents,
         merging=written.merging,
     )
@@ -85,7 +85,7 @@ async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Servi
         expert=name,
         seq=report.seq,
         deleted=report.deleted,
-        missing=report.missing,  # type: ignore[union-attr]
+        missing=report.missing,
         documents=written.documents,
         merging=written.merging,
     )
