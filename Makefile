@@ -1,9 +1,10 @@
-# One command each: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# One command each: `make demo` sets up and runs the main job; `make test` sets up and runs the tests;
+# `make lint` sets up and checks the style (ruff's linter and formatter) and the types (mypy).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +18,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The rules and the checked packages live in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy app experts router index
 
 clean:
 	rm -rf $(VENV) data/experts .pytest_cache

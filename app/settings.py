@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
     # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
     # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
-    route_top_k: int = Field(3, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin).")
+    route_top_k: int = Field(
+        3, ge=1, le=16, description="Most experts one query is searched in (see route_fanout_margin)."
+    )
     route_fanout_margin: float | None = Field(
         1.5, ge=0, description="Search every expert among the top route_top_k whose router score is within this of "
         "the top one's (a score is at most 3: pilot votes plus two kinds of corpus votes); unset = always "
@@ -84,7 +86,9 @@ class Settings(BaseSettings):
     hybrid_fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion."
     )
-    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none.")
+    hybrid_weight: float = Field(
+        0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none."
+    )
     hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 
@@ -114,7 +118,8 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long DELETE waits for in-flight searches before answering (unload still follows)."
     )
     long_queries: Literal["truncate", "error"] = Field(
-        "truncate", description="A query over RR_QUERY_MAX_LENGTH tokens: cut to it (the result says `truncated`), or 413."
+        "truncate",
+        description="A query over RR_QUERY_MAX_LENGTH tokens: cut to it (the result says `truncated`), or 413.",
     )
     max_upsert_documents: int = Field(
         1000, ge=1, description="Documents per upsert or ids per delete request (413 above)."
@@ -130,10 +135,13 @@ class Settings(BaseSettings):
     )
     merge_min_changes: int = Field(100, ge=1, description="Never merge for fewer changed documents than this.")
 
-    def engine_options(self) -> dict[str, object]:
+    def engine_options(self) -> dict[str, Any]:
         """The search engine's keyword options, so every place that builds one routes alike."""
         retrieval = Retrieval(
-            mode=self.search_mode, fusion=self.hybrid_fusion, weight=self.hybrid_weight, candidates=self.hybrid_candidates
+            mode=self.search_mode,
+            fusion=self.hybrid_fusion,
+            weight=self.hybrid_weight,
+            candidates=self.hybrid_candidates,
         )
         return {
             "query_max_length": self.query_max_length,

@@ -103,8 +103,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(create_app(args.root, max_seq_length=args.max_seq_length, threads=args.threads), host=args.host, port=args.port,
-                log_level=args.log_level)  # fmt: skip
+    uvicorn.run(
+        create_app(args.root, max_seq_length=args.max_seq_length, threads=args.threads),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def as_document(row: dict) -> dict:
 
 def build(root: Path, rows: list[dict]) -> float:
     """Index ``rows`` as expert 'merged' with the batch job; returns documents/s."""
-    from app.offline.building import index_expert
     from app.engine.loading import open_encoder
+    from app.offline.building import index_expert
     from app.settings import Settings
     from experts import create_expert
 
@@ -187,11 +187,17 @@ def main() -> None:
         latency_rows.append([name, p50, p95, p50 / base_wall, s50, s50 / base_stage])
     print(f"\nsearch latency, {len(queries)} queries per variant, hybrid, k=10")
     print(table(["variant", "p50 ms", "p95 ms", "p50 / merged", "search_ms p50", "/ merged"], latency_rows))
-    write_json(args.json, {
-        "docs": args.docs, "upserts": args.upserts, "queries": len(queries), "load": load.__dict__,
-        "throughput": {"batch_job": job_rate, **{f"upsert_batch_{b}": r for b, r in rates.items()}},
-        "latency_ms": {name: {"wall": wall[name], "search": stage[name]} for name in variants},
-    })  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "docs": args.docs,
+            "upserts": args.upserts,
+            "queries": len(queries),
+            "load": load.__dict__,
+            "throughput": {"batch_job": job_rate, **{f"upsert_batch_{b}": r for b, r in rates.items()}},
+            "latency_ms": {name: {"wall": wall[name], "search": stage[name]} for name in variants},
+        },
+    )
 
 
 if __name__ == "__main__":

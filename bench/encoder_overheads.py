@@ -116,8 +116,14 @@ def main() -> None:
         for label in settings:
             p50 = percentiles(times[name, label], [50])[0]
             row += [p50, p50 / reference[label]]
-            results.append({"case": name, "threads": label, "p50_ms": round(p50, 2),
-                            "over_plain_encoder": round(p50 / reference[label], 3)})  # fmt: skip
+            results.append(
+                {
+                    "case": name,
+                    "threads": label,
+                    "p50_ms": round(p50, 2),
+                    "over_plain_encoder": round(p50 / reference[label], 3),
+                }
+            )
         rows.append(row)
     headers = ["single query, p50"]
     for label in settings:

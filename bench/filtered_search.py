@@ -89,9 +89,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--faiss-threads", type=int, default=1,
+        "--faiss-threads",
+        type=int,
+        default=1,
         help="OpenMP threads for FAISS; 1 (the default) keeps one-query latency steady on a shared machine",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.faiss_threads)
     k = args.k
@@ -181,8 +183,18 @@ def main() -> None:
             p50, p95, _ = percentiles(times[factory, name])
             extra = select_ms.get(name, 0.0)
             rows_out.append([factory, name, p50, p95, p50 / base, (p50 + extra) / base, recall, full])
-            results.append({"index": factory, "filter": name, "p50_ms": p50, "p95_ms": p95, "ratio": p50 / base,
-                            "ratio_with_select": (p50 + extra) / base, "recall_at_k": recall, "all_k_hits": full})  # fmt: skip
+            results.append(
+                {
+                    "index": factory,
+                    "filter": name,
+                    "p50_ms": p50,
+                    "p95_ms": p95,
+                    "ratio": p50 / base,
+                    "ratio_with_select": (p50 + extra) / base,
+                    "recall_at_k": recall,
+                    "all_k_hits": full,
+                }
+            )
     print(
         table(["index", "filter", "p50 ms", "p95 ms", "p50 / unfiltered", "+ select", "recall@k", "all hits"], rows_out)
     )
@@ -199,18 +211,20 @@ def main() -> None:
             limit = dense.exact_filter_limit
             dense.exact_filter_limit = 1 << 62
             exact_ms = float(
-                np.median([timed(lambda i=i: dense.search(q[i : i + 1], k, allowed=ids)) for i in range(len(q))])
+                np.median([timed(lambda i=i: dense.search(q[i : i + 1], k, allowed=ids)) for i in range(len(q))])  # noqa: B023  (timed() runs it at once)
             )
             dense.exact_filter_limit = 0
             approx_ms = float(
-                np.median([timed(lambda i=i: dense.search(q[i : i + 1], k, allowed=ids)) for i in range(len(q))])
+                np.median([timed(lambda i=i: dense.search(q[i : i + 1], k, allowed=ids)) for i in range(len(q))])  # noqa: B023  (timed() runs it at once)
             )
             dense.exact_filter_limit = limit
             sweep_rows.append([factory, size, exact_ms, approx_ms, exact_ms / approx_ms])
             sweep.append({"index": factory, "allowed": size, "exact_ms": exact_ms, "approximate_ms": approx_ms})
     print(table(["index", "allowed ids", "exact ms", "graph/lists ms", "exact / approximate"], sweep_rows))
-    write_json(args.json, {"args": vars(args), "select_ms": select_ms, "results": results, "sweep": sweep,
-                           "load": load.__dict__})  # fmt: skip
+    write_json(
+        args.json,
+        {"args": vars(args), "select_ms": select_ms, "results": results, "sweep": sweep, "load": load.__dict__},
+    )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.harness import argument_parser  # noqa: E402
-from app.offline.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
 from app.engine.loading import open_encoder  # noqa: E402
+from app.offline.fusion_tuning import best_weight, from_collection, fusion_curve  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from bench.harness import argument_parser  # noqa: E402
 from experts import ExpertDir  # noqa: E402
 from index import Collection  # noqa: E402
 
@@ -51,14 +51,18 @@ def main() -> None:
         folder = args.datasets / name
         with Collection.open(expert.path / manifest.index.directory) as collection:
             started = time.perf_counter()
-            curves = {"pseudo": fusion_curve(encoder, adapter, collection, from_collection(collection, limit=args.limit))}
+            curves = {
+                "pseudo": fusion_curve(encoder, adapter, collection, from_collection(collection, limit=args.limit))
+            }
             seconds = time.perf_counter() - started
             if (folder / "qrels" / "train.tsv").exists():
                 labelled = from_collection(
                     collection, queries=folder / "queries.jsonl", qrels=folder / "qrels" / "train.tsv", limit=args.limit
-                )  # fmt: skip
+                )
                 curves["labelled"] = fusion_curve(encoder, adapter, collection, labelled)
-            test = from_collection(collection, queries=folder / "queries.jsonl", qrels=folder / "qrels" / "test.tsv", limit=10**6)
+            test = from_collection(
+                collection, queries=folder / "queries.jsonl", qrels=folder / "qrels" / "test.tsv", limit=10**6
+            )
             curves["test (expert)"] = fusion_curve(encoder, adapter, collection, test)
             curves["test (base)"] = fusion_curve(encoder, None, collection, test)
         if adapter is not None:
@@ -69,8 +73,9 @@ def main() -> None:
             print(f"  {label:14s} {best_weight(curve):5.1f}  " + " ".join(f"{v:5.3f}" for v in curve.values()))
         test_curve = curves["test (expert)"]
         picks = {label: best_weight(curves[label]) for label in curves if not label.startswith("test")}
-        summary.append((name, test_curve[0.5], {label: (w, test_curve[w]) for label, w in picks.items()},
-                        max(test_curve.values())))  # fmt: skip
+        summary.append(
+            (name, test_curve[0.5], {label: (w, test_curve[w]) for label, w in picks.items()}, max(test_curve.values()))
+        )
     print("\nnDCG@10 on test queries, expert query vectors: untuned 0.5 vs the weight each tuning set picks")
     for name, untuned, picks, ceiling in summary:
         chosen = "  ".join(f"{label} {w:.1f}: {v:.3f} ({v - untuned:+.3f})" for label, (w, v) in picks.items())

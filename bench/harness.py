@@ -36,14 +36,18 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def argument_parser(doc: str, *, datasets: bool = True) -> argparse.ArgumentParser:
     """A script's parser: its docstring's first paragraph as the description, the rest (the commands) as the epilog."""
     parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if datasets:
         parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     return parser
 
 
-def judged_test_queries(datasets: Path, collections: Sequence[str] = COLLECTIONS, *, seed: int = 0) -> list[tuple[str, str]]:
+def judged_test_queries(
+    datasets: Path, collections: Sequence[str] = COLLECTIONS, *, seed: int = 0
+) -> list[tuple[str, str]]:
     """Every judged test query of ``collections`` as (collection, text), shuffled so the collections mix."""
     from experts.labelled import judged_queries, read_qrels, read_queries
 
@@ -148,10 +152,14 @@ class LoadMeter:
         machine = (busy - self.ticks[0]) / _TICKS / seconds
         own = (_own_cpu_seconds(self.pids) - self.own) / seconds
         return LoadReading(
-            seconds=round(seconds, 1), cores=os.cpu_count() or 1, machine_busy_cores=round(machine, 2),
-            own_cores=round(own, 2), other_cores=round(max(machine - own, 0.0), 2),
-            loadavg_start=round(self.loadavg, 2), loadavg_end=round(os.getloadavg()[0], 2),
-        )  # fmt: skip
+            seconds=round(seconds, 1),
+            cores=os.cpu_count() or 1,
+            machine_busy_cores=round(machine, 2),
+            own_cores=round(own, 2),
+            other_cores=round(max(machine - own, 0.0), 2),
+            loadavg_start=round(self.loadavg, 2),
+            loadavg_end=round(os.getloadavg()[0], 2),
+        )
 
 
 # ---------------------------------------------------------------------- memory

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.engine.engine import SearchEngine  # noqa: E402
-from app.offline.evaluation import read_test_set  # noqa: E402
 from app.engine.loading import open_encoder  # noqa: E402
 from app.engine.retrieval import RetrievalOptions  # noqa: E402
+from app.offline.evaluation import read_test_set  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")

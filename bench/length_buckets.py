@@ -66,8 +66,15 @@ def main() -> None:
     rows = [[size, 1 / statistics.median(values)] for size, values in seconds.items()]
     print(table(["rows per pass", "rows/s"], rows))
     print(f"\nmeasurement: {load.line()}")
-    write_json(args.json, {"threads": args.threads, "documents": args.documents,
-                           "rows_per_s": {str(r[0]): round(r[1], 2) for r in rows}, "load": load.__dict__})  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "threads": args.threads,
+            "documents": args.documents,
+            "rows_per_s": {str(r[0]): round(r[1], 2) for r in rows},
+            "load": load.__dict__,
+        },
+    )
 
 
 if __name__ == "__main__":

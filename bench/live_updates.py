@@ -107,8 +107,15 @@ def throughput(args, scratch: Path) -> dict:
 
     meter = LoadMeter()
     started = time.perf_counter()
-    build_index([write_jsonl(scratch / "base.jsonl", base)], embed=embed, dim=encoder.dim, out_dir=scratch / "tp-gen",
-                work_dir=scratch / ".tp-work", build_key="bench", progress=False)  # fmt: skip
+    build_index(
+        [write_jsonl(scratch / "base.jsonl", base)],
+        embed=embed,
+        dim=encoder.dim,
+        out_dir=scratch / "tp-gen",
+        work_dir=scratch / ".tp-work",
+        build_key="bench",
+        progress=False,
+    )
     job = len(base) / (time.perf_counter() - started)
     rows, rates = [["batch job (build_index)", len(base), round(job, 2), 1.0]], {"job": job}
     for batch in (1, 16, 64):
@@ -151,8 +158,14 @@ def write_path(scratch: Path, generation: Path, records: list[dict]) -> dict:
                     started = time.perf_counter()
                     live.search_lexical([records[i]["text"][:80]], 10)
                     timings.append((time.perf_counter() - started) * 1000)
-            rows.append([f"delta {delta_share:.0%}, lexical search right after a write (ms)", 20,
-                         round(float(np.median(after_write)), 2), round(float(np.median(plain)), 2)])  # fmt: skip
+            rows.append(
+                [
+                    f"delta {delta_share:.0%}, lexical search right after a write (ms)",
+                    20,
+                    round(float(np.median(after_write)), 2),
+                    round(float(np.median(plain)), 2),
+                ]
+            )
     print(table(["stand-in encoder", "docs", "docs/s or ms", "ms, no write before"], rows))
     return {"rows": rows}
 
@@ -168,8 +181,15 @@ def latency(args, scratch: Path) -> dict:
     for i, record in enumerate(records):
         record["metadata"] = {"bucket": i % 100}
     corpus = write_jsonl(scratch / "scifact.jsonl", records)
-    build_index([corpus], embed=stand_in_embed, dim=DIM, out_dir=scratch / "lat-gen", work_dir=scratch / ".lat-work",
-                build_key="bench", progress=False)  # fmt: skip
+    build_index(
+        [corpus],
+        embed=stand_in_embed,
+        dim=DIM,
+        out_dir=scratch / "lat-gen",
+        work_dir=scratch / ".lat-work",
+        build_key="bench",
+        progress=False,
+    )
     queries = [text for _, text in judged_test_queries(args.datasets, ["scifact"])][: args.queries]
     vectors = stand_in_embed(queries)
     n = len(records)

@@ -101,7 +101,7 @@ async def client(host: str, port: int, bodies: list[bytes], start: int, recorder
             began = loop.time()
             try:
                 status, payload = await asyncio.wait_for(connection.post("/search", body), timeout)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 recorder.failures.append(f"{type(exc).__name__}: {exc}")
                 await connection.close()
                 await asyncio.sleep(0.1)
@@ -184,7 +184,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured (after the warm-up)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds run first and not counted")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before one request counts as failed")
-    parser.add_argument("--queries", type=Path, required=True, help='JSON list of request bodies, e.g. [{"query": "...", "k": 10}]')
+    parser.add_argument(
+        "--queries", type=Path, required=True, help='JSON list of request bodies, e.g. [{"query": "...", "k": 10}]'
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the summary here (else print it)")
     args = parser.parse_args()
     if not ipaddress.ip_address(args.host).is_loopback:

@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from app.offline.evaluation import score_run
     from app.engine.retrieval import Retrieval, search_collection
+    from app.offline.evaluation import score_run
     from experts import Encoder, make_split_fn
     from experts.labelled import judged_queries, read_qrels, read_queries
     from index import ChunkSettings, Collection, build_index
@@ -78,12 +78,22 @@ def main() -> None:
                 out = work / f"{name}-{policy}"
                 started = time.perf_counter()
                 build_index(
-                    [corpus], embed=embed, dim=encoder.dim, out_dir=out, work_dir=work / f"{name}-{policy}-work",
-                    build_key=f"bench-{policy}", progress=False, chunking=ChunkSettings(policy, 256, 32), split=split,
-                )  # fmt: skip
+                    [corpus],
+                    embed=embed,
+                    dim=encoder.dim,
+                    out_dir=out,
+                    work_dir=work / f"{name}-{policy}-work",
+                    build_key=f"bench-{policy}",
+                    progress=False,
+                    chunking=ChunkSettings(policy, 256, 32),
+                    split=split,
+                )
                 seconds = time.perf_counter() - started
                 with Collection.open(out) as collection:
-                    entry[policy] = {"index_seconds": round(seconds, 1), "vectors": getattr(collection.dense, "chunk_count", collection.dense.ntotal)}
+                    entry[policy] = {
+                        "index_seconds": round(seconds, 1),
+                        "vectors": getattr(collection.dense, "chunk_count", collection.dense.ntotal),
+                    }
                     for mode in ("dense", "hybrid"):
                         asks = [(100, Retrieval(mode=mode, candidates=200))] * len(texts)
                         found = search_collection(collection, texts, vectors, asks)
@@ -92,15 +102,32 @@ def main() -> None:
             results[name] = entry
             for mode in ("dense", "hybrid"):
                 t, c = entry["truncate"][mode], entry["chunk"][mode]
-                rows.append([f"{name} {mode}", long, t["nDCG@10"], c["nDCG@10"], 100 * (c["nDCG@10"] - t["nDCG@10"]),
-                             t["R@100"], c["R@100"],
-                             entry["chunk"]["vectors"] / entry["truncate"]["vectors"]])  # fmt: skip
+                rows.append(
+                    [
+                        f"{name} {mode}",
+                        long,
+                        t["nDCG@10"],
+                        c["nDCG@10"],
+                        100 * (c["nDCG@10"] - t["nDCG@10"]),
+                        t["R@100"],
+                        c["R@100"],
+                        entry["chunk"]["vectors"] / entry["truncate"]["vectors"],
+                    ]
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = meter.stop()
     print(f"\n{load.line()}")
-    headers = ["collection / search", "docs > 256 tok", "nDCG@10 truncate", "chunk", "points", "R@100 truncate", "chunk",
-               "vectors chunk / truncate"]  # fmt: skip
+    headers = [
+        "collection / search",
+        "docs > 256 tok",
+        "nDCG@10 truncate",
+        "chunk",
+        "points",
+        "R@100 truncate",
+        "chunk",
+        "vectors chunk / truncate",
+    ]
     print(table(headers, rows))
     write_json(args.json, {"collections": results, "load": load.__dict__})
 

@@ -92,15 +92,28 @@ def measure_child(
         load_seconds = time.perf_counter() - started
         loaded = current_rss_mib()
         times = latencies()
-        steps[count] = {"experts": count, "rss_loaded_mib": round(loaded, 1), "rss_searched_mib": round(current_rss_mib(), 1),
-                        "load_seconds": round(load_seconds, 2), "latencies_ms": times}  # fmt: skip
+        steps[count] = {
+            "experts": count,
+            "rss_loaded_mib": round(loaded, 1),
+            "rss_searched_mib": round(current_rss_mib(), 1),
+            "load_seconds": round(load_seconds, 2),
+            "latencies_ms": times,
+        }
     for count in reversed(counts[:-1]):  # down: unload, measure latency again
         for name in sorted(engine.experts)[count:]:
             engine.remove(name).wait(30)
         steps[count]["latencies_ms"] += latencies()
     options = {key: str(value) for key, value in settings.engine_options().items()}
-    out.write_text(json.dumps({"base_rss_mib": round(base_rss, 1), "base_params_mib": round(base_params_mib, 1),
-                               "engine_options": options, "steps": list(steps.values())}))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "base_rss_mib": round(base_rss, 1),
+                "base_params_mib": round(base_params_mib, 1),
+                "engine_options": options,
+                "steps": list(steps.values()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -109,10 +122,19 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=300, help="documents in each stand-in expert's index")
     parser.add_argument("--queries", type=int, default=40, help="single-query searches per count and pass")
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in experts here (reused if present)")
-    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a service setting for the engine, e.g. router_evidence=none (repeatable)")  # fmt: skip
-    parser.add_argument("--encoder", choices=["now", "peft"], default="now",
-                        help="peft: the previous PEFT-wrapped encoder (bench/peft_encoder.py), for before/after")  # fmt: skip
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for the engine, e.g. router_evidence=none (repeatable)",
+    )
+    parser.add_argument(
+        "--encoder",
+        choices=["now", "peft"],
+        default="now",
+        help="peft: the previous PEFT-wrapped encoder (bench/peft_encoder.py), for before/after",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -138,9 +160,26 @@ def main() -> None:
         index_mib = sum(i for _, i in sizes) / len(sizes)
         out = Path(scratch) / "child.json"
         meter = LoadMeter()
-        subprocess.run([sys.executable, __file__, "--child", str(root), "--child-out", str(out), "--counts",
-                        ",".join(map(str, args.counts)), "--queries", str(args.queries), "--encoder", args.encoder, "--datasets",
-                        str(args.datasets), *(f"--setting={item}" for item in args.setting)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(root),
+                "--child-out",
+                str(out),
+                "--counts",
+                ",".join(map(str, args.counts)),
+                "--queries",
+                str(args.queries),
+                "--encoder",
+                args.encoder,
+                "--datasets",
+                str(args.datasets),
+                *(f"--setting={item}" for item in args.setting),
+            ],
+            check=True,
+        )
         load = meter.stop()
         measured = json.loads(out.read_text())
     steps = measured["steps"]
@@ -152,36 +191,86 @@ def main() -> None:
         added = step["experts"] - first["experts"]
         per_expert = (step["rss_searched_mib"] - first["rss_searched_mib"]) / added if added else float("nan")
         step["rss_per_added_expert_mib"] = round(per_expert, 2) if added else None
-        rows.append([step["experts"], step["rss_loaded_mib"], step["rss_searched_mib"],
-                     step["rss_searched_mib"] - measured["base_rss_mib"], per_expert, step["p50_ms"], step["p95_ms"],
-                     step["p50_ms"] / first["p50_ms"], step["load_seconds"]])  # fmt: skip
+        rows.append(
+            [
+                step["experts"],
+                step["rss_loaded_mib"],
+                step["rss_searched_mib"],
+                step["rss_searched_mib"] - measured["base_rss_mib"],
+                per_expert,
+                step["p50_ms"],
+                step["p95_ms"],
+                step["p50_ms"] / first["p50_ms"],
+                step["load_seconds"],
+            ]
+        )
     print()
-    print(table(["experts", "RSS loaded", "RSS searched", "over base", "MiB/added expert", "p50 ms", "p95 ms",
-                 "p50 / p50 at 1", "load s"], rows))  # fmt: skip
-    print(f"\nbase encoder alone: RSS {measured['base_rss_mib']} MiB, of which weights {measured['base_params_mib']} MiB; "
-          f"per expert on disk: adapter {adapter_mib:.2f} MiB + index {index_mib:.2f} MiB")  # fmt: skip
+    print(
+        table(
+            [
+                "experts",
+                "RSS loaded",
+                "RSS searched",
+                "over base",
+                "MiB/added expert",
+                "p50 ms",
+                "p95 ms",
+                "p50 / p50 at 1",
+                "load s",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nbase encoder alone: RSS {measured['base_rss_mib']} MiB, of which weights {measured['base_params_mib']} MiB; "
+        f"per expert on disk: adapter {adapter_mib:.2f} MiB + index {index_mib:.2f} MiB"
+    )
     print(f"measurement: {load.line()}")
     last = steps[-1]
     if last["rss_per_added_expert_mib"] is not None:
         ratio = last["rss_per_added_expert_mib"] / (adapter_mib + index_mib)
-        targets.append([f"RSS per added expert / (adapter + index on disk), {last['experts']} experts", ratio,
-                        "<= 1.25", verdict(ratio, 1.25, at_most=True)])  # fmt: skip
+        targets.append(
+            [
+                f"RSS per added expert / (adapter + index on disk), {last['experts']} experts",
+                ratio,
+                "<= 1.25",
+                verdict(ratio, 1.25, at_most=True),
+            ]
+        )
         share = last["rss_per_added_expert_mib"] / measured["base_params_mib"]
-        targets.append(["RSS per added expert / base model weights", share, "<< 1 (no copy)",
-                        verdict(share, 0.1, at_most=True)])  # fmt: skip
+        targets.append(
+            ["RSS per added expert / base model weights", share, "<< 1 (no copy)", verdict(share, 0.1, at_most=True)]
+        )
         ratio = last["p50_ms"] / first["p50_ms"]
-        targets.append([f"p50 at {last['experts']} experts / p50 at {first['experts']}", ratio, "<= 1.2",
-                        verdict(ratio, 1.2, at_most=True)])  # fmt: skip
+        targets.append(
+            [
+                f"p50 at {last['experts']} experts / p50 at {first['experts']}",
+                ratio,
+                "<= 1.2",
+                verdict(ratio, 1.2, at_most=True),
+            ]
+        )
     print()
     print(table(["target", "ratio", "target", "verdict"], targets))
     for step in steps:
         step.pop("latencies_ms")
     print(f"engine options: {measured['engine_options']}")
-    write_json(args.json, {
-        "encoder": args.encoder, "settings": overrides, "engine_options": measured["engine_options"], "docs_per_expert": args.docs, "adapter_mib": round(adapter_mib, 3), "index_mib": round(index_mib, 3),
-        "base_rss_mib": measured["base_rss_mib"], "base_params_mib": measured["base_params_mib"], "steps": steps,
-        "load": load.__dict__, "targets": [dict(zip(["name", "ratio", "target", "verdict"], t)) for t in targets],
-    })  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "encoder": args.encoder,
+            "settings": overrides,
+            "engine_options": measured["engine_options"],
+            "docs_per_expert": args.docs,
+            "adapter_mib": round(adapter_mib, 3),
+            "index_mib": round(index_mib, 3),
+            "base_rss_mib": measured["base_rss_mib"],
+            "base_params_mib": measured["base_params_mib"],
+            "steps": steps,
+            "load": load.__dict__,
+            "targets": [dict(zip(["name", "ratio", "target", "verdict"], t)) for t in targets],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ from app.engine.retrieval import expert_retrieval, search_collection  # noqa: E4
 from app.offline.evaluation import read_test_set, score_run  # noqa: E402
 from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from router import RoutePolicy  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
+from router import RoutePolicy  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
 #: The demo's pilots are pseudo queries of this many documents sampled with seed 0 (app.offline.building).
@@ -101,9 +101,7 @@ def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_
         retrieval = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
         vectors = engine.encoder.embed(list(texts), expert=expert.adapter, max_length=engine.query_max_length)
         found = search_collection(expert.view(), list(texts), vectors, [(k, retrieval)] * len(texts))
-        lists[name] = [
-            [(f"{name}/{s.hit.id}", float(s.hit.score), s.dense, s.lexical) for s in row] for row in found
-        ]
+        lists[name] = [[(f"{name}/{s.hit.id}", float(s.hit.score), s.dense, s.lexical) for s in row] for row in found]
     return names, scores, lists
 
 
@@ -131,14 +129,14 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
             for key, s, _, _ in lists[names[e]][i]:
                 merged[key] = s - float(beta) * gap
     else:  # joint: dense and BM25 min-max normalised over every chosen list's hits together, then 0.5/0.5
-        hits = [(key, d, l, gap) for e, gap in chosen for key, _, d, l in lists[names[e]][i]]
+        hits = [(key, d, lex, gap) for e, gap in chosen for key, _, d, lex in lists[names[e]][i]]
         dense = [d for _, d, _, _ in hits if d is not None]
-        lexical = [l for _, _, l, _ in hits if l is not None]
+        lexical = [lex for _, _, lex, _ in hits if lex is not None]
         d_low, d_high = (min(dense), max(dense)) if dense else (0.0, 1.0)
         l_low, l_high = (min(lexical), max(lexical)) if lexical else (0.0, 1.0)
-        for key, d, l, gap in hits:
+        for key, d, lex, gap in hits:
             dn = 0.0 if d is None else (d - d_low) / max(d_high - d_low, 1e-12)
-            ln = 0.0 if l is None else (l - l_low) / max(l_high - l_low, 1e-12)
+            ln = 0.0 if lex is None else (lex - l_low) / max(l_high - l_low, 1e-12)
             merged[key] = 0.5 * dn + 0.5 * ln - float(beta) * gap
     return dict(sorted(merged.items(), key=lambda item: -item[1])[:k])
 
@@ -180,13 +178,17 @@ def main() -> None:
             run = {q: merge(rule, names, scores, lists, i, 100) for i, q in enumerate(queries.ids)}
             table[rule][name] = score_run(qrels, run)
     total = sum(counts.values())
-    print(f"\n{args.split}: nDCG@10 / R@100 per collection, macro and micro averages ({time.perf_counter() - started:.0f}s)")
+    print(
+        f"\n{args.split}: nDCG@10 / R@100 per collection, macro and micro averages ({time.perf_counter() - started:.0f}s)"
+    )
     print(f"{'rule':<16}" + "".join(f"{c:>10}" for c in collections) + f"{'macro':>9}{'micro':>9}{'R@100':>8}")
     for rule in rules:
         ndcg = [table[rule][c]["nDCG@10"] for c in collections]
         micro = sum(table[rule][c]["nDCG@10"] * counts[c] for c in collections) / total
         recall = np.mean([table[rule][c]["R@100"] for c in collections])
-        print(f"{rule:<16}" + "".join(f"{v:>10.3f}" for v in ndcg) + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}")
+        print(
+            f"{rule:<16}" + "".join(f"{v:>10.3f}" for v in ndcg) + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}"
+        )
 
 
 if __name__ == "__main__":

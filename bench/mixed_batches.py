@@ -83,7 +83,9 @@ def measure(encoders: dict, texts: list[str], adapters: list[str], experts: int,
     median = {name: statistics.median(values) for name, values in seconds.items()}
     qps = {f"{name}_qps": round(len(texts) / value, 1) for name, value in median.items()}
     return {
-        "batch": len(texts), "experts": experts, **qps,
+        "batch": len(texts),
+        "experts": experts,
+        **qps,
         "grouped_over_mixed_time": round(median["grouped"] / median["mixed"], 3),
         "mixed_by_8_over_mixed_time": round(median["mixed_by_8"] / median["mixed"], 3),
         "peft_mixed_over_mixed_time": round(median["peft_mixed"] / median["mixed"], 3),
@@ -91,14 +93,18 @@ def measure(encoders: dict, texts: list[str], adapters: list[str], experts: int,
         "mixed_over_base_time": round(median["mixed"] / median["base"], 3),
         "faster": "mixed" if median["mixed"] < median["grouped"] else "grouped",
         "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--experts", default="1,2,5,20", type=lambda v: [int(x) for x in v.split(",")])
-    parser.add_argument("--batch-sizes", default="8,32", type=lambda v: [int(x) for x in v.split(",")],
-                        help="rows per batch (8 and 32: the service's mean micro-batch at 8 and 32 clients)")  # fmt: skip
+    parser.add_argument(
+        "--batch-sizes",
+        default="8,32",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="rows per batch (8 and 32: the service's mean micro-batch at 8 and 32 clients)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
@@ -125,18 +131,50 @@ def main() -> None:
         for experts in args.experts:
             results.append(measure(encoders, texts, names, min(experts, batch), args.repeats))
             r = results[-1]
-            print(f"  batch {batch}, {r['experts']} experts: mixed {r['mixed_qps']} q/s, grouped {r['grouped_qps']} "
-                  f"q/s, PEFT mixed {r['peft_mixed_qps']} q/s, base {r['base_qps']} q/s", flush=True)  # fmt: skip
+            print(
+                f"  batch {batch}, {r['experts']} experts: mixed {r['mixed_qps']} q/s, grouped {r['grouped_qps']} "
+                f"q/s, PEFT mixed {r['peft_mixed_qps']} q/s, base {r['base_qps']} q/s",
+                flush=True,
+            )
     load = meter.stop()
     print()
-    print(table(
-        ["batch", "experts", "PEFT mixed q/s", "PEFT grouped q/s", "mixed q/s", "grouped q/s", "mixed by 8 q/s",
-         "base q/s", "base by 8 q/s",
-         "grouped/mixed time", "PEFT best/mixed time", "mixed/base time", "faster"],
-        [[r["batch"], r["experts"], r["peft_mixed_qps"], r["peft_grouped_qps"], r["mixed_qps"], r["grouped_qps"],
-          r["mixed_by_8_qps"], r["base_qps"], r["base_by_8_qps"], r["grouped_over_mixed_time"], r["peft_best_over_mixed_time"], r["mixed_over_base_time"],
-          r["faster"]] for r in results],
-    ))  # fmt: skip
+    print(
+        table(
+            [
+                "batch",
+                "experts",
+                "PEFT mixed q/s",
+                "PEFT grouped q/s",
+                "mixed q/s",
+                "grouped q/s",
+                "mixed by 8 q/s",
+                "base q/s",
+                "base by 8 q/s",
+                "grouped/mixed time",
+                "PEFT best/mixed time",
+                "mixed/base time",
+                "faster",
+            ],
+            [
+                [
+                    r["batch"],
+                    r["experts"],
+                    r["peft_mixed_qps"],
+                    r["peft_grouped_qps"],
+                    r["mixed_qps"],
+                    r["grouped_qps"],
+                    r["mixed_by_8_qps"],
+                    r["base_qps"],
+                    r["base_by_8_qps"],
+                    r["grouped_over_mixed_time"],
+                    r["peft_best_over_mixed_time"],
+                    r["mixed_over_base_time"],
+                    r["faster"],
+                ]
+                for r in results
+            ],
+        )
+    )
     print(f"\nmeasurement: {load.line()}")
     write_json(args.json, {"threads": args.threads, "results": results, "load": load.__dict__})
 

@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import table  # noqa: E402
 
-_PEFT_BOOKKEEPING = r"(set_adapter|_set_layer_requires_grad|get_model_status|get_layer_status|enable_adapter|disable_adapter)"
+_PEFT_BOOKKEEPING = (
+    r"(set_adapter|_set_layer_requires_grad|get_model_status|get_layer_status|enable_adapter|disable_adapter)"
+)
 _TOKENIZER = r"(tokeniz|Tokenizer|\.pad \()"
 #: (category, pattern searched in the whole ";"-joined stack), first match wins.
 CATEGORIES: list[tuple[str, str]] = [
@@ -38,14 +40,17 @@ CATEGORIES: list[tuple[str, str]] = [
     ("FAISS search", r"dense\.py|swigfaiss"),
     ("document store (SQLite)", r"docstore\.py"),
     ("rest of the engine (fusion, hits, bookkeeping)", r"engine\.py"),
-    ("response: pydantic validation + JSON", r"serialize_response|jsonable_encoder|model_validate|result_dict|"
-     r"routes_search|json|render|pydantic"),
+    (
+        "response: pydantic validation + JSON",
+        r"serialize_response|jsonable_encoder|model_validate|result_dict|"
+        r"routes_search|json|render|pydantic",
+    ),
     ("HTTP parsing and writing (uvicorn + h11)", r"h11|uvicorn/protocols|httptools"),
     ("request handling (Starlette / FastAPI)", r"starlette|fastapi"),
     ("metrics", r"metrics\.py|prometheus"),
     ("micro-batcher", r"batching\.py"),
     ("asyncio event loop", r"asyncio|selectors"),
-]  # fmt: skip
+]
 
 
 def summarise(lines: list[str]) -> tuple[Counter, int]:

@@ -87,7 +87,10 @@ def document_vectors(encoder: Any, datasets: Path, name: str, cache: Path) -> tu
     ids, passages = documents(datasets, name)
     started = time.perf_counter()
     vectors = encoder.embed(passages, max_length=DOC_LENGTH)
-    print(f"  embedded {len(ids)} {name} documents ({encoder.backend}) in {time.perf_counter() - started:.0f}s", flush=True)
+    print(
+        f"  embedded {len(ids)} {name} documents ({encoder.backend}) in {time.perf_counter() - started:.0f}s",
+        flush=True,
+    )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f"{key}.tmp.npz"
     np.savez(tmp, ids=np.asarray(ids), vectors=vectors)
@@ -117,8 +120,11 @@ def score(test: Any, doc_ids: list[str], doc_vectors: np.ndarray, query_vectors:
     run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(test.ids)}
     result = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], test.qrels, run)
     per_query = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], test.qrels, run)}
-    return {"ndcg10": round(result[nDCG @ 10], 4), "recall100": round(result[R @ 100], 4),
-            "per_query": np.asarray([per_query.get(qid, 0.0) for qid in test.ids])}  # fmt: skip
+    return {
+        "ndcg10": round(result[nDCG @ 10], 4),
+        "recall100": round(result[R @ 100], 4),
+        "per_query": np.asarray([per_query.get(qid, 0.0) for qid in test.ids]),
+    }
 
 
 def paired_p(a: np.ndarray, b: np.ndarray, *, rounds: int = 20_000, seed: int = 0) -> float:
@@ -132,10 +138,13 @@ def paired_p(a: np.ndarray, b: np.ndarray, *, rounds: int = 20_000, seed: int = 
 
 def _summary(measured: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     """A score without its per-query values, plus the points of nDCG@10 against the baseline and the test's p."""
-    return {"ndcg10": measured["ndcg10"], "recall100": measured["recall100"],
-            "ndcg10_points": round(100 * (measured["ndcg10"] - baseline["ndcg10"]), 2),
-            "changed_queries": int((measured["per_query"] != baseline["per_query"]).sum()),
-            "paired_p": round(paired_p(baseline["per_query"], measured["per_query"]), 4)}  # fmt: skip
+    return {
+        "ndcg10": measured["ndcg10"],
+        "recall100": measured["recall100"],
+        "ndcg10_points": round(100 * (measured["ndcg10"] - baseline["ndcg10"]), 2),
+        "changed_queries": int((measured["per_query"] != baseline["per_query"]).sum()),
+        "paired_p": round(paired_p(baseline["per_query"], measured["per_query"]), 4),
+    }
 
 
 def run_quality(args) -> None:
@@ -153,15 +162,19 @@ def run_quality(args) -> None:
         ids, fp32_docs = document_vectors(fp32, args.datasets, name, args.cache)
         q32 = fp32.embed(test.texts, max_length=QUERY_LENGTH)
         base = score(test, ids, fp32_docs, q32)
-        row: dict[str, Any] = {"queries": len(test.ids), "documents": len(ids),
-                               "fp32": {"ndcg10": base["ndcg10"], "recall100": base["recall100"]}}  # fmt: skip
+        row: dict[str, Any] = {
+            "queries": len(test.ids),
+            "documents": len(ids),
+            "fp32": {"ndcg10": base["ndcg10"], "recall100": base["recall100"]},
+        }
         for backend, encoder in quantized.items():
             q8 = encoder.embed(test.texts, max_length=QUERY_LENGTH)
             cos = (q32 * q8).sum(1)
             entry: dict[str, Any] = {
                 "queries_over_fp32_documents": _summary(score(test, ids, fp32_docs, q8), base),
-                "query_cosine_mean": round(float(cos.mean()), 4), "query_cosine_min": round(float(cos.min()), 4),
-            }  # fmt: skip
+                "query_cosine_mean": round(float(cos.mean()), 4),
+                "query_cosine_min": round(float(cos.min()), 4),
+            }
             if name in int8_docs:
                 ids8, docs8 = document_vectors(encoder, args.datasets, name, args.cache)
                 if ids8 != ids:
@@ -173,20 +186,46 @@ def run_quality(args) -> None:
             row[backend] = entry
             both = entry.get("queries_over_own_documents", {})
             over32 = entry["queries_over_fp32_documents"]
-            rows.append([
-                f"{name} {backend}", row["fp32"]["ndcg10"], over32["ndcg10"], both.get("ndcg10", float("nan")),
-                over32["ndcg10_points"], over32["paired_p"], both.get("ndcg10_points", float("nan")),
-                both.get("paired_p", float("nan")), row["fp32"]["recall100"], over32["recall100"],
-                both.get("recall100", float("nan")), entry["query_cosine_mean"], entry.get("document_cosine_mean", float("nan")),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    f"{name} {backend}",
+                    row["fp32"]["ndcg10"],
+                    over32["ndcg10"],
+                    both.get("ndcg10", float("nan")),
+                    over32["ndcg10_points"],
+                    over32["paired_p"],
+                    both.get("ndcg10_points", float("nan")),
+                    both.get("paired_p", float("nan")),
+                    row["fp32"]["recall100"],
+                    over32["recall100"],
+                    both.get("recall100", float("nan")),
+                    entry["query_cosine_mean"],
+                    entry.get("document_cosine_mean", float("nan")),
+                ]
+            )
         results[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
     for backend in quantized:  # the five collections' mean, as rr eval reports it
         points = [results[c][backend]["queries_over_fp32_documents"]["ndcg10_points"] for c in results]
-        print(f"{backend}: int8 queries over fp32 documents, mean {np.mean(points):+.2f} points of nDCG@10 over {len(points)}")
+        print(
+            f"{backend}: int8 queries over fp32 documents, mean {np.mean(points):+.2f} points of nDCG@10 over {len(points)}"
+        )
     load = meter.stop()
-    headers = ["collection backend", "nDCG fp32", "int8 q", "int8 q+d", "pts q", "p", "pts q+d", "p", "R@100 fp32",
-               "int8 q", "int8 q+d", "cos q", "cos d"]  # fmt: skip
+    headers = [
+        "collection backend",
+        "nDCG fp32",
+        "int8 q",
+        "int8 q+d",
+        "pts q",
+        "p",
+        "pts q+d",
+        "p",
+        "R@100 fp32",
+        "int8 q",
+        "int8 q+d",
+        "cos q",
+        "cos d",
+    ]
     print(table(headers, rows))
     print(f"\nmeasurement: {load.line()}")
     write_json(args.json, {"threads": args.threads, "results": results, "load": load.__dict__})
@@ -237,9 +276,16 @@ class OnnxBase:
 
             sample = encoder._tokenizer(["a query", "a longer query about heat"], padding=True, return_tensors="pt")
             axes = {0: "rows", 1: "tokens"}
-            torch.onnx.export(Hidden(), (sample["input_ids"], sample["attention_mask"]), str(path), dynamo=False,
-                              input_names=["input_ids", "attention_mask"], output_names=["hidden"], opset_version=17,
-                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes})  # fmt: skip
+            torch.onnx.export(
+                Hidden(),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(path),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["hidden"],
+                opset_version=17,
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+            )
             model.eval()  # torch 2.13's TorchScript exporter leaves the model in training mode (dropout on)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -253,10 +299,14 @@ class OnnxBase:
         ids = encoder._tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
         order = np.argsort([-len(row) for row in ids], kind="stable")
         out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-        for chunk in _buckets(order, [len(ids[i]) for i in order], rows=encoder.batch_size, tokens=encoder.batch_tokens):
+        for chunk in _buckets(
+            order, [len(ids[i]) for i in order], rows=encoder.batch_size, tokens=encoder.batch_tokens
+        ):
             batch = encoder._tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")
             mask = batch["attention_mask"].astype(np.int64)
-            hidden = self.session.run(None, {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask})[0]
+            hidden = self.session.run(None, {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask})[
+                0
+            ]
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             out[chunk] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
         return out
@@ -270,7 +320,9 @@ def run_speed(args) -> None:
     if args.onnx:  # exported before any adapter hook exists
         onnx = OnnxBase(encoders["fp32"], args.cache / "onnx" / "minilm-fp32.onnx", threads=args.threads)
         sample = ["boundary layer heat transfer", "a"]
-        cosine = (onnx.embed(sample, max_length=QUERY_LENGTH) * encoders["fp32"].embed(sample, max_length=QUERY_LENGTH)).sum(1)
+        cosine = (
+            onnx.embed(sample, max_length=QUERY_LENGTH) * encoders["fp32"].embed(sample, max_length=QUERY_LENGTH)
+        ).sum(1)
         print(f"ONNX Runtime vs torch fp32: cosine >= {cosine.min():.6f}")
     for encoder in encoders.values():
         random_adapter(encoder, "lora")
@@ -345,10 +397,12 @@ def _memory_child(backend: str, threads: int | None, datasets: Path) -> dict[str
     encoder.embed(passages[:32], max_length=DOC_LENGTH)
     params = sum(t.numel() * t.element_size() for t in encoder.base_module.state_dict().values() if hasattr(t, "numel"))
     return {
-        "rss_before_model_mib": round(before, 1), "model_rss_mib": round(loaded - before, 1),
-        "after_embedding_rss_mib": round(current_rss_mib() - before, 1), "peak_rss_mib": round(hiwater_rss_mib() - before, 1),
+        "rss_before_model_mib": round(before, 1),
+        "model_rss_mib": round(loaded - before, 1),
+        "after_embedding_rss_mib": round(current_rss_mib() - before, 1),
+        "peak_rss_mib": round(hiwater_rss_mib() - before, 1),
         "state_dict_mib": round(params / 2**20, 1),
-    }  # fmt: skip
+    }
 
 
 def run_memory(args) -> None:
@@ -389,7 +443,9 @@ def run_variants(args) -> None:
         "every linear, per-tensor weights": dict(keep_fp32=None, per_channel=False),
         "every linear, per-channel (int8-full)": dict(keep_fp32=None),
         "FFN output kept fp32, per-channel (int8)": dict(keep_fp32=FP32_LAYERS),
-        "whole FFN kept fp32, per-channel": dict(keep_fp32=re.compile(r"intermediate\.dense$|(^|\.)layer\.\d+\.output\.dense$")),
+        "whole FFN kept fp32, per-channel": dict(
+            keep_fp32=re.compile(r"intermediate\.dense$|(^|\.)layer\.\d+\.output\.dense$")
+        ),
         "attention output kept fp32, per-channel": dict(keep_fp32=re.compile(r"attention\.output\.dense$")),
     }
     rows, figures = [], {}
@@ -401,13 +457,30 @@ def run_variants(args) -> None:
         q = encoder.embed(queries, max_length=QUERY_LENGTH)
         alone = np.vstack([encoder.embed([text], max_length=QUERY_LENGTH) for text in queries])
         cd, cq, ca = (d * ref_d).sum(1), (q * ref_q).sum(1), (q * alone).sum(1)
-        int8_layers = sum(1 for m in encoder.base_module.modules() if not isinstance(m, torch.nn.Linear) and hasattr(m, "in_features"))
-        figures[name] = {"int8_layers": int8_layers, "doc_cos_mean": round(float(cd.mean()), 4), "doc_cos_min": round(float(cd.min()), 4),
-                         "query_cos_mean": round(float(cq.mean()), 4), "query_cos_min": round(float(cq.min()), 4),
-                         "batched_vs_alone_query_cos_mean": round(float(ca.mean()), 4),
-                         "batched_vs_alone_query_cos_min": round(float(ca.min()), 4)}  # fmt: skip
-        rows.append([name, int8_layers, float(cd.mean()), float(cd.min()), float(cq.mean()), float(cq.min()),
-                     float(ca.mean()), float(ca.min())])  # fmt: skip
+        int8_layers = sum(
+            1 for m in encoder.base_module.modules() if not isinstance(m, torch.nn.Linear) and hasattr(m, "in_features")
+        )
+        figures[name] = {
+            "int8_layers": int8_layers,
+            "doc_cos_mean": round(float(cd.mean()), 4),
+            "doc_cos_min": round(float(cd.min()), 4),
+            "query_cos_mean": round(float(cq.mean()), 4),
+            "query_cos_min": round(float(cq.min()), 4),
+            "batched_vs_alone_query_cos_mean": round(float(ca.mean()), 4),
+            "batched_vs_alone_query_cos_min": round(float(ca.min()), 4),
+        }
+        rows.append(
+            [
+                name,
+                int8_layers,
+                float(cd.mean()),
+                float(cd.min()),
+                float(cq.mean()),
+                float(cq.min()),
+                float(ca.mean()),
+                float(ca.min()),
+            ]
+        )
     print(table(["variant", "int8 layers", "doc cos", "min", "query cos", "min", "batched/alone cos", "min"], rows))
     write_json(args.json, {"threads": args.threads, "variants": figures})
 
@@ -432,7 +505,10 @@ def run_loop(args) -> None:
 #: fbgemm's int8 GEMM kernels are generated at run time (asmjit), so they appear as bare addresses.
 PROFILE_CATEGORIES: list[tuple[str, str]] = [
     ("tokenizer (encode + pad)", r"tokeniz|Tokenizer|_encode_plus|convert_to_tensors"),
-    ("int8 linear: activation min/max + quantise", r"apply_dynamic.*;[^;]*(FindMinMax|QuantizeAvx2|ChooseQuantizationParams)[^;]*$"),
+    (
+        "int8 linear: activation min/max + quantise",
+        r"apply_dynamic.*;[^;]*(FindMinMax|QuantizeAvx2|ChooseQuantizationParams)[^;]*$",
+    ),
     ("int8 linear: requantise int32 -> fp32", r"apply_dynamic.*;[^;]*requantize[^;]*$"),
     ("int8 linear: GEMM and packing (fbgemm)", r"apply_dynamic|quantized/dynamic"),
     ("LoRA hooks", r"lora\.py"),
@@ -456,8 +532,10 @@ def summarise_profile(raw: Path) -> dict[str, float]:
             continue
         if not re.search(r"embed \(experts/encoder\.py", stack):
             continue  # start-up: imports, loading and quantising the model
-        what = next((name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, stack)),
-                    "other (module calls, embeddings, Python)")  # fmt: skip
+        what = next(
+            (name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, stack)),
+            "other (module calls, embeddings, Python)",
+        )
         counts[what] += int(number)
     total = sum(counts.values()) or 1
     return {name: round(count / total, 3) for name, count in counts.most_common()}
@@ -467,8 +545,19 @@ def run_profile(args) -> None:
     """py-spy (``--native``) on one ``loop`` child; the raw stacks (~2 MB) go under ``--cache``, the shares to ``--json``."""
     out = args.cache / f"profile-{args.backend}-queries.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    child = [sys.executable, __file__, "loop", "--backend", args.backend, "--seconds", str(args.seconds),
-             "--threads", str(args.threads), "--datasets", str(args.datasets)]  # fmt: skip
+    child = [
+        sys.executable,
+        __file__,
+        "loop",
+        "--backend",
+        args.backend,
+        "--seconds",
+        str(args.seconds),
+        "--threads",
+        str(args.threads),
+        "--datasets",
+        str(args.datasets),
+    ]
     py_spy = Path(sys.executable).with_name("py-spy")
     command = [str(py_spy), "record", "--native", "--format", "raw", "--rate", "50", "-o", str(out), "--", *child]
     subprocess.run(command, check=True)
@@ -479,13 +568,19 @@ def run_profile(args) -> None:
 
 def main() -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("part", choices=["vectors", "quality", "speed", "memory", "variants", "profile", "loop", "memory-child"])
+    parser.add_argument(
+        "part", choices=["vectors", "quality", "speed", "memory", "variants", "profile", "loop", "memory-child"]
+    )
     parser.add_argument("--collections", default=",".join(COLLECTIONS), help="comma-separated")
     parser.add_argument("--int8-documents", default="", help="collections whose documents are also embedded at int8")
-    parser.add_argument("--backends", default="int8,int8-full", help="quality / speed: the int8 backends compared with fp32")
+    parser.add_argument(
+        "--backends", default="int8,int8-full", help="quality / speed: the int8 backends compared with fp32"
+    )
     parser.add_argument("--backend", default="torch", help="vectors / memory-child: the backend")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/rr-quant"))
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the service's default on 2 cores)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (the service's default on 2 cores)"
+    )
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--onnx", action="store_true", help="speed: also ONNX Runtime fp32 on the base passes")
     parser.add_argument("--seconds", type=float, default=20.0, help="profile: how long the sampled loop runs")
@@ -496,8 +591,15 @@ def main() -> None:
     if args.part == "memory-child":
         print(json.dumps(_memory_child(args.backend, args.threads, args.datasets)))
         return
-    {"vectors": run_vectors, "quality": run_quality, "speed": run_speed, "memory": run_memory, "variants": run_variants,
-     "profile": run_profile, "loop": run_loop}[args.part](args)
+    {
+        "vectors": run_vectors,
+        "quality": run_quality,
+        "speed": run_speed,
+        "memory": run_memory,
+        "variants": run_variants,
+        "profile": run_profile,
+        "loop": run_loop,
+    }[args.part](args)
 
 
 if __name__ == "__main__":

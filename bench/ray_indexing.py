@@ -63,8 +63,8 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from app.offline.building import index_expert
     from app.engine.loading import open_encoder
+    from app.offline.building import index_expert
     from app.offline.ray_encoders import RayIndexing
     from app.settings import Settings
     from experts import create_expert
@@ -86,9 +86,12 @@ def main() -> None:
             meter = LoadMeter()
             started = time.perf_counter()
             manifest, report = index_expert(
-                expert, encoder, [corpus], progress=False,
+                expert,
+                encoder,
+                [corpus],
+                progress=False,
                 ray=RayIndexing(settings, engine) if kind == "ray" else None,
-            )  # fmt: skip
+            )
             timings[kind].append(time.perf_counter() - started)
             readings.append(f"{kind} run {repeat + 1}: {meter.stop().line()}")
             built[kind] = expert.path / manifest.index.directory
@@ -100,20 +103,39 @@ def main() -> None:
     ray_ids, ray_vectors = rows(built["ray"])
     identical = local_ids == ray_ids and bool(np.allclose(local_vectors, ray_vectors, atol=1e-5))
     rate = {kind: args.docs / min(seconds) for kind, seconds in timings.items()}
-    print(table(
-        ["engine", "docs", "best s", "docs/s", "ratio to local"],
-        [["local", args.docs, f"{min(timings['local']):.1f}", f"{rate['local']:.1f}", "1.00"],
-         [f"ray ({actors} actors)", args.docs, f"{min(timings['ray']):.1f}", f"{rate['ray']:.1f}",
-          f"{rate['ray'] / rate['local']:.2f}"]],
-    ))  # fmt: skip
+    print(
+        table(
+            ["engine", "docs", "best s", "docs/s", "ratio to local"],
+            [
+                ["local", args.docs, f"{min(timings['local']):.1f}", f"{rate['local']:.1f}", "1.00"],
+                [
+                    f"ray ({actors} actors)",
+                    args.docs,
+                    f"{min(timings['ray']):.1f}",
+                    f"{rate['ray']:.1f}",
+                    f"{rate['ray'] / rate['local']:.2f}",
+                ],
+            ],
+        )
+    )
     print(f"identical indexes: {identical}; other heavy processes at start: {busy or 'none'}")
     for line in readings:
         print("  " + line)
-    write_json(args.json, {
-        "collection": args.collection, "docs": args.docs, "cpus": args.cpus, "actors": actors,
-        "seconds": timings, "docs_per_s": rate, "ratio": rate["ray"] / rate["local"], "identical": identical,
-        "load": readings, "others_at_start": busy,
-    })  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "collection": args.collection,
+            "docs": args.docs,
+            "cpus": args.cpus,
+            "actors": actors,
+            "seconds": timings,
+            "docs_per_s": rate,
+            "ratio": rate["ray"] / rate["local"],
+            "identical": identical,
+            "load": readings,
+            "others_at_start": busy,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,9 @@ def main() -> None:
     # In process first (rr serve's engine), then on Serve. One encoder per engine: the base-vector cache of
     # one must not answer for the other; queries alternate between them.
     engines = {
-        evidence: SearchEngine.open(root, Encoder(threads=1), **{**Settings(data_dir=root).engine_options(), "evidence": evidence})
+        evidence: SearchEngine.open(
+            root, Encoder(threads=1), **{**Settings(data_dir=root).engine_options(), "evidence": evidence}
+        )
         for evidence in ("none", "documents+bm25")
     }
     in_process: dict[str, list[float]] = {evidence: [] for evidence in engines}

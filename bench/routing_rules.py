@@ -71,7 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     settings = Settings()
-    engine = SearchEngine.open(settings.data_dir, Encoder(settings.base_model), query_max_length=settings.query_max_length)
+    engine = SearchEngine.open(
+        settings.data_dir, Encoder(settings.base_model), query_max_length=settings.query_max_length
+    )
     names = [c for c in COLLECTIONS if c in engine.experts]
     tests = {c: read_test_set(args.datasets, c) for c in names}
     queries = np.concatenate([engine.encoder.embed(tests[c].texts, max_length=engine.query_max_length) for c in names])
@@ -94,7 +96,9 @@ def main() -> None:
     signals: dict[str, np.ndarray] = {}
     signals["centroid"] = pilot_scores({c: centroid_pilots(selection.base[c]) for c in names})
     for clusters in (4, 8, 16):
-        signals[f"kmeans-{clusters}"] = pilot_scores({c: kmeans_pilots(selection.base[c], clusters=clusters) for c in names})
+        signals[f"kmeans-{clusters}"] = pilot_scores(
+            {c: kmeans_pilots(selection.base[c], clusters=clusters) for c in names}
+        )
     query_training = queries @ training.T
     for m in (5, 10, 20):
         signals[f"knn-{m}"] = vote_shares(top_owners(query_training, training_owner, m), len(names))
@@ -126,8 +130,10 @@ def main() -> None:
     if "bm25-20" in signals:
         for vote in ("knn-5", "knn-10"):
             for w_docs, w_bm25 in ((0.5, 0.5), (1.0, 1.0), (0.0, 0.5), (0.0, 1.0), (0.5, 1.0), (0.3, 0.3)):
-                show(f"{vote} + {w_docs} docs-20 + {w_bm25} bm25-20",
-                     signals[vote] + w_docs * signals["docs-20"] + w_bm25 * signals["bm25-20"])
+                show(
+                    f"{vote} + {w_docs} docs-20 + {w_bm25} bm25-20",
+                    signals[vote] + w_docs * signals["docs-20"] + w_bm25 * signals["bm25-20"],
+                )
         show("docs-20 + bm25-20", signals["docs-20"] + signals["bm25-20"])
         show("bm25sep-20", signals["bm25sep-20"])
         show("knn-5 + docs-20", signals["knn-5"] + signals["docs-20"])
@@ -137,8 +143,10 @@ def main() -> None:
         show("knn-5 + docs-20 + bm25-20 (equal)", signals["knn-5"] + signals["docs-20"] + signals["bm25-20"])
     for weight in (0.5, 1.0):
         show(f"knn-10 + {weight} x docs-20", signals["knn-10"] + weight * signals["docs-20"])
-        show(f"kmeans-8 + .3 knn-10 + {weight * 0.3:.2f} docs-20",
-             signals["kmeans-8"] + 0.3 * signals["knn-10"] + weight * 0.3 * signals["docs-20"])
+        show(
+            f"kmeans-8 + .3 knn-10 + {weight * 0.3:.2f} docs-20",
+            signals["kmeans-8"] + 0.3 * signals["knn-10"] + weight * 0.3 * signals["docs-20"],
+        )
     print(f"{time.perf_counter() - started:.0f}s")
 
 

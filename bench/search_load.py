@@ -122,9 +122,13 @@ def build_stand_ins(target: Path, datasets: Path, docs: int) -> list[str]:
     for i, name in enumerate(COLLECTIONS):
         corpus = corpus_slice(datasets, name, target.parent / "corpora", docs)
         expert = synthetic_expert(
-            target, name, encoder=encoder, adapter=adapters[i], corpus=corpus,
+            target,
+            name,
+            encoder=encoder,
+            adapter=adapters[i],
+            corpus=corpus,
             embed=lambda texts: encoder.embed(texts, max_length=256),
-        )  # fmt: skip
+        )
         build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=300), source="pseudo queries")
         print(f"  built stand-in expert {name} ({docs} documents)", flush=True)
     return list(COLLECTIONS)
@@ -145,7 +149,9 @@ class References:
         from experts import Encoder
 
         settings = Settings(data_dir=root, torch_threads=args.torch_threads)
-        self.encoder = Encoder(max_length=settings.max_length, batch_size=settings.batch_size, threads=args.torch_threads)
+        self.encoder = Encoder(
+            max_length=settings.max_length, batch_size=settings.batch_size, threads=args.torch_threads
+        )
         self.engine = SearchEngine.open(root, self.encoder, **settings.engine_options())
         self.qlen = settings.query_max_length
         self.texts, self.args = texts, args
@@ -263,25 +269,66 @@ def start_servers(root: Path, logs: Path, args: argparse.Namespace) -> dict[str,
         key, _, value = item.partition("=")
         os.environ[key] = value  # inherited by the routed server (the baseline has no RR_* settings)
     routed = Server(
-        "routed", [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(routed_port),
-                   "--log-level", args.log_level], "/readyz", routed_port, logs,
-    )  # fmt: skip
+        "routed",
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "serve",
+            "--data",
+            str(root),
+            "--port",
+            str(routed_port),
+            "--log-level",
+            args.log_level,
+        ],
+        "/readyz",
+        routed_port,
+        logs,
+    )
     baseline = Server(
-        "single-model", [sys.executable, str(BENCH / "baseline_server.py"), "--root", str(root), "--port",
-                         str(baseline_port), "--log-level", args.log_level, *threads], "/healthz", baseline_port, logs,
-    )  # fmt: skip
+        "single-model",
+        [
+            sys.executable,
+            str(BENCH / "baseline_server.py"),
+            "--root",
+            str(root),
+            "--port",
+            str(baseline_port),
+            "--log-level",
+            args.log_level,
+            *threads,
+        ],
+        "/healthz",
+        baseline_port,
+        logs,
+    )
     servers = {"routed": routed, "single-model": baseline}
     for server in servers.values():
         wait_until_up(server.ready_url, server.process, server.log)
     return servers
 
 
-def load(server: Server, clients: int, queries_file: Path, out: Path, args: argparse.Namespace, pids: list[int]) -> dict:
+def load(
+    server: Server, clients: int, queries_file: Path, out: Path, args: argparse.Namespace, pids: list[int]
+) -> dict:
     """One bench/loadgen.py run against ``server``; its summary plus the machine's load meanwhile."""
     command = [
-        sys.executable, str(BENCH / "loadgen.py"), "--port", str(server.port), "--clients", str(clients),
-        "--duration", str(args.duration), "--warmup", str(args.warmup), "--queries", str(queries_file), "--json", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        "--port",
+        str(server.port),
+        "--clients",
+        str(clients),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--queries",
+        str(queries_file),
+        "--json",
+        str(out),
+    ]
     meter = LoadMeter(pids)
     subprocess.run(command, check=True, cwd=REPO)
     result = json.loads(out.read_text())
@@ -312,7 +359,9 @@ def pool(results: list[dict]) -> dict:
         "requests_ok": len(latencies),
         "throughput_rps": round(len(latencies) / seconds, 2),
         "throughput_rps_per_run": [r["throughput_rps"] for r in results],
-        "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
         "mean_ms": round(sum(latencies) / len(latencies), 1) if latencies else float("nan"),
         "statuses": statuses,
         "errors": sum(n for s, n in statuses.items() if s != "200") + sum(r["failures"] for r in results),
@@ -321,7 +370,7 @@ def pool(results: list[dict]) -> dict:
         "generator_cores": round(sum(r["generator_cores"] for r in results) / len(results), 3),
         "other_cores": round(sum(x["other_cores"] * x["seconds"] for x in loads) / sum(x["seconds"] for x in loads), 2),
         "loadavg": [min(x["loadavg_start"] for x in loads), max(x["loadavg_end"] for x in loads)],
-    }  # fmt: skip
+    }
 
 
 def profile(server: Server, clients: int, queries_file: Path, folder: Path, args: argparse.Namespace) -> Path | None:
@@ -333,10 +382,25 @@ def profile(server: Server, clients: int, queries_file: Path, folder: Path, args
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"routed-{clients}-clients.txt"
     sampler = subprocess.Popen(
-        [py_spy, "record", "--pid", str(server.process.pid), "--duration", str(int(args.duration + args.warmup)),
-         "--rate", "100", "--format", "raw", "--nonblocking", "--threads", "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--duration",
+            str(int(args.duration + args.warmup)),
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--threads",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)
     load(server, clients, queries_file, folder / f"routed-{clients}-clients.json", args, [server.process.pid])
     _, errors = sampler.communicate(timeout=120)
@@ -353,14 +417,25 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
     for clients in levels:
         for name, results in runs.items():
             r = results[clients]
-            rows.append([
-                f"{name}, {clients} clients", r["throughput_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
-                r["throughput_rps"] / refs["ceiling_qps"], r["mean_batch_requests"] or "-", r["errors"],
-                r["generator_cores"], r["other_cores"],
-            ])  # fmt: skip
+            rows.append(
+                [
+                    f"{name}, {clients} clients",
+                    r["throughput_rps"],
+                    r["p50_ms"],
+                    r["p95_ms"],
+                    r["p99_ms"],
+                    r["throughput_rps"] / refs["ceiling_qps"],
+                    r["mean_batch_requests"] or "-",
+                    r["errors"],
+                    r["generator_cores"],
+                    r["other_cores"],
+                ]
+            )
     lines = [
-        table(["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "/ ceiling", "batch", "errors", "gen cores",
-               "other cores"], rows),  # fmt: skip
+        table(
+            ["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "/ ceiling", "batch", "errors", "gen cores", "other cores"],
+            rows,
+        ),
         "",
         f"raw two-pass ceiling: {refs['ceiling_qps']} queries/s (batches of {refs['ceiling_batch']} in arrival "
         f"order); all queries length-sorted in batches of 64: {refs['ceiling_sorted64_qps']} queries/s",
@@ -370,13 +445,21 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
     ]
     top = max(levels)
     targets = [
-        [f"routed throughput at {top} clients / ceiling", routed[top]["throughput_rps"] / refs["ceiling_qps"], ">= 0.8"],
-        ["  (against the length-sorted batch-64 ceiling)", routed[top]["throughput_rps"] / refs["ceiling_sorted64_qps"],
-         ">= 0.8"],
-    ]  # fmt: skip
+        [
+            f"routed throughput at {top} clients / ceiling",
+            routed[top]["throughput_rps"] / refs["ceiling_qps"],
+            ">= 0.8",
+        ],
+        [
+            "  (against the length-sorted batch-64 ceiling)",
+            routed[top]["throughput_rps"] / refs["ceiling_sorted64_qps"],
+            ">= 0.8",
+        ],
+    ]
     if 1 in routed:
-        targets.append(["routed p50 at 1 client / single-query reference", routed[1]["p50_ms"] / refs["single_p50_ms"],
-                        "<= 1.5"])  # fmt: skip
+        targets.append(
+            ["routed p50 at 1 client / single-query reference", routed[1]["p50_ms"] / refs["single_p50_ms"], "<= 1.5"]
+        )
     for clients in levels:
         ratio = routed[clients]["throughput_rps"] / single[clients]["throughput_rps"]
         targets.append([f"routed / single-model throughput, {clients} clients", ratio, ">= 0.8"])
@@ -385,7 +468,11 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
     lines.append(table(["target", "ratio", "target", "verdict"], targets))
     stages = ("queue_ms", "base_ms", "route_ms", "expert_ms", "search_ms", "total_ms")
     stage_rows = [
-        [f"routed, {c} clients", *(routed[c]["stage_mean_ms"].get(s, float("nan")) for s in stages), routed[c]["mean_ms"]]
+        [
+            f"routed, {c} clients",
+            *(routed[c]["stage_mean_ms"].get(s, float("nan")) for s in stages),
+            routed[c]["mean_ms"],
+        ]
         for c in levels
     ]
     lines += [
@@ -398,8 +485,12 @@ def report(refs: dict, runs: dict[str, dict[int, dict]], levels: list[int]) -> t
 
 def main() -> None:
     parser = argument_parser(__doc__, datasets=False)
-    parser.add_argument("--root", type=Path, default=None, help="experts root to serve (copied, never modified); "
-                        "default: build five stand-in experts")  # fmt: skip
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="experts root to serve (copied, never modified); default: build five stand-in experts",
+    )
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--docs", type=int, default=300, help="documents per stand-in expert (without --root)")
     parser.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
@@ -409,13 +500,27 @@ def main() -> None:
     parser.add_argument("--ceiling-batch", type=int, default=32, help="batch of the raw ceiling (arrival order)")
     parser.add_argument("--ceiling-queries", type=int, default=256, help="queries (the first, shuffled) in the ceiling")
     parser.add_argument("--single-queries", type=int, default=40, help="queries timed for the single-query reference")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads everywhere "
-                        "(RR_TORCH_THREADS for the service); default: torch's own choice")  # fmt: skip
-    parser.add_argument("--service-env", action="append", default=[], metavar="RR_NAME=VALUE",
-                        help="a setting for the routed service, e.g. RR_ROUTER_EVIDENCE=none (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads everywhere (RR_TORCH_THREADS for the service); default: torch's own choice",
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="RR_NAME=VALUE",
+        help="a setting for the routed service, e.g. RR_ROUTER_EVIDENCE=none (repeatable)",
+    )
     parser.add_argument("--log-level", default="warning", help="both servers' log level (warning: no access log)")
-    parser.add_argument("--profile", type=Path, default=None, help="also profile the routed server with py-spy "
-                        "(extra, uncounted runs at the lowest and highest level); raw stacks land here")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also profile the routed server with py-spy "
+        "(extra, uncounted runs at the lowest and highest level); raw stacks land here",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     args = parser.parse_args()
     levels = sorted({int(v) for v in args.levels.split(",")})
@@ -454,9 +559,11 @@ def main() -> None:
                         out = scratch / f"{name}-{clients}-{round_}.json"
                         result = load(servers[name], clients, queries_file, out, args, pids)
                         raw[name][clients].append(result)
-                        print(f"round {round_ + 1}: {name:>12}, {clients:>2} clients: {result['throughput_rps']:7.1f} "
-                              f"req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; {load_line(result)}",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"round {round_ + 1}: {name:>12}, {clients:>2} clients: {result['throughput_rps']:7.1f} "
+                            f"req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; {load_line(result)}",
+                            flush=True,
+                        )
             if args.profile is not None:
                 for clients in sorted({min(levels), max(levels)}):
                     path = profile(servers["routed"], clients, queries_file, args.profile, args)
@@ -477,8 +584,19 @@ def main() -> None:
         for results in raw[name].values():
             for result in results:
                 result.pop("latencies_ms", None)
-    write_json(args.json, {"service_env": args.service_env, "experts": experts, "source": source, "references": refs, "runs": runs,
-                           "raw_runs": raw, "profiles": profiles, "targets": targets})  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "service_env": args.service_env,
+            "experts": experts,
+            "source": source,
+            "references": refs,
+            "runs": runs,
+            "raw_runs": raw,
+            "profiles": profiles,
+            "targets": targets,
+        },
+    )
 
 
 def load_line(result: dict) -> str:

@@ -99,9 +99,14 @@ def synthetic_expert(
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter, description="benchmark stand-in")
     embed = embed or (lambda texts: random_unit_rows(len(texts), encoder.dim, rng))
     report = build_index(
-        [corpus], embed=embed, dim=encoder.dim, out_dir=expert.new_index_path(), work_dir=expert.work_path("index"),
-        build_key=f"bench:{name}", progress=False,
-    )  # fmt: skip
+        [corpus],
+        embed=embed,
+        dim=encoder.dim,
+        out_dir=expert.new_index_path(),
+        work_dir=expert.work_path("index"),
+        build_key=f"bench:{name}",
+        progress=False,
+    )
     expert.publish(index=IndexSection(directory=report.directory.name, factory="Flat", count=report.documents))
     pilots = random_unit_rows(4, encoder.dim, rng) if pilots is None else pilots
     file = expert.stage_pilots(np.asarray(pilots, dtype=np.float32))

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.offline.evaluation import read_test_set  # noqa: E402
-from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from app.offline.expert_training import train_expert  # noqa: E402
+from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from experts import Encoder, ExpertDir, TrainConfig  # noqa: E402
 from index import Collection  # noqa: E402
 
@@ -63,7 +63,9 @@ class Row:
     final_loss: float
 
 
-def evaluate(collection: Collection, encoder: Encoder, adapter: str | None, test: JudgedQueries, *, query_max_length: int):
+def evaluate(
+    collection: Collection, encoder: Encoder, adapter: str | None, test: JudgedQueries, *, query_max_length: int
+):
     """nDCG@10 and R@100 of one encoder choice over the judged test queries, searching the expert's index."""
     vectors = encoder.embed(test.texts, expert=adapter, max_length=query_max_length)
     hits = collection.search(vectors, 100)
@@ -77,11 +79,19 @@ def bench_collection(name: str, args: argparse.Namespace, encoder: Encoder, root
     train_qrels = folder / "qrels" / "train.tsv"
     supervised = train_qrels.is_file() and not args.corpus_only
     result = train_expert(
-        root, name, encoder=encoder, corpora=[folder / "corpus.jsonl"],
-        queries=folder / "queries.jsonl" if supervised else None, qrels=train_qrels if supervised else None,
-        config=config, replace=True, spans_with_title=args.spans_with_title,
-        spans_without_title=args.spans_without_title, supervised_repeat=args.supervised_repeat, progress=not args.quiet,
-    )  # fmt: skip
+        root,
+        name,
+        encoder=encoder,
+        corpora=[folder / "corpus.jsonl"],
+        queries=folder / "queries.jsonl" if supervised else None,
+        qrels=train_qrels if supervised else None,
+        config=config,
+        replace=True,
+        spans_with_title=args.spans_with_title,
+        spans_without_title=args.spans_without_title,
+        supervised_repeat=args.supervised_repeat,
+        progress=not args.quiet,
+    )
     test = read_test_set(args.datasets, name)
     expert = ExpertDir(root / name)
     manifest = expert.read_manifest()
@@ -95,12 +105,20 @@ def bench_collection(name: str, args: argparse.Namespace, encoder: Encoder, root
         encoder.remove_adapter(adapter)
     kinds = ", ".join(f"{n} {k}" for k, n in result.pair_kinds.items())
     return Row(
-        collection=name, documents=manifest.index.count, test_queries=len(test.ids),
+        collection=name,
+        documents=manifest.index.count,
+        test_queries=len(test.ids),
         training=("supervised + corpus" if supervised else "corpus only") + f" ({kinds})",
-        base_ndcg10=base[0], expert_ndcg10=tuned[0], base_recall100=base[1], expert_recall100=tuned[1],
-        index_seconds=result.index_seconds, train_seconds=result.train.seconds, total_seconds=result.seconds,
-        first_loss=result.train.first_loss, final_loss=result.train.final_loss,
-    )  # fmt: skip
+        base_ndcg10=base[0],
+        expert_ndcg10=tuned[0],
+        base_recall100=base[1],
+        expert_recall100=tuned[1],
+        index_seconds=result.index_seconds,
+        train_seconds=result.train.seconds,
+        total_seconds=result.seconds,
+        first_loss=result.train.first_loss,
+        final_loss=result.train.final_loss,
+    )
 
 
 def table(rows: list[Row]) -> str:
@@ -122,10 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("collections", nargs="+", help="collection folders under --datasets, e.g. cranfield cisi")
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
-    parser.add_argument("--root", type=Path, default=None, help="keep the experts here (default: a temporary directory)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="keep the experts here (default: a temporary directory)"
+    )
     parser.add_argument("--corpus-only", action="store_true", help="ignore a train split even where one exists")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--query-length", type=int, default=64, help="token limit of test queries (the service's default)")
+    parser.add_argument(
+        "--query-length", type=int, default=64, help="token limit of test queries (the service's default)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -143,9 +165,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, rank=args.rank,
-        alpha=args.alpha, hard_negatives=args.hard_negatives, full_softmax_limit=args.full_softmax_limit, seed=args.seed,
-    )  # fmt: skip
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        rank=args.rank,
+        alpha=args.alpha,
+        hard_negatives=args.hard_negatives,
+        full_softmax_limit=args.full_softmax_limit,
+        seed=args.seed,
+    )
     encoder = Encoder(threads=args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rr-train-quality-") as scratch:

@@ -8,7 +8,6 @@ from experts.adapters import (
     read_adapter_config,
 )
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
-from experts.token_windows import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
 from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
 from experts.encoder import Encoder, ExpertChoice
 from experts.errors import (
@@ -42,6 +41,7 @@ from experts.manifest import (
 )
 from experts.pairs import TrainingPair, combine_pairs, pseudo_pairs, supervised_pairs
 from experts.quantization import BACKENDS, Backend
+from experts.token_windows import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
 from experts.train import NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
 
 __all__ = [

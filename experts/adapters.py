@@ -41,10 +41,21 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which
 #: LoRA options that change the forward pass beyond ``B @ A * scaling`` on a linear layer;
 #: an adapter that sets any of them is refused by :func:`read_lora_weights` rather than served wrong.
 _UNSUPPORTED_OPTIONS = (
-    "use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication", "target_parameters",
-    "alora_invocation_tokens", "use_qalora", "trainable_token_indices", "velora_config", "monteclora_config",
-    "arrow_config", "kasa_config", "use_bdlora",
-)  # fmt: skip
+    "use_dora",
+    "lora_bias",
+    "fan_in_fan_out",
+    "modules_to_save",
+    "layer_replication",
+    "target_parameters",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "trainable_token_indices",
+    "velora_config",
+    "monteclora_config",
+    "arrow_config",
+    "kasa_config",
+    "use_bdlora",
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,9 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
         raise AdapterMismatchError(f"{config_path} must hold a JSON object")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise AdapterMismatchError(f"adapter {adapter_dir} has peft_type {peft_type!r}; only 'LORA' adapters are supported")
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} has peft_type {peft_type!r}; only 'LORA' adapters are supported"
+        )
     return config
 
 
@@ -150,7 +163,9 @@ def read_lora_weights(adapter_dir: Path) -> LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for module, pair in pairs.items():
         if set(pair) != {"A", "B"}:
-            raise AdapterMismatchError(f"adapter {adapter_dir} has lora_{next(iter(pair))} but not its pair for {module!r}")
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} has lora_{next(iter(pair))} but not its pair for {module!r}"
+            )
         a, b = pair["A"].float(), pair["B"].float()
         rank = a.shape[0]
         if a.ndim != 2 or b.ndim != 2 or b.shape[1] != rank:
@@ -213,7 +228,7 @@ def new_lora_adapter(
     adapter_dir: Path,
     *,
     rank: int = 8,
-    alpha: int = 32,
+    alpha: float = 32,
     dropout: float = 0.1,
     target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
     base_id: str | None = None,
@@ -233,13 +248,20 @@ def new_lora_adapter(
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     torch.manual_seed(seed)
     base = AutoModel.from_config(base_config)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT annotates it int; a float scales alike
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+    )
     try:
         with quiet_peft():
             model = get_peft_model(base, config)
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in base.named_modules() if name})
-        raise AdapterMismatchError(f"cannot place LoRA on {list(target_modules)}: {exc}. Module names: {names}") from exc
+        raise AdapterMismatchError(
+            f"cannot place LoRA on {list(target_modules)}: {exc}. Module names: {names}"
+        ) from exc
     if base_id is not None:
         model.peft_config["default"].base_model_name_or_path = base_id
     # save_embedding_layers=False: PEFT would otherwise look the base id up (on the hub) to

@@ -185,14 +185,16 @@ class Encoder:
             if not todo:
                 return out
         step = batch_size or self.batch_size
-        encoded = self._tokenizer([texts[i] for i in todo], truncation=True, max_length=limit, padding=False)["input_ids"]
+        encoded = self._tokenizer([texts[i] for i in todo], truncation=True, max_length=limit, padding=False)[
+            "input_ids"
+        ]
         order = np.asarray(todo)[np.argsort([-len(ids) for ids in encoded], kind="stable")]
         ids_of = dict(zip(todo, encoded))
         with self._lock, torch.inference_mode():
             for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
                 for part in self._parts(chunk, rows):
-                    batch = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
-                    batch = {key: value.to(self.device) for key, value in batch.items()}
+                    padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
+                    batch = {key: value.to(self.device) for key, value in padded.items()}
                     hidden = self._forward(batch, [rows[i] for i in part])
                     out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         if cache and self.cache_size:
@@ -222,7 +224,9 @@ class Encoder:
                     out[i] = vector
         return todo
 
-    def _to_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray, computed: list[int]) -> None:
+    def _to_cache(
+        self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray, computed: list[int]
+    ) -> None:
         with self._lock:
             for i in computed:
                 if rows[i] is None:

@@ -238,7 +238,7 @@ def create_expert(
     encoder: Encoder,
     adapter_from: Path | None = None,
     rank: int = 8,
-    alpha: int = 32,
+    alpha: float = 32,
     dropout: float = 0.1,
     target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
     description: str = "",
@@ -313,4 +313,3 @@ def list_expert_dirs(root: Path) -> list[ExpertDir]:
     if not root.is_dir():
         return []
     return [ExpertDir(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / MANIFEST_FILE).is_file()]
-

@@ -32,7 +32,9 @@ def read_queries(path: Path) -> dict[str, str]:
                 record = json.loads(line)
                 query_id, text = str(record["_id"]), record["text"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise LabelledDataError(f"{path}:{number}: expected a JSON object with '_id' and 'text' ({exc})") from exc
+                raise LabelledDataError(
+                    f"{path}:{number}: expected a JSON object with '_id' and 'text' ({exc})"
+                ) from exc
             if not isinstance(text, str) or not text.strip():
                 raise LabelledDataError(f"{path}:{number}: query {query_id!r} has no text")
             queries[query_id] = text
@@ -53,7 +55,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             try:
                 query_id, doc_id, score = row[0], row[1], int(row[2])
             except (IndexError, ValueError) as exc:
-                raise LabelledDataError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}") from exc
+                raise LabelledDataError(
+                    f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}"
+                ) from exc
             qrels.setdefault(query_id, {})[doc_id] = score
     return qrels
 

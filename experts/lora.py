@@ -113,11 +113,13 @@ class LoraLayers:
         used = [i for i, row in enumerate(rows) if row is not None]
         device = next(iter(self._adapters[names[0]].values()))[0].device
         rows_t = None if len(used) == len(rows) else torch.tensor(used, device=device)
-        slots = torch.tensor([slot[rows[i]] for i in used], device=device)
+        slots = torch.tensor([slot[row] for row in rows if row is not None], device=device)  # one per used row
         return _Plan(single=None, names=names, rows=rows_t, slots=slots)
 
     def _hook(self, module_name: str):
-        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        def hook(
+            module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor | None:
             plan = self._plan
             if plan is None:
                 return None
@@ -160,8 +162,11 @@ def _mixed(
     rows_x = x if plan.rows is None else x.index_select(0, plan.rows)
     shape = rows_x.shape
     flat = rows_x.reshape(shape[0], -1, shape[-1])  # (m, tokens, in)
+    assert plan.slots is not None  # a mixed plan always has slots
     a_rows, b_rows = a_stack.index_select(0, plan.slots), b_stack.index_select(0, plan.slots)
-    delta = torch.bmm(torch.bmm(flat, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)).reshape(*shape[:-1], out_features)
+    delta = torch.bmm(torch.bmm(flat, a_rows.transpose(1, 2)), b_rows.transpose(1, 2)).reshape(
+        *shape[:-1], out_features
+    )
     if plan.rows is None:
         return output + delta
     return output.index_add(0, plan.rows, delta)

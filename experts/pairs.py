@@ -145,8 +145,11 @@ def supervised_pairs(
         logger.warning(
             "supervised pairs: %d judgements name documents not in the collection, %d judged queries have no "
             "text in the queries file, %d queries were left without a relevant document; kept %d queries",
-            missing_docs, missing_text, empty, len(pairs),
-        )  # fmt: skip
+            missing_docs,
+            missing_text,
+            empty,
+            len(pairs),
+        )
     if qrels and not pairs:
         raise ValueError(
             "no usable supervised pairs: none of the judged queries has both a text and a relevant document "

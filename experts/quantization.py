@@ -66,7 +66,9 @@ def check_backend(backend: str, *, device: str = "cpu") -> Backend:
     if backend not in BACKENDS:
         raise ValueError(f"Invalid encoder backend {backend!r}. Valid backends are: {', '.join(map(repr, BACKENDS))}")
     if backend != "torch" and not str(device).startswith("cpu"):
-        raise ValueError(f"encoder backend {backend!r} runs on the CPU only, not on device {device!r}; use 'torch' there")
+        raise ValueError(
+            f"encoder backend {backend!r} runs on the CPU only, not on device {device!r}; use 'torch' there"
+        )
     return backend  # type: ignore[return-value]
 
 

@@ -91,7 +91,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "rank": self.rank, "query_max_length": self.query_max_length}
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "query_max_length": self.query_max_length,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
@@ -221,9 +226,16 @@ def exact_search(documents: np.ndarray) -> NegativeSearch:
 
 
 def _mine(
-    model, tokenizer, pairs: Sequence[TrainingPair], used: np.ndarray, *, k: int, search: NegativeSearch,
-    max_length: int, pooling: Pooling,
-) -> dict[int, np.ndarray]:  # fmt: skip
+    model,
+    tokenizer,
+    pairs: Sequence[TrainingPair],
+    used: np.ndarray,
+    *,
+    k: int,
+    search: NegativeSearch,
+    max_length: int,
+    pooling: Pooling,
+) -> dict[int, np.ndarray]:
     """Per used pair index: up to ``k`` rows the base encoder ranks highest that are not its positives."""
     model.eval()
     vectors = []
@@ -344,13 +356,24 @@ def train_adapter(
         negatives = None
         if mode == "in_batch" and config.hard_negatives:
             used = np.unique(np.concatenate(schedule))
-            logger.info("mining %d hard negatives for %d queries with the base encoder", config.hard_negatives, len(used))
+            logger.info(
+                "mining %d hard negatives for %d queries with the base encoder", config.hard_negatives, len(used)
+            )
             negatives = _mine(
-                model, tokenizer, pairs, used, k=config.hard_negatives, search=negative_search or exact_search(matrix),
-                max_length=max_length, pooling=pooling,
-            )  # fmt: skip
+                model,
+                tokenizer,
+                pairs,
+                used,
+                k=config.hard_negatives,
+                search=negative_search or exact_search(matrix),
+                max_length=max_length,
+                pooling=pooling,
+            )
         lora = LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(config.target_modules)
+            r=config.rank,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates it int; a float scales alike
+            lora_dropout=config.dropout,
+            target_modules=list(config.target_modules),
         )
         with quiet_peft():
             peft_model = get_peft_model(model, lora)
@@ -363,7 +386,9 @@ def train_adapter(
         smoothed = None
         with tqdm(total=config.steps, desc=description, unit="step", disable=not progress, dynamic_ncols=True) as bar:
             for batch in schedule:
-                queries = _embed(peft_model, tokenizer, [pairs[i].query for i in batch], max_length=max_length, pooling=pooling)
+                queries = _embed(
+                    peft_model, tokenizer, [pairs[i].query for i in batch], max_length=max_length, pooling=pooling
+                )
                 if mode == "full_softmax":
                     scores, mask = queries @ doc_tensor.T, _full_mask(batch, pairs, len(matrix))
                 else:
@@ -399,6 +424,11 @@ def train_adapter(
     )
     logger.info(
         "trained adapter in %.0fs (%s, %d pairs, %d documents): loss %.3f -> %.3f",
-        report.seconds, mode, report.pairs, report.documents, report.first_loss, report.final_loss,
-    )  # fmt: skip
+        report.seconds,
+        mode,
+        report.pairs,
+        report.documents,
+        report.first_loss,
+        report.final_loss,
+    )
     return report

@@ -8,14 +8,8 @@ packages of the service. Import from ``index``, not from its modules::
 
 from __future__ import annotations
 
-from index.store.analysis import Analyzer, LexicalMethod, LexicalSettings
-from index.store.chunk_map import CHUNKS_FILE, ChunkMap
-from index.store.chunked_dense import ChunkedDense
-from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
-from index.store.collection import DENSE_FILE, DOCSTORE_FILE, INFO_FILE, Collection, Hit, IndexInfo, read_info, write_info
+from index.build.indexing import BuildReport, EmbedFn, build_index
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
-from index.store.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
-from index.store.docstore import DocStore
 from index.errors import (
     BuildInProgressError,
     CorpusError,
@@ -31,6 +25,28 @@ from index.errors import (
     ReadOnlyError,
     UnknownFieldError,
 )
+from index.fusion import reciprocal_rank_fusion
+from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
+from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
+from index.live.merge import MergePolicy
+from index.live.view import LiveView, static_view
+from index.live.writer_lock import WriterLock
+from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
+from index.store.analysis import Analyzer, LexicalMethod, LexicalSettings
+from index.store.chunk_map import CHUNKS_FILE, ChunkMap
+from index.store.chunked_dense import ChunkedDense
+from index.store.collection import (
+    DENSE_FILE,
+    DOCSTORE_FILE,
+    INFO_FILE,
+    Collection,
+    Hit,
+    IndexInfo,
+    read_info,
+    write_info,
+)
+from index.store.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
+from index.store.docstore import DocStore
 from index.store.filters import (
     FieldInfo,
     Filter,
@@ -41,14 +57,7 @@ from index.store.filters import (
     filter_to_json,
     parse_filter,
 )
-from index.fusion import reciprocal_rank_fusion
-from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
-from index.build.indexing import BuildReport, EmbedFn, build_index
 from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
-from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
-from index.live.view import LiveView, static_view
-from index.live.merge import MergePolicy
-from index.live.writer_lock import WriterLock
 
 __all__ = [
     "Analyzer",

@@ -32,7 +32,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Produce ``path`` atomically: ``write(tmp)`` fills a temp file that then replaces it.
 
     ``write`` receives the temporary path (in the same directory, so the final

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from index.errors import CorpusError
 
@@ -76,7 +77,7 @@ class CorpusProblem:
         return f"{where}: {self.reason}"
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     """Open ``path`` for binary reading, gunzipping when it ends in ``.gz``."""
     if not path.exists():
         raise CorpusError(f"corpus file {str(path)!r} does not exist")

@@ -113,7 +113,7 @@ class InvalidFilterError(IndexStoreError, ValueError):
         self.path = path
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes, despite the two arguments
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # picklable across processes, despite the two arguments
         return (InvalidFilterError, (self.path, self.reason))
 
 

@@ -92,11 +92,15 @@ def fuse_dense_lexical(
         l_scores, l_ids = _valid(lexical_scores[row], lexical_ids[row])
         fused: dict[int, float] = {}
         if method == "weighted":
-            parts = ((d_ids, _normalised(d_scores) * weight if len(d_ids) else d_scores),
-                     (l_ids, _normalised(l_scores) * (1.0 - weight) if len(l_ids) else l_scores))  # fmt: skip
+            parts = (
+                (d_ids, _normalised(d_scores) * weight if len(d_ids) else d_scores),
+                (l_ids, _normalised(l_scores) * (1.0 - weight) if len(l_ids) else l_scores),
+            )
         else:
-            parts = ((d_ids, 1.0 / (RRF_K + np.arange(1, len(d_ids) + 1))),
-                     (l_ids, 1.0 / (RRF_K + np.arange(1, len(l_ids) + 1))))  # fmt: skip
+            parts = (
+                (d_ids, 1.0 / (RRF_K + np.arange(1, len(d_ids) + 1))),
+                (l_ids, 1.0 / (RRF_K + np.arange(1, len(l_ids) + 1))),
+            )
         for ids, contributions in parts:
             for row_id, value in zip(ids.tolist(), contributions.tolist()):
                 fused[row_id] = fused.get(row_id, 0.0) + value

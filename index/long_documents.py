@@ -87,7 +87,9 @@ class ChunkSettings:
         for name in ("max_tokens", "overlap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "max_tokens" else 0):
-                raise InvalidParameterError(f"{name} must be an integer >= {2 if name == 'max_tokens' else 0}, got {value!r}")
+                raise InvalidParameterError(
+                    f"{name} must be an integer >= {2 if name == 'max_tokens' else 0}, got {value!r}"
+                )
         if self.overlap >= self.max_tokens:
             raise InvalidParameterError(f"overlap ({self.overlap}) must be below max_tokens ({self.max_tokens})")
 
@@ -131,7 +133,9 @@ def plan_chunks(
     for position, ((windows, tokens), passage) in enumerate(zip(planned, passages, strict=True)):
         windows = [(int(s), int(e)) for s, e in windows]
         if not windows or any(not 0 <= s < e <= len(passage) for s, e in windows if (s, e) != (0, 0)):
-            raise InvalidParameterError(f"split returned invalid spans {windows[:4]} for a passage of {len(passage)} characters")
+            raise InvalidParameterError(
+                f"split returned invalid spans {windows[:4]} for a passage of {len(passage)} characters"
+            )
         if len(windows) > 1 and settings.policy == "error":
             refused.append((position, int(tokens)))
             windows = []

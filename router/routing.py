@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class RoutePolicy:
         if not self.gap_weight >= 0:  # also refuses NaN
             raise ValueError(f"gap_weight must be >= 0, got {self.gap_weight}")
 
-    def updated(self, **changes: object) -> RoutePolicy:
+    def updated(self, **changes: Any) -> RoutePolicy:
         """This policy with the fields given a value other than None replaced (a request over the server's default).
 
         >>> RoutePolicy(top_k=3, fanout_margin=0.2).updated(top_k=1, fanout_margin=None)
@@ -194,9 +194,13 @@ def _decide(ranked: tuple[tuple[str, float], ...], margin: float, policy: RouteP
     top = tuple(name for name, _ in ranked[: policy.top_k])
     if policy.min_score is not None and best_score < policy.min_score:
         return RouteDecision(
-            top, "fallback", ranked, margin, use_adapters=False,
+            top,
+            "fallback",
+            ranked,
+            margin,
+            use_adapters=False,
             reason=f"best score {best_score:.3f} < min_score {policy.min_score}: base encoder",
-        )  # fmt: skip
+        )
     if policy.fanout_margin is not None:
         top = tuple(name for name, score in ranked[: policy.top_k] if best_score - score < policy.fanout_margin)
     if len(top) > 1:

@@ -81,7 +81,7 @@ APP_LAYERS = {
     "offline": {"app.api", "app.ray_serve", "app.cli"},
     "api": {"app.ray_serve", "app.cli", "app.offline"},
     "ray_serve": {"app.cli", "app.offline"},
-}  # fmt: skip
+}  # fmt: skip  # a table: one layer per row, as app/__init__.py draws them
 #: Inside ``index``: store <- build <- live, and the shared small modules at the top import none of the three.
 INDEX_LAYERS = {
     "store": {"index.build", "index.live"},

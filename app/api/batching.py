@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from app.errors import NotReadyError, OverloadedError
 from app.api.metrics import Metrics
+from app.errors import NotReadyError, OverloadedError
 
 logger = logging.getLogger(__name__)
 

@@ -81,7 +81,9 @@ class BodySizeLimitMiddleware:
 
 async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
     response = error_response(
-        413, "payload_too_large", f"request body is larger than the limit of {limit} bytes",
+        413,
+        "payload_too_large",
+        f"request body is larger than the limit of {limit} bytes",
         headers={"Connection": "close"},
-    )  # fmt: skip
+    )
     await response(scope, receive, send)

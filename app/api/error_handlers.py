@@ -18,6 +18,7 @@ malformed metadata filter, or one naming a field no document has, is a 422
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def error_response(
-    status: int, type_: str, message: str, *, details: Any = None, headers: dict[str, str] | None = None
+    status: int, type_: str, message: str, *, details: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The one error body of the API."""
     body = {"error": {"type": type_, "message": message, "details": jsonable_encoder(details)}}
@@ -47,9 +48,14 @@ def error_response(
 
 
 _HTTP_TYPES = {
-    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    413: "payload_too_large", 415: "unsupported_media_type",
-}  # fmt: skip
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 #: Validation errors listed in a 422's details; a list of 100,000 wrong items has 200,000 of them.
@@ -115,13 +121,16 @@ def install_error_handlers(app: FastAPI) -> None:
             # dictionary" would send the client looking in the wrong place.
             sent = request.headers.get("content-type") or "(none)"
             return error_response(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"Content-Type {sent!r} is not accepted here: send the body as JSON with 'Content-Type: application/json'",
-            )  # fmt: skip
+            )
         details, total = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"][1:] or first["loc"]) or "request"
-        more = f" (and {total - 1} more errors; the first {len(details)} are in details)" if total > len(details) else ""
+        more = (
+            f" (and {total - 1} more errors; the first {len(details)} are in details)" if total > len(details) else ""
+        )
         return error_response(422, "validation_error", f"{where}: {first['msg']}{more}", details=details)
 
     @app.exception_handler(UnknownExpertError)
@@ -162,10 +171,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return await _internal(request, exc)
         logger.error("out of disk space on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
-            507, "insufficient_storage",
+            507,
+            "insufficient_storage",
             f"the server ran out of disk space while writing ({exc.strerror}); nothing was changed: "
             "free some space on the server and retry",
-        )  # fmt: skip
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -17,9 +17,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.batching import MicroBatcher
+from app.api.body_limit import BodySizeLimitMiddleware
+from app.api.error_handlers import install_error_handlers
+from app.api.log_redaction import install_on_root, uvicorn_log_config
+from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.routes import admin as routes_admin
 from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
@@ -27,17 +33,12 @@ from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
 from app.api.routes import ops as routes_ops
 from app.api.routes import search as routes_search
-from app.api.batching import MicroBatcher
-from app.api.body_limit import BodySizeLimitMiddleware
-from app.publishing.document_writes import DocumentWriter
+from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
-from app.api.error_handlers import install_error_handlers
 from app.engine.loading import LoadedExpert, open_encoder
-from app.api.log_redaction import install_on_root, uvicorn_log_config
-from app.api.metrics import Metrics, MetricsMiddleware
+from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
-from app.api.state import Runtime, ServiceState
 from experts import Encoder
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if encoder is None:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
-    engine = SearchEngine(encoder, **settings.engine_options())  # type: ignore[arg-type]
+    engine = SearchEngine(encoder, **settings.engine_options())
     publisher = ExpertPublisher(
         engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
     )
@@ -76,16 +77,22 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         metrics.observe_search_batch(outcomes)
         return outcomes
 
-    batching = {
-        "max_wait_s": settings.batch_wait_ms / 1000, "max_batch": settings.batch_max_queries,
-        "max_queue": settings.queue_max_queries, "retry_after_s": settings.retry_after_s, "metrics": metrics,
-    }  # fmt: skip
+    batching: dict[str, Any] = {
+        "max_wait_s": settings.batch_wait_ms / 1000,
+        "max_batch": settings.batch_max_queries,
+        "max_queue": settings.queue_max_queries,
+        "retry_after_s": settings.retry_after_s,
+        "metrics": metrics,
+    }
     return Runtime(
-        settings=settings, metrics=metrics, engine=engine, publisher=publisher,
+        settings=settings,
+        metrics=metrics,
+        engine=engine,
+        publisher=publisher,
         documents=DocumentWriter(engine, check_servable=publisher.check_servable),
         searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
-    )  # fmt: skip
+    )
 
 
 async def _start(service: ServiceState, encoder: Encoder | None) -> None:
@@ -123,20 +130,36 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
                 service.runtime.engine.close()
 
     app = FastAPI(
-        title="router-retriever", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
-        docs_url="/docs", redoc_url=None,
-    )  # fmt: skip
+        title="router-retriever",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
     install_error_handlers(app)
-    modules = (routes_search, routes_embeddings, routes_experts, routes_admin, routes_documents, routes_ops, routes_console)
+    modules = (
+        routes_search,
+        routes_embeddings,
+        routes_experts,
+        routes_admin,
+        routes_documents,
+        routes_ops,
+        routes_console,
+    )
     for module in modules:
         app.include_router(module.router)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_upload_bytes,
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
         upload_routes=frozenset({("POST", "/admin/experts")}),
-        pattern_limits=tuple((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
-    )  # fmt: skip
+        pattern_limits=tuple(
+            (m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES
+        ),
+    )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     return app
 
@@ -164,7 +187,10 @@ def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
     uvicorn.run(
-        create_app(settings, encoder=encoder), host=settings.host, port=settings.port, log_level=log_level,
-        timeout_graceful_shutdown=30, log_config=uvicorn_log_config(secrets),
-    )  # fmt: skip
-
+        create_app(settings, encoder=encoder),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        log_config=uvicorn_log_config(secrets),
+    )

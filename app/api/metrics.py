@@ -45,9 +45,13 @@ class _ExpertCollector(Collector):
             "rr_live_delta_documents", "Documents upserted since the expert's last merge.", labels=["expert"]
         )
         tombstones = GaugeMetricFamily(
-            "rr_live_tombstones", "Rows of the published index deleted or replaced since the last merge.", labels=["expert"]
+            "rr_live_tombstones",
+            "Rows of the published index deleted or replaced since the last merge.",
+            labels=["expert"],
         )
-        merging = GaugeMetricFamily("rr_live_merging", "1 while a background merge of the expert runs.", labels=["expert"])
+        merging = GaugeMetricFamily(
+            "rr_live_merging", "1 while a background merge of the expert runs.", labels=["expert"]
+        )
         for name, expert in sorted(experts.items()):
             state = expert.documents.state()
             documents.add_metric([name, expert.collection.info.factory], state.documents)
@@ -82,22 +86,32 @@ def shared_families(registry: CollectorRegistry) -> SharedFamilies:
     """Register the HTTP and routing families in ``registry``."""
     return SharedFamilies(
         requests=Counter(
-            "rr_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"],
+            "rr_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
             registry=registry,
         ),
         latency=Histogram(
-            "rr_http_request_duration_seconds", "HTTP request latency by route template.", ["route", "method"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "rr_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         ),
         routed=Counter(
-            "rr_routed_queries", "Queries by the expert that answered and the routing mode.", ["expert", "mode"],
+            "rr_routed_queries",
+            "Queries by the expert that answered and the routing mode.",
+            ["expert", "mode"],
             registry=registry,
         ),
         margin=Histogram(
-            "rr_router_margin", "Router top-1 minus top-2 score, by the chosen expert.", ["expert"],
-            buckets=_MARGIN_BUCKETS, registry=registry,
+            "rr_router_margin",
+            "Router top-1 minus top-2 score, by the chosen expert.",
+            ["expert"],
+            buckets=_MARGIN_BUCKETS,
+            registry=registry,
         ),
-    )  # fmt: skip
+    )
 
 
 class Metrics:
@@ -110,9 +124,12 @@ class Metrics:
         self.requests, self.latency = self.shared.requests, self.shared.latency
         self.routed, self.margin = self.shared.routed, self.shared.margin
         self.batch_requests = Histogram(
-            "rr_batch_requests", "Requests answered together in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS,
+            "rr_batch_requests",
+            "Requests answered together in one micro-batch.",
+            ["kind"],
+            buckets=_SIZE_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.batch_queries = Histogram(
             "rr_batch_queries", "Queries (texts) in one micro-batch.", ["kind"], buckets=_SIZE_BUCKETS, registry=r
         )
@@ -121,9 +138,12 @@ class Metrics:
             "rr_rejected_requests", "Requests refused with 429 because the queue was full.", ["kind"], registry=r
         )
         self.stage_seconds = Histogram(
-            "rr_stage_duration_seconds", "Time per micro-batch stage (queue, base, route, expert, search).",
-            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "rr_stage_duration_seconds",
+            "Time per micro-batch stage (queue, base, route, expert, search).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.registry.register(_ExpertCollector(experts))
 
     def observe_search_batch(self, outcomes: Sequence[object]) -> None:
@@ -170,6 +190,6 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
 
 
-def _route_label(scope: dict[str, Any]) -> str:
+def _route_label(scope: Mapping[str, Any]) -> str:
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"

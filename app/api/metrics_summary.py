@@ -73,17 +73,24 @@ def summarize(metrics: Metrics) -> MetricsSummaryOut:
         ladder = sorted(buckets.get(key, []))
         routes.append(
             RouteTrafficOut(
-                route=key[0], method=key[1], requests=counts[key], server_errors=errors[key],
-                p50_ms=_milliseconds(bucket_quantile(0.5, ladder)), p95_ms=_milliseconds(bucket_quantile(0.95, ladder)),
+                route=key[0],
+                method=key[1],
+                requests=counts[key],
+                server_errors=errors[key],
+                p50_ms=_milliseconds(bucket_quantile(0.5, ladder)),
+                p95_ms=_milliseconds(bucket_quantile(0.95, ladder)),
             )
-        )  # fmt: skip
+        )
     routed = [
         RoutedCountOut(expert=labels["expert"], mode=labels["mode"], queries=int(value))
         for labels, value in _samples(metrics.routed, "_total")
     ]
     routed.sort(key=lambda row: (-row.queries, row.expert, row.mode))
     return MetricsSummaryOut(
-        requests=sum(counts.values()), server_errors=sum(errors.values()), routes=routes, routed=routed,
+        requests=sum(counts.values()),
+        server_errors=sum(errors.values()),
+        routes=routes,
+        routed=routed,
         queue_depth={labels["kind"]: int(value) for labels, value in _samples(metrics.queue_depth, "")},
         rejected={labels["kind"]: int(value) for labels, value in _samples(metrics.rejected, "_total")},
-    )  # fmt: skip
+    )

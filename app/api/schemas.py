@@ -47,23 +47,33 @@ class RouteOptions(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     top_k: int | None = Field(
-        None, ge=1, le=MAX_FANOUT, description="Most experts searched when fanning out or falling back (RR_ROUTE_TOP_K)."
+        None,
+        ge=1,
+        le=MAX_FANOUT,
+        description="Most experts searched when fanning out or falling back (RR_ROUTE_TOP_K).",
     )
     fanout_margin: float | None = Field(
-        None, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("threshold", "fanout_margin"),
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("threshold", "fanout_margin"),
         description="Alias `threshold`. Fan out to the experts among the top `top_k` whose router score is within "
         "this of the top one's (RR_ROUTE_FANOUT_MARGIN); with top_k > 1 and no margin anywhere, always fan out.",
-    )  # fmt: skip
+    )
     min_score: float | None = Field(
-        None, ge=-1, le=MAX_ROUTER_SCORE, allow_inf_nan=False,
+        None,
+        ge=-1,
+        le=MAX_ROUTER_SCORE,
+        allow_inf_nan=False,
         description="Below this best router score, search with the base encoder (mode `fallback`). A score is the "
         "pilot score (a cosine, or a share of the nearest pilots: at most 1) plus, with corpus votes "
         "(RR_ROUTER_EVIDENCE), up to 1 for each kind of vote: at most 3 with `documents+bm25`.",
-    )  # fmt: skip
+    )
     merge: Literal["score", "rrf"] | None = Field(
-        None, description="How a fan-out's lists become one: `score` (each hit's fused score minus `gap_weight` x "
+        None,
+        description="How a fan-out's lists become one: `score` (each hit's fused score minus `gap_weight` x "
         "its expert's router-score gap to the top expert) or `rrf` (reciprocal rank fusion) (RR_ROUTE_MERGE).",
-    )  # fmt: skip
+    )
     gap_weight: float | None = Field(
         None, ge=0, le=100, allow_inf_nan=False, description="Score merge: score lost per unit of router-score gap."
     )
@@ -71,9 +81,12 @@ class RouteOptions(_Strict):
     def policy(self, default: RoutePolicy) -> RoutePolicy:
         """The server's default policy with the fields this request set."""
         return default.updated(
-            top_k=self.top_k, fanout_margin=self.fanout_margin, min_score=self.min_score, merge=self.merge,
+            top_k=self.top_k,
+            fanout_margin=self.fanout_margin,
+            min_score=self.min_score,
+            merge=self.merge,
             gap_weight=self.gap_weight,
-        )  # fmt: skip
+        )
 
 
 class SearchRequest(_Strict):
@@ -91,7 +104,7 @@ class SearchRequest(_Strict):
                 {"query": "vitamin D and fractures", "k": 5, "filter": {"year": {"gte": 2010}, "lang": "en"}},
             ]
         },
-    )  # fmt: skip
+    )
 
     query: QueryText | None = Field(None, description="One query. Give this or `queries`.")
     queries: list[QueryText] | None = Field(
@@ -107,17 +120,22 @@ class SearchRequest(_Strict):
         "an expert without a BM25 index is then searched dense). Asking for `lexical`/`hybrid` of an expert without one is a 409.",
     )
     fusion: Literal["weighted", "rrf"] | None = Field(
-        None, description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion (RR_HYBRID_FUSION)."
+        None,
+        description="Hybrid fusion: min-max normalised weighted sum, or reciprocal rank fusion (RR_HYBRID_FUSION).",
     )
     hybrid_weight: float | None = Field(
-        None, ge=0, le=1, description="Dense share of a weighted fusion, 0 to 1. Default: the expert's tuned weight "
-        "(`rr tune-fusion`), else RR_HYBRID_WEIGHT."
+        None,
+        ge=0,
+        le=1,
+        description="Dense share of a weighted fusion, 0 to 1. Default: the expert's tuned weight "
+        "(`rr tune-fusion`), else RR_HYBRID_WEIGHT.",
     )
     filter: Filter | None = Field(
-        None, description="Only documents whose metadata match: equality, `in`, numeric or ISO-date ranges "
+        None,
+        description="Only documents whose metadata match: equality, `in`, numeric or ISO-date ranges "
         "(`gt`, `gte`, `lt`, `lte`), combined with `and` / `or` / `not`. Applied inside the search, so a query "
         "gets `k` hits whenever `k` documents match. A field no expert has is a 422 naming the clause.",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchRequest:
@@ -137,11 +155,16 @@ class HitOut(BaseModel):
     text: str
     metadata: dict[str, Any]
     expert: str = Field(description="The collection the document belongs to (ids are unique per collection).")
-    dense_score: float | None = Field(None, description="Cosine of the query vector and the document (null: not a dense hit).")
-    lexical_score: float | None = Field(None, description="BM25 score (null: not a lexical hit, or lexical search did not run).")
+    dense_score: float | None = Field(
+        None, description="Cosine of the query vector and the document (null: not a dense hit)."
+    )
+    lexical_score: float | None = Field(
+        None, description="BM25 score (null: not a lexical hit, or lexical search did not run)."
+    )
     span: tuple[int, int] | None = Field(
-        None, description="Character offsets [start, end) in `text` of the chunk that matched best, for documents "
-        "split into chunks (null: the document was searched whole)."
+        None,
+        description="Character offsets [start, end) in `text` of the chunk that matched best, for documents "
+        "split into chunks (null: the document was searched whole).",
     )
 
 
@@ -160,7 +183,9 @@ class QueryResultOut(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"] = Field(description="How the (first) expert was searched.")
     route: RouteOut
     hits: list[HitOut]
-    truncated: bool = Field(False, description="The query was longer than RR_QUERY_MAX_LENGTH tokens and was cut to it.")
+    truncated: bool = Field(
+        False, description="The query was longer than RR_QUERY_MAX_LENGTH tokens and was cut to it."
+    )
     matched: int | None = Field(
         None, description="With a filter: documents of the searched expert(s) that match it (null without one)."
     )
@@ -211,8 +236,12 @@ class EmbeddingsRequest(BaseModel):
 class EmbeddingOut(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32 with encoding_format=base64.")
-    expert: str | None = Field(None, description="The expert whose adapter made this vector; null for the base encoder.")
+    embedding: list[float] | str = Field(
+        description="Floats, or base64 of little-endian float32 with encoding_format=base64."
+    )
+    expert: str | None = Field(
+        None, description="The expert whose adapter made this vector; null for the base encoder."
+    )
 
 
 class UsageOut(BaseModel):
@@ -230,11 +259,14 @@ class EmbeddingsResponse(BaseModel):
 # ---------------------------------------------------------------------- experts
 class AddExpertRequest(_Strict):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"path": "cranfield"}, {"path": "staging/cacm", "replace": True}]}
+        extra="forbid",
+        json_schema_extra={"examples": [{"path": "cranfield"}, {"path": "staging/cacm", "replace": True}]},
     )
 
     path: str = Field(
-        min_length=1, max_length=4096, description="Expert directory, absolute or relative to the data root; must lie under it."
+        min_length=1,
+        max_length=4096,
+        description="Expert directory, absolute or relative to the data root; must lie under it.",
     )
     replace: bool = Field(False, description="Swap out a published expert of the same name.")
 

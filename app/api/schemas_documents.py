@@ -82,13 +82,17 @@ class UpsertRequest(_Strict):
             "examples": [
                 {
                     "documents": [
-                        {"id": "memo-17", "title": "Wing flutter test", "text": "Flutter onset was observed at ...",
-                         "metadata": {"year": 2026, "source": "lab"}},
+                        {
+                            "id": "memo-17",
+                            "title": "Wing flutter test",
+                            "text": "Flutter onset was observed at ...",
+                            "metadata": {"year": 2026, "source": "lab"},
+                        },
                     ]
                 }
             ]
         },
-    )  # fmt: skip
+    )
 
     documents: list[DocumentIn] = Field(min_length=1, description="At most RR_MAX_UPSERT_DOCUMENTS; ids must differ.")
 

@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.batching import MicroBatcher
-from app.publishing.document_writes import DocumentWriter
+from app.api.metrics import Metrics
 from app.engine.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
 from app.errors import NotReadyError
-from app.api.metrics import Metrics
+from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -59,14 +59,18 @@ state = _State()
 
 @cli.callback()
 def _configure(
-    data_dir: Annotated[Optional[Path], typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Experts root (env RR_DATA_DIR).")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Base encoder id or path (env RR_BASE_MODEL).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    overrides = {k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"data_dir": data_dir, "base_model": base_model}.items() if v is not None
+    }
     state.settings = Settings(**overrides)
     state._encoder = None
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | None, merge: str | None):
@@ -76,17 +80,28 @@ def _policy(top_k: int | None, fanout_margin: float | None, min_score: float | N
     )
 
 
-TopK = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K).")]
-FanoutMargin = Annotated[Optional[float], typer.Option(min=0, help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).")]
-MinScore = Annotated[Optional[float], typer.Option(help="Use the base encoder when the best router score is below this.")]
-Merge = Annotated[Optional[str], typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
+TopK = Annotated[
+    int | None,
+    typer.Option("--top-k", min=1, help="Most experts searched when fanning out or falling back (env RR_ROUTE_TOP_K)."),
+]
+FanoutMargin = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Fan out to the experts among --top-k within this of the top router score (env RR_ROUTE_FANOUT_MARGIN).",
+    ),
+]
+MinScore = Annotated[float | None, typer.Option(help="Use the base encoder when the best router score is below this.")]
+Merge = Annotated[str | None, typer.Option(help="How a fan-out's lists become one: score or rrf (env RR_ROUTE_MERGE).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 @cli.command("create-expert")
 def create_expert_command(
     name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
-    adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="A PEFT LoRA adapter directory to use; default: a new untrained one.")
+    ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank of a new adapter.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha of a new adapter.")] = 32,
     description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
@@ -95,9 +110,14 @@ def create_expert_command(
     from experts import create_expert
 
     expert = create_expert(
-        state.settings.data_dir, name, encoder=state.encoder(), adapter_from=adapter, rank=rank, alpha=alpha,
+        state.settings.data_dir,
+        name,
+        encoder=state.encoder(),
+        adapter_from=adapter,
+        rank=rank,
+        alpha=alpha,
         description=description,
-    )  # fmt: skip
+    )
     typer.echo(f"created expert {name!r} at {expert.path}")
 
 
@@ -107,16 +127,35 @@ def index_command(
     corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
     factory: Annotated[str, typer.Option(help="FAISS storage: Flat (exact), HNSW32, IVF1024,PQ32 ...")] = "Flat",
     chunk_size: Annotated[int, typer.Option(min=1, help="Documents per checkpointed chunk.")] = 256,
-    upsert: Annotated[bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")] = False,
+    upsert: Annotated[
+        bool, typer.Option(help="A repeated document id replaces the earlier one instead of failing.")
+    ] = False,
     lexical: Annotated[bool, typer.Option(help="Build the BM25 index too (English stopwords, Snowball stems).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    engine: Annotated[str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")] = None,
-    actors: Annotated[Optional[int], typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")] = None,
+    engine: Annotated[
+        str, typer.Option(help="Where to embed: local (this process) or ray (Ray Data actors; pip install '.[ray]').")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (e.g. auto); unset: RAY_ADDRESS, else a local Ray.")
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(min=1, help="Encoder actors with --engine ray; unset: one per CPU (GPU).")
+    ] = None,
     cpus_per_actor: Annotated[float, typer.Option(min=0.01, help="CPUs (and torch threads) per encoder actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="GPUs per encoder actor (> 0 embeds on cuda).")] = 0.0,
-    long_documents: Annotated[Optional[str], typer.Option(help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them).")] = None,
-    chunk_overlap: Annotated[Optional[int], typer.Option(min=0, help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).")] = None,
+    long_documents: Annotated[
+        str | None,
+        typer.Option(
+            help="Documents over the encoder's limit: chunk (embed overlapping token windows; the default, but truncate with --engine ray), truncate, or error (skip and report them)."
+        ),
+    ] = None,
+    chunk_overlap: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Tokens shared by consecutive windows of a chunked document (default 32, at most a quarter of a window).",
+        ),
+    ] = None,
 ) -> None:
     """Embed a corpus into a new index of an expert and publish it (resumes an interrupted run)."""
     from app.offline.building import index_expert
@@ -126,9 +165,13 @@ def index_command(
         raise typer.BadParameter(f"Invalid engine {engine!r}. Valid engines are: local, ray", param_hint="--engine")
     if long_documents is not None and long_documents not in LONG_DOCUMENT_POLICIES:
         valid = ", ".join(LONG_DOCUMENT_POLICIES)
-        raise typer.BadParameter(f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents")
+        raise typer.BadParameter(
+            f"Invalid policy {long_documents!r}. Valid policies are: {valid}", param_hint="--long-documents"
+        )
     if engine == "ray" and long_documents not in (None, "truncate"):
-        raise typer.BadParameter("--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents")
+        raise typer.BadParameter(
+            "--engine ray cannot chunk long documents yet: use --long-documents truncate", param_hint="--long-documents"
+        )
     ray_indexing, started_ray = None, False
     if engine == "ray":
         from app.offline.ray_runtime import RayMissingError, ensure_ray
@@ -145,10 +188,18 @@ def index_command(
         )
     try:
         manifest, report = index_expert(
-            state.expert_dir(expert), state.encoder(), corpus, factory=factory, chunk_size=chunk_size, upsert=upsert,
-            lexical=LexicalSettings() if lexical else None, progress=progress, ray=ray_indexing,
-            long_documents=long_documents, chunk_overlap=chunk_overlap,
-        )  # fmt: skip
+            state.expert_dir(expert),
+            state.encoder(),
+            corpus,
+            factory=factory,
+            chunk_size=chunk_size,
+            upsert=upsert,
+            lexical=LexicalSettings() if lexical else None,
+            progress=progress,
+            ray=ray_indexing,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
+        )
     finally:
         if started_ray:
             import ray
@@ -165,14 +216,21 @@ def index_command(
 @cli.command("pilots")
 def pilots_command(
     expert: Annotated[str, typer.Option(help="Expert whose pilots to build.")],
-    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
-    qrels: Annotated[Optional[Path], typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
-    from_documents: Annotated[Optional[int], typer.Option(help="Use pseudo queries from N sampled indexed documents.")] = None,
-    method: Annotated[str, typer.Option(help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn).")] = "queries",
+    queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of the expert's training queries.")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="Keep only queries judged here (e.g. qrels/train.tsv).")] = None,
+    from_documents: Annotated[
+        int | None, typer.Option(help="Use pseudo queries from N sampled indexed documents.")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="centroid, kmeans, or queries (a sample of the queries themselves, for RR_ROUTER_AGGREGATE=knn)."
+        ),
+    ] = "queries",
     clusters: Annotated[int, typer.Option(min=1, help="Pilots per expert with kmeans.")] = 4,
 ) -> None:
     """Build an expert's pilot embeddings (base encoder) from training queries or its own documents."""
-    from app.offline.building import build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
+    from app.offline.building import PilotMethod, build_pilots, pilot_texts_from_documents, pilot_texts_from_queries
 
     if (queries is None) == (from_documents is None):
         raise typer.BadParameter("give exactly one of --queries or --from-documents")
@@ -180,20 +238,33 @@ def pilots_command(
     if queries is not None:
         texts, source = pilot_texts_from_queries(queries, qrels), str(queries)
     else:
+        assert from_documents is not None  # exactly one of the two, checked above
         texts, source = pilot_texts_from_documents(directory, sample=from_documents), "pseudo queries from documents"
     manifest = build_pilots(
-        directory, state.encoder(), texts, method=method, clusters=clusters,  # type: ignore[arg-type]
-        source=source, query_max_length=state.settings.query_max_length,
-    )  # fmt: skip
-    typer.echo(f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})")
+        directory,
+        state.encoder(),
+        texts,
+        method=cast(PilotMethod, method),  # a plain str option; build_pilots checks it
+        clusters=clusters,
+        source=source,
+        query_max_length=state.settings.query_max_length,
+    )
+    assert manifest.pilots is not None  # just built
+    typer.echo(
+        f"built {manifest.pilots.count} pilot(s) for {expert!r} from {len(texts)} queries (version {manifest.version})"
+    )
 
 
 @cli.command("tune-fusion")
 def tune_fusion_command(
     expert: Annotated[str, typer.Option(help="Expert whose hybrid fusion weight to tune.")],
-    queries: Annotated[Optional[Path], typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
-    qrels: Annotated[Optional[Path], typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")] = None,
-    pseudo: Annotated[bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")] = False,
+    queries: Annotated[Path | None, typer.Option(help="BEIR queries.jsonl of held-out labelled queries.")] = None,
+    qrels: Annotated[
+        Path | None, typer.Option(help="Their judgements (e.g. a dev split the adapter never saw).")
+    ] = None,
+    pseudo: Annotated[
+        bool, typer.Option(help="Tune on pseudo queries from the documents (measured to favour BM25).")
+    ] = False,
     limit: Annotated[int, typer.Option(min=10, help="Tuning queries sampled.")] = 500,
 ) -> None:
     """Tune an expert's dense/BM25 fusion weight with its adapter's query vectors; the manifest keeps it."""
@@ -210,12 +281,16 @@ def tune_fusion_command(
         with Collection.open(directory.path / manifest.index.directory) as collection:
             tuning = from_collection(collection, queries=queries, qrels=qrels, limit=limit)
         manifest = tune_fusion(
-            directory, state.encoder(), tuning, candidates=state.settings.hybrid_candidates,
+            directory,
+            state.encoder(),
+            tuning,
+            candidates=state.settings.hybrid_candidates,
             max_length=state.settings.query_max_length,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     section = manifest.retrieval
+    assert section is not None  # tune_fusion records it
     curve = "  ".join(f"{w}: {v:.3f}" for w, v in section.curve.items())
     typer.echo(f"{expert!r}: dense weight {section.weight} on {section.tuned_on} (version {manifest.version})\n{curve}")
 
@@ -239,23 +314,25 @@ def route_command(
         return
     for text, decision in zip(query, decisions):
         scores = ", ".join(f"{name} {score:.3f}" for name, score in decision.scores)
-        typer.echo(f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})")
+        typer.echo(
+            f"{text!r} -> {', '.join(decision.experts)} [{decision.mode}, margin {decision.margin:.3f}] ({scores})"
+        )
 
 
 @cli.command("search")
 def search_command(
     query: Annotated[list[str], typer.Argument(help="One or more queries (searched as one batch).")],
     k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
-    expert: Annotated[Optional[str], typer.Option(help="Search this expert, bypassing the router.")] = None,
+    expert: Annotated[str | None, typer.Option(help="Search this expert, bypassing the router.")] = None,
     top_k: TopK = None,
     fanout_margin: FanoutMargin = None,
     min_score: MinScore = None,
     merge: Merge = None,
     mode: Annotated[
-        Optional[str], typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
+        str | None, typer.Option(help="dense, lexical (BM25) or hybrid (both, fused); default RR_SEARCH_MODE.")
     ] = None,
-    fusion: Annotated[Optional[str], typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
-    hybrid_weight: Annotated[Optional[float], typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
+    fusion: Annotated[str | None, typer.Option(help="Hybrid fusion: weighted or rrf.")] = None,
+    hybrid_weight: Annotated[float | None, typer.Option(min=0, max=1, help="Dense share of a weighted fusion.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Routed search from the command line, without a server."""
@@ -267,9 +344,13 @@ def search_command(
         retrieval = requested_retrieval(mode=mode, fusion=fusion, weight=hybrid_weight)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    batch = engine.search(query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score, merge), retrieval=retrieval)
+    batch = engine.search(
+        query, k=k, expert=expert, policy=_policy(top_k, fanout_margin, min_score, merge), retrieval=retrieval
+    )
     if as_json:
-        typer.echo(json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2))
+        typer.echo(
+            json.dumps({"results": [result_dict(r) for r in batch.results], "timings_ms": batch.timings_ms}, indent=2)
+        )
         return
     for result in batch.results:
         typer.echo(result_text(result))
@@ -284,13 +365,17 @@ def experts_command(as_json: AsJson = False) -> None:
     for directory in list_expert_dirs(state.settings.data_dir):
         try:
             manifest = directory.read_manifest()
-            rows.append({
-                "name": manifest.name, "version": manifest.version,
-                "documents": manifest.index.count if manifest.index else None,
-                "index": manifest.index.factory if manifest.index else None,
-                "pilots": manifest.pilots.count if manifest.pilots else None,
-                "adapter": "trained" if manifest.adapter.trained else "untrained", "side": manifest.adapter.side,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "name": manifest.name,
+                    "version": manifest.version,
+                    "documents": manifest.index.count if manifest.index else None,
+                    "index": manifest.index.factory if manifest.index else None,
+                    "pilots": manifest.pilots.count if manifest.pilots else None,
+                    "adapter": "trained" if manifest.adapter.trained else "untrained",
+                    "side": manifest.adapter.side,
+                }
+            )
         except Exception as exc:  # a listing shows broken experts rather than hiding them
             rows.append({"name": directory.path.name, "error": str(exc)})
     if as_json:
@@ -302,25 +387,31 @@ def experts_command(as_json: AsJson = False) -> None:
         typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
 
 
-Host = Annotated[Optional[str], typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
-Port = Annotated[Optional[int], typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
+Host = Annotated[str | None, typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
 LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
 
 
 def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> None:
     from app.api.main import serve
 
-    settings = state.settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    settings = state.settings.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
     level = getattr(logging, log_level.upper(), logging.INFO)
     for name in ("app", "experts", "router", "index"):
         logging.getLogger(name).setLevel(level)
-    typer.echo(f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)")
+    typer.echo(
+        f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)"
+    )
     serve(settings, encoder=encoder, log_level=log_level.lower())
 
 
 @cli.command("serve")
 def serve_command(
-    data: Annotated[Optional[Path], typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Experts root (env RR_DATA_DIR); same as rr --data-dir.")
+    ] = None,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -333,10 +424,16 @@ def serve_command(
 
 @cli.command("demo")
 def demo_command(
-    collections: Annotated[str, typer.Option(help="Comma-separated collections from the datasets directory.")] = "scifact,cranfield,cacm,cisi,npl",
-    datasets: Annotated[Optional[Path], typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
-    max_docs: Annotated[Optional[int], typer.Option(min=1, help="Index at most this many documents per collection.")] = None,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")] = True,
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated collections from the datasets directory.")
+    ] = "scifact,cranfield,cacm,cisi,npl",
+    datasets: Annotated[Path | None, typer.Option(help="BEIR collections (env RR_DATASETS_DIR).")] = None,
+    max_docs: Annotated[
+        int | None, typer.Option(min=1, help="Index at most this many documents per collection.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")
+    ] = True,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -346,15 +443,21 @@ def demo_command(
 
     names = [c.strip() for c in collections.split(",") if c.strip()]
     run_demo(
-        state.settings, state.encoder(), datasets or state.settings.datasets_dir, names, max_docs=max_docs,
+        state.settings,
+        state.encoder(),
+        datasets or state.settings.datasets_dir,
+        names,
+        max_docs=max_docs,
         echo=typer.echo,
-    )  # fmt: skip
+    )
     if not serve:
-        typer.echo(f"\nsearch it yourself: rr --data-dir {state.settings.data_dir} search \"your question\"")
+        typer.echo(f'\nsearch it yourself: rr --data-dir {state.settings.data_dir} search "your question"')
         return
     publish_demo(state.settings, names)
-    typer.echo("\ntry: curl -s localhost:%d/search -H 'Content-Type: application/json' "
-               "-d '{\"query\": \"lift of a swept wing at supersonic speed\", \"k\": 3}'" % (port or state.settings.port))
+    typer.echo(
+        f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
+        '-d \'{"query": "lift of a swept wing at supersonic speed", "k": 3}\''
+    )
     _serve(host, port, log_level, encoder=state.encoder())
 
 

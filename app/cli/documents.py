@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 documents_cli = typer.Typer(
-    name="documents", help="Upsert, delete, read and merge an expert's documents (JSONL in, JSON out).",
+    name="documents",
+    help="Upsert, delete, read and merge an expert's documents (JSONL in, JSON out).",
     no_args_is_help=True,
-)  # fmt: skip
+)
 
 Expert = Annotated[str, typer.Option("--expert", "-e", help="The expert whose documents these are.")]
 Url = Annotated[
-    Optional[str], typer.Option(help="A running service (http://host:port): send the operation to it instead.")
+    str | None, typer.Option(help="A running service (http://host:port): send the operation to it instead.")
 ]
-AdminKey = Annotated[Optional[str], typer.Option(help="Admin key for --url (default: RR_ADMIN_KEY).", show_default=False)]
+AdminKey = Annotated[str | None, typer.Option(help="Admin key for --url (default: RR_ADMIN_KEY).", show_default=False)]
 
 
 def _target(expert: str, url: str | None, admin_key: str | None, *, write: bool = True):
@@ -43,7 +44,9 @@ def _print(result: dict) -> None:
 
 @documents_cli.command("upsert")
 def upsert_command(
-    corpus: Annotated[Path, typer.Argument(help="JSONL (BEIR corpus lines: _id, title, text, other fields = metadata).")],
+    corpus: Annotated[
+        Path, typer.Argument(help="JSONL (BEIR corpus lines: _id, title, text, other fields = metadata).")
+    ],
     expert: Expert,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per write (each all or nothing).")] = 256,
     url: Url = None,
@@ -61,9 +64,9 @@ def upsert_command(
 
 @documents_cli.command("delete")
 def delete_command(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Document ids.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="Document ids.")] = None,
     expert: Expert = ...,  # type: ignore[assignment]
-    ids_file: Annotated[Optional[Path], typer.Option(help="A file with one id per line.")] = None,
+    ids_file: Annotated[Path | None, typer.Option(help="A file with one id per line.")] = None,
     url: Url = None,
     admin_key: AdminKey = None,
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,19 +31,24 @@ def _names(text: str) -> list[str]:
 
 def eval_command(
     datasets: Annotated[
-        Optional[Path], typer.Option(help="Folder of BEIR collections, one per expert name (env RR_DATASETS_DIR).")
+        Path | None, typer.Option(help="Folder of BEIR collections, one per expert name (env RR_DATASETS_DIR).")
     ] = None,
-    collections: Annotated[str, typer.Option(help="Comma-separated collections (= expert names).")] = DEFAULT_COLLECTIONS,
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated collections (= expert names).")
+    ] = DEFAULT_COLLECTIONS,
     out: Annotated[Path, typer.Option(help="Reports folder; each run writes a new sub-folder.")] = Path("reports"),
-    name: Annotated[Optional[str], typer.Option(help="Sub-folder name (default: a UTC timestamp).")] = None,
+    name: Annotated[str | None, typer.Option(help="Sub-folder name (default: a UTC timestamp).")] = None,
     pilot_method: Annotated[
-        str, typer.Option(help="Pilot constructions to compare, comma-separated: centroid, kmeans, queries, paper; or 'none'.")
+        str,
+        typer.Option(
+            help="Pilot constructions to compare, comma-separated: centroid, kmeans, queries, paper; or 'none'."
+        ),
     ] = "centroid,kmeans,queries,paper",
     pseudo_sample: Annotated[int, typer.Option(min=1, help="Pseudo queries per collection without train qrels.")] = 300,
     clusters: Annotated[int, typer.Option(min=1, help="k-means pilots per expert.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the pseudo-query sample.")] = 0,
     fanout_margin: Annotated[
-        Optional[float], typer.Option(min=0, help="Also score routing that fans out to the top 2 below this margin.")
+        float | None, typer.Option(min=0, help="Also score routing that fans out to the top 2 below this margin.")
     ] = None,
 ) -> None:
     """Score base, union, oracle-expert and routed search on the test qrels; compare pilot constructions."""
@@ -55,14 +60,22 @@ def eval_command(
     methods = [] if pilot_method.strip() == "none" else _names(pilot_method)
     unknown = [m for m in methods if m not in PILOT_CONSTRUCTIONS]
     if unknown:
-        raise typer.BadParameter(f"unknown pilot methods {unknown}. Valid methods are: {', '.join(PILOT_CONSTRUCTIONS)}, none")
+        raise typer.BadParameter(
+            f"unknown pilot methods {unknown}. Valid methods are: {', '.join(PILOT_CONSTRUCTIONS)}, none"
+        )
     engine = state.engine()
     try:
         report = evaluate(
-            engine, datasets or state.settings.datasets_dir, _names(collections), constructions=methods,  # type: ignore[arg-type]
-            pseudo_sample=pseudo_sample, clusters=clusters, seed=seed,
-            routed_aggregate=state.settings.router_aggregate, fanout_margin=fanout_margin,
-        )  # fmt: skip
+            engine,
+            datasets or state.settings.datasets_dir,
+            _names(collections),
+            constructions=methods,  # type: ignore[arg-type]
+            pseudo_sample=pseudo_sample,
+            clusters=clusters,
+            seed=seed,
+            routed_aggregate=state.settings.router_aggregate,
+            fanout_margin=fanout_margin,
+        )
     finally:
         engine.close()
     folder = write_report(report, out, name=name, command=shlex.join(["rr", *sys.argv[1:]]))
@@ -79,10 +92,12 @@ def eval_command(
 
 def pilots_paper_command(
     datasets: Annotated[
-        Optional[Path],
-        typer.Option(help="BEIR collections: an expert's qrels/train.tsv gives its training queries (env RR_DATASETS_DIR)."),
+        Path | None,
+        typer.Option(
+            help="BEIR collections: an expert's qrels/train.tsv gives its training queries (env RR_DATASETS_DIR)."
+        ),
     ] = None,
-    experts: Annotated[Optional[str], typer.Option(help="Comma-separated experts (default: every loaded one).")] = None,
+    experts: Annotated[str | None, typer.Option(help="Comma-separated experts (default: every loaded one).")] = None,
     pseudo_sample: Annotated[int, typer.Option(min=1, help="Pseudo queries per expert without train qrels.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the pseudo-query sample.")] = 0,
     dry_run: Annotated[bool, typer.Option(help="Show who wins what; publish nothing.")] = False,
@@ -94,7 +109,11 @@ def pilots_paper_command(
     engine = state.engine()
     try:
         selection = select_paper_pilots(
-            engine, datasets or state.settings.datasets_dir, experts=_names(experts) if experts else None, pseudo_sample=pseudo_sample, seed=seed
+            engine,
+            datasets or state.settings.datasets_dir,
+            experts=_names(experts) if experts else None,
+            pseudo_sample=pseudo_sample,
+            seed=seed,
         )
         for source, wins in selection.wins.items():
             shown = ", ".join(f"{n} {w}" for n, w in wins.items() if w)
@@ -111,4 +130,5 @@ def pilots_paper_command(
     finally:
         engine.close()
     for name, manifest in published.items():
+        assert manifest.pilots is not None  # just published
         typer.echo(f"published {manifest.pilots.count} paper pilot(s) for {name!r} (version {manifest.version})")

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
-from app.engine.retrieval import Retrieval, check_lexical, expert_retrieval, search_collection
+from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
+from app.errors import ExpertUnavailableError, PayloadTooLargeError
 from experts import UnknownExpertError
 from index import (
     FieldInfo,
@@ -173,7 +173,7 @@ class BatchRun:
 
         lists_of: dict[int, list[list[ExpertHit]]] = defaultdict(list)
         shares_of: dict[int, list[float]] = defaultdict(list)
-        mode_of: dict[int, str] = {}
+        mode_of: dict[int, SearchMode] = {}
         for position, (row, _) in enumerate(pairs):
             lists_of[row].append(hits_of[position])
             shares_of[row].append(asks[position].dense_share)
@@ -185,11 +185,12 @@ class BatchRun:
             k, results = self.jobs[position].k, []
             for i, row in enumerate(self.rows_of[position]):
                 hits = merge_expert_lists(lists_of[row], shares_of[row], decisions[row], self._policy(position), k=k)
-                matched = None
-                if self.jobs[position].filter is not None:
-                    matched = sum(len(self.allowed(position, name)) for name in decisions[row].experts)  # type: ignore[arg-type]
+                matched: int | None = None
+                if self.jobs[position].filter is not None:  # then allowed() is never None
+                    allowed = [self.allowed(position, name) for name in decisions[row].experts]
+                    matched = sum(len(ids) for ids in allowed if ids is not None)
                 truncated = self.truncated[position][i]
-                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))  # type: ignore[arg-type]
+                results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
@@ -324,7 +325,9 @@ def _fields_of(views: Iterable[LiveView]) -> dict[str, FieldInfo]:
         for name, info in view.metadata_fields().items():
             seen = fields.get(name)
             if seen is not None:
-                info = FieldInfo(name, seen.types | info.types, seen.documents + info.documents, seen.indexed and info.indexed)
+                info = FieldInfo(
+                    name, seen.types | info.types, seen.documents + info.documents, seen.indexed and info.indexed
+                )
             fields[name] = info
     return fields
 

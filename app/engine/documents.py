@@ -183,10 +183,15 @@ class ExpertDocuments:
     def state(self) -> LiveState:
         view = self.view()
         return LiveState(
-            documents=len(view), main_documents=len(view.main_ids), delta_documents=len(view.delta),
-            tombstones=len(view.main_dead), seq=view.seq, writable=self.writable,
-            read_only_reason=self.read_only_reason, merging=self.merging,
-        )  # fmt: skip
+            documents=len(view),
+            main_documents=len(view.main_ids),
+            delta_documents=len(view.delta),
+            tombstones=len(view.main_dead),
+            seq=view.seq,
+            writable=self.writable,
+            read_only_reason=self.read_only_reason,
+            merging=self.merging,
+        )
 
     # ------------------------------------------------------------------ writing
     def _writer(self) -> LiveCollection:
@@ -234,7 +239,9 @@ class ExpertDocuments:
             live = self._live
             assert live is not None  # writable
             expected = self.main.directory.name
-            future = live.start_merge(self.directory.new_index_path(), commit=lambda merged: self._commit(merged, expected))
+            future = live.start_merge(
+                self.directory.new_index_path(), commit=lambda merged: self._commit(merged, expected)
+            )
             future.add_done_callback(self._merged)
             self._merge = future
             return future
@@ -268,8 +275,11 @@ class ExpertDocuments:
             return
         logger.info(
             "expert %r merged %d delta document(s) and %d tombstone(s) into %s",
-            self.directory.path.name, report.from_delta, report.tombstones_applied, report.directory.name,
-        )  # fmt: skip
+            self.directory.path.name,
+            report.from_delta,
+            report.tombstones_applied,
+            report.directory.name,
+        )
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -66,6 +66,7 @@ __all__ = [
     "SearchResult",
 ]
 
+
 class SearchEngine:
     """Holds the encoder and a snapshot of loaded experts; thread-safe.
 
@@ -222,7 +223,9 @@ class SearchEngine:
             base = self.encoder.embed(queries, max_length=self.query_max_length, cache=True)
             return self._decide(snapshot, base, list(queries), policy or self.policy)
 
-    def _decide(self, snapshot: Snapshot, base: np.ndarray, texts: list[str], policy: RoutePolicy) -> list[RouteDecision]:
+    def _decide(
+        self, snapshot: Snapshot, base: np.ndarray, texts: list[str], policy: RoutePolicy
+    ) -> list[RouteDecision]:
         """The router's decisions on pilot scores plus this engine's corpus votes, as a search batch makes them."""
         router = snapshot.router
         votes = None

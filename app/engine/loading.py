@@ -72,7 +72,9 @@ def load_expert(
     check_base_matches(manifest, encoder)
     expert.verify(manifest, checksums=verify_checksums)
     if manifest.index is None:
-        raise ExpertDirError(f"expert {manifest.name!r} has no index yet: build one with `rr index --expert {manifest.name}`")
+        raise ExpertDirError(
+            f"expert {manifest.name!r} has no index yet: build one with `rr index --expert {manifest.name}`"
+        )
     pilots = None
     if manifest.pilots is not None:
         pilots = check_pilots(expert.read_pilots(manifest), dim=encoder.dim, name=manifest.name)
@@ -95,9 +97,12 @@ def load_expert(
         raise
     logger.info(
         "loaded expert %r v%d: %d documents, %s pilots, adapter %s",
-        manifest.name, manifest.version, len(documents), "no" if pilots is None else len(pilots),
+        manifest.name,
+        manifest.version,
+        len(documents),
+        "no" if pilots is None else len(pilots),
         adapter or "untrained (base vectors)",
-    )  # fmt: skip
+    )
     return LoadedExpert(manifest.name, expert, manifest, documents, pilots, adapter)
 
 
@@ -122,7 +127,12 @@ def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:
 def open_encoder(settings: Settings) -> Encoder:
     """The base encoder the settings describe (model, token limit, batch size, device, threads)."""
     return Encoder(
-        settings.base_model, max_length=settings.max_length, batch_size=settings.batch_size, device=settings.device,
-        threads=settings.torch_threads, batch_tokens=settings.batch_tokens, cache_size=settings.base_cache_size,
+        settings.base_model,
+        max_length=settings.max_length,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        threads=settings.torch_threads,
+        batch_tokens=settings.batch_tokens,
+        cache_size=settings.base_cache_size,
         backend=settings.encoder_backend,
-    )  # fmt: skip
+    )

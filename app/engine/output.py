@@ -39,7 +39,10 @@ def result_dict(result: SearchResult) -> dict[str, Any]:
 
 def result_text(result: SearchResult, *, width: int = 100) -> str:
     decision = result.decision
-    lines = [f"query: {result.query}", f"  expert: {', '.join(decision.experts)} ({decision.reason}), {result.mode} search"]
+    lines = [
+        f"query: {result.query}",
+        f"  expert: {', '.join(decision.experts)} ({decision.reason}), {result.mode} search",
+    ]
     if result.truncated:
         lines.append("  (the query was longer than the query token limit and was cut to it)")
     if result.matched is not None:

@@ -89,7 +89,11 @@ class RetrievalOptions:
     weight: float | None = None
 
     def __post_init__(self) -> None:
-        Retrieval(mode=self.mode or "dense", fusion=self.fusion or "weighted", weight=0.5 if self.weight is None else self.weight)
+        Retrieval(
+            mode=self.mode or "dense",
+            fusion=self.fusion or "weighted",
+            weight=0.5 if self.weight is None else self.weight,
+        )
 
     def over(self, base: Retrieval) -> Retrieval:
         """``base`` with the fields set here replaced."""
@@ -152,7 +156,7 @@ def search_collection(
     """
     if isinstance(view, Collection):
         view = static_view(view)
-    allowed_of = [ask[2] if len(ask) > 2 else None for ask in asks]  # type: ignore[misc]
+    allowed_of = [ask[2] if len(ask) > 2 else None for ask in asks]
     groups: dict[int, list[int]] = {}
     for i, allowed in enumerate(allowed_of):
         groups.setdefault(id(allowed), []).append(i)
@@ -164,9 +168,16 @@ def search_collection(
             continue  # nothing matches the filter: no search at all, the rows get no hits
         dense_rows = [i for i in members if asks[i][1].needs_vector]
         lexical_rows = [i for i in members if asks[i][1].needs_lexical]
-        dense |= _search(dense_rows, asks, lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed))
+        # The lambdas run inside _search, within this iteration: binding `allowed` late is safe.
+        dense |= _search(
+            dense_rows,
+            asks,
+            lambda rows, depth: view.search_dense(vectors[rows], depth, allowed=allowed),  # noqa: B023
+        )
         lexical |= _search(
-            lexical_rows, asks, lambda rows, depth: view.search_lexical([texts[i] for i in rows], depth, allowed=allowed)
+            lexical_rows,
+            asks,
+            lambda rows, depth: view.search_lexical([texts[i] for i in rows], depth, allowed=allowed),  # noqa: B023
         )
     width = max(ask[0] for ask in asks) if asks else 0
     ids = np.full((len(asks), width), -1, dtype=np.int64)
@@ -190,10 +201,13 @@ def search_collection(
     hits = view.hits(scores, ids, queries=vectors if with_vectors else None)
     return [
         [
-            ScoredHit(hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
-                      dense_of.get(hit.row), lexical_of.get(hit.row))
+            ScoredHit(
+                hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
+                dense_of.get(hit.row),
+                lexical_of.get(hit.row),
+            )
             for hit in row_hits
-        ]  # fmt: skip
+        ]
         for row_hits, (dense_of, lexical_of), ask in zip(hits, raw, asks, strict=True)
     ]
 

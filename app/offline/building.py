@@ -8,7 +8,6 @@ serving the previous version.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from app.engine.splitting import long_document_splitter
 from experts import (
     Encoder,
     ExpertDir,
@@ -32,7 +32,6 @@ from experts import (
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
-from app.engine.splitting import long_document_splitter
 from index import BuildReport, Collection, LexicalSettings, LongDocuments, build_index
 from router import centroid_pilots, kmeans_pilots, query_pilots
 
@@ -136,9 +135,12 @@ def index_expert(
             encoder.remove_adapter(temporary_adapter)
     published = expert.publish(
         index=IndexSection(
-            directory=report.directory.name, factory=factory, count=report.documents,
-            lexical=None if lexical is None else dataclasses.asdict(lexical), chunking=chunking.to_dict(),
-        )  # fmt: skip
+            directory=report.directory.name,
+            factory=factory,
+            count=report.documents,
+            lexical=None if lexical is None else dataclasses.asdict(lexical),
+            chunking=chunking.to_dict(),
+        )
     )
     return published, report
 

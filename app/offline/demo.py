@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.engine.engine import SearchEngine
 from app.engine.output import result_text
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertError, create_expert

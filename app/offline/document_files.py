@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from app.publishing.document_writes import DocumentWriter
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.publishing.document_writes import DocumentWriter
 from app.settings import Settings
 from experts import Encoder, ExpertDir
 from index import CorpusError, CorpusProblem, Document, read_corpus
@@ -80,7 +80,12 @@ def upsert_jsonl(target: DocumentTarget, path: Path, *, batch_size: int = 256, p
             created += last["created"]
             replaced += last["replaced"]
             bar.update(len(batch))
-    return {"upserted": total, "created": created, "replaced": replaced, **{k: last.get(k) for k in ("seq", "documents", "merging")}}
+    return {
+        "upserted": total,
+        "created": created,
+        "replaced": replaced,
+        **{k: last.get(k) for k in ("seq", "documents", "merging")},
+    }
 
 
 def delete_ids(target: DocumentTarget, ids: Sequence[str], *, batch_size: int = 1000) -> dict[str, Any]:
@@ -97,14 +102,19 @@ def delete_ids(target: DocumentTarget, ids: Sequence[str], *, batch_size: int = 
 class LocalDocuments:
     """One expert directory, opened for writing by this process (the CLI without a server)."""
 
-    def __init__(self, settings: Settings, encoder: Encoder, name: str, directory: ExpertDir, *, write: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, encoder: Encoder, name: str, directory: ExpertDir, *, write: bool = True
+    ) -> None:
         self.name = name
         self._encoder = encoder
         self._engine = SearchEngine(encoder)
         self._expert = load_expert(
-            directory, encoder, verify_checksums=settings.verify_checksums, write=write,
+            directory,
+            encoder,
+            verify_checksums=settings.verify_checksums,
+            write=write,
             merge_policy=settings.merge_policy(),
-        )  # fmt: skip
+        )
         self._engine.add(self._expert)
         self._writer = DocumentWriter(self._engine)
         if write:
@@ -113,24 +123,43 @@ class LocalDocuments:
     def upsert(self, docs: Sequence[Document]) -> dict[str, Any]:
         written = self._writer.upsert(self.name, docs)
         report = written.report
-        return {"seq": report.seq, "created": report.created, "replaced": report.replaced,  # type: ignore[union-attr]
-                "documents": written.documents, "merging": written.merging}  # fmt: skip
+        return {
+            "seq": report.seq,
+            "created": report.created,
+            "replaced": report.replaced,
+            "documents": written.documents,
+            "merging": written.merging,
+        }
 
     def delete(self, ids: Sequence[str]) -> dict[str, Any]:
         written = self._writer.delete(self.name, ids)
         report = written.report
-        return {"seq": report.seq, "deleted": report.deleted, "missing": report.missing,  # type: ignore[union-attr]
-                "documents": written.documents, "merging": written.merging}  # fmt: skip
+        return {
+            "seq": report.seq,
+            "deleted": report.deleted,
+            "missing": report.missing,
+            "documents": written.documents,
+            "merging": written.merging,
+        }
 
     def get(self, doc_id: str) -> dict[str, Any]:
         document = self._writer.get(self.name, doc_id)
-        return {"expert": self.name, "id": document.id, "title": document.title, "text": document.text,
-                "metadata": document.metadata}  # fmt: skip
+        return {
+            "expert": self.name,
+            "id": document.id,
+            "title": document.title,
+            "text": document.text,
+            "metadata": document.metadata,
+        }
 
     def merge(self) -> dict[str, Any]:
         report, expert = self._writer.merge(self.name)
-        return {"merged": report is not None, "directory": None if report is None else report.directory.name,
-                "documents": len(expert.documents), "version": expert.manifest.version}  # fmt: skip
+        return {
+            "merged": report is not None,
+            "directory": None if report is None else report.directory.name,
+            "documents": len(expert.documents),
+            "version": expert.manifest.version,
+        }
 
     def close(self) -> None:
         """Finish a merge the writes started (a CLI exiting would drop it), then unload."""

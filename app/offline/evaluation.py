@@ -44,6 +44,7 @@ import numpy as np
 from ir_measures import R, nDCG
 
 from app.engine.engine import SearchEngine
+from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from app.offline.pilot_selection import (
     PILOT_CONSTRUCTIONS,
     JudgedQueries,
@@ -53,8 +54,7 @@ from app.offline.pilot_selection import (
     simple_pilots,
 )
 from experts.labelled import judged_queries, read_qrels, read_queries
-from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
-from index import DenseIndex, LexicalIndex, fuse_dense_lexical
+from index import ChunkedDense, DenseIndex, LexicalIndex, fuse_dense_lexical
 from router import AGGREGATES, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,12 @@ class EvalReport:
     metrics: dict[str, dict[str, dict[str, float]]]
     confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
     routed_aggregate: str
-    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # construction -> aggregate -> collection/all -> accuracy
-    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # construction -> aggregate -> (C, C)
+    pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=dict
+    )  # construction -> aggregate -> collection/all -> accuracy
+    pilot_confusion: dict[str, dict[str, np.ndarray]] = field(
+        default_factory=dict
+    )  # construction -> aggregate -> (C, C)
     pilot_notes: dict[str, str] = field(default_factory=dict)
     union_documents: int = 0
     seconds: float = 0.0
@@ -157,9 +161,7 @@ def _keyed_qrels(test: JudgedQueries) -> dict[str, dict[str, int]]:
     return {q: {f"{test.collection}/{doc}": rel for doc, rel in docs.items()} for q, docs in test.qrels.items()}
 
 
-def score_run(
-    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
+def score_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """nDCG@10 and Recall@100 averaged over every judged query (a query missing from the run scores 0)."""
     full_run = {q: dict(run.get(q, {})) for q in qrels}
     totals = {name: 0.0 for name in METRIC_NAMES.values()}
@@ -170,7 +172,8 @@ def score_run(
 
 def _run_of(test: JudgedQueries, collection: str, hits_per_query) -> dict[str, dict[str, float]]:
     return {
-        q: {f"{collection}/{h.id}": float(h.score) for h in hits} for q, hits in zip(test.ids, hits_per_query, strict=True)
+        q: {f"{collection}/{h.id}": float(h.score) for h in hits}
+        for q, hits in zip(test.ids, hits_per_query, strict=True)
     }
 
 
@@ -269,6 +272,7 @@ def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[Dense
     for name in collections:
         collection = engine.experts[name].collection
         if collection.chunked:
+            assert isinstance(collection.dense, ChunkedDense)  # what `chunked` means
             rows, vectors, _, _ = collection.dense.chunk_vectors()
             most = max(most, int(np.bincount(rows).max()) if len(rows) else 1)
         else:
@@ -276,7 +280,7 @@ def union_index(engine: SearchEngine, collections: Sequence[str]) -> tuple[Dense
         docs = collection.docstore.get(rows.tolist())
         keep = [i for i, doc in enumerate(docs) if doc is not None]
         union.add(vectors[keep], np.arange(len(keys), len(keys) + len(keep), dtype=np.int64))
-        keys.extend(f"{name}/{docs[i].id}" for i in keep)
+        keys.extend(f"{name}/{doc.id}" for doc in docs if doc is not None)  # the `keep` rows, in order
     return union, keys, most
 
 
@@ -331,9 +335,9 @@ def evaluate(
         expert = engine.experts[name]
         qrels = _keyed_qrels(test)
 
-        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:
-            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))
-            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))
+        def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:  # called within this iteration only
+            found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))  # noqa: B023
+            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))  # noqa: B023
 
         expert_vectors = (
             base_vectors[name]
@@ -366,10 +370,10 @@ def evaluate(
             # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
-            found = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
-            metrics["routed-hybrid-top1"][name] = score_run(qrels, found)
-            found = _routed_run(engine, test, k, engine.policy, routed_hybrid)[0]
-            metrics["routed-hybrid"][name] = score_run(qrels, found)
+            top1_run = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
+            metrics["routed-hybrid-top1"][name] = score_run(qrels, top1_run)
+            hedged_run = _routed_run(engine, test, k, engine.policy, routed_hybrid)[0]
+            metrics["routed-hybrid"][name] = score_run(qrels, hedged_run)
         logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
     report = EvalReport(
         collections=collections,
@@ -379,13 +383,21 @@ def evaluate(
         routed_aggregate=routed_aggregate,
         union_documents=len(keys),
         settings={
-            "k": k, "pseudo_sample": pseudo_sample, "clusters": clusters, "seed": seed, "datasets": str(datasets),
-            "fanout_margin": fanout_margin, "router_neighbours": engine.router.neighbours,
+            "k": k,
+            "pseudo_sample": pseudo_sample,
+            "clusters": clusters,
+            "seed": seed,
+            "datasets": str(datasets),
+            "fanout_margin": fanout_margin,
+            "router_neighbours": engine.router.neighbours,
             "route_policy": {
-                "top_k": engine.policy.top_k, "fanout_margin": engine.policy.fanout_margin,
-                "merge": engine.policy.merge, "gap_weight": engine.policy.gap_weight,
+                "top_k": engine.policy.top_k,
+                "fanout_margin": engine.policy.fanout_margin,
+                "merge": engine.policy.merge,
+                "gap_weight": engine.policy.gap_weight,
             },
-            "router_evidence": engine.evidence, "router_vote_depth": engine.vote_depth,
+            "router_evidence": engine.evidence,
+            "router_vote_depth": engine.vote_depth,
         },  # fmt: skip
     )
     if constructions:

@@ -151,7 +151,9 @@ def _swap_into_place(staged: Path, target: Path, *, old_version: int | None) -> 
         try:
             os.rename(staged, target)  # fails if a directory of that name appeared meanwhile
         except OSError as exc:
-            raise ExpertDirError(f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})") from exc
+            raise ExpertDirError(
+                f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})"
+            ) from exc
         fsync_dir(target.parent)
         return
     current = ExpertDir(target)
@@ -188,7 +190,9 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, target / path.name)
 
 
-def _reuse_index(old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpora: Sequence[Path], factory: str) -> bool:
+def _reuse_index(
+    old: ExpertDir | None, new: ExpertDir, encoder: Encoder, corpora: Sequence[Path], factory: str
+) -> bool:
     """Give ``new`` the collection of ``old`` when it was built from the same files the same way."""
     if old is None:
         return False
@@ -229,11 +233,14 @@ def _base_vectors(collection: Collection, encoder: Encoder, manifest: Manifest) 
     """Row ids and base document vectors: read back from an exact index, else embedded again."""
     if collection.dense.exact_storage:
         return collection.vectors()
+    assert manifest.index is not None  # the collection was opened from it
     rows = collection.docstore.all_row_ids()
     logger.info("the %r index stores compressed codes: embedding %d documents again", manifest.index.factory, len(rows))
     passages = []
     for start in range(0, len(rows), _READ_CHUNK):
-        passages += [doc.passage() for doc in collection.docstore.get(rows[start : start + _READ_CHUNK].tolist())]
+        for doc in collection.docstore.get(rows[start : start + _READ_CHUNK].tolist()):
+            assert doc is not None  # the row ids were read from this docstore
+            passages.append(doc.passage())
     return rows, encoder.embed(passages, max_length=manifest.max_length)
 
 
@@ -262,20 +269,28 @@ def _pairs(
     """Training pairs and the texts to build pilots from (real training queries where given)."""
     pseudo = pseudo_pairs(
         [(title, text) for _, title, text in documents],
-        spans_with_title=spans_with_title, spans_without_title=spans_without_title, seed=seed,
-    )  # fmt: skip
+        spans_with_title=spans_with_title,
+        spans_without_title=spans_without_title,
+        seed=seed,
+    )
     if queries is None:
         texts = [pair.query for pair in pseudo]
         return pseudo, random.Random(seed).sample(texts, min(1000, len(texts)))
+    assert qrels is not None  # train_expert takes queries and qrels together
     rows = {doc_id: position for position, (doc_id, _, _) in enumerate(documents)}
     supervised = supervised_pairs(read_queries(queries), read_qrels(qrels), rows)
     return combine_pairs(pseudo, supervised, supervised_repeat=supervised_repeat), [p.query for p in supervised]
 
 
 def _record_training(
-    expert: ExpertDir, report: TrainReport, kinds: dict[str, int], *, corpora: Sequence[Path], labelled: str,
+    expert: ExpertDir,
+    report: TrainReport,
+    kinds: dict[str, int],
+    *,
+    corpora: Sequence[Path],
+    labelled: str,
     min_version: int,
-) -> None:  # fmt: skip
+) -> None:
     """Mark the staged adapter trained and record the recipe (checksums follow with the pilots' publish)."""
     manifest = expert.read_manifest()
     config = read_adapter_config(expert.adapter_path)
@@ -288,10 +303,17 @@ def _record_training(
         trained=True,
     )
     training = TrainingSection(
-        recipe=report.config.as_dict(), mode=report.mode, pairs=report.pairs, pair_kinds=kinds,
-        documents=report.documents, first_loss=report.first_loss, final_loss=report.final_loss,
-        seconds=round(report.seconds, 1), corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora), labelled=labelled,
-    )  # fmt: skip
+        recipe=report.config.as_dict(),
+        mode=report.mode,
+        pairs=report.pairs,
+        pair_kinds=kinds,
+        documents=report.documents,
+        first_loss=report.first_loss,
+        final_loss=report.final_loss,
+        seconds=round(report.seconds, 1),
+        corpora=tuple(corpus_fingerprint(Path(c)) for c in corpora),
+        labelled=labelled,
+    )
     updated = manifest.next_version(adapter=adapter, training=training)
     updated = updated.model_copy(update={"version": max(updated.version, min_version)})
     atomic_write_bytes(expert.path / MANIFEST_FILE, updated.model_dump_json(indent=2).encode())
@@ -351,49 +373,81 @@ def train_expert(
     old_version = old.read_manifest().version if old is not None else None
     with _staging(root, name) as stage:
         expert = create_expert(
-            stage, name, encoder=encoder, rank=config.rank, alpha=config.alpha, dropout=config.dropout,  # type: ignore[arg-type]
-            target_modules=config.target_modules, description=description,
-        )  # fmt: skip
+            stage,
+            name,
+            encoder=encoder,
+            rank=config.rank,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            target_modules=config.target_modules,
+            description=description,
+        )
         index_started = time.perf_counter()
         reused = _reuse_index(old, expert, encoder, corpora, factory)
         if not reused:
             index_expert(expert, encoder, corpora, factory=factory, progress=progress)
         index_seconds = time.perf_counter() - index_started
         manifest = expert.read_manifest()
+        assert manifest.index is not None  # just built or reused
         with Collection.open(expert.path / manifest.index.directory) as collection:
             rows, vectors = _base_vectors(collection, encoder, manifest)
             documents = _documents(collection, rows)
             pairs, pilot_texts = _pairs(
-                documents, queries=queries, qrels=qrels, spans_with_title=spans_with_title,
-                spans_without_title=spans_without_title, supervised_repeat=supervised_repeat, seed=config.seed,
-            )  # fmt: skip
+                documents,
+                queries=queries,
+                qrels=qrels,
+                spans_with_title=spans_with_title,
+                spans_without_title=spans_without_title,
+                supervised_repeat=supervised_repeat,
+                seed=config.seed,
+            )
             trained_dir = expert.work_path("train") / "adapter"
             report = train_adapter(
-                encoder, pairs, vectors, trained_dir, config=config, negative_search=_faiss_negatives(collection, rows),
-                progress=progress, description=f"training {name}",
-            )  # fmt: skip
+                encoder,
+                pairs,
+                vectors,
+                trained_dir,
+                config=config,
+                negative_search=_faiss_negatives(collection, rows),
+                progress=progress,
+                description=f"training {name}",
+            )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)
         shutil.rmtree(expert.path / ".work", ignore_errors=True)
-        kinds = dict(sorted(Counter(pair.kind for pair in pairs).items()))
+        kinds: dict[str, int] = dict(sorted(Counter(pair.kind for pair in pairs).items()))
         labelled = f"{queries} + {qrels}" if queries is not None else ""
         _record_training(
-            expert, report, kinds, corpora=corpora, labelled=labelled,
+            expert,
+            report,
+            kinds,
+            corpora=corpora,
+            labelled=labelled,
             min_version=(old_version or 0) + 1,
-        )  # fmt: skip
+        )
         source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
         published = build_pilots(
             expert, encoder, pilot_texts, method=pilot_method, clusters=pilot_clusters, source=source
-        )  # fmt: skip
+        )
         expert.verify(published)
         fsync_tree(expert.path)
         _swap_into_place(expert.path, target, old_version=old_version)
     result = TrainingResult(
-        name=name, path=target, manifest=published, train=report, pair_kinds=kinds, index_reused=reused,
-        index_seconds=index_seconds, seconds=time.perf_counter() - started, replaced_version=old_version,
-    )  # fmt: skip
+        name=name,
+        path=target,
+        manifest=published,
+        train=report,
+        pair_kinds=kinds,
+        index_reused=reused,
+        index_seconds=index_seconds,
+        seconds=time.perf_counter() - started,
+        replaced_version=old_version,
+    )
     logger.info(
-        "published expert %r version %d (%s) in %.0fs", name, published.version,
-        f"replacing version {old_version}" if old_version is not None else "new", result.seconds,
-    )  # fmt: skip
+        "published expert %r version %d (%s) in %.0fs",
+        name,
+        published.version,
+        f"replacing version {old_version}" if old_version is not None else "new",
+        result.seconds,
+    )
     return result

@@ -98,7 +98,9 @@ def from_collection(
         pairs = supervised_pairs(read_queries(queries), judged, rows)
         return from_pairs(pairs, limit=limit, seed=seed)
     all_rows = docstore.all_row_ids()
-    sample = np.asarray(sorted(random.Random(seed).sample(all_rows.tolist(), min(limit, len(all_rows)))), dtype=np.int64)
+    sample = np.asarray(
+        sorted(random.Random(seed).sample(all_rows.tolist(), min(limit, len(all_rows)))), dtype=np.int64
+    )
     documents = [doc for doc in docstore.get(sample.tolist()) if doc is not None]
     pairs = pseudo_pairs([(doc.title, doc.text) for doc in documents], seed=seed)
     return from_pairs(pairs, sample, limit=limit, seed=seed)
@@ -160,9 +162,7 @@ def tune_fusion(
         encoder.add_adapter(adapter, expert.adapter_path)
     try:
         with Collection.open(expert.path / manifest.index.directory) as collection:
-            curve = fusion_curve(
-                encoder, adapter, collection, queries, candidates=candidates, max_length=max_length
-            )  # fmt: skip
+            curve = fusion_curve(encoder, adapter, collection, queries, candidates=candidates, max_length=max_length)
     finally:
         if adapter is not None:
             encoder.remove_adapter(adapter)
@@ -177,6 +177,11 @@ def tune_fusion(
     )
     logger.info(
         "expert %r: fusion weight %.1f (nDCG@10 %.4f on %d %s queries; 0.5 gives %.4f)",
-        manifest.name, weight, curve[weight], len(queries.texts), queries.kind, curve.get(0.5, float("nan")),
-    )  # fmt: skip
+        manifest.name,
+        weight,
+        curve[weight],
+        len(queries.texts),
+        queries.kind,
+        curve.get(0.5, float("nan")),
+    )
     return expert.publish(retrieval=section)

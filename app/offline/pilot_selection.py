@@ -24,8 +24,8 @@ import ir_measures
 import numpy as np
 from ir_measures import nDCG
 
-from app.offline.building import PILOT_METHODS, QUERY_PILOTS, PilotMethod
 from app.engine.engine import SearchEngine
+from app.offline.building import PILOT_METHODS, QUERY_PILOTS, PilotMethod
 from experts import Manifest, PilotsSection
 from experts.labelled import judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
@@ -184,7 +184,9 @@ def select_paper_pilots(
         winners = best_experts(scores)
         selection.wins[source] = {n: int(winners[:, i].sum()) for i, n in enumerate(selection.experts)}
         selection.dropped[source] = int((~winners.any(axis=1)).sum())
-        logger.info("paper pilots: %s wins %s, %d ties dropped", source, selection.wins[source], selection.dropped[source])
+        logger.info(
+            "paper pilots: %s wins %s, %d ties dropped", source, selection.wins[source], selection.dropped[source]
+        )
     sources = [s for s in selection.queries for _ in selection.queries[s].ids]
     selection.pilots = assigned_pilots(
         np.concatenate([selection.base[s] for s in selection.queries]),

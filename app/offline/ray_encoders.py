@@ -20,6 +20,7 @@ import numpy as np
 from app.engine.loading import open_encoder
 from app.settings import Settings
 from experts import Encoder, ExpertDir, Manifest, ModelLoadError
+from index import BuildReport
 from index.build.ray_data import RayEngine, build_index_on_ray
 
 logger = logging.getLogger(__name__)
@@ -54,14 +55,17 @@ class RayIndexing:
     settings: Settings
     engine: RayEngine = field(default_factory=RayEngine)
 
-    def builder(self, expert: ExpertDir, manifest: Manifest, encoder: Encoder) -> Callable[..., object]:
+    def builder(self, expert: ExpertDir, manifest: Manifest, encoder: Encoder) -> Callable[..., BuildReport]:
         """``build_index`` with the embedding on Ray, for this expert (same arguments, no ``embed``)."""
         symmetric = manifest.adapter.side != "query" and manifest.adapter.trained
         threads = max(1, int(self.engine.cpus_per_actor))
         device = "cuda" if self.engine.gpus_per_actor > 0 else self.settings.device
         actor_settings = self.settings.model_copy(update={"torch_threads": threads, "device": device})
         embedder = partial(
-            actor_embedder, actor_settings, max_length=manifest.max_length, fingerprint=encoder.fingerprint,
+            actor_embedder,
+            actor_settings,
+            max_length=manifest.max_length,
+            fingerprint=encoder.fingerprint,
             adapter=expert.adapter_path if symmetric else None,
-        )  # fmt: skip
+        )
         return partial(build_index_on_ray, embedder=embedder, engine=self.engine)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +53,7 @@ def render_markdown(report: EvalReport, *, command: str = "") -> str:
     accuracy = report.routing_accuracy
     aggregate = f" (aggregate {report.routed_aggregate})" if report.routed_aggregate else ""
     lines += [f"## Routing of the deployed pilots{aggregate}", "", "Rows: true collection; columns: routed expert.", ""]
-    rows = [
-        [c] + [str(int(v)) for v in report.confusion[i]] + [f"{accuracy[c]:.1%}"] for i, c in enumerate(cols)
-    ]
+    rows = [[c] + [str(int(v)) for v in report.confusion[i]] + [f"{accuracy[c]:.1%}"] for i, c in enumerate(cols)]
     rows.append(["all"] + [str(int(v)) for v in report.confusion.sum(axis=0)] + [f"{accuracy['all']:.1%}"])
     lines += _table(["true \\ routed", *cols, "accuracy"], rows) + [""]
     if report.pilot_comparison or report.pilot_notes:
@@ -126,7 +124,10 @@ def report_data(report: EvalReport) -> dict[str, object]:
 
 
 def _confusion_dict(confusion: np.ndarray, collections: list[str]) -> dict[str, dict[str, int]]:
-    return {true: {routed: int(confusion[i, j]) for j, routed in enumerate(collections)} for i, true in enumerate(collections)}
+    return {
+        true: {routed: int(confusion[i, j]) for j, routed in enumerate(collections)}
+        for i, true in enumerate(collections)
+    }
 
 
 def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
@@ -155,7 +156,9 @@ def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
             "confusion": _confusion_dict(confusion, cols),
         }
     return {
-        "collections": {c: {s: {keys[m]: report.metrics[s][c][m] for m in METRICS} for s in report.systems} for c in cols},
+        "collections": {
+            c: {s: {keys[m]: report.metrics[s][c][m] for m in METRICS} for s in report.systems} for c in cols
+        },
         "queries": dict(report.queries),
         "average": _averages(report, "macro", keys),
         "macro_average": _averages(report, "macro", keys),
@@ -168,7 +171,7 @@ def eval_data(report: EvalReport, command: str = "") -> dict[str, object]:
 
 def write_report(report: EvalReport, reports_dir: Path, *, name: str | None = None, command: str = "") -> Path:
     """Write ``report.md``, ``metrics.png``, ``report.json`` and ``eval.json`` into ``reports_dir/<name>`` (default: a UTC timestamp)."""
-    name = name or datetime.now(timezone.utc).strftime("eval-%Y%m%dT%H%M%SZ")
+    name = name or datetime.now(UTC).strftime("eval-%Y%m%dT%H%M%SZ")
     target = Path(reports_dir) / name
     if target.exists():
         raise FileExistsError(f"report folder {target} already exists; give another name")

@@ -15,21 +15,24 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from app.engine.engine import SearchEngine
-from app.errors import UnknownDocumentError
 from app.engine.loading import LoadedExpert
+from app.errors import UnknownDocumentError
 from experts import UnknownExpertError
 from index import DeleteReport, Document, MergeReport, UpsertReport
 
 logger = logging.getLogger(__name__)
 
+Report = TypeVar("Report", UpsertReport, DeleteReport)
+
 
 @dataclass(frozen=True)
-class Written:
+class Written(Generic[Report]):
     """A write's report and the expert's state right after it."""
 
-    report: UpsertReport | DeleteReport
+    report: Report
     documents: int
     merging: bool
 
@@ -52,14 +55,14 @@ class DocumentWriter:
             raise UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(self.engine.experts)}")
         return expert
 
-    def upsert(self, name: str, docs: Sequence[Document]) -> Written:
+    def upsert(self, name: str, docs: Sequence[Document]) -> Written[UpsertReport]:
         """Insert or replace documents of ``name``; durable and searchable once this returns."""
         with self.engine.document_lock(name):
             expert = self.expert(name)  # the one published now, looked up under the lock
             report = expert.documents.upsert(docs)
         return self._written(expert, report)
 
-    def delete(self, name: str, doc_ids: Sequence[str]) -> Written:
+    def delete(self, name: str, doc_ids: Sequence[str]) -> Written[DeleteReport]:
         """Delete documents of ``name`` by id; durable and gone from searches once this returns."""
         with self.engine.document_lock(name):
             expert = self.expert(name)
@@ -85,7 +88,7 @@ class DocumentWriter:
         report = future.result(timeout) if future is not None else None
         return report, self.expert(name)
 
-    def _written(self, expert: LoadedExpert, report: UpsertReport | DeleteReport) -> Written:
+    def _written(self, expert: LoadedExpert, report: Report) -> Written[Report]:
         merge: Future[MergeReport | None] | None = expert.documents.start_merge()
         if merge is not None:
             logger.info("expert %r: merging its live writes in the background", expert.name)

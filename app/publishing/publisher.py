@@ -15,11 +15,11 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.engine.engine import RESERVED_NAMES, SearchEngine
+from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.errors import (
     ConflictError,
     ExpertRejectedError,
@@ -29,7 +29,7 @@ from app.errors import (
     PayloadTooLargeError,
     is_disk_full,
 )
-from app.engine.loading import LoadedExpert, load_expert, unload_expert
+from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.publishing.registry import RegistryEntry, RegistryFile
 from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
 from index import IndexStoreError, MergePolicy
@@ -71,7 +71,12 @@ class ExpertPublisher:
     """
 
     def __init__(
-        self, engine: SearchEngine, root: Path, *, verify_checksums: bool = True, merge_policy: MergePolicy = MergePolicy()
+        self,
+        engine: SearchEngine,
+        root: Path,
+        *,
+        verify_checksums: bool = True,
+        merge_policy: MergePolicy = MergePolicy(),
     ) -> None:
         self.engine = engine
         self.root = Path(root).resolve()
@@ -167,7 +172,9 @@ class ExpertPublisher:
         Returns an event set when that is done (at once for an expert that was
         not uploaded). Call it without holding the lock.
         """
-        directory = None if entry is None else self._upload_of(entry)
+        if entry is None:
+            return released
+        directory = self._upload_of(entry)
         if directory is None:
             return released
 
@@ -313,7 +320,7 @@ class ExpertPublisher:
                     raise  # the server's fault, not the archive's: answered 507
                 raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
             self._check_name(name, replace=replace)  # before the (slow) load: fail fast
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             final = uploads / f"{name}-{stamp}-{secrets.token_hex(3)}" / name
             final.parent.mkdir()
             source.rename(final)
@@ -342,7 +349,11 @@ class ExpertPublisher:
         if name in RESERVED_NAMES:
             raise ValueError(f"expert name {name!r} is reserved for the embeddings API")
         return load_expert(
-            directory, self.engine.encoder, verify_checksums=verify_checksums, write=True, merge_policy=self.merge_policy
+            directory,
+            self.engine.encoder,
+            verify_checksums=verify_checksums,
+            write=True,
+            merge_policy=self.merge_policy,
         )
 
     # ------------------------------------------------------------------ remove

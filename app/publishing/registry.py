@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,7 +39,7 @@ class RegistryEntry(BaseModel):
     name: str
     path: str = Field(description="Expert directory, relative to the data root.")
     version: int = Field(0, ge=0, description="Manifest version when published (informational).")
-    published_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    published_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class _RegistryDocument(BaseModel):

@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConflictError, ExpertRejectedError
-from app.engine.jobs import RESERVED_NAMES
-from app.publishing.publisher import ExpertPublisher
-from app.ray_serve.published import PublishedSet
-from app.publishing.registry import RegistryEntry
 from app.api.schemas import ExpertDetailOut, RemovedOut
+from app.engine.jobs import RESERVED_NAMES
+from app.errors import ConflictError, ExpertRejectedError
+from app.publishing.publisher import ExpertPublisher
+from app.publishing.registry import RegistryEntry
+from app.ray_serve.published import PublishedSet
 from experts import ExpertDir, ExpertError, Manifest, UnknownExpertError
 
 __all__ = ["IngressAdmin"]
@@ -103,14 +103,27 @@ def _refuse_taken(name: str, published: dict[str, str], *, replace: bool) -> Non
 def _describe(entry: RegistryEntry, manifest: Manifest, found: dict[str, Any]) -> dict[str, Any]:
     """What ``rr serve``'s admin answers (``GET /experts/{name}``'s shape), from the manifest and the check."""
     row: dict[str, Any] = {
-        "name": entry.name, "path": entry.path, "state": "loaded", "version": manifest.version,
-        "description": manifest.description, "base_model": manifest.base_model.id,
-        "pilots": manifest.pilots.count if manifest.pilots else None, "routable": bool(found.get("routable")),
-        "adapter": {"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
-                    "alpha": manifest.adapter.alpha},
-        "documents": found.get("documents"), "manifest": manifest.model_dump(mode="json"),
-    }  # fmt: skip
+        "name": entry.name,
+        "path": entry.path,
+        "state": "loaded",
+        "version": manifest.version,
+        "description": manifest.description,
+        "base_model": manifest.base_model.id,
+        "pilots": manifest.pilots.count if manifest.pilots else None,
+        "routable": bool(found.get("routable")),
+        "adapter": {
+            "trained": manifest.adapter.trained,
+            "side": manifest.adapter.side,
+            "rank": manifest.adapter.rank,
+            "alpha": manifest.adapter.alpha,
+        },
+        "documents": found.get("documents"),
+        "manifest": manifest.model_dump(mode="json"),
+    }
     if manifest.index is not None:
-        row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
-                        "documents": manifest.index.count}  # fmt: skip
+        row["index"] = {
+            "factory": manifest.index.factory,
+            "directory": manifest.index.directory,
+            "documents": manifest.index.count,
+        }
     return row

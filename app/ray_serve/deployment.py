@@ -80,24 +80,35 @@ def build_app(
         )
     if registry_poll_s <= 0:
         raise ValueError(f"registry_poll_s must be > 0, got {registry_poll_s}")
+    # Ray annotates serve.deployment() as returning the decorator even when it is given the class (it then
+    # returns the Deployment), hence the two ignores on .bind below.
     searcher = serve.deployment(
-        expert_searcher_class(max_experts, registry_poll_s), name="ExpertSearcher", num_replicas=searchers,
+        expert_searcher_class(max_experts, registry_poll_s),
+        name="ExpertSearcher",
+        num_replicas=searchers,
         ray_actor_options={"num_cpus": searcher_cpus, "num_gpus": searcher_gpus},
         # A routed request with corpus votes makes one call per expert, all at once: let a replica take
         # the calls for every expert it holds, twice over (Serve's default is 5).
         max_ongoing_requests=max(5, 2 * max_experts),
-    ).bind(settings)  # fmt: skip
+    ).bind(settings)  # type: ignore[attr-defined]
     ingress = serve.deployment(
         RoutedSearch, name="RoutedSearch", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}
     )
-    return ingress.bind(searcher, settings)
+    return ingress.bind(searcher, settings)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
     """For ``serve run app.ray_serve:app_builder max_experts=8 searchers=4 searcher_cpus=2``; settings from ``RR_*``."""
-    known = {"max_experts": int, "searchers": int, "searcher_cpus": float, "searcher_gpus": float,
-             "ingress_replicas": int, "ingress_cpus": float, "registry_poll_s": float}  # fmt: skip
+    known = {
+        "max_experts": int,
+        "searchers": int,
+        "searcher_cpus": float,
+        "searcher_gpus": float,
+        "ingress_replicas": int,
+        "ingress_cpus": float,
+        "registry_poll_s": float,
+    }
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}. Valid arguments are: {', '.join(sorted(known))}")
-    return build_app(Settings(), **{key: known[key](value) for key, value in args.items()})  # type: ignore[arg-type]
+    return build_app(Settings(), **{key: known[key](value) for key, value in args.items()})

@@ -36,18 +36,18 @@ import numpy as np
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
+from app.api.schemas import BatchOut, SearchRequest, SearchResponse
 from app.engine.engine import SearchEngine
-from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.engine.jobs import ExpertHit, SearchResult
-from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.loading import open_encoder
+from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.output import result_dict
+from app.engine.retrieval import Retrieval, RetrievalOptions, requested_retrieval
+from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.publishing.publisher import ExpertPublisher
 from app.ray_serve.admin import IngressAdmin
 from app.ray_serve.metrics import IngressMetrics
 from app.ray_serve.published import Published, PublishedExpert, PublishedSet
-from app.engine.retrieval import Retrieval, RetrievalOptions, requested_retrieval
-from app.api.schemas import BatchOut, SearchRequest, SearchResponse
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
 from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.engine.jobs import SearchResult
 from app.api.metrics import shared_families
+from app.engine.jobs import SearchResult
 
 __all__ = ["IngressMetrics"]
 
@@ -37,17 +37,25 @@ class IngressMetrics:
         self.requests, self.latency = self.shared.requests, self.shared.latency
         self.routed, self.margin = self.shared.routed, self.shared.margin
         self.stage_seconds = Histogram(
-            "rr_stage_duration_seconds", "Time per request stage (base, evidence, route, search).", ["stage"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "rr_stage_duration_seconds",
+            "Time per request stage (base, evidence, route, search).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.expert_calls = Counter(
-            "rr_searcher_calls", "Calls to the searcher replicas by expert, kind (search, scores) and outcome.",
-            ["expert", "kind", "outcome"], registry=r,
-        )  # fmt: skip
+            "rr_searcher_calls",
+            "Calls to the searcher replicas by expert, kind (search, scores) and outcome.",
+            ["expert", "kind", "outcome"],
+            registry=r,
+        )
         self.expert_seconds = Histogram(
-            "rr_searcher_call_duration_seconds", "Latency of the calls to the searcher replicas, by expert and kind.",
-            ["expert", "kind"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "rr_searcher_call_duration_seconds",
+            "Latency of the calls to the searcher replicas, by expert and kind.",
+            ["expert", "kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         Gauge("rr_experts_published", "Experts published (in the registry).", registry=r).set_function(published)
         Gauge("rr_experts_routable", "Published experts the router can choose (with pilots).", registry=r).set_function(
             routable

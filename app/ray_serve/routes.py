@@ -25,7 +25,6 @@ from app.api.auth import require_admin, require_search
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.api.error_handlers import error_response, install_error_handlers
 from app.api.metrics import MetricsMiddleware
-from app.ray_serve.ingress import Ingress
 from app.api.schemas import (
     AddExpertRequest,
     ExpertDetailOut,
@@ -37,6 +36,7 @@ from app.api.schemas import (
     SearchResponse,
     error_responses,
 )
+from app.ray_serve.ingress import Ingress
 
 __all__ = ["create_ingress_app"]
 
@@ -53,9 +53,11 @@ ops_router = APIRouter(tags=["operations"])
 
 
 @search_router.post(
-    "/search", response_model=SearchResponse, dependencies=[Depends(require_search)],
+    "/search",
+    response_model=SearchResponse,
+    dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
-)  # fmt: skip
+)
 async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
     """``rr serve``'s search: each query routed on pilots and corpus votes, searched by a replica holding its expert."""
     return await ingress.search(body)
@@ -112,8 +114,10 @@ def create_ingress_app(ingress: Ingress) -> FastAPI:
     for router in (search_router, admin_router, ops_router):
         app.include_router(router)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.max_body_bytes,
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_body_bytes,
         upload_routes=frozenset(),  # no archive uploads here
-    )  # fmt: skip
+    )
     app.add_middleware(MetricsMiddleware, metrics=ingress.metrics)  # type: ignore[arg-type]  # outermost: counts 413s
     return app

@@ -32,8 +32,8 @@ from ray import serve
 
 from app.engine.engine import SearchEngine, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert, load_expert, open_encoder, unload_expert
-from app.ray_serve.published import PublishedExpert, PublishedSet
 from app.engine.retrieval import RetrievalOptions
+from app.ray_serve.published import PublishedExpert, PublishedSet
 from app.settings import Settings
 from experts import Encoder, UnknownExpertError
 from index import FilterExpr
@@ -172,7 +172,7 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
         async def expert(self, name: str) -> _HeldExpert:
             entry = await asyncio.to_thread(self._entry, name)
             loaded = await asyncio.to_thread(self._load, entry)
-            engine = SearchEngine(self.encoder, **self._engine_options)  # type: ignore[arg-type]
+            engine = SearchEngine(self.encoder, **self._engine_options)
             engine.add(loaded)
             logger.info("replica loaded expert %r v%d", name, entry.version)
             return _HeldExpert(name, engine, entry, self.holding)
@@ -208,7 +208,9 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
 
             def run(held: _HeldExpert) -> list[SearchResult]:
                 if not base_encoder:
-                    return held.engine.search(queries, k=k, expert=held.name, retrieval=retrieval, filter=filter).results
+                    return held.engine.search(
+                        queries, k=k, expert=held.name, retrieval=retrieval, filter=filter
+                    ).results
                 job = SearchJob(tuple(queries), k=k, policy=_BASE_ENCODER_POLICY, retrieval=retrieval, filter=filter)
                 (outcome,) = held.engine.search_jobs([job])
                 if isinstance(outcome, Exception):

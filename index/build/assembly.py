@@ -11,13 +11,13 @@ import numpy as np
 
 from index.atomic import fsync_dir
 from index.build.checkpoint import BuildIdentity
-from index.store.chunk_map import ChunkMap
+from index.build.shards import iter_shards
+from index.errors import IndexFileError
 from index.long_documents import ChunkSettings
+from index.store.chunk_map import ChunkMap
 from index.store.collection import DENSE_FILE, DOCSTORE_FILE, IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
-from index.errors import IndexFileError
-from index.build.shards import iter_shards
 
 __all__ = ["TRAIN_SAMPLE_SIZE", "assemble_dense", "stage_collection"]
 
@@ -50,7 +50,9 @@ def _chunk_map(shards_dir: Path, shard_count: int, live: np.ndarray) -> ChunkMap
     if not chunked:
         return None
     if len(starts) != len(rows):
-        raise IndexFileError(f"the shards in {str(shards_dir)!r} repeat row ids without spans; delete the work directory")
+        raise IndexFileError(
+            f"the shards in {str(shards_dir)!r} repeat row ids without spans; delete the work directory"
+        )
     return ChunkMap(np.concatenate(rows), np.concatenate(starts), np.concatenate(ends))
 
 

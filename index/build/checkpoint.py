@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from index.store.docstore import DocStore
 from index.errors import BuildInProgressError, IndexFileError
+from index.store.docstore import DocStore
 
 __all__ = [
     "CHECKPOINT_FILE",

@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.store.analysis import LexicalSettings
-from index.build.assembly import assemble_dense, stage_collection
 from index.atomic import fsync_dir
-from index.long_documents import ChunkSettings, SplitFn, plan_chunks, too_long_message
+from index.build.assembly import assemble_dense, stage_collection
 from index.build.checkpoint import (
     CHECKPOINT_FILE,
     LOCK_FILE,
@@ -51,10 +49,8 @@ from index.build.checkpoint import (
     discard,
     lock_work_dir,
 )
-from index.store.collection import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
+from index.build.shards import remove_shards_from, write_shard
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, count_lines, read_corpus
-from index.store.dense import DenseIndex
-from index.store.docstore import DocStore
 from index.errors import (
     CorpusError,
     DimensionMismatchError,
@@ -62,8 +58,12 @@ from index.errors import (
     InvalidParameterError,
     OutputExistsError,
 )
+from index.long_documents import ChunkSettings, SplitFn, plan_chunks, too_long_message
+from index.store.analysis import LexicalSettings
+from index.store.collection import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
+from index.store.dense import DenseIndex
+from index.store.docstore import DocStore
 from index.store.lexical import LexicalIndex
-from index.build.shards import remove_shards_from, write_shard
 
 __all__ = ["BuildReport", "EmbedFn", "build_index"]
 
@@ -228,11 +228,14 @@ class _Job:
         """Embed and commit one chunk; afterwards the marker points at ``next_marker``."""
         spans, refused = plan_chunks([doc for _, doc in docs], self.chunking, self.split)
         if refused:
+            assert self.chunking is not None  # only a long-document policy refuses documents
             gone = {position for position, _ in refused}
             problems = sorted(
                 [*problems]
                 + [
-                    CorpusProblem(docs[i][0], too_long_message(docs[i][1].id, tokens, self.chunking), self.corpora[corpus])
+                    CorpusProblem(
+                        docs[i][0], too_long_message(docs[i][1].id, tokens, self.chunking), self.corpora[corpus]
+                    )
                     for i, tokens in refused
                 ],
                 key=lambda p: p.line,
@@ -306,9 +309,13 @@ class _Job:
         dense, chunks = assemble_dense(shards, count, live, dim=self.dim, factory=factory)
         staging = self.checkpoint.work_dir / STAGING_DIR
         info = stage_collection(
-            staging, dense, self.checkpoint.store, identity=self.checkpoint.identity, chunks=chunks,
+            staging,
+            dense,
+            self.checkpoint.store,
+            identity=self.checkpoint.identity,
+            chunks=chunks,
             chunking=self.chunking,
-        )  # fmt: skip
+        )
         if lexical is not None:
             _stage_lexical(staging, self.checkpoint.store, info, lexical, progress=progress)
 
@@ -401,9 +408,14 @@ def build_index(
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     DenseIndex.create(dim, factory=factory)  # a bad dim or factory fails now, not after embedding
     _check_arguments(
-        corpora, chunk_size=chunk_size, out_dir=out_dir, work_dir=work_dir, lexical=lexical, chunking=chunking,
+        corpora,
+        chunk_size=chunk_size,
+        out_dir=out_dir,
+        work_dir=work_dir,
+        lexical=lexical,
+        chunking=chunking,
         split=split,
-    )  # fmt: skip
+    )
     if out_dir.exists() and not (work_dir / CHECKPOINT_FILE).exists():
         raise OutputExistsError(f"out_dir {str(out_dir)!r} already exists; a build publishes into a new directory")
     work_dir.mkdir(parents=True, exist_ok=True)

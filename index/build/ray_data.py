@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from index.store.analysis import LexicalSettings
-from index.long_documents import ChunkSettings
 from index.build.checkpoint import CHECKPOINT_FILE, BuildIdentity, Checkpoint, lock_work_dir
+from index.build.indexing import DEFAULT_LEXICAL, BuildReport, EmbedFn, build_index
 from index.corpus import Document, corpus_fingerprint, count_lines, read_corpus
 from index.errors import CorpusError, InvalidParameterError
-from index.build.indexing import DEFAULT_LEXICAL, BuildReport, EmbedFn, build_index
+from index.long_documents import ChunkSettings
+from index.store.analysis import LexicalSettings
 
 __all__ = ["RayEngine", "build_index_on_ray"]
 
@@ -141,7 +141,9 @@ def _read_tasks(corpora: Sequence[Path], start: tuple[int, int], actors: int) ->
     tasks = []
     for number, path, first, total in spans:
         for begin in range(first, total, lines_per_task):
-            tasks.append({"corpus": number, "path": str(path), "start": begin, "stop": min(begin + lines_per_task, total)})
+            tasks.append(
+                {"corpus": number, "path": str(path), "start": begin, "stop": min(begin + lines_per_task, total)}
+            )
     return tasks
 
 
@@ -167,8 +169,12 @@ class OrderedVectors:
                     f"the Ray stream ended after {self.delivered + held} documents, but the job asked for "
                     f"{self.delivered + rows}: did a corpus file change during the build?"
                 ) from None
-            parts = (np.asarray(batch["digest"]), np.asarray(batch["vector"], dtype=np.float32),
-                     np.asarray(batch["corpus"]), np.asarray(batch["line"]))  # fmt: skip
+            parts = (
+                np.asarray(batch["digest"]),
+                np.asarray(batch["vector"], dtype=np.float32),
+                np.asarray(batch["corpus"]),
+                np.asarray(batch["line"]),
+            )
             self._pending.append(parts)
             held += len(parts[0])
 
@@ -238,11 +244,15 @@ def _vector_stream(
             # Reading is light: no CPU reserved, so that the actors can take every CPU.
             .flat_map(_read_range, num_cpus=0)
             .map_batches(
-                _EmbedActor, fn_constructor_kwargs={"embedder": embedder}, batch_size=engine.batch_size,
-                compute=ActorPoolStrategy(size=size), num_cpus=engine.cpus_per_actor,
-                num_gpus=engine.gpus_per_actor or None, batch_format="numpy",
+                _EmbedActor,
+                fn_constructor_kwargs={"embedder": embedder},
+                batch_size=engine.batch_size,
+                compute=ActorPoolStrategy(size=size),
+                num_cpus=engine.cpus_per_actor,
+                num_gpus=engine.gpus_per_actor or None,
+                batch_format="numpy",
             )
-        )  # fmt: skip
+        )
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
@@ -292,9 +302,18 @@ def build_index_on_ray(
     stream = OrderedVectors(_vector_stream(corpora, start, embedder=embedder, engine=engine))
     try:
         return build_index(
-            corpora, embed=stream, dim=dim, out_dir=out_dir, work_dir=work_dir, build_key=build_key,
-            factory=factory, chunk_size=chunk_size, upsert=upsert, progress=progress, lexical=lexical,
+            corpora,
+            embed=stream,
+            dim=dim,
+            out_dir=out_dir,
+            work_dir=work_dir,
+            build_key=build_key,
+            factory=factory,
+            chunk_size=chunk_size,
+            upsert=upsert,
+            progress=progress,
+            lexical=lexical,
             chunking=chunking,
-        )  # fmt: skip
+        )
     finally:
         stream.close()

@@ -39,7 +39,7 @@ def write_shard(
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as handle:  # a file object: np.savez would append ".npz" to a name
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # mypy also matches **arrays to allow_pickle: bool
 
     atomic_write(path, write)
     return path

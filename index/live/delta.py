@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 import faiss
 import numpy as np
 
+from index.live.log import LogEntry
 from index.store.analysis import Analyzer, LexicalSettings
 from index.store.chunk_map import search_collapsed
 from index.store.lexical import LexicalIndex
-from index.live.log import LogEntry
 
 __all__ = ["DeltaSegment", "no_hits"]
 
@@ -80,7 +80,7 @@ class DeltaSegment:
         """Index ``entries`` (a new dict the segment then owns), reusing what ``previous`` computed for its rows."""
         rows = sorted(entries)
         reuse = previous is not None and previous._settings == lexical and previous.dense.d == dim
-        old = previous.entries if reuse else {}
+        old = previous.entries if reuse and previous is not None else {}
         kept = [r for r in rows if r in old and old[r] is entries[r]]
         kept_set = set(kept)
         fresh = [r for r in rows if r not in kept_set]
@@ -88,6 +88,7 @@ class DeltaSegment:
             kept, fresh = [], rows
         parts, row_parts = [], []
         if kept:
+            assert previous is not None  # rows are kept only from a reused previous segment
             mask = np.isin(previous.chunk_rows, np.asarray(kept, dtype=np.int64))
             parts.append(previous._vectors[mask])
             row_parts.append(previous.chunk_rows[mask])
@@ -99,7 +100,7 @@ class DeltaSegment:
         terms = None
         if lexical is not None:
             analyze = analyzer or Analyzer(lexical)
-            known = previous.terms if reuse and previous.terms is not None else {}
+            known = previous.terms if reuse and previous is not None and previous.terms is not None else {}
             terms = {r: known[r] if r in known else analyze(entries[r].document.passage()) for r in rows}
         return cls(entries, terms, vectors, chunk_rows, dim=dim, lexical=lexical)
 
@@ -116,7 +117,8 @@ class DeltaSegment:
 
     def chunk_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every chunk in row order: (M,) rows, (M, dim) vectors, (M,) starts, (M,) ends in the passage."""
-        starts, ends = [], []
+        starts: list[int] = []
+        ends: list[int] = []
         for row in self.row_ids.tolist():
             entry = self.entries[row]
             spans = entry.spans if entry.spans is not None else ((0, len(entry.document.passage())),)
@@ -130,6 +132,7 @@ class DeltaSegment:
         if self._lexical is None and self.terms and len(self.row_ids):
             with self._lexical_lock:
                 if self._lexical is None:
+                    assert self._settings is not None  # terms are kept only under lexical settings
                     terms = [self.terms[int(r)] for r in self.row_ids]
                     self._lexical = LexicalIndex.build([(self.row_ids, terms)], self._settings, analyzed=True)
         return self._lexical
@@ -158,9 +161,13 @@ class DeltaSegment:
             return search(queries, k)
         available = len(self.chunk_rows) if selected is None else len(selected)
         scores, rows, _ = search_collapsed(
-            search, queries, k, rows=self.chunk_rows, available=available,
+            search,
+            queries,
+            k,
+            rows=self.chunk_rows,
+            available=available,
             per_document=len(self.chunk_rows) / len(self.row_ids),
-        )  # fmt: skip
+        )
         return scores, rows
 
     def best_span(self, row: int, query: np.ndarray) -> tuple[int, int] | None:

@@ -53,16 +53,16 @@ from typing import Any, Self
 
 import numpy as np
 
-from index.store.analysis import Analyzer
-from index.long_documents import SplitFn, plan_chunks, too_long_message
-from index.store.collection import Collection, Hit
+from index.build.indexing import EmbedFn, _embed
 from index.corpus import Document
 from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError, LongDocumentError
-from index.store.filters import FieldInfo, FilterExpr
-from index.build.indexing import EmbedFn, _embed
 from index.live.log import LiveLog, LogEntry, metadata_json
-from index.live.view import DeltaSegment, LiveView
 from index.live.merge import MergePolicy, read_marker, write_generation
+from index.live.view import DeltaSegment, LiveView
+from index.long_documents import SplitFn, plan_chunks, too_long_message
+from index.store.analysis import Analyzer
+from index.store.collection import Collection, Hit
+from index.store.filters import FieldInfo, FilterExpr
 
 __all__ = ["DeleteReport", "LiveCollection", "LiveStats", "MergeReport", "UpsertReport", "main_fingerprint"]
 
@@ -324,6 +324,7 @@ class LiveCollection:
             )
         spans, refused = plan_chunks(docs, chunking, self._split)
         if refused:
+            assert chunking is not None  # only a long-document policy refuses documents
             position, tokens = refused[0]
             doc_id = docs[position].id
             raise LongDocumentError(too_long_message(doc_id, tokens, chunking), doc_id=doc_id, tokens=tokens)

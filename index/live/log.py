@@ -303,9 +303,15 @@ class LiveLog:
         """
         documents = [
             (
-                e.row_id, e.document.id, e.document.title, e.document.text, metadata_json(e.document),
-                np.ascontiguousarray(e.vectors).tobytes(), e.seq, None if e.spans is None else json.dumps(e.spans),
-            )  # fmt: skip
+                e.row_id,
+                e.document.id,
+                e.document.title,
+                e.document.text,
+                metadata_json(e.document),
+                np.ascontiguousarray(e.vectors).tobytes(),
+                e.seq,
+                None if e.spans is None else json.dumps(e.spans),
+            )
             for e in added
         ]
         for entry in added:

@@ -38,18 +38,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.atomic import atomic_write, fsync_dir
+from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.build.checkpoint import BuildIdentity
+from index.build.indexing import EmbedFn, _embed, _publish, _stage_lexical
+from index.errors import IndexFileError, InvalidParameterError
+from index.live.log import metadata_json
+from index.live.view import LiveView
 from index.store.chunk_map import ChunkMap
 from index.store.chunked_dense import ChunkedDense
 from index.store.collection import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
-from index.errors import IndexFileError, InvalidParameterError
-from index.build.indexing import EmbedFn, _embed, _publish, _stage_lexical
-from index.live.log import metadata_json
-from index.live.view import LiveView
 
 __all__ = ["MARKER_FILE", "MergeMarker", "MergePolicy", "read_marker", "write_generation"]
 
@@ -132,9 +132,13 @@ def _main_chunks(view: LiveView, keep: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _main_vectors(
-    view: LiveView, keep: np.ndarray, chunks: tuple[np.ndarray, np.ndarray, np.ndarray], embed: EmbedFn | None, *,
+    view: LiveView,
+    keep: np.ndarray,
+    chunks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    embed: EmbedFn | None,
+    *,
     progress: bool,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Vectors of the chunks of the surviving main rows ``keep`` (ascending): (C, dim) float32."""
     dense = view.main.dense
     if dense.exact_storage:
@@ -226,7 +230,9 @@ def write_generation(
     delta_rows, delta_vectors, delta_starts, delta_ends = view.delta.chunk_arrays()
     vectors = np.concatenate([_main_vectors(view, keep, main_chunks, embed, progress=progress), delta_vectors])
     rows = np.concatenate([main_chunks[0], delta_rows])
-    chunks = ChunkMap(rows, np.concatenate([main_chunks[1], delta_starts]), np.concatenate([main_chunks[2], delta_ends]))
+    chunks = ChunkMap(
+        rows, np.concatenate([main_chunks[1], delta_starts]), np.concatenate([main_chunks[2], delta_ends])
+    )
     chunked = chunks.chunked
     dense = _dense(view, vectors, np.arange(len(rows), dtype=np.int64) if chunked else rows)
     store = _write_docstore(scratch, view, keep, next_row_id)

@@ -40,14 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.long_documents import text_span
-from index.store.collection import Collection, Hit
 from index.corpus import Document
-from index.store.dense import DenseIndex
 from index.errors import InvalidParameterError, NoLexicalIndexError
-from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 from index.live.delta import DeltaSegment, no_hits
 from index.live.log import LiveLog
+from index.long_documents import text_span
+from index.store.collection import Collection, Hit
+from index.store.dense import DenseIndex
+from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
 
 __all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live.delta
 
@@ -204,7 +204,7 @@ class LiveView:
         if not len(wanted):
             return no_hits(nq, k)
         if _DENSE_TAKES_ALLOWED:
-            return dense.search(queries, k, allowed=wanted)  # type: ignore[call-arg]
+            return dense.search(queries, k, allowed=wanted)
         depth = min(dense.ntotal, k + dense.ntotal - len(wanted))
         return _keep_only(*dense.search(queries, depth), wanted)
 
@@ -285,9 +285,14 @@ class LiveView:
                 span = None if spans is None or (found := spans[q].get(row)) is None else text_span(doc, *found)
                 hits.append(
                     Hit(
-                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row,
+                        id=doc.id,
+                        score=score,
+                        title=doc.title,
+                        text=doc.text,
+                        metadata=doc.metadata,
+                        row=row,
                         span=span,
-                    )  # fmt: skip
+                    )
                 )
             results.append(hits)
         return results

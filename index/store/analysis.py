@@ -115,5 +115,3 @@ class Analyzer:
         if stemmer is None:
             stemmer = self._local.stemmer = Stemmer.Stemmer(self._algorithm)
         return stemmer.stemWords(words)
-
-

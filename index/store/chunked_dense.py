@@ -25,9 +25,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from index.errors import InvalidParameterError
 from index.store.chunk_map import ChunkMap, collapse, search_collapsed
 from index.store.dense import DenseIndex, SearchParams, _allowed_ids
-from index.errors import InvalidParameterError
 
 __all__ = ["ChunkedDense"]
 
@@ -129,9 +129,13 @@ class ChunkedDense:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             self.chunks_index.search(queries, k)  # raises the DenseIndex's error for the shape
         return search_collapsed(
-            search, queries, k, rows=self.chunks.rows, available=available,
+            search,
+            queries,
+            k,
+            rows=self.chunks.rows,
+            available=available,
             per_document=self.chunks.chunks_per_document,
-        )  # fmt: skip
+        )
 
     def best_spans(self, queries: np.ndarray, ids: np.ndarray) -> list[dict[int, tuple[int, int]]]:
         """For each query, the passage span of the best chunk of each returned row that has several chunks.

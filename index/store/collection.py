@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from index.store.analysis import LexicalSettings
 from index.atomic import atomic_write
+from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
+from index.long_documents import ChunkSettings, text_span
+from index.store.analysis import LexicalSettings
 from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.long_documents import ChunkSettings, text_span
 from index.store.dense import DenseIndex, SearchParams
 from index.store.docstore import DocStore
-from index.errors import IndexFileError, InvalidParameterError, NoLexicalIndexError
 from index.store.filters import FieldInfo, FilterExpr
 from index.store.lexical import LexicalIndex
 
@@ -232,8 +232,9 @@ class Collection:
             for name, digest in info.checksums.items():
                 if file_sha256(directory / name) != digest:
                     raise IndexFileError(f"{str(directory / name)!r} does not match its checksum in {INFO_FILE}")
-        dense: DenseIndex | ChunkedDense = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
-        vectors = dense.ntotal
+        flat = DenseIndex.load(directory / DENSE_FILE, mmap=mmap, factory=info.factory)
+        dense: DenseIndex | ChunkedDense = flat
+        vectors = flat.ntotal
         if CHUNKS_FILE in info.file_sizes:
             chunks = ChunkMap.load(directory / CHUNKS_FILE)
             if len(chunks) != vectors or info.chunks != vectors:
@@ -241,7 +242,7 @@ class Collection:
                     f"collection {str(directory)!r} is inconsistent: {CHUNKS_FILE} maps {len(chunks)} chunks, "
                     f"{DENSE_FILE} holds {vectors} vectors and {INFO_FILE} says {info.chunks}"
                 )
-            dense = ChunkedDense(dense, chunks)
+            dense = ChunkedDense(flat, chunks)
         if search_params is not None:
             dense.default_params = search_params
         lexical = None if info.lexical is None else LexicalIndex.load(directory, info.lexical, mmap=mmap)
@@ -383,9 +384,14 @@ class Collection:
                 span = None if spans is None or (found := spans[q].get(row_id)) is None else text_span(doc, *found)
                 hits.append(
                     Hit(
-                        id=doc.id, score=score, title=doc.title, text=doc.text, metadata=doc.metadata, row=row_id,
+                        id=doc.id,
+                        score=score,
+                        title=doc.title,
+                        text=doc.text,
+                        metadata=doc.metadata,
+                        row=row_id,
                         span=span,
-                    )  # fmt: skip
+                    )
                 )
             results.append(hits)
         return results

@@ -318,6 +318,7 @@ class DenseIndex:
             return faiss.SearchParametersIVF(nprobe=int(params.nprobe))
         if not isinstance(inner, faiss.IndexHNSW):
             raise InvalidParameterError(f"ef_search applies to HNSW indexes; this index is {self._factory!r}")
+        assert params.ef_search is not None  # neither nprobe nor ef_search returned above
         return faiss.SearchParametersHNSW(efSearch=int(params.ef_search))
 
     def search(
@@ -427,6 +428,7 @@ class DenseIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` over just the ``present`` ids' vectors, gathered by position: O(len(present)), not O(ntotal)."""
         _, sorted_ids = self._row_ids()
+        assert self._order is not None  # set by _row_ids()
         positions = self._order[np.searchsorted(sorted_ids, present)]
         similarity = queries @ vectors[positions].T  # (nq, m)
         top_k = min(k, len(present))

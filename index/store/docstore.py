@@ -37,13 +37,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from index.corpus import Document
 from index.errors import CorpusError, IndexFileError, OutputExistsError, ReadOnlyError
-from index.store.filters import FIELD_PATTERN, FieldInfo, FilterExpr, check_fields, compile_filter, json_path, parse_filter
+from index.store.filters import (
+    FIELD_PATTERN,
+    FieldInfo,
+    FilterExpr,
+    check_fields,
+    compile_filter,
+    json_path,
+    parse_filter,
+)
 
 __all__ = ["DocStore"]
 
@@ -312,7 +320,7 @@ class DocStore:
                     raise CorpusError(
                         f"document id {doc.id!r} is already in the docstore; pass upsert=True to replace it"
                     ) from exc
-                row_ids[i] = cursor.lastrowid
+                row_ids[i] = cast(int, cursor.lastrowid)  # None only before a first INSERT
         return row_ids
 
     # ------------------------------------------------------------------ reads

@@ -290,14 +290,14 @@ class _Parser:
             if not _is_iso_date(raw):
                 raise InvalidFilterError(path, wrong)
             return raw
-        return self.scalar(raw, f"{path}.{op}")  # type: ignore[return-value]  (finite, in range)
+        return self.scalar(raw, f"{path}.{op}")  # finite, in range
 
     def range(self, name: str, bounds: dict[str, int | float | str], path: str) -> Range:
         if "gt" in bounds and "gte" in bounds or "lt" in bounds and "lte" in bounds:
             raise InvalidFilterError(path, "give one lower bound ('gt' or 'gte') and one upper ('lt' or 'lte')")
         if len({isinstance(b, str) for b in bounds.values()}) > 1:
             raise InvalidFilterError(path, "mixes a number and a date in one range; use one kind for every bound")
-        return Range(field=name, path=path, **bounds)  # type: ignore[arg-type]
+        return Range(field=name, path=path, **bounds)
 
 
 def _is_iso_date(text: str) -> bool:

@@ -35,15 +35,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bm25s
 import numpy as np
 from bm25s.tokenization import Tokenized
 
-from index.store.analysis import METHODS_WITH_NONOCCURRENCE, Analyzer, LexicalSettings
 from index.atomic import atomic_write, fsync_dir, fsync_file
 from index.errors import IndexFileError, InvalidParameterError
+from index.store.analysis import METHODS_WITH_NONOCCURRENCE, Analyzer, LexicalSettings
 
 __all__ = ["LEXICAL_FILES", "LexicalIndex", "lexical_files"]
 
@@ -172,7 +172,7 @@ class LexicalIndex:
                 )
             chunk: list[int] = []  # Python ints for one chunk only
             for passage in passages:
-                terms = passage if analyzed else analyzer(passage)
+                terms = passage if analyzed else analyzer(cast(str, passage))  # text unless `analyzed`
                 ids = [vocab.setdefault(stem, len(vocab)) for stem in terms]
                 chunk.extend(ids)
                 lengths.append(len(ids))
@@ -190,7 +190,7 @@ class LexicalIndex:
         retriever = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
         with np.errstate(divide="ignore", invalid="ignore"):  # a corpus of stopwords only: average length 0
             retriever.index(
-                Tokenized(ids=_PackedTokenIds(flat, offsets), vocab=vocab),  # type: ignore[arg-type]
+                Tokenized(ids=_PackedTokenIds(flat, offsets), vocab=vocab),
                 create_empty_token=False,
                 show_progress=False,
             )

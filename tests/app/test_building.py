@@ -87,7 +87,9 @@ def test_pilots_from_documents_use_titles_and_are_in_base_space(tmp_path: Path, 
     assert pilots.shape == (manifest.pilots.count, encoder.dim) and 1 <= manifest.pilots.count <= 3
     assert manifest.pilots.method == "kmeans" and "10 queries" in manifest.pilots.source
     centroid = build_pilots(expert, encoder, texts, method="centroid")
-    np.testing.assert_allclose(expert.read_pilots(centroid)[0], encoder.embed(texts, max_length=64).mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        expert.read_pilots(centroid)[0], encoder.embed(texts, max_length=64).mean(axis=0), atol=1e-6
+    )
     with pytest.raises(ValueError, match="Valid methods are"):
         build_pilots(expert, encoder, texts, method="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no texts"):
@@ -117,9 +119,8 @@ def _long_corpus(path: Path, datasets: Path) -> tuple[Path, str]:
 def test_index_expert_chunks_long_documents_by_default_and_records_the_policy(
     tmp_path: Path, tiny_bert_path: Path, datasets: Path
 ) -> None:
-    from index import LiveCollection, read_info
-
     from app.engine.splitting import long_document_splitter, recorded_splitter
+    from index import LiveCollection, read_info
     from index.corpus import Document
 
     encoder = Encoder(tiny_bert_path)  # max_position_embeddings 128: windows of 128 tokens

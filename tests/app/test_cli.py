@@ -16,7 +16,9 @@ def two_experts(cli_env: Path, datasets: Path, tmp_path: Path, capsys: pytest.Ca
     for name in ("cranfield", "cacm"):
         corpus = slice_corpus(datasets / name / "corpus.jsonl", tmp_path / f"{name}.jsonl", 60)
         assert run_cli(["create-expert", name], capsys)[0] == 0
-        code, out, err = run_cli(["index", "--expert", name, "--corpus", str(corpus), "--no-progress", "--chunk-size", "16"], capsys)
+        code, out, err = run_cli(
+            ["index", "--expert", name, "--corpus", str(corpus), "--no-progress", "--chunk-size", "16"], capsys
+        )
         assert code == 0, err
         assert f"indexed 60 documents into '{name}'" in out
         code, out, err = run_cli(["pilots", "--expert", name, "--from-documents", "40"], capsys)
@@ -84,7 +86,12 @@ def test_index_skips_malformed_lines_and_refuses_an_empty_corpus(
     run_cli(["create-expert", "mixed"], capsys)
     corpus = write_jsonl(
         tmp_path / "corpus.jsonl",
-        [{"_id": "d1", "title": "Wings", "text": "lift and drag"}, "{not json", {"_id": "d2"}, {"_id": "d3", "text": "shock waves"}],
+        [
+            {"_id": "d1", "title": "Wings", "text": "lift and drag"},
+            "{not json",
+            {"_id": "d2"},
+            {"_id": "d3", "text": "shock waves"},
+        ],
     )
     code, out, err = run_cli(["index", "--expert", "mixed", "--corpus", str(corpus), "--no-progress"], capsys)
     assert code == 0 and "indexed 2 documents" in out and "2 malformed lines skipped" in out

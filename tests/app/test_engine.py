@@ -8,22 +8,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import build_pilots, index_expert
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.offline.building import build_pilots, index_expert
 from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
 from router import RoutePolicy
 
-AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
-        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
-COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
-             ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+AERO = [
+    ("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
+    ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
+    ("a3", "Shock waves", "oblique shock reflection from a wall"),
+]
+COMPUTING = [
+    ("a1", "Compilers", "a one-pass compiler for an algebraic language"),
+    ("a2", "Sorting", "a comparison of sorting methods on tape"),
+    ("a3", "Storage", "dynamic storage allocation with linked lists"),
+]
 
 
-def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder: Encoder, *,
-                adapter: Path | None = None, pilots: bool = True) -> ExpertDir:  # fmt: skip
+def make_expert(
+    root: Path,
+    name: str,
+    docs: list[tuple[str, str, str]],
+    encoder: Encoder,
+    *,
+    adapter: Path | None = None,
+    pilots: bool = True,
+) -> ExpertDir:
     corpus = root.parent / f"{name}-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter)
@@ -65,7 +76,9 @@ def test_an_untrained_adapter_is_not_loaded_and_answers_with_base_vectors(root: 
     assert engine.experts["aero"].adapter is None and encoder.adapters == ()
     routed = engine.search(["shock"], k=3).results[0]
     assert routed.decision.experts == ("aero",) and routed.decision.mode == "top1"
-    base_top = max(AERO, key=lambda d: float(encoder.embed(["shock"], max_length=64)[0] @ encoder.embed([f"{d[1]} {d[2]}"])[0]))
+    base_top = max(
+        AERO, key=lambda d: float(encoder.embed(["shock"], max_length=64)[0] @ encoder.embed([f"{d[1]} {d[2]}"])[0])
+    )
     assert routed.hits[0].id == base_top[0]
 
 
@@ -199,8 +212,10 @@ def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path
         searched = [result.decision for result in engine.search(queries, k=2, policy=policy).results]
         for decision, expected in zip(routed, searched, strict=True):
             assert (decision.experts, decision.mode, decision.use_adapters) == (
-                expected.experts, expected.mode, expected.use_adapters
-            )  # fmt: skip
+                expected.experts,
+                expected.mode,
+                expected.use_adapters,
+            )
             assert [name for name, _ in decision.scores] == [name for name, _ in expected.scores]
             np.testing.assert_allclose([s for _, s in decision.scores], [s for _, s in expected.scores], rtol=1e-5)
             assert decision.margin == pytest.approx(expected.margin, abs=1e-5)

@@ -10,31 +10,39 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.offline.building import build_pilots, index_expert
 from app.cli.evaluation import eval_command, pilots_paper_command
 from app.engine.engine import SearchEngine
 from app.engine.retrieval import Retrieval
+from app.offline.building import build_pilots, index_expert
 from app.offline.evaluation import SYSTEMS, evaluate, hybrid_union_run, score_run, union_index
 from app.offline.pilot_selection import publish_pilots, select_paper_pilots, training_queries
 from app.offline.report import CHART_FILE, DATA_FILE, EVAL_FILE, REPORT_FILE, write_report
 from experts import Encoder, ExpertDir, create_expert
 
-AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
-        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall"),
-        ("a4", "Heat transfer", "heat transfer to a blunt body in hypersonic flow")]  # fmt: skip
-COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
-             ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
+AERO = [
+    ("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
+    ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
+    ("a3", "Shock waves", "oblique shock reflection from a wall"),
+    ("a4", "Heat transfer", "heat transfer to a blunt body in hypersonic flow"),
+]
+COMPUTING = [
+    ("a1", "Compilers", "a one-pass compiler for an algebraic language"),
+    ("a2", "Sorting", "a comparison of sorting methods on tape"),
+    ("a3", "Storage", "dynamic storage allocation with linked lists"),
+]
 
 
 def write_collection(folder: Path, docs, *, test: dict[str, str], train: dict[str, str] | None = None) -> Path:
     """A BEIR folder whose queries are the documents' own passages, each judged relevant to its document."""
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs)
+    )
     passages = {i: f"{t} {x}" for i, t, x in docs}
     queries = {**test, **(train or {})}
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": passages[d]}) + "\n" for q, d in queries.items()))
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": passages[d]}) + "\n" for q, d in queries.items())
+    )
     for split, judged in (("test", test), ("train", train)):
         if judged:
             rows = "".join(f"{q}\t{d}\t1\n" for q, d in judged.items())
@@ -86,14 +94,17 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     figures = json.loads((folder / EVAL_FILE).read_text())
     assert set(figures["collections"]) == {"aero", "computing"} and figures["command"] == "rr eval"
     assert set(figures["collections"]["aero"]) == set(SYSTEMS)
-    assert figures["collections"]["aero"]["bm25"] == {"ndcg@10": report.metrics["bm25"]["aero"]["nDCG@10"],
-                                                      "recall@100": report.metrics["bm25"]["aero"]["R@100"]}  # fmt: skip
+    assert figures["collections"]["aero"]["bm25"] == {
+        "ndcg@10": report.metrics["bm25"]["aero"]["nDCG@10"],
+        "recall@100": report.metrics["bm25"]["aero"]["R@100"],
+    }
     assert figures["queries"] == {"aero": 2, "computing": 3}
     for system in SYSTEMS:
         for kind in ("macro", "micro"):
             assert figures[f"{kind}_average"][system] == {
-                "ndcg@10": report.average(system, "nDCG@10", kind), "recall@100": report.average(system, "R@100", kind)
-            }  # fmt: skip
+                "ndcg@10": report.average(system, "nDCG@10", kind),
+                "recall@100": report.average(system, "R@100", kind),
+            }
         assert figures["average"][system] == figures["macro_average"][system]  # the old key: readers of earlier runs
     data = json.loads((folder / DATA_FILE).read_text())
     assert data["average"] == data["macro_average"] and data["micro_average"]["bm25"]["nDCG@10"] == report.average(
@@ -159,10 +170,13 @@ def test_hybrid_union_keeps_each_documents_best_chunk_and_fuses_on_document_keys
     lexical = (np.array([[5.0, 1.0, -np.inf]]), np.array([[0, 1, -1]]))
     run = hybrid_union_run(test, dense, dense_keys, lexical, lexical_keys, k=10, retrieval=Retrieval(mode="hybrid"))
     # Document positions: x/d1 0, c/d2 1, c/d1 2; dense side c/d1 .9 (its best chunk), c/d2 .7, x/d1 .1.
-    expected = fuse_dense_lexical((np.array([[0.9, 0.7, 0.1]]), np.array([[2, 1, 0]])),
-                                  (np.array([[5.0, 1.0]]), np.array([[0, 1]])), k=10)  # fmt: skip
+    expected = fuse_dense_lexical(
+        (np.array([[0.9, 0.7, 0.1]]), np.array([[2, 1, 0]])), (np.array([[5.0, 1.0]]), np.array([[0, 1]])), k=10
+    )
     names = ["x/d1", "c/d2", "c/d1"]
-    assert run["q"] == pytest.approx({names[r]: float(s) for r, s in zip(expected.ids[0], expected.scores[0]) if r >= 0})
+    assert run["q"] == pytest.approx(
+        {names[r]: float(s) for r, s in zip(expected.ids[0], expected.scores[0]) if r >= 0}
+    )
     assert len(run["q"]) == 3
 
 
@@ -194,7 +208,7 @@ def test_paper_pilots_follow_the_winners_and_publish(setup) -> None:
         assert ((scores >= 0) & (scores <= 1)).all()
         won = sum(selection.wins[source].values())
         assert won + selection.dropped[source] >= len(scores)  # a shared best counts for each expert
-    for name, pilots in selection.pilots.items():
+    for pilots in selection.pilots.values():
         assert pilots.shape[1] == engine.encoder.dim and 1 <= len(pilots) <= 2  # at most one pilot per source
     if selection.pilots:
         published = publish_pilots(engine, selection.pilots, method="paper", source=selection.source)
@@ -214,8 +228,22 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
     app.command("eval")(eval_command)
     app.command("pilots-paper")(pilots_paper_command)
     runner = CliRunner()
-    result = runner.invoke(app, ["eval", "--datasets", str(datasets), "--collections", "aero,computing",
-                                 "--out", str(tmp_path / "reports"), "--name", "cli", "--pilot-method", "centroid"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--datasets",
+            str(datasets),
+            "--collections",
+            "aero,computing",
+            "--out",
+            str(tmp_path / "reports"),
+            "--name",
+            "cli",
+            "--pilot-method",
+            "centroid",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "routing accuracy" in result.output and (tmp_path / "reports" / "cli" / REPORT_FILE).is_file()
     assert "hybrid-union" in result.output and "nDCG@10 macro " in result.output and " micro " in result.output
@@ -227,12 +255,12 @@ def test_cli_functions_run_in_process(setup, tmp_path: Path, tiny_bert_path: Pat
 
 
 def test_the_union_of_chunked_collections_holds_every_chunk_and_ranks_documents_once(tmp_path, tiny_bert_path) -> None:
-    from app.offline.building import index_expert
     from app.engine.engine import SearchEngine
-    from app.offline.evaluation import _union_run
     from app.engine.loading import load_expert
-    from experts import Encoder, create_expert
+    from app.offline.building import index_expert
+    from app.offline.evaluation import _union_run
     from app.offline.pilot_selection import JudgedQueries
+    from experts import Encoder, create_expert
 
     encoder = Encoder(tiny_bert_path, max_length=32)
     corpus = tmp_path / "long.jsonl"

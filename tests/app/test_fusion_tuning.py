@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import build_pilots, index_expert
 from app.engine.engine import SearchEngine
-from app.offline.fusion_tuning import TuningQueries, best_weight, from_collection, fusion_curve, tune_fusion
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
+from app.offline.building import build_pilots, index_expert
+from app.offline.fusion_tuning import TuningQueries, best_weight, from_collection, fusion_curve, tune_fusion
 from experts import Encoder, ExpertDir, RetrievalSection, create_expert
 from index import Collection
 from tests.app.conftest import run_cli, write_jsonl
@@ -21,7 +21,11 @@ WORDS = "wing lift drag shock flow plate heat layer compiler storage sort tape q
 
 def build(root: Path, encoder: Encoder, count: int = 60) -> ExpertDir:
     rows = [
-        {"_id": f"d{n}", "title": f"doc {n}", "text": " ".join(WORDS[(n * 7 + i) % len(WORDS)] for i in range(5 + n % 7))}
+        {
+            "_id": f"d{n}",
+            "title": f"doc {n}",
+            "text": " ".join(WORDS[(n * 7 + i) % len(WORDS)] for i in range(5 + n % 7)),
+        }
         for n in range(count)
     ]
     corpus = write_jsonl(root.parent / "corpus.jsonl", rows)
@@ -37,7 +41,9 @@ def test_best_weight_prefers_the_default_among_near_ties() -> None:
     assert best_weight({0.2: 0.7, 0.8: 0.7}) == 0.2  # equally far from 0.5: the smaller
 
 
-def test_tuning_on_pseudo_queries_publishes_a_weight_that_follows_the_curve(tmp_path: Path, tiny_bert_path: Path) -> None:
+def test_tuning_on_pseudo_queries_publishes_a_weight_that_follows_the_curve(
+    tmp_path: Path, tiny_bert_path: Path
+) -> None:
     # A random tiny BERT ranks by noise while BM25 matches pseudo queries copied from the documents,
     # so the curve falls as the dense share grows and the tuned weight leans lexical.
     encoder = Encoder(tiny_bert_path)
@@ -59,7 +65,9 @@ def test_tuning_on_pseudo_queries_publishes_a_weight_that_follows_the_curve(tmp_
 def test_labelled_tuning_queries_map_corpus_ids_to_rows(tmp_path: Path, tiny_bert_path: Path) -> None:
     encoder = Encoder(tiny_bert_path)
     expert = build(tmp_path / "experts", encoder, count=20)
-    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "tape sort"}])
+    queries = write_jsonl(
+        tmp_path / "queries.jsonl", [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "tape sort"}]
+    )
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\nq1\td5\t1\nq2\td9\t2\n")
     manifest = expert.read_manifest()
@@ -68,8 +76,9 @@ def test_labelled_tuning_queries_map_corpus_ids_to_rows(tmp_path: Path, tiny_ber
         rows = dict(zip(["d3", "d5", "d9"], collection.docstore.row_ids(["d3", "d5", "d9"]), strict=True))
     assert tuning.kind == "labelled"
     assert sorted(zip(tuning.texts, tuning.relevant)) == [
-        ("tape sort", (rows["d9"],)), ("wing lift", tuple(sorted((rows["d3"], rows["d5"]))))
-    ]  # fmt: skip
+        ("tape sort", (rows["d9"],)),
+        ("wing lift", tuple(sorted((rows["d3"], rows["d5"])))),
+    ]
     with pytest.raises(ValueError, match="both"):
         from_collection(collection, queries=queries)
     with pytest.raises(ValueError, match="no queries"):

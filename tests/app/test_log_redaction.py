@@ -18,21 +18,27 @@ KEY = "admin-key-0123456789"
     ("text", "expected"),
     [
         ("GET /search?api_key=abc&k=5 HTTP/1.1", "GET /search?api_key=[REDACTED]&k=5 HTTP/1.1"),
-        ("/x?KEY=a&Access_Token=b&apikey=c&password=d", "/x?KEY=[REDACTED]&Access_Token=[REDACTED]&apikey=[REDACTED]&password=[REDACTED]"),
+        (
+            "/x?KEY=a&Access_Token=b&apikey=c&password=d",
+            "/x?KEY=[REDACTED]&Access_Token=[REDACTED]&apikey=[REDACTED]&password=[REDACTED]",
+        ),
         ("Authorization: Bearer abc.def", "Authorization: [REDACTED]"),
         ("sent 'Bearer   abc' twice", "sent 'Bearer   [REDACTED]' twice"),
         (f"GET /experts/{KEY} HTTP/1.1", "GET /experts/[REDACTED] HTTP/1.1"),
         (f"{KEY}{KEY}", f"{REDACTED}{REDACTED}"),
         ("monkey=1&keystone=2", "monkey=1&keystone=2"),  # only whole parameter names
     ],
-)  # fmt: skip
+)
 def test_redact(text: str, expected: str) -> None:
     assert redact(text, secrets=[KEY]) == expected
 
 
 def test_messages_for_clients_keep_the_header_they_name() -> None:
     message = f"needs an 'Authorization: Bearer <key>' header; got {KEY}"
-    assert redact(message, secrets=[KEY], credentials=False) == "needs an 'Authorization: Bearer <key>' header; got [REDACTED]"
+    assert (
+        redact(message, secrets=[KEY], credentials=False)
+        == "needs an 'Authorization: Bearer <key>' header; got [REDACTED]"
+    )
     assert redact("a b", secrets=["a"], credentials=False) == "a b"  # too short to search for verbatim
 
 
@@ -45,7 +51,9 @@ def _handler(formatter: logging.Formatter) -> tuple[logging.Handler, io.StringIO
 
 
 def test_the_filter_keeps_uvicorns_access_record_readable() -> None:
-    handler, stream = _handler(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    handler, stream = _handler(
+        AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+    )
     logger = logging.getLogger("tests.redaction.access")
     logger.addHandler(handler)
     try:

@@ -11,7 +11,10 @@ from router import RouteDecision, RoutePolicy
 
 
 def hits(expert: str, *scores: tuple[float | None, float | None]) -> list[ExpertHit]:
-    return [ExpertHit(expert, f"{expert}{i}", 0.0, "", "", dense_score=d, lexical_score=l) for i, (d, l) in enumerate(scores)]
+    return [
+        ExpertHit(expert, f"{expert}{i}", 0.0, "", "", dense_score=dense, lexical_score=lexical)
+        for i, (dense, lexical) in enumerate(scores)
+    ]
 
 
 def decision(**scores: float) -> RouteDecision:
@@ -50,7 +53,9 @@ def test_rrf_stays_available_and_one_list_passes_through() -> None:
     lists = [hits("a", (0.9, 1.0), (0.1, 0.5)), hits("b", (0.2, 0.1))]
     rrf = merge_expert_lists(lists, [0.5, 0.5], decision(a=2.0, b=0.0), RoutePolicy(merge="rrf"), k=3)
     assert ids(rrf) == ["a0", "b0", "a1"]  # ranks only: the router's confidence is ignored
-    single = merge_expert_lists([hits("a", (0.9, None), (0.1, None))], [1.0], decision(a=1.0, b=0.0), RoutePolicy(), k=1)
+    single = merge_expert_lists(
+        [hits("a", (0.9, None), (0.1, None))], [1.0], decision(a=1.0, b=0.0), RoutePolicy(), k=1
+    )
     assert ids(single) == ["a0"]
 
 

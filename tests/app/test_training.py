@@ -45,7 +45,9 @@ def leftovers(root: Path) -> list[str]:
 
 def test_a_trained_expert_is_published_complete_and_loads(tmp_path: Path, encoder: Encoder) -> None:
     root = tmp_path / "experts"
-    result = train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False)
+    result = train_expert(
+        root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False
+    )
     manifest = result.manifest
     assert result.path == root / "aero" and manifest.adapter.trained and manifest.adapter.side == "query"
     assert manifest.index.count == 24 and manifest.pilots.count == 72 and "pseudo queries" in manifest.pilots.source
@@ -75,9 +77,15 @@ def test_labelled_queries_join_the_pseudo_pairs_and_make_the_pilots(tmp_path: Pa
     qrels = tmp_path / "train.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq1\td3\t1\nq2\td10\t1\n")
     result = train_expert(
-        tmp_path / "experts", "mixed", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl", titled=False)],
-        queries=queries, qrels=qrels, config=CONFIG, progress=False,
-    )  # fmt: skip
+        tmp_path / "experts",
+        "mixed",
+        encoder=encoder,
+        corpora=[write_corpus(tmp_path / "c.jsonl", titled=False)],
+        queries=queries,
+        qrels=qrels,
+        config=CONFIG,
+        progress=False,
+    )
     assert result.pair_kinds == {"span": 72, "supervised": 6}  # 3 spans per untitled document, 2 queries x 3
     assert result.manifest.pilots.source == "labelled training queries (2 queries)"
     assert "train.tsv" in result.manifest.training.labelled
@@ -93,12 +101,14 @@ def test_an_interruption_leaves_no_expert_and_no_staging(
     real = training.train_adapter
 
     def interrupted(*args, **kwargs):
-        report = real(*args, **kwargs)  # the adapter is written, then the user presses Ctrl-C
+        real(*args, **kwargs)  # the adapter is written, then the user presses Ctrl-C
         raise failure("interrupted")
 
     monkeypatch.setattr(training, "train_adapter", interrupted)
     with pytest.raises(failure):
-        train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False)
+        train_expert(
+            root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False
+        )
     assert list(root.iterdir()) == []
 
 
@@ -121,9 +131,14 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
 
     monkeypatch.setattr(training, "train_adapter", observing)
     second = train_expert(
-        root, "aero", encoder=encoder, corpora=[corpus], config=TrainConfig(**{**CONFIG.as_dict(), "seed": 7}),
-        replace=True, progress=False,
-    )  # fmt: skip
+        root,
+        "aero",
+        encoder=encoder,
+        corpora=[corpus],
+        config=TrainConfig(**{**CONFIG.as_dict(), "seed": 7}),
+        replace=True,
+        progress=False,
+    )
     assert seen["manifest"] == first.manifest
     assert second.index_reused and second.replaced_version == first.manifest.version
     assert second.manifest.version > first.manifest.version and second.manifest.training.recipe["seed"] == 7
@@ -136,8 +151,15 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
         assert served.collection.search(encoder.embed([stored.passage()]), 1)[0][0].id == "d7"
     finally:
         unload_expert(served, encoder)
-    third = train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "d.jsonl", 30)], config=CONFIG,
-                         replace=True, progress=False)  # fmt: skip
+    third = train_expert(
+        root,
+        "aero",
+        encoder=encoder,
+        corpora=[write_corpus(tmp_path / "d.jsonl", 30)],
+        config=CONFIG,
+        replace=True,
+        progress=False,
+    )
     assert not third.index_reused and third.manifest.index.count == 30
 
 
@@ -165,11 +187,15 @@ def test_an_orphaned_staging_directory_is_cleaned_up(tmp_path: Path, encoder: En
     (orphan / "aero").mkdir(parents=True)
     os.utime(orphan, (time.time() - 3600, time.time() - 3600))
     create_expert(root, "other", encoder=encoder)
-    train_expert(root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False)
+    train_expert(
+        root, "aero", encoder=encoder, corpora=[write_corpus(tmp_path / "c.jsonl")], config=CONFIG, progress=False
+    )
     assert not orphan.exists() and leftovers(root) == []
 
 
-def test_the_cli_command_trains_and_reports(tmp_path: Path, tiny_bert_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_command_trains_and_reports(
+    tmp_path: Path, tiny_bert_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from app.cli import commands as cli_module
 
     monkeypatch.setenv("RR_DATA_DIR", str(tmp_path / "experts"))
@@ -178,8 +204,23 @@ def test_the_cli_command_trains_and_reports(tmp_path: Path, tiny_bert_path: Path
     app.callback()(cli_module._configure)
     app.command("train-expert")(train_expert_command)
     corpus = write_corpus(tmp_path / "c.jsonl")
-    args = ["train-expert", "aero", "--corpus", str(corpus), "--steps", "4", "--batch-size", "8", "--rank", "4",
-            "--targets", "query,value", "--seed", "3", "--no-progress"]  # fmt: skip
+    args = [
+        "train-expert",
+        "aero",
+        "--corpus",
+        str(corpus),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--rank",
+        "4",
+        "--targets",
+        "query,value",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "trained expert 'aero' (version" in result.output and "24 documents" in result.output

@@ -68,7 +68,9 @@ class ImageSpec:
 
 def _exec_form(command: dockerfile.Command) -> list[str]:
     if not command.json:
-        raise AssertionError(f"line {command.start_line}: {command.cmd} must use the exec (JSON) form: {command.original}")
+        raise AssertionError(
+            f"line {command.start_line}: {command.cmd} must use the exec (JSON) form: {command.original}"
+        )
     return list(command.value)
 
 

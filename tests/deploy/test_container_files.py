@@ -46,8 +46,12 @@ def hadolint(path: Path, cwd: Path) -> list[dict]:
     config.write_text("{}\n")
     result = subprocess.run(
         [_tool("hadolint"), "--config", str(config), "--format", "json", "--failure-threshold", "style", str(path)],
-        check=False, capture_output=True, text=True, cwd=cwd, timeout=120,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout or "[]")
 
@@ -77,7 +81,9 @@ def test_the_image_make_and_ci_install_through_one_script(spec: ImageSpec) -> No
     assert len(spec.install_steps()) == 1, "the image installs the project with exactly one call of the script"
     makefile = (REPO / "Makefile").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"^\t.*\bbash scripts/install\.sh\b.*--editable", makefile, re.MULTILINE), "make install runs the script"
+    assert re.search(r"^\t.*\bbash scripts/install\.sh\b.*--editable", makefile, re.MULTILINE), (
+        "make install runs the script"
+    )
     assert re.search(r"^make test$", ci, re.MULTILINE), ".ci/run installs with `make test` (make install)"
     for name, text in {"Dockerfile": DOCKERFILE.read_text(), "Makefile": makefile, ".ci/run": ci}.items():
         assert "pip install" not in text, f"{name} installs with pip itself instead of through {INSTALL_SCRIPT}"
@@ -95,7 +101,9 @@ def test_the_image_is_a_slim_multistage_non_root_service(spec: ImageSpec) -> Non
     assert final.user is not None and final.user.split(":")[0] not in ("0", "root"), "runs as a non-root user"
     assert any(source == ("/opt/rr",) and "--from=build" in flags for source, _, flags in final.copies)
     assert final.env["HF_HUB_OFFLINE"] == "1" and final.env["TRANSFORMERS_OFFLINE"] == "1"
-    assert final.cmd == ["serve"], "a production image serves the experts in its volume; `demo` is the documented alternative"
+    assert final.cmd == ["serve"], (
+        "a production image serves the experts in its volume; `demo` is the documented alternative"
+    )
     assert "/healthz" in " ".join(final.healthcheck)
     # The data root is inside the volume, and the service listens where the image says it does.
     data_dir = Path(final.env["RR_DATA_DIR"])
@@ -137,7 +145,9 @@ def test_compose_runs_the_image_with_its_volume_and_port(spec: ImageSpec) -> Non
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
         mounts = [_mount(volume) for volume in service["volumes"]]
         named = [(source, target) for source, target, _ in mounts if source in (compose.get("volumes") or {})]
-        assert [target for _, target in named] == final.volumes, "the named volume is mounted where the image's VOLUME is"
+        assert [target for _, target in named] == final.volumes, (
+            "the named volume is mounted where the image's VOLUME is"
+        )
         assert [_target_port(port) for port in service["ports"]] == [final.env["RR_PORT"]]
         environment = _environment(service)
         # Only pass-through names (no value): configuration stays the image's and the operator's.
@@ -170,9 +180,21 @@ def test_the_build_context_lets_through_exactly_what_the_dockerfile_copies(spec:
     patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     copied = [source for sources, _, flags in spec.stages[0].copies if not flags for source in sources]
     for source in copied:
-        files = [source] if (REPO / source).is_file() else [
-            str(p.relative_to(REPO)) for p in (REPO / source).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-        ]  # fmt: skip
+        files = (
+            [source]
+            if (REPO / source).is_file()
+            else [
+                str(p.relative_to(REPO))
+                for p in (REPO / source).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            ]
+        )
         assert files and not [f for f in files if _ignored(f, patterns)], f"{source} is copied but ignored"
-    for kept_out in (".venv/bin/python", ".git/HEAD", "data/experts/registry.json", "tests/conftest.py", "app/__pycache__/x.pyc"):
+    for kept_out in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "data/experts/registry.json",
+        "tests/conftest.py",
+        "app/__pycache__/x.pyc",
+    ):
         assert _ignored(kept_out, patterns), f"{kept_out} would be sent to the builder"

@@ -114,9 +114,16 @@ def test_the_install_script_makes_a_regular_install_with_the_pinned_torch(instal
     assert "bundled base encoder loaded offline" in installed.output, "--check-offline ran"
     # A regular install: the package lives in the venv, so the image needs no source tree.
     probe = subprocess.run(
-        [str(installed.venv / "bin" / "python"), "-c", "import app.cli.commands, experts; print(app.cli.commands.__file__); print(experts.__file__)"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            str(installed.venv / "bin" / "python"),
+            "-c",
+            "import app.cli.commands, experts; print(app.cli.commands.__file__); print(experts.__file__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert all(Path(line).is_relative_to(installed.venv) for line in probe.stdout.split()), probe.stdout
     print(f"install into a fresh venv: {installed.seconds:.1f}s")
 

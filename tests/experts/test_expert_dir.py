@@ -53,7 +53,9 @@ def test_a_plain_peft_adapter_is_copied_in(encoder: Encoder, adapter_a: Path, tm
     encoder.add_adapter("npl", expert.adapter_path)
     reference = Encoder(encoder.model_id, max_length=64)
     reference.add_adapter("direct", adapter_a)
-    np.testing.assert_allclose(encoder.embed(["x y"], expert="npl"), reference.embed(["x y"], expert="direct"), atol=1e-6)
+    np.testing.assert_allclose(
+        encoder.embed(["x y"], expert="npl"), reference.embed(["x y"], expert="direct"), atol=1e-6
+    )
 
 
 def test_adapter_for_another_base_is_refused_and_nothing_is_left(
@@ -81,7 +83,9 @@ def test_changed_file_fails_its_checksum_and_a_missing_one_is_named(encoder: Enc
         expert.verify(manifest)
     expert.verify(manifest, checksums=False)  # presence-only check still passes
     weights.unlink()
-    with pytest.raises(MissingFileError, match="adapter/adapter_model.safetensors is listed in the manifest but missing"):
+    with pytest.raises(
+        MissingFileError, match="adapter/adapter_model.safetensors is listed in the manifest but missing"
+    ):
         expert.verify(manifest, checksums=False)
 
 

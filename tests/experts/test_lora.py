@@ -47,7 +47,9 @@ def adapters(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             alpha_pattern={"value": 4},
             target_modules=["query", "key", "value", "dense"],
         ),
-        "attention": save_peft_adapter(tiny_bert_path, root / "attention", seed=3, r=2, target_modules=["query", "key"]),
+        "attention": save_peft_adapter(
+            tiny_bert_path, root / "attention", seed=3, r=2, target_modules=["query", "key"]
+        ),
     }
 
 
@@ -58,7 +60,9 @@ def peft_embed(tiny_bert_path: Path, adapters: dict[str, Path], rows: list[str |
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_path)
     names = list(adapters)
-    model = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert_path), str(adapters[names[0]]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tiny_bert_path), str(adapters[names[0]]), adapter_name=names[0]
+    )
     for name in names[1:]:
         model.load_adapter(str(adapters[name]), adapter_name=name)
     model.eval()
@@ -71,7 +75,9 @@ def peft_embed(tiny_bert_path: Path, adapters: dict[str, Path], rows: list[str |
             model.set_adapter(rows[0])
             hidden = model(**batch).last_hidden_state
         else:
-            hidden = model(**batch, adapter_names=["__base__" if row is None else row for row in rows]).last_hidden_state
+            hidden = model(
+                **batch, adapter_names=["__base__" if row is None else row for row in rows]
+            ).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
@@ -86,13 +92,17 @@ def loaded(tiny_bert_path: Path, adapters: dict[str, Path]) -> Encoder:
 
 
 @pytest.mark.parametrize("name", ["plain", "rslora", "attention"])
-def test_one_adapter_gives_pefts_embeddings(tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder, name: str) -> None:
+def test_one_adapter_gives_pefts_embeddings(
+    tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder, name: str
+) -> None:
     ours = loaded.embed(TEXTS, expert=name)
     np.testing.assert_allclose(ours, peft_embed(tiny_bert_path, adapters, [name] * len(TEXTS)), atol=1e-5)
     assert not np.allclose(ours, loaded.embed(TEXTS), atol=1e-3)  # the adapter really acts
 
 
-def test_a_mixed_batch_gives_pefts_mixed_batch(tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder) -> None:
+def test_a_mixed_batch_gives_pefts_mixed_batch(
+    tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder
+) -> None:
     rows = ["rslora", None, "plain", "attention", "rslora"]
     np.testing.assert_allclose(loaded.embed(TEXTS, expert=rows), peft_embed(tiny_bert_path, adapters, rows), atol=1e-5)
     every_row_an_adapter = ["plain", "attention", "plain", "rslora", "attention"]
@@ -103,7 +113,9 @@ def test_a_mixed_batch_gives_pefts_mixed_batch(tiny_bert_path: Path, adapters: d
     )
 
 
-def test_the_base_pass_ignores_loaded_adapters(tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder) -> None:
+def test_the_base_pass_ignores_loaded_adapters(
+    tiny_bert_path: Path, adapters: dict[str, Path], loaded: Encoder
+) -> None:
     plain = Encoder(tiny_bert_path, max_length=64).embed(TEXTS)
     np.testing.assert_array_equal(loaded.embed(TEXTS), plain)  # the very same arithmetic, not just close
     np.testing.assert_allclose(plain, peft_embed(tiny_bert_path, adapters, [None] * len(TEXTS)), atol=1e-5)
@@ -124,7 +136,11 @@ def test_removing_an_adapter_unhooks_only_what_it_alone_used(
 
 @pytest.mark.parametrize(
     ("options", "named"),
-    [({"use_dora": True}, "use_dora"), ({"bias": "lora_only"}, "bias='lora_only'"), ({"modules_to_save": ["pooler"]}, "modules_to_save")],
+    [
+        ({"use_dora": True}, "use_dora"),
+        ({"bias": "lora_only"}, "bias='lora_only'"),
+        ({"modules_to_save": ["pooler"]}, "modules_to_save"),
+    ],
 )
 def test_lora_variants_it_would_serve_wrong_are_refused(
     tiny_bert_path: Path, tmp_path: Path, options: dict, named: str
@@ -136,7 +152,9 @@ def test_lora_variants_it_would_serve_wrong_are_refused(
     assert encoder.adapters == ()
 
 
-def test_the_base_vector_cache_returns_the_same_rows_and_stays_bounded(tiny_bert_path: Path, adapters: dict[str, Path]) -> None:
+def test_the_base_vector_cache_returns_the_same_rows_and_stays_bounded(
+    tiny_bert_path: Path, adapters: dict[str, Path]
+) -> None:
     encoder = Encoder(tiny_bert_path, max_length=64, cache_size=3)
     encoder.add_adapter("plain", adapters["plain"])
     fresh = encoder.embed(TEXTS)

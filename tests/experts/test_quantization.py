@@ -73,7 +73,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def test_int8_loads_the_real_minilm_offline_and_quantises_all_but_the_ffn_outputs(int8: Encoder, texts: list[str]) -> None:
+def test_int8_loads_the_real_minilm_offline_and_quantises_all_but_the_ffn_outputs(
+    int8: Encoder, texts: list[str]
+) -> None:
     vectors = int8.embed(texts)
     assert vectors.shape == (len(texts), 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
@@ -83,7 +85,9 @@ def test_int8_loads_the_real_minilm_offline_and_quantises_all_but_the_ffn_output
 
 
 @pytest.mark.parametrize(("backend", "least", "mean"), [("int8", 0.975, 0.985), ("int8-full", 0.94, 0.97)])
-def test_int8_vectors_are_close_to_fp32(fp32: Encoder, texts: list[str], backend: str, least: float, mean: float) -> None:
+def test_int8_vectors_are_close_to_fp32(
+    fp32: Encoder, texts: list[str], backend: str, least: float, mean: float
+) -> None:
     quantized = Encoder(threads=1, max_length=128, backend=backend)
     cos = _cosines(quantized.embed(texts), fp32.embed(texts))
     assert cos.min() > least, cos
@@ -129,7 +133,9 @@ def test_adapter_on_int8_changes_the_output_as_on_fp32(
 
 
 def test_an_invalid_backend_is_refused_with_the_valid_ones_listed(tiny_bert_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"Invalid encoder backend 'fp16'\. Valid backends are: 'torch', 'int8', 'int8-full'"):
+    with pytest.raises(
+        ValueError, match=r"Invalid encoder backend 'fp16'\. Valid backends are: 'torch', 'int8', 'int8-full'"
+    ):
         Encoder(tiny_bert_path, backend="fp16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CPU only"):
         check_backend("int8", device="cuda")

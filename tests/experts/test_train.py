@@ -17,7 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WORDS = "wing drag shock plate heat layer compiler storage sort tape query index vitamin protein cell gene".split()
 
 
-QUERY_WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+QUERY_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+)
 
 
 def toy_problem(encoder: Encoder) -> tuple[list[TrainingPair], np.ndarray]:
@@ -34,7 +36,9 @@ def toy_problem(encoder: Encoder) -> tuple[list[TrainingPair], np.ndarray]:
     return pairs, documents
 
 
-FAST = TrainConfig(steps=60, batch_size=8, lr=3e-2, temperature=0.02, rank=8, alpha=16, dropout=0.0, query_max_length=16)
+FAST = TrainConfig(
+    steps=60, batch_size=8, lr=3e-2, temperature=0.02, rank=8, alpha=16, dropout=0.0, query_max_length=16
+)
 
 
 def accuracy(encoder: Encoder, pairs: list[TrainingPair], documents: np.ndarray, expert: str | None) -> float:
@@ -61,7 +65,14 @@ def test_same_seed_same_adapter_other_seed_other_adapter(tmp_path: Path, encoder
     pairs, documents = toy_problem(encoder)
     config = TrainConfig(**{**FAST.as_dict(), "steps": 6})
     for run, seed in (("a", 1), ("b", 1), ("c", 2)):
-        train_adapter(encoder, pairs, documents, tmp_path / run, config=TrainConfig(**{**config.as_dict(), "seed": seed}), progress=False)
+        train_adapter(
+            encoder,
+            pairs,
+            documents,
+            tmp_path / run,
+            config=TrainConfig(**{**config.as_dict(), "seed": seed}),
+            progress=False,
+        )
     a, b, c = (load_file(tmp_path / run / "adapter_model.safetensors") for run in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert any(not torch.equal(a[key], c[key]) for key in a)

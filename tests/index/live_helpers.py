@@ -26,9 +26,15 @@ def build_collection(tmp_path: Path, *, n: int = 300, factory: str = "Flat", nam
     corpus = write_corpus(tmp_path / f"{name}.jsonl", records(n))
     out = tmp_path / name
     build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}",
-        build_key="test", factory=factory, progress=False,
-    )  # fmt: skip
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / f".work-{name}",
+        build_key="test",
+        factory=factory,
+        progress=False,
+    )
     return out
 
 

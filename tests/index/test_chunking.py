@@ -28,8 +28,14 @@ def long_records(n: int = 60) -> list[dict]:
     out = []
     for i in range(n):
         words = [WORDS[(i * 7 + j) % len(WORDS)] + str(i) for j in range(4 if i % 3 else 30)]
-        out.append({"_id": f"d{i}", "title": f"T{i}" if i % 2 else "", "text": " ".join(words),
-                    "metadata": {"group": ["a", "b", "c", "d"][i % 4]}})  # fmt: skip
+        out.append(
+            {
+                "_id": f"d{i}",
+                "title": f"T{i}" if i % 2 else "",
+                "text": " ".join(words),
+                "metadata": {"group": ["a", "b", "c", "d"][i % 4]},
+            }
+        )
     return out
 
 
@@ -37,9 +43,17 @@ def build(tmp_path: Path, write_corpus, *, policy: str = "chunk", records=None, 
     corpus = write_corpus(tmp_path / f"{name}.jsonl", records or long_records())
     out = tmp_path / name
     report = build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}", build_key="t",
-        factory=factory, progress=False, chunking=ChunkSettings(policy, max_tokens=40, overlap=10), split=fake_split,
-    )  # fmt: skip
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / f".work-{name}",
+        build_key="t",
+        factory=factory,
+        progress=False,
+        chunking=ChunkSettings(policy, max_tokens=40, overlap=10),
+        split=fake_split,
+    )
     return out, report
 
 
@@ -66,7 +80,12 @@ def test_a_chunked_build_stores_chunks_and_records_its_policy(tmp_path: Path, wr
         assert collection.chunked and len(collection) == 60 and collection.dense.ntotal == 60
         rows, vectors, starts, ends = collection.dense.chunk_vectors()
         assert len(rows) == info.chunks
-        docs = dict(zip(collection.docstore.all_row_ids().tolist(), collection.docstore.get(collection.docstore.all_row_ids().tolist())))
+        docs = dict(
+            zip(
+                collection.docstore.all_row_ids().tolist(),
+                collection.docstore.get(collection.docstore.all_row_ids().tolist()),
+            )
+        )
         # Each chunk's vector is the embedding of its span of the passage (what the job embedded).
         texts = [docs[r].passage()[s:e] for r, s, e in zip(rows.tolist(), starts.tolist(), ends.tolist())]
         np.testing.assert_allclose(vectors, fake_embed(texts), atol=1e-6)
@@ -150,8 +169,16 @@ def test_error_policy_reports_each_long_document_and_indexes_the_rest(tmp_path: 
 def test_policy_arguments_are_checked(tmp_path: Path, write_corpus) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", long_records(3))
     with pytest.raises(InvalidParameterError, match="needs split="):
-        build_index([corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "o", work_dir=tmp_path / "w",
-                    build_key="t", progress=False, chunking=ChunkSettings("chunk"))  # fmt: skip
+        build_index(
+            [corpus],
+            embed=fake_embed,
+            dim=DIM,
+            out_dir=tmp_path / "o",
+            work_dir=tmp_path / "w",
+            build_key="t",
+            progress=False,
+            chunking=ChunkSettings("chunk"),
+        )
     with pytest.raises(InvalidParameterError, match="valid policies: truncate, chunk, error"):
         ChunkSettings("split")
     with pytest.raises(InvalidParameterError, match="overlap"):
@@ -178,8 +205,16 @@ def test_resumed_chunked_build_equals_an_uninterrupted_one(tmp_path: Path, write
             raise RuntimeError("killed")
         return fake_embed(passages)
 
-    kwargs = dict(dim=DIM, out_dir=tmp_path / "r", work_dir=tmp_path / ".work-r", build_key="t", progress=False,
-                  chunk_size=8, chunking=ChunkSettings("chunk", 40, 10), split=fake_split)  # fmt: skip
+    kwargs = dict(
+        dim=DIM,
+        out_dir=tmp_path / "r",
+        work_dir=tmp_path / ".work-r",
+        build_key="t",
+        progress=False,
+        chunk_size=8,
+        chunking=ChunkSettings("chunk", 40, 10),
+        split=fake_split,
+    )
     with pytest.raises(RuntimeError):
         build_index([corpus], embed=failing, **kwargs)
     report = build_index([corpus], embed=fake_embed, **kwargs)

@@ -183,7 +183,9 @@ def test_missing_truncated_and_corrupt_files(tmp_path: Path, unit_vectors, mmap:
 
 
 @pytest.mark.parametrize("mmap", [True, False])
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat", "IVF16,PQ8", "PCA16,IVF16,Flat", "SQ8", "PCA16,HNSW32"])
+@pytest.mark.parametrize(
+    "factory", ["Flat", "HNSW32", "IVF16,Flat", "IVF16,PQ8", "PCA16,IVF16,Flat", "SQ8", "PCA16,HNSW32"]
+)
 def test_filtered_search_on_every_index_type(tmp_path: Path, clustered_vectors, factory: str, mmap: bool) -> None:
     """Only allowed ids come back, k of them whenever k are allowed; exact where the storage is (small sets)."""
     base, ids, queries = _dataset(clustered_vectors)

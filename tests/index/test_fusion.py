@@ -48,7 +48,6 @@ def test_bad_arguments(k: int, limit: int) -> None:
         reciprocal_rank_fusion([_hits("a")], k=k, limit=limit)
 
 
-
 def test_a_key_keeps_equal_ids_of_different_collections_apart() -> None:
     @dataclass(frozen=True)
     class Tagged:

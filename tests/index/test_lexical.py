@@ -306,9 +306,15 @@ def test_cranfield_bm25_matches_the_reference_figure(tmp_path: Path, datasets: P
     root = datasets / "cranfield"
     out = tmp_path / "cranfield"
     build_index(
-        [root / "corpus.jsonl"], embed=embed, dim=DIM, out_dir=out, work_dir=tmp_path / "work",
-        build_key="k", chunk_size=1024, progress=False,
-    )  # fmt: skip
+        [root / "corpus.jsonl"],
+        embed=embed,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / "work",
+        build_key="k",
+        chunk_size=1024,
+        progress=False,
+    )
     qrels: dict[str, dict[str, int]] = {}
     for line in (root / "qrels" / "test.tsv").read_text().splitlines()[1:]:
         query, doc, relevance = line.split("\t")

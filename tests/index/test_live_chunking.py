@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import CHUNKS_FILE, ChunkSettings, Collection, InvalidParameterError, LongDocumentError, build_index, read_info
-from index.store.chunked_dense import ChunkedDense
+from index import (
+    CHUNKS_FILE,
+    ChunkSettings,
+    Collection,
+    InvalidParameterError,
+    LongDocumentError,
+    build_index,
+    read_info,
+)
 from index.live.live_collection import LiveCollection
 from index.live.view import LiveView
+from index.store.chunked_dense import ChunkedDense
 from tests.index.conftest import DIM, fake_embed, fake_split, write_corpus
 from tests.index.live_helpers import build_collection, doc, ids_of, records
 
@@ -35,9 +43,16 @@ def chunked_generation(tmp_path: Path, *, policy: str = "chunk", name: str = "ge
     corpus = write_corpus(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / name
     build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=out, work_dir=tmp_path / f".work-{name}", build_key="test",
-        progress=False, chunking=ChunkSettings(policy, max_tokens=40, overlap=10), split=fake_split,
-    )  # fmt: skip
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / f".work-{name}",
+        build_key="test",
+        progress=False,
+        chunking=ChunkSettings(policy, max_tokens=40, overlap=10),
+        split=fake_split,
+    )
     return out
 
 
@@ -195,7 +210,10 @@ def test_an_unchunked_generation_takes_chunked_upserts_and_merges_them(tmp_path:
         live.upsert([doc("long", long_text("q"))])
         tail = live.view().delta.entries[live.view().row_id("long")].vectors[-1:]
         live.merge(tmp_path / "gen-2")
-        assert live.main.chunked and read_info(tmp_path / "gen-2").chunks == 299 + len(fake_split([long_text("q")])[0][0]) + 1
+        assert (
+            live.main.chunked
+            and read_info(tmp_path / "gen-2").chunks == 299 + len(fake_split([long_text("q")])[0][0]) + 1
+        )
         assert live.hits(*live.search_dense(tail, 1))[0][0].id == "long"
 
 
@@ -250,9 +268,17 @@ def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path:
         rows[i]["text"] = long_text(f"w{i}x")
     corpus = write_corpus(tmp_path / "sq.jsonl", rows)
     build_index(
-        [corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "sq", work_dir=tmp_path / ".work-sq", build_key="t",
-        factory="SQ8", progress=False, chunking=ChunkSettings("chunk", 40, 10), split=fake_split,
-    )  # fmt: skip
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=tmp_path / "sq",
+        work_dir=tmp_path / ".work-sq",
+        build_key="t",
+        factory="SQ8",
+        progress=False,
+        chunking=ChunkSettings("chunk", 40, 10),
+        split=fake_split,
+    )
     with open_chunked(tmp_path / "sq", tmp_path / "sq.sqlite") as live:
         before = live.main.dense.chunks
         live.upsert([doc("new", long_text("fresh"))])
@@ -260,7 +286,9 @@ def test_a_lossy_chunked_main_is_re_embedded_window_by_window_on_merge(tmp_path:
         live.merge(tmp_path / "sq-2")
         after = live.main.dense.chunks
         main_part = np.isin(after.rows, before.rows)
-        assert np.array_equal(after.starts[main_part], before.starts) and np.array_equal(after.ends[main_part], before.ends)
+        assert np.array_equal(after.starts[main_part], before.starts) and np.array_equal(
+            after.ends[main_part], before.ends
+        )
         assert live.hits(*live.search_dense(tail, 1))[0][0].id == "new"
         d10 = live.view().row_id("d10")
         window = fake_embed([live.get("d10").passage()[after.starts[after.rows == d10][-1] :]])

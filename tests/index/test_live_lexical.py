@@ -19,8 +19,15 @@ def _top10(live: LiveCollection, queries: list[str]) -> list[set[str]]:
 
 def test_lexical_results_with_a_delta_stay_close_to_exact_statistics(datasets: Path, tmp_path: Path) -> None:
     corpus = datasets / "cranfield" / "corpus.jsonl"
-    build_index([corpus], embed=fake_embed, dim=DIM, out_dir=tmp_path / "gen-1", work_dir=tmp_path / "w",
-                build_key="test", progress=False)  # fmt: skip
+    build_index(
+        [corpus],
+        embed=fake_embed,
+        dim=DIM,
+        out_dir=tmp_path / "gen-1",
+        work_dir=tmp_path / "w",
+        build_key="test",
+        progress=False,
+    )
     queries = [json.loads(line)["text"] for line in (datasets / "cranfield" / "queries.jsonl").open()][:100]
     records = [json.loads(line) for line in corpus.open()]
     with LiveCollection.open(Collection.open(tmp_path / "gen-1"), tmp_path / "live.sqlite", embed=fake_embed) as live:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.engine.engine import SearchEngine
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from experts import Encoder, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 
@@ -68,5 +68,7 @@ def test_a_relevant_document_comes_back_for_most_queries(engine) -> None:
             any(hit.id in {d for d, s in qrels[qid].items() if s > 0} for hit in result.hits)
             for qid, result in zip(queries, batch.results)
         ]
-        assert sum(found) / len(found) >= 0.7, f"{name}: a relevant document in the top 10 for {sum(found)}/{len(found)}"
+        assert sum(found) / len(found) >= 0.7, (
+            f"{name}: a relevant document in the top 10 for {sum(found)}/{len(found)}"
+        )
         assert all(result.decision.experts for result in batch.results)

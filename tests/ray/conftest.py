@@ -16,14 +16,20 @@ from pathlib import Path
 import pytest
 import ray
 
-AERO = [("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
-        ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
-        ("a3", "Shock waves", "oblique shock reflection from a wall")]  # fmt: skip
-COMPUTING = [("a1", "Compilers", "a one-pass compiler for an algebraic language"),
-             ("a2", "Sorting", "a comparison of sorting methods on tape"),
-             ("a3", "Storage", "dynamic storage allocation with linked lists")]  # fmt: skip
-MEDICINE = [("m1", "Vitamin D", "vitamin D supplements and the risk of bone fractures"),
-            ("m2", "Stem cells", "haematopoietic stem cells in the bone marrow")]  # fmt: skip
+AERO = [
+    ("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
+    ("a2", "Boundary layers", "laminar boundary layer transition on a flat plate"),
+    ("a3", "Shock waves", "oblique shock reflection from a wall"),
+]
+COMPUTING = [
+    ("a1", "Compilers", "a one-pass compiler for an algebraic language"),
+    ("a2", "Sorting", "a comparison of sorting methods on tape"),
+    ("a3", "Storage", "dynamic storage allocation with linked lists"),
+]
+MEDICINE = [
+    ("m1", "Vitamin D", "vitamin D supplements and the risk of bone fractures"),
+    ("m2", "Stem cells", "haematopoietic stem cells in the bone marrow"),
+]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +52,9 @@ def make_expert(root: Path, name: str, docs: list[tuple[str, str, str]], encoder
 
 
 @pytest.fixture(scope="session")
-def serve_experts(tmp_path_factory: pytest.TempPathFactory, tiny_bert_path: Path, adapter_a: Path, adapter_b: Path) -> Path:
+def serve_experts(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert_path: Path, adapter_a: Path, adapter_b: Path
+) -> Path:
     """A data root with three trained experts (aero, computing, medicine) and no registry file yet."""
     from experts import Encoder
 

@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from app.offline.building import index_expert
 from app.cli.commands import main
+from app.offline.building import index_expert
 from app.offline.ray_encoders import RayIndexing
 from app.settings import Settings
 from experts import Encoder, create_expert
@@ -59,14 +59,23 @@ def test_ray_engine_builds_the_local_engines_index_of_scifact(tmp_path: Path, da
     ray_expert = create_expert(settings.data_dir, "viaray", encoder=encoder)
 
     # The Ray engine cannot chunk yet, so it truncates; the local engine is asked for the same policy.
-    local_manifest, local_report = index_expert(local_expert, encoder, [corpus], progress=False, long_documents="truncate")
+    local_manifest, local_report = index_expert(
+        local_expert, encoder, [corpus], progress=False, long_documents="truncate"
+    )
     ray_manifest, ray_report = index_expert(
-        ray_expert, encoder, [corpus], progress=False, chunk_size=64,
+        ray_expert,
+        encoder,
+        [corpus],
+        progress=False,
+        chunk_size=64,
         ray=RayIndexing(settings, RayEngine(actors=2, batch_size=32)),
-    )  # fmt: skip
+    )
 
     assert ray_report.documents == local_report.documents == 240
-    assert ray_manifest.index.chunking == local_manifest.index.chunking and ray_manifest.index.chunking["policy"] == "truncate"
+    assert (
+        ray_manifest.index.chunking == local_manifest.index.chunking
+        and ray_manifest.index.chunking["policy"] == "truncate"
+    )
     texts = ["vitamin D and bone fractures", "stem cells in the bone marrow", "gene expression in cancer cells"]
     queries = encoder.embed(texts, max_length=64)
     with (
@@ -108,8 +117,13 @@ def test_a_local_build_interrupted_halfway_is_finished_on_ray(tmp_path: Path, ti
     encoder.embed = real_embed  # type: ignore[method-assign]
 
     manifest, report = index_expert(
-        resumed, encoder, [corpus], progress=False, chunk_size=50, ray=RayIndexing(settings, RayEngine(actors=2)),
-    )  # fmt: skip
+        resumed,
+        encoder,
+        [corpus],
+        progress=False,
+        chunk_size=50,
+        ray=RayIndexing(settings, RayEngine(actors=2)),
+    )
     assert (report.resumed_from_line, report.documents, report.malformed) == (101, 299, 1)
     texts = ["wing 12 lift", "shock 3 flow"]
     with (
@@ -140,7 +154,9 @@ def test_rr_index_engine_ray_from_the_command_line(
     assert rr("create-expert", "heat")[0] == 0
     code, _, err = rr("index", "--expert", "heat", "--corpus", str(corpus), "--engine", "spark", "--no-progress")
     assert code == 2 and "Valid engines are: local, ray" in " ".join(err.replace("│", " ").split())
-    code, out, err = rr("index", "--expert", "heat", "--corpus", str(corpus), "--engine", "ray", "--actors", "1", "--no-progress")
+    code, out, err = rr(
+        "index", "--expert", "heat", "--corpus", str(corpus), "--engine", "ray", "--actors", "1", "--no-progress"
+    )
     assert code == 0, err
     assert "indexed 40 documents into 'heat'" in out
 

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_bert_path: Path) -> Iterator[tuple[str, Settings]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_bert_path: Path
+) -> Iterator[tuple[str, Settings]]:
     """Three experts served by one router and one searcher replica that holds one expert at a time (pilot votes only)."""
     root = tmp_path_factory.mktemp("lru") / "experts"
     shutil.copytree(serve_experts, root)

@@ -19,8 +19,8 @@ import pytest
 from ray import serve
 
 from app.engine.engine import SearchEngine
-from app.ray_serve.deployment import build_app
 from app.publishing.registry import RegistryFile
+from app.ray_serve.deployment import build_app
 from app.settings import Settings
 from experts import Encoder
 from router import RoutePolicy
@@ -29,8 +29,16 @@ from tests.ray.conftest import free_port
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 SEARCH_KEY, ADMIN_KEY = "search-key-123", "admin-key-456"
-QUERIES = ["lift of a swept wing", "sorting methods on tape", "vitamin D and fractures", "storage of wings",
-           "shock", "stem cells in marrow", "a compiler for wings", "boundary of the bone"]  # fmt: skip
+QUERIES = [
+    "lift of a swept wing",
+    "sorting methods on tape",
+    "vitamin D and fractures",
+    "storage of wings",
+    "shock",
+    "stem cells in marrow",
+    "a compiler for wings",
+    "boundary of the bone",
+]
 
 
 @dataclass
@@ -52,9 +60,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_b
     root = tmp_path_factory.mktemp("ingress") / "experts"
     shutil.copytree(serve_experts, root)
     settings = Settings(
-        data_dir=root, base_model=str(tiny_bert_path), router_evidence="documents+bm25", torch_threads=1,
-        search_key=SEARCH_KEY, admin_key=ADMIN_KEY, max_body_bytes=2048, max_queries=4,
-    )  # fmt: skip
+        data_dir=root,
+        base_model=str(tiny_bert_path),
+        router_evidence="documents+bm25",
+        torch_threads=1,
+        search_key=SEARCH_KEY,
+        admin_key=ADMIN_KEY,
+        max_body_bytes=2048,
+        max_queries=4,
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(settings, max_experts=3, searchers=1, searcher_cpus=0.5, ingress_cpus=0.5, registry_poll_s=0.5)
@@ -83,13 +97,22 @@ def test_keys_are_required_as_in_rr_serve(served: Served) -> None:
 def test_limits_and_validation_give_rr_serves_error_bodies(served: Served) -> None:
     big = served.search({"query": "wing " * 600})  # ~3 kB: over the 2,048-byte body limit, before any parsing
     assert big.status_code == 413, big.text
-    assert big.json()["error"] == {"type": "payload_too_large", "message": "request body is larger than the limit of 2048 bytes", "details": None}
+    assert big.json()["error"] == {
+        "type": "payload_too_large",
+        "message": "request body is larger than the limit of 2048 bytes",
+        "details": None,
+    }
     many = served.search({"queries": ["wing"] * 5})
     assert many.status_code == 413 and "RR_MAX_QUERIES" in many.json()["error"]["message"]
     headers = {"Authorization": f"Bearer {SEARCH_KEY}", "Content-Type": "application/json"}
     broken = served.client.post("/search", content=b'{"query": "wing",', headers=headers)
     assert broken.status_code == 422 and broken.json()["error"]["type"] == "validation_error"
-    for body in ({"query": "wing", "k": 0}, {"query": "   "}, {"query": "wing", "colour": "red"}, {"query": "w", "route": {"top_k": 99}}):
+    for body in (
+        {"query": "wing", "k": 0},
+        {"query": "   "},
+        {"query": "wing", "colour": "red"},
+        {"query": "w", "route": {"top_k": 99}},
+    ):
         invalid = served.search(body)
         assert invalid.status_code == 422 and invalid.json()["error"]["type"] == "validation_error", body
     text = served.client.post("/search", content=b"wing", headers={**headers, "Content-Type": "text/plain"})
@@ -101,14 +124,23 @@ def test_limits_and_validation_give_rr_serves_error_bodies(served: Served) -> No
 def _compare(got: dict[str, object], expected: object) -> None:
     route = got["route"]  # type: ignore[index]
     decision = expected.decision  # type: ignore[attr-defined]
-    assert (route["experts"], route["mode"], route["use_adapters"]) == (list(decision.experts), decision.mode, decision.use_adapters)
+    assert (route["experts"], route["mode"], route["use_adapters"]) == (
+        list(decision.experts),
+        decision.mode,
+        decision.use_adapters,
+    )
     assert route["router_scores"] == pytest.approx(dict(decision.scores), abs=1e-5)
     assert [(h["expert"], h["id"]) for h in got["hits"]] == [(h.expert, h.id) for h in expected.hits]  # type: ignore[attr-defined, index]
 
 
 def test_corpus_votes_give_rr_serves_decisions(served: Served) -> None:
-    pilots_only = SearchEngine.open(served.settings.data_dir, served.engine.encoder, **{**served.settings.engine_options(), "evidence": "none"})
-    for policy, route in ((RoutePolicy(), {}), (RoutePolicy(top_k=2, fanout_margin=0.3), {"top_k": 2, "fanout_margin": 0.3})):
+    pilots_only = SearchEngine.open(
+        served.settings.data_dir, served.engine.encoder, **{**served.settings.engine_options(), "evidence": "none"}
+    )
+    for policy, route in (
+        (RoutePolicy(), {}),
+        (RoutePolicy(top_k=2, fanout_margin=0.3), {"top_k": 2, "fanout_margin": 0.3}),
+    ):
         for start in range(0, len(QUERIES), 4):
             queries = QUERIES[start : start + 4]
             response = served.search({"queries": queries, "k": 3, "route": route})
@@ -156,7 +188,10 @@ def test_admin_changes_reach_the_next_routed_search_and_the_replicas(served: Ser
     assert removed.json() == {"name": "medicine", "unpublished": True, "unloaded": True}
     assert [e.name for e in RegistryFile(served.settings.data_dir).read() or []] == ["aero", "computing"]
     after = served.search({"query": "vitamin D and fractures"})
-    assert after.status_code == 200 and set(after.json()["results"][0]["route"]["router_scores"]) == {"aero", "computing"}
+    assert after.status_code == 200 and set(after.json()["results"][0]["route"]["router_scores"]) == {
+        "aero",
+        "computing",
+    }
     assert served.search({"query": "vitamin D", "expert": "medicine"}).status_code == 404
     assert "medicine" not in _held(searcher, lambda held: "medicine" not in held)
     assert served.admin("DELETE", "/admin/experts/medicine").status_code == 404

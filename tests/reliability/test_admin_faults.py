@@ -156,7 +156,9 @@ def test_kill_9_during_publish_and_unpublish_leaves_the_old_or_the_new_set(
     cleaned = sum(server.log().count("that was interrupted") for server in restarts.servers)
     orphans = sum(server.log().count("no longer published") for server in restarts.servers)
     figures(
-        restarts=len(restarts.servers) - 1, leftovers_removed_at_start=cleaned, orphaned_uploads_removed=orphans,
+        restarts=len(restarts.servers) - 1,
+        leftovers_removed_at_start=cleaned,
+        orphaned_uploads_removed=orphans,
         call_ms={key: round(value * 1000) for key, value in duration.items()},
         **{key.replace("-", "_"): " ".join(values) for key, values in observed.items()},
     )
@@ -190,7 +192,9 @@ def test_a_full_disk_during_an_upload_is_a_507_and_changes_nothing(
             assert http.post("/search", json={"query": "wing lift", "k": 2}).status_code == 200
             assert http.get("/readyz").json()["experts"] == BEFORE
 
-            resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            resource.prlimit(
+                server.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            )
             retried = http.post("/admin/experts", content=archive, headers={"Content-Type": "application/gzip"})
             assert retried.status_code == 201, retried.text
     finally:

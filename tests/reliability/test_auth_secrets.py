@@ -58,7 +58,9 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
         archive = tar_gz({"gamma": tmp_path / "experts" / "staging" / "gamma"})
         with httpx.Client(base_url=server.url, timeout=30) as http:
             calls = {
-                "add by path": lambda headers: http.post("/admin/experts", json={"path": "staging/gamma"}, headers=headers),
+                "add by path": lambda headers: http.post(
+                    "/admin/experts", json={"path": "staging/gamma"}, headers=headers
+                ),
                 "add archive": lambda headers: http.post(
                     "/admin/experts", content=archive, headers={**headers, "Content-Type": "application/gzip"}
                 ),
@@ -84,7 +86,9 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
             search = {"Authorization": f"Bearer {SEARCH_KEY}"}
             leaky = [
                 http.get("/healthz", params={"api_key": ADMIN_KEY}),
-                http.post("/search", params={"key": SEARCH_KEY, "token": WRONG_KEYS[2]}, json={"query": "x"}, headers=search),
+                http.post(
+                    "/search", params={"key": SEARCH_KEY, "token": WRONG_KEYS[2]}, json={"query": "x"}, headers=search
+                ),
                 http.get("/readyz", params={"access_token": WRONG_KEYS[0], "k": "5"}),
                 http.get(f"/experts/{ADMIN_KEY}", headers=search),  # a valid name: 404 unknown expert
                 http.post("/search", json={"query": "x", "expert": SEARCH_KEY}, headers=search),
@@ -95,9 +99,13 @@ def test_admin_refuses_all_but_its_key_and_keys_never_leak(
             bodies.append(http.get("/metrics").text)
             bodies.append(http.get("/metrics/summary").text)
     log = server.log_path.read_text()
-    for line in ('"GET /healthz?api_key=[REDACTED] HTTP/1.1" 200', '"POST /search?key=[REDACTED]&token=[REDACTED] HTTP/1.1" 200',
-                 '"GET /readyz?access_token=[REDACTED]&k=5 HTTP/1.1" 200', '"GET /experts/[REDACTED] HTTP/1.1" 404',
-                 '"GET /no/such/route/[REDACTED] HTTP/1.1" 404'):  # fmt: skip
+    for line in (
+        '"GET /healthz?api_key=[REDACTED] HTTP/1.1" 200',
+        '"POST /search?key=[REDACTED]&token=[REDACTED] HTTP/1.1" 200',
+        '"GET /readyz?access_token=[REDACTED]&k=5 HTTP/1.1" 200',
+        '"GET /experts/[REDACTED] HTTP/1.1" 404',
+        '"GET /no/such/route/[REDACTED] HTTP/1.1" 404',
+    ):
         assert line in log, f"{line!r} is not in the server log"
     assert log.count('"POST /admin/experts') >= 2 * (len(CREDENTIALS) + 1)  # every refused call is in it
     for secret in (ADMIN_KEY, SEARCH_KEY, *WRONG_KEYS):

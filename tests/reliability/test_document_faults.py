@@ -37,7 +37,9 @@ def _start(root: Path, log: Path, tiny_bert_path: Path) -> ServerProcess:
 def _check(server: ServerProcess, present: set[str], deleted: set[str]) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         expert = http.get("/experts/alpha").json()
-        assert expert["documents"] == TEMPLATE_DOCUMENTS + len(present) - len(deleted & {f"alpha-{i}" for i in range(24)})
+        assert expert["documents"] == TEMPLATE_DOCUMENTS + len(present) - len(
+            deleted & {f"alpha-{i}" for i in range(24)}
+        )
         for doc_id in sorted(present):
             response = http.get(f"/experts/alpha/documents/{doc_id}")
             assert response.status_code == 200, (doc_id, response.text)

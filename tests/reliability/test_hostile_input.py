@@ -62,22 +62,34 @@ TOO_LARGE, INVALID, MEDIA = "payload_too_large", "validation_error", "unsupporte
 EMBED, ADMIN_PATH = "/v1/embeddings", "/admin/experts"
 CASES: dict[str, Hostile] = {
     "1 MB query": Hostile({"json": {"query": "q" * MIB}}, 413, TOO_LARGE, "larger than the limit"),
-    "4 MB query, chunked": Hostile({"content": lambda: _chunks(4 * MIB), "headers": JSON}, 413, TOO_LARGE, "larger than"),
+    "4 MB query, chunked": Hostile(
+        {"content": lambda: _chunks(4 * MIB), "headers": JSON}, 413, TOO_LARGE, "larger than"
+    ),
     "900 kB query": Hostile({"json": {"query": "q" * 900_000}}, 422, INVALID, "at most 2000 characters"),
     "100k queries": Hostile({"json": {"queries": ["q"] * 100_000}}, 413, TOO_LARGE, "100000 queries"),
-    "100k inputs": Hostile({"json": {"model": "base", "input": ["q"] * 100_000}}, 413, TOO_LARGE, "100000 inputs", path=EMBED),
+    "100k inputs": Hostile(
+        {"json": {"model": "base", "input": ["q"] * 100_000}}, 413, TOO_LARGE, "100000 inputs", path=EMBED
+    ),
     "100k numbers as inputs": Hostile(
         {"json": {"model": "base", "input": list(range(100_000))}}, 422, INVALID, "more errors", path=EMBED
     ),
     "not UTF-8": Hostile(raw(b'{"query": "\xff\xfe caf\xe9"}'), 422, INVALID, "not UTF-8"),
     "Latin-1 declared": Hostile(
-        raw('{"query": "café"}'.encode("latin-1"), **{"Content-Type": "application/json; charset=latin-1"}), 422, INVALID,
+        raw('{"query": "café"}'.encode("latin-1"), **{"Content-Type": "application/json; charset=latin-1"}),
+        422,
+        INVALID,
         "not UTF-8",
-    ),  # fmt: skip
+    ),
     "lone surrogate": Hostile(raw(b'{"query": "\\ud800"}'), 422, INVALID, "unicode"),
-    "NaN fan-out margin": Hostile(raw(b'{"query": "x", "route": {"fanout_margin": NaN}}'), 422, INVALID, "fanout_margin"),
-    "Infinity threshold": Hostile(raw(b'{"query": "x", "route": {"threshold": Infinity}}'), 422, INVALID, "finite number"),
-    "-Infinity min score": Hostile(raw(b'{"query": "x", "route": {"min_score": -Infinity}}'), 422, INVALID, "min_score"),
+    "NaN fan-out margin": Hostile(
+        raw(b'{"query": "x", "route": {"fanout_margin": NaN}}'), 422, INVALID, "fanout_margin"
+    ),
+    "Infinity threshold": Hostile(
+        raw(b'{"query": "x", "route": {"threshold": Infinity}}'), 422, INVALID, "finite number"
+    ),
+    "-Infinity min score": Hostile(
+        raw(b'{"query": "x", "route": {"min_score": -Infinity}}'), 422, INVALID, "min_score"
+    ),
     "NaN min score": Hostile(raw(b'{"query": "x", "route": {"min_score": NaN}}'), 422, INVALID, "min_score"),
     "Infinity k": Hostile(raw(b'{"query": "x", "k": Infinity}'), 422, INVALID, "k"),
     "NaN top_k": Hostile(raw(b'{"query": "x", "route": {"top_k": NaN}}'), 422, INVALID, "top_k"),
@@ -89,24 +101,36 @@ CASES: dict[str, Hostile] = {
         raw(b'{"model": "base", "input": "x", "dimensions": NaN}'), 422, INVALID, "dimensions", path=EMBED
     ),
     "nested 100k deep": Hostile(raw(_nested(100_000)), 422, INVALID, "nested too deeply"),
-    "nested 100k deep, admin": Hostile(raw(_nested(100_000), **ADMIN), 422, INVALID, "recursion limit", path=ADMIN_PATH),
+    "nested 100k deep, admin": Hostile(
+        raw(_nested(100_000), **ADMIN), 422, INVALID, "recursion limit", path=ADMIN_PATH
+    ),
     "text/plain": Hostile(raw(b'{"query": "x"}', **{"Content-Type": "text/plain"}), 415, MEDIA, "application/json"),
     "no content type": Hostile({"content": b'{"query": "x"}'}, 415, MEDIA, "'(none)'"),
     "form": Hostile({"data": {"query": "x"}}, 415, MEDIA, "x-www-form-urlencoded"),
     "multipart": Hostile({"files": {"input": b"x"}}, 415, MEDIA, "multipart/form-data", path=EMBED),
     "XML, admin": Hostile(
-        raw(b"<path>x</path>", **{"Content-Type": "application/xml"}, **ADMIN), 415, MEDIA, "not accepted", path=ADMIN_PATH
+        raw(b"<path>x</path>", **{"Content-Type": "application/xml"}, **ADMIN),
+        415,
+        MEDIA,
+        "not accepted",
+        path=ADMIN_PATH,
     ),
     "empty JSON body": Hostile(raw(b""), 422, INVALID, "Field required"),
     "JSON null": Hostile(raw(b"null"), 422, INVALID, "dictionary"),
     "JSON array": Hostile(raw(b'["x"]'), 422, INVALID, "dictionary"),
-    "60 kB expert name": Hostile({}, 422, INVALID, "at most 64 characters", method="GET", path="/experts/" + "a" * 60_000),
-    "non-ASCII expert name": Hostile({}, 422, INVALID, "Invalid expert name", method="GET", path="/experts/%C3%A9l%C3%A8ve"),
+    "60 kB expert name": Hostile(
+        {}, 422, INVALID, "at most 64 characters", method="GET", path="/experts/" + "a" * 60_000
+    ),
+    "non-ASCII expert name": Hostile(
+        {}, 422, INVALID, "Invalid expert name", method="GET", path="/experts/%C3%A9l%C3%A8ve"
+    ),
 }
 
 
 @pytest.fixture(scope="module")
-def hostile_server(template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def hostile_server(
+    template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("hostile")) as server:
         yield server
 
@@ -122,7 +146,9 @@ def test_hostile_bodies_get_a_clear_4xx_and_the_server_stays_well(hostile_server
                 sent = {key: value() if callable(value) else value for key, value in case.request.items()}
                 response = http.request(case.method, case.path, **sent)
                 error = response.json()["error"]
-                if (response.status_code, error["type"]) != (case.status, case.kind) or case.says not in error["message"]:
+                if (response.status_code, error["type"]) != (case.status, case.kind) or case.says not in error[
+                    "message"
+                ]:
                     wrong.append((name, response.status_code, response.text[:300]))
                 elif len(response.content) > 4096:  # the input is never echoed back
                     wrong.append((name, "echoed", len(response.content)))
@@ -142,14 +168,21 @@ def test_hostile_bodies_get_a_clear_4xx_and_the_server_stays_well(hostile_server
         (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", {b"400"}),
         # Both framings (RFC 9112 lets a server follow Transfer-Encoding or refuse): uvicorn's h11 parser follows
         # it, so the body is empty, our 422; its httptools parser (when installed) refuses the request, a 400.
-        (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", {b"422", b"400"}),
+        (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            {b"422", b"400"},
+        ),
         # A length no client library would send (more than 64 bits): not HTTP as uvicorn reads it.
-        (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-         + str(10**20).encode() + b"\r\n\r\n{}", {b"400"}),
+        (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(10**20).encode()
+            + b"\r\n\r\n{}",
+            {b"400"},
+        ),
     ],
     ids=["not HTTP", "non-UTF-8 path", "negative length", "length and chunked", "10^20 length"],
-)  # fmt: skip
+)
 def test_malformed_http_is_refused_and_the_server_carries_on(
     hostile_server: ServerProcess, raw: bytes, statuses: set[bytes]
 ) -> None:
@@ -172,6 +205,8 @@ def test_malformed_http_is_refused_and_the_server_carries_on(
         assert b'{"error":{"type":' in answer
     else:
         headers, body = answer.split(b"\r\n\r\n", 1)
-        assert b"content-type: text/plain; charset=utf-8" in headers.lower() and body == b"Invalid HTTP request received."
+        assert (
+            b"content-type: text/plain; charset=utf-8" in headers.lower() and body == b"Invalid HTTP request received."
+        )
     with httpx.Client(base_url=hostile_server.url, timeout=30) as http:
         assert http.get("/healthz").status_code == 200

@@ -86,7 +86,21 @@ def test_paths_that_leave_the_data_root_are_refused(
 
 @pytest.mark.parametrize(
     "name",
-    ["UPPER", "-lead", "_lead", "a.b", "%2e%2e", "%2e", "a" * 65, "%C3%A9", "a%20b", "a%00b", "a%2Fb", "a\\b", "%252e%252e"],
+    [
+        "UPPER",
+        "-lead",
+        "_lead",
+        "a.b",
+        "%2e%2e",
+        "%2e",
+        "a" * 65,
+        "%C3%A9",
+        "a%20b",
+        "a%00b",
+        "a%2Fb",
+        "a\\b",
+        "%252e%252e",
+    ],
 )
 def test_names_that_are_not_expert_names_are_refused(client: TestClient, name: str) -> None:
     """Expert names are ``[a-z0-9][a-z0-9_-]{0,63}``: anything else is a 422 (or a 404 where it is no route)."""
@@ -159,7 +173,10 @@ def _evil_manifest(root: Path) -> bytes:
 
 def _zip_of_zeros() -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open("gamma/dense.faiss", "w") as member:
+    with (
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("gamma/dense.faiss", "w") as member,
+    ):
         for _ in range(64):
             member.write(bytes(1 << 20))
     return buffer.getvalue()
@@ -168,13 +185,29 @@ def _zip_of_zeros() -> bytes:
 ARCHIVES = {
     "dot-dot inside a path": (lambda root: tar_gz({"gamma/../../evil.txt": b"x"}), 422, "'..' is not allowed"),
     "dot then dot-dot": (lambda root: tar_gz({"gamma/./../evil.txt": b"x"}), 422, "'..' is not allowed"),
-    "hard link": (lambda root: _raw_tar([(_member("gamma/passwd", kind=tarfile.LNKTYPE, link="/etc/passwd"), b"")]), 422, "is a link"),
-    "character device": (lambda root: _raw_tar([(_member("gamma/null", kind=tarfile.CHRTYPE), b"")]), 422, "special file"),
+    "hard link": (
+        lambda root: _raw_tar([(_member("gamma/passwd", kind=tarfile.LNKTYPE, link="/etc/passwd"), b"")]),
+        422,
+        "is a link",
+    ),
+    "character device": (
+        lambda root: _raw_tar([(_member("gamma/null", kind=tarfile.CHRTYPE), b"")]),
+        422,
+        "special file",
+    ),
     "fifo": (lambda root: _raw_tar([(_member("gamma/pipe", kind=tarfile.FIFOTYPE), b"")]), 422, "special file"),
-    "duplicate member": (lambda root: _raw_tar([(_member("gamma/a", b"1"), b"1"), (_member("gamma/a", b"2"), b"2")]), 422, "appears twice"),
+    "duplicate member": (
+        lambda root: _raw_tar([(_member("gamma/a", b"1"), b"1"), (_member("gamma/a", b"2"), b"2")]),
+        422,
+        "appears twice",
+    ),
     "manifest naming ../../evil": (_evil_manifest, 422, "Invalid expert name"),
     "128 MiB member in a small archive": (lambda root: _bomb(128 << 20), 413, "unpacks to more than"),
-    "4,000 files of 1 kB": (lambda root: tar_gz({f"gamma/f{i}": b"z" * 1024 for i in range(4000)}), 413, "unpacks to more than"),
+    "4,000 files of 1 kB": (
+        lambda root: tar_gz({f"gamma/f{i}": b"z" * 1024 for i in range(4000)}),
+        413,
+        "unpacks to more than",
+    ),
     "zip of 64 MiB of zeros": (lambda root: _zip_of_zeros(), 422, "not a tar or tar.gz archive"),
     "gzip of 64 MiB of zeros": (lambda root: gzip.compress(bytes(64 << 20), compresslevel=1), 422, "holds no expert"),
 }

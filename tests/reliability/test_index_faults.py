@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.offline.building import index_expert
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.offline.building import index_expert
 from experts import Encoder, ExpertDir, create_expert
 from tests.app.conftest import slice_corpus
 from tests.reliability.forked import ForkedProcess, rr_environment
@@ -64,7 +64,10 @@ def same_hits(found: Served, expected: Served) -> bool:
     """Same documents in the same order, scores equal to float32 rounding (batches differ between runs)."""
     if [[doc for doc, _ in row] for row in found.hits] != [[doc for doc, _ in row] for row in expected.hits]:
         return False
-    return all(np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5) for a, b in zip(found.hits, expected.hits, strict=True))
+    return all(
+        np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+        for a, b in zip(found.hits, expected.hits, strict=True)
+    )
 
 
 @dataclass
@@ -86,7 +89,13 @@ def setup(tmp_path: Path, tiny_encoder: Encoder, tiny_bert_path: Path, datasets:
     source = datasets / "scifact" / "corpus.jsonl"
     root = tmp_path / "experts"
     expert = create_expert(root, NAME, encoder=tiny_encoder, description="scifact slice")
-    index_expert(expert, tiny_encoder, [slice_corpus(source, tmp_path / "first.jsonl", FIRST_DOCS)], progress=False, chunk_size=CHUNK)
+    index_expert(
+        expert,
+        tiny_encoder,
+        [slice_corpus(source, tmp_path / "first.jsonl", FIRST_DOCS)],
+        progress=False,
+        chunk_size=CHUNK,
+    )
     corpus = slice_corpus(source, tmp_path / "corpus.jsonl", CORPUS_DOCS)
 
     reference_root = tmp_path / "reference"
@@ -94,9 +103,12 @@ def setup(tmp_path: Path, tiny_encoder: Encoder, tiny_bert_path: Path, datasets:
     reference_expert = ExpertDir(reference_root / NAME)
     index_expert(reference_expert, tiny_encoder, [corpus], progress=False, chunk_size=CHUNK)
     env = rr_environment(
-        RR_DATA_DIR=str(root), RR_BASE_MODEL=str(tiny_bert_path), RR_MAX_LENGTH="64", RR_BATCH_SIZE=str(CHUNK),
+        RR_DATA_DIR=str(root),
+        RR_BASE_MODEL=str(tiny_bert_path),
+        RR_MAX_LENGTH="64",
+        RR_BATCH_SIZE=str(CHUNK),
         RR_TORCH_THREADS="1",
-    )  # fmt: skip
+    )
     return Setup(root, expert, corpus, env, served(expert, tiny_encoder), served(reference_expert, tiny_encoder))
 
 

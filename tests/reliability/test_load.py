@@ -102,8 +102,11 @@ class Traffic:
                 found: list[str] = []
                 if response.status_code == 200:
                     found = _problems(kind, response.json(), forced)
-                elif not (kind == "churned" and response.status_code == 404
-                          and response.json()["error"]["type"] == "unknown_expert"):  # fmt: skip
+                elif not (
+                    kind == "churned"
+                    and response.status_code == 404
+                    and response.json()["error"]["type"] == "unknown_expert"
+                ):
                     found = [f"{kind}: {response.status_code} {response.text[:200]}"]
                 with self.lock:
                     self.statuses[kind, response.status_code] += 1
@@ -148,12 +151,17 @@ def _open_files_under(pid: int, directory: Path) -> list[str]:
 
 
 @pytest.mark.timeout(int(LOAD_S) + 180)
-def test_32_clients_while_experts_come_and_go(experts_root: Path, tmp_path: Path, tiny_bert_path: Path, figures) -> None:
+def test_32_clients_while_experts_come_and_go(
+    experts_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
+) -> None:
     shutil.copytree(experts_root / "beta", experts_root / "v2" / "beta")
     server = ServerProcess(
-        experts_root, tmp_path / "server.log", base_model=tiny_bert_path, launch=ForkedProcess,
+        experts_root,
+        tmp_path / "server.log",
+        base_model=tiny_bert_path,
+        launch=ForkedProcess,
         env={"RR_BATCH_WAIT_MS": "2", "RR_DRAIN_TIMEOUT_S": "10"},
-    )  # fmt: skip
+    )
     traffic = Traffic(server.url)
     admin_log: list[str] = []
     clients = [threading.Thread(target=traffic.client, args=(seed,)) for seed in range(CLIENTS)]
@@ -166,7 +174,9 @@ def test_32_clients_while_experts_come_and_go(experts_root: Path, tmp_path: Path
         _churn(server, range(1, 2), admin_log)  # warm-up: add, replace, remove once, under traffic
         rss_warm = read_rss_bytes(pid)
         started = time.monotonic()
-        churner = threading.Thread(target=_churn, args=(server, range(2, 10_000), admin_log), kwargs={"stop": traffic.stop})
+        churner = threading.Thread(
+            target=_churn, args=(server, range(2, 10_000), admin_log), kwargs={"stop": traffic.stop}
+        )
         churner.start()
         rss_peak = rss_warm
         while time.monotonic() - started < LOAD_S:
@@ -207,12 +217,17 @@ def test_32_clients_while_experts_come_and_go(experts_root: Path, tmp_path: Path
     latencies = sorted(traffic.latencies)
     mib = lambda value: round(value / (1 << 20), 1)  # noqa: E731
     figures(
-        seconds=round(seconds), clients=CLIENTS, requests=requests, per_second=round(requests / seconds),
+        seconds=round(seconds),
+        clients=CLIENTS,
+        requests=requests,
+        per_second=round(requests / seconds),
         statuses=dict(sorted((f"{k}:{s}", n) for (k, s), n in traffic.statuses.items())),
-        p50_ms=round(statistics.median(latencies) * 1000, 1), p99_ms=round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
-        admin_calls=len(admin_log), adapters_loaded=len(loaded),
+        p50_ms=round(statistics.median(latencies) * 1000, 1),
+        p99_ms=round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+        admin_calls=len(admin_log),
+        adapters_loaded=len(loaded),
         rss_mib=f"start {mib(rss_start)} warm {mib(rss_warm)} peak {mib(rss_peak)} end {mib(rss_end)}",
-    )  # fmt: skip
+    )
 
 
 def _adapter_names(log: str, what: str) -> list[str]:

@@ -43,8 +43,13 @@ async def _burst(url: str) -> list[tuple[int, float, dict[str, str], dict]]:
 def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
     template_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
 ) -> None:
-    env = {"RR_QUEUE_MAX_QUERIES": str(QUEUE), "RR_BATCH_MAX_QUERIES": str(PER_REQUEST), "RR_MAX_QUERIES": str(PER_REQUEST),
-           "RR_BATCH_WAIT_MS": "5", "RR_RETRY_AFTER_S": "2"}  # fmt: skip
+    env = {
+        "RR_QUEUE_MAX_QUERIES": str(QUEUE),
+        "RR_BATCH_MAX_QUERIES": str(PER_REQUEST),
+        "RR_MAX_QUERIES": str(PER_REQUEST),
+        "RR_BATCH_WAIT_MS": "5",
+        "RR_RETRY_AFTER_S": "2",
+    }
     with forked_server(template_root, tiny_bert_path, tmp_path, env=env) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             errors_before = http.get("/metrics/summary").json()["server_errors"]  # /readyz's 503s while loading
@@ -57,7 +62,9 @@ def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
         others = sorted({status for status, *_ in outcomes} - {200, 429})
         assert others == [], others
         assert len(refused) > BURST // 3 and answered, (len(refused), len(answered))
-        assert all(headers["retry-after"] == "2" and body["error"]["type"] == "overloaded" for _, headers, body in refused)
+        assert all(
+            headers["retry-after"] == "2" and body["error"]["type"] == "overloaded" for _, headers, body in refused
+        )
 
         with httpx.Client(base_url=server.url, timeout=30) as http:
             # Timed by the server (its /search histogram; 429s are nearly all of it): what the client
@@ -69,13 +76,22 @@ def test_a_burst_past_the_queue_bound_is_refused_fast_and_the_server_recovers(
                 assert time.perf_counter() - recovered_after < 30, "the queue did not drain"
                 time.sleep(0.05)
             drained_s = time.perf_counter() - recovered_after
-            after = [http.post("/search", json={"queries": ["wing lift"] * PER_REQUEST, "k": 3}).status_code for _ in range(20)]
+            after = [
+                http.post("/search", json={"queries": ["wing lift"] * PER_REQUEST, "k": 3}).status_code
+                for _ in range(20)
+            ]
             assert after == [200] * 20
             summary = http.get("/metrics/summary").json()
             assert summary["rejected"]["search"] == len(refused) and summary["server_errors"] == errors_before
             assert http.get("/readyz").status_code == 200
     figures(
-        burst=BURST, queue_bound=QUEUE, answered=len(answered), refused_429=len(refused), burst_s=round(burst_s, 2),
-        server_p50_ms=search["p50_ms"], server_p95_ms=search["p95_ms"],
-        client_p50_ms=round(statistics.median(took for took, _, _ in refused) * 1000), drained_s=round(drained_s, 2),
-    )  # fmt: skip
+        burst=BURST,
+        queue_bound=QUEUE,
+        answered=len(answered),
+        refused_429=len(refused),
+        burst_s=round(burst_s, 2),
+        server_p50_ms=search["p50_ms"],
+        server_p95_ms=search["p95_ms"],
+        client_p50_ms=round(statistics.median(took for took, _, _ in refused) * 1000),
+        drained_s=round(drained_s, 2),
+    )

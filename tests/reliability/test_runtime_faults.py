@@ -60,8 +60,11 @@ def test_a_docstore_damaged_unseen_fails_its_expert_only(experts_root: Path, mak
     RegistryFile(experts_root).write([RegistryEntry(name=name, path=name) for name in names])
 
     client = make_client(experts_root, verify_checksums=False, wait=False)
-    wait_for(lambda: client.get("/readyz").json().get("error", {}).get("details", {}).get("phase") == "serving",
-             timeout=60, what="start-up")  # fmt: skip
+    wait_for(
+        lambda: client.get("/readyz").json().get("error", {}).get("details", {}).get("phase") == "serving",
+        timeout=60,
+        what="start-up",
+    )
     details = client.get("/readyz").json()["error"]["details"]
     # Counting the documents at load reads the damaged index: that expert alone fails, and says why.
     assert details["experts"] == ["alpha", "beta", "rows-damaged"]

@@ -49,7 +49,9 @@ OPERATIONS = {operation.label: operation for operation in (result.ok() for resul
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fuzzed_server(
+    template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("fuzz")) as server:
         yield server
     assert ADMIN_KEY not in server.log_path.read_text()
@@ -64,9 +66,13 @@ def test_no_server_errors_and_responses_match_the_schema(label: str, fuzzed_serv
 
     @given(case=cases)
     @settings(
-        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    )
     def fuzz(case: schemathesis.Case) -> None:
         response = case.call(base_url=fuzzed_server.url, headers=ADMIN, timeout=30)
         sent[response.status_code] = sent.get(response.status_code, 0) + 1

@@ -105,7 +105,9 @@ def test_broken_experts_are_reported_and_the_others_serve(
 ) -> None:
     broken = damaged_root(experts_root, verify=verify)
     env = {"RR_VERIFY_CHECKSUMS": str(verify).lower()}
-    server = ServerProcess(experts_root, tmp_path / "server.log", base_model=tiny_bert_path, env=env, launch=ForkedProcess)
+    server = ServerProcess(
+        experts_root, tmp_path / "server.log", base_model=tiny_bert_path, env=env, launch=ForkedProcess
+    )
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             deadline = time.monotonic() + 90
@@ -130,7 +132,9 @@ def test_broken_experts_are_reported_and_the_others_serve(
             assert {name for name, e in listed.items() if e["state"] == "failed"} == set(broken)
             assert all(listed[name]["error"] == details["failed"][name] for name in broken)
             for name in ("alpha", "beta"):  # the intact experts serve, by name and routed
-                hits = http.post("/search", json={"query": "a study", "expert": name, "k": 5}).json()["results"][0]["hits"]
+                hits = http.post("/search", json={"query": "a study", "expert": name, "k": 5}).json()["results"][0][
+                    "hits"
+                ]
                 assert len(hits) == 5 and {hit["expert"] for hit in hits} == {name}
             routed = http.post("/search", json={"queries": ["wing lift", "compiler parser"], "k": 3}).json()["results"]
             assert {r["expert"] for r in routed} <= {"alpha", "beta"}

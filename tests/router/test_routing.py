@@ -105,7 +105,10 @@ def test_knn_scores_are_each_experts_share_of_the_nearest_pilots() -> None:
     decision = router.route(unit(1, 0.02, 0.02)[None])[0]
     assert decision.experts == ("aero",) and decision.margin == pytest.approx(0.2, abs=2e-3)
     # Immutable copies keep the aggregate and the neighbour count.
-    assert router.without_expert("cisi").neighbours == 5 and router.with_expert("x", unit(0, 1, 1)[None]).aggregate == "knn"
+    assert (
+        router.without_expert("cisi").neighbours == 5
+        and router.with_expert("x", unit(0, 1, 1)[None]).aggregate == "knn"
+    )
 
 
 def test_knn_ties_go_to_the_expert_with_the_nearest_pilot() -> None:

@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.auth import require_admin
-from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from app.api.routes.experts import describe
 from app.api.schemas import AddExpertRequest, ExpertDetailOut, ExpertName, RemovedOut, error_responses
 from app.api.state import Runtime, Serving
+from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -25,21 +25,32 @@ _ADD_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AddExpertRequest.model_json_schema(), "examples": {
-                "path": {"summary": "a directory under the data root", "value": {"path": "cranfield"}},
-                "replace": {"summary": "swap a published expert", "value": {"path": "v2/cranfield", "replace": True}},
-            }},
-            "application/gzip": {"schema": {"type": "string", "format": "binary"},
-                                 "example": "(tar.gz of an expert directory; ?replace=true to swap)"},
+            "application/json": {
+                "schema": AddExpertRequest.model_json_schema(),
+                "examples": {
+                    "path": {"summary": "a directory under the data root", "value": {"path": "cranfield"}},
+                    "replace": {
+                        "summary": "swap a published expert",
+                        "value": {"path": "v2/cranfield", "replace": True},
+                    },
+                },
+            },
+            "application/gzip": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(tar.gz of an expert directory; ?replace=true to swap)",
+            },
         },
     }
-}  # fmt: skip
+}
 
 
 @router.post(
-    "/experts", status_code=201, response_model=ExpertDetailOut, openapi_extra=_ADD_BODY,
+    "/experts",
+    status_code=201,
+    response_model=ExpertDetailOut,
+    openapi_extra=_ADD_BODY,
     responses=error_responses(401, 403, 409, 413, 415, 422, 503, 507),
-)  # fmt: skip
+)
 async def add_expert(
     request: Request,
     runtime: Serving,

@@ -13,7 +13,6 @@ import re
 from fastapi import APIRouter, Depends, Path
 
 from app.api.auth import require_admin, require_search
-from app.errors import PayloadTooLargeError
 from app.api.schemas import ExpertName, error_responses
 from app.api.schemas_documents import (
     MAX_DOCUMENT_ID_CHARS,
@@ -25,14 +24,13 @@ from app.api.schemas_documents import (
     UpsertRequest,
 )
 from app.api.state import Runtime, Serving
+from app.errors import PayloadTooLargeError
 from index import Document
 
 router = APIRouter(tags=["documents"])
 
 #: Paths whose bodies get RR_MAX_DOCUMENTS_BODY_BYTES instead of the ordinary limit (see app.api.body_limit).
-DOCUMENT_BODY_ROUTES = tuple(
-    (method, re.compile(r"/admin/experts/[^/]+/documents")) for method in ("PUT", "DELETE")
-)
+DOCUMENT_BODY_ROUTES = tuple((method, re.compile(r"/admin/experts/[^/]+/documents")) for method in ("PUT", "DELETE"))
 
 _WRITE_ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422, 503, 507)
 
@@ -46,9 +44,11 @@ def _check_count(runtime: Runtime, count: int, what: str) -> None:
 
 
 @router.put(
-    "/admin/experts/{name}/documents", response_model=UpsertOut, dependencies=[Depends(require_admin)],
+    "/admin/experts/{name}/documents",
+    response_model=UpsertOut,
+    dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
-)  # fmt: skip
+)
 async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Serving) -> UpsertOut:
     """Insert or replace a batch of documents (all or nothing); searchable as soon as this answers.
 
@@ -61,30 +61,42 @@ async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Servi
     written = await asyncio.to_thread(runtime.documents.upsert, name, docs)
     report = written.report
     return UpsertOut(
-        expert=name, seq=report.seq, created=report.created, replaced=report.replaced,  # type: ignore[union-attr]
-        documents=written.documents, merging=written.merging,
-    )  # fmt: skip
+        expert=name,
+        seq=report.seq,
+        created=report.created,
+        replaced=report.replaced,
+        documents=written.documents,
+        merging=written.merging,
+    )
 
 
 @router.delete(
-    "/admin/experts/{name}/documents", response_model=DeleteOut, dependencies=[Depends(require_admin)],
+    "/admin/experts/{name}/documents",
+    response_model=DeleteOut,
+    dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
-)  # fmt: skip
+)
 async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Serving) -> DeleteOut:
     """Delete a batch of documents by id; gone from every search as soon as this answers. Unknown ids are listed."""
     _check_count(runtime, len(body.ids), "ids")
     written = await asyncio.to_thread(runtime.documents.delete, name, body.ids)
     report = written.report
     return DeleteOut(
-        expert=name, seq=report.seq, deleted=report.deleted, missing=report.missing,  # type: ignore[union-attr]
-        documents=written.documents, merging=written.merging,
-    )  # fmt: skip
+        expert=name,
+        seq=report.seq,
+        deleted=report.deleted,
+        missing=report.missing,
+        documents=written.documents,
+        merging=written.merging,
+    )
 
 
 @router.get(
-    "/experts/{name}/documents/{doc_id:path}", response_model=DocumentOut, dependencies=[Depends(require_search)],
+    "/experts/{name}/documents/{doc_id:path}",
+    response_model=DocumentOut,
+    dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 422, 503),
-)  # fmt: skip
+)
 async def get_document(
     name: ExpertName,
     runtime: Serving,
@@ -92,18 +104,26 @@ async def get_document(
 ) -> DocumentOut:
     """One document as searches see it now (upserts and deletes included)."""
     document = await asyncio.to_thread(runtime.documents.get, name, doc_id)
-    return DocumentOut(expert=name, id=document.id, title=document.title, text=document.text, metadata=document.metadata)
+    return DocumentOut(
+        expert=name, id=document.id, title=document.title, text=document.text, metadata=document.metadata
+    )
 
 
 @router.post(
-    "/admin/experts/{name}/merge", response_model=MergeOut, dependencies=[Depends(require_admin)],
+    "/admin/experts/{name}/merge",
+    response_model=MergeOut,
+    dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 409, 422, 503, 507),
-)  # fmt: skip
+)
 async def merge_documents(name: ExpertName, runtime: Serving) -> MergeOut:
     """Fold the live writes into a new index generation now and wait for it (searches go on meanwhile)."""
     report, expert = await asyncio.to_thread(runtime.documents.merge, name)
     return MergeOut(
-        expert=name, merged=report is not None, directory=None if report is None else report.directory.name,
-        documents=len(expert.documents), from_delta=0 if report is None else report.from_delta,
-        tombstones_applied=0 if report is None else report.tombstones_applied, version=expert.manifest.version,
-    )  # fmt: skip
+        expert=name,
+        merged=report is not None,
+        directory=None if report is None else report.directory.name,
+        documents=len(expert.documents),
+        from_delta=0 if report is None else report.from_delta,
+        tombstones_applied=0 if report is None else report.tombstones_applied,
+        version=expert.manifest.version,
+    )

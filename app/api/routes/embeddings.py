@@ -8,10 +8,10 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.engine.engine import RESERVED_NAMES, EmbedJob
-from app.errors import InvalidRequestError, PayloadTooLargeError
 from app.api.schemas import EmbeddingOut, EmbeddingsRequest, EmbeddingsResponse, UsageOut, error_responses
 from app.api.state import Serving
+from app.engine.engine import RESERVED_NAMES, EmbedJob
+from app.errors import InvalidRequestError, PayloadTooLargeError
 from experts import UnknownExpertError
 
 router = APIRouter(tags=["embeddings"])

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.publishing.registry import RegistryEntry
 from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
 from app.api.state import Runtime, Serving
+from app.publishing.registry import RegistryEntry
 from experts import ExpertDir, Manifest, UnknownExpertError
 
 router = APIRouter(tags=["experts"], dependencies=[Depends(require_search)])
@@ -29,15 +29,24 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
             manifest = None
     if manifest is not None:
         row.update(
-            version=manifest.version, description=manifest.description, base_model=manifest.base_model.id,
+            version=manifest.version,
+            description=manifest.description,
+            base_model=manifest.base_model.id,
             pilots=manifest.pilots.count if manifest.pilots else None,
-            adapter={"trained": manifest.adapter.trained, "side": manifest.adapter.side, "rank": manifest.adapter.rank,
-                     "alpha": manifest.adapter.alpha},
-        )  # fmt: skip
+            adapter={
+                "trained": manifest.adapter.trained,
+                "side": manifest.adapter.side,
+                "rank": manifest.adapter.rank,
+                "alpha": manifest.adapter.alpha,
+            },
+        )
         if manifest.index is not None:
             row["documents"] = manifest.index.count
-            row["index"] = {"factory": manifest.index.factory, "directory": manifest.index.directory,
-                            "documents": manifest.index.count}  # fmt: skip
+            row["index"] = {
+                "factory": manifest.index.factory,
+                "directory": manifest.index.directory,
+                "documents": manifest.index.count,
+            }
         if with_manifest:
             row["manifest"] = manifest.model_dump(mode="json")
     if loaded is not None:

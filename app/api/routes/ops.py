@@ -35,9 +35,12 @@ async def readyz(service: Service) -> ReadyOut | JSONResponse:
             details["experts"] = sorted(service.runtime.engine.experts)
             details["failed"] = dict(sorted(service.runtime.publisher.failed.items()))
         return error_response(
-            503, "not_ready", reason or "starting", details=details,
+            503,
+            "not_ready",
+            reason or "starting",
+            details=details,
             headers={"Retry-After": str(service.settings.retry_after_s)},
-        )  # fmt: skip
+        )
     return ReadyOut(experts=sorted(service.runtime.engine.experts))
 
 

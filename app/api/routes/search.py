@@ -7,12 +7,12 @@ import time
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.engine.engine import SearchJob
-from app.errors import PayloadTooLargeError
-from app.engine.output import result_dict
-from app.engine.retrieval import requested_retrieval
 from app.api.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
 from app.api.state import Serving
+from app.engine.engine import SearchJob
+from app.engine.output import result_dict
+from app.engine.retrieval import requested_retrieval
+from app.errors import PayloadTooLargeError
 
 router = APIRouter(tags=["search"])
 
@@ -45,6 +45,9 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
         results.append({**row, "expert": result.decision.experts[0]})
     timings = {"queue_ms": queue_ms, **batch.timings_ms, "total_ms": round((time.perf_counter() - started) * 1000, 3)}
     return SearchResponse.model_validate(
-        {"results": results, "timings_ms": timings, "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries)}
+        {
+            "results": results,
+            "timings_ms": timings,
+            "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries),
+        }
     )
-

@@ -28,8 +28,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.api.main import create_app
+from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, create_expert
@@ -52,7 +52,11 @@ TOPICS = {
 def write_corpus(path: Path, name: str, count: int = 24) -> Path:
     topics = TOPICS[name]
     rows = [
-        {"_id": f"{name}-{i}", "title": f"{topics[i % len(topics)]} {i}", "text": f"a study of {topics[i % len(topics)]} number {i}"}
+        {
+            "_id": f"{name}-{i}",
+            "title": f"{topics[i % len(topics)]} {i}",
+            "text": f"a study of {topics[i % len(topics)]} number {i}",
+        }
         for i in range(count)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -65,7 +69,9 @@ def build_expert(
     """A complete expert (adapter, index, pilots) on ``encoder``, like `rr create-expert/index/pilots` would."""
     expert = create_expert(root, name, encoder=encoder, adapter_from=adapter, description=f"test expert {name}")
     corpus = write_corpus(root / f"{name}.jsonl", name)
-    index_expert(expert, encoder, [corpus], progress=False, chunk_size=8, lexical=LexicalSettings() if lexical else None)
+    index_expert(
+        expert, encoder, [corpus], progress=False, chunk_size=8, lexical=LexicalSettings() if lexical else None
+    )
     # One centroid pilot, routed by the nearest pilot (``service_settings``): the routing tests
     # below were written against its margins; the knn default is covered by the MiniLM tests.
     build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=12), method="centroid")
@@ -106,9 +112,12 @@ def service_settings(root: Path, **overrides: object) -> Settings:
     # Dense search and nearest-pilot routing unless a test asks otherwise: the tests below check
     # routing and search mechanics against exact cosine scores; hybrid search has its own tests.
     defaults = {
-        "data_dir": root, "admin_key": ADMIN_KEY, "router_aggregate": "max", "router_evidence": "none",
+        "data_dir": root,
+        "admin_key": ADMIN_KEY,
+        "router_aggregate": "max",
+        "router_evidence": "none",
         "search_mode": "dense",
-    }  # fmt: skip
+    }
     return Settings(**{**defaults, **overrides})  # type: ignore[arg-type]
 
 
@@ -165,7 +174,9 @@ def free_port() -> int:
 def launch_subprocess(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
     """``python -m app ARGV`` in a fresh interpreter, its stdout and stderr appended to ``log``."""
     with open(log, "ab") as sink:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "app", *argv], cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", *argv], cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
 
 
 class ServerProcess:
@@ -176,14 +187,25 @@ class ServerProcess:
     """
 
     def __init__(
-        self, root: Path, log: Path, *, base_model: Path | None, env: dict[str, str] | None = None,
-        launch: Callable[..., Any] = launch_subprocess, log_level: str = "info",
-    ) -> None:  # fmt: skip
+        self,
+        root: Path,
+        log: Path,
+        *,
+        base_model: Path | None,
+        env: dict[str, str] | None = None,
+        launch: Callable[..., Any] = launch_subprocess,
+        log_level: str = "info",
+    ) -> None:
         self.root, self.log_path = root, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
-        environment.update(PYTHONPATH=str(REPO), RR_ADMIN_KEY=ADMIN_KEY, RR_ROUTER_AGGREGATE="max", RR_ROUTER_EVIDENCE="none", RR_SEARCH_MODE="dense",
+        environment.update(
+            PYTHONPATH=str(REPO),
+            RR_ADMIN_KEY=ADMIN_KEY,
+            RR_ROUTER_AGGREGATE="max",
+            RR_ROUTER_EVIDENCE="none",
+            RR_SEARCH_MODE="dense",
             **(env or {}),
         )
         if base_model is not None:
@@ -231,10 +253,15 @@ def start_server(tmp_path: Path, tiny_bert_path: Path) -> Iterator:
     servers: list[ServerProcess] = []
 
     def start(
-        root: Path, *, base_model: Path | None = tiny_bert_path, env: dict[str, str] | None = None,
+        root: Path,
+        *,
+        base_model: Path | None = tiny_bert_path,
+        env: dict[str, str] | None = None,
         launch: Callable[..., Any] = launch_subprocess,
-    ) -> ServerProcess:  # fmt: skip
-        server = ServerProcess(root, tmp_path / f"server-{len(servers)}.log", base_model=base_model, env=env, launch=launch)
+    ) -> ServerProcess:
+        server = ServerProcess(
+            root, tmp_path / f"server-{len(servers)}.log", base_model=base_model, env=env, launch=launch
+        )
         servers.append(server)
         server.wait_ready()
         return server

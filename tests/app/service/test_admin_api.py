@@ -46,14 +46,22 @@ def tar_gz(members: dict[str, bytes | Path | None], *, links: dict[str, str] | N
     return buffer.getvalue()
 
 
-def test_publish_by_path_then_search_it_then_unpublish(client: TestClient, experts_root: Path, tiny_encoder: Encoder) -> None:
+def test_publish_by_path_then_search_it_then_unpublish(
+    client: TestClient, experts_root: Path, tiny_encoder: Encoder
+) -> None:
     response = client.post("/admin/experts", json={"path": "staging/gamma"}, headers=ADMIN)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["name"] == "gamma" and body["state"] == "loaded" and body["path"] == "staging/gamma"
     assert body["documents"] == 24 and body["adapter"]["trained"] and body["manifest"]["name"] == "gamma"
-    assert published(client) == ["alpha", "beta", "gamma"] and registry_names(experts_root) == ["alpha", "beta", "gamma"]
-    hits = client.post("/search", json={"query": "blood pressure", "expert": "gamma", "k": 3}).json()["results"][0]["hits"]
+    assert published(client) == ["alpha", "beta", "gamma"] and registry_names(experts_root) == [
+        "alpha",
+        "beta",
+        "gamma",
+    ]
+    hits = client.post("/search", json={"query": "blood pressure", "expert": "gamma", "k": 3}).json()["results"][0][
+        "hits"
+    ]
     assert [hit["expert"] for hit in hits] == ["gamma"] * 3
     assert "gamma" in client.post("/search", json={"query": "x"}).json()["results"][0]["route"]["router_scores"]
 
@@ -128,7 +136,9 @@ def test_admin_auth(make_client, experts_root: Path) -> None:
     response = client.post("/admin/experts", json=body)
     assert response.status_code == 401 and error_of(response)["type"] == "unauthenticated"
     assert client.post("/admin/experts", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
-    assert client.post("/admin/experts", json=body, headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 403
+    assert (
+        client.post("/admin/experts", json=body, headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 403
+    )
     assert client.delete("/admin/experts/alpha").status_code == 401
     assert client.delete("/admin/experts/alpha", headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 403
 
@@ -153,12 +163,18 @@ def test_publish_an_uploaded_archive(client: TestClient, experts_root: Path) -> 
     response = client.post("/admin/experts", content=archive, headers={**ADMIN, "Content-Type": "application/gzip"})
     assert response.status_code == 201, response.text
     path = response.json()["path"]
-    assert path.startswith("uploads/gamma-") and path.endswith("/gamma") and (experts_root / path / "manifest.json").is_file()
+    assert (
+        path.startswith("uploads/gamma-")
+        and path.endswith("/gamma")
+        and (experts_root / path / "manifest.json").is_file()
+    )
     assert client.post("/search", json={"query": "x", "expert": "gamma", "k": 2}).status_code == 200
     assert not [p for p in (experts_root / "uploads").iterdir() if p.name.startswith(".")]  # staging cleaned up
     again = client.post("/admin/experts", content=archive, headers={**ADMIN, "Content-Type": "application/gzip"})
     assert again.status_code == 409
-    replaced = client.post("/admin/experts?replace=true", content=archive, headers={**ADMIN, "Content-Type": "application/gzip"})
+    replaced = client.post(
+        "/admin/experts?replace=true", content=archive, headers={**ADMIN, "Content-Type": "application/gzip"}
+    )
     assert replaced.status_code == 201 and replaced.json()["path"] != path
 
 
@@ -176,7 +192,9 @@ def test_a_bad_archive_is_refused_and_leaves_nothing(
     make_client, experts_root: Path, tmp_path: Path, members: dict, links: dict | None, status: int, says: str
 ) -> None:
     client = make_client(experts_root, max_extracted_bytes=4096)
-    response = client.post("/admin/experts", content=tar_gz(members, links=links), headers={**ADMIN, "Content-Type": "application/gzip"})
+    response = client.post(
+        "/admin/experts", content=tar_gz(members, links=links), headers={**ADMIN, "Content-Type": "application/gzip"}
+    )
     assert response.status_code == status, response.text
     assert says in error_of(response)["message"]
     assert not (experts_root.parent / "evil.txt").exists() and not Path("/abs/evil.txt").exists()
@@ -186,7 +204,9 @@ def test_a_bad_archive_is_refused_and_leaves_nothing(
 
 def test_not_an_archive_and_an_oversize_upload(make_client, experts_root: Path) -> None:
     client = make_client(experts_root, max_upload_bytes=2048)
-    response = client.post("/admin/experts", content=b"not a tar file at all", headers={**ADMIN, "Content-Type": "application/gzip"})
+    response = client.post(
+        "/admin/experts", content=b"not a tar file at all", headers={**ADMIN, "Content-Type": "application/gzip"}
+    )
     assert response.status_code == 422 and "not a tar" in error_of(response)["message"]
     response = client.post("/admin/experts", content=b"0" * 4096, headers={**ADMIN, "Content-Type": "application/gzip"})
     assert response.status_code == 413
@@ -203,9 +223,17 @@ def test_a_published_expert_that_fails_to_load_keeps_the_service_unready_until_r
     # Wait for the failure itself: while loading, /readyz already names alpha ("loading experts (1/2: alpha)").
     wait_for(lambda: "checksum" in client.get("/readyz").text, what="start-up to report alpha's failure")
     response = client.get("/readyz")
-    assert response.status_code == 503 and "alpha" in error_of(response)["message"] and "checksum" in error_of(response)["message"]
+    assert (
+        response.status_code == 503
+        and "alpha" in error_of(response)["message"]
+        and "checksum" in error_of(response)["message"]
+    )
     listed = {e["name"]: e for e in client.get("/experts").json()["experts"]}
-    assert listed["alpha"]["state"] == "failed" and "checksum" in listed["alpha"]["error"] and listed["beta"]["state"] == "loaded"
+    assert (
+        listed["alpha"]["state"] == "failed"
+        and "checksum" in listed["alpha"]["error"]
+        and listed["beta"]["state"] == "loaded"
+    )
     assert client.post("/search", json={"query": "x"}).json()["results"][0]["expert"] == "beta"  # the others serve
     assert client.delete("/admin/experts/alpha", headers=ADMIN).status_code == 200
     assert client.get("/readyz").json() == {"status": "ready", "experts": ["beta"]}

@@ -15,7 +15,9 @@ from app.api.batching import MicroBatcher
 from app.errors import NotReadyError, OverloadedError
 
 
-def recording_runner(calls: list[list[str]], *, gate: threading.Event | None = None, entered: threading.Event | None = None):
+def recording_runner(
+    calls: list[list[str]], *, gate: threading.Event | None = None, entered: threading.Event | None = None
+):
     def run(jobs: list[str]) -> list[str | Exception]:
         calls.append(list(jobs))
         if entered is not None:
@@ -78,7 +80,13 @@ def test_a_full_queue_answers_overloaded_with_retry_after_and_recovers() -> None
     gate, entered = threading.Event(), threading.Event()
 
     async def scenario() -> None:
-        batcher = make(recording_runner(calls, gate=gate, entered=entered), max_batch=1, max_queue=2, max_wait_s=0.0, retry_after_s=3)
+        batcher = make(
+            recording_runner(calls, gate=gate, entered=entered),
+            max_batch=1,
+            max_queue=2,
+            max_wait_s=0.0,
+            retry_after_s=3,
+        )
         await batcher.start()
         first = asyncio.create_task(batcher.submit("first"))
         await until(entered.is_set)  # "first" is running (blocked in the worker thread)

@@ -11,21 +11,31 @@ from tests.app.conftest import run_cli
 
 
 def test_demo_without_the_collections_says_what_to_point_where(cli_env: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["demo", "--no-serve", "--collections", "cacm", "--datasets", str(tmp_path / "nowhere")], capsys)
+    code, _, err = run_cli(
+        ["demo", "--no-serve", "--collections", "cacm", "--datasets", str(tmp_path / "nowhere")], capsys
+    )
     assert code == 2
     assert "were not found under" in err and "RR_DATASETS_DIR" in err and "--datasets" in err
     assert not (cli_env / "cacm").exists()
 
 
-def test_demo_builds_what_is_missing_reports_and_reuses_it(cli_env: Path, datasets: Path, tmp_path: Path, capsys) -> None:
+def test_demo_builds_what_is_missing_reports_and_reuses_it(
+    cli_env: Path, datasets: Path, tmp_path: Path, capsys
+) -> None:
     args = ["demo", "--no-serve", "--collections", "cacm,cisi", "--max-docs", "30", "--datasets", str(datasets)]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    assert "[cacm] 30 documents" in out and "[cisi] pilots from" in out and "routing of each collection's test queries" in out
+    assert (
+        "[cacm] 30 documents" in out
+        and "[cisi] pilots from" in out
+        and "routing of each collection's test queries" in out
+    )
     code, out, _ = run_cli(args, capsys)  # everything is built: straight to the report
     assert code == 0 and "indexing" not in out and "routing of each" in out
     # Built experts are served even when the collections have gone: the report is skipped, with the reason.
-    code, out, _ = run_cli(["demo", "--no-serve", "--collections", "cacm", "--datasets", str(tmp_path / "gone")], capsys)
+    code, out, _ = run_cli(
+        ["demo", "--no-serve", "--collections", "cacm", "--datasets", str(tmp_path / "gone")], capsys
+    )
     assert code == 0 and "routing report skipped" in out and "RR_DATASETS_DIR" in out
 
 

@@ -6,7 +6,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from app.api.routes.console import ASSETS, CONSOLE_DIR as CONSOLE
+from app.api.routes.console import ASSETS
+from app.api.routes.console import CONSOLE_DIR as CONSOLE
 
 
 def test_console_files_are_served_with_a_same_origin_policy(client: TestClient) -> None:
@@ -42,8 +43,18 @@ def test_the_script_uses_relative_urls_and_keeps_the_key_in_memory() -> None:
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
     assert re.search(r"https?:|wss?:|['\"`]//", code) is None  # no absolute URL, no scheme-relative one
     assert re.findall(r"fetch\(([^,]+),", code) == ["`../${path}`"]  # the one place that talks to the network
-    for forbidden in ("localStorage", "sessionStorage", "document.cookie", "console.log", "innerHTML", "outerHTML",
-                      "insertAdjacentHTML", "document.write", "eval(", "new Function"):  # fmt: skip
+    for forbidden in (
+        "localStorage",
+        "sessionStorage",
+        "document.cookie",
+        "console.log",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ):
         assert forbidden not in code, forbidden
 
 
@@ -59,6 +70,8 @@ def test_metrics_summary_digests_requests_latency_and_routes(client: TestClient)
     assert summary["requests"] == sum(row["requests"] for row in summary["routes"]) >= 4
     assert summary["server_errors"] == readyz["server_errors"] == readyz["requests"] - 1
     routed = {(row["expert"], row["mode"]): row["queries"] for row in summary["routed"]}
-    assert routed[("beta", "forced")] == 1 and sum(q for (_, mode), q in routed.items() if mode in {"top1", "fanout"}) == 3
+    assert (
+        routed[("beta", "forced")] == 1 and sum(q for (_, mode), q in routed.items() if mode in {"top1", "fanout"}) == 3
+    )
     assert summary["queue_depth"]["search"] == 0 and summary["rejected"] == {}
     assert client.get("/metrics/summary").json()["requests"] == summary["requests"] + 1

@@ -32,9 +32,16 @@ if TYPE_CHECKING:  # selenium is imported only once the browser is known to be t
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1400",
-)  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1400",
+)
 TIMING_STAGES = ["queue", "base", "route", "expert", "search", "total"]
 
 
@@ -96,7 +103,9 @@ class Console:
         from selenium.webdriver.support.ui import WebDriverWait
 
         # An element the page replaced while it was being read is read again.
-        waiting = WebDriverWait(self.driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
+        waiting = WebDriverWait(
+            self.driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+        )
         try:
             waiting.until(lambda _: condition())
         except TimeoutException:
@@ -290,8 +299,15 @@ def test_add_and_remove_an_expert_with_the_admin_key(console: Console) -> None:
         listed = http.get("/experts/gamma").json()
     gamma = [cell.text for cell in console.rows("#experts-rows tr[data-expert=gamma] td")]
     assert gamma[:8] == [
-        "gamma", "loaded", "24", "Flat", f"{listed['adapter']['side']}, trained", str(listed["version"]), "yes", ""
-    ]  # fmt: skip
+        "gamma",
+        "loaded",
+        "24",
+        "Flat",
+        f"{listed['adapter']['side']}, trained",
+        str(listed["version"]),
+        "yes",
+        "",
+    ]
     assert "gamma" in [option.text for option in console.rows("#expert option")]
 
     console.rows("#experts-rows tr[data-expert=gamma] button")[0].click()

@@ -35,7 +35,12 @@ def ids(result: dict) -> list[str]:
 
 
 def test_an_upserted_document_is_found_at_once_dense_and_lexical(client: TestClient) -> None:
-    doc = {"id": "new-1", "title": f"{UNIQUE} wing", "text": f"the {UNIQUE} effect on a wing", "metadata": {"year": 2026}}
+    doc = {
+        "id": "new-1",
+        "title": f"{UNIQUE} wing",
+        "text": f"the {UNIQUE} effect on a wing",
+        "metadata": {"year": 2026},
+    }
     response = upsert(client, "alpha", [doc])
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -52,7 +57,10 @@ def test_an_upserted_document_is_found_at_once_dense_and_lexical(client: TestCli
 
 
 def test_a_replaced_document_answers_with_its_new_text_only(client: TestClient) -> None:
-    assert upsert(client, "alpha", [{"id": "alpha-3", "title": "", "text": f"{UNIQUE} replaced text"}]).json()["replaced"] == 1
+    assert (
+        upsert(client, "alpha", [{"id": "alpha-3", "title": "", "text": f"{UNIQUE} replaced text"}]).json()["replaced"]
+        == 1
+    )
     assert ids(search(client, UNIQUE, expert="alpha", mode="lexical", k=3))[0] == "alpha-3"
     old = search(client, "shock wave 3", expert="alpha", mode="lexical", k=24)
     assert "alpha-3" not in ids(old)  # its old title and text are gone from BM25
@@ -83,10 +91,14 @@ def test_routed_search_and_corpus_votes_see_new_documents(make_client, experts_r
 
 def test_filters_restrict_the_hits_inside_the_search(client: TestClient) -> None:
     docs = [
-        {"id": f"m-{i}", "title": f"wing lift {i}", "text": f"a study of wing lift number {i}",
-         "metadata": {"year": 2000 + i, "lab": "north" if i % 2 else "south"}}
+        {
+            "id": f"m-{i}",
+            "title": f"wing lift {i}",
+            "text": f"a study of wing lift number {i}",
+            "metadata": {"year": 2000 + i, "lab": "north" if i % 2 else "south"},
+        }
         for i in range(10)
-    ]  # fmt: skip
+    ]
     assert upsert(client, "alpha", docs).status_code == 200
     result = search(client, "wing lift", expert="alpha", k=5, filter={"year": {"gte": 2004}, "lab": "north"})
     assert sorted(ids(result)) == ["m-5", "m-7", "m-9"] and result["matched"] == 3  # fewer match than k: all of them
@@ -152,9 +164,10 @@ def test_limits_unknown_experts_and_keys(make_client, experts_root: Path) -> Non
     no_key = client.put("/admin/experts/alpha/documents", json={"documents": [{"id": "a", "text": "x"}]})
     assert no_key.status_code == 401
     wrong = client.put(
-        "/admin/experts/alpha/documents", json={"documents": [{"id": "a", "text": "x"}]},
+        "/admin/experts/alpha/documents",
+        json={"documents": [{"id": "a", "text": "x"}]},
         headers={"Authorization": "Bearer wrong"},
-    )  # fmt: skip
+    )
     assert wrong.status_code == 403
     assert client.request("DELETE", "/admin/experts/alpha/documents", json={"ids": ["alpha-1"]}).status_code == 401
     assert client.post("/admin/experts/alpha/merge").status_code == 401
@@ -227,11 +240,17 @@ def test_long_queries_are_truncated_and_say_so_or_refused(make_client, experts_r
 def test_an_expert_written_by_another_process_is_served_read_only(make_client, experts_root: Path) -> None:
     (experts_root / "alpha" / "live").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
-         "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
-         "print('locked', flush=True); time.sleep(120)", str(experts_root / "alpha" / "live" / "writer.lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
+            "print('locked', flush=True); time.sleep(120)",
+            str(experts_root / "alpha" / "live" / "writer.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         client = make_client(experts_root)
@@ -266,7 +285,10 @@ def test_writes_survive_a_restart_and_a_replace(make_client, experts_root: Path)
 def test_a_long_upserted_document_is_chunked_and_its_hits_say_which_span_matched(client: TestClient) -> None:
     filler = " ".join(f"filler{i}" for i in range(300))  # far past the tiny encoder's 64-token window
     text = f"{filler} the {UNIQUE} tail phrase"
-    assert upsert(client, "alpha", [{"id": "long", "text": text}, {"id": "short", "text": f"{UNIQUE} short"}]).status_code == 200
+    assert (
+        upsert(client, "alpha", [{"id": "long", "text": text}, {"id": "short", "text": f"{UNIQUE} short"}]).status_code
+        == 200
+    )
     hits = search(client, f"the {UNIQUE} tail phrase", expert="alpha", mode="dense", k=30)["hits"]
     by_id = {hit["id"]: hit for hit in hits}
     start, end = by_id["long"]["span"]

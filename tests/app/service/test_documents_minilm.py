@@ -62,7 +62,9 @@ def scifact_case(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def _search(url: str, query: str) -> list[str]:
-    response = httpx.post(f"{url}/search", json={"query": query, "k": 5, "expert": "scifact", "mode": "dense"}, timeout=60)
+    response = httpx.post(
+        f"{url}/search", json={"query": query, "k": 5, "expert": "scifact", "mode": "dense"}, timeout=60
+    )
     assert response.status_code == 200, response.text
     return [hit["id"] for hit in response.json()["results"][0]["hits"]]
 
@@ -74,7 +76,9 @@ def test_upserts_and_deletes_are_read_after_write_and_survive_kill_9(scifact_cas
 
     document = {"id": row["_id"], "title": row["title"], "text": row["text"], "metadata": {"source": "api"}}
     started = time.monotonic()
-    response = httpx.put(f"{server.url}/admin/experts/scifact/documents", json={"documents": [document]}, headers=ADMIN, timeout=60)
+    response = httpx.put(
+        f"{server.url}/admin/experts/scifact/documents", json={"documents": [document]}, headers=ADMIN, timeout=60
+    )
     assert response.status_code == 200, response.text
     assert _search(server.url, query)[0] == row["_id"]  # the first search after the acknowledgement
     print(f"upsert acknowledged and found in {time.monotonic() - started:.3f} s")  # figure for the README
@@ -88,7 +92,7 @@ def test_upserts_and_deletes_are_read_after_write_and_survive_kill_9(scifact_cas
 
     response = httpx.request(
         "DELETE", f"{server.url}/admin/experts/scifact/documents", json={"ids": [row["_id"]]}, headers=ADMIN, timeout=60
-    )  # fmt: skip
+    )
     assert response.status_code == 200 and response.json()["deleted"] == [row["_id"]]
     assert row["_id"] not in _search(server.url, query)
     server.process.kill()

@@ -47,10 +47,17 @@ def test_one_batch_with_different_options_per_request_matches_separate_searches(
         assert outcome.batch_requests == 5 and outcome.batch_queries == 6
         for together, single in zip(outcome.results, alone.results):
             a, b = together.decision, single.decision
-            assert (a.experts, a.mode, a.use_adapters, [n for n, _ in a.scores]) == (b.experts, b.mode, b.use_adapters, [n for n, _ in b.scores])
+            assert (a.experts, a.mode, a.use_adapters, [n for n, _ in a.scores]) == (
+                b.experts,
+                b.mode,
+                b.use_adapters,
+                [n for n, _ in b.scores],
+            )
             np.testing.assert_allclose([v for _, v in a.scores], [v for _, v in b.scores], rtol=1e-4, atol=1e-5)
             assert ids(together) == ids(single) and len(together.hits) <= job.k
-            np.testing.assert_allclose([h.score for h in together.hits], [h.score for h in single.hits], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                [h.score for h in together.hits], [h.score for h in single.hits], rtol=1e-4, atol=1e-5
+            )
     assert outcomes[2].results[0].decision.mode == "fanout"
     assert outcomes[4].results[0].decision.mode == "fallback"
 
@@ -88,7 +95,9 @@ def test_a_removed_expert_is_unloaded_only_after_the_search_holding_it_finishes(
     gated = GatedEncoder(real)
     engine.encoder = gated  # type: ignore[assignment]
     outcome: dict[str, object] = {}
-    searching = threading.Thread(target=lambda: outcome.update(result=engine.search(["shock wave"], k=3, expert="beta")))
+    searching = threading.Thread(
+        target=lambda: outcome.update(result=engine.search(["shock wave"], k=3, expert="beta"))
+    )
     searching.start()
     assert gated.entered.wait(timeout=60)  # the search holds a snapshot with beta in it
 
@@ -124,8 +133,12 @@ def test_embeddings_base_expert_auto_and_document_side(engine: SearchEngine) -> 
     np.testing.assert_allclose(document.vectors, engine.encoder.embed(["wing lift"]), atol=1e-5)
     routed = engine.embed(["wing lift", "parser"], model="auto")
     assert routed.decisions is not None and len(routed.decisions) == 2
-    outcomes = engine.embed_jobs([EmbedJob(("a", "b"), model="base"), EmbedJob(("c",), model="nobody"), EmbedJob(("d",))])
-    assert [len(o.vectors) for o in (outcomes[0], outcomes[2])] == [2, 1] and isinstance(outcomes[1], UnknownExpertError)
+    outcomes = engine.embed_jobs(
+        [EmbedJob(("a", "b"), model="base"), EmbedJob(("c",), model="nobody"), EmbedJob(("d",))]
+    )
+    assert [len(o.vectors) for o in (outcomes[0], outcomes[2])] == [2, 1] and isinstance(
+        outcomes[1], UnknownExpertError
+    )
 
 
 def test_snapshot_holder_releases_after_every_older_lease() -> None:

@@ -37,13 +37,17 @@ def test_an_unreadable_registry_is_an_error_never_replaced(tmp_path: Path, conte
     assert (tmp_path / "registry.json").read_text() == content
 
 
-def test_restore_loads_the_listed_experts_and_marks_the_rest_failed(experts_root: Path, tiny_bert_path: Path, tmp_path: Path) -> None:
-    RegistryFile(experts_root).write([
-        RegistryEntry(name="alpha", path="alpha"),
-        RegistryEntry(name="gamma", path="staging/gamma"),
-        RegistryEntry(name="ghost", path="ghost"),
-        RegistryEntry(name="beta", path="../elsewhere/beta"),
-    ])  # fmt: skip
+def test_restore_loads_the_listed_experts_and_marks_the_rest_failed(
+    experts_root: Path, tiny_bert_path: Path, tmp_path: Path
+) -> None:
+    RegistryFile(experts_root).write(
+        [
+            RegistryEntry(name="alpha", path="alpha"),
+            RegistryEntry(name="gamma", path="staging/gamma"),
+            RegistryEntry(name="ghost", path="ghost"),
+            RegistryEntry(name="beta", path="../elsewhere/beta"),
+        ]
+    )
     engine = SearchEngine(Encoder(tiny_bert_path, max_length=64))
     publisher = ExpertPublisher(engine, experts_root)
     publisher.restore()
@@ -51,7 +55,11 @@ def test_restore_loads_the_listed_experts_and_marks_the_rest_failed(experts_root
     assert set(publisher.failed) == {"ghost", "beta"} and "outside the data root" in publisher.failed["beta"]
     assert sorted(publisher.entries) == ["alpha", "beta", "gamma", "ghost"]  # still published: fix or delete them
     publisher.remove("ghost").wait(5)
-    assert [e["name"] for e in json.loads((experts_root / "registry.json").read_text())["experts"]] == ["alpha", "beta", "gamma"]
+    assert [e["name"] for e in json.loads((experts_root / "registry.json").read_text())["experts"]] == [
+        "alpha",
+        "beta",
+        "gamma",
+    ]
     engine.close()
 
 

@@ -29,9 +29,13 @@ def test_a_routed_search_says_which_expert_answered_and_why(client: TestClient) 
     assert result["route"]["mode"] == "top1" and set(result["route"]["router_scores"]) == {"alpha", "beta"}
     assert isinstance(result["route"]["margin"], float)
     hits = result["hits"]
-    assert len(hits) == 5 and all(hit["expert"] == result["expert"] and hit["id"].startswith(result["expert"]) for hit in hits)
+    assert len(hits) == 5 and all(
+        hit["expert"] == result["expert"] and hit["id"].startswith(result["expert"]) for hit in hits
+    )
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert {"id", "score", "title", "text", "metadata", "expert", "dense_score", "lexical_score", "span"} == set(hits[0])
+    assert {"id", "score", "title", "text", "metadata", "expert", "dense_score", "lexical_score", "span"} == set(
+        hits[0]
+    )
     assert result["mode"] == "dense" and hits[0]["dense_score"] == hits[0]["score"] and hits[0]["lexical_score"] is None
     assert {"queue_ms", "base_ms", "route_ms", "expert_ms", "search_ms", "total_ms"} <= set(body["timings_ms"])
     assert body["batch"]["requests"] >= 1 and body["batch"]["queries"] >= 1
@@ -145,28 +149,42 @@ def test_search_key_when_configured(make_client, experts_root: Path) -> None:
 
 
 def test_search_is_open_without_a_search_key(client: TestClient) -> None:
-    assert client.post("/search", json={"query": "wing"}, headers={"Authorization": "Bearer anything"}).status_code == 200
+    assert (
+        client.post("/search", json={"query": "wing"}, headers={"Authorization": "Bearer anything"}).status_code == 200
+    )
 
 
 def test_embeddings_are_openai_compatible(client: TestClient) -> None:
     response = client.post("/v1/embeddings", json={"model": "base", "input": ["wing lift", "compiler"]})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["object"] == "list" and body["model"] == "base" and set(body["usage"]) == {"prompt_tokens", "total_tokens"}
+    assert (
+        body["object"] == "list" and body["model"] == "base" and set(body["usage"]) == {"prompt_tokens", "total_tokens"}
+    )
     assert [d["index"] for d in body["data"]] == [0, 1] and all(d["object"] == "embedding" for d in body["data"])
     vectors = np.array([d["embedding"] for d in body["data"]])
     assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
 
-    single = client.post("/v1/embeddings", json={"model": "base", "input": "wing lift", "encoding_format": "base64"}).json()
+    single = client.post(
+        "/v1/embeddings", json={"model": "base", "input": "wing lift", "encoding_format": "base64"}
+    ).json()
     decoded = np.frombuffer(base64.b64decode(single["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, vectors[0], atol=1e-5)
 
     # beta has a trained adapter: its query vectors differ from the base ones, its document vectors do not.
     query = client.post("/v1/embeddings", json={"model": "beta", "input": "wing lift"}).json()["data"][0]
-    document = client.post("/v1/embeddings", json={"model": "beta", "input": "wing lift", "input_type": "document"}).json()["data"][0]
+    document = client.post(
+        "/v1/embeddings", json={"model": "beta", "input": "wing lift", "input_type": "document"}
+    ).json()["data"][0]
     assert query["expert"] == "beta" and document["expert"] is None
     assert not np.allclose(query["embedding"], vectors[0], atol=1e-4)
-    assert np.allclose(client.post("/v1/embeddings", json={"model": "base", "input": "wing lift", "input_type": "document"}).json()["data"][0]["embedding"], document["embedding"], atol=1e-5)
+    assert np.allclose(
+        client.post("/v1/embeddings", json={"model": "base", "input": "wing lift", "input_type": "document"}).json()[
+            "data"
+        ][0]["embedding"],
+        document["embedding"],
+        atol=1e-5,
+    )
 
     routed = client.post("/v1/embeddings", json={"model": "auto", "input": ["wing lift", "compiler"]}).json()
     assert len(routed["data"]) == 2 and routed["model"] == "auto"
@@ -175,14 +193,22 @@ def test_embeddings_are_openai_compatible(client: TestClient) -> None:
 
 def test_embeddings_errors(client: TestClient) -> None:
     response = client.post("/v1/embeddings", json={"model": "nope", "input": "x"})
-    assert response.status_code == 404 and "Valid models: ['auto', 'base', 'alpha', 'beta']" in error_of(response)["message"]
+    assert (
+        response.status_code == 404
+        and "Valid models: ['auto', 'base', 'alpha', 'beta']" in error_of(response)["message"]
+    )
     assert client.post("/v1/embeddings", json={"model": "base", "input": "x", "dimensions": 7}).status_code == 422
     assert client.post("/v1/embeddings", json={"model": "base", "input": "x", "dimensions": 32}).status_code == 200
     assert client.post("/v1/embeddings", json={"model": "base", "input": [1, 2]}).status_code == 422
     assert client.post("/v1/embeddings", json={"model": "base", "input": []}).status_code == 422
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 422
-    assert client.post("/v1/embeddings", json={"model": "base", "input": "x", "input_type": "passage"}).status_code == 422
-    assert client.post("/v1/embeddings", json={"model": "base", "input": "x", "user": "u1", "future_field": 1}).status_code == 200
+    assert (
+        client.post("/v1/embeddings", json={"model": "base", "input": "x", "input_type": "passage"}).status_code == 422
+    )
+    assert (
+        client.post("/v1/embeddings", json={"model": "base", "input": "x", "user": "u1", "future_field": 1}).status_code
+        == 200
+    )
 
 
 def test_experts_listing(client: TestClient) -> None:
@@ -205,14 +231,21 @@ def test_probes_metrics_and_docs(client: TestClient) -> None:
     for needle in (
         'rr_http_requests_total{method="POST",route="/search",status="200"}',
         'rr_http_requests_total{method="POST",route="/search",status="404"}',
-        "rr_http_request_duration_seconds_bucket", 'rr_batch_queries_count{kind="search"}',
-        'rr_batch_requests_count{kind="search"}', 'rr_queue_depth{kind="search"} 0.0',
-        "rr_routed_queries_total{", "rr_router_margin_bucket{", 'rr_index_documents{expert="alpha",index="Flat"} 24.0',
-        "rr_experts_published 2.0", 'rr_stage_duration_seconds_count{stage="base"}',
-    ):  # fmt: skip
+        "rr_http_request_duration_seconds_bucket",
+        'rr_batch_queries_count{kind="search"}',
+        'rr_batch_requests_count{kind="search"}',
+        'rr_queue_depth{kind="search"} 0.0',
+        "rr_routed_queries_total{",
+        "rr_router_margin_bucket{",
+        'rr_index_documents{expert="alpha",index="Flat"} 24.0',
+        "rr_experts_published 2.0",
+        'rr_stage_duration_seconds_count{stage="base"}',
+    ):
         assert needle in text, needle
     openapi = client.get("/openapi.json").json()
-    assert {"/search", "/v1/embeddings", "/experts", "/admin/experts", "/admin/experts/{name}", "/readyz"} <= set(openapi["paths"])
+    assert {"/search", "/v1/embeddings", "/experts", "/admin/experts", "/admin/experts/{name}", "/readyz"} <= set(
+        openapi["paths"]
+    )
     assert "examples" in str(openapi["components"]["schemas"]["SearchRequest"])
     assert client.get("/docs").status_code == 200
 
@@ -225,5 +258,7 @@ def test_not_ready_while_loading_answers_503_with_retry_after(make_client, exper
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "registry file" in error_of(response)["message"]
     response = client.post("/search", json={"query": "wing"})
-    assert response.status_code == 503 and error_of(response)["type"] == "not_ready" and "Retry-After" in response.headers
+    assert (
+        response.status_code == 503 and error_of(response)["type"] == "not_ready" and "Retry-After" in response.headers
+    )
     assert client.get("/healthz").status_code == 200

@@ -18,11 +18,15 @@ from tests.app.service.conftest import ADMIN, ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")
-def live_server(template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def live_server(
+    template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     work = tmp_path_factory.mktemp("live")
     root = work / "experts"
     shutil.copytree(template_root, root, symlinks=True)
-    server = ServerProcess(root, work / "server.log", base_model=tiny_bert_path, env={"RR_MAX_QUERIES": "8", "RR_BATCH_WAIT_MS": "2"})
+    server = ServerProcess(
+        root, work / "server.log", base_model=tiny_bert_path, env={"RR_MAX_QUERIES": "8", "RR_BATCH_WAIT_MS": "2"}
+    )
     try:
         server.wait_ready()
         yield server
@@ -40,11 +44,18 @@ def test_search_probes_auth_and_limits_over_http(live_server: ServerProcess) -> 
 
         assert http.post("/search", json={"query": "x", "k": 0}).status_code == 422
         assert http.post("/search", json={"queries": ["q"] * 9}).status_code == 413  # RR_MAX_QUERIES=8
-        too_big = http.post("/search", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"})
+        too_big = http.post(
+            "/search", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"}
+        )
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
         assert http.post("/search", json={"query": "x", "expert": "lawx"}).status_code == 404
         assert http.post("/admin/experts", json={"path": "staging/gamma"}).status_code == 401
-        assert http.post("/admin/experts", json={"path": "staging/gamma"}, headers={"Authorization": "Bearer no"}).status_code == 403
+        assert (
+            http.post(
+                "/admin/experts", json={"path": "staging/gamma"}, headers={"Authorization": "Bearer no"}
+            ).status_code
+            == 403
+        )
         metrics = http.get("/metrics").text
         assert 'rr_http_requests_total{method="POST",route="/search",status="413"}' in metrics
         assert 'rr_batch_requests_count{kind="search"}' in metrics and "rr_index_documents" in metrics
@@ -65,7 +76,11 @@ def test_publish_and_unpublish_while_clients_search(live_server: ServerProcess) 
             while not stop.is_set():
                 turn += 1
                 named = turn % 2 == 0 and phase["now"] != "before"
-                body = {"query": f"blood pressure and wing lift {seed}-{turn}", "k": 3, **({"expert": "gamma"} if named else {})}
+                body = {
+                    "query": f"blood pressure and wing lift {seed}-{turn}",
+                    "k": 3,
+                    **({"expert": "gamma"} if named else {}),
+                }
                 started = phase["now"]
                 try:
                     outcome: object = http.post("/search", json=body).status_code

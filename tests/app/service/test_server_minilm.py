@@ -65,7 +65,9 @@ def minilm_root(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_routed_search_returns_the_known_relevant_documents(minilm_root, start_server) -> None:
     root, samples = minilm_root
     server = start_server(root, base_model=None)  # no RR_BASE_MODEL: the bundled MiniLM
-    asked = [(name, qid, text, relevant) for name, queries in samples.items() for qid, (text, relevant) in queries.items()]
+    asked = [
+        (name, qid, text, relevant) for name, queries in samples.items() for qid, (text, relevant) in queries.items()
+    ]
 
     def ask(item):
         _, _, text, _ = item
@@ -89,6 +91,8 @@ def test_routed_search_returns_the_known_relevant_documents(minilm_root, start_s
         texts = [text for _, _, text, _ in asked]
         batch = http.post("/search", json={"queries": texts, "k": 10}).json()  # one request, one batch
         assert [r["expert"] for r in batch["results"]] == [r["expert"] for r in results]
-        assert [[h["id"] for h in r["hits"]] for r in batch["results"]] == [[h["id"] for h in r["hits"]] for r in results]
+        assert [[h["id"] for h in r["hits"]] for r in batch["results"]] == [
+            [h["id"] for h in r["hits"]] for r in results
+        ]
         routed = http.post("/v1/embeddings", json={"model": "auto", "input": texts[:2]}).json()
         assert len(routed["data"][0]["embedding"]) == 384

@@ -1,0 +1,1 @@
+"""The batch indexing job: checkpoints, vector shards, assembly of a generation, its Ray Data engine."""
