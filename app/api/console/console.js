@@ -22,7 +22,7 @@ const TIMING_STAGES = ["queue", "base", "route", "expert", "search", "total"];
 /** What each routing mode means, for people. */
 const ROUTE_MODES = {
   top1: "routed to the best-scoring expert",
-  fanout: "fanned out: several experts searched, lists fused (RRF)",
+  fanout: "fanned out: several experts searched, their lists merged",
   fallback: "fell back to the base encoder (no adapter): no expert scored high enough",
   forced: "expert chosen by hand: the router was bypassed",
 };
