@@ -24,10 +24,18 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 def served(
     tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_bert_path: Path
 ) -> Iterator[tuple[str, Settings]]:
-    """Three experts served by one router and one searcher replica that holds one expert at a time (pilot votes only)."""
+    """Three experts served by one router and one searcher replica that holds one expert at a time (pilot votes
+    only, top-1 routing unless a request fans out: one routed expert per query, so the LRU order is the test's)."""
     root = tmp_path_factory.mktemp("lru") / "experts"
     shutil.copytree(serve_experts, root)
-    settings = Settings(data_dir=root, base_model=str(tiny_bert_path), router_evidence="none", torch_threads=1)
+    settings = Settings(
+        data_dir=root,
+        base_model=str(tiny_bert_path),
+        router_evidence="none",
+        torch_threads=1,
+        route_top_k=1,
+        route_fanout_margin=None,
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(settings, max_experts=1, searchers=1, searcher_cpus=0.5, ingress_cpus=0.5)

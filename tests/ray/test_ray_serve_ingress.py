@@ -23,7 +23,6 @@ from app.publishing.registry import RegistryFile
 from app.ray_serve.deployment import build_app
 from app.settings import Settings
 from experts import Encoder
-from router import RoutePolicy
 from tests.ray.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -137,9 +136,11 @@ def test_corpus_votes_give_rr_serves_decisions(served: Served) -> None:
     pilots_only = SearchEngine.open(
         served.settings.data_dir, served.engine.encoder, **{**served.settings.engine_options(), "evidence": "none"}
     )
+    default = served.settings.route_policy()  # a request's route fields override the service's default
     for policy, route in (
-        (RoutePolicy(), {}),
-        (RoutePolicy(top_k=2, fanout_margin=0.3), {"top_k": 2, "fanout_margin": 0.3}),
+        (default, {}),
+        (default.updated(top_k=1), {"top_k": 1}),
+        (default.updated(top_k=2, fanout_margin=0.3), {"top_k": 2, "fanout_margin": 0.3}),
     ):
         for start in range(0, len(QUERIES), 4):
             queries = QUERIES[start : start + 4]
@@ -159,10 +160,11 @@ def test_corpus_votes_give_rr_serves_decisions(served: Served) -> None:
 def test_min_score_falls_back_to_the_base_encoder_as_rr_serve_does(served: Served) -> None:
     # Scores are pilot votes (<= 1) plus corpus votes (<= 2): words no document holds get no BM25 votes.
     queries = ["xyzzy", "zebra crossing", "lift of a swept wing"]
-    policy = RoutePolicy(top_k=2, min_score=1.0)
+    route = {"top_k": 2, "min_score": 1.0, "fanout_margin": 3.0}  # router scores are at most 3: always fan out
+    policy = served.settings.route_policy().updated(**route)
     expected = served.engine.search(queries, k=3, policy=policy).results
     assert [r.decision.mode for r in expected] == ["fallback", "fallback", "fanout"]
-    response = served.search({"queries": queries, "k": 3, "route": {"top_k": 2, "min_score": 1.0}})
+    response = served.search({"queries": queries, "k": 3, "route": route})
     assert response.status_code == 200, response.text
     for got, want in zip(response.json()["results"], expected, strict=True):
         _compare(got, want)
@@ -258,7 +260,7 @@ def test_an_expert_whose_files_fail_on_a_replica_is_taken_out_of_service(served:
 def test_readyz_and_metrics(served: Served) -> None:
     ready = served.client.get("/readyz")
     assert ready.status_code == 200 and set(ready.json()["experts"]) >= {"aero", "computing"}
-    served.search({"query": "sorting methods on tape"})
+    served.search({"query": "sorting methods on tape", "route": {"top_k": 1}})
     text = served.client.get("/metrics").text
     assert 'rr_http_requests_total{method="POST",route="/search",status="200"}' in text
     assert 'rr_http_requests_total{method="POST",route="/search",status="401"}' in text
