@@ -25,8 +25,7 @@ from index.errors import (
     ReadOnlyError,
     UnknownFieldError,
 )
-from index.fusion import reciprocal_rank_fusion
-from index.hybrid import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical
+from index.fusion import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical, reciprocal_rank_fusion
 from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
 from index.live.merge import MergePolicy
 from index.live.view import LiveView, static_view
