@@ -54,6 +54,13 @@ class AdapterInfo(_Section):
     target_modules: tuple[str, ...]
     trained: bool = Field(description="False for a freshly initialised adapter, which equals the base model.")
 
+    @property
+    def embeds_documents(self) -> bool:
+        """Whether this adapter embeds the expert's documents, not the base encoder: the one rule, for builds,
+        live upserts, Ray actors and the embeddings API. Only a trained symmetric ('both') adapter does; a
+        query-side one leaves documents to the base encoder, and an untrained one equals the base model."""
+        return self.side == "both" and self.trained
+
 
 class IndexSection(_Section):
     directory: str = Field(description="The published index generation, relative to the expert directory.")

@@ -310,7 +310,7 @@ class SearchEngine:
 
 
 def _adapter_for(expert: LoadedExpert, input_type: InputType) -> str | None:
-    """A query-side expert embeds documents with the base encoder: that is what its index holds."""
-    if input_type == "document" and expert.manifest.adapter.side == "query":
+    """Documents are embedded as the expert's index holds them (``AdapterInfo.embeds_documents``)."""
+    if input_type == "document" and not expert.manifest.adapter.embeds_documents:
         return None
     return expert.adapter

@@ -113,7 +113,7 @@ def document_embedder(encoder: Encoder, manifest: Manifest, adapter: str | None)
     adapter), the expert's adapter for symmetric ('both') ones; at the
     document token limit the expert was indexed with.
     """
-    expert = adapter if manifest.adapter.side == "both" else None
+    expert = adapter if manifest.adapter.embeds_documents else None
     return sliced(lambda texts: encoder.embed(texts, expert=expert, max_length=manifest.max_length))
 
 

@@ -49,7 +49,7 @@ QUERY_PILOTS = 1000
 
 def _document_embedder(expert: ExpertDir, manifest: Manifest, encoder: Encoder):
     """Base encoder for query-side experts; the expert's adapter for symmetric ('both') ones."""
-    if manifest.adapter.side == "query" or not manifest.adapter.trained:
+    if not manifest.adapter.embeds_documents:
         return lambda texts: encoder.embed(texts, max_length=manifest.max_length), None
     name = f"{manifest.name}@index"
     encoder.add_adapter(name, expert.adapter_path)
@@ -67,7 +67,7 @@ def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory:
     }
     if encoder.backend != "torch":  # int8 vectors differ a little: never resume an fp32 build with them
         parts["backend"] = encoder.backend
-    if manifest.adapter.side == "both" and manifest.adapter.trained:
+    if manifest.adapter.embeds_documents:
         parts["adapter"] = sha256_file(adapter_weights_file(expert.adapter_path))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

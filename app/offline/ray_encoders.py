@@ -57,7 +57,7 @@ class RayIndexing:
 
     def builder(self, expert: ExpertDir, manifest: Manifest, encoder: Encoder) -> Callable[..., BuildReport]:
         """``build_index`` with the embedding on Ray, for this expert (same arguments, no ``embed``)."""
-        symmetric = manifest.adapter.side != "query" and manifest.adapter.trained
+        symmetric = manifest.adapter.embeds_documents
         threads = max(1, int(self.engine.cpus_per_actor))
         device = "cuda" if self.engine.gpus_per_actor > 0 else self.settings.device
         actor_settings = self.settings.model_copy(update={"torch_threads": threads, "device": device})
