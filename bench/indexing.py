@@ -10,7 +10,7 @@ each embedded as title + " " + text, 256 tokens at most, as ``rr index`` does):
 
 - **job**: ``index.build_index`` with the service's embed function
   (``Encoder.embed``, batch 64), the default BM25 index included, into a
-  fresh directory; the BM25 part is timed on its own (``_stage_lexical``,
+  fresh directory; the BM25 part is timed on its own (``stage_lexical``,
   wrapped for this benchmark) so its share of the job can be read off;
 - **raw**: the same texts through the same transformers model in plain
   batches of 64 (corpus order, padded to the longest, mean pooling,
@@ -83,13 +83,13 @@ def write_slice(source: Path, target: Path, docs: int, *, repeat: int = 1) -> Pa
 
 
 class LexicalTimer:
-    """Adds up the time the job spends in its BM25 step (``index.build.indexing._stage_lexical``), benchmark only."""
+    """Adds up the time the job spends in its BM25 step (``index.build.indexing.stage_lexical``), benchmark only."""
 
     def __init__(self) -> None:
         import index.build.indexing as job
 
         self.seconds = 0.0
-        original = job._stage_lexical
+        original = job.stage_lexical
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
@@ -98,7 +98,7 @@ class LexicalTimer:
             finally:
                 self.seconds += time.perf_counter() - started
 
-        job._stage_lexical = timed
+        job.stage_lexical = timed
 
 
 def run_job(corpus: Path, encoder, out_parent: Path, name: str) -> tuple[float, int, Path]:

@@ -65,7 +65,7 @@ from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 from index.store.lexical import LexicalIndex
 
-__all__ = ["BuildReport", "EmbedFn", "build_index"]
+__all__ = ["BuildReport", "EmbedFn", "build_index", "checked_embed", "publish_staged", "stage_lexical"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _check_arguments(
         )
 
 
-def _stage_lexical(
+def stage_lexical(
     staging: Path, store: DocStore, info: IndexInfo, settings: LexicalSettings, *, progress: bool
 ) -> IndexInfo:
     """Build the lexical index from ``store`` into the staged collection and record it in its ``index.json``."""
@@ -157,7 +157,7 @@ def _stage_lexical(
     return info
 
 
-def _embed(embed: EmbedFn, passages: list[str], dim: int) -> np.ndarray:
+def checked_embed(embed: EmbedFn, passages: list[str], dim: int) -> np.ndarray:
     """Call ``embed`` and check its contract: (n, dim) finite, L2-normalised float32."""
     vectors = np.asarray(embed(passages))
     if vectors.shape != (len(passages), dim):
@@ -247,7 +247,7 @@ class _Job:
         windows = np.asarray([w for s in spans for w in s], dtype=np.int64).reshape(-1, 2)
         passages = [doc.passage() for _, doc in docs]
         texts = [passages[o][a:b] for o, (a, b) in zip(owners.tolist(), windows.tolist(), strict=True)]
-        vectors = _embed(self.embed, texts, self.dim) if docs else None
+        vectors = checked_embed(self.embed, texts, self.dim) if docs else None
         for problem in problems:
             level = logging.WARNING if self.progress.malformed < _MAX_LOGGED_PROBLEMS else logging.DEBUG
             logger.log(level, "skipping corpus line %s", problem)
@@ -317,7 +317,7 @@ class _Job:
             chunking=self.chunking,
         )
         if lexical is not None:
-            _stage_lexical(staging, self.checkpoint.store, info, lexical, progress=progress)
+            stage_lexical(staging, self.checkpoint.store, info, lexical, progress=progress)
 
     def problems(self) -> list[CorpusProblem]:
         """The first :data:`MAX_REPORTED_PROBLEMS` malformed lines, across resumed runs."""
@@ -348,7 +348,7 @@ def _identity(chunking: ChunkSettings | None) -> str:
     return f"{chunking.policy}:{chunking.max_tokens}:{chunking.overlap}"
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
+def publish_staged(staging: Path, out_dir: Path) -> None:
     """Move the complete staging directory to ``out_dir`` with one rename, then make it durable."""
     if out_dir.exists():  # checked again: it may have appeared while we were building
         raise OutputExistsError(f"out_dir {str(out_dir)!r} appeared during the build; not replacing it")
@@ -429,7 +429,7 @@ def build_index(
         resumed = start != Progress(0, 0, 0, 0, 0)
         if not out_dir.exists():
             job.run(chunk_size=chunk_size, progress=progress, factory=factory, lexical=lexical)
-            _publish(work_dir / STAGING_DIR, out_dir)
+            publish_staged(work_dir / STAGING_DIR, out_dir)
         elif _already_published(out_dir, checkpoint, len(corpora), lexical, chunking):
             logger.info("%s was already published by an interrupted run of this build; cleaning up", out_dir)
         else:

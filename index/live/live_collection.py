@@ -53,7 +53,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from index.build.indexing import EmbedFn, _embed
+from index.build.indexing import EmbedFn, checked_embed
 from index.corpus import Document
 from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError, LongDocumentError
 from index.live.log import LiveLog, LogEntry, metadata_json
@@ -329,7 +329,7 @@ class LiveCollection:
             doc_id = docs[position].id
             raise LongDocumentError(too_long_message(doc_id, tokens, chunking), doc_id=doc_id, tokens=tokens)
         texts = [doc.passage()[a:b] for doc, windows in zip(docs, spans, strict=True) for a, b in windows]
-        vectors = _embed(self._embed, texts, self._view.main.info.dim)
+        vectors = checked_embed(self._embed, texts, self._view.main.info.dim)
         ends = np.cumsum([len(windows) for windows in spans])
         per_doc = [
             (vectors[end - len(windows) : end], tuple(windows) if len(windows) > 1 else None)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from index.atomic import atomic_write, fsync_dir
 from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
 from index.build.checkpoint import BuildIdentity
-from index.build.indexing import EmbedFn, _embed, _publish, _stage_lexical
+from index.build.indexing import EmbedFn, checked_embed, publish_staged, stage_lexical
 from index.errors import IndexFileError, InvalidParameterError
 from index.live.log import metadata_json
 from index.live.view import LiveView
@@ -162,7 +162,7 @@ def _main_vectors(
                 mask = np.isin(rows, chunk)
                 windows = zip(rows[mask].tolist(), starts[mask].tolist(), ends[mask].tolist(), strict=True)
                 texts = [passages[r][a:b] for r, a, b in windows]
-            parts.append(_embed(embed, texts, dense.dim))
+            parts.append(checked_embed(embed, texts, dense.dim))
             bar.update(len(docs))
     return np.concatenate(parts) if parts else np.zeros((0, dense.dim), dtype=np.float32)
 
@@ -243,7 +243,7 @@ def write_generation(
             staging, dense, store, identity=identity, chunks=chunks if chunked else None, chunking=info.chunking
         )
         if info.lexical is not None:
-            staged = _stage_lexical(staging, store, staged, info.lexical, progress=progress)
+            staged = stage_lexical(staging, store, staged, info.lexical, progress=progress)
     finally:
         store.close()
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -258,7 +258,7 @@ def write_generation(
     write_info(staging, staged)
     fsync_dir(staging)
     try:
-        _publish(staging, out_dir)
+        publish_staged(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
