@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.engine.config import EngineConfig
 from app.engine.retrieval import Retrieval
 from index import MergePolicy
 from router import RoutePolicy
@@ -135,24 +136,24 @@ class Settings(BaseSettings):
     )
     merge_min_changes: int = Field(100, ge=1, description="Never merge for fewer changed documents than this.")
 
-    def engine_options(self) -> dict[str, Any]:
-        """The search engine's keyword options, so every place that builds one routes alike."""
+    def engine_config(self) -> EngineConfig:
+        """The search engine's configuration, so every place that builds one routes alike."""
         retrieval = Retrieval(
             mode=self.search_mode,
             fusion=self.hybrid_fusion,
             weight=self.hybrid_weight,
             candidates=self.hybrid_candidates,
         )
-        return {
-            "query_max_length": self.query_max_length,
-            "aggregate": self.router_aggregate,
-            "neighbours": self.router_neighbours,
-            "retrieval": retrieval,
-            "evidence": self.router_evidence,
-            "vote_depth": self.router_vote_depth,
-            "long_queries": self.long_queries,
-            "policy": self.route_policy(),
-        }
+        return EngineConfig(
+            query_max_length=self.query_max_length,
+            aggregate=self.router_aggregate,
+            neighbours=self.router_neighbours,
+            retrieval=retrieval,
+            evidence=self.router_evidence,
+            vote_depth=self.router_vote_depth,
+            long_queries=self.long_queries,
+            policy=self.route_policy(),
+        )
 
     def route_policy(self) -> RoutePolicy:
         """The routing of a search that sets none of its own (requests override it field by field)."""

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     encoder = open_encoder(settings)
-    engine = SearchEngine.open(settings.data_dir, encoder, **settings.engine_options())  # type: ignore[arg-type]
+    engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
     names = [c for c in COLLECTIONS if c in engine.experts]
     pools = [read_test_set(args.datasets, c).texts for c in names]
     rng = random.Random(args.seed)

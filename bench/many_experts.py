@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,7 +72,7 @@ def measure_child(
     encoder.embed(queries[:4], max_length=settings.query_max_length)
     base_rss = current_rss_mib()
     base_params_mib = sum(p.numel() * p.element_size() for p in encoder.base_module.parameters()) / 2**20
-    engine = SearchEngine(encoder, **settings.engine_options())
+    engine = SearchEngine(encoder, settings.engine_config())
     directories = list_expert_dirs(root)
     steps: dict[int, dict] = {}
 
@@ -103,7 +104,8 @@ def measure_child(
         for name in sorted(engine.experts)[count:]:
             engine.remove(name).wait(30)
         steps[count]["latencies_ms"] += latencies()
-    options = {key: str(value) for key, value in settings.engine_options().items()}
+    config = settings.engine_config()
+    options = {f.name: str(getattr(config, f.name)) for f in fields(config)}
     out.write_text(
         json.dumps(
             {

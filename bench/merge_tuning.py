@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--rules", default="", help="Comma-separated rules (default: the whole grid).")
     args = parser.parse_args()
     settings = Settings()
-    engine = SearchEngine.open(settings.data_dir, open_encoder(settings), **settings.engine_options())
+    engine = SearchEngine.open(settings.data_dir, open_encoder(settings), settings.engine_config())
     started = time.perf_counter()
     grid = ["top1", "rrf-2", "rrf-3"] + [
         f"{kind}-{m}-{b}-{n}"

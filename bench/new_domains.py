@@ -49,7 +49,7 @@ def engine_over(settings: Settings, encoder, names: list[str], scratch: Path) ->
     root = Path(tempfile.mkdtemp(dir=scratch))
     for name in names:
         (root / name).symlink_to(settings.data_dir.resolve() / name, target_is_directory=True)
-    return SearchEngine.open(root, encoder, verify_checksums=False, **settings.engine_options())
+    return SearchEngine.open(root, encoder, settings.engine_config(), verify_checksums=False)
 
 
 def main() -> None:

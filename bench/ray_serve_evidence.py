@@ -25,6 +25,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -94,7 +95,7 @@ def main() -> None:
     # one must not answer for the other; queries alternate between them.
     engines = {
         evidence: SearchEngine.open(
-            root, Encoder(threads=1), **{**Settings(data_dir=root).engine_options(), "evidence": evidence}
+            root, Encoder(threads=1), replace(Settings(data_dir=root).engine_config(), evidence=evidence)
         )
         for evidence in ("none", "documents+bm25")
     }

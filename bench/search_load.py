@@ -152,7 +152,7 @@ class References:
         self.encoder = Encoder(
             max_length=settings.max_length, batch_size=settings.batch_size, threads=args.torch_threads
         )
-        self.engine = SearchEngine.open(root, self.encoder, **settings.engine_options())
+        self.engine = SearchEngine.open(root, self.encoder, settings.engine_config())
         self.qlen = settings.query_max_length
         self.texts, self.args = texts, args
         self.names = [d.experts[0] for d in self.engine.route(texts)]

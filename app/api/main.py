@@ -58,7 +58,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if encoder is None:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
-    engine = SearchEngine(encoder, **settings.engine_options())
+    engine = SearchEngine(encoder, settings.engine_config())
     publisher = ExpertPublisher(
         engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
     )

@@ -49,8 +49,8 @@ class _State:
         return SearchEngine.open(
             self.settings.data_dir,
             self.encoder(),
+            self.settings.engine_config(),
             verify_checksums=self.settings.verify_checksums,
-            **self.settings.engine_options(),
         )
 
 

@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from app.engine.batch_run import BatchRun, unknown_expert
+from app.engine.config import EngineConfig, LongQueries
 from app.engine.jobs import (
     AUTO_MODEL,
     BASE_MODEL,
@@ -38,19 +38,14 @@ from app.engine.jobs import (
     check_queries,
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
-from app.engine.retrieval import Retrieval, RetrievalOptions
+from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder
-from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence, corpus_votes
+from app.engine.votes import RouteEvidence, corpus_votes
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
-
-#: What a query over the token limit gets: cut to the limit (and told so), or refused (413).
-LongQueries = Literal["truncate", "error"]
-LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
-
 
 # Re-exported: callers have always imported the engine's inputs and outputs from here.
 __all__ = [
@@ -75,35 +70,18 @@ class SearchEngine:
     ('cranfield',)
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        query_max_length: int = 64,
-        aggregate: str = "max",
-        neighbours: int = 5,
-        retrieval: Retrieval = Retrieval(),
-        evidence: RouteEvidence = "none",
-        vote_depth: int = 20,
-        long_queries: LongQueries = "truncate",
-        policy: RoutePolicy = RoutePolicy(),
-    ) -> None:
-        if evidence not in ROUTE_EVIDENCE:
-            raise ValueError(f"Invalid evidence {evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
-        if long_queries not in LONG_QUERIES:
-            raise ValueError(f"Invalid long_queries {long_queries!r}. Valid choices are: {', '.join(LONG_QUERIES)}")
-        self.long_queries: LongQueries = long_queries
+    def __init__(self, encoder: Encoder, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        self.config = config
         self.encoder = encoder
-        self.query_max_length = query_max_length
-        #: Corpus evidence added to the pilot scores: votes of the best documents in every
-        #: expert's dense index (base vector) and/or BM25 index, ``vote_depth`` deep.
-        self.evidence: RouteEvidence = evidence
-        self.vote_depth = vote_depth
-        #: How a search with no retrieval of its own searches an expert whose manifest sets none.
-        self.retrieval = retrieval
-        #: How a search with no routing policy of its own is routed and merged.
-        self.policy = policy
-        empty = Snapshot({}, Router({}, aggregate=aggregate, neighbours=neighbours))  # type: ignore[arg-type]
+        # The config's fields the batch stages read, kept as attributes of their own.
+        self.query_max_length = config.query_max_length
+        self.long_queries: LongQueries = config.long_queries
+        self.evidence: RouteEvidence = config.evidence
+        self.vote_depth = config.vote_depth
+        self.retrieval = config.retrieval
+        self.policy = config.policy
+        empty = Snapshot({}, Router({}, aggregate=config.aggregate, neighbours=config.neighbours))
         self._holder: SnapshotHolder[Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
         self._document_locks: dict[str, threading.Lock] = {}
@@ -113,9 +91,11 @@ class SearchEngine:
         self.on_expert_failure: Callable[[LoadedExpert, str], None] | None = None
 
     @classmethod
-    def open(cls, root: Path, encoder: Encoder, *, verify_checksums: bool = True, **options: object) -> SearchEngine:
+    def open(
+        cls, root: Path, encoder: Encoder, config: EngineConfig | None = None, *, verify_checksums: bool = True
+    ) -> SearchEngine:
         """Load every expert under ``root``; a broken one is reported in ``unavailable``, the rest serve."""
-        engine = cls(encoder, **options)  # type: ignore[arg-type]
+        engine = cls(encoder, config)
         for directory in list_expert_dirs(root):
             try:
                 engine.add(load_expert(directory, encoder, verify_checksums=verify_checksums))

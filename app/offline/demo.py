@@ -108,7 +108,7 @@ def report_routing(
     echo: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Route every judged test query; print and return the share routed to its own collection's expert."""
-    engine = SearchEngine.open(settings.data_dir, encoder, **settings.engine_options())
+    engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
     try:
         accuracy: dict[str, float] = {}
         echo("\nrouting of each collection's test queries (share sent to its own expert):")

@@ -24,6 +24,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -151,7 +152,7 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
             self.published = PublishedSet(settings.data_dir)
             self.holding: dict[str, _HeldExpert] = {}
             # One expert per engine: no corpus votes to take (the ingress takes them across experts).
-            self._engine_options = {**settings.engine_options(), "evidence": "none"}
+            self._engine_config = replace(settings.engine_config(), evidence="none")
             self._stop = threading.Event()
             threading.Thread(target=self._sweep_loop, name="rr-registry-sweep", daemon=True).start()
 
@@ -172,7 +173,7 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
         async def expert(self, name: str) -> _HeldExpert:
             entry = await asyncio.to_thread(self._entry, name)
             loaded = await asyncio.to_thread(self._load, entry)
-            engine = SearchEngine(self.encoder, **self._engine_options)
+            engine = SearchEngine(self.encoder, self._engine_config)
             engine.add(loaded)
             logger.info("replica loaded expert %r v%d", name, entry.version)
             return _HeldExpert(name, engine, entry, self.holding)

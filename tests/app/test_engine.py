@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.engine.config import EngineConfig
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
 from app.offline.building import build_pilots, index_expert
@@ -179,11 +180,11 @@ def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: 
     build_pilots(aero, encoder, [f"{t} {x}" for _, t, x in COMPUTING], method="centroid")
     build_pilots(computing, encoder, [f"{t} {x}" for _, t, x in AERO], method="centroid")
     query = "oblique shock reflection from a wall"  # aero's a3, word for word
-    plain = SearchEngine.open(root, encoder, aggregate="max")
+    plain = SearchEngine.open(root, encoder, EngineConfig(aggregate="max"))
     assert plain.search([query], k=1).results[0].decision.experts == ("computing",)
     plain.close()
     # One vote per document found, 3 documents deep: aero's collection holds the query's best matches.
-    engine = SearchEngine.open(root, encoder, aggregate="max", evidence=evidence, vote_depth=1)
+    engine = SearchEngine.open(root, encoder, EngineConfig(aggregate="max", evidence=evidence, vote_depth=1))
     (result,) = engine.search([query], k=1).results
     assert result.decision.experts == ("aero",) and result.hits[0].id == "a3"
     scores = dict(result.decision.scores)
@@ -194,7 +195,7 @@ def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: 
 
 def test_unknown_evidence_is_refused(tiny_bert_path: Path) -> None:
     with pytest.raises(ValueError, match="documents\\+bm25"):
-        SearchEngine(Encoder(tiny_bert_path), evidence="votes")  # type: ignore[arg-type]
+        EngineConfig(evidence="votes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("evidence", ["none", "documents", "bm25", "documents+bm25"])
@@ -206,7 +207,7 @@ def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path
     build_pilots(aero, encoder, [f"{t} {x}" for _, t, x in COMPUTING], method="centroid")
     build_pilots(computing, encoder, [f"{t} {x}" for _, t, x in AERO], method="centroid")
     queries = [f"{t} {x}" for _, t, x in AERO + COMPUTING] + ["oblique shock reflection", "sorting on tape", "wing"]
-    engine = SearchEngine.open(root, encoder, aggregate="max", evidence=evidence, vote_depth=1)
+    engine = SearchEngine.open(root, encoder, EngineConfig(aggregate="max", evidence=evidence, vote_depth=1))
     for policy in (RoutePolicy(), RoutePolicy(top_k=2, fanout_margin=0.3)):
         routed = engine.route(queries, policy=policy)
         searched = [result.decision for result in engine.search(queries, k=2, policy=policy).results]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.engine.config import EngineConfig
 from app.engine.engine import SearchEngine
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from app.offline.building import build_pilots, index_expert
@@ -91,7 +92,9 @@ def test_the_engine_searches_each_expert_with_its_own_weight_unless_the_request_
     encoder = Encoder(tiny_bert_path)
     expert = build(tmp_path / "experts", encoder)
     expert.publish(retrieval=RetrievalSection(mode="hybrid", weight=0.0, tuned_on="test", queries=0))
-    engine = SearchEngine.open(tmp_path / "experts", encoder, aggregate="max", retrieval=Retrieval(mode="dense"))
+    engine = SearchEngine.open(
+        tmp_path / "experts", encoder, EngineConfig(aggregate="max", retrieval=Retrieval(mode="dense"))
+    )
     loaded = engine.experts["aero"]
     query = "shock flow plate heat"
     vector = encoder.embed([query], max_length=engine.query_max_length)

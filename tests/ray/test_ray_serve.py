@@ -46,7 +46,7 @@ def served(
 
 def test_routed_search_through_serve_matches_the_engine_and_unloads_lru(served: tuple[str, Settings]) -> None:
     url, settings = served
-    engine = SearchEngine.open(settings.data_dir, Encoder(settings.base_model), **settings.engine_options())
+    engine = SearchEngine.open(settings.data_dir, Encoder(settings.base_model), settings.engine_config())
     searcher = serve.get_deployment_handle("ExpertSearcher", app_name="rr")
     queries = ["lift of a swept wing", "sorting methods on tape", "vitamin D and fractures"]
     with httpx.Client(base_url=url, timeout=60) as client:

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -72,7 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_b
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(settings, max_experts=3, searchers=1, searcher_cpus=0.5, ingress_cpus=0.5, registry_poll_s=0.5)
     serve.run(app, name="rr-ingress", route_prefix="/")
-    engine = SearchEngine.open(root, Encoder(settings.base_model), **settings.engine_options())
+    engine = SearchEngine.open(root, Encoder(settings.base_model), settings.engine_config())
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield Served(client, settings, engine)
     engine.close()
@@ -134,7 +134,7 @@ def _compare(got: dict[str, object], expected: object) -> None:
 
 def test_corpus_votes_give_rr_serves_decisions(served: Served) -> None:
     pilots_only = SearchEngine.open(
-        served.settings.data_dir, served.engine.encoder, **{**served.settings.engine_options(), "evidence": "none"}
+        served.settings.data_dir, served.engine.encoder, replace(served.settings.engine_config(), evidence="none")
     )
     default = served.settings.route_policy()  # a request's route fields override the service's default
     for policy, route in (

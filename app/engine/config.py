@@ -1,0 +1,61 @@
+"""How an engine routes and searches: one typed, frozen value, built from the settings in one place.
+
+``Settings.engine_config()`` builds it for the service, the CLI, the Ray
+deployment and the offline jobs, so they all route alike; tests and
+benchmarks build their own, or ``replace`` one field of the settings' one::
+
+    SearchEngine.open(root, encoder, replace(settings.engine_config(), evidence="none"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.engine.retrieval import Retrieval
+from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence
+from router import AGGREGATES, Aggregate, RoutePolicy
+
+__all__ = ["LONG_QUERIES", "EngineConfig", "LongQueries"]
+
+#: What a query over the token limit gets: cut to the limit (and told so), or refused (413).
+LongQueries = Literal["truncate", "error"]
+LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Everything a :class:`~app.engine.engine.SearchEngine` is told at construction.
+
+    >>> EngineConfig(evidence="documents+bm25", policy=RoutePolicy(top_k=3, fanout_margin=1.5)).vote_depth
+    20
+    """
+
+    #: Token limit of queries (longer ones: see ``long_queries``).
+    query_max_length: int = 64
+    #: How the router scores an expert from its pilots (see ``router.Router``).
+    aggregate: Aggregate = "max"
+    neighbours: int = 5
+    #: How a search with no retrieval of its own searches an expert whose manifest sets none.
+    retrieval: Retrieval = field(default_factory=Retrieval)
+    #: Corpus evidence added to the pilot scores: votes of the best documents in every expert's dense
+    #: index (base vector) and/or BM25 index, ``vote_depth`` deep.
+    evidence: RouteEvidence = "none"
+    vote_depth: int = 20
+    long_queries: LongQueries = "truncate"
+    #: How a search with no routing policy of its own is routed and merged.
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+
+    def __post_init__(self) -> None:
+        if self.evidence not in ROUTE_EVIDENCE:
+            raise ValueError(f"Invalid evidence {self.evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+        if self.long_queries not in LONG_QUERIES:
+            valid = ", ".join(LONG_QUERIES)
+            raise ValueError(f"Invalid long_queries {self.long_queries!r}. Valid choices are: {valid}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"Invalid aggregate {self.aggregate!r}. Valid aggregates are: {', '.join(AGGREGATES)}")
+        if self.query_max_length < 2 or self.neighbours < 1 or self.vote_depth < 1:
+            raise ValueError(
+                "query_max_length must be >= 2, neighbours and vote_depth >= 1; got "
+                f"{self.query_max_length}, {self.neighbours}, {self.vote_depth}"
+            )
