@@ -150,3 +150,8 @@ def test_the_engine_loads_no_web_framework_ray_typer_or_prometheus() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_two_atomic_write_modules_are_one_api() -> None:
+    """experts/ and index/ may not import each other, so each holds a copy; the copies never drift apart."""
+    assert (ROOT / "experts" / "atomic.py").read_text() == (ROOT / "index" / "atomic.py").read_text()
