@@ -7,10 +7,13 @@ request is a setting, checked by the route (413 over it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.engine.jobs import SearchResult
+from app.engine.output import result_dict
 from experts import check_expert_name
 from index import Filter
 from router import RoutePolicy
@@ -200,6 +203,15 @@ class SearchResponse(BaseModel):
     results: list[QueryResultOut]
     timings_ms: dict[str, float] = Field(description="queue, base, route, expert, search and total, in ms.")
     batch: BatchOut
+
+    @classmethod
+    def of(
+        cls, results: Sequence[SearchResult], *, timings_ms: dict[str, float], requests: int, queries: int
+    ) -> SearchResponse:
+        """The response to one ``/search`` request, for ``rr serve`` and the Ray Serve ingress alike."""
+        rows = [{**result_dict(result), "expert": result.decision.experts[0]} for result in results]
+        batch = BatchOut(requests=requests, queries=queries)
+        return cls.model_validate({"results": rows, "timings_ms": timings_ms, "batch": batch})
 
 
 # ---------------------------------------------------------------------- embeddings

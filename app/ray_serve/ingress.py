@@ -36,12 +36,11 @@ import numpy as np
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from app.api.schemas import BatchOut, SearchRequest, SearchResponse
+from app.api.schemas import SearchRequest, SearchResponse
 from app.engine.engine import SearchEngine
 from app.engine.jobs import ExpertHit, SearchResult
 from app.engine.loading import open_encoder
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
-from app.engine.output import result_dict
 from app.engine.retrieval import Retrieval, RetrievalOptions, requested_retrieval
 from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.publishing.publisher import ExpertPublisher
@@ -178,9 +177,7 @@ class Ingress:
         timings["search_ms"] = _elapsed(clock)
         timings["total_ms"] = _elapsed(started)
         self.metrics.observe_search(results, timings)
-        out = [{**result_dict(result), "expert": result.decision.experts[0]} for result in results]
-        batch = BatchOut(requests=1, queries=len(texts))
-        return SearchResponse.model_validate({"results": out, "timings_ms": timings, "batch": batch})
+        return SearchResponse.of(results, timings_ms=timings, requests=1, queries=len(texts))
 
     async def _route(
         self, view: RoutingView, texts: list[str], body: SearchRequest, timings: dict[str, float]

@@ -7,10 +7,9 @@ import time
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.api.schemas import BatchOut, SearchRequest, SearchResponse, error_responses
+from app.api.schemas import SearchRequest, SearchResponse, error_responses
 from app.api.state import Serving
 from app.engine.engine import SearchJob
-from app.engine.output import result_dict
 from app.engine.retrieval import requested_retrieval
 from app.errors import PayloadTooLargeError
 
@@ -39,15 +38,7 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
     job = SearchJob(tuple(texts), k=body.k, expert=body.expert, policy=policy, retrieval=retrieval, filter=body.filter)
     batch, queue_ms = await runtime.searches.submit(job)
-    results = []
-    for result in batch.results:
-        row = result_dict(result)
-        results.append({**row, "expert": result.decision.experts[0]})
     timings = {"queue_ms": queue_ms, **batch.timings_ms, "total_ms": round((time.perf_counter() - started) * 1000, 3)}
-    return SearchResponse.model_validate(
-        {
-            "results": results,
-            "timings_ms": timings,
-            "batch": BatchOut(requests=batch.batch_requests, queries=batch.batch_queries),
-        }
+    return SearchResponse.of(
+        batch.results, timings_ms=timings, requests=batch.batch_requests, queries=batch.batch_queries
     )
