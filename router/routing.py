@@ -32,9 +32,10 @@ TIE_BREAK = 1e-3
 #: expert named by the caller.
 RouteMode = Literal["top1", "fanout", "fallback", "forced"]
 #: How the hit lists of a query sent to several experts become one ranking:
-#: ``score``, each hit's score minus ``gap_weight`` times its expert's router-score
-#: gap to the top expert (a confident router keeps its top expert's order, an
-#: unsure one interleaves); ``rrf``, reciprocal rank fusion (ranks only, no prior).
+#: ``score``, each hit's dense and BM25 scores normalised over all the lists
+#: together, minus ``gap_weight`` times its expert's router-score gap to the top
+#: expert (a confident router keeps its top expert's hits in front, an unsure one
+#: interleaves); ``rrf``, reciprocal rank fusion (ranks only, no prior).
 MergeRule = Literal["score", "rrf"]
 MERGE_RULES: tuple[MergeRule, ...] = ("score", "rrf")
 
@@ -50,14 +51,15 @@ class RoutePolicy:
     - ``min_score``: when even the best expert scores below this, the query
       looks out of every domain; search the top ``top_k`` collections with the
       base encoder instead of an adapter.
-    - ``merge`` and ``gap_weight``: how a fan-out's lists become one (see ``MergeRule``).
+    - ``merge`` and ``gap_weight``: how a fan-out's lists become one (see ``MergeRule``;
+      0.1 was chosen on training and pseudo queries, docs/eval-2026-12-03).
     """
 
     top_k: int = 1
     fanout_margin: float | None = None
     min_score: float | None = None
     merge: MergeRule = "score"
-    gap_weight: float = 1.0
+    gap_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -73,7 +75,7 @@ class RoutePolicy:
         """This policy with the fields given a value other than None replaced (a request over the server's default).
 
         >>> RoutePolicy(top_k=3, fanout_margin=0.2).updated(top_k=1, fanout_margin=None)
-        RoutePolicy(top_k=1, fanout_margin=0.2, min_score=None, merge='score', gap_weight=1.0)
+        RoutePolicy(top_k=1, fanout_margin=0.2, min_score=None, merge='score', gap_weight=0.1)
         """
         return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
