@@ -41,7 +41,7 @@ from app.engine.engine import SearchEngine
 from app.engine.jobs import ExpertHit, SearchResult
 from app.engine.loading import open_encoder
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
-from app.engine.retrieval import Retrieval, RetrievalOptions, requested_retrieval
+from app.engine.retrieval import RetrievalOptions, requested_retrieval
 from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
 from app.publishing.publisher import ExpertPublisher
 from app.ray_serve.admin import IngressAdmin
@@ -240,24 +240,20 @@ class Ingress:
         for ((name, _), rows), results in zip(groups, answers, strict=True):
             for row, result in zip(rows, results, strict=True):
                 found[row, name] = result
+        # A list's dense share in a score merge: the request's fusion over the settings' (a replica's per-expert
+        # tuned weight is not known here, unlike in rr serve), in the mode the list was searched in.
+        default = self.settings.engine_config().retrieval
+        fusion = retrieval.over(default) if retrieval is not None else default
         out = []
         for row, decision in enumerate(decisions):
             lists: list[list[ExpertHit]] = [found[row, name].hits for name in decision.experts]
-            shares = [self._dense_share(found[row, name].mode, retrieval) for name in decision.experts]
+            shares = [replace(fusion, mode=found[row, name].mode).dense_share for name in decision.experts]
             hits = merge_expert_lists(lists, shares, decision, policy, k=k)
             first = found[row, decision.experts[0]]
             counts = [found[row, name].matched for name in decision.experts]
             matched = None if all(count is None for count in counts) else sum(count or 0 for count in counts)
             out.append(replace(first, query=texts[row], hits=hits, decision=decision, matched=matched))
         return out
-
-    def _dense_share(self, mode: str, retrieval: RetrievalOptions | None) -> float:
-        """A list's dense share in a score merge: the request's or the settings' fusion (a replica's per-expert
-        tuned weight is not known here, unlike in rr serve)."""
-        weight = retrieval.weight if retrieval is not None and retrieval.weight is not None else None
-        fusion = retrieval.fusion if retrieval is not None and retrieval.fusion is not None else None
-        base = Retrieval(fusion=fusion or self.settings.hybrid_fusion, weight=self.settings.hybrid_weight)
-        return Retrieval(mode=mode, fusion=base.fusion, weight=base.weight if weight is None else weight).dense_share  # type: ignore[arg-type]
 
     async def _call(self, expert: str, method: str, *args: Any) -> Any:
         """One call to the searcher replicas for ``expert``, timed and counted; their errors as the service's."""
