@@ -5,6 +5,7 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
 (and the domain errors of ``experts``, ``router`` and ``index``) into responses::
 
     ServiceError                      500 internal
+    ├── UnsupportedInputError         400 unsupported_input   valid for OpenAI, not here: token ids for text
     ├── InvalidRequestError           422 invalid_request
     │   └── ExpertRejectedError       422 invalid_expert      an expert failed validation on add
     ├── PayloadTooLargeError          413 payload_too_large
@@ -37,6 +38,12 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
         self.headers = headers or {}
+
+
+class UnsupportedInputError(ServiceError):
+    """A request other servers take but this one cannot: it says what to send instead."""
+
+    status, type = 400, "unsupported_input"
 
 
 class InvalidRequestError(ServiceError):

@@ -106,7 +106,17 @@ class Settings(BaseSettings):
     # 1 GiB: an expert takes ~2-5 KB per document (flat index, BM25, docstore; scifact's 5,183 abstracts: 25 MB
     # with its adapter and pilots), so this holds ~200k documents, and a bomb stops at 1 GiB (docs/reliability.md).
     max_extracted_bytes: int = Field(1 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")
-    max_queries: int = Field(64, ge=1, description="Queries per search request / inputs per embeddings request.")
+    max_queries: int = Field(64, ge=1, description="Queries per search request (413 above).")
+    # OpenAI's own limit: LlamaIndex's OpenAIEmbedding sends 100 texts per call, LangChain's OpenAIEmbeddings 1000.
+    max_embedding_inputs: int = Field(2048, ge=1, description="Inputs per /v1/embeddings request (413 above).")
+    embedding_turn_inputs: int = Field(
+        32,
+        ge=1,
+        description="A large /v1/embeddings request is embedded this many inputs at a time; searches run between turns.",
+    )
+    max_embeddings_body_bytes: int = Field(
+        16 << 20, ge=1024, description="Largest body of a /v1/embeddings request (413 above): 2048 inputs of ~8 KB."
+    )
     batch_wait_ms: float = Field(
         5.0, ge=0, description="How long the micro-batcher waits for more requests after the first one."
     )

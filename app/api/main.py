@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
 from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
+from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
 from app.api.routes import search as routes_search
 from app.api.state import Runtime, ServiceState
@@ -143,6 +145,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
     modules = (
         routes_search,
         routes_embeddings,
+        routes_models,
         routes_experts,
         routes_admin,
         routes_documents,
@@ -156,8 +159,9 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
         upload_routes=frozenset({("POST", "/admin/experts")}),
-        pattern_limits=tuple(
-            (m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES
+        pattern_limits=(
+            *((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
+            ("POST", re.compile(r"/v1/embeddings"), settings.max_embeddings_body_bytes),
         ),
     )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too

@@ -214,60 +214,6 @@ class SearchResponse(BaseModel):
         return cls.model_validate({"results": rows, "timings_ms": timings_ms, "batch": batch})
 
 
-# ---------------------------------------------------------------------- embeddings
-class EmbeddingsRequest(BaseModel):
-    """OpenAI's ``POST /v1/embeddings`` body, plus ``input_type``."""
-
-    model_config = ConfigDict(
-        extra="ignore",  # OpenAI clients add fields over time; unknown ones must not break them
-        json_schema_extra={
-            "examples": [
-                {"model": "auto", "input": ["heat transfer in laminar boundary layers"]},
-                {"model": "cranfield", "input": "shock wave", "input_type": "query"},
-                {"model": "base", "input": "A document title. Its text.", "input_type": "document"},
-            ]
-        },
-    )
-
-    input: InputText | Annotated[list[InputText], Field(min_length=1)] = Field(
-        description="A string, or a list of strings (at most RR_MAX_QUERIES)."
-    )
-    model: str = Field(description="An expert name, `base` (no adapter) or `auto` (routed per input).", max_length=64)
-    input_type: Literal["query", "document"] = Field(
-        "query", description="`document`: query-side experts embed documents with the base encoder, as their index."
-    )
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="Must equal the encoder's dimension when given.")
-    user: str | None = None
-
-    @property
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class EmbeddingOut(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str = Field(
-        description="Floats, or base64 of little-endian float32 with encoding_format=base64."
-    )
-    expert: str | None = Field(
-        None, description="The expert whose adapter made this vector; null for the base encoder."
-    )
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingOut]
-    model: str
-    usage: UsageOut
-
-
 # ---------------------------------------------------------------------- experts
 class AddExpertRequest(_Strict):
     model_config = ConfigDict(

@@ -6,7 +6,8 @@ never import it from a module-level variable, they ask for it with ``Depends``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,6 +32,8 @@ class Runtime:
     documents: DocumentWriter
     searches: MicroBatcher[SearchJob, BatchResult]
     embeddings: MicroBatcher[EmbedJob, EmbedResult]
+    #: Unix time the runtime was built: ``created`` of ``base`` and ``auto`` in ``/v1/models``.
+    started_at: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -268,14 +268,19 @@ class SearchEngine:
                 for p in positions:
                     end = start + len(jobs[p].texts)
                     decisions = result.decisions[start:end] if result.decisions is not None else None
-                    outcomes[p] = EmbedResult(result.vectors[start:end], result.adapters_of[start:end], decisions)
+                    tokens = result.tokens[start:end] if result.tokens is not None else None
+                    outcomes[p] = EmbedResult(
+                        result.vectors[start:end], result.adapters_of[start:end], decisions, tokens
+                    )
                     start = end
         return outcomes  # type: ignore[return-value]
 
     def _embed(self, snapshot: Snapshot, texts: list[str], model: str, input_type: InputType) -> EmbedResult:
         max_length = self.query_max_length if input_type == "query" else None
+        limit = self.encoder.max_length if max_length is None else min(max_length, self.encoder.max_length)
+        tokens = [min(count, limit) for count in self.encoder.token_counts(texts)]
         if model == BASE_MODEL:
-            return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts))
+            return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts), tokens=tokens)
         decisions = None
         if model == AUTO_MODEL:
             base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True)
@@ -286,7 +291,9 @@ class SearchEngine:
             names = [model] * len(texts)
         adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]
         vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length)
-        return EmbedResult(vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions)
+        return EmbedResult(
+            vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions, tokens
+        )
 
 
 def _adapter_for(expert: LoadedExpert, input_type: InputType) -> str | None:

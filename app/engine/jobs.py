@@ -123,11 +123,13 @@ class EmbedJob:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """Vectors (n, dim) and, per row, the expert whose adapter made it (None: the base encoder)."""
+    """Vectors (n, dim); per row, the expert whose adapter made it (None: the base encoder) and the tokens it read."""
 
     vectors: np.ndarray
     adapters_of: list[str | None]
     decisions: list[RouteDecision] | None = None
+    #: Per row, the tokens the encoder read (special tokens included, after truncation to the length limit).
+    tokens: list[int] | None = None
 
 
 def check_queries(queries: Sequence[str]) -> None:

@@ -70,8 +70,11 @@ CASES: dict[str, Hostile] = {
     "100k inputs": Hostile(
         {"json": {"model": "base", "input": ["q"] * 100_000}}, 413, TOO_LARGE, "100000 inputs", path=EMBED
     ),
-    "100k numbers as inputs": Hostile(
-        {"json": {"model": "base", "input": list(range(100_000))}}, 422, INVALID, "more errors", path=EMBED
+    "100k numbers as inputs": Hostile(  # token ids to OpenAI: refused before anything reads them
+        {"json": {"model": "base", "input": list(range(100_000))}}, 400, "unsupported_input", "takes text", path=EMBED
+    ),
+    "10k mixed inputs": Hostile(
+        {"json": {"model": "base", "input": [*range(5_000), *["q"] * 5_000]}}, 422, INVALID, "more errors", path=EMBED
     ),
     "not UTF-8": Hostile(raw(b'{"query": "\xff\xfe caf\xe9"}'), 422, INVALID, "not UTF-8"),
     "Latin-1 declared": Hostile(

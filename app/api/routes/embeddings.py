@@ -8,15 +8,23 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from app.api.auth import require_search
-from app.api.schemas import EmbeddingOut, EmbeddingsRequest, EmbeddingsResponse, UsageOut, error_responses
-from app.api.state import Serving
-from app.engine.engine import RESERVED_NAMES, EmbedJob
-from app.errors import InvalidRequestError, PayloadTooLargeError
+from app.api.schemas import error_responses
+from app.api.schemas_openai import EmbeddingOut, EmbeddingsRequest, EmbeddingsResponse, UsageOut
+from app.api.state import Runtime, Serving
+from app.engine.engine import AUTO_MODEL, BASE_MODEL, RESERVED_NAMES, EmbedJob, EmbedResult
+from app.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedInputError
 from experts import UnknownExpertError
 
 router = APIRouter(tags=["embeddings"])
 
-_ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422, 429, 503)
+_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+
+#: Why token ids are refused, and the client settings that send text instead.
+TOKEN_IDS_MESSAGE = (
+    "input holds token ids, but this server takes text: it tokenizes with its own encoder's tokenizer, "
+    "which is not the client's (tiktoken). Send strings. LangChain's OpenAIEmbeddings sends token ids by "
+    "default: create it with check_embedding_ctx_length=False."
+)
 
 
 def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
@@ -25,21 +33,17 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
-@router.post(
-    "/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_search)], responses=_ERRORS
-)
-async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsResponse:
-    """Embed `input` with `model`: an expert's adapter, `base` (no adapter), or `auto` (routed per input).
-
-    With query-side experts (the default) the adapter changes only queries:
-    `input_type: document` returns the base vector, which is what the expert's
-    index holds. `usage` counts are 0: token counts are not reported yet.
-    """
-    engine = runtime.engine
+def _check(body: EmbeddingsRequest, runtime: Runtime) -> list[str]:
+    """The request's texts, once everything about it that can be checked before the model runs is valid."""
+    if body.holds_token_ids:
+        raise UnsupportedInputError(TOKEN_IDS_MESSAGE)
     texts = body.texts
-    limit = runtime.settings.max_queries
+    limit = runtime.settings.max_embedding_inputs
     if len(texts) > limit:
-        raise PayloadTooLargeError(f"{len(texts)} inputs in one request; the limit is {limit} (RR_MAX_QUERIES)")
+        raise PayloadTooLargeError(
+            f"{len(texts)} inputs in one request; the limit is {limit} (RR_MAX_EMBEDDING_INPUTS)"
+        )
+    engine = runtime.engine
     if body.dimensions is not None and body.dimensions != engine.encoder.dim:
         raise InvalidRequestError(
             f"dimensions={body.dimensions} is not available: this encoder gives {engine.encoder.dim}-dimensional vectors"
@@ -50,9 +54,48 @@ async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsRes
         raise UnknownExpertError(
             f"Model {body.model!r} not found. Valid models: {[*sorted(RESERVED_NAMES), *sorted(engine.experts)]}"
         )
-    result, _ = await runtime.embeddings.submit(EmbedJob(tuple(texts), model=body.model, input_type=body.input_type))
+    return texts
+
+
+def _answered_by(model: str, results: list[EmbedResult]) -> str:
+    """The response's ``model``: what was asked for, or for ``auto`` the one model every input went to."""
+    if model != AUTO_MODEL:
+        return model
+    used = {expert for result in results for expert in result.adapters_of}
+    if len(used) != 1:
+        return AUTO_MODEL
+    (only,) = used
+    return only or BASE_MODEL
+
+
+@router.post(
+    "/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_search)], responses=_ERRORS
+)
+async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsResponse:
+    """Embed `input` with `model`: an expert's adapter, `base` (no adapter), or `auto` (routed per input).
+
+    With query-side experts (the default) the adapter changes only queries:
+    `input_type: document` returns the base vector, which is what the expert's
+    index holds. A large request is embedded RR_EMBEDDING_TURN_INPUTS inputs
+    at a time, each turn queued like any request, so concurrent searches run
+    between its turns instead of waiting for all of it. `usage` counts the
+    tokens the encoder read.
+    """
+    texts = _check(body, runtime)
+    turn = runtime.settings.embedding_turn_inputs
+    results: list[EmbedResult] = []
+    for start in range(0, len(texts), turn):
+        job = EmbedJob(tuple(texts[start : start + turn]), model=body.model, input_type=body.input_type)
+        result, _ = await runtime.embeddings.submit(job)
+        results.append(result)
+    rows = [(vector, expert) for result in results for vector, expert in zip(result.vectors, result.adapters_of)]
     data = [
         EmbeddingOut(index=i, embedding=_encode(vector, body.encoding_format), expert=expert)
-        for i, (vector, expert) in enumerate(zip(result.vectors, result.adapters_of))
+        for i, (vector, expert) in enumerate(rows)
     ]
-    return EmbeddingsResponse(data=data, model=body.model, usage=UsageOut(prompt_tokens=0, total_tokens=0))
+    tokens = sum(sum(result.tokens or ()) for result in results)
+    return EmbeddingsResponse(
+        data=data,
+        model=_answered_by(body.model, results),
+        usage=UsageOut(prompt_tokens=tokens, total_tokens=tokens),
+    )
