@@ -11,7 +11,6 @@ the same whether 1 or 50 adapters are loaded.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from experts.adapters import check_adapter_fits, read_lora_weights
 from experts.base_model import resolve_model, weights_fingerprint
 from experts.errors import ModelLoadError, UnknownExpertError
 from experts.lora import LoraLayers
+from experts.model_lock import ModelLock
 from experts.quantization import Backend, apply_backend, check_backend
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,9 @@ class Encoder:
     """A Hugging Face encoder with mean pooling, L2 normalisation and named LoRA adapters.
 
     Thread-safe: forward passes and adapter changes are serialised by one lock,
-    because which adapter a pass uses is state of the one shared model.
+    because which adapter a pass uses is state of the one shared model; it is
+    taken per pass, and bulk callers yield to interactive ones between passes
+    (:class:`~experts.model_lock.ModelLock`).
 
     Length bucketing: rows are sorted by token count and cut into passes of
     at most ``batch_size`` rows and ``batch_tokens`` padded tokens (rows x
@@ -107,7 +109,7 @@ class Encoder:
         self.pooling: Pooling = pooling
         self.device = device
         self._lora = LoraLayers(self._base)
-        self._lock = threading.RLock()
+        self._lock = ModelLock()
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
@@ -136,13 +138,13 @@ class Encoder:
         """Load a PEFT LoRA adapter under ``name``; refuses one made for another base model or a LoRA variant."""
         check_adapter_fits(Path(adapter_dir), self._base, base_id=self.model_id)
         weights = read_lora_weights(Path(adapter_dir))  # read outside the lock: passes keep running
-        with self._lock:
+        with self._lock.hold():
             self._lora.add(name, weights)
         logger.info("loaded adapter %r from %s", name, adapter_dir)
 
     def remove_adapter(self, name: str) -> None:
         """Unload an adapter; the base model is as it was before any adapter was added."""
-        with self._lock:
+        with self._lock.hold():
             self._require(name)
             self._lora.remove(name)
         logger.info("removed adapter %r", name)
@@ -160,6 +162,7 @@ class Encoder:
         batch_size: int | None = None,
         max_length: int | None = None,
         cache: bool = False,
+        bulk: bool = False,
     ) -> np.ndarray:
         """Embed texts as L2-normalised float32 rows, shape (n, dim).
 
@@ -167,7 +170,9 @@ class Encoder:
         row, which runs as one mixed batch. Texts are sorted by token length
         before batching so each batch pads to similar lengths; rows come back in
         the caller's order. ``cache=True`` reads and fills the base-vector cache
-        (rows without an adapter only; a no-op when ``cache_size`` is 0).
+        (rows without an adapter only; a no-op when ``cache_size`` is 0). ``bulk=True``
+        lets interactive callers' passes go first between this call's passes
+        (:mod:`experts.model_lock`): for large requests and document builds.
         """
         texts = list(texts)
         rows = self._per_row_experts(expert, len(texts))
@@ -190,9 +195,9 @@ class Encoder:
         ]
         order = np.asarray(todo)[np.argsort([-len(ids) for ids in encoded], kind="stable")]
         ids_of = dict(zip(todo, encoded))
-        with self._lock, torch.inference_mode():
-            for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
-                for part in self._parts(chunk, rows):
+        for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
+            for part in self._parts(chunk, rows):
+                with self._lock.hold(bulk=bulk), torch.inference_mode():  # per pass: see experts.model_lock
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
                     hidden = self._forward(batch, [rows[i] for i in part])
@@ -214,7 +219,7 @@ class Encoder:
     def _from_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray) -> list[int]:
         """Fill ``out`` with the cached base rows; return the rows still to compute."""
         todo = []
-        with self._lock:
+        with self._lock.hold():
             for i, (text, row) in enumerate(zip(texts, rows)):
                 vector = self._cache.get((text, limit)) if row is None else None
                 if vector is None:
@@ -227,7 +232,7 @@ class Encoder:
     def _to_cache(
         self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray, computed: list[int]
     ) -> None:
-        with self._lock:
+        with self._lock.hold():
             for i in computed:
                 if rows[i] is None:
                     self._cache[texts[i], limit] = out[i].copy()

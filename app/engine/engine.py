@@ -250,16 +250,16 @@ class SearchEngine:
         return outcome
 
     def embed_jobs(self, jobs: Sequence[EmbedJob]) -> list[EmbedResult | Exception]:
-        """One outcome per job; jobs asking for the same model and input type share one pass."""
+        """One outcome per job; jobs asking for the same model, input type and priority share one pass."""
         outcomes: list[EmbedResult | Exception | None] = [None] * len(jobs)
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str, bool], list[int]] = defaultdict(list)
         for position, job in enumerate(jobs):
-            groups[job.model, job.input_type].append(position)
+            groups[job.model, job.input_type, job.bulk].append(position)
         with self._holder.lease() as snapshot:
-            for (model, input_type), positions in groups.items():
+            for (model, input_type, bulk), positions in groups.items():
                 texts = [text for p in positions for text in jobs[p].texts]
                 try:
-                    result = self._embed(snapshot, texts, model, input_type)  # type: ignore[arg-type]
+                    result = self._embed(snapshot, texts, model, input_type, bulk=bulk)  # type: ignore[arg-type]
                 except (UnknownExpertError, NoExpertsError) as exc:
                     for p in positions:
                         outcomes[p] = exc
@@ -275,22 +275,25 @@ class SearchEngine:
                     start = end
         return outcomes  # type: ignore[return-value]
 
-    def _embed(self, snapshot: Snapshot, texts: list[str], model: str, input_type: InputType) -> EmbedResult:
+    def _embed(
+        self, snapshot: Snapshot, texts: list[str], model: str, input_type: InputType, *, bulk: bool = False
+    ) -> EmbedResult:
         max_length = self.query_max_length if input_type == "query" else None
         limit = self.encoder.max_length if max_length is None else min(max_length, self.encoder.max_length)
         tokens = [min(count, limit) for count in self.encoder.token_counts(texts)]
         if model == BASE_MODEL:
-            return EmbedResult(self.encoder.embed(texts, max_length=max_length), [None] * len(texts), tokens=tokens)
+            vectors = self.encoder.embed(texts, max_length=max_length, bulk=bulk)
+            return EmbedResult(vectors, [None] * len(texts), tokens=tokens)
         decisions = None
         if model == AUTO_MODEL:
-            base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True)
+            base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True, bulk=bulk)
             decisions = self._decide(snapshot, base, texts, self.policy)
             names = [decision.experts[0] for decision in decisions]
         else:
             self._require(snapshot, model)
             names = [model] * len(texts)
         adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]
-        vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length)
+        vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length, bulk=bulk)
         return EmbedResult(
             vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions, tokens
         )

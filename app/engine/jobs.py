@@ -113,6 +113,8 @@ class EmbedJob:
     texts: tuple[str, ...]
     model: str = BASE_MODEL
     input_type: InputType = "query"
+    #: A turn of a large request: its passes let searches' passes go first (``Encoder.embed(bulk=True)``).
+    bulk: bool = False
 
     def __post_init__(self) -> None:
         check_queries(self.texts)

@@ -111,10 +111,11 @@ def document_embedder(encoder: Encoder, manifest: Manifest, adapter: str | None)
 
     The base encoder for query-side experts (an upsert never touches an
     adapter), the expert's adapter for symmetric ('both') ones; at the
-    document token limit the expert was indexed with.
+    document token limit the expert was indexed with. Bulk work: searches'
+    passes go first between its passes (``Encoder.embed(bulk=True)``).
     """
     expert = adapter if manifest.adapter.embeds_documents else None
-    return sliced(lambda texts: encoder.embed(texts, expert=expert, max_length=manifest.max_length))
+    return sliced(lambda texts: encoder.embed(texts, expert=expert, max_length=manifest.max_length, bulk=True))
 
 
 def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:

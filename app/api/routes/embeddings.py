@@ -76,16 +76,18 @@ async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsRes
 
     With query-side experts (the default) the adapter changes only queries:
     `input_type: document` returns the base vector, which is what the expert's
-    index holds. A large request is embedded RR_EMBEDDING_TURN_INPUTS inputs
-    at a time, each turn queued like any request, so concurrent searches run
-    between its turns instead of waiting for all of it. `usage` counts the
-    tokens the encoder read.
+    index holds. A large request (over RR_EMBEDDING_TURN_INPUTS inputs) is
+    embedded that many inputs at a time, each turn queued like any request, and
+    its forward passes let those of searches go first, so a search waits for at
+    most one of its passes, not for all of it. `usage` counts the tokens the
+    encoder read.
     """
     texts = _check(body, runtime)
     turn = runtime.settings.embedding_turn_inputs
+    bulk = len(texts) > turn
     results: list[EmbedResult] = []
     for start in range(0, len(texts), turn):
-        job = EmbedJob(tuple(texts[start : start + turn]), model=body.model, input_type=body.input_type)
+        job = EmbedJob(tuple(texts[start : start + turn]), model=body.model, input_type=body.input_type, bulk=bulk)
         result, _ = await runtime.embeddings.submit(job)
         results.append(result)
     rows = [(vector, expert) for result in results for vector, expert in zip(result.vectors, result.adapters_of)]
