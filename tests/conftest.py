@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: ../shared/datasets beside the checkout (CI puts shared/ there).
@@ -57,6 +58,23 @@ def make_tiny_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int =
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def cross_encoder_reference(path: Path, query: str, documents: list[str], *, max_length: int = 128) -> np.ndarray:
+    """Each (query, document) alone through transformers (no padding, no batching): what a cross-encoder must give."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    rows = []
+    with torch.inference_mode():
+        for document in documents:
+            # As lists: a bare empty string as text_pair would be read as "no second text" (one [SEP] less).
+            features = tokenizer([query], [document], truncation=True, max_length=max_length, return_tensors="pt")
+            logits = model(**features).logits[0]
+            rows.append(torch.sigmoid(logits[0]) if len(logits) == 1 else torch.softmax(logits, dim=-1)[-1])
+    return np.asarray([float(row) for row in rows], dtype=np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,12 @@ from fastapi import Depends, Request
 from app.api.batching import MicroBatcher
 from app.api.metrics import Metrics
 from app.engine.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
+from app.engine.reranking import RerankJob
 from app.errors import NotReadyError
 from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
+from experts import CrossEncoder, PairScores
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class Runtime:
     documents: DocumentWriter
     searches: MicroBatcher[SearchJob, BatchResult]
     embeddings: MicroBatcher[EmbedJob, EmbedResult]
+    #: The cross-encoder and its micro-batcher (RR_RERANKER); None when reranking is off.
+    reranker: CrossEncoder | None = None
+    reranks: MicroBatcher[RerankJob, list[PairScores]] | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experts import CrossEncoder, ModelLoadError
+from tests.conftest import cross_encoder_reference as direct_scores
 from tests.conftest import make_tiny_cross_encoder
 
 QUERY = "lift of a swept wing"
@@ -21,23 +22,6 @@ DOCUMENTS = [
     "sorting methods on magnetic tape",
     "boundary layer transition on a flat plate",
 ]
-
-
-def direct_scores(path: Path, query: str, documents: list[str], *, max_length: int = 128) -> np.ndarray:
-    """Each pair alone through transformers (no padding, no batching): the reference."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    rows = []
-    with torch.inference_mode():
-        for document in documents:
-            # As lists: a bare empty string as text_pair would be read as "no second text" (one [SEP] less).
-            features = tokenizer([query], [document], truncation=True, max_length=max_length, return_tensors="pt")
-            logits = model(**features).logits[0]
-            rows.append(torch.sigmoid(logits[0]) if len(logits) == 1 else torch.softmax(logits, dim=-1)[-1])
-    return np.asarray([float(row) for row in rows], dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
