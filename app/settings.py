@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
     reranker: str | None = Field(
         None, description="Hugging Face id or local path of a cross-encoder for /v1/rerank and /search's `rerank` "
-        "option; unset = reranking off (those answer 501).",
+        "option; unset = reranking off (those answer 501). Its passes are bounded by batch_tokens too.",
     )  # fmt: skip
     reranker_max_length: int = Field(
         512, ge=8, description="Token limit of one (query, document) pair for the reranker (capped by the model's)."

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from experts.base_model import resolve_model
+from experts.encoder import _buckets  # the encoder's length bucketing: one implementation of it
 from experts.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -54,16 +55,28 @@ class CrossEncoder:
 
     Pairs are cut to ``max_length`` tokens (the longer text first, as
     sentence-transformers does), sorted by length and run in passes of at most
-    ``batch_size`` pairs: a pass pads every pair to its longest, and
-    documents vary from a title to a page. Thread-safe: one lock around the
-    passes, as :class:`~experts.encoder.Encoder` has.
+    ``batch_size`` pairs and ``batch_tokens`` padded tokens (pairs x longest):
+    a pass pads every pair to its longest, documents vary from a title to a
+    page, and on CPU small passes win. Measured on 2 cores, one thread, MiniLM-L6
+    size: 100 scifact abstracts (~350 tokens a pair) took 8.6 s in passes of 32
+    and 6.4 s in passes of 8 (or of 1); 100 titles (~35 tokens) 0.74 s in passes of
+    32, 0.64 s of 8, 1.09 s of 1. ``batch_tokens`` None: ``batch_size`` alone (GPUs).
+    Thread-safe: one lock around the passes, as :class:`~experts.encoder.Encoder` has.
 
     >>> ce = CrossEncoder("cross-encoder/ms-marco-MiniLM-L-6-v2")
     >>> ce.score("lift of a swept wing", ["Swept wings at transonic speed.", "A compiler for ALGOL."])
     array([0.97, 0.0001], dtype=float32)
     """
 
-    def __init__(self, model: str | Path, *, max_length: int = 512, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        max_length: int = 512,
+        batch_size: int = 32,
+        batch_tokens: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -72,6 +85,8 @@ class CrossEncoder:
             raise ValueError(f"max_length must be >= 8 (room for two texts and three special tokens), got {max_length}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1 (or None), got {batch_tokens}")
         self.model_id, source = resolve_model(model)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source)
@@ -101,6 +116,7 @@ class CrossEncoder:
             limits.append(int(self._tokenizer.model_max_length))
         self.max_length = min(limits)
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.device = device
         self._lock = threading.Lock()
         logger.info(
@@ -133,9 +149,9 @@ class CrossEncoder:
             lengths = [len(ids) for ids in encoded["input_ids"]]
             order = np.argsort([-n for n in lengths], kind="stable")
             keys = [key for key in ("input_ids", "token_type_ids") if key in encoded]
+            passes = _buckets(order, [lengths[i] for i in order], rows=self.batch_size, tokens=self.batch_tokens)
             with self._lock, torch.inference_mode():
-                for start in range(0, len(order), self.batch_size):
-                    rows = order[start : start + self.batch_size]
+                for rows in passes:
                     features = {key: [encoded[key][i] for i in rows] for key in keys}
                     padded = self._tokenizer.pad(features, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}

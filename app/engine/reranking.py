@@ -55,7 +55,12 @@ def open_reranker(settings: Settings) -> CrossEncoder | None:
     """The cross-encoder ``RR_RERANKER`` names (on the settings' device), or None when reranking is off."""
     if settings.reranker is None:
         return None
-    return CrossEncoder(settings.reranker, max_length=settings.reranker_max_length, device=settings.device)
+    return CrossEncoder(
+        settings.reranker,
+        max_length=settings.reranker_max_length,
+        batch_tokens=settings.batch_tokens,  # the encoder's length bucketing, for the same reason (CPU caches)
+        device=settings.device,
+    )
 
 
 def rerank_jobs(reranker: CrossEncoder, jobs: Sequence[RerankJob]) -> list[list[PairScores]]:

@@ -57,6 +57,15 @@ def test_score_many_shares_passes_and_counts_the_tokens_read(
         cross_encoder.score_many([(QUERY, "a bare string")])
 
 
+def test_a_token_budget_per_pass_changes_the_passes_not_the_scores(
+    cross_encoder: CrossEncoder, tiny_cross_encoder_path: Path
+) -> None:
+    budget = CrossEncoder(tiny_cross_encoder_path, batch_size=32, batch_tokens=40)  # the long pair alone is 128
+    np.testing.assert_allclose(budget.score(QUERY, DOCUMENTS), cross_encoder.score(QUERY, DOCUMENTS), atol=1e-6)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        CrossEncoder(tiny_cross_encoder_path, batch_tokens=0)
+
+
 def test_long_pairs_are_cut_to_the_models_positions(tiny_cross_encoder_path: Path) -> None:
     long = ["wing " * 400, "drag " * 50]
     cut = CrossEncoder(tiny_cross_encoder_path, max_length=512)
