@@ -47,6 +47,12 @@ def reranker_id(runtime: Runtime) -> str:
     return runtime.settings.reranker or ""
 
 
+def rerank_models(runtime: Runtime) -> list[str]:
+    """What ``model`` may name: ``default``, RR_RERANKER as written, and as resolved (a local path made absolute)."""
+    resolved = [runtime.reranker.model_id] if runtime.reranker is not None else []
+    return sorted({DEFAULT_MODEL, reranker_id(runtime), *resolved})
+
+
 @router.post("/v1/rerank", response_model=RerankResponse, dependencies=[Depends(require_search)], responses=_ERRORS)
 @router.post("/v2/rerank", response_model=RerankResponse, dependencies=[Depends(require_search)], responses=_ERRORS)
 async def rerank(body: RerankRequest, runtime: Serving) -> RerankResponse:
@@ -57,10 +63,8 @@ async def rerank(body: RerankRequest, runtime: Serving) -> RerankResponse:
     501 when the server runs without a reranker (RR_RERANKER unset).
     """
     reranks = reranks_of(runtime)
-    name = reranker_id(runtime)
-    valid = sorted({name, DEFAULT_MODEL, runtime.reranker.model_id if runtime.reranker else name})
-    if body.model is not None and body.model not in valid:
-        raise UnknownModelError(f"Model {body.model!r} not found. Valid rerank models: {valid}")
+    if body.model is not None and body.model not in rerank_models(runtime):
+        raise UnknownModelError(f"Model {body.model!r} not found. Valid rerank models: {rerank_models(runtime)}")
     texts = body.texts
     limit = runtime.settings.max_rerank_documents
     if len(texts) > limit:
@@ -77,5 +81,8 @@ async def rerank(body: RerankRequest, runtime: Serving) -> RerankResponse:
         for i in ranked(scored.scores, body.top_n)
     ]
     return RerankResponse(
-        id=str(uuid.uuid4()), model=name, results=results, usage=RerankUsageOut(total_tokens=scored.tokens)
+        id=str(uuid.uuid4()),
+        model=reranker_id(runtime),
+        results=results,
+        usage=RerankUsageOut(total_tokens=scored.tokens),
     )
