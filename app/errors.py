@@ -14,9 +14,11 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ├── PermissionDeniedError         403 forbidden           wrong key, admin API disabled
     │   └── PathNotAllowedError       403 path_not_allowed    outside the data root
     ├── UnknownDocumentError          404 unknown_document    no such document id in the expert
+    ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
     ├── ConflictError                 409 conflict            already published, reserved name
     │   └── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
+    ├── FeatureUnavailableError       501 not_implemented     reranking without RR_RERANKER, or on Ray Serve
     ├── ExpertUnavailableError        503 expert_unavailable  published, but its files failed to load
     └── NotReadyError                 503 not_ready           still loading, shutting down (Retry-After)
 """
@@ -81,6 +83,10 @@ class UnknownDocumentError(ServiceError):
     status, type = 404, "unknown_document"
 
 
+class UnknownModelError(ServiceError):
+    status, type = 404, "unknown_model"
+
+
 class ConflictError(ServiceError):
     status, type = 409, "conflict"
 
@@ -96,6 +102,12 @@ class OverloadedError(ServiceError):
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class FeatureUnavailableError(ServiceError):
+    """A feature this server does not offer as configured; the message says how to get it (not a client mistake)."""
+
+    status, type = 501, "not_implemented"
 
 
 class ExpertUnavailableError(ServiceError):

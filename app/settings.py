@@ -91,6 +91,17 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1, description="Dense share of a weighted hybrid fusion, for experts whose manifest tunes none."
     )
     hybrid_candidates: int = Field(200, ge=1, le=10_000, description="Candidates each side gives a hybrid fusion.")
+    reranker: str | None = Field(
+        None, description="Hugging Face id or local path of a cross-encoder for /v1/rerank and /search's `rerank` "
+        "option; unset = reranking off (those answer 501). Its passes are bounded by batch_tokens too.",
+    )  # fmt: skip
+    reranker_max_length: int = Field(
+        512, ge=8, description="Token limit of one (query, document) pair for the reranker (capped by the model's)."
+    )
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="Documents per /v1/rerank request, and queries x candidates per reranked search "
+        "(413 above).",
+    )  # fmt: skip
     datasets_dir: Path = Field(Path("../shared/datasets"), description="BEIR collections used by the demo.")
 
     # ------------------------------------------------------------------ service

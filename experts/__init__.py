@@ -1,4 +1,4 @@
-"""The shared encoder, LoRA adapters, the expert directory format and adapter training (the only package importing torch)."""
+"""The shared encoder, the reranking cross-encoder, LoRA adapters, the expert directory format and adapter training (the only package importing torch)."""
 
 from experts.adapters import (
     DEFAULT_TARGET_MODULES,
@@ -9,6 +9,7 @@ from experts.adapters import (
 )
 from experts.atomic import atomic_save_npy, atomic_write_bytes, fsync_dir, fsync_tree
 from experts.base_model import DEFAULT_MODEL_ID, resolve_model, weights_fingerprint
+from experts.cross_encoder import CrossEncoder, PairScores
 from experts.encoder import Encoder, ExpertChoice
 from experts.errors import (
     AdapterMismatchError,
@@ -53,6 +54,7 @@ __all__ = [
     "BaseModelInfo",
     "ChecksumMismatchError",
     "ChunkingError",
+    "CrossEncoder",
     "DEFAULT_MODEL_ID",
     "DEFAULT_OVERLAP",
     "DEFAULT_TARGET_MODULES",
@@ -67,6 +69,7 @@ __all__ = [
     "MissingFileError",
     "ModelLoadError",
     "NegativeSearch",
+    "PairScores",
     "PilotsSection",
     "RetrievalSection",
     "TrainConfig",

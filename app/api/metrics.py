@@ -139,7 +139,7 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "rr_stage_duration_seconds",
-            "Time per micro-batch stage (queue, base, route, expert, search).",
+            "Time per micro-batch stage (queue, base, route, expert, search, rerank).",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

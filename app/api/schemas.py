@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.api.schemas_rerank import SearchRerankOptions
 from app.engine.jobs import SearchResult
 from app.engine.output import result_dict
 from experts import check_expert_name
@@ -105,6 +106,7 @@ class SearchRequest(_Strict):
                 },
                 {"query": "compiler optimisation", "k": 10, "expert": "cacm"},
                 {"query": "vitamin D and fractures", "k": 5, "filter": {"year": {"gte": 2010}, "lang": "en"}},
+                {"query": "vitamin D and fractures", "k": 10, "rerank": {"top_n": 50}},
             ]
         },
     )
@@ -139,6 +141,10 @@ class SearchRequest(_Strict):
         "(`gt`, `gte`, `lt`, `lte`), combined with `and` / `or` / `not`. Applied inside the search, so a query "
         "gets `k` hits whenever `k` documents match. A field no expert has is a 422 naming the clause.",
     )
+    rerank: SearchRerankOptions | None = Field(
+        None, description="Rescore each query's best `top_n` candidates with the cross-encoder (RR_RERANKER; 501 "
+        "without one) and return the best `k` by its score (`rerank_score`).",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchRequest:
@@ -169,6 +175,7 @@ class HitOut(BaseModel):
         description="Character offsets [start, end) in `text` of the chunk that matched best, for documents "
         "split into chunks (null: the document was searched whole).",
     )
+    rerank_score: float | None = Field(None, description="The cross-encoder's relevance, 0 to 1 (null: not reranked).")
 
 
 class RouteOut(BaseModel):
@@ -201,7 +208,7 @@ class BatchOut(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[QueryResultOut]
-    timings_ms: dict[str, float] = Field(description="queue, base, route, expert, search and total, in ms.")
+    timings_ms: dict[str, float] = Field(description="queue, base, route, expert, search, rerank and total, in ms.")
     batch: BatchOut
 
     @classmethod

@@ -15,10 +15,12 @@ from fastapi import Depends, Request
 from app.api.batching import MicroBatcher
 from app.api.metrics import Metrics
 from app.engine.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
+from app.engine.reranking import RerankJob
 from app.errors import NotReadyError
 from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
+from experts import CrossEncoder, PairScores
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Runtime:
     embeddings: MicroBatcher[EmbedJob, EmbedResult]
     #: Unix time the runtime was built: ``created`` of ``base`` and ``auto`` in ``/v1/models``.
     started_at: float = field(default_factory=time.time)
+    #: The cross-encoder and its micro-batcher (RR_RERANKER); None when reranking is off.
+    reranker: CrossEncoder | None = None
+    reranks: MicroBatcher[RerankJob, list[PairScores]] | None = None
 
 
 @dataclass

@@ -30,7 +30,8 @@ class ExpertHit:
 
     ``score`` ranks the list (cosine, BM25, or the fused score); ``dense_score``
     and ``lexical_score`` are the raw scores behind it, None where that side did
-    not retrieve the document (or did not run).
+    not retrieve the document (or did not run). After a rerank the list is in
+    ``rerank_score`` order and ``score`` keeps the retrieval score.
     """
 
     expert: str
@@ -43,6 +44,8 @@ class ExpertHit:
     lexical_score: float | None = None
     #: Character offsets in ``text`` of the passage that matched, where the document was split into chunks.
     span: tuple[int, int] | None = None
+    #: The cross-encoder's relevance in [0, 1] when the search was reranked (:mod:`app.engine.reranking`).
+    rerank_score: float | None = None
 
     @classmethod
     def of(cls, expert: str, scored: ScoredHit) -> ExpertHit:

@@ -42,7 +42,7 @@ from app.engine.jobs import ExpertHit, SearchResult
 from app.engine.loading import open_encoder
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import RetrievalOptions, requested_retrieval
-from app.errors import ExpertUnavailableError, PayloadTooLargeError, ServiceError
+from app.errors import ExpertUnavailableError, FeatureUnavailableError, PayloadTooLargeError, ServiceError
 from app.publishing.publisher import ExpertPublisher
 from app.ray_serve.admin import IngressAdmin
 from app.ray_serve.metrics import IngressMetrics
@@ -152,6 +152,11 @@ class Ingress:
     async def search(self, body: SearchRequest) -> SearchResponse:
         """``rr serve``'s ``POST /search``: routed here, searched by the replicas holding each expert."""
         started = time.perf_counter()
+        if body.rerank is not None:  # refused, not ignored: the client would take routed order for reranked order
+            raise FeatureUnavailableError(
+                "reranking is served by `rr serve` only: this is the Ray Serve ingress, which holds no cross-encoder; "
+                "send the search without `rerank`, or to `rr serve` with RR_RERANKER set"
+            )
         texts = body.texts
         limit = self.settings.max_queries
         if len(texts) > limit:

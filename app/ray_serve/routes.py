@@ -10,7 +10,8 @@ the replica's :class:`~app.ray_serve.ingress.Ingress` through ``Depends``.
 
 Served here: ``POST /search``, ``POST /admin/experts`` (JSON ``{"path"}``),
 ``DELETE /admin/experts/{name}``, ``/healthz``, ``/readyz``, ``/metrics``.
-Embeddings, listings, archive uploads and the console stay on ``rr serve``.
+Embeddings, reranking (a search with ``rerank`` is a 501), listings, archive uploads and the console stay on
+``rr serve``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ ops_router = APIRouter(tags=["operations"])
     "/search",
     response_model=SearchResponse,
     dependencies=[Depends(require_search)],
-    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 501, 503),
 )
 async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
     """``rr serve``'s search: each query routed on pilots and corpus votes, searched by a replica holding its expert."""

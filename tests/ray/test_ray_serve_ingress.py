@@ -120,6 +120,13 @@ def test_limits_and_validation_give_rr_serves_error_bodies(served: Served) -> No
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "unknown_expert"
 
 
+def test_a_search_with_rerank_is_refused_not_answered_in_routed_order(served: Served) -> None:
+    refused = served.search({"query": "wing", "rerank": {"top_n": 5}})
+    assert refused.status_code == 501, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "not_implemented" and "reranking is served by `rr serve` only" in error["message"]
+
+
 def _compare(got: dict[str, object], expected: object) -> None:
     route = got["route"]  # type: ignore[index]
     decision = expected.decision  # type: ignore[attr-defined]

@@ -50,9 +50,10 @@ OPERATIONS = {operation.label: operation for operation in (result.ok() for resul
 
 @pytest.fixture(scope="module")
 def fuzzed_server(
-    template_root: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory
+    template_root: Path, tiny_bert_path: Path, tiny_cross_encoder_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("fuzz")) as server:
+    env = {"RR_RERANKER": str(tiny_cross_encoder_path)}  # with one, valid rerank requests are answered, not a 501
+    with forked_server(template_root, tiny_bert_path, tmp_path_factory.mktemp("fuzz"), env=env) as server:
         yield server
     assert ADMIN_KEY not in server.log_path.read_text()
 

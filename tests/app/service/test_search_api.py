@@ -35,7 +35,8 @@ def test_a_routed_search_says_which_expert_answered_and_why(client: TestClient) 
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert {"id", "score", "title", "text", "metadata", "expert", "dense_score", "lexical_score", "span"} == set(
         hits[0]
-    )
+    ) - {"rerank_score"}
+    assert hits[0]["rerank_score"] is None  # not reranked (test_rerank_api.py)
     assert result["mode"] == "dense" and hits[0]["dense_score"] == hits[0]["score"] and hits[0]["lexical_score"] is None
     assert {"queue_ms", "base_ms", "route_ms", "expert_ms", "search_ms", "total_ms"} <= set(body["timings_ms"])
     assert body["batch"]["requests"] >= 1 and body["batch"]["queries"] >= 1
