@@ -96,7 +96,12 @@ def measure(url: str, queries: list[str], inputs: list[str], idle_s: float, pid:
     busy_p50, busy_p95 = percentiles(busy, [50, 95])
     return {
         "idle": {"searches": len(idle), "p50_ms": round(idle_p50, 1), "p95_ms": round(idle_p95, 1)},
-        "busy": {"searches": len(busy), "p50_ms": round(busy_p50, 1), "p95_ms": round(busy_p95, 1)},
+        "busy": {
+            "searches": len(busy),
+            "p50_ms": round(busy_p50, 1),
+            "p95_ms": round(busy_p95, 1),
+            "max_ms": round(max(busy), 1),
+        },
         "p50_ratio": round(busy_p50 / idle_p50, 2),
         "p95_ratio": round(busy_p95 / idle_p95, 2),
         "embeddings_s": round(embed_ms[0] / 1000, 1),
