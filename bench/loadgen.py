@@ -1,4 +1,4 @@
-"""Closed-loop load generator for ``POST /search`` on a loopback server (used by bench/search_load.py).
+"""Closed-loop load generator for ``POST /search`` (or ``--path``) on a loopback server (bench/search_load.py, bench/peer_infinity.py).
 
 Run by hand (not in CI)::
 
@@ -90,7 +90,9 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def client(host: str, port: int, bodies: list[bytes], start: int, recorder: Recorder, timeout: float) -> None:
+async def client(
+    host: str, port: int, path: str, bodies: list[bytes], start: int, recorder: Recorder, timeout: float
+) -> None:
     connection = Connection(host, port)
     position = start
     loop = asyncio.get_running_loop()
@@ -100,7 +102,7 @@ async def client(host: str, port: int, bodies: list[bytes], start: int, recorder
             position += 1
             began = loop.time()
             try:
-                status, payload = await asyncio.wait_for(connection.post("/search", body), timeout)
+                status, payload = await asyncio.wait_for(connection.post(path, body), timeout)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 recorder.failures.append(f"{type(exc).__name__}: {exc}")
                 await connection.close()
@@ -128,7 +130,7 @@ async def drive(args: argparse.Namespace, bodies: list[bytes]) -> dict:
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     stride = max(len(bodies) // args.clients, 1)
     tasks = [
-        asyncio.create_task(client(args.host, args.port, bodies, i * stride, recorder, args.timeout))
+        asyncio.create_task(client(args.host, args.port, args.path, bodies, i * stride, recorder, args.timeout))
         for i in range(args.clients)
     ]
     await asyncio.gather(*tasks)
@@ -187,6 +189,7 @@ def main() -> None:
     parser.add_argument(
         "--queries", type=Path, required=True, help='JSON list of request bodies, e.g. [{"query": "...", "k": 10}]'
     )
+    parser.add_argument("--path", default="/search", help="the route posted to (e.g. /v1/embeddings, /embeddings)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here (else print it)")
     args = parser.parse_args()
     if not ipaddress.ip_address(args.host).is_loopback:

