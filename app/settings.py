@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
+    # Chosen on pseudo queries (bench/routing_evidence.py --split dev): 94.2% against 93.7% routing, macro.
+    router_vote_idf: Literal["shared", "own"] = Field(
+        "shared",
+        description="BM25 votes weigh terms by the IDF of all routed collections together (comparable across "
+        "collections), or by each collection's own.",
+    )
     # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
     # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
     route_top_k: int = Field(
@@ -172,6 +178,7 @@ class Settings(BaseSettings):
             retrieval=retrieval,
             evidence=self.router_evidence,
             vote_depth=self.router_vote_depth,
+            vote_idf=self.router_vote_idf,
             long_queries=self.long_queries,
             policy=self.route_policy(),
         )

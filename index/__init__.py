@@ -57,6 +57,7 @@ from index.store.filters import (
     parse_filter,
 )
 from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.store.shared_idf import SharedIdf
 
 __all__ = [
     "Analyzer",
@@ -108,6 +109,7 @@ __all__ = [
     "OutputExistsError",
     "ReadOnlyError",
     "SearchParams",
+    "SharedIdf",
     "SplitFn",
     "UnknownFieldError",
     "UpsertReport",

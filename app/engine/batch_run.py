@@ -204,7 +204,14 @@ class BatchRun:
             return None
         views = [self.views[name] for name in self.snapshot.router.experts]
         texts = [self.rows[row][1] for row in rows]
-        return corpus_votes(views, base[rows], texts, evidence=self.engine.evidence, depth=self.engine.vote_depth)
+        return corpus_votes(
+            views,
+            base[rows],
+            texts,
+            evidence=self.engine.evidence,
+            depth=self.engine.vote_depth,
+            shared_idf=self.engine.shared_idf(self.snapshot),
+        )
 
     def _depth(self, row: int, decision: RouteDecision) -> int:
         """Hits to fetch for one (row, expert) pair: the job's ``k``, or the merge depth when a score merge follows."""

@@ -18,6 +18,10 @@ from router import AGGREGATES, Aggregate, RoutePolicy
 
 __all__ = ["LONG_QUERIES", "EngineConfig", "LongQueries"]
 
+#: How BM25 votes weigh a term: by the IDF of all routed collections together, or by each collection's own.
+VoteIdf = Literal["shared", "own"]
+VOTE_IDF: tuple[VoteIdf, ...] = ("shared", "own")
+
 #: What a query over the token limit gets: cut to the limit (and told so), or refused (413).
 LongQueries = Literal["truncate", "error"]
 LONG_QUERIES: tuple[LongQueries, ...] = ("truncate", "error")
@@ -42,6 +46,9 @@ class EngineConfig:
     #: index (base vector) and/or BM25 index, ``vote_depth`` deep.
     evidence: RouteEvidence = "none"
     vote_depth: int = 20
+    #: BM25 votes: scored with every routed collection's IDF together (comparable across collections), or each
+    #: collection's own (see :mod:`index.store.shared_idf`).
+    vote_idf: VoteIdf = "shared"
     long_queries: LongQueries = "truncate"
     #: How a search with no routing policy of its own is routed and merged.
     policy: RoutePolicy = field(default_factory=RoutePolicy)
@@ -49,6 +56,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.evidence not in ROUTE_EVIDENCE:
             raise ValueError(f"Invalid evidence {self.evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+        if self.vote_idf not in VOTE_IDF:
+            raise ValueError(f"Invalid vote_idf {self.vote_idf!r}. Valid choices are: {', '.join(VOTE_IDF)}")
         if self.long_queries not in LONG_QUERIES:
             valid = ", ".join(LONG_QUERIES)
             raise ValueError(f"Invalid long_queries {self.long_queries!r}. Valid choices are: {valid}")

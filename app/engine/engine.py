@@ -42,7 +42,7 @@ from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.votes import RouteEvidence, corpus_votes
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
-from index import FilterExpr
+from index import FilterExpr, SharedIdf
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class SearchEngine:
         self.long_queries: LongQueries = config.long_queries
         self.evidence: RouteEvidence = config.evidence
         self.vote_depth = config.vote_depth
+        self.vote_idf = config.vote_idf
         self.retrieval = config.retrieval
         self.policy = config.policy
         empty = Snapshot({}, Router({}, aggregate=config.aggregate, neighbours=config.neighbours))
@@ -211,8 +212,14 @@ class SearchEngine:
         votes = None
         if self.evidence != "none" and len(texts):
             views = [snapshot.experts[name].view() for name in router.experts]
-            votes = corpus_votes(views, base, texts, evidence=self.evidence, depth=self.vote_depth)
+            votes = corpus_votes(
+                views, base, texts, evidence=self.evidence, depth=self.vote_depth, shared_idf=self.shared_idf(snapshot)
+            )
         return router.route(base, policy=policy, evidence=votes)
+
+    def shared_idf(self, snapshot: Snapshot) -> SharedIdf | None:
+        """What BM25 votes are scored with: the routed collections' shared IDF, or None for each its own."""
+        return snapshot.shared_idf if self.vote_idf == "shared" and "bm25" in self.evidence else None
 
     def search(
         self,

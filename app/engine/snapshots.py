@@ -18,9 +18,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Generic, TypeVar
 
 from app.engine.loading import LoadedExpert
+from index import SharedIdf
 from router import Router
 
 logger = logging.getLogger(__name__)
@@ -128,3 +130,13 @@ class Snapshot:
 
     experts: Mapping[str, LoadedExpert]
     router: Router
+
+    @cached_property
+    def shared_idf(self) -> SharedIdf:
+        """Document frequencies over the routed experts' BM25 indexes: the router's BM25 votes compare on one IDF.
+
+        Computed on first use per snapshot (a merge or a publish makes a new one); documents written since an
+        expert's last merge are searched but not counted.
+        """
+        collections = [self.experts[name].collection for name in self.router.experts if name in self.experts]
+        return SharedIdf.over(c.lexical.document_frequencies() for c in collections if c.has_lexical)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from index import LiveView
+from index import LiveView, SharedIdf
 from router import document_votes
 
 __all__ = ["ROUTE_EVIDENCE", "RouteEvidence", "corpus_votes"]
@@ -27,7 +27,13 @@ ROUTE_EVIDENCE: tuple[RouteEvidence, ...] = ("none", "documents", "bm25", "docum
 
 
 def corpus_votes(
-    views: Sequence[LiveView], base: np.ndarray, texts: Sequence[str], *, evidence: RouteEvidence, depth: int
+    views: Sequence[LiveView],
+    base: np.ndarray,
+    texts: Sequence[str],
+    *,
+    evidence: RouteEvidence,
+    depth: int,
+    shared_idf: SharedIdf | None = None,
 ) -> np.ndarray | None:
     """(n, E) votes of the collections ``views`` (the router's experts, in its order) for n queries; None when off.
 
@@ -35,7 +41,9 @@ def corpus_votes(
     index (``documents``); ``texts`` the queries, searched in every BM25 index
     (``bm25``); each kind gives each expert its share of the ``depth`` best
     documents over all of them, and ``documents+bm25`` adds the two. An expert
-    without a BM25 index gets no lexical votes. The caller takes the views once
+    without a BM25 index gets no lexical votes. ``shared_idf``: BM25 scored
+    with every collection's IDF together, so that scores compare across
+    collections (:mod:`index.store.shared_idf`); None: each its own. The caller takes the views once
     (one per expert, as a search batch does), so every expert is asked about
     the same moment of its documents.
 
@@ -53,6 +61,9 @@ def corpus_votes(
     if evidence in ("bm25", "documents+bm25"):
         queries = list(texts)
         none = np.zeros((len(queries), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
-        scores = [view.search_lexical(queries, depth)[0] if view.has_lexical else none for view in views]
+        scores = [
+            view.search_lexical(queries, depth, shared_idf=shared_idf)[0] if view.has_lexical else none
+            for view in views
+        ]
         votes += document_votes(scores, depth=depth)
     return votes

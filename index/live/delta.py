@@ -21,6 +21,7 @@ from index.live.log import LogEntry
 from index.store.analysis import Analyzer, LexicalSettings
 from index.store.chunk_map import search_collapsed
 from index.store.lexical import LexicalIndex
+from index.store.shared_idf import SharedIdf
 
 __all__ = ["DeltaSegment", "no_hits"]
 
@@ -177,9 +178,11 @@ class DeltaSegment:
             return None
         return entry.spans[int(np.argmax(entry.vectors @ query))]
 
-    def search_lexical(self, texts: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search_lexical(
+        self, texts: Sequence[str], k: int, allowed: np.ndarray | None, *, shared_idf: SharedIdf | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         lexical = self.lexical
         if lexical is None:
             return no_hits(len(texts), k)
         wanted = None if allowed is None else np.intersect1d(allowed, self.row_ids, assume_unique=True)
-        return lexical.search(texts, k, allowed=wanted)
+        return lexical.search(texts, k, allowed=wanted, shared_idf=shared_idf)

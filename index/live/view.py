@@ -48,6 +48,7 @@ from index.long_documents import text_span
 from index.store.collection import Collection, Hit
 from index.store.dense import DenseIndex
 from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
+from index.store.shared_idf import SharedIdf
 
 __all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live.delta
 
@@ -229,12 +230,13 @@ class LiveView:
         return merge_top_k([main, self.delta.search_dense(queries, k, allowed)], k)
 
     def search_lexical(
-        self, texts: Sequence[str], k: int, *, allowed: np.ndarray | None = None
+        self, texts: Sequence[str], k: int, *, allowed: np.ndarray | None = None, shared_idf: SharedIdf | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-``k`` of the live view: (nq, k) float32 scores, (nq, k) int64 row ids (-inf / -1 pads).
 
         Main and delta are scored by their own BM25 indexes and merged by score
-        (see the module docstring on their IDF statistics).
+        (see the module docstring on their IDF statistics); ``shared_idf``
+        scores both with several collections' IDF instead (the router's votes).
         """
         if not self.main.has_lexical:
             raise NoLexicalIndexError(
@@ -246,11 +248,15 @@ class LiveView:
         allowed = check_allowed(allowed)
         if allowed is None:
             depth = k + len(self.main_dead)
-            main = _drop(*self.main.search_lexical(texts, depth), self.main_dead)
+            main = _drop(*self.main.search_lexical(texts, depth, shared_idf=shared_idf), self.main_dead)
         else:
             wanted = self._allowed_main(allowed)
-            main = self.main.search_lexical(texts, k, allowed=wanted) if len(wanted) else no_hits(len(texts), k)
-        return merge_top_k([main, self.delta.search_lexical(texts, k, allowed)], k)
+            main = (
+                self.main.search_lexical(texts, k, allowed=wanted, shared_idf=shared_idf)
+                if len(wanted)
+                else no_hits(len(texts), k)
+            )
+        return merge_top_k([main, self.delta.search_lexical(texts, k, allowed, shared_idf=shared_idf)], k)
 
     def hits(self, scores: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None) -> list[list[Hit]]:
         """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`; one docstore fetch.

@@ -38,6 +38,7 @@ from index.store.dense import DenseIndex, SearchParams
 from index.store.docstore import DocStore
 from index.store.filters import FieldInfo, FilterExpr
 from index.store.lexical import LexicalIndex
+from index.store.shared_idf import SharedIdf
 
 __all__ = [
     "DENSE_FILE",
@@ -342,21 +343,27 @@ class Collection:
         return self._docstore.metadata_fields()
 
     def search_lexical(
-        self, queries: Sequence[str], k: int, *, allowed: Iterable[int] | np.ndarray | None = None
+        self,
+        queries: Sequence[str],
+        k: int,
+        *,
+        allowed: Iterable[int] | np.ndarray | None = None,
+        shared_idf: SharedIdf | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-``k`` per query text: (nq, k) float32 scores, (nq, k) int64 row ids (-inf / -1 pads).
 
         The same shapes, order and ids as :meth:`DenseIndex.search`, so the two
         lists can be fused by id; :meth:`hits` turns either into documents.
         ``allowed`` restricts the results to those row ids (what :meth:`select`
-        returns), applied inside bm25s as a weight mask, like the dense side.
+        returns), applied inside bm25s as a weight mask, like the dense side;
+        ``shared_idf`` scores with several collections' IDF (the router's votes).
         Safe to call from several threads.
 
         >>> scores, ids = collection.search_lexical(["heat transfer"], 10)  # doctest: +SKIP
         >>> collection.hits(scores, ids)[0][0].id
         '1234'
         """
-        return self.lexical.search(queries, k, allowed=allowed)
+        return self.lexical.search(queries, k, allowed=allowed, shared_idf=shared_idf)
 
     def hits(self, scores: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None) -> list[list[Hit]]:
         """(nq, k) scores and row ids (-1 = no hit) -> ``nq`` lists of :class:`Hit`, one docstore fetch.

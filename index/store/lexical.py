@@ -44,6 +44,7 @@ from bm25s.tokenization import Tokenized
 from index.atomic import atomic_write, fsync_dir, fsync_file
 from index.errors import IndexFileError, InvalidParameterError
 from index.store.analysis import METHODS_WITH_NONOCCURRENCE, Analyzer, LexicalSettings
+from index.store.shared_idf import SharedIdf, shared_idf_top_k
 
 __all__ = ["LEXICAL_FILES", "LexicalIndex", "lexical_files"]
 
@@ -141,6 +142,7 @@ class LexicalIndex:
         self._row_ids = row_ids
         self._settings = settings
         self._analyzer = Analyzer(settings)
+        self._frequencies: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -217,6 +219,16 @@ class LexicalIndex:
 
     def __len__(self) -> int:
         return len(self._row_ids)
+
+    def document_frequencies(self) -> tuple[int, dict[str, int]]:
+        """(documents, stem -> documents holding it): this index's share of a :class:`SharedIdf`."""
+        if self._frequencies is None:  # computed once; a benign race computes the same dict twice
+            indptr = np.asarray(self._retriever.scores["indptr"])
+            counts = np.diff(indptr)
+            self._frequencies = {
+                stem: int(counts[column]) for stem, column in self._retriever.vocab_dict.items() if column < len(counts)
+            }
+        return len(self._row_ids), self._frequencies
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> tuple[str, ...]:
@@ -324,7 +336,12 @@ class LexicalIndex:
         return mask
 
     def search(
-        self, queries: Sequence[str], k: int, *, allowed: Iterable[int] | np.ndarray | None = None
+        self,
+        queries: Sequence[str],
+        k: int,
+        *,
+        allowed: Iterable[int] | np.ndarray | None = None,
+        shared_idf: SharedIdf | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by BM25: (nq, k) float32 scores, (nq, k) int64 row ids, like :meth:`DenseIndex.search`.
 
@@ -332,8 +349,11 @@ class LexicalIndex:
         is padded with id -1 and score -inf (a query of stopwords only, or of
         words the collection lacks, gets no hits). ``allowed``: row ids the
         results are restricted to (a metadata filter), applied inside bm25s as
-        a weight mask; ids not in the index are ignored. Safe to call from
-        several threads: bm25s's retrieval only reads the index.
+        a weight mask; ids not in the index are ignored. ``shared_idf``: weigh
+        terms by the IDF of several indexes together, so that scores compare
+        across them (:mod:`index.store.shared_idf`; BM25L and BM25+ keep their
+        own). Safe to call from several threads: bm25s's retrieval only reads
+        the index.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise InvalidParameterError(f"k must be a positive integer, got {k!r}")
@@ -347,10 +367,33 @@ class LexicalIndex:
         if not rows or self.vocabulary_size == 0 or (mask is not None and not mask.any()):
             return scores, ids  # (bm25s cannot score against an empty vocabulary at all)
         top = min(k, len(self._row_ids))
+        if shared_idf is not None and self._settings.method not in METHODS_WITH_NONOCCURRENCE:
+            return self._search_shared(terms, rows, top, k, shared_idf, mask)
         positions, found = self._retriever.retrieve(
             [terms[i] for i in rows], k=top, show_progress=False, n_threads=0, weight_mask=mask
         )
         hit = found > 0  # a document without any query stem scores exactly 0; sorted, so hits come first
         scores[rows, :top] = np.where(hit, found, -np.inf)
         ids[rows, :top] = np.where(hit, self._row_ids[positions], -1)
+        return scores, ids
+
+    def _search_shared(
+        self, terms: list[list[str]], rows: list[int], top: int, k: int, shared: SharedIdf, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        vocab, matrix = self._retriever.vocab_dict, self._retriever.scores
+        stems = [[stem for stem in terms[i] if stem in vocab] for i in rows]
+        found, positions = shared_idf_top_k(
+            (np.asarray(matrix["data"]), np.asarray(matrix["indices"]), np.asarray(matrix["indptr"])),
+            [[vocab[stem] for stem in row] for row in stems],
+            stems,
+            top,
+            shared=shared,
+            method=self._settings.method,
+            documents=len(self._row_ids),
+            mask=mask,
+        )
+        scores = np.full((len(terms), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(terms), k), -1, dtype=np.int64)
+        scores[rows, :top] = found
+        ids[rows, :top] = np.where(positions >= 0, self._row_ids[positions.clip(min=0)], -1)
         return scores, ids
