@@ -79,6 +79,22 @@ def dev_queries(engine: SearchEngine, name: str, *, sample: int, seed: int) -> J
     return JudgedQueries(name, ids, texts, qrels, "pseudo queries (dev)")
 
 
+class SharedIdfView:
+    """An expert's live view whose BM25 search scores with the routed collections' shared IDF (``--lexical-idf``)."""
+
+    def __init__(self, view, shared) -> None:
+        self._view, self._shared = view, shared
+
+    def search_lexical(self, texts, k, *, allowed=None):
+        return self._view.search_lexical(texts, k, allowed=allowed, shared_idf=self._shared)
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
+
+LEXICAL_IDF = "own"
+
+
 def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_pilot: str | None = None):
     """Router scores (n, E) in ``names`` order, and per expert its hybrid hits for every query.
 
@@ -100,7 +116,11 @@ def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_
         expert = engine.experts[name]
         retrieval = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
         vectors = engine.encoder.embed(list(texts), expert=expert.adapter, max_length=engine.query_max_length)
-        found = search_collection(expert.view(), list(texts), vectors, [(k, retrieval)] * len(texts))
+        view = expert.view()
+        if LEXICAL_IDF == "shared":
+            with engine._holder.lease() as snapshot:
+                view = SharedIdfView(view, snapshot.shared_idf)
+        found = search_collection(view, list(texts), vectors, [(k, retrieval)] * len(texts))
         lists[name] = [[(f"{name}/{s.hit.id}", float(s.hit.score), s.dense, s.lexical) for s in row] for row in found]
     return names, scores, lists
 
@@ -148,7 +168,15 @@ def main() -> None:
     parser.add_argument("--dev-sample", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rules", default="", help="Comma-separated rules (default: the whole grid).")
+    parser.add_argument(
+        "--lexical-idf",
+        choices=("own", "shared"),
+        default="own",
+        help="BM25 of every expert's list: its collection's own IDF, or all routed collections' (index/store/shared_idf.py)",
+    )
     args = parser.parse_args()
+    global LEXICAL_IDF
+    LEXICAL_IDF = args.lexical_idf
     settings = Settings()
     engine = SearchEngine.open(settings.data_dir, open_encoder(settings), settings.engine_config())
     started = time.perf_counter()
