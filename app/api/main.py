@@ -66,7 +66,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     if settings.reranker is not None:
         service.phase = "loading the reranker"
     reranker = open_reranker(settings)
-    engine = SearchEngine(encoder, settings.engine_config())
+    engine = SearchEngine(encoder, settings.engine_config(), take_out_broken=True)
     publisher = ExpertPublisher(
         engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
     )

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
-from app.engine.loading import LoadedExpert
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
-from app.errors import ExpertUnavailableError, PayloadTooLargeError
+from app.errors import PayloadTooLargeError
 from experts import UnknownExpertError
 from index import (
     FieldInfo,
@@ -301,7 +300,7 @@ class BatchRun:
                 wanted = [(depths[p], asks[p], self.allowed(j, name)) for j, p in zip(jobs, positions)]
                 found = search_collection(self.views[name], texts, vectors[positions], wanted)
             except IndexFileError as exc:  # its files broke after loading: its queries fail, not the whole batch
-                failure = self._expert_failed(expert, exc)
+                failure = self.engine.broken(expert, exc)
                 for position in positions:
                     self.outcomes[self.rows[pairs[position][0]][0]] = failure
                     hits_of[position] = []
@@ -309,20 +308,6 @@ class BatchRun:
             for position, hits in zip(positions, found, strict=True):
                 hits_of[position] = [ExpertHit.of(name, hit) for hit in hits]
         return hits_of
-
-    def _expert_failed(self, expert: LoadedExpert, exc: IndexFileError) -> Exception:
-        """The outcome of the jobs that searched a broken expert: a 503 for the service, the index's error for
-        the CLI (no one to take the expert out of service; `rr` prints that error as one line)."""
-        logger.error("expert %r cannot be searched: %s", expert.name, exc)
-        if self.engine.on_expert_failure is None:
-            return exc
-        reason = f"its files failed while searching: {exc}"
-        self.engine.on_expert_failure(expert, reason)
-        return ExpertUnavailableError(
-            f"expert {expert.name!r} is published but cannot be searched: {reason}; it is out of service until an "
-            "admin publishes it again (POST /admin/experts with replace)",
-            details={"expert": expert.name},
-        )
 
 
 def _fields_of(views: Iterable[LiveView]) -> dict[str, FieldInfo]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 
 from app.engine.batch_run import BatchRun, unknown_expert
 from app.engine.config import EngineConfig, LongQueries
+from app.engine.failures import ExpertFailures
 from app.engine.jobs import (
     AUTO_MODEL,
     BASE_MODEL,
@@ -41,6 +42,7 @@ from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.votes import RouteEvidence, corpus_votes
+from app.errors import ExpertUnavailableError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr, SharedIdf
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
@@ -70,7 +72,10 @@ class SearchEngine:
     ('cranfield',)
     """
 
-    def __init__(self, encoder: Encoder, config: EngineConfig | None = None) -> None:
+    def __init__(self, encoder: Encoder, config: EngineConfig | None = None, *, take_out_broken: bool = False) -> None:
+        """``take_out_broken``: when an expert's files fail during a search, take it out of service (the service:
+        it is unloaded and recorded failed, later requests naming it get a 503); False (a one-shot CLI): only
+        the searches that touched it fail, with the index's error."""
         config = config or EngineConfig()
         self.config = config
         self.encoder = encoder
@@ -86,23 +91,22 @@ class SearchEngine:
         self._holder: SnapshotHolder[Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
         self._document_locks: dict[str, threading.Lock] = {}
-        #: Experts found on disk that could not be loaded, with the reason.
-        self.unavailable: dict[str, str] = {}
-        #: Told (expert, reason) when a loaded expert's files fail during a search (the publisher takes it out).
-        self.on_expert_failure: Callable[[LoadedExpert, str], None] | None = None
+        #: The experts that are not serving and why: written here (and by the publisher at start-up), read by all.
+        self.failures = ExpertFailures()
+        self.take_out_broken = take_out_broken
 
     @classmethod
     def open(
         cls, root: Path, encoder: Encoder, config: EngineConfig | None = None, *, verify_checksums: bool = True
     ) -> SearchEngine:
-        """Load every expert under ``root``; a broken one is reported in ``unavailable``, the rest serve."""
+        """Load every expert under ``root``; a broken one is reported in ``failures.unavailable``, the rest serve."""
         engine = cls(encoder, config)
         for directory in list_expert_dirs(root):
             try:
                 engine.add(load_expert(directory, encoder, verify_checksums=verify_checksums))
             except Exception as exc:  # one bad expert must not stop the others
                 logger.error("expert %s is unavailable: %s", directory.path.name, exc)
-                engine.unavailable[directory.path.name] = str(exc)
+                engine.failures.mark_unavailable(directory.path.name, str(exc))
         return engine
 
     # ------------------------------------------------------------------ experts
@@ -135,7 +139,7 @@ class SearchEngine:
             replaced = old.experts.get(expert.name)
             releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
             done = self._holder.publish(Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
-            self.unavailable.pop(expert.name, None)
+            self.failures.clear(expert.name)
         expert.documents.on_merged = self._merged  # no cycle: the engine holds experts only through snapshots
         return done
 
@@ -156,13 +160,48 @@ class SearchEngine:
     def remove(self, name: str) -> threading.Event:
         """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
         with self._write_lock:
-            old = self._holder.current
-            expert = self._require(old, name)
-            router = old.router.without_expert(name) if name in old.router.experts else old.router
-            remaining = {key: value for key, value in old.experts.items() if key != name}
-            return self._holder.publish(
-                Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
-            )
+            return self._unpublish(name)
+
+    def _unpublish(self, name: str) -> threading.Event:
+        """:meth:`remove`'s swap; the caller holds ``_write_lock``."""
+        old = self._holder.current
+        expert = self._require(old, name)
+        router = old.router.without_expert(name) if name in old.router.experts else old.router
+        remaining = {key: value for key, value in old.experts.items() if key != name}
+        return self._holder.publish(
+            Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
+        )
+
+    def broken(self, expert: LoadedExpert, exc: Exception) -> Exception:
+        """An expert's files failed during a search: what the searches that touched it get.
+
+        With ``take_out_broken`` the expert is taken out of service, as if it had
+        failed at start-up: it stays published, is unloaded (once its searches
+        finish) and recorded failed, so ``/readyz`` and ``GET /experts`` say why
+        and routing skips it; it is done in a thread of its own, so the search
+        that found the fault does not wait for an admin change in progress.
+        """
+        logger.error("expert %r cannot be searched: %s", expert.name, exc)
+        if not self.take_out_broken:
+            return exc
+        reason = f"its files failed while searching: {exc}"
+        threading.Thread(
+            target=self._take_out, args=(expert, reason), name=f"rr-take-out-{expert.name}", daemon=True
+        ).start()
+        return ExpertUnavailableError(
+            f"expert {expert.name!r} is published but cannot be searched: {reason}; it is out of service until an "
+            "admin publishes it again (POST /admin/experts with replace)",
+            details={"expert": expert.name},
+        )
+
+    def _take_out(self, expert: LoadedExpert, reason: str) -> None:
+        with self._write_lock:  # checked and removed in one step: a replacement published meanwhile stays
+            current = self._holder.current.experts.get(expert.name)
+            if current is None or current.documents is not expert.documents:
+                return  # already taken out, replaced or removed
+            self.failures.mark_failed(expert.name, reason)
+            self._unpublish(expert.name)
+        logger.error("expert %r taken out of service: %s", expert.name, reason)
 
     def document_lock(self, name: str) -> threading.Lock:
         """Serialises the document writes of expert ``name`` with each other and with its replacement.

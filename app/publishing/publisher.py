@@ -14,7 +14,7 @@ import logging
 import secrets
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -66,8 +66,11 @@ class ExpertPublisher:
     """The published set: the engine's snapshot plus the registry file, changed together.
 
     ``failed`` holds experts that are published (in the registry) but could not
-    be loaded at start-up, with the reason: they keep the service from being
-    ready until they are replaced or deleted.
+    be loaded at start-up, or were taken out of service when their files failed
+    during a search, with the reason: they keep the service from being ready
+    until they are replaced or deleted. It is the engine's record
+    (:class:`~app.engine.failures.ExpertFailures`), which this class writes at
+    start-up; the engine writes it when it takes an expert out.
     """
 
     def __init__(
@@ -83,10 +86,13 @@ class ExpertPublisher:
         self.registry = RegistryFile(self.root)
         self.verify_checksums = verify_checksums
         self.merge_policy = merge_policy
-        self.failed: dict[str, str] = {}
         self._entries: dict[str, RegistryEntry] = {}
         self._lock = threading.Lock()
-        engine.on_expert_failure = self._take_out_of_service
+
+    @property
+    def failed(self) -> Mapping[str, str]:
+        """Published experts that do not serve, with why (the engine's record)."""
+        return self.engine.failures.failed
 
     @property
     def entries(self) -> dict[str, RegistryEntry]:
@@ -117,10 +123,10 @@ class ExpertPublisher:
                 except _LOAD_ERRORS as exc:
                     if bootstrap:  # never published: just not served
                         logger.warning("not publishing %s: %s", entry.path, exc)
-                        self.engine.unavailable[entry.name] = str(exc)
+                        self.engine.failures.mark_unavailable(entry.name, str(exc))
                         continue
                     logger.error("published expert %r cannot be loaded: %s", entry.name, exc)
-                    self.failed = {**self.failed, entry.name: str(exc)}
+                    self.engine.failures.mark_failed(entry.name, str(exc))
                     published.append(entry)
                     continue
                 self.engine.add(loaded)
@@ -196,27 +202,6 @@ class ExpertPublisher:
             threading.Thread(target=discard, name=f"rr-discard-{entry.name}", daemon=True).start()
         return done
 
-    def _take_out_of_service(self, expert: LoadedExpert, reason: str) -> None:
-        """Called by the engine when a loaded expert's files fail during a search (checksums are only checked at load).
-
-        The expert stays published (in the registry) but is unloaded and
-        reported failed, as if it had failed at start-up: ``/readyz`` and
-        ``GET /experts`` say why, requests naming it get a 503 with the reason,
-        routing skips it. Run in a thread of its own: the search that found the
-        fault must not wait for an admin call holding the lock.
-        """
-
-        def take_out() -> None:
-            with self._lock:
-                current = self.engine.experts.get(expert.name)
-                if current is None or current.documents is not expert.documents:
-                    return  # already taken out, replaced or removed
-                self.failed = {**self.failed, expert.name: reason}
-                self.engine.remove(expert.name)
-            logger.error("expert %r taken out of service: %s", expert.name, reason)
-
-        threading.Thread(target=take_out, name=f"rr-take-out-{expert.name}", daemon=True).start()
-
     # ------------------------------------------------------------------ add
     def resolve_path(self, path: str) -> Path:
         """An expert directory named by the caller, which must lie under the data root once links are followed."""
@@ -274,7 +259,6 @@ class ExpertPublisher:
             replaced = self._entries.get(name)
             # New dicts rather than in-place changes: request handlers read these without the lock.
             self._entries = {**self._entries, name: entry}
-            self.failed = {key: value for key, value in self.failed.items() if key != name}
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
         if replaced is not None and replaced.path != entry.path:
             self._discard_upload_once_released(replaced, released)
@@ -371,11 +355,13 @@ class ExpertPublisher:
             self.registry.write([entry for n, entry in self._entries.items() if n != name])
             removed = self._entries[name]
             self._entries = {key: value for key, value in self._entries.items() if key != name}
-            self.failed = {key: value for key, value in self.failed.items() if key != name}
+            self.engine.failures.clear(name)
+            released = threading.Event()  # it never loaded (or was taken out): nothing to unload
+            released.set()
             if name in self.engine.experts:
                 with self.engine.document_lock(name):  # a write in progress finishes (and is acknowledged) first
-                    released = self.engine.remove(name)
-            else:
-                released = threading.Event()  # it never loaded (or was taken out): nothing to unload
-                released.set()
+                    try:
+                        released = self.engine.remove(name)
+                    except UnknownExpertError:
+                        pass  # taken out of service by the engine a moment ago: already unloading
         return self._discard_upload_once_released(removed, released)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +118,37 @@ def test_a_broken_expert_is_reported_and_the_others_serve(root: Path, tiny_bert_
     docstore.write_bytes(docstore.read_bytes()[:-100])  # truncated
     engine = SearchEngine.open(root, encoder)
     assert set(engine.experts) == {"aero"}
-    assert "computing" in engine.unavailable and "checksum" in engine.unavailable["computing"]
+    assert "computing" in engine.failures.unavailable and "checksum" in engine.failures.unavailable["computing"]
     assert engine.search(["anything"], k=1).results[0].decision.experts == ("aero",)
+
+
+@pytest.mark.parametrize("take_out", [False, True])
+def test_an_expert_whose_files_fail_mid_search_is_taken_out_only_by_a_service(
+    root: Path, tiny_bert_path: Path, take_out: bool
+) -> None:
+    from app.errors import ExpertUnavailableError
+    from index import IndexFileError
+
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    config = EngineConfig(evidence="none", policy=RoutePolicy(top_k=1))
+    engine = SearchEngine.open(root, encoder, config)
+    engine.take_out_broken = take_out
+    computing = engine.experts["computing"]
+    outcome = engine.broken(computing, IndexFileError("dense.faiss: read error"))
+    if not take_out:  # a one-shot CLI: the searches that touched it fail with the index's error; nothing else
+        assert isinstance(outcome, IndexFileError) and "computing" in engine.experts and not engine.failures.failed
+        return
+    assert isinstance(outcome, ExpertUnavailableError) and "out of service" in str(outcome)
+    deadline = time.monotonic() + 30
+    while "computing" in engine.experts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "computing" not in engine.experts and "read error" in engine.failures.failed["computing"]
+    engine.add(load_expert(root / "computing", encoder))  # published again: it serves, and the record is cleared
+    assert "computing" in engine.experts and not engine.failures.failed
+    engine._take_out(computing, "late report about the old instance")  # the replacement is not taken out
+    assert "computing" in engine.experts and not engine.failures.failed
 
 
 def test_removing_an_expert_makes_it_unknown_and_routes_elsewhere(root: Path, tiny_bert_path: Path) -> None:

@@ -70,6 +70,8 @@ def test_a_fresh_root_publishes_what_loads_and_writes_the_registry(experts_root:
     engine = SearchEngine(Encoder(tiny_bert_path, max_length=64))
     publisher = ExpertPublisher(engine, experts_root)
     publisher.restore()
-    assert sorted(engine.experts) == ["alpha", "beta"] and publisher.failed == {} and "half" in engine.unavailable
+    assert (
+        sorted(engine.experts) == ["alpha", "beta"] and publisher.failed == {} and "half" in engine.failures.unavailable
+    )
     assert [(e.name, e.version) for e in RegistryFile(experts_root).read()] == [("alpha", 3), ("beta", 3)]
     engine.close()
