@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -119,7 +120,11 @@ def _rerank_batcher(
     return MicroBatcher(run, size=lambda job: job.size, kind="rerank", **batching)
 
 
-async def _start(service: ServiceState, encoder: Encoder | None) -> None:
+#: Work a process serving may run beside the service once it serves (``rr demo`` builds its experts so).
+AfterStart = Callable[[ServiceState], None]
+
+
+async def _start(service: ServiceState, encoder: Encoder | None, after_start: AfterStart | None = None) -> None:
     try:
         runtime = await asyncio.to_thread(_load, service, encoder)
     except Exception as exc:  # the process stays up so that /readyz can say why
@@ -135,15 +140,38 @@ async def _start(service: ServiceState, encoder: Encoder | None) -> None:
     service.serving = True
     service.phase = "serving"
     logger.info("serving %d experts: %s", len(runtime.engine.experts), sorted(runtime.engine.experts))
+    if after_start is not None:  # its own thread: the event loop keeps answering (and a failure there stays there)
+        threading.Thread(
+            target=_run_after_start, args=(after_start, service), name="rr-after-start", daemon=True
+        ).start()
 
 
-def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI:
-    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests)."""
+def _run_after_start(after_start: AfterStart, service: ServiceState) -> None:
+    try:
+        after_start(service)
+    except Exception:
+        logger.exception("the work started beside the service failed")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    encoder: Encoder | None = None,
+    after_start: AfterStart | None = None,
+    building: Sequence[str] = (),
+) -> FastAPI:
+    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests).
+
+    ``after_start(service)`` runs in a thread of its own once the service serves (``rr demo``: build the experts
+    not built yet and publish each as it is done, saying so with ``service.set_building``); it should stop early
+    when ``service.closing`` turns true. ``building`` names the experts it will build, shown as queued from the
+    first request on (``/readyz`` is not ready until one expert serves).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service: ServiceState = app.state.service
-        starting = asyncio.create_task(_start(service, encoder), name="rr-start-up")
+        starting = asyncio.create_task(_start(service, encoder, after_start), name="rr-start-up")
         try:
             yield
         finally:
@@ -166,6 +194,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
         redoc_url=None,
     )
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
+    service.building = {name: "queued" for name in building}
     app.state.service = service
     install_error_handlers(app)
     modules = (
@@ -206,7 +235,14 @@ def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:
     return service.runtime.engine.experts if service.runtime is not None else {}
 
 
-def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str = "info") -> None:
+def serve(
+    settings: Settings,
+    *,
+    encoder: Encoder | None = None,
+    log_level: str = "info",
+    after_start: AfterStart | None = None,
+    building: Sequence[str] = (),
+) -> None:
     """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``).
 
     Every log handler, uvicorn's access log included, redacts the API keys and
@@ -218,7 +254,7 @@ def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
     uvicorn.run(
-        create_app(settings, encoder=encoder),
+        create_app(settings, encoder=encoder, after_start=after_start, building=building),
         host=settings.host,
         port=settings.port,
         log_level=log_level,

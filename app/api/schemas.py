@@ -302,6 +302,10 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready"] = "ready"
     experts: list[str]
+    building: dict[str, str] | None = Field(
+        None,
+        description="Experts still being built beside the service (`rr demo`), and what each is doing; absent: none.",
+    )
 
 
 class RouteTrafficOut(BaseModel):

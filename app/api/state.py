@@ -55,6 +55,14 @@ class ServiceState:
     #: Why start-up failed as a whole (base encoder or registry unreadable).
     startup_error: str | None = None
     closing: bool = False
+    #: Experts being built in the background by the process serving (``rr demo``): name -> what it is doing.
+    #: Replaced whole on each change (request handlers read it without a lock).
+    building: dict[str, str] = field(default_factory=dict)
+
+    def set_building(self, name: str, doing: str | None) -> None:
+        """Say what the background build of ``name`` is doing now; None: it is done (published or given up)."""
+        rest = {key: value for key, value in self.building.items() if key != name}
+        self.building = rest if doing is None else {**rest, name: doing}
 
     def not_ready_reason(self) -> str | None:
         """None when the base encoder and every published expert are loaded; else why not."""
@@ -64,7 +72,11 @@ class ServiceState:
             return f"start-up failed: {self.startup_error}"
         if not self.serving or self.runtime is None:
             return f"starting: {self.phase}"
-        failed = self.runtime.publisher.failed
+        if self.building and not self.runtime.engine.experts:
+            return "building the first expert: " + "; ".join(
+                f"{n}: {doing}" for n, doing in sorted(self.building.items())
+            )
+        failed = {name: reason for name, reason in self.runtime.publisher.failed.items() if name not in self.building}
         if failed:
             return "published experts failed to load: " + "; ".join(
                 f"{name}: {reason}" for name, reason in sorted(failed.items())

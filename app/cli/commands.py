@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -392,7 +394,9 @@ Port = Annotated[int | None, typer.Option(help="Port to listen on (env RR_PORT; 
 LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
 
 
-def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> None:
+def _serve(
+    host: str | None, port: int | None, log_level: str, encoder=None, after_start=None, building: Sequence[str] = ()
+) -> None:
     from app.api.main import serve
 
     settings = state.settings.model_copy(
@@ -404,7 +408,7 @@ def _serve(host: str | None, port: int | None, log_level: str, encoder=None) -> 
     typer.echo(
         f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)"
     )
-    serve(settings, encoder=encoder, log_level=log_level.lower())
+    serve(settings, encoder=encoder, log_level=log_level.lower(), after_start=after_start, building=building)
 
 
 @cli.command("serve")
@@ -438,27 +442,62 @@ def demo_command(
     port: Port = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Build one expert per collection (if missing), route every test query, then serve them over HTTP."""
+    """Serve one expert per collection over HTTP at once, building the missing ones beside the service.
+
+    Each expert is published the moment it is complete (searches never see half of one); /readyz and the
+    console say what is still building. With --no-serve: build them all, route every test query, then stop.
+    """
     from app.offline.demo import publish_demo, run_demo
 
     names = [c.strip() for c in collections.split(",") if c.strip()]
-    run_demo(
-        state.settings,
-        state.encoder(),
-        datasets or state.settings.datasets_dir,
-        names,
-        max_docs=max_docs,
-        echo=typer.echo,
-    )
+    root = datasets or state.settings.datasets_dir
     if not serve:
+        run_demo(state.settings, state.encoder(), root, names, max_docs=max_docs, echo=typer.echo)
         typer.echo(f'\nsearch it yourself: rr --data-dir {state.settings.data_dir} search "your question"')
         return
-    publish_demo(state.settings, names)
+    from app.offline.demo import missing_experts
+
+    todo = missing_experts(state.settings, root, names)
+    publish_demo(state.settings, [name for name in names if name not in todo])
     typer.echo(
         f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
         '-d \'{"query": "lift of a swept wing at supersonic speed", "k": 3}\''
     )
-    _serve(host, port, log_level, encoder=state.encoder())
+    if todo:
+        typer.echo(f"building {', '.join(todo)} beside the service: each serves as soon as it is complete")
+    _serve(
+        host,
+        port,
+        log_level,
+        encoder=state.encoder(),
+        after_start=partial(_demo_beside_service, root=root, names=names, todo=todo, max_docs=max_docs),
+        building=todo,
+    )
+
+
+def _demo_beside_service(service, *, root: Path, names: list[str], todo: list[str], max_docs: int | None) -> None:
+    """``rr demo``'s work once the service serves: build and publish what is missing, then the routing report."""
+    from app.offline.demo import build_beside_service, report_routing
+
+    runtime = service.runtime
+    publisher = runtime.publisher
+
+    def publish(name: str) -> None:
+        publisher.add_path(name, replace=name in publisher.entries)
+
+    build_beside_service(
+        state.settings,
+        state.encoder(),
+        root,
+        todo,
+        max_docs=max_docs,
+        publish=publish,
+        progress=service.set_building,
+        stopping=lambda: service.closing,
+        echo=typer.echo,
+    )
+    if not service.closing and all((root / name / "qrels" / "test.tsv").is_file() for name in names):
+        report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
 
 
 def _register_optional_commands() -> None:

@@ -48,12 +48,15 @@ QUERY_PILOTS = 1000
 
 
 def _document_embedder(expert: ExpertDir, manifest: Manifest, encoder: Encoder):
-    """Base encoder for query-side experts; the expert's adapter for symmetric ('both') ones."""
+    """Base encoder for query-side experts; the expert's adapter for symmetric ('both') ones.
+
+    Bulk passes: when the encoder also serves (``rr demo`` builds beside the service), searches go first.
+    """
     if not manifest.adapter.embeds_documents:
-        return lambda texts: encoder.embed(texts, max_length=manifest.max_length), None
+        return lambda texts: encoder.embed(texts, max_length=manifest.max_length, bulk=True), None
     name = f"{manifest.name}@index"
     encoder.add_adapter(name, expert.adapter_path)
-    return lambda texts: encoder.embed(texts, expert=name, max_length=manifest.max_length), name
+    return lambda texts: encoder.embed(texts, expert=name, max_length=manifest.max_length, bulk=True), name
 
 
 def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,20 +37,31 @@ def _corpus_for(collection: Path, work: Path, max_docs: int | None) -> Path:
 
 
 def prepare_expert(
-    settings: Settings, encoder: Encoder, collection: Path, *, max_docs: int | None, echo: Callable[[str], None]
+    settings: Settings,
+    encoder: Encoder,
+    collection: Path,
+    *,
+    max_docs: int | None,
+    echo: Callable[[str], None],
+    stage: Callable[[str], None] = lambda _: None,
 ) -> ExpertDir:
-    """Create, index and give pilots to the expert named after ``collection``, skipping what is done."""
+    """Create, index and give pilots to the expert named after ``collection``, skipping what is done.
+
+    ``stage`` is told each step as it starts ("indexing", "building pilots").
+    """
     name = collection.name
     directory = ExpertDir(settings.data_dir / name)
     if not directory.path.exists():
         create_expert(settings.data_dir, name, encoder=encoder, description=f"demo expert for {name}")
     manifest = directory.read_manifest()
     if manifest.index is None:
+        stage("indexing" + (f" (first {max_docs} documents)" if max_docs else ""))
         echo(f"[{name}] indexing {collection / 'corpus.jsonl'}" + (f" (first {max_docs})" if max_docs else ""))
         corpus = _corpus_for(collection, directory.work_path("demo"), max_docs)
         manifest, report = index_expert(directory, encoder, [corpus])
         echo(f"[{name}] {report.documents} documents in {report.seconds:.0f}s")
     if manifest.pilots is None:
+        stage("building pilots")
         train_qrels = collection / "qrels" / "train.tsv"
         if train_qrels.is_file():  # real training queries where the collection has them
             texts, source = pilot_texts_from_queries(collection / "queries.jsonl", train_qrels), "train queries"
@@ -81,6 +93,62 @@ def _missing_collections_message(datasets: Path, names: Sequence[str]) -> str:
     )
 
 
+def missing_experts(settings: Settings, datasets: Path, collections: Sequence[str]) -> list[str]:
+    """The demo experts not built yet, smallest corpus first (the first one serves soonest).
+
+    Refuses, naming where to point, when their collections are absent.
+    """
+    todo = [name for name in collections if not _complete(ExpertDir(settings.data_dir / name))]
+    absent = [name for name in todo if not (datasets / name / "corpus.jsonl").is_file()]
+    if absent:
+        raise DatasetsMissingError(_missing_collections_message(datasets, absent))
+    return sorted(todo, key=lambda name: (datasets / name / "corpus.jsonl").stat().st_size)
+
+
+def build_beside_service(
+    settings: Settings,
+    encoder: Encoder,
+    datasets: Path,
+    todo: Sequence[str],
+    *,
+    max_docs: int | None,
+    publish: Callable[[str], None],
+    progress: Callable[[str, str | None], None],
+    stopping: Callable[[], bool],
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """Build the experts ``todo`` one after another while the service serves, publishing each when it is complete.
+
+    ``progress(name, doing)`` says what each is doing (None: done); ``publish(name)`` puts a complete expert into
+    service (the publisher's atomic add: searches never see half an expert); ``stopping()`` is checked between
+    steps, so a server shutting down ends the build at the next step (an interrupted index resumes on the next
+    run). Returns the experts published.
+    """
+    published = []
+    for name in todo:
+        if stopping():
+            break
+        started = time.perf_counter()
+
+        def stage(doing: str, name: str = name) -> None:
+            progress(name, doing)
+
+        try:
+            prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo, stage=stage)
+            if stopping():
+                break
+            progress(name, "publishing")
+            publish(name)
+        except Exception as exc:  # one expert that cannot be built must not stop the others
+            logger.exception("building the demo expert %s failed", name)
+            progress(name, f"failed: {exc}")
+            continue
+        progress(name, None)
+        published.append(name)
+        echo(f"[{name}] serving now (built in {time.perf_counter() - started:.0f}s)")
+    return published
+
+
 def prepare_demo(
     settings: Settings,
     encoder: Encoder,
@@ -91,11 +159,7 @@ def prepare_demo(
     echo: Callable[[str], None] = print,
 ) -> None:
     """Build every demo expert that is not complete yet; the collections are needed only for those."""
-    todo = [name for name in collections if not _complete(ExpertDir(settings.data_dir / name))]
-    absent = [name for name in todo if not (datasets / name / "corpus.jsonl").is_file()]
-    if absent:
-        raise DatasetsMissingError(_missing_collections_message(datasets, absent))
-    for name in todo:
+    for name in missing_experts(settings, datasets, collections):
         prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo)
 
 
@@ -106,9 +170,15 @@ def report_routing(
     collections: Sequence[str],
     *,
     echo: Callable[[str], None] = print,
+    engine: SearchEngine | None = None,
 ) -> dict[str, float]:
-    """Route every judged test query; print and return the share routed to its own collection's expert."""
-    engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
+    """Route every judged test query; print and return the share routed to its own collection's expert.
+
+    ``engine``: the serving one (``rr demo`` reports beside the service); None opens the experts anew.
+    """
+    own = engine is None
+    if engine is None:
+        engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
     try:
         accuracy: dict[str, float] = {}
         echo("\nrouting of each collection's test queries (share sent to its own expert):")
@@ -128,7 +198,8 @@ def report_routing(
             echo(result_text(example))
         return accuracy
     finally:
-        engine.close()
+        if own:
+            engine.close()
 
 
 def run_demo(

@@ -20,9 +20,12 @@ async def healthz() -> HealthOut:
     return HealthOut()
 
 
-@router.get("/readyz", response_model=ReadyOut, responses=error_responses(503))
+@router.get("/readyz", response_model=ReadyOut, response_model_exclude_none=True, responses=error_responses(503))
 async def readyz(service: Service) -> ReadyOut | JSONResponse:
     """Ready when the base encoder and every published expert are loaded; else 503 with the reason.
+
+    While `rr demo` builds experts in the background it is ready once the first one serves, and
+    `building` says what the others are doing.
 
     The 503's details say which experts are up (`experts`, serving) and which
     published ones are not (`failed`, name to reason), so an operator sees at
@@ -34,6 +37,8 @@ async def readyz(service: Service) -> ReadyOut | JSONResponse:
         if service.runtime is not None:
             details["experts"] = sorted(service.runtime.engine.experts)
             details["failed"] = dict(sorted(service.runtime.publisher.failed.items()))
+        if service.building:
+            details["building"] = dict(sorted(service.building.items()))
         return error_response(
             503,
             "not_ready",
@@ -41,7 +46,8 @@ async def readyz(service: Service) -> ReadyOut | JSONResponse:
             details=details,
             headers={"Retry-After": str(service.settings.retry_after_s)},
         )
-    return ReadyOut(experts=sorted(service.runtime.engine.experts))
+    building = dict(sorted(service.building.items())) or None
+    return ReadyOut(experts=sorted(service.runtime.engine.experts), building=building)
 
 
 @router.get("/metrics", response_class=Response)

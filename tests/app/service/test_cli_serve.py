@@ -53,3 +53,51 @@ def test_demo_adds_its_experts_to_an_existing_registry(cli_env: Path, datasets: 
 def test_serve_options_are_documented(command: str, capsys) -> None:
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "--host" in out and "--port" in out
+
+
+def test_demo_serves_at_once_and_publishes_each_expert_when_built(
+    tmp_path: Path, tiny_bert_path: Path, datasets: Path
+) -> None:
+    """`rr demo` answers before any expert exists, is ready with the first, and ends with all of them serving."""
+    import os
+    import time
+
+    import httpx
+
+    from tests.app.service.conftest import REPO, free_port, launch_subprocess
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RR_")}
+    env.update(PYTHONPATH=str(REPO), RR_DATA_DIR=str(tmp_path / "experts"), RR_BASE_MODEL=str(tiny_bert_path))
+    argv = ["demo", "--collections", "cacm,cisi", "--max-docs", "400", "--datasets", str(datasets)]
+    log = tmp_path / "demo.log"
+    process = launch_subprocess([*argv, "--port", str(port), "--log-level", "warning"], env=env, cwd=REPO, log=log)
+    seen: list[tuple[int, list[str], dict[str, str]]] = []  # (status, experts serving, building) per probe
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                assert process.poll() is None, log.read_text()[-3000:]
+                try:
+                    response = http.get("/readyz")
+                except httpx.TransportError:
+                    time.sleep(0.05)
+                    continue
+                body = response.json()
+                details = body.get("error", {}).get("details") or {} if response.status_code == 503 else body
+                seen.append((response.status_code, details.get("experts", []), details.get("building") or {}))
+                if response.status_code == 200 and not body.get("building") and len(body["experts"]) == 2:
+                    break
+                time.sleep(0.05)
+            assert seen and seen[-1][0] == 200 and seen[-1][1] == ["cacm", "cisi"], (seen[-5:], log.read_text()[-3000:])
+            # It answered while experts were still building, and was not ready before the first one served.
+            assert any(building for _, _, building in seen), seen[:5]
+            assert all(status == 503 for status, experts, _ in seen if not experts)
+            hits = http.post("/search", json={"query": "information retrieval systems", "k": 3}).json()["results"][0]
+            assert hits["expert"] in ("cacm", "cisi") and len(hits["hits"]) == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    text = log.read_text()
+    assert "[cacm] serving now" in text and "[cisi] serving now" in text
+    assert "routing of each collection's test queries" in text
