@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,9 +24,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.access_log import with_key_names
 from app.api.batching import MicroBatcher
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.api.error_handlers import install_error_handlers
+from app.api.keys import KeyStore
 from app.api.log_redaction import install_on_root, uvicorn_log_config
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.routes import admin as routes_admin
@@ -32,6 +36,7 @@ from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
 from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
+from app.api.routes import keys as routes_keys
 from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
 from app.api.routes import rerank as routes_rerank
@@ -138,7 +143,11 @@ async def _start(service: ServiceState, encoder: Encoder | None) -> None:
 
 
 def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI:
-    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests)."""
+    """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests).
+
+    The API keys load here, before anything else: a bad RR_KEYS_FILE is a
+    start-up error (KeyFileError naming the entry), not a server refusing every request.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -167,6 +176,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
     )
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     app.state.service = service
+    app.state.keys = KeyStore(settings)  # app.api.auth reads the keys in force here
     install_error_handlers(app)
     modules = (
         routes_search,
@@ -175,6 +185,7 @@ def create_app(settings: Settings, *, encoder: Encoder | None = None) -> FastAPI
         routes_rerank,
         routes_experts,
         routes_admin,
+        routes_keys,
         routes_documents,
         routes_ops,
         routes_console,
@@ -211,17 +222,33 @@ def serve(settings: Settings, *, encoder: Encoder | None = None, log_level: str 
 
     Every log handler, uvicorn's access log included, redacts the API keys and
     anything that looks like a credential (:mod:`app.api.log_redaction`): a key a
-    client put in a URL must not end up in the logs.
+    client put in a URL must not end up in the logs. Each access line ends with
+    the caller's key name (:mod:`app.api.access_log`). ``SIGHUP`` reloads
+    RR_KEYS_FILE (uvicorn handles only SIGINT and SIGTERM).
     """
     import uvicorn
 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
+    app = create_app(settings, encoder=encoder)
+    install_reload_signal(app.state.keys)
     uvicorn.run(
-        create_app(settings, encoder=encoder),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
-        log_config=uvicorn_log_config(secrets),
+        log_config=with_key_names(uvicorn_log_config(secrets)),
     )
+
+
+def install_reload_signal(keys: KeyStore) -> None:
+    """``kill -HUP <pid>`` reloads the key file. The handler only starts a thread: a signal handler runs between
+    two bytecodes of the main thread (the event loop), which may hold the reload lock at that moment."""
+    if keys.settings.keys_file is None or not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hangup(signum: int, frame: object) -> None:
+        threading.Thread(target=keys.reload_logged, name="rr-keys-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hangup)

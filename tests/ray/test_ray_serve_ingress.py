@@ -84,7 +84,7 @@ def test_keys_are_required_as_in_rr_serve(served: Served) -> None:
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthenticated"
     assert missing.headers["WWW-Authenticate"] == "Bearer"
     wrong = served.search({"query": "shock"}, key="not-the-key")
-    assert wrong.status_code == 403 and wrong.json()["error"]["type"] == "forbidden"
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "unauthenticated"
     assert served.search({"query": "shock"}, key=ADMIN_KEY).status_code == 200  # the admin key is a search key too
     as_searcher = served.client.delete("/admin/experts/aero", headers={"Authorization": f"Bearer {SEARCH_KEY}"})
     assert as_searcher.status_code == 403 and "admin API" in as_searcher.json()["error"]["message"]
