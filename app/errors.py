@@ -7,11 +7,12 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ServiceError                      500 internal
     ├── UnsupportedInputError         400 unsupported_input   valid for OpenAI, not here: token ids for text
     ├── InvalidRequestError           422 invalid_request
-    │   └── ExpertRejectedError       422 invalid_expert      an expert failed validation on add
+    │   ├── ExpertRejectedError       422 invalid_expert      an expert failed validation on add
+    │   └── KeyFileError              422 invalid_key_file    RR_KEYS_FILE unreadable or malformed (entry named)
     ├── PayloadTooLargeError          413 payload_too_large
     ├── UnsupportedMediaTypeError     415 unsupported_media_type
-    ├── AuthenticationError           401 unauthenticated     no key, or not a Bearer key
-    ├── PermissionDeniedError         403 forbidden           wrong key, admin API disabled
+    ├── AuthenticationError           401 unauthenticated     no key, not a Bearer key, or a key not known
+    ├── PermissionDeniedError         403 forbidden           key without the scope or the expert, API disabled
     │   └── PathNotAllowedError       403 path_not_allowed    outside the data root
     ├── UnknownDocumentError          404 unknown_document    no such document id in the expert
     ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
@@ -54,6 +55,12 @@ class InvalidRequestError(ServiceError):
 
 class ExpertRejectedError(InvalidRequestError):
     type = "invalid_expert"
+
+
+class KeyFileError(InvalidRequestError):
+    """The API key file cannot be read or is malformed; the message names the entry (and line) and what is wrong."""
+
+    type = "invalid_key_file"
 
 
 class PayloadTooLargeError(ServiceError):

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     search_key: SecretStr | None = Field(
         None, description="Bearer key required by search, embeddings and expert listings; unset = open."
     )
+    keys_file: Path | None = Field(
+        None, description="TOML file of API keys, each with a name, the SHA-256 of its secret, scopes and optionally "
+        "experts (docs/configuration.md); reloaded by POST /admin/keys/reload or SIGHUP. Set, every route but the "
+        "probes and metrics needs a key.",
+    )  # fmt: skip
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 above).")
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="Largest uploaded expert archive (413 above).")
     # 1 GiB: an expert takes ~2-5 KB per document (flat index, BM25, docstore; scifact's 5,183 abstracts: 25 MB

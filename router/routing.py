@@ -8,7 +8,7 @@ pilots.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -142,32 +142,71 @@ class Router:
         kept = {k: v for k, v in self._pilots.items() if k != name}
         return Router(kept, aggregate=self.aggregate, neighbours=self.neighbours)
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        """Router score of every expert for every query, (n, dim) -> (n, E), columns in ``experts`` order."""
+    def routable(self, only: Collection[str] | None = None) -> tuple[str, ...]:
+        """The experts a decision may choose among, in ``experts`` order: all of them, or those also in ``only``.
+
+        >>> Router({"a": np.eye(2)[:1], "b": np.eye(2)[1:]}).routable({"b", "zed"})
+        ('b',)
+        """
+        if only is None:
+            return self.experts
+        return tuple(name for name in self.experts if name in only)
+
+    def scores(self, queries: np.ndarray, *, only: Collection[str] | None = None) -> np.ndarray:
+        """Router score of every expert for every query, (n, dim) -> (n, E), columns in ``experts`` order.
+
+        With ``only``, (n, E') for the experts of :meth:`routable` alone, scored
+        as a router holding only their pilots would score them: a kNN vote
+        counts only their pilots, so the other experts' pilots neither win nor
+        dilute a vote.
+        """
         if not self._pilots:
             raise NoExpertsError("no experts to route to: add an expert with pilots first")
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise PilotError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        columns = self._columns(only)
         similarity = queries @ self._matrix.T  # (n, total pilots)
         if self.aggregate == "mean":
-            return np.add.reduceat(similarity, self._starts, axis=1) / self._counts
-        nearest = np.maximum.reduceat(similarity, self._starts, axis=1)
+            return (np.add.reduceat(similarity, self._starts, axis=1) / self._counts)[:, columns]
+        nearest = np.maximum.reduceat(similarity, self._starts, axis=1)[:, columns]
         if self.aggregate == "max":
             return nearest
-        return self._votes(similarity) + TIE_BREAK * nearest
+        if only is not None:  # the others' pilots cannot be among the nearest
+            similarity[:, ~np.isin(self._owner, columns)] = -np.inf
+        return self._votes(similarity, columns) + TIE_BREAK * nearest
 
-    def _votes(self, similarity: np.ndarray) -> np.ndarray:
-        """Each expert's share of the ``neighbours`` pilots nearest to each query, (n, P) -> (n, E)."""
-        n, total = similarity.shape
-        k = min(self.neighbours, total)
+    def _columns(self, only: Collection[str] | None) -> np.ndarray:
+        """Indices into ``experts`` of :meth:`routable`; NoExpertsError when ``only`` leaves none."""
+        if only is None:
+            return np.arange(len(self.experts))
+        columns = np.asarray([i for i, name in enumerate(self.experts) if name in only], dtype=np.int64)
+        if not len(columns):
+            raise NoExpertsError(
+                f"none of the experts {sorted(only)} can be routed to (none is published with pilots): "
+                "name one with `expert`, or publish one"
+            )
+        return columns
+
+    def _votes(self, similarity: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Each expert's share of the ``neighbours`` pilots nearest to each query, (n, P) -> (n, len(columns)).
+
+        Pilots of experts outside ``columns`` must have similarity ``-inf``; they are never counted.
+        """
+        n = similarity.shape[0]
+        k = min(self.neighbours, int(self._counts[columns].sum()))
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         votes = np.zeros((n, len(self.experts)), dtype=np.float32)
         np.add.at(votes, (np.repeat(np.arange(n), k), self._owner[nearest].ravel()), 1.0)
-        return votes / k
+        return votes[:, columns] / k
 
     def route(
-        self, queries: np.ndarray, *, policy: RoutePolicy = RoutePolicy(), evidence: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        *,
+        policy: RoutePolicy = RoutePolicy(),
+        evidence: np.ndarray | None = None,
+        only: Collection[str] | None = None,
     ) -> list[RouteDecision]:
         """One decision per query row.
 
@@ -175,8 +214,15 @@ class Router:
         scores: for instance the experts' shares of the documents the query
         finds (:func:`router.document_votes`). Margins and ``min_score`` then
         apply to the sum.
+
+        ``only`` restricts the decision to those experts (a caller allowed to
+        read some experts only): the others are dropped before anything is
+        ranked, so they are never chosen, never fanned out to, never shown in
+        ``scores``, and ``evidence`` then has one column per :meth:`routable`
+        expert. NoExpertsError when none of ``only`` is routable.
         """
-        scores = self.scores(queries)
+        names = self.routable(only)
+        scores = self.scores(queries, only=only)
         if evidence is not None:
             evidence = np.asarray(evidence, dtype=np.float32)
             if evidence.shape != scores.shape:
@@ -185,7 +231,7 @@ class Router:
         order = np.argsort(-scores, axis=1, kind="stable")
         decisions = []
         for row, ranking in zip(scores, order):
-            ranked = tuple((self.experts[i], float(row[i])) for i in ranking)
+            ranked = tuple((names[i], float(row[i])) for i in ranking)
             margin = ranked[0][1] - ranked[1][1] if len(ranked) > 1 else float("inf")
             decisions.append(_decide(ranked, margin, policy))
         return decisions

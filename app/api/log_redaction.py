@@ -6,7 +6,8 @@ string (``/search?api_key=...``) or a path, both of which uvicorn's access log
 prints verbatim, or in a header echoed into an error message. The filter
 rewrites every record on its way out, whoever logged it:
 
-- the configured keys themselves (``RR_ADMIN_KEY``, ``RR_SEARCH_KEY``), wherever they appear;
+- the configured keys themselves (``RR_ADMIN_KEY``, ``RR_SEARCH_KEY``), wherever they appear (the keys of
+  ``RR_KEYS_FILE`` are stored as hashes: their secrets are never in the process but in a request's header);
 - the value of a query parameter whose name says it holds a secret (``key``, ``api_key``, ``token``, ...);
 - what follows ``Bearer``/``Basic`` or an ``Authorization:`` header name.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -23,9 +24,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.access_log import with_key_names
 from app.api.batching import MicroBatcher
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.api.error_handlers import install_error_handlers
+from app.api.keys import KeyStore
 from app.api.log_redaction import install_on_root, uvicorn_log_config
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.routes import admin as routes_admin
@@ -33,6 +36,7 @@ from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
 from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
+from app.api.routes import keys as routes_keys
 from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
 from app.api.routes import rerank as routes_rerank
@@ -166,6 +170,9 @@ def create_app(
     not built yet and publish each as it is done, saying so with ``service.set_building``); it should stop early
     when ``service.closing`` turns true. ``building`` names the experts it will build, shown as queued from the
     first request on (``/readyz`` is not ready until one expert serves).
+
+    The API keys load here, before anything else: a bad RR_KEYS_FILE is a
+    start-up error (KeyFileError naming the entry), not a server refusing every request.
     """
 
     @asynccontextmanager
@@ -196,6 +203,7 @@ def create_app(
     service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
     service.building = {name: "queued" for name in building}
     app.state.service = service
+    app.state.keys = KeyStore(settings)  # app.api.auth reads the keys in force here
     install_error_handlers(app)
     modules = (
         routes_search,
@@ -204,6 +212,7 @@ def create_app(
         routes_rerank,
         routes_experts,
         routes_admin,
+        routes_keys,
         routes_documents,
         routes_ops,
         routes_console,
@@ -247,17 +256,33 @@ def serve(
 
     Every log handler, uvicorn's access log included, redacts the API keys and
     anything that looks like a credential (:mod:`app.api.log_redaction`): a key a
-    client put in a URL must not end up in the logs.
+    client put in a URL must not end up in the logs. Each access line ends with
+    the caller's key name (:mod:`app.api.access_log`). ``SIGHUP`` reloads
+    RR_KEYS_FILE (uvicorn handles only SIGINT and SIGTERM).
     """
     import uvicorn
 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
+    app = create_app(settings, encoder=encoder, after_start=after_start, building=building)
+    install_reload_signal(app.state.keys)
     uvicorn.run(
-        create_app(settings, encoder=encoder, after_start=after_start, building=building),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
-        log_config=uvicorn_log_config(secrets),
+        log_config=with_key_names(uvicorn_log_config(secrets)),
     )
+
+
+def install_reload_signal(keys: KeyStore) -> None:
+    """``kill -HUP <pid>`` reloads the key file. The handler only starts a thread: a signal handler runs between
+    two bytecodes of the main thread (the event loop), which may hold the reload lock at that moment."""
+    if keys.settings.keys_file is None or not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hangup(signum: int, frame: object) -> None:
+        threading.Thread(target=keys.reload_logged, name="rr-keys-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hangup)

@@ -2,7 +2,8 @@
 
 Request counts and latencies are recorded by :class:`MetricsMiddleware` with
 the route *template* as label (``/experts/{name}``), so label cardinality stays
-bounded whatever clients send. Index sizes are read from the engine at scrape
+bounded whatever clients send; ``rr_requests_by_key_total`` adds the caller's
+key name (the names come from the settings and the key file: bounded too). Index sizes are read from the engine at scrape
 time, so an unpublished expert's series disappear with it.
 """
 
@@ -19,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.access_log import KEY_NAME
+from app.api.keys import ANONYMOUS, KEY_NAME_STATE
 from app.engine.engine import BatchResult
 from app.engine.loading import LoadedExpert
 from router import RouteDecision
@@ -73,6 +76,7 @@ class SharedFamilies:
     latency: Histogram
     routed: Counter
     margin: Histogram
+    by_key: Counter
 
     def observe_decision(self, decision: RouteDecision) -> None:
         """One query's routing: the expert that answered (first searched) and the mode; its margin when finite."""
@@ -109,6 +113,12 @@ def shared_families(registry: CollectorRegistry) -> SharedFamilies:
             "Router top-1 minus top-2 score, by the chosen expert.",
             ["expert"],
             buckets=_MARGIN_BUCKETS,
+            registry=registry,
+        ),
+        by_key=Counter(
+            "rr_requests_by_key",
+            "HTTP requests by API key name (anonymous without a key, unknown for a key not known), route and status.",
+            ["key", "route", "status"],
             registry=registry,
         ),
     )
@@ -177,9 +187,15 @@ class MetricsMiddleware:
         status = {"code": 500}
 
         async def send_and_record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            status["code"] = message["status"]
+            token = KEY_NAME.set(_key_label(scope))  # uvicorn writes its access line inside this send
+            try:
+                await send(message)
+            finally:
+                KEY_NAME.reset(token)
 
         try:
             await self.app(scope, receive, send_and_record)
@@ -188,6 +204,12 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(route, method, str(status["code"])).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+            self.metrics.shared.by_key.labels(_key_label(scope), route, str(status["code"])).inc()
+
+
+def _key_label(scope: Mapping[str, Any]) -> str:
+    """The key name the auth dependency left in the request's state; ``anonymous`` where none ran (probes)."""
+    return str((scope.get("state") or {}).get(KEY_NAME_STATE, ANONYMOUS))
 
 
 def _route_label(scope: Mapping[str, Any]) -> str:

@@ -504,12 +504,14 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each), registered on the one entry point."""
     from app.cli.documents import documents_cli
     from app.cli.evaluation import eval_command, pilots_paper_command
+    from app.cli.keys import keys_cli
     from app.cli.train import train_expert_command
 
     cli.command("train-expert")(train_expert_command)
     cli.command("eval")(eval_command)
     cli.command("pilots-paper")(pilots_paper_command)
     cli.add_typer(documents_cli)
+    cli.add_typer(keys_cli)
 
 
 _register_optional_commands()

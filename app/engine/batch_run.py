@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult
+from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult, not_allowed
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
 from app.engine.snapshots import Snapshot
@@ -59,11 +59,19 @@ class BatchRun:
         self.engine, self.snapshot, self.jobs = engine, snapshot, jobs
         self.outcomes: list[BatchResult | Exception | None] = [None] * len(jobs)
         for position, job in enumerate(jobs):
-            if job.expert is not None and job.expert not in snapshot.experts:
+            allowed = job.allowed_experts
+            if job.expert is not None and allowed is not None and job.expert not in allowed:
+                self.outcomes[position] = not_allowed(job.expert, allowed)  # before existence: nothing leaks
+            elif job.expert is not None and job.expert not in snapshot.experts:
                 self.outcomes[position] = unknown_expert(snapshot, job.expert)
             elif job.expert is None and not len(snapshot.router):
                 self.outcomes[position] = NoExpertsError(
                     "no experts to route to: add an expert with pilots first, or name one with `expert`"
+                )
+            elif job.expert is None and allowed is not None and not snapshot.router.routable(allowed):
+                self.outcomes[position] = NoExpertsError(
+                    f"none of the experts this request may use ({sorted(allowed)}) can be routed to: "
+                    "name one with `expert`, or publish one with pilots"
                 )
         #: Each expert's live view, taken once: every stage of the batch sees the same documents.
         self.views: dict[str, LiveView] = {name: expert.view() for name, expert in snapshot.experts.items()}
@@ -109,6 +117,8 @@ class BatchRun:
                 continue
             if job.expert is not None:
                 fields = self.views[job.expert].metadata_fields()
+            elif job.allowed_experts is not None:  # only the experts it may read: the others' fields stay unseen
+                fields = _fields_of(view for name, view in self.views.items() if name in job.allowed_experts)
             else:
                 if union is None:
                     union = _fields_of(self.views.values())
@@ -140,15 +150,16 @@ class BatchRun:
 
         clock = time.perf_counter()
         evidence = self._evidence(routed, base)
-        evidence_row = {row: i for i, row in enumerate(routed)}
         decisions: list[RouteDecision] = [forced_decision("")] * len(self.rows)
         for position in self.live:
             job, rows = self.jobs[position], self.rows_of[position]
             if job.expert is not None:
                 decided = [forced_decision(job.expert)] * len(rows)
             else:
-                votes = None if evidence is None else evidence[[evidence_row[row] for row in rows]]
-                decided = self.snapshot.router.route(base[rows], policy=self._policy(position), evidence=votes)
+                votes = np.stack([evidence[row] for row in rows]) if evidence else None
+                decided = self.snapshot.router.route(
+                    base[rows], policy=self._policy(position), evidence=votes, only=job.allowed_experts
+                )
             for row, decision in zip(rows, decided):
                 decisions[row] = decision
         timings["route_ms"] = _elapsed(clock)
@@ -193,24 +204,40 @@ class BatchRun:
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
         return self.outcomes  # type: ignore[return-value]
 
-    def _evidence(self, rows: list[int], base: np.ndarray) -> np.ndarray | None:
-        """(len(rows), E) votes of the routable experts' collections for the routed rows, or None when off.
+    def _evidence(self, rows: list[int], base: np.ndarray) -> dict[int, np.ndarray]:
+        """Each routed row's votes from the collections it may be routed to (empty when evidence is off).
 
         :func:`app.engine.votes.corpus_votes` on this batch's views: the same
-        function ``SearchEngine.route`` calls, so both make one decision.
+        function ``SearchEngine.route`` calls, so both make one decision. Rows
+        are grouped by the experts their job may read: a restricted job's votes
+        come from its experts' collections alone, one column per
+        ``router.routable(allowed)``, as :meth:`router.Router.route` takes them.
+        With a shared IDF, its BM25 scores keep the one IDF of every routed
+        collection: a term statistic, so that a restricted search ranks its
+        experts as an unrestricted one would; no other collection's document votes.
         """
         if self.engine.evidence == "none" or not rows:
-            return None
-        views = [self.views[name] for name in self.snapshot.router.experts]
-        texts = [self.rows[row][1] for row in rows]
-        return corpus_votes(
-            views,
-            base[rows],
-            texts,
-            evidence=self.engine.evidence,
-            depth=self.engine.vote_depth,
-            shared_idf=self.engine.shared_idf(self.snapshot),
-        )
+            return {}
+        groups: dict[frozenset[str] | None, list[int]] = defaultdict(list)
+        for row in rows:
+            job = self.jobs[self.rows[row][0]]
+            if job.allowed_experts is None or self.snapshot.router.routable(job.allowed_experts):
+                groups[job.allowed_experts].append(row)
+        votes_of: dict[int, np.ndarray] = {}
+        for allowed, members in groups.items():
+            views = [self.views[name] for name in self.snapshot.router.routable(allowed)]
+            texts = [self.rows[row][1] for row in members]
+            votes = corpus_votes(
+                views,
+                base[members],
+                texts,
+                evidence=self.engine.evidence,
+                depth=self.engine.vote_depth,
+                shared_idf=self.engine.shared_idf(self.snapshot),
+            )
+            if votes is not None:
+                votes_of.update(zip(members, votes))
+        return votes_of
 
     def _depth(self, row: int, decision: RouteDecision) -> int:
         """Hits to fetch for one (row, expert) pair: the job's ``k``, or the merge depth when a score merge follows."""

@@ -37,12 +37,13 @@ from app.engine.jobs import (
     SearchJob,
     SearchResult,
     check_queries,
+    not_allowed,
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.votes import RouteEvidence, corpus_votes
-from app.errors import ExpertUnavailableError
+from app.errors import ExpertUnavailableError, PermissionDeniedError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
 from index import FilterExpr, SharedIdf
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
@@ -244,17 +245,26 @@ class SearchEngine:
             return self._decide(snapshot, base, list(queries), policy or self.policy)
 
     def _decide(
-        self, snapshot: Snapshot, base: np.ndarray, texts: list[str], policy: RoutePolicy
+        self,
+        snapshot: Snapshot,
+        base: np.ndarray,
+        texts: list[str],
+        policy: RoutePolicy,
+        *,
+        only: frozenset[str] | None = None,
     ) -> list[RouteDecision]:
-        """The router's decisions on pilot scores plus this engine's corpus votes, as a search batch makes them."""
+        """The router's decisions on pilot scores plus this engine's corpus votes, as a search batch makes them.
+
+        ``only``: route among these experts alone, with votes from their collections alone.
+        """
         router = snapshot.router
         votes = None
         if self.evidence != "none" and len(texts):
-            views = [snapshot.experts[name].view() for name in router.experts]
+            views = [snapshot.experts[name].view() for name in router.routable(only)]
             votes = corpus_votes(
                 views, base, texts, evidence=self.evidence, depth=self.vote_depth, shared_idf=self.shared_idf(snapshot)
             )
-        return router.route(base, policy=policy, evidence=votes)
+        return router.route(base, policy=policy, evidence=votes, only=only)
 
     def shared_idf(self, snapshot: Snapshot) -> SharedIdf | None:
         """What BM25 votes are scored with: the routed collections' shared IDF, or None for each its own."""
@@ -298,15 +308,15 @@ class SearchEngine:
     def embed_jobs(self, jobs: Sequence[EmbedJob]) -> list[EmbedResult | Exception]:
         """One outcome per job; jobs asking for the same model, input type and priority share one pass."""
         outcomes: list[EmbedResult | Exception | None] = [None] * len(jobs)
-        groups: dict[tuple[str, str, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, InputType, bool, frozenset[str] | None], list[int]] = defaultdict(list)
         for position, job in enumerate(jobs):
-            groups[job.model, job.input_type, job.bulk].append(position)
+            groups[job.model, job.input_type, job.bulk, job.allowed_experts].append(position)
         with self._holder.lease() as snapshot:
-            for (model, input_type, bulk), positions in groups.items():
+            for (model, input_type, bulk, allowed), positions in groups.items():
                 texts = [text for p in positions for text in jobs[p].texts]
                 try:
-                    result = self._embed(snapshot, texts, model, input_type, bulk=bulk)  # type: ignore[arg-type]
-                except (UnknownExpertError, NoExpertsError) as exc:
+                    result = self._embed(snapshot, texts, model, input_type, bulk=bulk, allowed=allowed)
+                except (UnknownExpertError, NoExpertsError, PermissionDeniedError) as exc:
                     for p in positions:
                         outcomes[p] = exc
                     continue
@@ -322,7 +332,14 @@ class SearchEngine:
         return outcomes  # type: ignore[return-value]
 
     def _embed(
-        self, snapshot: Snapshot, texts: list[str], model: str, input_type: InputType, *, bulk: bool = False
+        self,
+        snapshot: Snapshot,
+        texts: list[str],
+        model: str,
+        input_type: InputType,
+        *,
+        bulk: bool = False,
+        allowed: frozenset[str] | None = None,
     ) -> EmbedResult:
         max_length = self.query_max_length if input_type == "query" else None
         limit = self.encoder.max_length if max_length is None else min(max_length, self.encoder.max_length)
@@ -333,9 +350,11 @@ class SearchEngine:
         decisions = None
         if model == AUTO_MODEL:
             base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True, bulk=bulk)
-            decisions = self._decide(snapshot, base, texts, self.policy)
+            decisions = self._decide(snapshot, base, texts, self.policy, only=allowed)
             names = [decision.experts[0] for decision in decisions]
         else:
+            if allowed is not None and model not in allowed:
+                raise not_allowed(model, allowed)
             self._require(snapshot, model)
             names = [model] * len(texts)
         adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]

@@ -6,13 +6,14 @@ output formatting; they know nothing of HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from app.engine.retrieval import RetrievalOptions, ScoredHit, SearchMode
+from app.errors import PermissionDeniedError
 from index import FilterExpr
 from router import RouteDecision, RoutePolicy
 
@@ -90,7 +91,8 @@ class SearchJob:
     needs a lexical index degrades to dense on an expert without one, while
     a request that sets any retrieval option and so needs BM25 there is refused.
     ``policy`` None routes by the engine's default policy. ``filter`` restricts the hits to documents whose metadata match it, inside
-    the search of the chosen expert(s); routing does not look at it.
+    the search of the chosen expert(s); routing does not look at it. ``allowed_experts`` (None: all) are the
+    experts the caller may read: a routed query is routed among them alone, and naming another is refused.
 
     >>> SearchJob(("lift of a swept wing",), k=5, policy=RoutePolicy(top_k=2, fanout_margin=0.05))
     """
@@ -101,27 +103,34 @@ class SearchJob:
     policy: RoutePolicy | None = None
     retrieval: RetrievalOptions | None = None
     filter: FilterExpr | None = None
+    allowed_experts: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         check_queries(self.queries)
         object.__setattr__(self, "queries", tuple(self.queries))
+        object.__setattr__(self, "allowed_experts", _frozen(self.allowed_experts))
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive integer, got {self.k!r}")
 
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """One embeddings request: ``model`` is an expert name, ``base`` or ``auto`` (routed)."""
+    """One embeddings request: ``model`` is an expert name, ``base`` or ``auto`` (routed).
+
+    ``allowed_experts`` (None: all): ``auto`` routes among these alone, and naming another is refused.
+    """
 
     texts: tuple[str, ...]
     model: str = BASE_MODEL
     input_type: InputType = "query"
     #: A turn of a large request: its passes let searches' passes go first (``Encoder.embed(bulk=True)``).
     bulk: bool = False
+    allowed_experts: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         check_queries(self.texts)
         object.__setattr__(self, "texts", tuple(self.texts))
+        object.__setattr__(self, "allowed_experts", _frozen(self.allowed_experts))
         if self.input_type not in ("query", "document"):
             raise ValueError(f"Invalid input_type {self.input_type!r}. Valid input types are: 'query', 'document'")
 
@@ -144,3 +153,20 @@ def check_queries(queries: Sequence[str]) -> None:
     for position, query in enumerate(queries):
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query {position} is empty: every query needs some text")
+
+
+def _frozen(names: Iterable[str] | None) -> frozenset[str] | None:
+    """A job's ``allowed_experts`` as a frozenset (hashable: batches group jobs by it); a bare string is refused."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        raise TypeError("allowed_experts must be a collection of expert names, not a string")
+    return frozenset(names)
+
+
+def not_allowed(name: str, allowed: frozenset[str]) -> PermissionDeniedError:
+    """The error of a job naming an expert outside its ``allowed_experts``."""
+    return PermissionDeniedError(
+        f"expert {name!r} is not among the experts this request may use: {sorted(allowed)}",
+        details={"expert": name, "allowed": sorted(allowed)},
+    )

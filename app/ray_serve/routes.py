@@ -22,9 +22,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api.auth import require_admin, require_search
+from app.api.auth import SearchCaller, require_admin
 from app.api.body_limit import BodySizeLimitMiddleware
 from app.api.error_handlers import error_response, install_error_handlers
+from app.api.keys import KeyStore
 from app.api.metrics import MetricsMiddleware
 from app.api.schemas import (
     AddExpertRequest,
@@ -37,6 +38,7 @@ from app.api.schemas import (
     SearchResponse,
     error_responses,
 )
+from app.errors import PermissionDeniedError
 from app.ray_serve.ingress import Ingress
 
 __all__ = ["create_ingress_app"]
@@ -56,11 +58,15 @@ ops_router = APIRouter(tags=["operations"])
 @search_router.post(
     "/search",
     response_model=SearchResponse,
-    dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 501, 503),
 )
-async def search(body: SearchRequest, ingress: Serving) -> SearchResponse:
+async def search(body: SearchRequest, ingress: Serving, caller: SearchCaller) -> SearchResponse:
     """``rr serve``'s search: each query routed on pilots and corpus votes, searched by a replica holding its expert."""
+    if caller.experts is not None:  # refused, not widened: this ingress cannot route among some experts only
+        raise PermissionDeniedError(
+            f"key {caller.name!r} is limited to experts {sorted(caller.experts)}, and the Ray Serve ingress does not "
+            "restrict routing: use `rr serve` for keys limited to experts"
+        )
     return await ingress.search(body)
 
 
@@ -110,7 +116,8 @@ def create_ingress_app(ingress: Ingress) -> FastAPI:
     """The ingress replica's app around ``ingress`` (its settings give the keys and limits)."""
     settings = ingress.settings
     app = FastAPI(title="router-retriever on Ray Serve", version="0.1.0", docs_url="/docs", redoc_url=None)
-    app.state.service = ingress  # where app.api.auth and app.api.error_handlers look for the settings, as in rr serve
+    app.state.service = ingress  # where app.api.error_handlers look for the settings, as in rr serve
+    app.state.keys = KeyStore(settings)  # where app.api.auth looks for the keys (RR_KEYS_FILE read once here)
     install_error_handlers(app)
     for router in (search_router, admin_router, ops_router):
         app.include_router(router)

@@ -119,6 +119,6 @@ def test_through_a_running_server(cranfield: Path, tmp_path: Path, capsys, start
     code, _, err = run_cli(
         ["documents", "delete", "memo-1", "-e", "cranfield", "--url", server.url, "--admin-key", "wrong"], capsys
     )
-    assert code == 2 and "HTTP 403" in err
+    assert code == 2 and "HTTP 401" in err
     code, _, err = run_cli(["documents", "upsert", new, "-e", "cranfield"], capsys)  # the server holds the log
     assert code == 2 and "another process" in err

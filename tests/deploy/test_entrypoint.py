@@ -228,7 +228,7 @@ def test_the_image_command_serves_takes_an_expert_and_stops_cleanly(
     client_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RR_URL": server.url}
     run = {"capture_output": True, "text": True, "timeout": 300}
     refused = subprocess.run(script, env={**client_env, "RR_ADMIN_KEY": "wrong"}, check=False, **run)
-    assert refused.returncode != 0 and '"forbidden"' in refused.stdout, refused.stdout + refused.stderr
+    assert refused.returncode != 0 and '"unauthenticated"' in refused.stdout, refused.stdout + refused.stderr
     assert httpx.get(server.url + "/experts", timeout=10).json()["experts"] == []
     added = subprocess.run(script, env={**client_env, "RR_ADMIN_KEY": ADMIN_KEY}, check=False, **run)
     assert added.returncode == 0, added.stdout + added.stderr

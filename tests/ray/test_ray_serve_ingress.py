@@ -1,7 +1,7 @@
 """The Ray Serve ingress behaves as ``rr serve`` for what it serves: keys, limits, errors, corpus votes, admin, metrics.
 
 One Serve app for the whole module (starting one takes seconds on 2 cores):
-corpus votes on (``documents+bm25``, ``rr serve``'s default), both keys set,
+corpus votes on (``documents+bm25``, ``rr serve``'s default), both keys set and a key file,
 small limits, one searcher replica holding all three experts.
 """
 
@@ -18,6 +18,7 @@ import httpx
 import pytest
 from ray import serve
 
+from app.api.keys import hash_secret
 from app.engine.engine import SearchEngine
 from app.publishing.registry import RegistryFile
 from app.ray_serve.deployment import build_app
@@ -28,6 +29,7 @@ from tests.ray.conftest import free_port
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 SEARCH_KEY, ADMIN_KEY = "search-key-123", "admin-key-456"
+READER_KEY, LIMITED_KEY = "reader-key-789", "limited-key-012"
 QUERIES = [
     "lift of a swept wing",
     "sorting methods on tape",
@@ -58,6 +60,11 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_bert_path: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("ingress") / "experts"
     shutil.copytree(serve_experts, root)
+    keys_file = root.parent / "keys.toml"
+    keys_file.write_text(
+        f'[[keys]]\nname = "reader"\nhash = "{hash_secret(READER_KEY)}"\nscopes = ["search"]\n'
+        f'[[keys]]\nname = "limited"\nhash = "{hash_secret(LIMITED_KEY)}"\nscopes = ["search"]\nexperts = ["aero"]\n'
+    )
     settings = Settings(
         data_dir=root,
         base_model=str(tiny_bert_path),
@@ -65,6 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_experts: Path, tiny_b
         torch_threads=1,
         search_key=SEARCH_KEY,
         admin_key=ADMIN_KEY,
+        keys_file=keys_file,
         max_body_bytes=2048,
         max_queries=4,
     )
@@ -84,13 +92,22 @@ def test_keys_are_required_as_in_rr_serve(served: Served) -> None:
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthenticated"
     assert missing.headers["WWW-Authenticate"] == "Bearer"
     wrong = served.search({"query": "shock"}, key="not-the-key")
-    assert wrong.status_code == 403 and wrong.json()["error"]["type"] == "forbidden"
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "unauthenticated"
     assert served.search({"query": "shock"}, key=ADMIN_KEY).status_code == 200  # the admin key is a search key too
     as_searcher = served.client.delete("/admin/experts/aero", headers={"Authorization": f"Bearer {SEARCH_KEY}"})
     assert as_searcher.status_code == 403 and "admin API" in as_searcher.json()["error"]["message"]
     assert served.client.post("/admin/experts", json={"path": "aero"}).status_code == 401
     for probe in ("/healthz", "/metrics"):  # probes and metrics need no key
         assert served.client.get(probe).status_code == 200
+
+
+def test_file_keys_work_and_a_key_limited_to_experts_is_refused_not_widened(served: Served) -> None:
+    assert served.search({"query": "shock"}, key=READER_KEY).status_code == 200
+    as_reader = served.client.delete("/admin/experts/aero", headers={"Authorization": f"Bearer {READER_KEY}"})
+    assert as_reader.status_code == 403 and "lacks scope 'admin'" in as_reader.json()["error"]["message"]
+    limited = served.search({"query": "shock"}, key=LIMITED_KEY)
+    assert limited.status_code == 403 and "Ray Serve ingress does not restrict routing" in limited.text
+    assert 'rr_requests_by_key_total{key="reader",route="/search",status="200"}' in served.client.get("/metrics").text
 
 
 def test_limits_and_validation_give_rr_serves_error_bodies(served: Served) -> None:

@@ -31,19 +31,20 @@ from tests.reliability.conftest import forked_server
 
 WRONG_KEYS = ["admin-key-for-test", "admin-key-for-testsX", "not-the-key-0123456789"]  # cut short, lengthened, other
 
-#: label -> the Authorization header (None: no header) and whether it is a 401 (else 403)
+#: label -> the Authorization header (None: no header) and its status: 401 without a known key, 403 for a
+#: known key without the admin scope
 CREDENTIALS: dict[str, tuple[str | None, int]] = {
     "none": (None, 401),
     "empty bearer": ("Bearer", 401),
-    "wrong key": (f"Bearer {WRONG_KEYS[2]}", 403),
-    "cut short": (f"Bearer {WRONG_KEYS[0]}", 403),
-    "lengthened": (f"Bearer {WRONG_KEYS[1]}", 403),
+    "wrong key": (f"Bearer {WRONG_KEYS[2]}", 401),
+    "cut short": (f"Bearer {WRONG_KEYS[0]}", 401),
+    "lengthened": (f"Bearer {WRONG_KEYS[1]}", 401),
     "search key": (f"Bearer {SEARCH_KEY}", 403),
     "basic scheme": (f"Basic {base64.b64encode(f'admin:{ADMIN_KEY}'.encode()).decode()}", 401),
     "token scheme": (f"Token {ADMIN_KEY}", 401),
     "bare key": (ADMIN_KEY, 401),
-    "space inside the key": (f"Bearer {ADMIN_KEY[:5]} {ADMIN_KEY[5:]}", 403),
-    "key and more": (f"Bearer {ADMIN_KEY} {ADMIN_KEY}", 403),
+    "space inside the key": (f"Bearer {ADMIN_KEY[:5]} {ADMIN_KEY[5:]}", 401),
+    "key and more": (f"Bearer {ADMIN_KEY} {ADMIN_KEY}", 401),
 }
 
 

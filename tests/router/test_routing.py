@@ -142,3 +142,39 @@ def test_policies_validate_their_merge_and_a_request_overrides_only_what_it_sets
     assert default.updated(top_k=1, fanout_margin=None, merge="rrf") == RoutePolicy(
         top_k=1, fanout_margin=0.3, merge="rrf", gap_weight=2.0
     )
+
+
+def test_only_routes_among_the_experts_given_as_a_router_of_them_alone_would(router: Router) -> None:
+    query = np.stack([unit(1, 0.05, 0), unit(0, 1, 0.1)])
+    policy = RoutePolicy(top_k=3, fanout_margin=None)
+    decisions = router.route(query, policy=policy, only={"cacm", "cisi", "nowhere"})
+    alone = Router({name: router.pilots(name) for name in ("cacm", "cisi")})
+    for decision, expected in zip(decisions, alone.route(query, policy=policy)):
+        assert decision.experts == expected.experts and set(decision.experts) == {"cacm", "cisi"}
+        assert [name for name, _ in decision.scores] == [name for name, _ in expected.scores]
+        assert [score for _, score in decision.scores] == pytest.approx([score for _, score in expected.scores])
+    assert router.routable({"cisi", "nowhere"}) == ("cisi",)
+    assert router.routable() == router.experts
+
+
+def test_only_with_knn_counts_only_the_allowed_experts_pilots() -> None:
+    pilots = {"a": np.stack([unit(1, 0), unit(0.99, 0.1)]), "b": np.stack([unit(0.2, 1)]), "c": np.stack([unit(0, 1)])}
+    full = Router(pilots, aggregate="knn", neighbours=2)
+    alone = Router({name: pilots[name] for name in ("b", "c")}, aggregate="knn", neighbours=2)
+    query = unit(1, 0.05)[None]
+    np.testing.assert_allclose(full.scores(query, only={"b", "c"}), alone.scores(query), rtol=1e-6)
+    (decision,) = full.route(query, only=["b", "c"])
+    assert decision.experts == ("b",)
+
+
+def test_only_with_evidence_takes_one_column_per_routable_expert(router: Router) -> None:
+    query = unit(1, 0.05, 0)[None]
+    (decision,) = router.route(query, evidence=np.array([[0.0, 5.0]]), only={"aero", "cisi"})
+    assert decision.experts == ("cisi",)
+    with pytest.raises(PilotError, match=r"\(1, 2\)"):
+        router.route(query, evidence=np.zeros((1, 3)), only={"aero", "cisi"})
+
+
+def test_only_naming_no_routable_expert_is_a_clear_error(router: Router) -> None:
+    with pytest.raises(NoExpertsError, match=r"none of the experts \['nowhere'\] can be routed to"):
+        router.route(unit(1, 0, 0)[None], only={"nowhere"})

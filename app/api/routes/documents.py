@@ -1,8 +1,10 @@
-"""The document API: upsert and delete batches (admin key), read one document, force a merge.
+"""The document API: upsert and delete batches, read one document, force a merge.
 
 An acknowledged write is durable (committed to the expert's write-ahead log
 with fsync) and visible to every search that starts after it, dense and
-lexical alike; it survives ``kill -9`` and a restart.
+lexical alike; it survives ``kill -9`` and a restart. Writes and merges need
+scope ``documents:write``, reads ``documents:read``, and a key limited to some
+experts reaches only theirs.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
-from app.api.auth import require_admin, require_search
+from app.api.auth import DocumentsReadCaller, DocumentsWriteCaller
 from app.api.schemas import ExpertName, error_responses
 from app.api.schemas_documents import (
     MAX_DOCUMENT_ID_CHARS,
@@ -46,16 +48,18 @@ def _check_count(runtime: Runtime, count: int, what: str) -> None:
 @router.put(
     "/admin/experts/{name}/documents",
     response_model=UpsertOut,
-    dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
 )
-async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Serving) -> UpsertOut:
+async def upsert_documents(
+    name: ExpertName, body: UpsertRequest, runtime: Serving, caller: DocumentsWriteCaller
+) -> UpsertOut:
     """Insert or replace a batch of documents (all or nothing); searchable as soon as this answers.
 
     Documents are embedded with the base encoder (the expert's adapter is on
     the query side), so an upsert never touches the adapter. A background
     merge folds the writes into a new index generation when enough piled up.
     """
+    caller.check_expert(name)
     _check_count(runtime, len(body.documents), "documents")
     docs = [Document(d.id, d.title, d.text, dict(d.metadata)) for d in body.documents]
     written = await asyncio.to_thread(runtime.documents.upsert, name, docs)
@@ -73,11 +77,13 @@ async def upsert_documents(name: ExpertName, body: UpsertRequest, runtime: Servi
 @router.delete(
     "/admin/experts/{name}/documents",
     response_model=DeleteOut,
-    dependencies=[Depends(require_admin)],
     responses=_WRITE_ERRORS,
 )
-async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Serving) -> DeleteOut:
+async def delete_documents(
+    name: ExpertName, body: DeleteRequest, runtime: Serving, caller: DocumentsWriteCaller
+) -> DeleteOut:
     """Delete a batch of documents by id; gone from every search as soon as this answers. Unknown ids are listed."""
+    caller.check_expert(name)
     _check_count(runtime, len(body.ids), "ids")
     written = await asyncio.to_thread(runtime.documents.delete, name, body.ids)
     report = written.report
@@ -94,15 +100,16 @@ async def delete_documents(name: ExpertName, body: DeleteRequest, runtime: Servi
 @router.get(
     "/experts/{name}/documents/{doc_id:path}",
     response_model=DocumentOut,
-    dependencies=[Depends(require_search)],
     responses=error_responses(401, 403, 404, 422, 503),
 )
 async def get_document(
     name: ExpertName,
     runtime: Serving,
+    caller: DocumentsReadCaller,
     doc_id: str = Path(min_length=1, max_length=MAX_DOCUMENT_ID_CHARS, description="The document's id."),
 ) -> DocumentOut:
     """One document as searches see it now (upserts and deletes included)."""
+    caller.check_expert(name)
     document = await asyncio.to_thread(runtime.documents.get, name, doc_id)
     return DocumentOut(
         expert=name, id=document.id, title=document.title, text=document.text, metadata=document.metadata
@@ -112,11 +119,11 @@ async def get_document(
 @router.post(
     "/admin/experts/{name}/merge",
     response_model=MergeOut,
-    dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 409, 422, 503, 507),
 )
-async def merge_documents(name: ExpertName, runtime: Serving) -> MergeOut:
+async def merge_documents(name: ExpertName, runtime: Serving, caller: DocumentsWriteCaller) -> MergeOut:
     """Fold the live writes into a new index generation now and wait for it (searches go on meanwhile)."""
+    caller.check_expert(name)
     report, expert = await asyncio.to_thread(runtime.documents.merge, name)
     return MergeOut(
         expert=name,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.auth import require_search
+from app.api.auth import Caller, EmbedCaller
 from app.api.schemas import error_responses
 from app.api.schemas_openai import EmbeddingOut, EmbeddingsRequest, EmbeddingsResponse, UsageOut
 from app.api.state import Runtime, Serving
@@ -33,7 +33,7 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
-def _check(body: EmbeddingsRequest, runtime: Runtime) -> list[str]:
+def _check(body: EmbeddingsRequest, runtime: Runtime, caller: Caller) -> list[str]:
     """The request's texts, once everything about it that can be checked before the model runs is valid."""
     if body.holds_token_ids:
         raise UnsupportedInputError(TOKEN_IDS_MESSAGE)
@@ -49,10 +49,11 @@ def _check(body: EmbeddingsRequest, runtime: Runtime) -> list[str]:
             f"dimensions={body.dimensions} is not available: this encoder gives {engine.encoder.dim}-dimensional vectors"
         )
     if body.model not in RESERVED_NAMES:
+        caller.check_expert(body.model)
         runtime.publisher.check_servable(body.model)
     if body.model not in RESERVED_NAMES and body.model not in engine.experts:
         raise UnknownExpertError(
-            f"Model {body.model!r} not found. Valid models: {[*sorted(RESERVED_NAMES), *sorted(engine.experts)]}"
+            f"Model {body.model!r} not found. Valid models: {[*sorted(RESERVED_NAMES), *caller.visible(engine.experts)]}"
         )
     return texts
 
@@ -68,10 +69,8 @@ def _answered_by(model: str, results: list[EmbedResult]) -> str:
     return only or BASE_MODEL
 
 
-@router.post(
-    "/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_search)], responses=_ERRORS
-)
-async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsResponse:
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS)
+async def embeddings(body: EmbeddingsRequest, runtime: Serving, caller: EmbedCaller) -> EmbeddingsResponse:
     """Embed `input` with `model`: an expert's adapter, `base` (no adapter), or `auto` (routed per input).
 
     With query-side experts (the default) the adapter changes only queries:
@@ -80,14 +79,20 @@ async def embeddings(body: EmbeddingsRequest, runtime: Serving) -> EmbeddingsRes
     embedded that many inputs at a time, each turn queued like any request, and
     its forward passes let those of searches go first, so a search waits for at
     most one of its passes, not for all of it. `usage` counts the tokens the
-    encoder read.
+    encoder read. A key limited to some experts may name only those, and `auto` routes among them alone.
     """
-    texts = _check(body, runtime)
+    texts = _check(body, runtime, caller)
     turn = runtime.settings.embedding_turn_inputs
     bulk = len(texts) > turn
     results: list[EmbedResult] = []
     for start in range(0, len(texts), turn):
-        job = EmbedJob(tuple(texts[start : start + turn]), model=body.model, input_type=body.input_type, bulk=bulk)
+        job = EmbedJob(
+            tuple(texts[start : start + turn]),
+            model=body.model,
+            input_type=body.input_type,
+            bulk=bulk,
+            allowed_experts=caller.experts,
+        )
         result, _ = await runtime.embeddings.submit(job)
         results.append(result)
     rows = [(vector, expert) for result in results for vector, expert in zip(result.vectors, result.adapters_of)]

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.auth import require_search
+from app.api.auth import ListingCaller
 from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
 from app.api.state import Runtime, Serving
 from app.publishing.registry import RegistryEntry
 from experts import ExpertDir, Manifest, UnknownExpertError
 
-router = APIRouter(tags=["experts"], dependencies=[Depends(require_search)])
+router = APIRouter(tags=["experts"])
 
 
 def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = False) -> dict[str, Any]:
@@ -58,16 +58,18 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
 
 
 @router.get("/experts", response_model=ExpertListOut, responses=error_responses(401, 403, 503))
-async def list_experts(runtime: Serving) -> ExpertListOut:
-    """Every published expert: documents, index type, adapter, pilots and load state."""
-    entries = sorted(runtime.publisher.entries.values(), key=lambda entry: entry.name)
+async def list_experts(runtime: Serving, caller: ListingCaller) -> ExpertListOut:
+    """Every published expert (that the key may use): documents, index type, adapter, pilots and load state."""
+    published = runtime.publisher.entries
+    entries = [published[name] for name in caller.visible(published)]
     return ExpertListOut(experts=[ExpertOut.model_validate(describe(runtime, entry)) for entry in entries])
 
 
 @router.get("/experts/{name}", response_model=ExpertDetailOut, responses=error_responses(401, 403, 404, 422, 503))
-async def get_expert(name: ExpertName, runtime: Serving) -> ExpertDetailOut:
+async def get_expert(name: ExpertName, runtime: Serving, caller: ListingCaller) -> ExpertDetailOut:
     """One published expert, with its manifest."""
+    caller.check_expert(name)
     entries = runtime.publisher.entries
     if name not in entries:
-        raise UnknownExpertError(f"Expert {name!r} not found. Published experts: {sorted(entries)}")
+        raise UnknownExpertError(f"Expert {name!r} not found. Published experts: {caller.visible(entries)}")
     return ExpertDetailOut.model_validate(describe(runtime, entries[name], with_manifest=True))

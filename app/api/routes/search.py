@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.auth import require_search
+from app.api.auth import SearchCaller
 from app.api.routes.rerank import reranks_of
 from app.api.schemas import SearchRequest, SearchResponse, error_responses
 from app.api.state import Runtime, Serving
@@ -20,8 +20,8 @@ router = APIRouter(tags=["search"])
 _ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422, 429, 501, 503)
 
 
-@router.post("/search", response_model=SearchResponse, dependencies=[Depends(require_search)], responses=_ERRORS)
-async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
+@router.post("/search", response_model=SearchResponse, responses=_ERRORS)
+async def search(body: SearchRequest, runtime: Serving, caller: SearchCaller) -> SearchResponse:
     """Search one query or a list; each query is routed on its own unless `expert` names one.
 
     Concurrent requests are gathered for a few milliseconds and answered
@@ -30,6 +30,7 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
     `mode` chooses dense, lexical or hybrid search inside the chosen expert.
     `rerank` rescores each query's best `top_n` candidates with the cross-encoder
     (501 when the server has none) and returns the best `k` by its score.
+    A key limited to some experts may name only those, and is routed among them alone.
     """
     started = time.perf_counter()
     texts = body.texts
@@ -38,10 +39,19 @@ async def search(body: SearchRequest, runtime: Serving) -> SearchResponse:
         raise PayloadTooLargeError(f"{len(texts)} queries in one request; the limit is {limit} (RR_MAX_QUERIES)")
     depth = _candidates(body, runtime, len(texts))
     if body.expert is not None:
+        caller.check_expert(body.expert)
         runtime.publisher.check_servable(body.expert)
     policy = body.route.policy(runtime.settings.route_policy())
     retrieval = requested_retrieval(mode=body.mode, fusion=body.fusion, weight=body.hybrid_weight)
-    job = SearchJob(tuple(texts), k=depth, expert=body.expert, policy=policy, retrieval=retrieval, filter=body.filter)
+    job = SearchJob(
+        tuple(texts),
+        k=depth,
+        expert=body.expert,
+        policy=policy,
+        retrieval=retrieval,
+        filter=body.filter,
+        allowed_experts=caller.experts,
+    )
     batch, queue_ms = await runtime.searches.submit(job)
     timings = {"queue_ms": queue_ms, **batch.timings_ms}
     results = batch.results if body.rerank is None else await _reranked(batch, body.k, runtime, timings)

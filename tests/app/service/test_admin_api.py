@@ -135,7 +135,7 @@ def test_admin_auth(make_client, experts_root: Path) -> None:
     body = {"path": "staging/gamma"}
     response = client.post("/admin/experts", json=body)
     assert response.status_code == 401 and error_of(response)["type"] == "unauthenticated"
-    assert client.post("/admin/experts", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert client.post("/admin/experts", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert (
         client.post("/admin/experts", json=body, headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 403
     )

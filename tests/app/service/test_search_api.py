@@ -139,7 +139,7 @@ def test_search_key_when_configured(make_client, experts_root: Path) -> None:
     assert error_of(response)["type"] == "unauthenticated"
     assert client.post("/search", json=body, headers={"Authorization": "Basic abc"}).status_code == 401
     response = client.post("/search", json=body, headers={"Authorization": "Bearer wrong"})
-    assert response.status_code == 403 and error_of(response)["type"] == "forbidden"
+    assert response.status_code == 401 and error_of(response)["type"] == "unauthenticated"
     assert client.post("/search", json=body, headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 200
     assert client.post("/search", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
     assert client.get("/experts").status_code == 401

@@ -54,7 +54,7 @@ def test_search_probes_auth_and_limits_over_http(live_server: ServerProcess) -> 
             http.post(
                 "/admin/experts", json={"path": "staging/gamma"}, headers={"Authorization": "Bearer no"}
             ).status_code
-            == 403
+            == 401
         )
         metrics = http.get("/metrics").text
         assert 'rr_http_requests_total{method="POST",route="/search",status="413"}' in metrics
