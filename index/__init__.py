@@ -44,7 +44,8 @@ from index.store.collection import (
     read_info,
     write_info,
 )
-from index.store.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
+from index.store.dense import DenseIndex
+from index.store.dense_filtering import EXACT_FILTER_LIMIT
 from index.store.docstore import DocStore
 from index.store.filters import (
     FieldInfo,
@@ -57,6 +58,7 @@ from index.store.filters import (
     parse_filter,
 )
 from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.store.search_params import SearchParams
 from index.store.shared_idf import SharedIdf
 
 __all__ = [

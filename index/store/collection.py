@@ -34,10 +34,11 @@ from index.long_documents import ChunkSettings, text_span
 from index.store.analysis import LexicalSettings
 from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.store.dense import DenseIndex, SearchParams
+from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 from index.store.filters import FieldInfo, FilterExpr
 from index.store.lexical import LexicalIndex
+from index.store.search_params import SearchParams
 from index.store.shared_idf import SharedIdf
 
 __all__ = [
