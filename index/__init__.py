@@ -47,17 +47,11 @@ from index.store.collection import (
 from index.store.dense import DenseIndex
 from index.store.dense_filtering import EXACT_FILTER_LIMIT
 from index.store.docstore import DocStore
-from index.store.filters import (
-    FieldInfo,
-    Filter,
-    FilterExpr,
-    check_fields,
-    compile_filter,
-    filter_fields,
-    filter_to_json,
-    parse_filter,
-)
+from index.store.filter_sql import compile_filter
+from index.store.filter_tree import FilterExpr, filter_fields
+from index.store.filters import Filter, filter_to_json, parse_filter
 from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.store.metadata_fields import FieldInfo, check_fields
 from index.store.search_params import SearchParams
 from index.store.shared_idf import SharedIdf
 

@@ -62,7 +62,8 @@ from index.live.view import DeltaSegment, LiveView
 from index.long_documents import SplitFn, plan_chunks, too_long_message
 from index.store.analysis import Analyzer
 from index.store.collection import Collection, Hit
-from index.store.filters import FieldInfo, FilterExpr
+from index.store.filter_tree import FilterExpr
+from index.store.metadata_fields import FieldInfo
 
 __all__ = ["DeleteReport", "LiveCollection", "LiveStats", "MergeReport", "UpsertReport", "main_fingerprint"]
 

@@ -36,8 +36,9 @@ from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
-from index.store.filters import FieldInfo, FilterExpr
+from index.store.filter_tree import FilterExpr
 from index.store.lexical import LexicalIndex
+from index.store.metadata_fields import FieldInfo
 from index.store.search_params import SearchParams
 from index.store.shared_idf import SharedIdf
 

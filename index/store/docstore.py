@@ -43,15 +43,10 @@ import numpy as np
 
 from index.corpus import Document
 from index.errors import CorpusError, IndexFileError, OutputExistsError, ReadOnlyError
-from index.store.filters import (
-    FIELD_PATTERN,
-    FieldInfo,
-    FilterExpr,
-    check_fields,
-    compile_filter,
-    json_path,
-    parse_filter,
-)
+from index.store.filter_sql import compile_filter, json_path
+from index.store.filter_tree import FilterExpr
+from index.store.filters import FIELD_PATTERN, parse_filter
+from index.store.metadata_fields import FieldInfo, check_fields
 
 __all__ = ["DocStore"]
 
@@ -146,7 +141,7 @@ def _index_metadata(conn: sqlite3.Connection, max_indexed: int) -> dict[str, Fie
     for name in existing - {_INDEX_PREFIX + field for field in chosen}:
         conn.execute(f'DROP INDEX "{name}"')  # names we made: the prefix and a FIELD_PATTERN name, no quotes
     for field in sorted(chosen):
-        # The indexed expression must be spelt exactly as index.store.filters.compile_filter spells it.
+        # The indexed expression must be spelt exactly as index.store.filter_sql.compile_filter spells it.
         conn.execute(
             f'CREATE INDEX IF NOT EXISTS "{_INDEX_PREFIX}{field}" ON documents (json_extract(metadata, {json_path(field)}))'
         )
