@@ -33,8 +33,8 @@ from index import (
     filter_to_json,
     parse_filter,
 )
-from index.store.docstore import MAX_INDEXED_FIELDS
 from index.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_IN_VALUES
+from index.store.metadata_fields import MAX_INDEXED_FIELDS
 
 N_DOCS = 2000
 K = 10
