@@ -34,16 +34,8 @@ from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocu
 from index.store.analysis import Analyzer, LexicalMethod, LexicalSettings
 from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.store.collection import (
-    DENSE_FILE,
-    DOCSTORE_FILE,
-    INFO_FILE,
-    Collection,
-    Hit,
-    IndexInfo,
-    read_info,
-    write_info,
-)
+from index.store.collection import DENSE_FILE, DOCSTORE_FILE, Collection, Hit
+from index.store.collection_info import INFO_FILE, IndexInfo, read_info, write_info
 from index.store.dense import DenseIndex
 from index.store.dense_filtering import EXACT_FILTER_LIMIT
 from index.store.docstore import DocStore

@@ -15,7 +15,8 @@ from index.build.shards import iter_shards
 from index.errors import IndexFileError
 from index.long_documents import ChunkSettings
 from index.store.chunk_map import ChunkMap
-from index.store.collection import DENSE_FILE, DOCSTORE_FILE, IndexInfo, file_sha256, write_info
+from index.store.collection import DENSE_FILE, DOCSTORE_FILE
+from index.store.collection_info import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 

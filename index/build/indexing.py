@@ -60,7 +60,7 @@ from index.errors import (
 )
 from index.long_documents import ChunkSettings, SplitFn, plan_chunks, too_long_message
 from index.store.analysis import LexicalSettings
-from index.store.collection import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
+from index.store.collection_info import INFO_FILE, IndexInfo, file_sha256, read_info, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 from index.store.lexical import LexicalIndex

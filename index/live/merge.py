@@ -47,7 +47,7 @@ from index.live.log import metadata_json
 from index.live.view import LiveView
 from index.store.chunk_map import ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.store.collection import IndexInfo, file_sha256, write_info
+from index.store.collection_info import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 
