@@ -8,7 +8,8 @@ packages of the service. Import from ``index``, not from its modules::
 
 from __future__ import annotations
 
-from index.build.indexing import BuildReport, EmbedFn, build_index
+from index.build.embedding import EmbedFn
+from index.build.indexing import BuildReport, build_index
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
 from index.errors import (
     BuildInProgressError,

@@ -53,7 +53,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from index.build.indexing import EmbedFn, checked_embed
+from index.build.embedding import EmbedFn, checked_embed
 from index.corpus import Document
 from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError, LongDocumentError
 from index.live.log import LiveLog, LogEntry, metadata_json
