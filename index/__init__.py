@@ -27,8 +27,9 @@ from index.errors import (
     UnknownFieldError,
 )
 from index.fusion import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical, reciprocal_rank_fusion
-from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
+from index.live.live_collection import LiveCollection
 from index.live.merge import MergePolicy
+from index.live.reports import DeleteReport, LiveStats, MergeReport, UpsertReport
 from index.live.view import LiveView, static_view
 from index.live.writer_lock import WriterLock
 from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
