@@ -31,7 +31,7 @@ from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 from index.store.lexical import LexicalIndex
 
-__all__ = ["TRAIN_SAMPLE_SIZE", "assemble_dense", "publish_staged", "stage_collection", "stage_lexical"]
+__all__ = ["TRAIN_SAMPLE_SIZE", "TRAIN_SEED", "assemble_dense", "publish_staged", "stage_collection", "stage_lexical"]
 
 logger = logging.getLogger(__name__)
 
