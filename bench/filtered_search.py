@@ -24,7 +24,7 @@ texts: 30 words each from a Zipf-distributed vocabulary of 20,000, queries of 3 
 
 A second table sweeps the size of the allowed set for HNSW and IVF, timing (median
 of 50 queries) the exact search over just those vectors against the widened graph / list search,
-which is where ``index.store.dense.EXACT_FILTER_LIMIT`` comes from.
+which is where ``index.store.dense_filtering.EXACT_FILTER_LIMIT`` comes from.
 """
 
 from __future__ import annotations

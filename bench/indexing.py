@@ -83,10 +83,10 @@ def write_slice(source: Path, target: Path, docs: int, *, repeat: int = 1) -> Pa
 
 
 class LexicalTimer:
-    """Adds up the time the job spends in its BM25 step (``index.build.indexing.stage_lexical``), benchmark only."""
+    """Adds up the time the job spends in its BM25 step (``index.build.assembly.stage_lexical``), benchmark only."""
 
     def __init__(self) -> None:
-        import index.build.indexing as job
+        import index.build.job as job  # the module that calls stage_lexical
 
         self.seconds = 0.0
         original = job.stage_lexical

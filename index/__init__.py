@@ -8,7 +8,8 @@ packages of the service. Import from ``index``, not from its modules::
 
 from __future__ import annotations
 
-from index.build.indexing import BuildReport, EmbedFn, build_index
+from index.build.embedding import EmbedFn
+from index.build.indexing import BuildReport, build_index
 from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
 from index.errors import (
     BuildInProgressError,
@@ -26,37 +27,26 @@ from index.errors import (
     UnknownFieldError,
 )
 from index.fusion import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical, reciprocal_rank_fusion
-from index.live.live_collection import DeleteReport, LiveCollection, LiveStats, MergeReport, UpsertReport
+from index.live.live_collection import LiveCollection
 from index.live.merge import MergePolicy
+from index.live.reports import DeleteReport, LiveStats, MergeReport, UpsertReport
 from index.live.view import LiveView, static_view
 from index.live.writer_lock import WriterLock
 from index.long_documents import LONG_DOCUMENT_POLICIES, ChunkSettings, LongDocuments, SplitFn
 from index.store.analysis import Analyzer, LexicalMethod, LexicalSettings
 from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.store.collection import (
-    DENSE_FILE,
-    DOCSTORE_FILE,
-    INFO_FILE,
-    Collection,
-    Hit,
-    IndexInfo,
-    read_info,
-    write_info,
-)
-from index.store.dense import EXACT_FILTER_LIMIT, DenseIndex, SearchParams
+from index.store.collection import DENSE_FILE, DOCSTORE_FILE, Collection, Hit
+from index.store.collection_info import INFO_FILE, IndexInfo, read_info, write_info
+from index.store.dense import DenseIndex
+from index.store.dense_filtering import EXACT_FILTER_LIMIT
 from index.store.docstore import DocStore
-from index.store.filters import (
-    FieldInfo,
-    Filter,
-    FilterExpr,
-    check_fields,
-    compile_filter,
-    filter_fields,
-    filter_to_json,
-    parse_filter,
-)
+from index.store.filter_sql import compile_filter
+from index.store.filter_tree import FilterExpr, filter_fields
+from index.store.filters import Filter, filter_to_json, parse_filter
 from index.store.lexical import LEXICAL_FILES, LexicalIndex, lexical_files
+from index.store.metadata_fields import FieldInfo, check_fields
+from index.store.search_params import SearchParams
 from index.store.shared_idf import SharedIdf
 
 __all__ = [

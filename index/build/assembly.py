@@ -1,30 +1,43 @@
-"""The end of a build: shards -> FAISS index, then a complete collection in a staging directory."""
+"""The end of a build: shards -> FAISS index -> a staged collection, with its lexical index -> published by rename.
+
+The batch job (:mod:`index.build.indexing`) ends with every step here; a merge
+(:mod:`index.live.merge`) writes its generation with :func:`stage_collection`,
+:func:`stage_lexical` and :func:`publish_staged` too.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from index.atomic import fsync_dir
 from index.build.checkpoint import BuildIdentity
 from index.build.shards import iter_shards
-from index.errors import IndexFileError
+from index.errors import IndexFileError, OutputExistsError
 from index.long_documents import ChunkSettings
+from index.store.analysis import LexicalSettings
 from index.store.chunk_map import ChunkMap
-from index.store.collection import DENSE_FILE, DOCSTORE_FILE, IndexInfo, file_sha256, write_info
+from index.store.collection import DENSE_FILE, DOCSTORE_FILE
+from index.store.collection_info import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
+from index.store.lexical import LexicalIndex
 
-__all__ = ["TRAIN_SAMPLE_SIZE", "assemble_dense", "stage_collection"]
+__all__ = ["TRAIN_SAMPLE_SIZE", "TRAIN_SEED", "assemble_dense", "publish_staged", "stage_collection", "stage_lexical"]
 
 logger = logging.getLogger(__name__)
 
 TRAIN_SAMPLE_SIZE = 50_000
 TRAIN_SEED = 0
+_LEXICAL_CHUNK = 4096  # documents read back from the docstore at a time for the lexical index
 
 
 def _live_mask(ids: np.ndarray, live: np.ndarray) -> np.ndarray:
@@ -128,3 +141,38 @@ def stage_collection(
     write_info(staging, info)
     fsync_dir(staging)
     return info
+
+
+def stage_lexical(
+    staging: Path, store: DocStore, info: IndexInfo, settings: LexicalSettings, *, progress: bool
+) -> IndexInfo:
+    """Build the lexical index from ``store`` into the staged collection and record it in its ``index.json``."""
+    live = store.all_row_ids()
+    with tqdm(total=len(live), unit="doc", desc="lexical", disable=not progress, dynamic_ncols=True) as bar:
+
+        def chunks() -> Iterator[tuple[np.ndarray, list[str]]]:
+            for start in range(0, len(live), _LEXICAL_CHUNK):
+                row_ids = live[start : start + _LEXICAL_CHUNK]
+                docs = store.get(row_ids.tolist())
+                yield row_ids, [doc.passage() for doc in docs if doc is not None]
+                bar.update(len(row_ids))
+
+        lexical = LexicalIndex.build(chunks(), settings)
+    names = lexical.save(staging)
+    info = replace(
+        info,
+        lexical=settings,
+        file_sizes=info.file_sizes | {name: (staging / name).stat().st_size for name in names},
+        checksums=info.checksums | {name: file_sha256(staging / name) for name in names},
+    )
+    write_info(staging, info)
+    logger.info("lexical index: %d documents, %d distinct terms", len(lexical), lexical.vocabulary_size)
+    return info
+
+
+def publish_staged(staging: Path, out_dir: Path) -> None:
+    """Move the complete staging directory to ``out_dir`` with one rename, then make it durable."""
+    if out_dir.exists():  # checked again: it may have appeared while we were building
+        raise OutputExistsError(f"out_dir {str(out_dir)!r} appeared during the build; not replacing it")
+    os.rename(staging, out_dir)
+    fsync_dir(out_dir.parent)

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from index.build.checkpoint import CHECKPOINT_FILE, BuildIdentity, Checkpoint, lock_work_dir
-from index.build.indexing import DEFAULT_LEXICAL, BuildReport, EmbedFn, build_index
+from index.build.embedding import EmbedFn
+from index.build.indexing import DEFAULT_LEXICAL, BuildReport, build_index
 from index.corpus import Document, corpus_fingerprint, count_lines, read_corpus
 from index.errors import CorpusError, InvalidParameterError
 from index.long_documents import ChunkSettings

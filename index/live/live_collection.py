@@ -40,93 +40,37 @@ never wait on each other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 
-from index.build.indexing import EmbedFn, checked_embed
+from index.build.embedding import EmbedFn
 from index.corpus import Document
-from index.errors import BuildInProgressError, CorpusError, IndexFileError, InvalidParameterError, LongDocumentError
-from index.live.log import LiveLog, LogEntry, metadata_json
-from index.live.merge import MergePolicy, read_marker, write_generation
+from index.errors import BuildInProgressError, CorpusError, InvalidParameterError
+from index.live.log import LiveLog, LogEntry
+from index.live.merge import MergePolicy, write_generation
+from index.live.recovery import main_fingerprint, replay
+from index.live.reports import DeleteReport, LiveStats, MergeReport, UpsertReport
+from index.live.upsert_embedding import check_documents, embed_documents
 from index.live.view import DeltaSegment, LiveView
-from index.long_documents import SplitFn, plan_chunks, too_long_message
+from index.long_documents import SplitFn
 from index.store.analysis import Analyzer
 from index.store.collection import Collection, Hit
-from index.store.filters import FieldInfo, FilterExpr
+from index.store.filter_tree import FilterExpr
+from index.store.metadata_fields import FieldInfo
 
-__all__ = ["DeleteReport", "LiveCollection", "LiveStats", "MergeReport", "UpsertReport", "main_fingerprint"]
+__all__ = ["LiveCollection"]
 
 logger = logging.getLogger(__name__)
 
 CommitFn = Callable[[Collection], None]
 """Called with the merged generation, opened, before the log is truncated (e.g. publish the expert's manifest)."""
-
-
-@dataclass(frozen=True)
-class UpsertReport:
-    seq: int  # the write's sequence number in the log
-    row_ids: list[int]  # the new row of each document, in input order
-    created: int  # documents that did not exist
-    replaced: int  # documents that replaced a live one
-
-
-@dataclass(frozen=True)
-class DeleteReport:
-    seq: int  # the write's sequence number (unchanged when nothing was deleted)
-    deleted: list[str]
-    missing: list[str]  # ids that were not (or no longer) in the collection
-
-
-@dataclass(frozen=True)
-class MergeReport:
-    directory: Path  # the new generation
-    seq: int  # writes up to this one are in it
-    documents: int
-    from_delta: int
-    tombstones_applied: int
-
-
-@dataclass(frozen=True)
-class LiveStats:
-    documents: int  # live documents
-    main_documents: int  # rows of the main segment, tombstoned ones included
-    delta_documents: int
-    tombstones: int  # tombstoned rows of the main segment
-    seq: int
-
-
-def main_fingerprint(collection: Collection) -> str:
-    """Identity of a published generation: its recorded checksums and creation time."""
-    info = collection.info
-    payload = json.dumps(
-        {"checksums": info.checksums, "created_at": info.created_at, "count": info.count}, sort_keys=True
-    )
-    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _check_documents(docs: Sequence[Document]) -> None:
-    seen: set[str] = set()
-    for doc in docs:
-        if not isinstance(doc, Document):
-            raise CorpusError(f"upsert takes Document objects, got {type(doc).__name__}")
-        if not isinstance(doc.id, str) or not doc.id:
-            raise CorpusError(f"document ids must be non-empty strings, got {doc.id!r}")
-        if doc.id in seen:
-            raise CorpusError(f"document id {doc.id!r} appears twice in one upsert batch")
-        if not doc.passage().strip():
-            raise CorpusError(f"document {doc.id!r} has neither title nor text")
-        metadata_json(doc)
-        seen.add(doc.id)
 
 
 class LiveCollection:
@@ -185,44 +129,8 @@ class LiveCollection:
         index, say) is refused with :class:`IndexFileError`; an empty one is
         simply bound to ``main``.
         """
-        log = LiveLog.open(Path(log_path), dim=main.info.dim)
-        try:
-            contents = log.read()
-            fingerprint = main_fingerprint(main)
-            main_ids = main.docstore.all_row_ids()
-            high = int(main_ids[-1]) + 1 if len(main_ids) else 0
-            marker = read_marker(main.directory)
-            if contents.main != fingerprint:
-                pending = len(contents.entries) + len(contents.tombstones)
-                if marker is not None and marker.log_id == contents.log_id:
-                    logger.info(
-                        "%s: %s already holds writes up to %d; truncating the log", log.path, main.directory, marker.seq
-                    )
-                    log.truncate(marker.seq, main=fingerprint, next_row_id=max(contents.next_row_id, high))
-                elif pending == 0:
-                    log.bind(main=fingerprint, next_row_id=max(contents.next_row_id, high))
-                else:
-                    raise IndexFileError(
-                        f"live log {str(log.path)!r} holds {pending} unmerged write(s) over another index generation "
-                        f"than {str(main.directory)!r}; open it over the generation it was written for, or remove "
-                        "the log to drop those writes"
-                    )
-                contents = log.read()
-            entries = {entry.row_id: entry for entry in contents.entries}
-            delta = DeltaSegment.build(entries, dim=main.info.dim, lexical=main.info.lexical)
-            view = LiveView.build(main, main_ids, delta, contents.tombstones, contents.seq, log=log)
-            top = max([contents.next_row_id, high, *(r + 1 for r in entries)])
-        except BaseException:
-            log.close()
-            raise
-        logger.info(
-            "%s: replayed %d document(s) and %d tombstone(s) up to write %d",
-            log.path,
-            len(entries),
-            len(view.tombstones),
-            view.seq,
-        )
-        return cls(log, view, log_id=contents.log_id, next_row_id=top, embed=embed, split=split)
+        log, view, log_id, next_row_id = replay(main, Path(log_path))
+        return cls(log, view, log_id=log_id, next_row_id=next_row_id, embed=embed, split=split)
 
     def close(self) -> None:
         """Close the log and every main segment this object held; wait for a running merge first."""
@@ -311,30 +219,12 @@ class LiveCollection:
         only queue behind each other for the commit and the swap.
         """
         docs = list(docs)
-        _check_documents(docs)
+        check_documents(docs)
         if not docs:
             return UpsertReport(seq=self._view.seq, row_ids=[], created=0, replaced=0)
         if self._embed is None:
             raise InvalidParameterError("this live collection was opened without an embed function; it cannot upsert")
-        chunking = self._view.main.info.chunking
-        if chunking is not None and chunking.splits and self._split is None:
-            raise InvalidParameterError(
-                f"this collection's long-document policy is {chunking.policy!r}, but the live collection was opened "
-                "without a split function; open it with split=experts.make_split_fn(encoder)"
-            )
-        spans, refused = plan_chunks(docs, chunking, self._split)
-        if refused:
-            assert chunking is not None  # only a long-document policy refuses documents
-            position, tokens = refused[0]
-            doc_id = docs[position].id
-            raise LongDocumentError(too_long_message(doc_id, tokens, chunking), doc_id=doc_id, tokens=tokens)
-        texts = [doc.passage()[a:b] for doc, windows in zip(docs, spans, strict=True) for a, b in windows]
-        vectors = checked_embed(self._embed, texts, self._view.main.info.dim)
-        ends = np.cumsum([len(windows) for windows in spans])
-        per_doc = [
-            (vectors[end - len(windows) : end], tuple(windows) if len(windows) > 1 else None)
-            for end, windows in zip(ends.tolist(), spans, strict=True)
-        ]
+        per_doc = embed_documents(docs, self._view.main.info, self._embed, self._split)
         with self._write_lock:
             view = self._view
             seq = view.seq + 1

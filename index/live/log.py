@@ -43,7 +43,9 @@ import numpy as np
 
 from index.corpus import Document
 from index.errors import CorpusError, IndexFileError
-from index.store.filters import FieldInfo, FilterExpr, compile_filter
+from index.store.filter_sql import compile_filter
+from index.store.filter_tree import FilterExpr
+from index.store.metadata_fields import FieldInfo
 
 __all__ = ["LiveLog", "LogContents", "LogEntry"]
 

@@ -39,15 +39,15 @@ import numpy as np
 from tqdm import tqdm
 
 from index.atomic import atomic_write, fsync_dir
-from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, stage_collection
+from index.build.assembly import TRAIN_SAMPLE_SIZE, TRAIN_SEED, publish_staged, stage_collection, stage_lexical
 from index.build.checkpoint import BuildIdentity
-from index.build.indexing import EmbedFn, checked_embed, publish_staged, stage_lexical
+from index.build.embedding import EmbedFn, checked_embed
 from index.errors import IndexFileError, InvalidParameterError
 from index.live.log import metadata_json
 from index.live.view import LiveView
 from index.store.chunk_map import ChunkMap
 from index.store.chunked_dense import ChunkedDense
-from index.store.collection import IndexInfo, file_sha256, write_info
+from index.store.collection_info import IndexInfo, file_sha256, write_info
 from index.store.dense import DenseIndex
 from index.store.docstore import DocStore
 

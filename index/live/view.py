@@ -47,7 +47,9 @@ from index.live.log import LiveLog
 from index.long_documents import text_span
 from index.store.collection import Collection, Hit
 from index.store.dense import DenseIndex
-from index.store.filters import FieldInfo, FilterExpr, check_fields, parse_filter
+from index.store.filter_tree import FilterExpr
+from index.store.filters import parse_filter
+from index.store.metadata_fields import FieldInfo, check_fields
 from index.store.shared_idf import SharedIdf
 
 __all__ = ["DeltaSegment", "LiveView", "merge_top_k", "static_view"]  # DeltaSegment lives in index.live.delta

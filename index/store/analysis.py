@@ -1,7 +1,7 @@
 """How text becomes BM25 terms: :class:`LexicalSettings` and the :class:`Analyzer` they describe.
 
 Kept apart from the index itself because the settings are also part of
-``index.json`` (:class:`~index.store.collection.IndexInfo`): whoever reads a
+``index.json`` (:class:`~index.store.collection_info.IndexInfo`): whoever reads a
 collection's info rebuilds the same analyzer from them, so a query meets the
 stems its documents were indexed under.
 """

@@ -27,7 +27,9 @@ import numpy as np
 
 from index.errors import InvalidParameterError
 from index.store.chunk_map import ChunkMap, collapse, search_collapsed
-from index.store.dense import DenseIndex, SearchParams, _allowed_ids
+from index.store.dense import DenseIndex
+from index.store.dense_filtering import allowed_ids
+from index.store.search_params import SearchParams
 
 __all__ = ["ChunkedDense"]
 
@@ -119,7 +121,7 @@ class ChunkedDense:
         """:meth:`search` plus the best chunk id of each returned row: (nq, k) each."""
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise InvalidParameterError(f"k must be a positive integer, got {k!r}")
-        chunk_ids = None if allowed is None else self.chunks.chunk_ids(_allowed_ids(allowed))
+        chunk_ids = None if allowed is None else self.chunks.chunk_ids(allowed_ids(allowed))
         available = self.chunk_count if chunk_ids is None else len(chunk_ids)
 
         def search(q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

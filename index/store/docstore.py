@@ -16,7 +16,9 @@ A published docstore also carries ``metadata_fields`` (each top-level metadata
 key, the JSON types it holds, how many documents have it) and an SQLite
 expression index on ``json_extract(metadata, '$."<field>"')`` for the most
 common fields, both written by :meth:`DocStore.export`: a published file is
-opened read-only, so whatever serves filters must already be in it.
+opened read-only, so whatever serves filters must already be in it (see
+:mod:`index.store.metadata_fields`). The file's schema, and the checks that
+a file is a docstore of this version, are :mod:`index.store.docstore_schema`.
 
 Concurrency: one connection, opened with ``check_same_thread=False`` and
 guarded by a re-entrant lock. A search does one ``SELECT`` for a whole batch
@@ -42,123 +44,23 @@ from typing import Any, cast
 import numpy as np
 
 from index.corpus import Document
-from index.errors import CorpusError, IndexFileError, OutputExistsError, ReadOnlyError
-from index.store.filters import (
-    FIELD_PATTERN,
+from index.errors import CorpusError, ReadOnlyError
+from index.store.docstore_schema import create_database, open_database, sqlite_failed
+from index.store.filter_sql import compile_filter
+from index.store.filter_tree import FilterExpr
+from index.store.filters import parse_filter
+from index.store.metadata_fields import (
+    MAX_INDEXED_FIELDS,
     FieldInfo,
-    FilterExpr,
     check_fields,
-    compile_filter,
-    json_path,
-    parse_filter,
+    read_fields,
+    record_fields,
+    scan_fields,
 )
 
 __all__ = ["DocStore"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-#: Metadata fields that get an expression index when a docstore is exported (the most common first).
-MAX_INDEXED_FIELDS = 32
-_FIELDS_TABLE = "metadata_fields"
-_INDEX_PREFIX = "metadata:"
-_SCALAR_TYPES = frozenset({"text", "integer", "real", "true", "false"})
-
-_SCHEMA = """
-CREATE TABLE documents (
-    row_id   INTEGER PRIMARY KEY AUTOINCREMENT,
-    doc_id   TEXT NOT NULL UNIQUE,
-    title    TEXT NOT NULL DEFAULT '',
-    text     TEXT NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE docstore_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    mode = "ro" if readonly else "rw"
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
-    # covers exactly what the caller asked for and nothing autocommits midway.
-    conn = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
-    )
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def _sqlite_failed(path: Path, exc: sqlite3.Error) -> IndexFileError:
-    """A failed statement of a transaction as the package's own error; a full disk is named as the likely cause.
-
-    SQLite reports a full disk as ``SQLITE_FULL``, and a write refused by the
-    file-size limit (EFBIG) as a generic ``SQLITE_IOERR_*``.
-    """
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    hint = " (is the disk full?)" if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) else ""
-    return IndexFileError(f"docstore {str(path)!r}: {exc}{hint}")
-
-
-def _tune_for_writing(conn: sqlite3.Connection) -> None:
-    # WAL: readers are never blocked by the writer (live upserts later).
-    # synchronous=FULL: a commit is on disk when COMMIT returns, so a checkpoint
-    # marker committed by the indexing job survives a power cut, not only kill -9.
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA busy_timeout = 5000")
-
-
-def _scan_fields(conn: sqlite3.Connection) -> dict[str, FieldInfo]:
-    """Every top-level metadata key with the JSON types it holds and its document count: one pass over the table."""
-    counts: dict[str, tuple[set[str], int]] = {}
-    rows = conn.execute(
-        "SELECT j.key, j.type, count(*) FROM documents, json_each(documents.metadata) AS j GROUP BY j.key, j.type"
-    )
-    for key, kind, n in rows:
-        types, total = counts.get(key, (set(), 0))
-        counts[key] = (types | {kind}, total + n)
-    return {key: FieldInfo(key, frozenset(types), total) for key, (types, total) in counts.items()}
-
-
-def _index_metadata(conn: sqlite3.Connection, max_indexed: int) -> dict[str, FieldInfo]:
-    """Record the metadata fields and index the ``max_indexed`` most common scalar ones; inside the caller's transaction.
-
-    Only names a filter can use (:data:`index.store.filters.FIELD_PATTERN`) are
-    indexed; an index built earlier for a field no longer chosen is dropped.
-    """
-    fields = _scan_fields(conn)
-    usable = [f for f in fields.values() if FIELD_PATTERN.fullmatch(f.name) and f.types & _SCALAR_TYPES]
-    chosen = {f.name for f in sorted(usable, key=lambda f: (-f.documents, f.name))[:max_indexed]}
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {_FIELDS_TABLE} "
-        "(name TEXT PRIMARY KEY, types TEXT NOT NULL, documents INTEGER NOT NULL, indexed INTEGER NOT NULL)"
-    )
-    conn.execute(f"DELETE FROM {_FIELDS_TABLE}")
-    conn.executemany(
-        f"INSERT INTO {_FIELDS_TABLE} VALUES (?, ?, ?, ?)",
-        [(f.name, json.dumps(sorted(f.types)), f.documents, int(f.name in chosen)) for f in fields.values()],
-    )
-    existing = {
-        row[0]
-        for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE ?", (f"{_INDEX_PREFIX}%",)
-        )
-    }
-    for name in existing - {_INDEX_PREFIX + field for field in chosen}:
-        conn.execute(f'DROP INDEX "{name}"')  # names we made: the prefix and a FIELD_PATTERN name, no quotes
-    for field in sorted(chosen):
-        # The indexed expression must be spelt exactly as index.store.filters.compile_filter spells it.
-        conn.execute(
-            f'CREATE INDEX IF NOT EXISTS "{_INDEX_PREFIX}{field}" ON documents (json_extract(metadata, {json_path(field)}))'
-        )
-    return {name: FieldInfo(f.name, f.types, f.documents, name in chosen) for name, f in fields.items()}
-
-
-def _read_fields(conn: sqlite3.Connection) -> dict[str, FieldInfo] | None:
-    """The recorded ``metadata_fields`` table, or ``None`` when the docstore predates it."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_FIELDS_TABLE,)).fetchone():
-        return None
-    rows = conn.execute(f"SELECT name, types, documents, indexed FROM {_FIELDS_TABLE}").fetchall()
-    return {name: FieldInfo(name, frozenset(json.loads(types)), n, bool(indexed)) for name, types, n, indexed in rows}
 
 
 class DocStore:
@@ -183,57 +85,13 @@ class DocStore:
     def create(cls, path: Path) -> DocStore:
         """Create a new, empty docstore at ``path`` (which must not exist), in WAL mode."""
         path = Path(path)
-        if path.exists():
-            raise OutputExistsError(f"cannot create docstore {str(path)!r}: the file already exists")
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            _tune_for_writing(conn)
-            conn.execute("BEGIN")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            conn.execute("INSERT INTO docstore_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            conn.close()
-            path.unlink(missing_ok=True)
-            if isinstance(exc, sqlite3.Error):
-                raise _sqlite_failed(path, exc) from exc
-            raise
-        return cls(conn, path, readonly=False)
+        return cls(create_database(path), path, readonly=False)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = True) -> DocStore:
         """Open an existing docstore; read-only by default (a ``mode=ro`` URI)."""
         path = Path(path)
-        if not path.is_file():
-            raise IndexFileError(f"docstore file {str(path)!r} does not exist or is not a regular file")
-        try:
-            conn = _connect(path, readonly=readonly)
-        except sqlite3.Error as exc:
-            raise IndexFileError(f"cannot open docstore {str(path)!r}: {exc}") from exc
-        try:
-            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            version = None
-            if "docstore_meta" in names:
-                row = conn.execute("SELECT value FROM docstore_meta WHERE key = 'schema_version'").fetchone()
-                version = row and row[0]
-            if not readonly:
-                _tune_for_writing(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise IndexFileError(f"docstore {str(path)!r} is not a readable SQLite database: {exc}") from exc
-        if not {"documents", "docstore_meta"} <= names:
-            conn.close()
-            raise IndexFileError(
-                f"{str(path)!r} is an SQLite database but not a docstore "
-                f"(expected tables 'documents' and 'docstore_meta', found {sorted(names)})"
-            )
-        if version != str(SCHEMA_VERSION):
-            conn.close()
-            raise IndexFileError(
-                f"docstore {str(path)!r} has schema version {version}; this code reads {SCHEMA_VERSION}"
-            )
-        return cls(conn, path, readonly=readonly)
+        return cls(open_database(path, readonly=readonly), path, readonly=readonly)
 
     @property
     def path(self) -> Path:
@@ -279,7 +137,7 @@ class DocStore:
             try:
                 self._conn.execute(begin)
             except sqlite3.Error as exc:
-                raise _sqlite_failed(self._path, exc) from exc
+                raise sqlite_failed(self._path, exc) from exc
             self._depth += 1
             try:
                 yield self._conn
@@ -290,7 +148,7 @@ class DocStore:
                     for statement in rollback.split("; "):
                         self._conn.execute(statement)
                 if isinstance(exc, sqlite3.Error):
-                    raise _sqlite_failed(self._path, exc) from exc
+                    raise sqlite_failed(self._path, exc) from exc
                 raise
             finally:
                 self._depth = depth
@@ -336,7 +194,7 @@ class DocStore:
             try:
                 yield
             except sqlite3.Error as exc:
-                raise _sqlite_failed(self._path, exc) from exc
+                raise sqlite_failed(self._path, exc) from exc
 
     def get(self, ids: Sequence[int]) -> list[Document | None]:
         """Documents for row ids, in the order given; ``None`` for unknown ids.
@@ -399,11 +257,11 @@ class DocStore:
             if self._fields is not None:
                 return self._fields
             try:
-                fields = _read_fields(self._conn) if self._readonly else None
+                fields = read_fields(self._conn) if self._readonly else None
                 if fields is None:
-                    fields = _scan_fields(self._conn)
+                    fields = scan_fields(self._conn)
             except sqlite3.Error as exc:
-                raise _sqlite_failed(self._path, exc) from exc
+                raise sqlite_failed(self._path, exc) from exc
             if self._readonly:
                 self._fields = fields
             return fields
@@ -415,7 +273,7 @@ class DocStore:
         that filters often (a large live segment) can call it too. Returns the fields.
         """
         with self.transaction() as conn:
-            return _index_metadata(conn, max_indexed)
+            return record_fields(conn, max_indexed)
 
     def _where(self, filter: FilterExpr | Mapping[str, Any], check: bool) -> tuple[str, list[Any]]:
         expr = parse_filter(filter)
@@ -443,7 +301,7 @@ class DocStore:
                     f"SELECT group_concat(row_id, ' ') FROM (SELECT row_id FROM documents WHERE {sql})", params
                 ).fetchone()
             except sqlite3.Error as exc:
-                raise _sqlite_failed(self._path, exc) from exc
+                raise sqlite_failed(self._path, exc) from exc
         if row[0] is None:
             return np.empty(0, dtype=np.int64)
         ids = np.fromstring(row[0], dtype=np.int64, sep=" ")
@@ -489,13 +347,13 @@ class DocStore:
             try:
                 conn.execute("PRAGMA journal_mode = DELETE")
                 conn.execute("BEGIN")
-                _index_metadata(conn, MAX_INDEXED_FIELDS)
+                record_fields(conn, MAX_INDEXED_FIELDS)
                 conn.execute("COMMIT")
                 conn.execute("ANALYZE")  # statistics, so the planner picks the most selective field's index
                 conn.execute("VACUUM")
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            raise _sqlite_failed(path, exc) from exc
+            raise sqlite_failed(path, exc) from exc
         with path.open("rb") as handle:
             os.fsync(handle.fileno())

@@ -35,11 +35,13 @@ Rules worth knowing:
 Every error names the offending clause by its path, as an API client would
 write it: ``filter.and[1].year: 'gte' needs a number or an ISO date, got 'abc'``.
 
-:func:`check_fields` refuses fields a store does not have; :func:`compile_filter`
-turns a filter into a parameterised SQL boolean expression over the
-``metadata`` JSON column (of the published docstore or of a live segment's own
-document table), spelt as the expression indexes built by
-:meth:`DocStore.export` are (``json_extract(metadata, '$."year"')``).
+The parsed tree is :mod:`index.store.filter_tree`;
+:func:`~index.store.metadata_fields.check_fields` refuses fields a store does
+not have; :func:`~index.store.filter_sql.compile_filter` turns a filter into a
+parameterised SQL boolean expression over the ``metadata`` JSON column (of the
+published docstore or of a live segment's own document table), spelt as the
+expression indexes built by :meth:`DocStore.export` are
+(``json_extract(metadata, '$."year"')``).
 
 >>> parse_filter({"and": [{"year": {"gte": 2000}}, {"lang": "en"}]})  # doctest: +SKIP
 And(kind='and', clauses=(Range(..., field='year', gte=2000, ...), Match(..., field='lang', value='en', ...)))
@@ -50,13 +52,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-from index.errors import InvalidFilterError, UnknownFieldError
+from index.errors import InvalidFilterError
+from index.store.filter_tree import And, FilterExpr, Match, MatchAny, Not, Or, Range, Scalar
 
 __all__ = [
     "FIELD_PATTERN",
@@ -64,21 +66,8 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_IN_VALUES",
     "MAX_STRING_LENGTH",
-    "And",
-    "FieldInfo",
     "Filter",
-    "FilterExpr",
-    "Match",
-    "MatchAny",
-    "Not",
-    "Or",
-    "Range",
-    "check_fields",
-    "compile_filter",
-    "filter_fields",
     "filter_to_json",
-    "json_path",
-    "leaves",
     "parse_filter",
 ]
 
@@ -98,87 +87,6 @@ _RANGE_OPS = ("gt", "gte", "lt", "lte")
 _OPERATORS = ("eq", "gt", "gte", "in", "lt", "lte")
 _INT64 = 1 << 63
 _DATE_PATTERN = re.compile(r"\d{4}-\d{2}(-\d{2}([T ].*)?)?")
-
-Scalar = Union[str, int, float, bool]  # noqa: UP007 (pydantic wants a runtime union here)
-Bound = Union[int, float, str, None]  # noqa: UP007
-
-
-class _Node(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Match(_Node):
-    """``field`` equals ``value``."""
-
-    kind: Literal["match"] = "match"
-    field: str
-    value: Scalar
-    path: str = "filter"  # where the clause stood in the filter, for error messages
-
-
-class MatchAny(_Node):
-    """``field`` equals one of ``values``."""
-
-    kind: Literal["match_any"] = "match_any"
-    field: str
-    values: tuple[Scalar, ...]
-    path: str = "filter"
-
-
-class Range(_Node):
-    """``field`` within bounds: all numbers, or all ISO-date strings; ``None`` = unbounded."""
-
-    kind: Literal["range"] = "range"
-    field: str
-    gt: Bound = None
-    gte: Bound = None
-    lt: Bound = None
-    lte: Bound = None
-    path: str = "filter"
-
-    @property
-    def numeric(self) -> bool:
-        return not any(isinstance(b, str) for b in (self.gt, self.gte, self.lt, self.lte))
-
-
-class And(_Node):
-    """Every clause matches."""
-
-    kind: Literal["and"] = "and"
-    clauses: tuple[FilterExpr, ...]
-
-
-class Or(_Node):
-    """At least one clause matches."""
-
-    kind: Literal["or"] = "or"
-    clauses: tuple[FilterExpr, ...]
-
-
-class Not(_Node):
-    """The clause does not match (a document lacking the field does not match the clause, so it matches this)."""
-
-    kind: Literal["not"] = "not"
-    clause: FilterExpr
-
-
-FilterExpr = Union[Match, MatchAny, Range, And, Or, Not]  # noqa: UP007
-for _model in (And, Or, Not):
-    _model.model_rebuild()
-
-
-@dataclass(frozen=True, slots=True)
-class FieldInfo:
-    """What a docstore records about one metadata field: the JSON types seen, in how many documents, indexed?
-
-    ``types`` uses SQLite's ``json_type`` names: ``text``, ``integer``, ``real``,
-    ``true``, ``false``, ``null``, ``array``, ``object``.
-    """
-
-    name: str
-    types: frozenset[str]
-    documents: int
-    indexed: bool = False
 
 
 # ---------------------------------------------------------------------- parsing
@@ -378,128 +286,3 @@ Validation errors come out as pydantic errors whose message carries the
 clause's path (``Value error, filter.and[1].year: ...``); the OpenAPI schema
 shows a plain JSON object with the syntax and an example.
 """
-
-
-# ---------------------------------------------------------------------- fields
-def leaves(expr: FilterExpr) -> Iterator[Match | MatchAny | Range]:
-    if isinstance(expr, And | Or):
-        for clause in expr.clauses:
-            yield from leaves(clause)
-    elif isinstance(expr, Not):
-        yield from leaves(expr.clause)
-    else:
-        yield expr
-
-
-def filter_fields(expr: FilterExpr) -> set[str]:
-    """The metadata field names a filter reads."""
-    return {leaf.field for leaf in leaves(expr)}
-
-
-# ---------------------------------------------------------------------- checking against a store's fields
-_SCALAR_TYPES = frozenset({"text", "integer", "real", "true", "false"})
-_NUMBER_TYPES = frozenset({"integer", "real"})
-_MAX_LISTED_FIELDS = 50
-
-
-def check_fields(expr: FilterExpr, fields: Mapping[str, FieldInfo]) -> None:
-    """Refuse a filter that names a field no document has, or compares a field that never holds a comparable value.
-
-    ``fields`` is what the docstore(s) recorded (:meth:`DocStore.metadata_fields`);
-    the live layer passes the union of its segments' fields. Raises
-    :class:`UnknownFieldError` listing the known fields, or
-    :class:`InvalidFilterError` for a range that can never match (a numeric range
-    on a field that only ever holds text, and the like).
-    """
-    for leaf in leaves(expr):
-        info = fields.get(leaf.field)
-        if info is None:
-            listed = sorted(fields)[:_MAX_LISTED_FIELDS]
-            more = f" and {len(fields) - len(listed)} more" if len(fields) > len(listed) else ""
-            raise UnknownFieldError(leaf.path, leaf.field, listed, more)
-        if not info.types & _SCALAR_TYPES:
-            raise InvalidFilterError(
-                leaf.path,
-                f"field {leaf.field!r} holds {'/'.join(sorted(info.types))} values; "
-                "filters compare strings, numbers and booleans",
-            )
-        if isinstance(leaf, Range):
-            wanted, kind = (_NUMBER_TYPES, "numbers") if leaf.numeric else (frozenset({"text"}), "dates")
-            if not info.types & wanted:
-                raise InvalidFilterError(
-                    leaf.path,
-                    f"a range over {kind} can never match: field {leaf.field!r} holds "
-                    f"{'/'.join(sorted(info.types))} values",
-                )
-
-
-# ---------------------------------------------------------------------- SQL
-def json_path(field: str) -> str:
-    """The SQL literal of the JSON path of a (validated) field: ``'$."year"'``.
-
-    It is spliced into the statement, never bound, because an expression index
-    is only used when the query spells the same expression; :data:`FIELD_PATTERN`
-    admits no quote, so nothing a user writes can escape the literal.
-    """
-    if not FIELD_PATTERN.fullmatch(field):
-        raise InvalidFilterError("filter", f"invalid field name {field[:80]!r}")
-    return f"'$.\"{field}\"'"
-
-
-_COLUMN_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-
-
-def _extract(column: str, field: str) -> str:
-    return f"json_extract({column}, {json_path(field)})"
-
-
-def _range_sql(column: str, expr: Range, params: list[Any]) -> str:
-    value = _extract(column, expr.field)
-    parts = []
-    for op, sign in (("gt", ">"), ("gte", ">="), ("lt", "<"), ("lte", "<=")):
-        bound = getattr(expr, op)
-        if bound is not None:
-            parts.append(f"{value} {sign} ?")
-            params.append(bound)
-    # SQLite orders NULL < numbers < text: a bound on one side alone would let the
-    # other kind through ('2001' >= 2000 is true). The empty string is the least
-    # text, so these guards keep a range to its own kind and stay index ranges.
-    if expr.numeric and expr.lt is None and expr.lte is None:
-        parts.append(f"{value} < ''")
-    if not expr.numeric and expr.gt is None and expr.gte is None:
-        parts.append(f"{value} >= ''")
-    return "(" + " AND ".join(parts) + ")"
-
-
-def _sql(expr: FilterExpr, column: str, params: list[Any]) -> str:
-    if isinstance(expr, Match):
-        params.append(expr.value)
-        return f"{_extract(column, expr.field)} = ?"
-    if isinstance(expr, MatchAny):
-        params.extend(expr.values)
-        return f"{_extract(column, expr.field)} IN ({', '.join('?' * len(expr.values))})"
-    if isinstance(expr, Range):
-        return _range_sql(column, expr, params)
-    if isinstance(expr, Not):
-        # IFNULL: a missing field makes the inner clause NULL, and NOT NULL is NULL (no match);
-        # "not (year = 2000)" should match a document without a year.
-        return f"NOT IFNULL(({_sql(expr.clause, column, params)}), 0)"
-    joiner = " AND " if isinstance(expr, And) else " OR "
-    return "(" + joiner.join(_sql(clause, column, params) for clause in expr.clauses) + ")"
-
-
-def compile_filter(expr: FilterExpr | Mapping[str, Any], *, column: str = "metadata") -> tuple[str, list[Any]]:
-    """A filter as a parameterised SQL boolean expression over ``column`` (a JSON object as text), and its parameters.
-
-    Values are always bound parameters; field names, checked against
-    :data:`FIELD_PATTERN`, appear only inside JSON-path literals. ``column`` may
-    be qualified (``d.metadata``) for use in a join.
-
-    >>> compile_filter({"lang": "en"})
-    ('json_extract(metadata, \\'$."lang"\\') = ?', ['en'])
-    """
-    if not _COLUMN_PATTERN.fullmatch(column):
-        raise ValueError(f"invalid column name {column!r}")
-    params: list[Any] = []
-    sql = _sql(parse_filter(expr), column, params)
-    return sql, params

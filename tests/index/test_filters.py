@@ -33,8 +33,8 @@ from index import (
     filter_to_json,
     parse_filter,
 )
-from index.store.docstore import MAX_INDEXED_FIELDS
 from index.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_IN_VALUES
+from index.store.metadata_fields import MAX_INDEXED_FIELDS
 
 N_DOCS = 2000
 K = 10
@@ -443,7 +443,7 @@ def test_selective_filters_are_exact_on_every_index_type(
     allowed, expected = brute_force(corpus, queries, SELECTIVE, K)
     assert len(allowed) >= K
     if not gather:
-        monkeypatch.setattr("index.store.dense._GATHER_LIMIT", 0)
+        monkeypatch.setattr("index.store.dense_filtering._GATHER_LIMIT", 0)
     scores, ids = dense_indexes[factory].search(queries, K, allowed=allowed)
     assert_same_ranking(ids, expected, corpus, queries)
     position = {row: i for i, row in enumerate(corpus[0].tolist())}
@@ -478,8 +478,8 @@ def test_approximate_searches_that_come_back_short_are_redone_exactly(
     dense = dense_indexes[factory]
     params = SearchParams(ef_search=16) if factory.startswith("HNSW") else SearchParams(nprobe=1)
     monkeypatch.setattr(dense, "exact_filter_limit", 0)
-    monkeypatch.setattr("index.store.dense._MAX_WIDENING", 1)
-    with caplog.at_level("DEBUG", logger="index.store.dense"):
+    monkeypatch.setattr("index.store.dense_filtering._MAX_WIDENING", 1)
+    with caplog.at_level("DEBUG", logger="index.store.dense_filtering"):
         _, ids = dense.search(queries, K, params=params, allowed=allowed)
     assert "came back short" in caplog.text
     assert_same_ranking(ids, expected, corpus, queries)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import index.build.indexing as indexing
+import index.build.job as job
 from index import (
     DENSE_FILE,
     BuildInProgressError,
@@ -152,7 +153,7 @@ def test_resume_after_embed_failure_matches_uninterrupted(tmp_path: Path, corpus
 
 def test_shard_written_but_not_committed_is_redone(tmp_path: Path, corpus: Path, embed, monkeypatch) -> None:
     reference = _build([corpus], tmp_path, "reference", embed, upsert=True)
-    real_write = indexing.write_shard
+    real_write = job.write_shard
     written = 0
 
     def write_then_crash(*args, **kwargs):
@@ -163,12 +164,12 @@ def test_shard_written_but_not_committed_is_redone(tmp_path: Path, corpus: Path,
             raise Interrupted("after the shard, before the commit")
         return path
 
-    monkeypatch.setattr(indexing, "write_shard", write_then_crash)
+    monkeypatch.setattr(job, "write_shard", write_then_crash)
     with pytest.raises(Interrupted):
         _build([corpus], tmp_path, "out", embed, upsert=True)
     shards = sorted(p.name for p in (tmp_path / ".work-out" / SHARDS_DIR).iterdir())
     assert shards[-1] == "shard-000002.npz"  # on disk, but its chunk never committed
-    monkeypatch.setattr(indexing, "write_shard", real_write)
+    monkeypatch.setattr(job, "write_shard", real_write)
     report = _build([corpus], tmp_path, "out", embed, upsert=True)
     assert report.resumed_from_line == 51  # two chunks of 25 documents plus the malformed line 41
     assert _snapshot(report.directory, embed) == _snapshot(reference.directory, embed)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ir_measures import nDCG
 
-import index.build.indexing as indexing
+import index.build.assembly as assembly
 import index.store.lexical as lexical_module
 from index import (
     LEXICAL_FILES,
@@ -262,7 +262,7 @@ def test_resume_after_an_interrupted_build(
         with pytest.raises(Interrupted):
             _build(tmp_path, corpus, "out", flaky, chunk_size=25)
     else:
-        target = (indexing.LexicalIndex, "build") if where == "lexical-build" else (lexical_module, "atomic_write")
+        target = (assembly.LexicalIndex, "build") if where == "lexical-build" else (lexical_module, "atomic_write")
 
         def crash(*args, **kwargs):
             raise Interrupted(where)

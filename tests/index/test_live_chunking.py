@@ -203,7 +203,7 @@ def test_an_unchunked_generation_takes_chunked_upserts_and_merges_them(tmp_path:
         assert live.view().delta.entries[live.view().row_id("long")].spans is None
     # A generation that records 'chunk' splits upserts; merging writes the first chunk map.
     info = read_info(generation)
-    from index.store.collection import write_info
+    from index.store.collection_info import write_info
 
     write_info(generation, type(info)(**{**info.__dict__, "chunking": chunking}))
     with open_chunked(generation, tmp_path / "m.sqlite") as live:
