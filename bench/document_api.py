@@ -27,11 +27,9 @@ variant's median against the merged baseline's, for the client's wall time and f
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import LoadMeter, argument_parser, percentiles, table, write_json  # noqa: E402
+from bench.harness import LoadMeter, argument_parser, percentiles, start_rr_serve, table, write_json  # noqa: E402
 
 ADMIN_KEY = "bench-admin-key"
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -87,25 +85,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
-    env.update(RR_ADMIN_KEY=ADMIN_KEY, RR_MERGE_MIN_CHANGES=str(10**9), RR_ROUTER_EVIDENCE="none")
-    argv = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"server not ready: {log.read_text()[-2000:]}")
-
-
 def upsert_throughput(http: httpx.Client, rows: list[dict], batch: int) -> float:
     started = time.perf_counter()
     for start in range(0, len(rows), batch):
@@ -140,7 +119,11 @@ def main() -> None:
         job_rate = build(root, base)
         for name in ("writes", "delta1", "delta10"):
             copy_expert(root, "merged", name)
-        server, url = start_server(root, work / "server.log")
+        server, url = start_rr_serve(
+            root,
+            work / "server.log",
+            dict(RR_ADMIN_KEY=ADMIN_KEY, RR_MERGE_MIN_CHANGES=str(10**9), RR_ROUTER_EVIDENCE="none"),
+        )
         try:
             with httpx.Client(base_url=url, timeout=300) as http:
                 rates = {}

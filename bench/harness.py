@@ -265,3 +265,36 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     document = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "code": code_state(), **payload}
     Path(path).write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------- a server to measure
+def start_rr_serve(root: Path, log: Path, env: dict[str, str], *, timeout: float = 300) -> tuple[Any, str]:
+    """``rr serve`` on ``root`` on a free loopback port, no ``RR_*`` from this shell but ``env``: (process, url).
+
+    Waits until ``/readyz`` answers 200; exits with the log's tail if it does not within ``timeout`` seconds.
+    """
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")} | env
+    argv = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port), "--log-level", "warning"]
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(argv, env=environment, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"server not ready: {log.read_text()[-2000:]}")

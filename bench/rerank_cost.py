@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +50,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import LoadMeter, argument_parser, judged_test_queries, percentiles, table, write_json  # noqa: E402
+from bench.harness import (  # noqa: E402
+    LoadMeter,
+    argument_parser,
+    judged_test_queries,
+    percentiles,
+    start_rr_serve,
+    table,
+    write_json,
+)
 from bench.synthetic_experts import corpus_slice, random_adapters  # noqa: E402
 
 RERANK_DOCUMENTS = 100
@@ -119,27 +125,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(root: Path, reranker: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
-    env.update(RR_RERANKER=str(reranker))
-    argv = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"server not ready: {log.read_text()[-2000:]}")
-
-
 def timed(http: httpx.Client, path: str, body: dict) -> tuple[float, dict]:
     started = time.perf_counter()
     response = http.post(path, json=body)
@@ -172,7 +157,7 @@ def main() -> None:
     try:
         reranker = make_cross_encoder(work / "cross-encoder")
         build_experts(root, args.datasets, args.docs)
-        server, url = start_server(root, reranker, work / "server.log")
+        server, url = start_rr_serve(root, work / "server.log", {"RR_RERANKER": str(reranker)})
         try:
             with httpx.Client(base_url=url, timeout=600) as http:
                 for make in requests.values():  # warm-up round: first passes, first BM25 searches

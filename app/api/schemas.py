@@ -13,30 +13,19 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.api.schemas_rerank import SearchRerankOptions
+from app.api.text_fields import QueryText
 from app.engine.jobs import SearchResult
 from app.engine.output import result_dict
 from experts import check_expert_name
 from index import Filter
 from router import RoutePolicy
 
-#: Characters per query; queries are cut at RR_QUERY_MAX_LENGTH tokens anyway.
-MAX_QUERY_CHARS = 2_000
-#: Characters per embeddings input (documents are longer than queries).
-MAX_INPUT_CHARS = 20_000
 MAX_K = 1_000
 MAX_FANOUT = 16
 #: Pilot score (<= 1) plus dense and BM25 corpus votes (<= 1 each), with the knn tie-breaker's 0.001 on top.
 MAX_ROUTER_SCORE = 3.01
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must contain some text, not only spaces")
-    return text
-
-
-QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_not_blank)]
-InputText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS), AfterValidator(_not_blank)]
 ExpertName = Annotated[str, StringConstraints(max_length=64), AfterValidator(check_expert_name)]
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.schemas import InputText
+from app.api.text_fields import InputText
 
 #: What OpenAI also accepts as ``input``: token ids of the client's tokenizer (tiktoken), one list or one per input.
 TokenIds = Annotated[list[int], Field(min_length=1)]

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-#: Characters of a rerank query (as a search query's).
-MAX_RERANK_QUERY_CHARS = 2_000
+from app.api.text_fields import QueryText
+
 #: Characters of one document; the request body's limit (RR_MAX_BODY_BYTES) bounds them all together.
 MAX_RERANK_DOCUMENT_CHARS = 100_000
 #: Candidates a reranked search may ask for per query (as ``k``'s bound; RR_MAX_RERANK_DOCUMENTS may be lower).
 MAX_RERANK_TOP_N = 1_000
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must contain some text, not only spaces")
-    return text
-
-
-RerankQuery = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_RERANK_QUERY_CHARS), AfterValidator(_not_blank)
-]
 DocumentText = Annotated[str, StringConstraints(max_length=MAX_RERANK_DOCUMENT_CHARS)]
 
 
@@ -67,7 +58,7 @@ class RerankRequest(BaseModel):
         max_length=256,
         description="The reranker: its id (RR_RERANKER) or `default`; left out, the server's reranker.",
     )
-    query: RerankQuery
+    query: QueryText
     documents: list[DocumentText | RerankDocument] = Field(
         min_length=1,
         description="Strings, or objects with a `text` field; at most RR_MAX_RERANK_DOCUMENTS.",
