@@ -253,8 +253,16 @@ class LiveOut(BaseModel):
 
 class ExpertOut(BaseModel):
     name: str
-    state: Literal["loaded", "failed"]
+    state: Literal["loaded", "failed", "building"] = Field(
+        description="loaded: serving; failed: published but not loaded (see error); "
+        "building: not published yet, built in the background by the serving process (`rr demo`)."
+    )
     error: str | None = None
+    building: str | None = Field(
+        None,
+        description="What the background build of this expert is doing now, e.g. 'indexing (first 400 documents)'; "
+        "set on a building row, and on a serving expert that is being rebuilt.",
+    )
     path: str = Field(description="Relative to the data root.")
     version: int | None = None
     description: str = ""

@@ -270,15 +270,21 @@ function fillExpertChoice(names) {
 }
 
 function expertRow(expert) {
-  const row = el("tr", null, expert.state === "failed" ? "failed" : "");
+  // "building": not published yet, built beside the service (rr demo); expert.building says what it is doing.
+  const row = el("tr", null, expert.state === "loaded" ? "" : expert.state);
   row.dataset.expert = expert.name;
   const adapter = expert.adapter ? `${expert.adapter.side}, ${expert.adapter.trained ? "trained" : "untrained"}` : "n/a";
   const cells = [
     [expert.name], [expert.state], [expert.documents ?? "n/a", "number"],
     [expert.index ? expert.index.factory : "n/a"], [adapter], [expert.version ?? "n/a", "number"],
-    [expert.routable ? "yes" : "no"], [expert.error || ""],
+    [expert.routable ? "yes" : "no"], [expert.error || expert.building || ""],
   ];
   for (const [text, className] of cells) row.append(el("td", text, className));
+  if (expert.state === "building") {
+    row.children[1].className = "badge";
+    row.append(el("td"));  // nothing to remove yet: it is published when complete
+    return row;
+  }
   const button = el("button", "Remove");
   button.type = "button";
   button.setAttribute("aria-label", `Remove expert ${expert.name}`);
@@ -344,7 +350,9 @@ async function loadReadiness() {
   const line = $("readiness");
   try {
     const ready = await api("GET", "readyz");
-    line.textContent = `Ready: serving ${ready.experts.length} expert(s): ${ready.experts.join(", ") || "none"}.`;
+    const building = Object.entries(ready.building || {}).map(([name, doing]) => `${name}: ${doing}`);
+    line.textContent = `Ready: serving ${ready.experts.length} expert(s): ${ready.experts.join(", ") || "none"}.`
+      + (building.length ? ` Still building ${building.join("; ")}.` : "");
     line.dataset.state = "ready";
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 503) throw error;

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from app.api.auth import ListingCaller
 from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
-from app.api.state import Runtime, Serving
+from app.api.state import Runtime, Service, Serving
 from app.publishing.registry import RegistryEntry
 from experts import ExpertDir, Manifest, UnknownExpertError
 
@@ -57,12 +57,35 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
     return row
 
 
+def building_row(name: str, doing: str) -> dict[str, Any]:
+    """An expert the serving process is still building (``rr demo``), not published yet.
+
+    The demo reports a build it gave up on as ``"failed: <why>"``: that row says ``failed``, with the reason.
+    """
+    if doing.startswith("failed"):
+        return {"name": name, "path": name, "state": "failed", "error": doing}
+    return {"name": name, "path": name, "state": "building", "building": doing}
+
+
 @router.get("/experts", response_model=ExpertListOut, responses=error_responses(401, 403, 503))
-async def list_experts(runtime: Serving, caller: ListingCaller) -> ExpertListOut:
-    """Every published expert (that the key may use): documents, index type, adapter, pilots and load state."""
+async def list_experts(runtime: Serving, service: Service, caller: ListingCaller) -> ExpertListOut:
+    """Every published expert (that the key may use): documents, index type, adapter, pilots and load state.
+
+    While `rr demo` builds experts beside the service, those not published yet are listed too, with
+    `state: building` and `building` saying what each is doing (`indexing (first 400 documents)`, ...).
+    """
     published = runtime.publisher.entries
-    entries = [published[name] for name in caller.visible(published)]
-    return ExpertListOut(experts=[ExpertOut.model_validate(describe(runtime, entry)) for entry in entries])
+    building = service.building  # replaced whole on each change: one read is one consistent view
+    rows = []
+    for name in caller.visible({*published, *building}):
+        if name in published:
+            row = describe(runtime, published[name])
+            if name in building:
+                row["building"] = building[name]
+        else:
+            row = building_row(name, building[name])
+        rows.append(ExpertOut.model_validate(row))
+    return ExpertListOut(experts=rows)
 
 
 @router.get("/experts/{name}", response_model=ExpertDetailOut, responses=error_responses(401, 403, 404, 422, 503))

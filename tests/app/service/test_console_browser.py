@@ -352,6 +352,24 @@ def test_health_shows_readiness_and_the_metrics(console: Console) -> None:
     console.check_requests()
 
 
+def test_an_expert_still_building_shows_what_it_is_doing(console: Console) -> None:
+    """A ``GET /experts`` row with ``state: building`` (``rr demo`` building beside the service), rendered as is."""
+    console.open()
+    shown = console.driver.execute_script(
+        """
+        const row = expertRow({name: "cisi", path: "cisi", state: "building",
+                               building: "indexing (first 400 documents)", routable: false});
+        return [row.className, Array.from(row.children, (cell) => cell.textContent),
+                row.querySelectorAll("button").length];
+        """
+    )
+    assert shown == [
+        "building",
+        ["cisi", "building", "n/a", "n/a", "n/a", "n/a", "no", "indexing (first 400 documents)", ""],
+        0,  # nothing to remove: it is published when complete
+    ]
+
+
 def test_the_page_reflows_at_400_percent_zoom(console: Console, home_document, tmp_path: Path) -> None:
     """1280 CSS pixels at 400% zoom leave 320: nothing may need sideways scrolling (tables scroll in their box)."""
     from selenium.webdriver.common.keys import Keys

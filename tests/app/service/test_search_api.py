@@ -226,6 +226,22 @@ def test_experts_listing(client: TestClient) -> None:
     assert client.get("/experts/NOT valid").status_code == 422
 
 
+def test_experts_listing_shows_what_is_still_building(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    service.set_building("cisi", "indexing (first 400 documents)")
+    service.set_building("beta", "training step 3/10")  # a serving expert being rebuilt keeps its row
+    service.set_building("npl", "failed: corpus.jsonl:3: not JSON")
+    listed = {e["name"]: e for e in client.get("/experts").json()["experts"]}
+    assert list(listed) == ["alpha", "beta", "cisi", "npl"]
+    assert listed["cisi"]["state"] == "building" and listed["cisi"]["building"] == "indexing (first 400 documents)"
+    assert listed["cisi"]["documents"] is None and listed["cisi"]["path"] == "cisi"
+    assert listed["beta"]["state"] == "loaded" and listed["beta"]["building"] == "training step 3/10"
+    assert listed["npl"]["state"] == "failed" and listed["npl"]["error"] == "failed: corpus.jsonl:3: not JSON"
+    assert listed["alpha"]["building"] is None
+    service.set_building("cisi", None)
+    assert "cisi" not in [e["name"] for e in client.get("/experts").json()["experts"]]
+
+
 def test_probes_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "experts": ["alpha", "beta"]}
