@@ -505,9 +505,10 @@ def _register_optional_commands() -> None:
     from app.cli.documents import documents_cli
     from app.cli.evaluation import eval_command, pilots_paper_command
     from app.cli.keys import keys_cli
-    from app.cli.train import train_expert_command
+    from app.cli.train import add_domain_command, train_expert_command
 
     cli.command("train-expert")(train_expert_command)
+    cli.command("add-domain")(add_domain_command)
     cli.command("eval")(eval_command)
     cli.command("pilots-paper")(pilots_paper_command)
     cli.add_typer(documents_cli)

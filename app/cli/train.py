@@ -1,17 +1,21 @@
-"""``rr train-expert``: the command function, ready to register on the ``rr`` Typer app.
+"""``rr train-expert`` and ``rr add-domain``: the command functions, ready to register on the ``rr`` Typer app.
 
 Kept out of ``app/cli/commands.py`` so the training options live beside nothing else;
-register it with ``cli.command("train-expert")(train_expert_command)``. Like
-every subcommand it parses options and calls one library function,
-:func:`app.offline.expert_training.train_expert`.
+register them with ``cli.command("train-expert")(train_expert_command)``. Like
+every subcommand each parses options and calls one library function,
+:func:`app.offline.expert_training.train_expert` and
+:func:`app.offline.domains.add_domain` (the same training, then a publish).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from app.offline.expert_training import TrainingResult
 
 _DEFAULTS: dict[str, Any] = {  # Any: each parameter below states its value's type
     "steps": 300,
@@ -105,15 +109,89 @@ def train_expert_command(
         description=description,
         progress=progress,
     )
+    _echo_training(result)
+
+
+def _echo_training(result: TrainingResult) -> None:
     report, manifest = result.train, result.manifest
     assert manifest.index is not None and manifest.pilots is not None  # train_expert builds both
     kinds = ", ".join(f"{count} {kind}" for kind, count in result.pair_kinds.items())
     index = "reused" if result.index_reused else f"built in {result.index_seconds:.0f}s"
     replaced = f", replacing version {result.replaced_version}" if result.replaced_version is not None else ""
     typer.echo(
-        f"trained expert {name!r} (version {manifest.version}{replaced}) at {result.path}\n"
+        f"trained expert {result.name!r} (version {manifest.version}{replaced}) at {result.path}\n"
         f"  {manifest.index.count} documents (index {index}); {report.pairs} training queries ({kinds})\n"
         f"  {report.config.steps} steps, {report.mode.replace('_', ' ')}: loss {report.first_loss:.3f} -> "
         f"{report.final_loss:.3f} in {report.seconds:.0f}s; {manifest.pilots.count} pilot(s); "
         f"{result.seconds:.0f}s in all"
     )
+
+
+def add_domain_command(
+    name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
+    corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
+    queries: Annotated[Path | None, typer.Option(help="Labelled training queries (BEIR queries.jsonl).")] = None,
+    qrels: Annotated[
+        Path | None, typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="A running service (http://host:port): publish the expert to it.")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(help="Admin key for --url (default: RR_ADMIN_KEY).", show_default=False)
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Rebuild an existing expert; the current one serves until the new one is swapped in.")
+    ] = False,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = _DEFAULTS["steps"],
+    batch_size: Annotated[int, typer.Option(min=1, help="Queries per step.")] = _DEFAULTS["batch_size"],
+    description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Add a domain in one step: create, index, pilots, train (labelled queries if given) and publish.
+
+    Without --url the expert joins this data root's registry (a later `rr serve` serves it); with --url it
+    is uploaded to that running service, wherever it keeps its data. For every training option, see
+    `rr train-expert`.
+    """
+    from app.cli.commands import state
+    from app.offline.domains import add_domain
+    from app.offline.service_client import RemoteError
+    from experts import TrainConfig
+
+    settings_key = state.settings.admin_key
+    key = admin_key or (settings_key.get_secret_value() if settings_key is not None else None)
+    try:
+        result = add_domain(
+            state.settings.data_dir,
+            name,
+            encoder=state.encoder,
+            corpora=corpus,
+            queries=queries,
+            qrels=qrels,
+            config=TrainConfig(steps=steps, batch_size=batch_size),
+            replace=replace,
+            url=url,
+            admin_key=key,
+            description=description,
+            progress=progress,
+            echo=typer.echo,
+        )
+    except RemoteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _echo_training(result.training)
+    if result.published is not None:
+        served = result.published
+        typer.echo(
+            f"published to {url}: {served['name']!r} {served['state']}, version {served.get('version')}, "
+            f"{served.get('documents')} documents, at {served['path']} on the server\n"
+            f"try: curl -s {url.rstrip('/') if url else ''}/search -H 'Content-Type: application/json' "
+            f'-d \'{{"query": "...", "expert": "{name}"}}\''
+        )
+    elif result.registered:
+        typer.echo(f"published in {state.settings.data_dir}/registry.json: `rr serve` serves it from its next start")
+    else:
+        typer.echo(
+            f"no registry under {state.settings.data_dir} yet: `rr serve` serves every expert there, this one too"
+        )

@@ -16,9 +16,7 @@ documents written; each batch after that is all or nothing.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.offline.service_client import RemoteError, call_service
 from app.publishing.document_writes import DocumentWriter
 from app.settings import Settings
 from experts import Encoder, ExpertDir
@@ -180,21 +179,7 @@ class RemoteDocuments:
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if self._key:
-            request.add_header("Authorization", f"Bearer {self._key}")
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310 (the user's URL)
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read())["error"]["message"]
-            except Exception:  # noqa: BLE001 - not our error shape: say what came back
-                message = exc.reason
-            raise RemoteError(f"{method} {path}: HTTP {exc.code}: {message}") from None
-        except urllib.error.URLError as exc:
-            raise RemoteError(f"cannot reach {self.base}: {exc.reason}") from None
+        return call_service(self.base, method, path, admin_key=self._key, body=data, timeout=self._timeout)
 
     def _expert_path(self) -> str:
         return f"/admin/experts/{urllib.parse.quote(self.name, safe='')}"
@@ -215,7 +200,3 @@ class RemoteDocuments:
 
     def close(self) -> None:
         pass
-
-
-class RemoteError(OSError):
-    """The service refused a document operation, or could not be reached; the message says which and why."""

@@ -1,4 +1,4 @@
-"""Unpacking an uploaded expert archive (tar or tar.gz) safely, into a staging directory.
+"""Expert archives (tar or tar.gz): packing one for upload, and unpacking an upload safely into a staging directory.
 
 Only regular files and directories are accepted; an absolute name, a ``..``
 component, a link, a device or a duplicate name refuses the whole archive, as
@@ -91,3 +91,18 @@ def find_expert_root(staging: Path) -> Path:
         f"the archive holds no expert: expected {MANIFEST_FILE} at its top level or inside its only top-level "
         f"directory, found {sorted(entry.name for entry in entries)[:10]}"
     )
+
+
+def pack_expert(directory: Path, archive: Path) -> Path:
+    """Write ``directory`` as a tar.gz whose only top-level entry is the expert's directory (what ``POST
+    /admin/experts`` unpacks). Only regular files and directories go in; hidden work files (locks, ``.work``) stay out.
+    """
+    directory = Path(directory)
+
+    def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        hidden = any(part.startswith(".") for part in PurePosixPath(member.name).parts[1:])
+        return member if (member.isreg() or member.isdir()) and not hidden else None
+
+    with tarfile.open(archive, mode="w:gz", compresslevel=1) as tar:  # vectors barely compress: favour speed
+        tar.add(directory, arcname=directory.name, filter=keep)
+    return archive

@@ -96,6 +96,21 @@ class RegistryFile:
         atomic_write_bytes(self.path, document.model_dump_json(indent=2).encode() + b"\n")
         logger.info("registry %s: %s", self.path, [entry.name for entry in document.experts])
 
+    def include(self, names: list[str]) -> list[str]:
+        """Add the experts ``names`` (directories of that name under the root) to an existing file; returns those added.
+
+        Writes nothing when the file has never been written: the service then publishes every expert under
+        the root on its first start, these included.
+        """
+        entries = self.read()
+        if entries is None:
+            return []
+        published = {entry.name for entry in entries}
+        added = [name for name in names if name not in published]
+        if added:
+            self.write([*entries, *(RegistryEntry(name=name, path=name) for name in added)])
+        return added
+
     def discard_temporary_files(self) -> list[Path]:
         """Remove temporary files of a rewrite that a crash interrupted (the file itself is intact); returns them."""
         leftovers = sorted(self.root.glob(f".{REGISTRY_FILE}.*.tmp"))  # atomic_write_bytes' temporary names

@@ -75,3 +75,32 @@ def test_a_fresh_root_publishes_what_loads_and_writes_the_registry(experts_root:
     )
     assert [(e.name, e.version) for e in RegistryFile(experts_root).read()] == [("alpha", 3), ("beta", 3)]
     engine.close()
+
+
+def test_include_adds_names_to_an_existing_file_only(tmp_path: Path) -> None:
+    registry = RegistryFile(tmp_path)
+    assert registry.include(["cacm"]) == [] and not registry.exists()  # never written: a first start publishes all
+    registry.write([RegistryEntry(name="cisi", path="cisi", version=2)])
+    assert registry.include(["cisi", "cacm"]) == ["cacm"]
+    assert [(e.name, e.path, e.version) for e in registry.read() or []] == [("cacm", "cacm", 0), ("cisi", "cisi", 2)]
+
+
+def test_a_packed_expert_unpacks_to_the_same_files(template_root: Path, tmp_path: Path) -> None:
+    from app.publishing.archive import extract_archive, find_expert_root, pack_expert
+
+    source = template_root / "alpha"
+    archive = pack_expert(source, tmp_path / "alpha.tar.gz")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    extract_archive(archive, staging, max_bytes=1 << 30)
+    unpacked = find_expert_root(staging)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        }
+
+    assert unpacked.name == "alpha" and files(unpacked) == files(source) and files(source)
+    assert not any(p.name.startswith(".") for p in unpacked.rglob("*"))  # locks and work files stay out
