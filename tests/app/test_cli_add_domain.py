@@ -71,7 +71,12 @@ def test_inputs_are_checked_before_anything_is_built(
 
 
 def test_add_to_a_running_server_then_search_it(
-    cli_env: Path, corpus: Path, server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    cli_env: Path,
+    corpus: Path,
+    datasets: Path,
+    server,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     running = server()
     code, _, err = run_cli(
@@ -81,13 +86,18 @@ def test_add_to_a_running_server_then_search_it(
     assert not (cli_env / "sci").exists()
 
     monkeypatch.setenv("RR_ADMIN_KEY", ADMIN_KEY)  # the key's default
-    code, out, err = run_cli(["add-domain", "sci", "--corpus", str(corpus), "--url", running.url, *FAST], capsys)
+    labelled = ["--queries", str(datasets / "scifact" / "queries.jsonl")]
+    labelled += ["--qrels", str(datasets / "scifact" / "qrels" / "train.tsv")]
+    args = ["add-domain", "sci", "--corpus", str(corpus), *labelled, "--url", running.url, *FAST]
+    code, out, err = run_cli(args, capsys)
     assert code == 0, err + running.log()
     assert f"published to {running.url}: 'sci' loaded" in out
     with httpx.Client(base_url=running.url, timeout=60) as http:
         listed = {e["name"]: e for e in http.get("/experts").json()["experts"]}
         assert listed["sci"]["state"] == "loaded" and listed["sci"]["documents"] == 40
         assert listed["sci"]["adapter"]["trained"] is True
+        training = http.get("/experts/sci").json()["manifest"]["training"]
+        assert "train.tsv" in training["labelled"] and training["pair_kinds"]["supervised"] > 0
         answer = http.post("/search", json={"query": "vitamin D deficiency", "expert": "sci", "k": 3})
         assert answer.status_code == 200 and len(answer.json()["results"][0]["hits"]) == 3
 
