@@ -295,12 +295,21 @@ function expertRow(expert) {
   return row;
 }
 
+/** While experts are building (rr demo), the list refreshes itself every few seconds; one timer at most. */
+const BUILDING_REFRESH_MS = 5000;
+let buildingRefresh = null;
+
 async function loadExperts() {
   clearError($("experts-error"));
+  window.clearTimeout(buildingRefresh);
+  buildingRefresh = null;
   try {
     const data = await api("GET", "experts");
     $("experts-rows").replaceChildren(...data.experts.map(expertRow));
     fillExpertChoice(data.experts.filter((e) => e.state === "loaded").map((e) => e.name));
+    if (buildingRefresh === null && data.experts.some((e) => e.state === "building" || e.building)) {
+      buildingRefresh = window.setTimeout(loadExperts, BUILDING_REFRESH_MS);
+    }
   } catch (error) {
     showError($("experts-error"), error);
   }
