@@ -181,12 +181,12 @@ def add_domain_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _echo_training(result.training)
-    if result.published is not None:
+    if result.published is not None and url is not None:
         served = result.published
         typer.echo(
             f"published to {url}: {served['name']!r} {served['state']}, version {served.get('version')}, "
             f"{served.get('documents')} documents, at {served['path']} on the server\n"
-            f"try: curl -s {url.rstrip('/') if url else ''}/search -H 'Content-Type: application/json' "
+            f"try: curl -s {url.rstrip('/')}/search -H 'Content-Type: application/json' "
             f'-d \'{{"query": "...", "expert": "{name}"}}\''
         )
     elif result.registered:
