@@ -138,12 +138,21 @@ class ExpertPublisher:
                     published.append(entry)
                     continue
                 self.engine.add(loaded)
-                published.append(entry.model_copy(update={"version": loaded.manifest.version}) if bootstrap else entry)
+                published.append(self._restored(entry, loaded.manifest.version))
+            changed = published != [entry for entry in entries if entry.name in {e.name for e in published}]
             self._entries = {entry.name: entry for entry in published}
-            if bootstrap:
+            if bootstrap or changed:
                 self.registry.write(published)
             else:  # without a registry nothing says which uploads were published: keep them all
                 self._discard_unpublished_uploads()
+
+    def _restored(self, entry: RegistryEntry, version: int) -> RegistryEntry:
+        """``entry`` with the version its directory now holds; a version ``rr train-expert --replace`` moved under
+        ``.versions/`` while the service was down is kept."""
+        if entry.version == version:
+            return entry
+        kept = self._replaced_as_kept(entry, entry.path, version)
+        return entry.model_copy(update={"version": version, "versions": tuple(kept[: self.keep_versions - 1])})
 
     def _discard_interrupted_writes(self) -> None:
         """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
@@ -257,6 +266,8 @@ class ExpertPublisher:
                     ) from exc
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
+                if replaced is not None and current is not None:  # the registry's number may predate a retrain
+                    replaced = replaced.model_copy(update={"version": current.manifest.version})
                 kept = [*self._replaced_as_kept(replaced, relative, loaded.manifest.version)]
                 entry, dropped = self._entry_keeping(name, relative, loaded, kept)
                 released = self._swap_in(loaded, entry)
