@@ -103,6 +103,7 @@ def train_expert_command(
         replace=replace,
         factory=factory,
         description=description,
+        keep_versions=state.settings.keep_versions,
         progress=progress,
     )
     report, manifest = result.train, result.manifest
