@@ -31,12 +31,18 @@ from app.errors import (
     InvalidRequestError,
     PathNotAllowedError,
     PayloadTooLargeError,
-    UnknownVersionError,
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
 from app.publishing.registry import KeptVersion, RegistryEntry, RegistryFile
-from app.publishing.versions import UPLOADS_DIR, find_archived, owned_directory
+from app.publishing.versions import (
+    UPLOADS_DIR,
+    check_no_writes_since_publish,
+    choose_kept,
+    find_archived,
+    owned_directory,
+    serving_entry,
+)
 from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
 from index import IndexStoreError, MergePolicy
 from router import RouterError
@@ -300,16 +306,14 @@ class ExpertPublisher:
         self, name: str, path: str, loaded: LoadedExpert, kept: list[KeptVersion]
     ) -> tuple[RegistryEntry, list[KeptVersion]]:
         """The registry entry of ``loaded`` serving from ``path`` with the newest kept versions; and those dropped."""
-        kept = [version for version in kept if version.path != path]  # the serving directory is not also "kept"
-        room = self.keep_versions - 1
-        entry = RegistryEntry(
-            name=name,
-            path=path,
+        return serving_entry(
+            name,
+            path,
             version=loaded.manifest.version,
             live_seq=loaded.documents.state().seq,
-            versions=tuple(kept[:room]),
+            kept=kept,
+            keep_versions=self.keep_versions,
         )
-        return entry, kept[room:]
 
     def _swap_in(self, loaded: LoadedExpert, entry: RegistryEntry) -> threading.Event:
         """Under the lock and the expert's document lock: write the registry, then swap the snapshot.
@@ -345,12 +349,12 @@ class ExpertPublisher:
                 raise UnknownExpertError(
                     f"Expert {name!r} is not published. Published experts: {sorted(self._entries)}"
                 )
-            target = self._kept_version(current, version)
+            target = choose_kept(current, version, keep_versions=self.keep_versions)
             with self.engine.document_lock(name):
                 serving = self.engine.experts.get(name)
                 if serving is not None:
                     serving.documents.wait_merge()
-                    self._check_no_writes_since_publish(current, serving.documents.state().seq)
+                    check_no_writes_since_publish(current, serving.documents.state().seq)
                 try:
                     directory = _resolved(self.root / target.path)
                     if not directory.is_relative_to(self.root):
@@ -376,33 +380,6 @@ class ExpertPublisher:
                 entry.path,
             )
         return entry, self._discard_once_released([v.path for v in dropped], released)
-
-    def _kept_version(self, current: RegistryEntry, version: int | None) -> KeptVersion:
-        kept = [v.version for v in current.versions]
-        if not current.versions:
-            raise ConflictError(
-                f"expert {current.name!r} keeps no older version to roll back to (it serves version "
-                f"{current.version} from {current.path!r}; a replace keeps up to RR_KEEP_VERSIONS - 1 = "
-                f"{self.keep_versions - 1})"
-            )
-        if version is None:
-            return current.versions[0]
-        for candidate in current.versions:  # most recently served first
-            if candidate.version == version:
-                return candidate
-        raise UnknownVersionError(
-            f"expert {current.name!r} keeps no version {version} (never published, or pruned). "
-            f"Kept versions: {kept}; serving: {current.version}"
-        )
-
-    @staticmethod
-    def _check_no_writes_since_publish(current: RegistryEntry, seq: int) -> None:
-        if seq > current.live_seq:
-            raise ConflictError(
-                f"expert {current.name!r} holds document writes acknowledged since version {current.version} began "
-                f"serving (live log at seq {seq}, {current.live_seq} then); a rollback would lose them, so it is "
-                "refused: write them again after the rollback, or publish a version that holds them"
-            )
 
     def check_servable(self, name: str) -> None:
         """Refuse, with the load failure, a request naming a published expert that could not be loaded.

@@ -24,6 +24,9 @@ import secrets
 import shutil
 from pathlib import Path, PurePosixPath
 
+from app.errors import ConflictError, UnknownVersionError
+from app.publishing.registry import KeptVersion, RegistryEntry
+
 logger = logging.getLogger(__name__)
 
 #: Where uploaded archives are unpacked, under the data root.
@@ -88,3 +91,51 @@ def find_archived(root: Path, name: str, version: int) -> list[Path]:
     candidates = [*kept.glob(f"v{version}"), *kept.glob(f"v{version}-*")] if kept.is_dir() else []
     found = [c / name for c in candidates if (c / name).is_dir()]
     return sorted(found, key=lambda d: d.parent.stat().st_mtime, reverse=True)
+
+
+def choose_kept(current: RegistryEntry, version: int | None, *, keep_versions: int) -> KeptVersion:
+    """The kept version a rollback of ``current`` serves: ``version`` (a manifest version), or the one served before.
+
+    Raises ConflictError (409) when none is kept, UnknownVersionError (404, naming the kept ones) for another.
+    """
+    if not current.versions:
+        raise ConflictError(
+            f"expert {current.name!r} keeps no older version to roll back to (it serves version "
+            f"{current.version} from {current.path!r}; a replace keeps up to RR_KEEP_VERSIONS - 1 = "
+            f"{keep_versions - 1})"
+        )
+    if version is None:
+        return current.versions[0]
+    for candidate in current.versions:  # most recently served first
+        if candidate.version == version:
+            return candidate
+    raise UnknownVersionError(
+        f"expert {current.name!r} keeps no version {version} (never published, or pruned). "
+        f"Kept versions: {[v.version for v in current.versions]}; serving: {current.version}"
+    )
+
+
+def check_no_writes_since_publish(current: RegistryEntry, seq: int) -> None:
+    """Refuse (409) to swap out a version whose live log acknowledged writes since it began serving.
+
+    They are in its log, which no kept version holds: carrying them over is not done yet.
+    """
+    if seq > current.live_seq:
+        raise ConflictError(
+            f"expert {current.name!r} holds document writes acknowledged since version {current.version} began "
+            f"serving (live log at seq {seq}, {current.live_seq} then); a rollback would lose them, so it is "
+            "refused: write them again after the rollback, or publish a version that holds them"
+        )
+
+
+def serving_entry(
+    name: str, path: str, *, version: int, live_seq: int, kept: list[KeptVersion], keep_versions: int
+) -> tuple[RegistryEntry, list[KeptVersion]]:
+    """The registry entry of the version at ``path`` with the newest ``keep_versions - 1`` of ``kept``; and the rest.
+
+    ``kept`` is most recently served first; the serving directory is never also kept.
+    """
+    kept = [candidate for candidate in kept if candidate.path != path]
+    room = keep_versions - 1
+    entry = RegistryEntry(name=name, path=path, version=version, live_seq=live_seq, versions=tuple(kept[:room]))
+    return entry, kept[room:]
