@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.main import create_app
+from app.engine.documents import LIVE_DIR
 from app.publishing.versions import archive_replaced
 from experts import Encoder, ExpertDir
-from tests.app.service.conftest import ADMIN, build_expert
+from tests.app.conftest import run_cli
+from tests.app.service.conftest import ADMIN, build_expert, service_settings, wait_ready
 from tests.app.service.test_admin_api import tar_gz
 from tests.conftest import save_random_adapter
 
@@ -207,3 +212,49 @@ def test_an_old_registry_file_loads(make_client, root: Path) -> None:
     replace(client, "v2/beta")
     written = json.loads((root / "registry.json").read_text())["experts"][0]
     assert written["versions"][0]["path"] == "beta" and written["live_seq"] == 0
+
+
+def test_the_cli_lists_versions_and_rolls_back_at_rest(
+    root: Path, tiny_encoder: Encoder, tiny_bert_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("RR_DATA_DIR", str(root))
+    monkeypatch.setenv("RR_BASE_MODEL", str(tiny_bert_path))
+    with TestClient(create_app(service_settings(root), encoder=tiny_encoder)) as client:
+        wait_ready(client)
+        before = hits(client)
+        replace(client, "v2/beta")
+    v1, v2 = manifest_version(root, "beta"), manifest_version(root, "v2/beta")
+    code, out, err = run_cli(["experts", "versions", "beta", "--json"], capsys)
+    assert code == 0, err
+    assert [(row["version"], row["path"], row["serving"]) for row in json.loads(out)] == [
+        (v2, "v2/beta", True),
+        (v1, "beta", False),
+    ]
+    assert run_cli(["experts", "--json"], capsys)[0] == 0  # the bare group still lists the experts
+
+    code, _, err = run_cli(["experts", "rollback", "beta", "--version", "999"], capsys)
+    assert code == 2 and f"Kept versions: [{v1}]" in err
+    holder = subprocess.Popen(  # another process holds the serving version's live log, as a running service does
+        [sys.executable, "-c", HOLD_LOCK, str(root / "v2" / "beta" / LIVE_DIR)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(["experts", "rollback", "beta"], capsys)
+        assert code == 2 and "running service" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, err = run_cli(["experts", "rollback", "beta"], capsys)
+    assert code == 0 and f"version {v1} from beta" in out, err
+    with TestClient(create_app(service_settings(root), encoder=tiny_encoder)) as client:
+        wait_ready(client)
+        assert hits(client) == before
+        assert [(v["version"], v["serving"]) for v in versions(client)] == [(v1, True), (v2, False)]
+
+
+HOLD_LOCK = (  # plain fcntl, as WriterLock takes it: no import of the project in the child
+    "import fcntl, os, sys, time\n"
+    "os.makedirs(sys.argv[1], exist_ok=True)\n"
+    "f = open(os.path.join(sys.argv[1], 'writer.lock'), 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+    "print('held', flush=True); time.sleep(60)"
+)
