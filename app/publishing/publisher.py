@@ -147,10 +147,15 @@ class ExpertPublisher:
                 published.append(self._restored(entry, loaded.manifest.version))
             changed = published != [entry for entry in entries if entry.name in {e.name for e in published}]
             self._entries = {entry.name: entry for entry in published}
-            if bootstrap or changed:
+            if bootstrap:  # without a registry nothing says which uploads were published: keep them all
                 self.registry.write(published)
-            else:  # without a registry nothing says which uploads were published: keep them all
-                self._discard_unpublished_uploads()
+                return
+            if changed:  # versions retrained in place while the service was down: recorded, best effort
+                try:
+                    self.registry.write(published)
+                except OSError as exc:
+                    logger.warning("could not record the experts' current versions in %s: %s", self.registry.path, exc)
+            self._discard_unpublished_uploads()
 
     def _restored(self, entry: RegistryEntry, version: int) -> RegistryEntry:
         """``entry`` with the version its directory now holds; a version ``rr train-expert --replace`` moved under

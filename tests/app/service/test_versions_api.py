@@ -258,3 +258,19 @@ HOLD_LOCK = (  # plain fcntl, as WriterLock takes it: no import of the project i
     "f = open(os.path.join(sys.argv[1], 'writer.lock'), 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
     "print('held', flush=True); time.sleep(60)"
 )
+
+
+def test_a_retrain_in_place_while_the_service_was_down_is_recorded_at_start(make_client, root: Path) -> None:
+    v1 = manifest_version(root, "beta")
+    (root / "registry.json").write_text(
+        json.dumps({"format_version": 1, "experts": [{"name": "beta", "path": "beta", "version": v1}]})
+    )
+    kept = archive_replaced(root / "beta", root, "beta", v1)  # what `rr train-expert --replace` leaves
+    shutil.copytree(root / "v2" / "beta", root / "beta")
+    client = make_client(root)
+    listed = versions(client)
+    assert [(v["version"], v["path"]) for v in listed] == [
+        (manifest_version(root, "beta"), "beta"),
+        (v1, kept.relative_to(root).as_posix()),
+    ]
+    assert json.loads((root / "registry.json").read_text())["experts"][0]["versions"][0]["version"] == v1
