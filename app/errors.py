@@ -16,6 +16,7 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     │   └── PathNotAllowedError       403 path_not_allowed    outside the data root
     ├── UnknownDocumentError          404 unknown_document    no such document id in the expert
     ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
+    ├── UnknownVersionError           404 unknown_version     a rollback to a version not kept (or pruned)
     ├── ConflictError                 409 conflict            already published, reserved name
     │   └── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
@@ -92,6 +93,10 @@ class UnknownDocumentError(ServiceError):
 
 class UnknownModelError(ServiceError):
     status, type = 404, "unknown_model"
+
+
+class UnknownVersionError(ServiceError):
+    status, type = 404, "unknown_version"
 
 
 class ConflictError(ServiceError):

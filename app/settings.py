@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # 1 GiB: an expert takes ~2-5 KB per document (flat index, BM25, docstore; scifact's 5,183 abstracts: 25 MB
     # with its adapter and pilots), so this holds ~200k documents, and a bomb stops at 1 GiB (docs/reliability.md).
     max_extracted_bytes: int = Field(1 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")
+    keep_versions: int = Field(
+        3, ge=1, description="Versions of an expert kept on disk for a rollback, the serving one included (1: none)."
+    )
     max_queries: int = Field(64, ge=1, description="Queries per search request (413 above).")
     # OpenAI's own limit: LlamaIndex's OpenAIEmbedding sends 100 texts per call, LangChain's OpenAIEmbeddings 1000.
     max_embedding_inputs: int = Field(2048, ge=1, description="Inputs per /v1/embeddings request (413 above).")

@@ -73,7 +73,11 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
     reranker = open_reranker(settings)
     engine = SearchEngine(encoder, settings.engine_config(), take_out_broken=True)
     publisher = ExpertPublisher(
-        engine, settings.data_dir, verify_checksums=settings.verify_checksums, merge_policy=settings.merge_policy()
+        engine,
+        settings.data_dir,
+        verify_checksums=settings.verify_checksums,
+        merge_policy=settings.merge_policy(),
+        keep_versions=settings.keep_versions,
     )
     service.phase = "loading experts"
     try:

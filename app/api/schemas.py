@@ -225,6 +225,14 @@ class AddExpertRequest(_Strict):
     replace: bool = Field(False, description="Swap out a published expert of the same name.")
 
 
+class RollbackRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": 2}]})
+
+    version: int | None = Field(
+        None, ge=0, description="Manifest version to serve again; unset: the version served before this one."
+    )
+
+
 class IndexOut(BaseModel):
     factory: str
     directory: str
@@ -275,8 +283,24 @@ class ExpertOut(BaseModel):
     live: LiveOut | None = None
 
 
+class ExpertVersionOut(BaseModel):
+    """One version of an expert on disk: the serving one, or one kept for a rollback (RR_KEEP_VERSIONS)."""
+
+    version: int
+    path: str = Field(description="Its expert directory, relative to the data root.")
+    published_at: str = Field(description="When it began serving.")
+    serving: bool
+    documents: int | None = Field(None, description="Documents: live ones when serving, else its index's.")
+    trained: bool | None = Field(None, description="Whether its adapter is trained (None: its files are unreadable).")
+    training: dict[str, Any] | None = Field(None, description="Its manifest's training section (the recipe).")
+    error: str | None = Field(None, description="Why its manifest cannot be read, if it cannot.")
+
+
 class ExpertDetailOut(ExpertOut):
     manifest: dict[str, Any] | None = Field(None, description="The expert's manifest.json.")
+    versions: list[ExpertVersionOut] = Field(
+        default_factory=list, description="The serving version, then those kept for a rollback, newest served first."
+    )
 
 
 class ExpertListOut(BaseModel):

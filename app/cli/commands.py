@@ -358,37 +358,6 @@ def search_command(
         typer.echo(result_text(result))
 
 
-@cli.command("experts")
-def experts_command(as_json: AsJson = False) -> None:
-    """List the experts under the experts root, with what each has."""
-    from experts import list_expert_dirs
-
-    rows = []
-    for directory in list_expert_dirs(state.settings.data_dir):
-        try:
-            manifest = directory.read_manifest()
-            rows.append(
-                {
-                    "name": manifest.name,
-                    "version": manifest.version,
-                    "documents": manifest.index.count if manifest.index else None,
-                    "index": manifest.index.factory if manifest.index else None,
-                    "pilots": manifest.pilots.count if manifest.pilots else None,
-                    "adapter": "trained" if manifest.adapter.trained else "untrained",
-                    "side": manifest.adapter.side,
-                }
-            )
-        except Exception as exc:  # a listing shows broken experts rather than hiding them
-            rows.append({"name": directory.path.name, "error": str(exc)})
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        typer.echo(f"no experts under {state.settings.data_dir}")
-    for row in rows:
-        typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
-
-
 Host = Annotated[str | None, typer.Option(help="Address to listen on (env RR_HOST; default 127.0.0.1).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (env RR_PORT; default 8000; 0 = any free port).")]
 LogLevel = Annotated[str, typer.Option(help="Server log level: debug, info, warning, error.")]
@@ -504,6 +473,7 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each), registered on the one entry point."""
     from app.cli.documents import documents_cli
     from app.cli.evaluation import eval_command, pilots_paper_command
+    from app.cli.experts import experts_cli
     from app.cli.keys import keys_cli
     from app.cli.train import add_domain_command, train_expert_command
 
@@ -512,6 +482,7 @@ def _register_optional_commands() -> None:
     cli.command("eval")(eval_command)
     cli.command("pilots-paper")(pilots_paper_command)
     cli.add_typer(documents_cli)
+    cli.add_typer(experts_cli)
     cli.add_typer(keys_cli)
 
 

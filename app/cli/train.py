@@ -107,6 +107,7 @@ def train_expert_command(
         replace=replace,
         factory=factory,
         description=description,
+        keep_versions=state.settings.keep_versions,
         progress=progress,
     )
     _echo_training(result)

@@ -18,7 +18,9 @@ The flow (``train_expert``):
    swaps the two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``),
    so the old version serves until the very moment the new one is complete; a
    server that loaded it keeps its open files and loaded adapter until it
-   publishes the new version.
+   publishes the new version. The replaced version is kept under
+   ``<root>/.versions/<name>/v<N>/<name>`` (``keep_versions``, RR_KEEP_VERSIONS,
+   counts the new one) for a rollback, see :mod:`app.publishing.versions`.
 
 Any exception or Ctrl-C removes the staging directory: no half-written
 expert is ever left under the root, and the served one is untouched. A
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from app.offline.building import PilotMethod, build_pilots, index_expert
+from app.publishing.versions import archive_replaced, prune_archived
 from experts import (
     MANIFEST_FILE,
     AdapterInfo,
@@ -336,6 +339,7 @@ def train_expert(
     supervised_repeat: int = 3,
     pilot_method: PilotMethod = "queries",
     pilot_clusters: int = 4,
+    keep_versions: int = 3,
     progress: bool = True,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
@@ -346,8 +350,9 @@ def train_expert(
     times, and the pilots are built from those real queries.
 
     ``replace=True`` retrains an existing expert; it keeps serving until the
-    new directory is complete and swapped in. See the module docstring for
-    the guarantees on interruption.
+    new directory is complete and swapped in; the replaced version is kept
+    under ``.versions/`` unless ``keep_versions`` is 1 (older kept ones beyond
+    it are pruned). See the module docstring for the guarantees on interruption.
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -432,6 +437,9 @@ def train_expert(
         expert.verify(published)
         fsync_tree(expert.path)
         _swap_into_place(expert.path, target, old_version=old_version)
+        if old_version is not None and keep_versions > 1:  # the staged path now holds the replaced version
+            archive_replaced(expert.path, root, name, old_version)
+            prune_archived(root, name, keep=keep_versions - 1)
     result = TrainingResult(
         name=name,
         path=target,

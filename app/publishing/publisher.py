@@ -5,6 +5,10 @@ nothing: validate and load the new expert completely (manifest, checksums,
 base-model fingerprint, dimension, pilots, index, adapter) → write the
 registry file atomically → swap the engine's snapshot. Admin operations are
 serialised by one lock; searches never wait for it.
+
+A replace keeps the version it replaces (``keep_versions``, RR_KEEP_VERSIONS,
+counts the serving one): a rollback swaps a kept version back by the same
+path. See :mod:`app.publishing.versions` for where kept versions live.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from app.engine.engine import RESERVED_NAMES, SearchEngine
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
@@ -30,15 +34,21 @@ from app.errors import (
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
-from app.publishing.registry import RegistryEntry, RegistryFile
+from app.publishing.registry import KeptVersion, RegistryEntry, RegistryFile
+from app.publishing.versions import (
+    UPLOADS_DIR,
+    check_no_writes_since_publish,
+    choose_kept,
+    find_archived,
+    owned_directory,
+    serving_entry,
+)
 from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
 from index import IndexStoreError, MergePolicy
 from router import RouterError
 
 logger = logging.getLogger(__name__)
 
-#: Where uploaded archives are unpacked, under the data root.
-UPLOADS_DIR = "uploads"
 #: Hidden names under it: an archive being received, and one being unpacked (removed at start-up if left).
 _RECEIVING_PREFIX = ".upload-"
 _STAGING_PREFIX = ".staging-"
@@ -80,8 +90,12 @@ class ExpertPublisher:
         *,
         verify_checksums: bool = True,
         merge_policy: MergePolicy = MergePolicy(),
+        keep_versions: int = 3,
     ) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1 (the serving version), got {keep_versions}")
         self.engine = engine
+        self.keep_versions = keep_versions
         self.root = Path(root).resolve()
         self.registry = RegistryFile(self.root)
         self.verify_checksums = verify_checksums
@@ -130,12 +144,26 @@ class ExpertPublisher:
                     published.append(entry)
                     continue
                 self.engine.add(loaded)
-                published.append(entry.model_copy(update={"version": loaded.manifest.version}) if bootstrap else entry)
+                published.append(self._restored(entry, loaded.manifest.version))
+            changed = published != [entry for entry in entries if entry.name in {e.name for e in published}]
             self._entries = {entry.name: entry for entry in published}
-            if bootstrap:
+            if bootstrap:  # without a registry nothing says which uploads were published: keep them all
                 self.registry.write(published)
-            else:  # without a registry nothing says which uploads were published: keep them all
-                self._discard_unpublished_uploads()
+                return
+            if changed:  # versions retrained in place while the service was down: recorded, best effort
+                try:
+                    self.registry.write(published)
+                except OSError as exc:
+                    logger.warning("could not record the experts' current versions in %s: %s", self.registry.path, exc)
+            self._discard_unpublished_uploads()
+
+    def _restored(self, entry: RegistryEntry, version: int) -> RegistryEntry:
+        """``entry`` with the version its directory now holds; a version ``rr train-expert --replace`` moved under
+        ``.versions/`` while the service was down is kept."""
+        if entry.version == version:
+            return entry
+        kept = self._replaced_as_kept(entry, entry.path, version)
+        return entry.model_copy(update={"version": version, "versions": tuple(kept[: self.keep_versions - 1])})
 
     def _discard_interrupted_writes(self) -> None:
         """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
@@ -151,37 +179,34 @@ class ExpertPublisher:
             logger.warning("removing %s, left by an upload that was interrupted", leftover)
             _remove_tree(leftover)
 
-    def _upload_of(self, entry: RegistryEntry) -> Path | None:
-        """The ``uploads/<name>-<stamp>-<token>`` directory an uploaded expert was unpacked into; None for others."""
-        parts = PurePosixPath(entry.path).parts
-        if len(parts) >= 2 and parts[0] == UPLOADS_DIR and not parts[1].startswith("."):
-            return self.root / UPLOADS_DIR / parts[1]
-        return None
+    def _owned_in_use(self) -> set[Path]:
+        """The directories the service made (uploads, kept versions) that a published or kept version still uses."""
+        paths = [path for entry in self._entries.values() for path in (entry.path, *(v.path for v in entry.versions))]
+        return {owned for path in paths if (owned := owned_directory(self.root, path)) is not None}
 
     def _discard_unpublished_uploads(self) -> None:
-        """Under the lock: delete every unpacked upload that no registry entry names (their expert was removed or
-        replaced while the server was down, or a crash came between unpacking and publishing)."""
+        """Under the lock: delete every unpacked upload that no registry entry names, serving or kept (their expert
+        was removed or replaced while the server was down, or a crash came between unpacking and publishing)."""
         uploads = self.root / UPLOADS_DIR
         if not uploads.is_dir() or uploads.is_symlink():
             return
-        kept = {self._upload_of(entry) for entry in self._entries.values()}
+        kept = self._owned_in_use()
         for directory in sorted(uploads.iterdir()):
             if directory.name.startswith(".") or directory in kept:
                 continue  # hidden names are uploads in progress (removed by _discard_interrupted_writes)
             logger.warning("removing %s: an uploaded expert that is no longer published", directory)
             _remove_tree(directory)
 
-    def _discard_upload_once_released(self, entry: RegistryEntry | None, released: threading.Event) -> threading.Event:
-        """Delete the unpacked upload of an expert that was just removed or replaced, once it is unloaded.
+    def _discard_once_released(self, paths: list[str], released: threading.Event) -> threading.Event:
+        """Delete the directories the service made for versions that are no longer served nor kept, once unloaded.
 
-        Not before: searches that still hold the old expert read its files.
-        Returns an event set when that is done (at once for an expert that was
-        not uploaded). Call it without holding the lock.
+        Not before: searches that still hold the replaced or removed version
+        read its files. Directories an admin placed are never deleted. Returns
+        an event set when that is done (at once when there is nothing to
+        delete). Call it without holding the lock.
         """
-        if entry is None:
-            return released
-        directory = self._upload_of(entry)
-        if directory is None:
+        directories = sorted({owned for path in paths if (owned := owned_directory(self.root, path)) is not None})
+        if not directories:
             return released
 
         done = threading.Event()
@@ -190,16 +215,18 @@ class ExpertPublisher:
             released.wait()
             try:
                 with self._lock:  # the same directory may have been published again meanwhile
-                    if directory not in {self._upload_of(e) for e in self._entries.values()}:
-                        _remove_tree(directory)
-                        logger.info("removed %s: the uploaded expert it held is no longer published", directory)
+                    in_use = self._owned_in_use()
+                    for directory in directories:
+                        if directory not in in_use and directory.exists():
+                            _remove_tree(directory)
+                            logger.info("removed %s: the version it held is no longer published nor kept", directory)
             finally:
                 done.set()
 
         if released.is_set():
             discard()
         else:
-            threading.Thread(target=discard, name=f"rr-discard-{entry.name}", daemon=True).start()
+            threading.Thread(target=discard, name="rr-discard-versions", daemon=True).start()
         return done
 
     # ------------------------------------------------------------------ add
@@ -249,20 +276,115 @@ class ExpertPublisher:
                         f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
                     ) from exc
                 relative = directory.relative_to(self.root).as_posix()
-                entry = RegistryEntry(name=name, path=relative, version=loaded.manifest.version)
-                try:
-                    self.registry.write([*(e for n, e in self._entries.items() if n != name), entry])
-                except BaseException:
-                    unload_expert(loaded, self.engine.encoder)
-                    raise
-                released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
-            replaced = self._entries.get(name)
-            # New dicts rather than in-place changes: request handlers read these without the lock.
-            self._entries = {**self._entries, name: entry}
+                replaced = self._entries.get(name)
+                if replaced is not None and current is not None:  # the registry's number may predate a retrain
+                    replaced = replaced.model_copy(update={"version": current.manifest.version})
+                kept = [*self._replaced_as_kept(replaced, relative, loaded.manifest.version)]
+                entry, dropped = self._entry_keeping(name, relative, loaded, kept)
+                released = self._swap_in(loaded, entry)
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
-        if replaced is not None and replaced.path != entry.path:
-            self._discard_upload_once_released(replaced, released)
+        if replaced is not None:
+            self._discard_once_released([replaced.path, *(v.path for v in dropped)], released)
         return entry
+
+    def _replaced_as_kept(self, replaced: RegistryEntry | None, path: str, version: int) -> list[KeptVersion]:
+        """The versions kept once the one at ``path`` replaces ``replaced``: the replaced one first, then its kept ones.
+
+        A publish from the serving directory itself keeps the previous version
+        only when ``rr train-expert --replace`` moved it under ``.versions/``.
+        """
+        if replaced is None:
+            return []
+        kept = list(replaced.versions)
+        previous: KeptVersion | None = replaced.kept()
+        if replaced.path == path:
+            known = {v.path for v in kept}
+            moved = [
+                relative
+                for found in find_archived(self.root, replaced.name, replaced.version)
+                if (relative := found.relative_to(self.root).as_posix()) not in known
+            ]
+            previous = replaced.kept().model_copy(update={"path": moved[0]}) if moved else None
+        return [previous, *kept] if previous is not None else kept
+
+    def _entry_keeping(
+        self, name: str, path: str, loaded: LoadedExpert, kept: list[KeptVersion]
+    ) -> tuple[RegistryEntry, list[KeptVersion]]:
+        """The registry entry of ``loaded`` serving from ``path`` with the newest kept versions; and those dropped."""
+        return serving_entry(
+            name,
+            path,
+            version=loaded.manifest.version,
+            live_seq=loaded.documents.state().seq,
+            kept=kept,
+            keep_versions=self.keep_versions,
+        )
+
+    def _swap_in(self, loaded: LoadedExpert, entry: RegistryEntry) -> threading.Event:
+        """Under the lock and the expert's document lock: write the registry, then swap the snapshot.
+
+        Returns the event set once the version it replaced is unloaded (its searches finished).
+        """
+        try:
+            self.registry.write([*(e for n, e in self._entries.items() if n != entry.name), entry])
+        except BaseException:
+            unload_expert(loaded, self.engine.encoder)
+            raise
+        released = self.engine.add(loaded)  # a replaced expert is unloaded when its searches finish
+        # A new dict rather than an in-place change: request handlers read it without the lock.
+        self._entries = {**self._entries, entry.name: entry}
+        return released
+
+    # ------------------------------------------------------------------ rollback
+    def rollback(self, name: str, *, version: int | None = None) -> tuple[RegistryEntry, threading.Event]:
+        """Serve a kept version of ``name`` again (by default the one served before), by the path of a replace.
+
+        The kept version is loaded and validated first; any failure leaves the
+        serving one untouched. The version it replaces is kept in turn, so a
+        rollback can be undone by another. Refused (409) while the serving
+        version holds document writes acknowledged since it began serving:
+        they are in its live log, which the kept version does not have.
+        Returns the new entry and an event set once the replaced version is unloaded.
+
+        >>> entry, unloaded = publisher.rollback("cacm")  # doctest: +SKIP
+        """
+        with self._lock:
+            current = self._entries.get(name)
+            if current is None:
+                raise UnknownExpertError(
+                    f"Expert {name!r} is not published. Published experts: {sorted(self._entries)}"
+                )
+            target = choose_kept(current, version, keep_versions=self.keep_versions)
+            with self.engine.document_lock(name):
+                serving = self.engine.experts.get(name)
+                if serving is not None:
+                    serving.documents.wait_merge()
+                    check_no_writes_since_publish(current, serving.documents.state().seq)
+                try:
+                    directory = _resolved(self.root / target.path)
+                    if not directory.is_relative_to(self.root):
+                        raise ValueError(f"{target.path!r} lies outside the data root {self.root}")
+                    loaded = self._load(directory, verify_checksums=True)
+                    if loaded.name != name:
+                        unload_expert(loaded, self.engine.encoder)
+                        raise ValueError(f"the directory now holds expert {loaded.name!r}")
+                except _LOAD_ERRORS as exc:
+                    raise ExpertRejectedError(
+                        f"expert {name!r} was not rolled back to version {target.version} at {target.path!r}: {exc}",
+                        details={"reason": type(exc).__name__},
+                    ) from exc
+                kept = [current.kept(), *(v for v in current.versions if v is not target)]
+                entry, dropped = self._entry_keeping(name, target.path, loaded, kept)
+                released = self._swap_in(loaded, entry)
+            logger.info(
+                "rolled expert %r back from v%d (%s) to v%d (%s)",
+                name,
+                current.version,
+                current.path,
+                entry.version,
+                entry.path,
+            )
+        return entry, self._discard_once_released([v.path for v in dropped], released)
 
     def check_servable(self, name: str) -> None:
         """Refuse, with the load failure, a request naming a published expert that could not be loaded.
@@ -364,4 +486,4 @@ class ExpertPublisher:
                         released = self.engine.remove(name)
                     except UnknownExpertError:
                         pass  # taken out of service by the engine a moment ago: already unloading
-        return self._discard_upload_once_released(removed, released)
+        return self._discard_once_released([removed.path, *(v.path for v in removed.versions)], released)

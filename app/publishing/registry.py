@@ -3,13 +3,21 @@
 ``<data root>/registry.json``, replaced atomically (temp file, fsync, rename)
 on every publish and unpublish::
 
-    {"format_version": 1, "experts": [{"name": "cacm", "path": "cacm", "version": 3, "published_at": "..."}]}
+    {"format_version": 1, "experts": [{"name": "cacm", "path": "cacm", "version": 3, "published_at": "...",
+                                        "live_seq": 0, "versions": [{"version": 2, "path": ".versions/cacm/v2/cacm",
+                                                                     "published_at": "..."}]}]}
 
 Paths are relative to the data root (every published expert lives under it),
 so the whole root can be moved. A missing file means "never written": the
 service then publishes every expert directory found under the root and writes
 the file, so a fresh root needs no set-up. An unreadable file is an error,
 never silently replaced.
+
+``versions`` lists the older versions of an expert kept on disk for a
+rollback, most recently served first (see :mod:`app.publishing.versions`);
+``live_seq`` is the expert's live-log sequence number when the serving version
+began to serve. Both were added later with defaults: a file without them loads,
+and an older release reads a newer file (it ignores unknown fields).
 """
 
 from __future__ import annotations
@@ -33,13 +41,33 @@ class RegistryError(ValueError):
     """The registry file exists but cannot be read as a registry."""
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class KeptVersion(BaseModel):
+    """An older version of an expert, kept on disk so that it can be rolled back to."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: int = Field(ge=0, description="Its manifest version.")
+    path: str = Field(description="Its expert directory, relative to the data root.")
+    published_at: str = Field(default_factory=_now, description="When it began serving.")
+
+
 class RegistryEntry(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     name: str
     path: str = Field(description="Expert directory, relative to the data root.")
     version: int = Field(0, ge=0, description="Manifest version when published (informational).")
-    published_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    published_at: str = Field(default_factory=_now)
+    live_seq: int = Field(0, ge=0, description="The live log's sequence number when this version began serving.")
+    versions: tuple[KeptVersion, ...] = Field((), description="Older versions kept, most recently served first.")
+
+    def kept(self) -> KeptVersion:
+        """This (serving) version as a kept one, for when another replaces it."""
+        return KeptVersion(version=self.version, path=self.path, published_at=self.published_at)
 
 
 class _RegistryDocument(BaseModel):

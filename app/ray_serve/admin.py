@@ -31,6 +31,7 @@ from app.engine.jobs import RESERVED_NAMES
 from app.errors import ConflictError, ExpertRejectedError
 from app.publishing.publisher import ExpertPublisher
 from app.publishing.registry import RegistryEntry
+from app.publishing.versions import serving_entry
 from app.ray_serve.published import PublishedSet
 from experts import ExpertDir, ExpertError, Manifest, UnknownExpertError
 
@@ -74,7 +75,14 @@ class IngressAdmin:
 
         def change(entries: dict[str, RegistryEntry]) -> dict[str, RegistryEntry]:
             _refuse_taken(name, {n: e.path for n, e in entries.items()}, replace=replace)  # again: it may have changed
-            return {**entries, name: entry}
+            previous = entries.get(name)
+            kept = [] if previous is None else list(previous.versions)
+            if previous is not None and previous.path != entry.path:
+                kept.insert(0, previous.kept())  # as rr serve keeps it (pruned directories are left on disk here)
+            new, _ = serving_entry(
+                name, entry.path, version=entry.version, live_seq=0, kept=kept, keep_versions=self._paths.keep_versions
+            )
+            return {**entries, name: new}
 
         await asyncio.to_thread(self.published.edit, change)
         return ExpertDetailOut.model_validate(_describe(entry, manifest, found))

@@ -107,7 +107,7 @@ class Ingress:
             published=lambda: len(self._view.published.experts), routable=lambda: len(self._view.router)
         )
         # An empty engine: the publisher is there for rr serve's path rules only (IngressAdmin publishes).
-        paths = ExpertPublisher(SearchEngine(self.encoder), settings.data_dir)
+        paths = ExpertPublisher(SearchEngine(self.encoder), settings.data_dir, keep_versions=settings.keep_versions)
         self.admin = IngressAdmin(self.published, paths, check=self._check, sweep=self._sweep)
 
     # ------------------------------------------------------------------ routing view

@@ -16,6 +16,7 @@ import app.offline.expert_training as training
 from app.cli.train import _DEFAULTS, train_expert_command
 from app.engine.loading import load_expert, unload_expert
 from app.offline.expert_training import train_expert
+from app.publishing.versions import VERSIONS_DIR, archived_path
 from experts import Encoder, ExpertDir, ExpertDirError, TrainConfig, create_expert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,8 +40,8 @@ def write_corpus(path: Path, count: int = 24, *, titled: bool = True) -> Path:
 
 
 def leftovers(root: Path) -> list[str]:
-    """Anything under the root that is not a published expert directory."""
-    return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    """Anything under the root that is not a published expert directory (or its kept versions)."""
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name != VERSIONS_DIR)
 
 
 def test_a_trained_expert_is_published_complete_and_loads(tmp_path: Path, encoder: Encoder) -> None:
@@ -145,6 +146,11 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
     assert (root / "aero" / "adapter" / "adapter_model.safetensors").read_bytes() != old_weights
     ExpertDir(root / "aero").verify(second.manifest)
     assert leftovers(root) == []
+    kept = ExpertDir(archived_path(root, "aero", first.manifest.version))  # kept for a rollback (RR_KEEP_VERSIONS)
+    assert (
+        kept.read_manifest() == first.manifest
+        and kept.adapter_path.joinpath("adapter_model.safetensors").read_bytes() == old_weights
+    )
     try:  # the expert loaded before the swap still searches: its files stay open
         docstore = served.collection.docstore
         stored = docstore.get(docstore.row_ids(["d7"]))[0]
@@ -161,6 +167,13 @@ def test_retraining_keeps_the_old_version_serving_until_the_swap(
         progress=False,
     )
     assert not third.index_reused and third.manifest.index.count == 30
+    assert sorted(p.name for p in (root / VERSIONS_DIR / "aero").iterdir()) == sorted(
+        f"v{version}" for version in (first.manifest.version, second.manifest.version)
+    )
+    train_expert(
+        root, "aero", encoder=encoder, corpora=[corpus], config=CONFIG, replace=True, keep_versions=2, progress=False
+    )
+    assert [p.name for p in (root / VERSIONS_DIR / "aero").iterdir()] == [f"v{third.manifest.version}"]  # pruned
 
 
 def test_a_change_published_meanwhile_is_not_overwritten(

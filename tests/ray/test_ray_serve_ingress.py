@@ -239,6 +239,8 @@ def test_admin_changes_reach_the_next_routed_search_and_the_replicas(served: Ser
     (v2 / "manifest.json").write_text(json.dumps({**manifest, "name": "aero"}))
     replaced = served.admin("POST", "/admin/experts", json={"path": "v2/aero", "replace": True})
     assert replaced.status_code == 201 and replaced.json()["path"] == "v2/aero", replaced.text
+    registry = json.loads((served.settings.data_dir / "registry.json").read_text())["experts"]
+    assert [v["path"] for e in registry if e["name"] == "aero" for v in e["versions"]] == ["aero"]  # kept
     forced = served.search({"query": "shock", "expert": "aero"})
     assert forced.status_code == 200
     assert {h["title"] for h in forced.json()["results"][0]["hits"]} == {"Compilers", "Sorting", "Storage"}

@@ -82,14 +82,12 @@ PLAN = ["add-path", "delete", "add-archive", "delete"] * (KILLS_PER_OPERATION //
 
 
 def uploads_in_use(root: Path) -> tuple[set[str], set[str]]:
-    """(directories under uploads/, those the registry names): equal when no unpacked upload is orphaned."""
+    """(directories under uploads/, those the registry names, serving or kept): equal when none is orphaned."""
     uploads = root / "uploads"
     present = {entry.name for entry in uploads.iterdir()} if uploads.is_dir() else set()
-    named = {
-        Path(entry["path"]).parts[1]
-        for entry in json.loads((root / "registry.json").read_text())["experts"]
-        if Path(entry["path"]).parts[0] == "uploads"
-    }
+    entries = json.loads((root / "registry.json").read_text())["experts"]
+    paths = [path for entry in entries for path in (entry["path"], *(v["path"] for v in entry.get("versions", [])))]
+    named = {Path(path).parts[1] for path in paths if Path(path).parts[0] == "uploads"}
     return present, named
 
 
@@ -162,6 +160,62 @@ def test_kill_9_during_publish_and_unpublish_leaves_the_old_or_the_new_set(
         call_ms={key: round(value * 1000) for key, value in duration.items()},
         **{key.replace("-", "_"): " ".join(values) for key, values in observed.items()},
     )
+
+
+def serving_path(root: Path, name: str) -> tuple[str, list[str]]:
+    """(the path ``name`` serves from, the paths of its kept versions) as the registry says."""
+    entry = next(e for e in json.loads((root / "registry.json").read_text())["experts"] if e["name"] == name)
+    return entry["path"], [v["path"] for v in entry.get("versions", [])]
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_during_a_rollback_leaves_either_version_serving(
+    experts_root: Path, tmp_path: Path, tiny_bert_path: Path, figures
+) -> None:
+    """Rollbacks between ``beta`` and ``v2/beta``, each killed at a seeded instant in 0-120% of a rollback's
+    duration: the restarted server serves one of the two, keeps the other, and answers searches of beta."""
+    shutil.copytree(experts_root / "beta", experts_root / "v2" / "beta")
+    restarts = Restarts(experts_root, tmp_path, tiny_bert_path)
+    rng = random.Random(SEED)
+    observed = []
+    try:
+        server = restarts.start()
+        with httpx.Client(base_url=server.url, timeout=30, headers=ADMIN) as http:
+            response = http.post("/admin/experts", json={"path": "v2/beta", "replace": True})
+            assert response.status_code == 201, response.text
+        duration = 0.0
+        for kill in range(KILLS_PER_OPERATION):
+            started = time.perf_counter()  # an uninterrupted one first: the longest seen spreads the kills
+            _rollback(server)
+            duration = max(duration, time.perf_counter() - started)
+            before = serving_path(experts_root, "beta")
+            caller = threading.Thread(target=_rollback, args=(server,))
+            delay = 1.2 * duration * (kill + rng.random()) / KILLS_PER_OPERATION
+            caller.start()
+            time.sleep(delay)
+            server.process.kill()
+            assert server.process.wait(timeout=30) == -signal.SIGKILL
+            caller.join(timeout=30)
+            after = serving_path(experts_root, "beta")  # parses: never a half-written file
+            assert after[0] in ("beta", "v2/beta") and after[1] == [p for p in ("beta", "v2/beta") if p != after[0]]
+            server = restarts.start()
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/readyz").json() == {"status": "ready", "experts": BEFORE}
+                hits = http.post("/search", json={"query": "a study", "expert": "beta", "k": 3}).json()
+                assert {hit["expert"] for hit in hits["results"][0]["hits"]} == {"beta"}
+                assert http.get("/experts/beta").json()["path"] == after[0]
+            observed.append(f"{delay * 1000:.0f}ms:{'new' if after != before else 'old'}")
+    finally:
+        restarts.stop_all()
+    figures(rollback_ms=round(duration * 1000), kills=" ".join(observed))
+
+
+def _rollback(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30, headers=ADMIN) as http:
+        try:
+            http.post("/admin/experts/beta/rollback")
+        except httpx.TransportError:
+            pass
 
 
 @pytest.mark.timeout(120)

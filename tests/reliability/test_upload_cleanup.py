@@ -2,8 +2,9 @@
 
 - the received archive (``uploads/.upload-*.tar``) and its staging directory are deleted whether the add succeeds or
   fails;
-- an unpacked expert stays while it is published, and is deleted once it is unpublished or replaced, but only after
-  the last search holding it has finished (it reads those files);
+- an unpacked expert stays while it is published or kept as an older version (RR_KEEP_VERSIONS; 1 here, so a replace
+  keeps nothing: retention is tested in tests/app/service/test_versions_api.py), and is deleted once it is unpublished
+  or replaced, but only after the last search holding it has finished (it reads those files);
 - at start-up, unpacked experts that the registry does not name (removed or replaced while the server was down, or
   unpacked by a call that a crash interrupted before the registry named them) are deleted; without a registry
   (a fresh root) nothing is.
@@ -38,7 +39,7 @@ def published_path(root: Path, name: str) -> str:
 def test_uploads_are_deleted_once_not_published(experts_root: Path, make_client, caplog) -> None:
     caplog.set_level(logging.INFO, logger="app.publishing.publisher")
     archive = tar_gz({"gamma": experts_root / "staging" / "gamma"})
-    client = make_client(experts_root, drain_timeout_s=0.2)
+    client = make_client(experts_root, drain_timeout_s=0.2, keep_versions=1)
 
     # A failed add (not an archive) leaves nothing: neither the received file nor a staging directory.
     assert client.post("/admin/experts", content=b"not a tar", headers=GZIP).status_code == 422

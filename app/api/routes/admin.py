@@ -1,4 +1,5 @@
-"""``POST /admin/experts`` (publish a directory or an uploaded archive) and ``DELETE /admin/experts/{name}``."""
+"""``POST /admin/experts`` (publish a directory or an uploaded archive), ``DELETE /admin/experts/{name}`` and
+``POST /admin/experts/{name}/rollback`` (serve a kept version again)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from pydantic import ValidationError
 
 from app.api.auth import require_admin
 from app.api.routes.experts import describe
-from app.api.schemas import AddExpertRequest, ExpertDetailOut, ExpertName, RemovedOut, error_responses
+from app.api.schemas import (
+    AddExpertRequest,
+    ExpertDetailOut,
+    ExpertName,
+    RemovedOut,
+    RollbackRequest,
+    error_responses,
+)
 from app.api.state import Runtime, Serving
 from app.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -121,3 +129,24 @@ async def remove_expert(name: ExpertName, runtime: Serving) -> RemovedOut:
     done = await asyncio.to_thread(runtime.publisher.remove, name)
     unloaded = await asyncio.to_thread(done.wait, runtime.settings.drain_timeout_s)
     return RemovedOut(name=name, unloaded=unloaded)
+
+
+@router.post(
+    "/experts/{name}/rollback",
+    response_model=ExpertDetailOut,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def rollback_expert(name: ExpertName, runtime: Serving, body: RollbackRequest | None = None) -> ExpertDetailOut:
+    """Serve a kept version of the expert again: by default the one served before, or `{"version": N}`.
+
+    The same path as a replace: the kept version is loaded and validated
+    first (a failure leaves the serving one untouched), then swapped in
+    atomically; searches in flight finish on the version they started on.
+    The version it replaces is kept in turn (a second rollback undoes the
+    first). 404 naming the kept versions when `version` is not kept; 409 when
+    none is kept, or when documents were written to the serving version since
+    it began serving (the kept version does not hold them).
+    """
+    version = body.version if body is not None else None
+    entry, _ = await asyncio.to_thread(runtime.publisher.rollback, name, version=version)
+    return ExpertDetailOut.model_validate(describe(runtime, entry, with_manifest=True))

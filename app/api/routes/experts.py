@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from app.api.auth import ListingCaller
 from app.api.schemas import ExpertDetailOut, ExpertListOut, ExpertName, ExpertOut, error_responses
 from app.api.state import Runtime, Service, Serving
-from app.publishing.registry import RegistryEntry
+from app.publishing.registry import KeptVersion, RegistryEntry
 from experts import ExpertDir, Manifest, UnknownExpertError
 
 router = APIRouter(tags=["experts"])
@@ -54,6 +54,28 @@ def describe(runtime: Runtime, entry: RegistryEntry, *, with_manifest: bool = Fa
         row["documents"] = live.documents
         row["routable"] = loaded.routable
         row["live"] = asdict(live)
+    if with_manifest:
+        serving = _version_row(runtime, entry.kept(), manifest, serving=True)
+        if "documents" in row:
+            serving["documents"] = row["documents"]
+        row["versions"] = [serving, *(_version_row(runtime, kept) for kept in entry.versions)]
+    return row
+
+
+def _version_row(
+    runtime: Runtime, kept: KeptVersion, manifest: Manifest | None = None, *, serving: bool = False
+) -> dict[str, Any]:
+    """One version on disk as ``GET /experts/{name}`` lists it; a kept one's manifest is read from its directory."""
+    row: dict[str, Any] = {**kept.model_dump(), "serving": serving}
+    if manifest is None:
+        try:
+            manifest = ExpertDir(runtime.publisher.root / kept.path).read_manifest()
+        except Exception as exc:  # a listing shows a damaged version rather than failing  # noqa: BLE001
+            row["error"] = str(exc)
+            return row
+    row["documents"] = manifest.index.count if manifest.index is not None else None
+    row["trained"] = manifest.adapter.trained
+    row["training"] = manifest.training.model_dump(mode="json") if manifest.training is not None else None
     return row
 
 
