@@ -32,13 +32,18 @@ _DEFAULTS: dict[str, Any] = {  # Any: each parameter below states its value's ty
 }
 
 
+# The options `rr train-expert` and `rr add-domain` share.
+Name = Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")]
+Corpus = Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")]
+Queries = Annotated[Path | None, typer.Option(help="Labelled training queries (BEIR queries.jsonl).")]
+Qrels = Annotated[Path | None, typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")]
+
+
 def train_expert_command(
-    name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
-    corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
-    queries: Annotated[Path | None, typer.Option(help="Labelled training queries (BEIR queries.jsonl).")] = None,
-    qrels: Annotated[
-        Path | None, typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")
-    ] = None,
+    name: Name,
+    corpus: Corpus,
+    queries: Queries = None,
+    qrels: Qrels = None,
     replace: Annotated[
         bool, typer.Option(help="Retrain an existing expert; it serves until the new one is complete.")
     ] = False,
@@ -129,12 +134,10 @@ def _echo_training(result: TrainingResult) -> None:
 
 
 def add_domain_command(
-    name: Annotated[str, typer.Argument(help="Expert name: a-z, 0-9, '-', '_'.")],
-    corpus: Annotated[list[Path], typer.Option(help="BEIR corpus .jsonl or .jsonl.gz; repeat for several.")],
-    queries: Annotated[Path | None, typer.Option(help="Labelled training queries (BEIR queries.jsonl).")] = None,
-    qrels: Annotated[
-        Path | None, typer.Option(help="Their judgements, e.g. qrels/train.tsv (never the test split).")
-    ] = None,
+    name: Name,
+    corpus: Corpus,
+    queries: Queries = None,
+    qrels: Qrels = None,
     url: Annotated[
         str | None, typer.Option(help="A running service (http://host:port): publish the expert to it.")
     ] = None,
