@@ -30,8 +30,8 @@ class ExpertFailures:
 
     >>> failures = ExpertFailures()
     >>> failures.mark_failed("cacm", "checksum mismatch in dense.faiss")
-    >>> dict(failures.failed), failures.reason("cacm")
-    ({'cacm': 'checksum mismatch in dense.faiss'}, 'checksum mismatch in dense.faiss')
+    >>> dict(failures.failed)
+    {'cacm': 'checksum mismatch in dense.faiss'}
     >>> failures.clear("cacm"); dict(failures.failed)
     {}
     """
@@ -50,10 +50,6 @@ class ExpertFailures:
     def unavailable(self) -> Mapping[str, str]:
         """Experts found on disk but never published because they did not load, with why."""
         return self._unavailable
-
-    def reason(self, name: str) -> str | None:
-        """Why a published expert does not serve; None when it is not failed."""
-        return self._failed.get(name)
 
     def mark_failed(self, name: str, reason: str) -> None:
         with self._lock:
