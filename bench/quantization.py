@@ -293,13 +293,13 @@ class OnnxBase:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def embed(self, texts: list[str], *, max_length: int, expert: None = None) -> np.ndarray:
-        from experts.encoder import _buckets
+        from experts.encoder import length_buckets
 
         encoder = self.encoder
         ids = encoder._tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
         order = np.argsort([-len(row) for row in ids], kind="stable")
         out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-        for chunk in _buckets(
+        for chunk in length_buckets(
             order, [len(ids[i]) for i in order], rows=encoder.batch_size, tokens=encoder.batch_tokens
         ):
             batch = encoder._tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from experts.base_model import resolve_model
-from experts.encoder import _buckets  # the encoder's length bucketing: one implementation of it
+from experts.encoder import length_buckets
 from experts.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class CrossEncoder:
             lengths = [len(ids) for ids in encoded["input_ids"]]
             order = np.argsort([-n for n in lengths], kind="stable")
             keys = [key for key in ("input_ids", "token_type_ids") if key in encoded]
-            passes = _buckets(order, [lengths[i] for i in order], rows=self.batch_size, tokens=self.batch_tokens)
+            passes = length_buckets(order, [lengths[i] for i in order], rows=self.batch_size, tokens=self.batch_tokens)
             with self._lock, torch.inference_mode():
                 for rows in passes:
                     features = {key: [encoded[key][i] for i in rows] for key in keys}

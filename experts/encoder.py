@@ -195,7 +195,7 @@ class Encoder:
         ]
         order = np.asarray(todo)[np.argsort([-len(ids) for ids in encoded], kind="stable")]
         ids_of = dict(zip(todo, encoded))
-        for chunk in _buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
+        for chunk in length_buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
             for part in self._parts(chunk, rows):
                 with self._lock.hold(bulk=bulk), torch.inference_mode():  # per pass: see experts.model_lock
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
@@ -275,7 +275,7 @@ class Encoder:
         return torch.nn.functional.normalize(pooled, p=2, dim=-1)
 
 
-def _buckets(order: np.ndarray, lengths: list[int], *, rows: int, tokens: int | None) -> list[np.ndarray]:
+def length_buckets(order: np.ndarray, lengths: list[int], *, rows: int, tokens: int | None) -> list[np.ndarray]:
     """Cut rows sorted by descending length into passes of <= ``rows`` rows and <= ``tokens`` padded tokens.
 
     A pass pads to its first (longest) row, so its cost is about rows x that

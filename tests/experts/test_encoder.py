@@ -117,11 +117,11 @@ def test_invalid_pooling_lists_the_valid_ones(tiny_bert_path: Path) -> None:
 def test_length_buckets_and_grouping_leave_every_row_as_embedded_alone(
     tiny_bert_path: Path, adapter_a: Path, adapter_b: Path
 ) -> None:
-    from experts.encoder import _buckets
+    from experts.encoder import length_buckets
 
     order, lengths = np.arange(6), [40, 30, 12, 10, 9, 3]
-    assert [list(c) for c in _buckets(order, lengths, rows=4, tokens=64)] == [[0], [1, 2], [3, 4, 5]]
-    assert [list(c) for c in _buckets(order, lengths, rows=4, tokens=None)] == [[0, 1, 2, 3], [4, 5]]
+    assert [list(c) for c in length_buckets(order, lengths, rows=4, tokens=64)] == [[0], [1, 2], [3, 4, 5]]
+    assert [list(c) for c in length_buckets(order, lengths, rows=4, tokens=None)] == [[0, 1, 2, 3], [4, 5]]
     alone = Encoder(tiny_bert_path, max_length=64, batch_tokens=None, batch_size=1)
     bucketed = Encoder(tiny_bert_path, max_length=64, batch_tokens=16, batch_size=64, group_up_to=2)
     for encoder in (alone, bucketed):
