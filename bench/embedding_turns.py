@@ -22,9 +22,7 @@ busy, busy/idle ratios, and how long the embeddings request took.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,10 +40,11 @@ from bench.harness import (  # noqa: E402
     argument_parser,
     judged_test_queries,
     percentiles,
+    start_rr_serve,
     table,
     write_json,
 )
-from bench.search_load import build_stand_ins, free_port, wait_until_up  # noqa: E402
+from bench.search_load import build_stand_ins  # noqa: E402
 
 
 def abstracts(datasets: Path, count: int) -> list[str]:
@@ -109,17 +108,6 @@ def measure(url: str, queries: list[str], inputs: list[str], idle_s: float, pid:
     }
 
 
-def serve(checkout: Path, root: Path, logs: Path, name: str) -> tuple[subprocess.Popen, str]:
-    """``rr serve`` from ``checkout`` (its own code, this interpreter) on a free port; returns (process, url)."""
-    port = free_port()
-    command = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port), "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    with open(logs / f"{name}.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_until_up(f"http://127.0.0.1:{port}/readyz", process, logs / f"{name}.log")
-    return process, f"http://127.0.0.1:{port}"
-
-
 def main() -> None:
     parser = argument_parser(__doc__, datasets=False)
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
@@ -132,22 +120,21 @@ def main() -> None:
 
     queries = [text for _, text in judged_test_queries(args.datasets)]
     inputs = abstracts(args.datasets, args.inputs)
-    checkouts = {"this checkout": REPO}
+    inputs_limit = str(max(2048, args.inputs))
+    # Each server with its defaults but the limits this request needs; the older code has one limit for
+    # queries and inputs (RR_MAX_QUERIES) and one body limit.
+    checkouts = {"this checkout": (REPO, {"RR_MAX_EMBEDDING_INPUTS": inputs_limit})}
     if args.baseline is not None:
-        checkouts["baseline"] = args.baseline.resolve()
-    os.environ["RR_MAX_QUERIES"] = os.environ["RR_MAX_EMBEDDING_INPUTS"] = str(max(2048, args.inputs))
+        older = {"RR_MAX_QUERIES": inputs_limit, "RR_MAX_BODY_BYTES": str(64 << 20)}
+        checkouts["baseline"] = (args.baseline.resolve(), older)
     results = {}
     with tempfile.TemporaryDirectory(prefix="rr-bench-turns-") as scratch:
         root = Path(scratch) / "experts"
         print(f"building stand-in experts ({args.docs} documents each) ...", flush=True)
         build_stand_ins(root, args.datasets, args.docs)
-        for name, checkout in checkouts.items():
-            if name == "this checkout":
-                os.environ.pop("RR_MAX_QUERIES")  # its own search limit; the embeddings one is raised above
-            else:
-                os.environ["RR_MAX_QUERIES"] = str(max(2048, args.inputs))  # older code: one limit for both,
-                os.environ["RR_MAX_BODY_BYTES"] = str(64 << 20)  # and one body limit
-            process, url = serve(checkout, root, Path(scratch), name.replace(" ", "-"))
+        for name, (checkout, env) in checkouts.items():
+            log = Path(scratch) / f"{name.replace(' ', '-')}.log"
+            process, url = start_rr_serve(root, log, env, checkout=checkout)
             try:
                 results[name] = measure(url, queries, inputs, args.idle, process.pid)
             finally:
@@ -176,7 +163,7 @@ def main() -> None:
         {
             "inputs": args.inputs,
             "docs": args.docs,
-            "checkouts": {k: str(v) for k, v in checkouts.items()},
+            "checkouts": {k: str(v[0]) for k, v in checkouts.items()},
             "results": results,
         },
     )

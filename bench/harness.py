@@ -268,9 +268,12 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- a server to measure
-def start_rr_serve(root: Path, log: Path, env: dict[str, str], *, timeout: float = 300) -> tuple[Any, str]:
+def start_rr_serve(
+    root: Path, log: Path, env: dict[str, str], *, checkout: Path = REPO, timeout: float = 300
+) -> tuple[Any, str]:
     """``rr serve`` on ``root`` on a free loopback port, no ``RR_*`` from this shell but ``env``: (process, url).
 
+    ``checkout``: whose code serves (another checkout's, to compare with it; this interpreter runs it).
     Waits until ``/readyz`` answers 200; exits with the log's tail if it does not within ``timeout`` seconds.
     """
     import socket
@@ -281,10 +284,10 @@ def start_rr_serve(root: Path, log: Path, env: dict[str, str], *, timeout: float
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")} | env
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RR_")} | {"PYTHONPATH": str(checkout)} | env
     argv = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port), "--log-level", "warning"]
     with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, env=environment, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(argv, env=environment, stdout=sink, stderr=subprocess.STDOUT, cwd=checkout)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -95,6 +95,26 @@ class SharedIdfView:
 LEXICAL_IDF = "own"
 
 
+def split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which queries a tuning script reads (``--split``, see the module docstring)."""
+    parser.add_argument("--datasets", type=Path, required=True)
+    parser.add_argument("--split", choices=("dev", "dev-real", "test"), default="dev")
+    parser.add_argument("--dev-sample", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def split_collections(args: argparse.Namespace) -> tuple[str, ...]:
+    """The collections ``--split`` reads: scifact alone for ``dev-real`` (the one with train queries)."""
+    return ("scifact",) if args.split == "dev-real" else COLLECTIONS
+
+
+def split_queries(engine: SearchEngine, name: str, args: argparse.Namespace) -> JudgedQueries:
+    """Collection ``name``'s queries of ``--split``: dev pseudo queries, scifact's train queries, or the test ones."""
+    if args.split == "dev":
+        return dev_queries(engine, name, sample=args.dev_sample, seed=args.seed)
+    return read_test_set(args.datasets, name, split="train" if args.split == "dev-real" else "test")
+
+
 def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_pilot: str | None = None):
     """Router scores (n, E) in ``names`` order, and per expert its hybrid hits for every query.
 
@@ -163,10 +183,7 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", type=Path, required=True)
-    parser.add_argument("--split", choices=("dev", "dev-real", "test"), default="dev")
-    parser.add_argument("--dev-sample", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
+    split_arguments(parser)
     parser.add_argument("--rules", default="", help="Comma-separated rules (default: the whole grid).")
     parser.add_argument(
         "--lexical-idf",
@@ -190,12 +207,9 @@ def main() -> None:
     rules = [r for r in args.rules.split(",") if r] or grid
     table: dict[str, dict[str, dict[str, float]]] = {rule: {} for rule in rules}
     counts = {}
-    collections = ("scifact",) if args.split == "dev-real" else COLLECTIONS
+    collections = split_collections(args)
     for name in collections:
-        if args.split == "dev":
-            queries = dev_queries(engine, name, sample=args.dev_sample, seed=args.seed)
-        else:
-            queries = read_test_set(args.datasets, name, split="train" if args.split == "dev-real" else "test")
+        queries = split_queries(engine, name, args)
         qrels = {q: {f"{name}/{d}": r for d, r in docs.items()} for q, docs in queries.qrels.items()}
         own = name if args.split == "dev-real" else None
         names, scores, lists = lists_and_scores(engine, queries.texts, 100, own_pilot=own)

@@ -40,9 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.engine import SearchEngine  # noqa: E402
 from app.engine.loading import open_encoder  # noqa: E402
-from app.offline.evaluation import read_test_set  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from bench.merge_tuning import COLLECTIONS, dev_queries  # noqa: E402
+from bench.merge_tuning import split_arguments, split_collections, split_queries  # noqa: E402
 from router import document_votes  # noqa: E402
 
 
@@ -142,10 +141,7 @@ COMBOS = ("P", "C", "D", "L", "G", "P+D", "P+D+L", "P+D+G", "D+G", "P+G", "C+D",
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", type=Path, required=True)
-    parser.add_argument("--split", choices=("dev", "dev-real", "test"), default="dev")
-    parser.add_argument("--dev-sample", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
+    split_arguments(parser)
     args = parser.parse_args()
     settings = Settings()
     engine = SearchEngine.open(settings.data_dir, open_encoder(settings), settings.engine_config())
@@ -157,12 +153,9 @@ def main() -> None:
     started = time.perf_counter()
     accuracy: dict[str, dict[str, float]] = {combo: {} for combo in COMBOS}
     counts = {}
-    collections = ("scifact",) if args.split == "dev-real" else COLLECTIONS
+    collections = split_collections(args)
     for name in collections:
-        if args.split == "dev":
-            texts = dev_queries(engine, name, sample=args.dev_sample, seed=args.seed).texts
-        else:
-            texts = read_test_set(args.datasets, name, split="train" if args.split == "dev-real" else "test").texts
+        texts = split_queries(engine, name, args).texts
         parts = components(engine, names, list(texts), depth, glob)
         if args.split == "dev-real":  # scifact's train queries are its pilots: take each one's own vote off
             parts["P"][:, names.index(name)] -= 1.0 / engine.router.neighbours
