@@ -43,7 +43,7 @@ from experts.manifest import (
 from experts.pairs import TrainingPair, combine_pairs, pseudo_pairs, supervised_pairs
 from experts.quantization import BACKENDS, Backend
 from experts.token_windows import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
-from experts.train import NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
+from experts.train import LexicalSearch, NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
 
 __all__ = [
     "ADAPTER_DIR",
@@ -68,6 +68,7 @@ __all__ = [
     "Manifest",
     "MissingFileError",
     "ModelLoadError",
+    "LexicalSearch",
     "NegativeSearch",
     "PairScores",
     "PilotsSection",

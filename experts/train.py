@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: ``search(query_vectors (n, dim) float32, k) -> (n, k) int64 document rows, -1 for none``.
 NegativeSearch = Callable[[np.ndarray, int], np.ndarray]
+#: ``search(query_texts, k) -> ((n, k) float scores, (n, k) int64 document rows, -1 for none)``: BM25 over the rows.
+LexicalSearch = Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
 TrainMode = Literal["full_softmax", "in_batch"]
 
 
@@ -88,6 +90,11 @@ class TrainConfig:
     full_softmax_limit: int = 50_000
     #: Gradient norm clip (None: no clipping).
     max_grad_norm: float | None = 1.0
+    #: Train on the score hybrid search ranks by: the dense share of its weighted fusion with BM25
+    #: (the expert's fusion weight; see ``fused_scores``). None: on the dense score alone.
+    fusion_weight: float | None = None
+    #: Candidates each side of that fusion (the service's ``RR_HYBRID_CANDIDATES``).
+    fusion_candidates: int = 200
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -108,6 +115,10 @@ class TrainConfig:
             raise ValueError(f"warmup and dropout must be in [0, 1), got warmup={self.warmup}, dropout={self.dropout}")
         if self.hard_negatives is not None and self.hard_negatives < 1:
             raise ValueError(f"hard_negatives must be a positive integer or None, got {self.hard_negatives!r}")
+        if self.fusion_weight is not None and not 0 < self.fusion_weight <= 1:
+            raise ValueError(f"fusion_weight must be in (0, 1] or None, got {self.fusion_weight!r}")
+        if self.fusion_candidates < 1:
+            raise ValueError(f"fusion_candidates must be >= 1, got {self.fusion_candidates}")
         if self.full_softmax_limit < 0:
             raise ValueError(f"full_softmax_limit must be >= 0, got {self.full_softmax_limit}")
         if not self.target_modules:
@@ -252,6 +263,61 @@ def _mine(
     return negatives
 
 
+def _lexical_lists(
+    pairs: Sequence[TrainingPair], used: np.ndarray, search: LexicalSearch, *, k: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per used pair index: its query's BM25 top-``k`` rows and their scores min-max normalised (as hybrid search does)."""
+    lists = {}
+    for start in range(0, len(used), 1024):
+        chunk = used[start : start + 1024]
+        scores, rows = search([pairs[i].query for i in chunk], k)
+        for index, line_scores, line_rows in zip(chunk.tolist(), scores, rows, strict=True):
+            keep = (line_rows >= 0) & np.isfinite(line_scores)
+            values, found = line_scores[keep].astype(np.float32), line_rows[keep].astype(np.int64)
+            if len(values):
+                low, high = float(values.min()), float(values.max())
+                values = (values - low) / (high - low) if high - low > 1e-12 else np.ones_like(values)
+            lists[index] = (found, values)
+    return lists
+
+
+def _lexical_matrix(
+    batch: np.ndarray, lists: dict[int, tuple[np.ndarray, np.ndarray]], columns: torch.Tensor | None, n_docs: int
+) -> torch.Tensor:
+    """(b, c) normalised BM25 score of each scored document for each batch query, 0 outside its top list."""
+    where = None if columns is None else {int(row): column for column, row in enumerate(columns.tolist())}
+    out = torch.zeros((len(batch), n_docs if columns is None else len(columns)))
+    for line, i in enumerate(batch):
+        rows, values = lists[int(i)]
+        if where is not None:
+            kept = [(where[row], value) for row, value in zip(rows.tolist(), values.tolist()) if row in where]
+            rows = np.asarray([column for column, _ in kept], dtype=np.int64)
+            values = np.asarray([value for _, value in kept], dtype=np.float32)
+        out[line, torch.from_numpy(rows)] = torch.from_numpy(values)
+    return out
+
+
+def fused_scores(dense: torch.Tensor, lexical: torch.Tensor, *, weight: float, candidates: int) -> torch.Tensor:
+    """The order hybrid search ranks documents in, in cosine units: ``dense + span * (1 - weight) / weight * lexical``.
+
+    Hybrid search ranks a query's candidates by ``weight * minmax(dense) +
+    (1 - weight) * minmax(bm25)``, each side min-max normalised over its top
+    ``candidates``. Multiplying by the dense side's span (its best score less
+    its ``candidates``-th, held constant: no gradient flows through it) and
+    dividing by ``weight`` gives the same order in cosine units, so the
+    InfoNCE temperature keeps its meaning. ``lexical`` is 0 outside a query's
+    BM25 list. Trained on this, the adapter is pushed where the fused ranking
+    misses the positive (mostly where BM25 misses it) and left alone where
+    BM25 already puts it on top.
+
+    >>> fused_scores(torch.tensor([[0.9, 0.5]]), torch.tensor([[0.0, 1.0]]), weight=0.5, candidates=2)
+    tensor([[0.9000, 0.9000]])
+    """
+    top = torch.topk(dense.detach(), min(candidates, dense.shape[1]), dim=1).values
+    span = (top[:, 0] - top[:, -1]).clamp(min=1e-6)
+    return dense + (span * (1.0 - weight) / weight).unsqueeze(1) * lexical
+
+
 def _candidates(
     batch: np.ndarray, pairs: Sequence[TrainingPair], negatives: dict[int, np.ndarray] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,6 +386,7 @@ def train_adapter(
     config: TrainConfig = TrainConfig(),
     pooling: Pooling | None = None,
     negative_search: NegativeSearch | None = None,
+    lexical_search: LexicalSearch | None = None,
     progress: bool = True,
     description: str = "training",
 ) -> TrainReport:
@@ -331,6 +398,8 @@ def train_adapter(
     checked by fingerprint) or a model id/path. ``negative_search`` mines hard
     negatives in in-batch mode (default: exact search over ``documents``; the
     app passes the expert's FAISS index for large collections).
+    ``lexical_search`` is BM25 over the same rows, needed when
+    ``config.fusion_weight`` is set (the adapter is trained on the fused score).
 
     Deterministic on CPU for a given ``config.seed`` (and thread count); the
     global torch RNG is restored afterwards.
@@ -351,6 +420,8 @@ def train_adapter(
     mode: TrainMode = "full_softmax" if len(matrix) <= config.full_softmax_limit else "in_batch"
     schedule = batch_schedule(len(pairs), steps=config.steps, batch_size=config.batch_size, seed=config.seed)
     losses: list[float] = []
+    if config.fusion_weight is not None and config.fusion_weight < 1 and lexical_search is None:
+        raise TrainingError("fusion_weight is set but no lexical_search was given to score the BM25 side with")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         negatives = None
@@ -368,6 +439,12 @@ def train_adapter(
                 search=negative_search or exact_search(matrix),
                 max_length=max_length,
                 pooling=pooling,
+            )
+        lexical = None
+        if config.fusion_weight is not None and config.fusion_weight < 1:
+            assert lexical_search is not None  # checked above
+            lexical = _lexical_lists(
+                pairs, np.unique(np.concatenate(schedule)), lexical_search, k=config.fusion_candidates
             )
         lora = LoraConfig(
             r=config.rank,
@@ -389,11 +466,18 @@ def train_adapter(
                 queries = _embed(
                     peft_model, tokenizer, [pairs[i].query for i in batch], max_length=max_length, pooling=pooling
                 )
+                columns = None
                 if mode == "full_softmax":
                     scores, mask = queries @ doc_tensor.T, _full_mask(batch, pairs, len(matrix))
                 else:
                     columns, mask = _candidates(batch, pairs, negatives)
                     scores = queries @ doc_tensor[columns].T
+                if lexical is not None:
+                    assert config.fusion_weight is not None  # lexical lists are made only then
+                    bonus = _lexical_matrix(batch, lexical, columns, len(matrix))
+                    scores = fused_scores(
+                        scores, bonus, weight=config.fusion_weight, candidates=config.fusion_candidates
+                    )
                 loss = info_nce(scores / config.temperature, mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -31,6 +31,7 @@ that name (it holds a lock while in use).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -258,6 +259,17 @@ def _faiss_negatives(collection: Collection, rows: np.ndarray):
     return search
 
 
+def _bm25_search(collection: Collection, rows: np.ndarray):
+    """BM25 through the expert's own lexical index, answering matrix positions (training on the fused score)."""
+
+    def search(queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = collection.search_lexical(list(queries), k)
+        positions = np.searchsorted(rows, ids)
+        return scores, np.where(ids >= 0, positions, -1).astype(np.int64)
+
+    return search if collection.has_lexical else None
+
+
 # ---------------------------------------------------------------------- the workflow
 def _pairs(
     documents: list[tuple[str, str, str]],
@@ -407,6 +419,10 @@ def train_expert(
                 seed=config.seed,
             )
             trained_dir = expert.work_path("train") / "adapter"
+            lexical = _bm25_search(collection, rows)
+            if lexical is None and config.fusion_weight not in (None, 1.0):
+                logger.info("the %r index has no BM25 side: training on the dense score alone", name)
+                config = dataclasses.replace(config, fusion_weight=None)
             report = train_adapter(
                 encoder,
                 pairs,
@@ -414,6 +430,7 @@ def train_expert(
                 trained_dir,
                 config=config,
                 negative_search=_faiss_negatives(collection, rows),
+                lexical_search=lexical,
                 progress=progress,
                 description=f"training {name}",
             )

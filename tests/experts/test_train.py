@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from experts import Encoder, ModelLoadError, TrainConfig, TrainingError, TrainingPair, train_adapter
-from experts.train import batch_schedule, exact_search, info_nce
+from experts.train import batch_schedule, exact_search, fused_scores, info_nce
+from index import fuse_dense_lexical
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,6 +86,62 @@ def test_in_batch_mode_with_mined_hard_negatives_also_learns(tmp_path: Path, enc
     assert report.mode == "in_batch" and report.final_loss < 0.6 * report.first_loss
 
 
+def test_fused_scores_rank_as_the_weighted_hybrid_fusion_does() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.uniform(-0.2, 0.9, size=(3, 40)).astype(np.float32)
+    lexical_rows = [rng.choice(40, size=12, replace=False) for _ in range(3)]
+    lexical_scores = [rng.uniform(1.0, 9.0, size=12).astype(np.float32) for _ in range(3)]
+    bonus = torch.zeros((3, 40))
+    for line, (rows, scores) in enumerate(zip(lexical_rows, lexical_scores, strict=True)):
+        bonus[line, rows] = torch.from_numpy((scores - scores.min()) / (scores.max() - scores.min()))
+    for weight in (0.3, 0.5, 0.8):
+        fused = fused_scores(torch.from_numpy(dense), bonus, weight=weight, candidates=40)
+        hybrid = fuse_dense_lexical(
+            (dense, np.tile(np.arange(40), (3, 1))),
+            (np.stack(lexical_scores), np.stack(lexical_rows)),
+            k=40,
+            weight=weight,
+        )
+        assert torch.argsort(fused, dim=1, descending=True).tolist() == hybrid.ids.tolist()
+
+
+def toy_lexical(pairs: list[TrainingPair]):
+    """BM25 stand-in over the toy documents: a 'title' query finds its document on top, a 'span' query nothing."""
+    answers = {p.query: p.positives[0] for p in pairs if p.kind == "title"}
+
+    def search(queries, k):
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for line, query in enumerate(queries):
+            if query in answers:
+                rows[line, 0], scores[line, 0] = answers[query], 5.0
+        return scores, rows
+
+    return search
+
+
+@pytest.mark.parametrize("full_softmax_limit", [50_000, 0])
+def test_training_on_the_fused_score_learns_what_the_lexical_side_misses(
+    tmp_path: Path, encoder: Encoder, full_softmax_limit: int
+) -> None:
+    pairs, documents = toy_problem(encoder)
+    config = TrainConfig(**{**FAST.as_dict(), "fusion_weight": 0.5, "full_softmax_limit": full_softmax_limit})
+    report = train_adapter(
+        encoder,
+        pairs,
+        documents,
+        tmp_path / "adapter",
+        config=config,
+        lexical_search=toy_lexical(pairs),
+        progress=False,
+    )
+    assert report.final_loss < 0.5 * report.first_loss
+    spans = [p for p in pairs if p.kind == "span"]  # the lexical side finds none of these: the adapter must
+    before = accuracy(encoder, spans, documents, None)
+    encoder.add_adapter("fused", tmp_path / "adapter")
+    assert accuracy(encoder, spans, documents, "fused") > before + 0.4
+
+
 def test_info_nce_sums_the_mass_of_several_positives() -> None:
     scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
     mask = torch.tensor([[True, True, False], [False, False, True]])
@@ -113,6 +170,10 @@ def test_bad_inputs_are_refused_with_reasons(tmp_path: Path, encoder: Encoder) -
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="hard_negatives"):
         TrainConfig(hard_negatives=0)
+    with pytest.raises(ValueError, match=r"fusion_weight must be in \(0, 1\]"):
+        TrainConfig(fusion_weight=0.0)
+    with pytest.raises(TrainingError, match="no lexical_search"):
+        train_adapter(encoder, pairs, documents, tmp_path / "a", config=TrainConfig(fusion_weight=0.5))
 
 
 def test_an_encoder_whose_weights_changed_on_disk_is_refused(tmp_path: Path, encoder: Encoder, monkeypatch) -> None:
