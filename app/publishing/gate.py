@@ -16,6 +16,12 @@ their rows differently. Every judged document must be held by both versions,
 otherwise the comparison would punish (or spare) one of them for a document it
 cannot return, so such a set is refused (422) with the documents named.
 
+``rr train-expert --replace --gate`` runs the same gate between the serving
+directory and the staged one (:func:`gate_directories`) and writes the record
+into the new version's directory (``gate.json``, :data:`GATE_FILE`); a
+service publishing that directory without a gate of its own takes it from
+there (:func:`read_gate_file`).
+
 Pseudo queries are spans of text, never titles: training uses every title as a
 query (and spans drawn with the training seed), so titles would measure what
 the adapter memorised. The same seed gives the same set for both versions.
@@ -36,16 +42,18 @@ import ir_measures
 from ir_measures import R, nDCG
 
 from app.engine.engine import SearchEngine
-from app.engine.loading import LoadedExpert, unload_expert
+from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
 from app.errors import GateRefusedError, InvalidRequestError, PathNotAllowedError
 from app.publishing.registry import GateFigures, GateRecord
-from experts import Encoder
+from experts import Encoder, atomic_write_bytes
 from experts.labelled import LabelledDataError, judged_queries, read_qrels, read_queries
 from experts.pseudo_queries import pseudo_queries
 
 logger = logging.getLogger(__name__)
 
+#: The gate record ``rr train-expert --gate`` leaves in the version's directory (not in the manifest's checksums).
+GATE_FILE = "gate.json"
 #: The gate value that draws pseudo queries from the serving version's documents.
 PSEUDO = "pseudo"
 #: Queries scored per gate (a seeded sample above it): a stable mean in a few seconds on a CPU.
@@ -276,3 +284,47 @@ def gate_swap(
     except BaseException:
         unload_expert(candidate, engine.encoder)
         raise
+
+
+def gate_directories(
+    encoder: Encoder,
+    spec: GateSpec,
+    serving: Path | None,
+    candidate: Path,
+    *,
+    retrieval: Retrieval,
+    max_length: int = 64,
+    limit: int = GATE_QUERIES,
+) -> GateRecord:
+    """:func:`run_gate` on two expert directories, loaded read-only for it and unloaded after (``rr train-expert``).
+
+    ``serving`` None (or not an expert yet): only the candidate is scored.
+    """
+    loaded: list[LoadedExpert] = []
+    try:
+        old = None
+        if serving is not None and serving.is_dir():
+            old = load_expert(serving, encoder, verify_checksums=False)
+            loaded.append(old)
+        new = load_expert(candidate, encoder, verify_checksums=False)
+        loaded.append(new)
+        return run_gate(encoder, spec, old, new, retrieval=retrieval, max_length=max_length, limit=limit)
+    finally:
+        for expert in loaded:
+            unload_expert(expert, encoder)
+
+
+def write_gate_file(directory: Path, record: GateRecord) -> None:
+    """Leave ``record`` in the version's directory, for the service that publishes it."""
+    atomic_write_bytes(Path(directory) / GATE_FILE, record.model_dump_json(indent=2).encode() + b"\n")
+
+
+def read_gate_file(directory: Path) -> GateRecord | None:
+    """The record ``rr train-expert --gate`` left in ``directory``; None without one (or an unreadable one)."""
+    try:
+        return GateRecord.model_validate_json((Path(directory) / GATE_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring %s: %s", Path(directory) / GATE_FILE, exc)
+        return None

@@ -34,8 +34,8 @@ from app.errors import (
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
-from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap
-from app.publishing.registry import KeptVersion, RegistryEntry, RegistryFile
+from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap, read_gate_file
+from app.publishing.registry import GateRecord, KeptVersion, RegistryEntry, RegistryFile
 from app.publishing.versions import (
     UPLOADS_DIR,
     check_no_writes_since_publish,
@@ -167,7 +167,8 @@ class ExpertPublisher:
         if entry.version == version:
             return entry
         kept = self._replaced_as_kept(entry, entry.path, version)
-        update = {"version": version, "versions": tuple(kept[: self.keep_versions - 1]), "gate": None}
+        gate = read_gate_file(self.registry.resolve(entry))  # the gate `rr train-expert --gate` ran, if it did
+        update = {"version": version, "versions": tuple(kept[: self.keep_versions - 1]), "gate": gate}
         return entry.model_copy(update=update)
 
     def _discard_interrupted_writes(self) -> None:
@@ -287,9 +288,11 @@ class ExpertPublisher:
                         f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
                     ) from exc
                 # Under the document lock (writes wait), never under a lock searches take; refused: unloaded.
-                record = (
-                    None if spec is None else gate_swap(self.engine, spec, current, loaded, limit=self.gate_queries)
-                )
+                record: GateRecord | None
+                if spec is not None:
+                    record = gate_swap(self.engine, spec, current, loaded, limit=self.gate_queries)
+                else:  # the gate `rr train-expert --gate` ran, if it did
+                    record = read_gate_file(directory)
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
                 if replaced is not None and current is not None:  # the registry's number may predate a retrain
