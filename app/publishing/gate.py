@@ -319,12 +319,17 @@ def write_gate_file(directory: Path, record: GateRecord) -> None:
     atomic_write_bytes(Path(directory) / GATE_FILE, record.model_dump_json(indent=2).encode() + b"\n")
 
 
-def read_gate_file(directory: Path) -> GateRecord | None:
-    """The record ``rr train-expert --gate`` left in ``directory``; None without one (or an unreadable one)."""
+def read_gate_file(directory: Path, version: int) -> GateRecord | None:
+    """The record ``rr train-expert --gate`` left in ``directory`` for manifest ``version``; None without one.
+
+    A record of another version (the directory was published again in place since) is not this version's: None.
+    """
+    path = Path(directory) / GATE_FILE
     try:
-        return GateRecord.model_validate_json((Path(directory) / GATE_FILE).read_bytes())
+        record = GateRecord.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        logger.warning("ignoring %s: %s", Path(directory) / GATE_FILE, exc)
+        logger.warning("ignoring %s: %s", path, exc)
         return None
+    return record if record.candidate.version == version else None

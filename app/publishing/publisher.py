@@ -167,7 +167,7 @@ class ExpertPublisher:
         if entry.version == version:
             return entry
         kept = self._replaced_as_kept(entry, entry.path, version)
-        gate = read_gate_file(self.registry.resolve(entry))  # the gate `rr train-expert --gate` ran, if it did
+        gate = read_gate_file(self.registry.resolve(entry), version)  # the gate `rr train-expert --gate` ran, if it did
         update = {"version": version, "versions": tuple(kept[: self.keep_versions - 1]), "gate": gate}
         return entry.model_copy(update=update)
 
@@ -292,7 +292,7 @@ class ExpertPublisher:
                 if spec is not None:
                     record = gate_swap(self.engine, spec, current, loaded, limit=self.gate_queries)
                 else:  # the gate `rr train-expert --gate` ran, if it did
-                    record = read_gate_file(directory)
+                    record = read_gate_file(directory, loaded.manifest.version)
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
                 if replaced is not None and current is not None:  # the registry's number may predate a retrain

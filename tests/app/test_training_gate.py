@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.engine import SearchEngine
-from app.publishing.gate import GATE_FILE
+from app.publishing.gate import GATE_FILE, read_gate_file
 from app.publishing.publisher import ExpertPublisher
 from app.publishing.registry import RegistryEntry, RegistryFile
 from experts import Encoder, ExpertDir
@@ -57,6 +57,7 @@ def test_a_worse_retrain_is_refused_and_a_passing_one_keeps_its_figures(
     record = json.loads((root / "aero" / GATE_FILE).read_text())
     assert record["serving"]["version"] == first.version and record["candidate"]["version"] == second.version
     assert record["serving"]["ndcg_at_10"] == record["candidate"]["ndcg_at_10"]  # same corpus and seed: same adapter
+    assert read_gate_file(root / "aero", second.version + 1) is None  # published again in place since: not its gate
 
     # A service starting on the root takes the figures into the registry with the version, as a publish does.
     RegistryFile(root).write([RegistryEntry(name="aero", path="aero", version=first.version)])
