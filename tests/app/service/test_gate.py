@@ -88,6 +88,13 @@ def test_scores_reward_the_right_documents(loaded: dict[str, LoadedExpert], tiny
     wrong = GateQueries(exact.texts, [{"beta-0": 1}] * len(docs))  # one document judged relevant to all
     low, low_recall = score_expert(tiny_encoder, beta, wrong, retrieval=Retrieval(mode="hybrid"))
     assert low < 0.2 and low_recall == 1.0  # 24 documents: it is always in the top 100, rarely near the top
+    # A query BM25 finds nothing for still counts, as 0 (ir-measures alone would leave it out of the mean).
+    lexical = Retrieval(mode="lexical")
+    one = GateQueries(exact.texts[:1], exact.relevant[:1])
+    alone = score_expert(tiny_encoder, beta, one, retrieval=lexical)
+    nothing = GateQueries([*one.texts, "zzzz qqqq"], [*one.relevant, {"beta-1": 1}])
+    halved = score_expert(tiny_encoder, beta, nothing, retrieval=lexical)
+    assert alone[0] > 0 and halved == pytest.approx((alone[0] / 2, alone[1] / 2))
 
 
 def test_the_gate_refuses_a_worse_candidate_with_both_figures(
