@@ -18,7 +18,8 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
     ├── UnknownVersionError           404 unknown_version     a rollback to a version not kept (or pruned)
     ├── ConflictError                 409 conflict            already published, reserved name
-    │   └── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
+    │   ├── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
+    │   └── GateRefusedError          409 gate_refused        a replace scored worse than the serving version
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
     ├── FeatureUnavailableError       501 not_implemented     reranking without RR_RERANKER, or on Ray Serve
     ├── ExpertUnavailableError        503 expert_unavailable  published, but its files failed to load
@@ -107,6 +108,15 @@ class DocumentsReadOnlyError(ConflictError):
     """The expert is served read-only here: another process holds its live log's writer lock, or it cannot be written."""
 
     type = "documents_read_only"
+
+
+class GateRefusedError(ConflictError):
+    """A replace's candidate scored worse than the serving version by more than the margin: nothing was swapped.
+
+    ``details`` holds both versions' figures, the set and the margin (see :mod:`app.publishing.gate`).
+    """
+
+    type = "gate_refused"
 
 
 class OverloadedError(ServiceError):

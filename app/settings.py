@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     keep_versions: int = Field(
         3, ge=1, description="Versions of an expert kept on disk for a rollback, the serving one included (1: none)."
     )
+    gate_margin: float = Field(
+        0.01, ge=0, le=1, description="A replace with a gate is refused (409) when the candidate's nDCG@10 is lower "
+        "than the serving version's by more than this; a request may set its own (gate_margin).",
+    )  # fmt: skip
+    gate_queries: int = Field(200, ge=1, description="Queries a replace's gate scores at most (a seeded sample).")
     max_queries: int = Field(64, ge=1, description="Queries per search request (413 above).")
     # OpenAI's own limit: LlamaIndex's OpenAIEmbedding sends 100 texts per call, LangChain's OpenAIEmbeddings 1000.
     max_embedding_inputs: int = Field(2048, ge=1, description="Inputs per /v1/embeddings request (413 above).")

@@ -78,6 +78,8 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         verify_checksums=settings.verify_checksums,
         merge_policy=settings.merge_policy(),
         keep_versions=settings.keep_versions,
+        gate_margin=settings.gate_margin,
+        gate_queries=settings.gate_queries,
     )
     service.phase = "loading experts"
     try:

@@ -214,7 +214,13 @@ class SearchResponse(BaseModel):
 class AddExpertRequest(_Strict):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"path": "cranfield"}, {"path": "staging/cacm", "replace": True}]},
+        json_schema_extra={
+            "examples": [
+                {"path": "cranfield"},
+                {"path": "staging/cacm", "replace": True},
+                {"path": "staging/cacm", "replace": True, "gate": "pseudo", "gate_margin": 0.02},
+            ]
+        },
     )
 
     path: str = Field(
@@ -223,6 +229,17 @@ class AddExpertRequest(_Strict):
         description="Expert directory, absolute or relative to the data root; must lie under it.",
     )
     replace: bool = Field(False, description="Swap out a published expert of the same name.")
+    gate: str | None = Field(
+        None,
+        min_length=1,
+        max_length=8192,
+        description="With replace: score both versions first and refuse (409) a candidate whose nDCG@10 is lower "
+        "by more than the margin. 'pseudo' (pseudo queries from the serving version's documents) or "
+        "'QUERIES:QRELS' (a BEIR queries.jsonl and qrels .tsv, relative to the data root).",
+    )
+    gate_margin: float | None = Field(
+        None, ge=0, le=1, description="The gate's margin in nDCG@10 points (default RR_GATE_MARGIN)."
+    )
 
 
 class RollbackRequest(_Strict):
@@ -283,6 +300,25 @@ class ExpertOut(BaseModel):
     live: LiveOut | None = None
 
 
+class GateFiguresOut(BaseModel):
+    version: int
+    ndcg_at_10: float
+    recall_at_100: float
+
+
+class GateOut(BaseModel):
+    """A replace's quality gate: both versions' figures on one query set, the margin, the outcome."""
+
+    set: str = Field(description="'pseudo' or 'QUERIES:QRELS'.")
+    queries: int
+    mode: str = Field(description="How both versions were searched: 'hybrid' (as served), or 'dense' without BM25.")
+    margin: float
+    candidate: GateFiguresOut
+    serving: GateFiguresOut | None = Field(None, description="None when no version was serving.")
+    passed: bool
+    measured_at: str
+
+
 class ExpertVersionOut(BaseModel):
     """One version of an expert on disk: the serving one, or one kept for a rollback (RR_KEEP_VERSIONS)."""
 
@@ -293,6 +329,7 @@ class ExpertVersionOut(BaseModel):
     documents: int | None = Field(None, description="Documents: live ones when serving, else its index's.")
     trained: bool | None = Field(None, description="Whether its adapter is trained (None: its files are unreadable).")
     training: dict[str, Any] | None = Field(None, description="Its manifest's training section (the recipe).")
+    gate: GateOut | None = Field(None, description="The quality gate it passed when a replace published it, if any.")
     error: str | None = Field(None, description="Why its manifest cannot be read, if it cannot.")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,7 +67,23 @@ def versions_command(name: Name, as_json: AsJson = False) -> None:
         return
     for row in rows:
         mark = "*" if row.pop("serving") else " "
+        gate = row.pop("gate")
         typer.echo(f"{mark} " + "  ".join(f"{key}={value}" for key, value in row.items() if value is not None))
+        if gate is not None:
+            typer.echo(f"    gate: {gate_summary(gate)}")
+
+
+def gate_summary(gate: dict[str, Any]) -> str:
+    """A replace's quality gate on one line: the verdict, the set, both versions' figures, the margin."""
+    candidate, serving = gate["candidate"], gate["serving"]
+    figures = f"nDCG@10 {candidate['ndcg_at_10']:.4f}, Recall@100 {candidate['recall_at_100']:.4f}"
+    if serving is not None:
+        figures += (
+            f" against v{serving['version']}'s nDCG@10 {serving['ndcg_at_10']:.4f}, "
+            f"Recall@100 {serving['recall_at_100']:.4f}"
+        )
+    verdict = "passed" if gate["passed"] else "refused"
+    return f"{verdict} on {gate['set']} ({gate['queries']} queries, {gate['mode']}): {figures}; margin {gate['margin']}"
 
 
 @experts_cli.command("rollback")

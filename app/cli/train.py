@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.offline.expert_training import TrainingResult
+    from app.publishing.registry import GateRecord
+    from app.settings import Settings
+
+    GateCheck = Callable[[Path | None, Path], GateRecord]
 
 _DEFAULTS: dict[str, Any] = {  # Any: each parameter below states its value's type
     "steps": 300,
@@ -76,14 +82,34 @@ def train_expert_command(
     ] = "Flat",
     description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            help="With --replace: score the new version against the serving one first (nDCG@10, Recall@100) and "
+            "keep the serving one if the new is worse by more than --gate-margin: 'pseudo' or QUERIES:QRELS "
+            "(files under the data root).",
+            show_default=False,
+        ),
+    ] = None,
+    gate_margin: Annotated[
+        float | None,
+        typer.Option(min=0, max=1, help="The gate's margin (default: RR_GATE_MARGIN).", show_default=False),
+    ] = None,
 ) -> None:
     """Train a LoRA expert on a corpus (plus labelled queries if given) and publish it with index and pilots."""
     from app.cli.commands import state
+    from app.cli.experts import gate_summary
+    from app.errors import ServiceError
     from app.offline.expert_training import train_expert
     from experts import TrainConfig
 
     if (queries is None) != (qrels is None):
         raise typer.BadParameter("give both --queries and --qrels, or neither (corpus-only training)")
+    settings = state.settings
+    try:
+        check = _gate_check(settings, gate, gate_margin, replace=replace)
+    except ServiceError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--gate") from exc
     try:
         config = TrainConfig(
             steps=steps,
@@ -114,8 +140,35 @@ def train_expert_command(
         description=description,
         keep_versions=state.settings.keep_versions,
         progress=progress,
+        gate=check,
     )
     _echo_training(result)
+    if result.gate is not None:
+        typer.echo(f"  gate: {gate_summary(result.gate.model_dump(mode='json'))}")
+
+
+def _gate_check(settings: Settings, gate: str | None, margin: float | None, *, replace: bool) -> GateCheck | None:
+    """The gate ``train_expert`` runs before its swap, scoring like the service would; None without --gate."""
+    from app.publishing.gate import gate_directories, gate_spec
+
+    spec = gate_spec(gate, settings.data_dir, margin=margin, default_margin=settings.gate_margin, replace=replace)
+    if spec is None:
+        return None
+    from app.cli.commands import state
+
+    def check(serving: Path | None, candidate: Path) -> GateRecord:
+        config = settings.engine_config()
+        return gate_directories(
+            state.encoder(),
+            spec,
+            serving,
+            candidate,
+            retrieval=config.retrieval,
+            max_length=config.query_max_length,
+            limit=settings.gate_queries,
+        )
+
+    return check
 
 
 def _echo_training(result: TrainingResult) -> None:

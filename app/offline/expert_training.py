@@ -21,6 +21,10 @@ The flow (``train_expert``):
    publishes the new version. The replaced version is kept under
    ``<root>/.versions/<name>/v<N>/<name>`` (``keep_versions``, RR_KEEP_VERSIONS,
    counts the new one) for a rollback, see :mod:`app.publishing.versions`.
+   With a ``gate`` (``rr train-expert --replace --gate``) the staged version
+   is first scored against the serving one (:mod:`app.publishing.gate`): a
+   worse one is refused (GateRefusedError) and nothing is swapped; a passing
+   one carries the figures in its ``gate.json``.
 
 Any exception or Ctrl-C removes the staging directory: no half-written
 expert is ever left under the root, and the served one is untouched. A
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from app.offline.building import PilotMethod, build_pilots, index_expert
+from app.publishing.gate import write_gate_file
+from app.publishing.registry import GateRecord
 from app.publishing.versions import archive_replaced, prune_archived
 from experts import (
     MANIFEST_FILE,
@@ -96,6 +102,7 @@ class TrainingResult:
     index_seconds: float
     seconds: float
     replaced_version: int | None
+    gate: GateRecord | None = None
 
 
 # ---------------------------------------------------------------------- staging and swapping
@@ -353,6 +360,7 @@ def train_expert(
     pilot_clusters: int = 4,
     keep_versions: int = 3,
     progress: bool = True,
+    gate: Callable[[Path | None, Path], GateRecord] | None = None,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
 
@@ -365,6 +373,9 @@ def train_expert(
     new directory is complete and swapped in; the replaced version is kept
     under ``.versions/`` unless ``keep_versions`` is 1 (older kept ones beyond
     it are pruned). See the module docstring for the guarantees on interruption.
+    ``gate(serving, candidate)`` (directories; serving None for a new expert)
+    runs before the swap: it raises to refuse the new version, or returns the
+    record left in its ``gate.json`` (see :func:`app.publishing.gate.gate_directories`).
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -452,6 +463,9 @@ def train_expert(
             expert, encoder, pilot_texts, method=pilot_method, clusters=pilot_clusters, source=source
         )
         expert.verify(published)
+        record = gate(target if old is not None else None, expert.path) if gate is not None else None
+        if record is not None:
+            write_gate_file(expert.path, record)
         fsync_tree(expert.path)
         _swap_into_place(expert.path, target, old_version=old_version)
         if old_version is not None and keep_versions > 1:  # the staged path now holds the replaced version
@@ -467,6 +481,7 @@ def train_expert(
         index_seconds=index_seconds,
         seconds=time.perf_counter() - started,
         replaced_version=old_version,
+        gate=record,
     )
     logger.info(
         "published expert %r version %d (%s) in %.0fs",

@@ -14,6 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.engine.documents import LIVE_DIR, ExpertDocuments
 from app.errors import ConflictError, ExpertRejectedError
@@ -35,6 +36,7 @@ class VersionRow:
     serving: bool
     documents: int | None
     trained: bool | None
+    gate: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -121,6 +123,7 @@ def rollback_at_rest(root: Path, name: str, *, version: int | None = None, keep_
             kept=kept,
             keep_versions=keep_versions,
         )
+        entry = entry.model_copy(update={"gate": target.gate})  # the gate it passed when it was published
         others = [e for e in registry.read() or [] if e.name != name]
         registry.write([*others, entry])
     finally:

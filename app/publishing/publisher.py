@@ -34,7 +34,8 @@ from app.errors import (
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
-from app.publishing.registry import KeptVersion, RegistryEntry, RegistryFile
+from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap, read_gate_file
+from app.publishing.registry import GateRecord, KeptVersion, RegistryEntry, RegistryFile
 from app.publishing.versions import (
     UPLOADS_DIR,
     check_no_writes_since_publish,
@@ -91,6 +92,8 @@ class ExpertPublisher:
         verify_checksums: bool = True,
         merge_policy: MergePolicy = MergePolicy(),
         keep_versions: int = 3,
+        gate_margin: float = 0.01,
+        gate_queries: int = GATE_QUERIES,
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1 (the serving version), got {keep_versions}")
@@ -100,6 +103,7 @@ class ExpertPublisher:
         self.registry = RegistryFile(self.root)
         self.verify_checksums = verify_checksums
         self.merge_policy = merge_policy
+        self.gate_margin, self.gate_queries = gate_margin, gate_queries
         self._entries: dict[str, RegistryEntry] = {}
         self._lock = threading.Lock()
 
@@ -163,7 +167,9 @@ class ExpertPublisher:
         if entry.version == version:
             return entry
         kept = self._replaced_as_kept(entry, entry.path, version)
-        return entry.model_copy(update={"version": version, "versions": tuple(kept[: self.keep_versions - 1])})
+        gate = read_gate_file(self.registry.resolve(entry), version)  # the gate `rr train-expert --gate` ran, if it did
+        update = {"version": version, "versions": tuple(kept[: self.keep_versions - 1]), "gate": gate}
+        return entry.model_copy(update=update)
 
     def _discard_interrupted_writes(self) -> None:
         """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
@@ -254,8 +260,14 @@ class ExpertPublisher:
             raise ExpertRejectedError(f"path {path!r} is not a directory under the data root {self.root}")
         return resolved
 
-    def add_path(self, path: str, *, replace: bool = False) -> RegistryEntry:
-        """Validate, load and publish the expert directory at ``path``; a failure changes nothing."""
+    def add_path(
+        self, path: str, *, replace: bool = False, gate: str | None = None, gate_margin: float | None = None
+    ) -> RegistryEntry:
+        """Validate, load and publish the expert directory at ``path``; a failure changes nothing.
+
+        ``gate``: score the candidate against the serving version first and refuse a worse one (409).
+        """
+        spec = gate_spec(gate, self.root, margin=gate_margin, default_margin=self.gate_margin, replace=replace)
         directory = self.resolve_path(path)
         with self._lock:
             try:
@@ -275,12 +287,19 @@ class ExpertPublisher:
                     raise ExpertRejectedError(
                         f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
                     ) from exc
+                # Under the document lock (writes wait), never under a lock searches take; refused: unloaded.
+                record: GateRecord | None
+                if spec is not None:
+                    record = gate_swap(self.engine, spec, current, loaded, limit=self.gate_queries)
+                else:  # the gate `rr train-expert --gate` ran, if it did
+                    record = read_gate_file(directory, loaded.manifest.version)
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
                 if replaced is not None and current is not None:  # the registry's number may predate a retrain
                     replaced = replaced.model_copy(update={"version": current.manifest.version})
                 kept = [*self._replaced_as_kept(replaced, relative, loaded.manifest.version)]
                 entry, dropped = self._entry_keeping(name, relative, loaded, kept)
+                entry = entry.model_copy(update={"gate": record})
                 released = self._swap_in(loaded, entry)
             logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
         if replaced is not None:
@@ -375,6 +394,7 @@ class ExpertPublisher:
                     ) from exc
                 kept = [current.kept(), *(v for v in current.versions if v is not target)]
                 entry, dropped = self._entry_keeping(name, target.path, loaded, kept)
+                entry = entry.model_copy(update={"gate": target.gate})
                 released = self._swap_in(loaded, entry)
             logger.info(
                 "rolled expert %r back from v%d (%s) to v%d (%s)",
@@ -405,11 +425,20 @@ class ExpertPublisher:
         uploads.mkdir(parents=True, exist_ok=True)
         return uploads / f"{_RECEIVING_PREFIX}{secrets.token_hex(6)}.tar"
 
-    def add_archive(self, archive: Path, *, replace: bool = False, max_bytes: int) -> RegistryEntry:
+    def add_archive(
+        self,
+        archive: Path,
+        *,
+        replace: bool = False,
+        max_bytes: int,
+        gate: str | None = None,
+        gate_margin: float | None = None,
+    ) -> RegistryEntry:
         """Unpack an uploaded archive under ``<root>/uploads/``, then publish it like a path.
 
         A failure leaves nothing behind: neither the unpacked files nor a change to what is served.
         """
+        gate_spec(gate, self.root, margin=gate_margin, default_margin=self.gate_margin, replace=replace)  # fail fast
         uploads = self.root / UPLOADS_DIR
         staging = uploads / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
         staging.mkdir(parents=True)
@@ -430,7 +459,7 @@ class ExpertPublisher:
             final = uploads / f"{name}-{stamp}-{secrets.token_hex(3)}" / name
             final.parent.mkdir()
             source.rename(final)
-            return self.add_path(str(final), replace=replace)
+            return self.add_path(str(final), replace=replace, gate=gate, gate_margin=gate_margin)
         except BaseException:
             if final is not None:
                 shutil.rmtree(final.parent, ignore_errors=True)

@@ -16,7 +16,9 @@ never silently replaced.
 ``versions`` lists the older versions of an expert kept on disk for a
 rollback, most recently served first (see :mod:`app.publishing.versions`);
 ``live_seq`` is the expert's live-log sequence number when the serving version
-began to serve. Both were added later with defaults: a file without them loads,
+began to serve; ``gate`` (on an entry and on a kept version) the quality gate
+that version passed when a replace published it (:mod:`app.publishing.gate`).
+All three were added later with defaults: a file without them loads,
 and an older release reads a newer file (it ignores unknown fields).
 """
 
@@ -45,6 +47,31 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class GateFigures(BaseModel):
+    """One version's scores on a quality gate's query set."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: int = Field(ge=0, description="Its manifest version.")
+    ndcg_at_10: float = Field(description="Mean nDCG@10 over the set's queries (a query without hits counts 0).")
+    recall_at_100: float = Field(description="Mean Recall@100 over the set's queries.")
+
+
+class GateRecord(BaseModel):
+    """The quality gate a replace went through: both versions scored on one query set (see app.publishing.gate)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    set: str = Field(description="The query set: 'pseudo' or 'QUERIES:QRELS' (paths under the data root).")
+    queries: int = Field(ge=0, description="Queries scored.")
+    mode: str = Field(description="How both versions were searched: 'hybrid' as served, or 'dense' without BM25.")
+    margin: float = Field(ge=0, description="How much lower the candidate's nDCG@10 may be than the serving one's.")
+    candidate: GateFigures
+    serving: GateFigures | None = Field(None, description="None when no version was serving to compare with.")
+    passed: bool
+    measured_at: str = Field(default_factory=_now)
+
+
 class KeptVersion(BaseModel):
     """An older version of an expert, kept on disk so that it can be rolled back to."""
 
@@ -53,6 +80,7 @@ class KeptVersion(BaseModel):
     version: int = Field(ge=0, description="Its manifest version.")
     path: str = Field(description="Its expert directory, relative to the data root.")
     published_at: str = Field(default_factory=_now, description="When it began serving.")
+    gate: GateRecord | None = Field(None, description="The quality gate it passed when it was published, if any.")
 
 
 class RegistryEntry(BaseModel):
@@ -64,10 +92,11 @@ class RegistryEntry(BaseModel):
     published_at: str = Field(default_factory=_now)
     live_seq: int = Field(0, ge=0, description="The live log's sequence number when this version began serving.")
     versions: tuple[KeptVersion, ...] = Field((), description="Older versions kept, most recently served first.")
+    gate: GateRecord | None = Field(None, description="The quality gate this version passed when published, if any.")
 
     def kept(self) -> KeptVersion:
         """This (serving) version as a kept one, for when another replaces it."""
-        return KeptVersion(version=self.version, path=self.path, published_at=self.published_at)
+        return KeptVersion(version=self.version, path=self.path, published_at=self.published_at, gate=self.gate)
 
 
 class _RegistryDocument(BaseModel):

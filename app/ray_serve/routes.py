@@ -38,7 +38,7 @@ from app.api.schemas import (
     SearchResponse,
     error_responses,
 )
-from app.errors import PermissionDeniedError
+from app.errors import FeatureUnavailableError, PermissionDeniedError
 from app.ray_serve.ingress import Ingress
 
 __all__ = ["create_ingress_app"]
@@ -77,8 +77,12 @@ async def add_expert(body: AddExpertRequest, ingress: Serving) -> ExpertDetailOu
     """Publish the expert directory at `path` (under the data root) once a searcher replica has validated it.
 
     Every ingress replica routes to it from its next request on; searcher
-    replicas load it when first asked.
+    replicas load it when first asked. A replace's quality gate (`gate`) is `rr serve`'s only: 501 here.
     """
+    if body.gate is not None or body.gate_margin is not None:
+        raise FeatureUnavailableError(
+            "a replace's quality gate (gate, gate_margin) runs in `rr serve` only; on Ray Serve, replace without one"
+        )
     return await ingress.admin.add(body.path, replace=body.replace)
 
 

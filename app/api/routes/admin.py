@@ -63,6 +63,10 @@ async def add_expert(
     request: Request,
     runtime: Serving,
     replace: bool = Query(False, description="For an archive: swap out a published expert of the same name."),
+    gate: str | None = Query(
+        None, min_length=1, max_length=8192, description="For an archive with replace: 'pseudo' or 'QUERIES:QRELS'."
+    ),
+    gate_margin: float | None = Query(None, ge=0, le=1, description="For an archive: the gate's margin."),
 ) -> ExpertDetailOut:
     """Validate everything (manifest, checksums, base-model fingerprint, dimension, pilots, index), load, publish.
 
@@ -70,16 +74,33 @@ async def add_expert(
     bytes of a tar(.gz) of an expert directory (`Content-Type:
     application/gzip`), which is unpacked under `<data root>/uploads/`. Any
     failure changes nothing and says why. Published experts survive a restart.
+
+    A replace may name a quality gate (`gate`: `pseudo` or `QUERIES:QRELS`):
+    both versions are scored (nDCG@10, Recall@100) and a candidate worse than
+    the serving version by more than `gate_margin` (RR_GATE_MARGIN) is refused
+    with 409 `gate_refused`, both figures in `details`; the figures of a
+    passed gate are kept with the version (`versions[].gate`).
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         payload = await _json_body(request, runtime.settings.max_body_bytes)
-        entry = await asyncio.to_thread(runtime.publisher.add_path, payload.path, replace=payload.replace or replace)
+        entry = await asyncio.to_thread(
+            runtime.publisher.add_path,
+            payload.path,
+            replace=payload.replace or replace,
+            gate=payload.gate if payload.gate is not None else gate,
+            gate_margin=payload.gate_margin if payload.gate_margin is not None else gate_margin,
+        )
     elif content_type in ARCHIVE_TYPES:
         archive = await _receive_archive(request, runtime)
         try:
             entry = await asyncio.to_thread(
-                runtime.publisher.add_archive, archive, replace=replace, max_bytes=runtime.settings.max_extracted_bytes
+                runtime.publisher.add_archive,
+                archive,
+                replace=replace,
+                max_bytes=runtime.settings.max_extracted_bytes,
+                gate=gate,
+                gate_margin=gate_margin,
             )
         finally:
             archive.unlink(missing_ok=True)
