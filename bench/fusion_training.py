@@ -92,7 +92,7 @@ def bench_collection(name: str, args, encoder, root: Path, scratch: Path) -> lis
         adapters: dict[str, str | None] = {"base": None}
         for weight in args.weights:
             label = _weight_label(weight)
-            config = TrainConfig(steps=args.steps, fusion_weight=weight, seed=args.seed)
+            config = TrainConfig(steps=args.steps, fusion_weight=weight, seed=args.seed, top_layers=args.top_layers)
             out = scratch / f"{name}-{label}"
             started = time.perf_counter()
             train_adapter(encoder, pairs, vectors, out, config=config, lexical_search=lexical, progress=not args.quiet)
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument(
         "--mix", nargs="*", type=float, default=[0.5], help="also: query vector = mix * expert + rest * base"
     )
+    parser.add_argument("--top-layers", type=int, default=None, help="LoRA on the top N layers only (default: all)")
     parser.add_argument("--steps", type=int, default=TrainConfig().steps)
     parser.add_argument("--holdout", type=float, default=0.1, help="share of documents held out of training")
     parser.add_argument("--dev-queries", type=int, default=300, help="pseudo dev queries at most")

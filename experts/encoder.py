@@ -22,6 +22,7 @@ import torch
 from experts.adapters import check_adapter_fits, read_lora_weights
 from experts.base_model import resolve_model, weights_fingerprint
 from experts.errors import ModelLoadError, UnknownExpertError
+from experts.layer_resume import LayerResume, first_layer
 from experts.lora import LoraLayers
 from experts.model_lock import ModelLock
 from experts.quantization import Backend, apply_backend, check_backend
@@ -109,6 +110,8 @@ class Encoder:
         self.pooling: Pooling = pooling
         self.device = device
         self._lora = LoraLayers(self._base)
+        self._resume = LayerResume(self._base)
+        self._first_layers: dict[str, int] = {}  # per adapter: the lowest layer it changes
         self._lock = ModelLock()
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -140,6 +143,7 @@ class Encoder:
         weights = read_lora_weights(Path(adapter_dir))  # read outside the lock: passes keep running
         with self._lock.hold():
             self._lora.add(name, weights)
+            self._first_layers[name] = first_layer(weights.modules)
         logger.info("loaded adapter %r from %s", name, adapter_dir)
 
     def remove_adapter(self, name: str) -> None:
@@ -147,6 +151,7 @@ class Encoder:
         with self._lock.hold():
             self._require(name)
             self._lora.remove(name)
+            self._first_layers.pop(name, None)
         logger.info("removed adapter %r", name)
 
     def _require(self, name: str) -> None:
@@ -200,7 +205,7 @@ class Encoder:
                 with self._lock.hold(bulk=bulk), torch.inference_mode():  # per pass: see experts.model_lock
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
-                    hidden = self._forward(batch, [rows[i] for i in part])
+                    hidden = self._pass(batch, [rows[i] for i in part], [texts[i] for i in part], limit, bulk)
                     out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         if cache and self.cache_size:
             self._to_cache(texts, rows, limit, out, todo)
@@ -261,6 +266,30 @@ class Encoder:
         if len(names) == 1 or len(names) > self.group_up_to:
             return [chunk]
         return [np.asarray([i for i in chunk if rows[i] == name]) for name in names]
+
+    def _pass(
+        self, batch: dict[str, torch.Tensor], rows: list[str | None], texts: list[str], limit: int, bulk: bool
+    ) -> torch.Tensor:
+        """One forward pass; with top-layer adapters loaded, a base pass keeps the state their passes resume from.
+
+        The layer kept is the lowest first layer among the loaded adapters that
+        start above layer 0 (:mod:`experts.layer_resume`). An adapter pass whose
+        rows' adapters all start at or above it, and whose texts a recent base
+        pass saw, runs only the layers from there up. Bulk passes keep nothing.
+        """
+        starts = [first for first in self._first_layers.values() if first > 0]
+        if starts and self._resume.supported:
+            layer, mask = min(starts), batch["attention_mask"]
+            if all(row is None for row in rows):
+                if not bulk:
+                    with self._resume.capturing(texts, limit, layer, mask):
+                        return self._forward(batch, rows)
+            elif all(row is not None and self._first_layers[row] >= layer for row in rows) and self._resume.known(
+                texts, limit, layer
+            ):
+                with self._resume.resumed(texts, limit, layer, mask):
+                    return self._forward(batch, rows)
+        return self._forward(batch, rows)
 
     def _forward(self, batch: dict[str, torch.Tensor], rows: list[str | None]) -> torch.Tensor:
         with self._lora.applied(rows):

@@ -1,0 +1,87 @@
+"""Adapter passes resumed from the base pass's hidden state: the same vectors as a whole pass, fewer layers run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experts import Encoder, TrainConfig, TrainingPair, train_adapter
+from experts.layer_resume import first_layer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = ["wing drag at high speed", "heat", "the sort of tape storage a compiler needs for its query index", "cell"]
+
+
+def adapter(encoder: Encoder, out: Path, top_layers: int | None) -> Path:
+    documents = encoder.embed(["drag", "heat", "tape", "cell"])
+    pairs = [TrainingPair(text, (row,), "span") for row, text in enumerate(TEXTS)]
+    config = TrainConfig(steps=3, batch_size=4, lr=5e-2, dropout=0.0, top_layers=top_layers, query_max_length=32)
+    train_adapter(encoder, pairs, documents, out, config=config, progress=False)
+    return out
+
+
+def layer_calls(encoder: Encoder) -> list[int]:
+    """Counts of forward calls of each encoder layer, kept up to date by hooks."""
+    calls = [0] * len(encoder.base_module.encoder.layer)
+    for index, layer in enumerate(encoder.base_module.encoder.layer):
+        layer.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    return calls
+
+
+def test_first_layer_reads_the_lowest_layer_number_and_zero_outside_the_stack() -> None:
+    assert first_layer(["encoder.layer.4.attention.self.query", "encoder.layer.5.output.dense"]) == 4
+    assert first_layer(["encoder.layer.1.output.dense", "pooler.dense"]) == 0
+    assert first_layer([]) == 0
+
+
+def test_a_top_layer_adapter_pass_after_a_base_pass_runs_only_the_top_and_gives_the_same_vectors(
+    tmp_path: Path, tiny_bert_path: Path
+) -> None:
+    trainer = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    top = adapter(trainer, tmp_path / "top", top_layers=1)
+    whole = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    whole.add_adapter("top", top)
+    expected = whole.embed(TEXTS, expert="top")  # no base pass before it: every layer runs
+
+    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=3)  # other batches than the base pass's
+    encoder.add_adapter("top", top)
+    calls = layer_calls(encoder)
+    base = encoder.embed(TEXTS)
+    assert calls == [2, 2]  # two passes of up to 3 rows
+    resumed = encoder.embed(list(reversed(TEXTS)), expert="top")[::-1]
+    assert calls == [2, 4], "the adapter pass ran layer 0 again"
+    np.testing.assert_allclose(resumed, expected, atol=1e-5)
+    assert not np.allclose(resumed, base)
+    assert len(encoder.base_module.encoder.layer) == 2  # the stack is whole again after the pass
+
+
+def test_whole_passes_where_a_state_is_missing_or_an_adapter_changes_every_layer(
+    tmp_path: Path, tiny_bert_path: Path
+) -> None:
+    trainer = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    top, full = adapter(trainer, tmp_path / "top", 1), adapter(trainer, tmp_path / "full", None)
+    reference = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    reference.add_adapter("top", top)
+    reference.add_adapter("full", full)
+    expected_top = reference.embed(TEXTS, expert="top")
+    expected_full = reference.embed(TEXTS, expert="full")
+
+    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    encoder.add_adapter("top", top)
+    encoder.add_adapter("full", full)
+    calls = layer_calls(encoder)
+    encoder.embed(TEXTS[:2])  # only two of the texts are seen by a base pass
+    np.testing.assert_allclose(encoder.embed(TEXTS, expert="top"), expected_top, atol=1e-5)
+    np.testing.assert_allclose(encoder.embed(TEXTS, expert="full"), expected_full, atol=1e-5)
+    mixed = encoder.embed(TEXTS[:2], expert=["top", "full"])
+    np.testing.assert_allclose(mixed, [expected_top[0], expected_full[1]], atol=1e-5)
+    # base, top (one text unseen: whole), full (whole), mixed: one pass per adapter, the top one resumed
+    assert calls == [4, 5]
+    encoder.embed(TEXTS[:2], expert="top")
+    assert calls == [4, 6]  # both seen by the base pass: resumed
+    encoder.embed(TEXTS[2:], bulk=True)  # bulk passes keep no state
+    encoder.embed(TEXTS[2:], expert="top")
+    assert calls[0] == 6
