@@ -68,6 +68,12 @@ def train_expert_command(
     hard_negatives: Annotated[
         int | None, typer.Option(min=1, help="Mined hard negatives per query (collections above --full-softmax-limit).")
     ] = None,
+    top_layers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="LoRA on the encoder's top N layers only: a routed query's expert pass then runs only those."
+        ),
+    ] = None,
     full_softmax_limit: Annotated[
         int, typer.Option(min=0, help="Up to this many documents, score each query against all of them.")
     ] = _DEFAULTS["full_softmax_limit"],
@@ -123,6 +129,7 @@ def train_expert_command(
             query_max_length=query_max_length,
             seed=seed,
             hard_negatives=hard_negatives,
+            top_layers=top_layers,
             full_softmax_limit=full_softmax_limit,
         )
     except ValueError as exc:
