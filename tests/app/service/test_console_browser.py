@@ -420,7 +420,7 @@ def test_versions_the_gate_figures_and_a_rollback_with_the_admin_key(
     console: Console, template_root: Path, tiny_bert_path: Path, tmp_path: Path
 ) -> None:
     """beta replaced through a passing gate keeps its first version: the page lists both, and a rollback
-    needs the admin key, asks first, swaps, and says so; a write since the swap makes the next one a 409, shown.
+    needs the admin key, asks first, swaps, and says so; a refused one shows the API's message.
 
     A server of its own, with a search key: a key without the admin scope then lists the experts and
     their versions but its Roll back buttons stay disabled, saying why.
@@ -520,21 +520,30 @@ def test_versions_the_gate_figures_and_a_rollback_with_the_admin_key(
         page.driver.execute_script("document.getElementById('versions').scrollIntoView()")
         assert page.driver.save_screenshot(str(tmp_path / "console-versions.png"))
 
-        # A document written since the swap: the next rollback is refused with the API's 409, in words.
+        # A document written since the swap is carried to v2 by the next rollback.
         written = http.put("/admin/experts/beta/documents", json={"documents": [{"id": "new-1", "text": "x"}]})
         assert written.status_code == 200, written.text
         rollback_button(v2).click()
         WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
         page.driver.switch_to.alert.accept()
-        page.wait(lambda: page.by_id("versions-error").text.startswith("409 conflict: expert 'beta' holds"), "the 409")
-        assert "a rollback would lose them" in page.by_id("versions-error").text
+        page.wait(lambda: shown() == [(str(v2), "serving"), (str(v1), "kept")], "the second rollback")
+        assert page.by_id("versions-status").text == f"Rolled back beta: now serving version {v2} (v2/beta)."
+        assert http.get("/experts/beta/documents/new-1").status_code == 200
+
+        # A kept version that cannot load: the API's refusal, in words; nothing changes.
+        shutil.rmtree(root / "beta" / "adapter")
+        rollback_button(v1).click()
+        WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
+        page.driver.switch_to.alert.accept()
+        page.wait(lambda: page.by_id("versions-error").text.startswith("422 invalid_expert: "), "the refusal")
+        assert f"was not rolled back to version {v1}" in page.by_id("versions-error").text
         assert page.by_id("versions-status").text == ""
-        page.wait(lambda: rollback_button(v2).is_enabled(), "the list refreshed")
-        assert shown() == [(str(v1), "serving"), (str(v2), "kept")]
-        assert http.get("/experts/beta").json()["version"] == v1
+        page.wait(lambda: rollback_button(v1).is_enabled(), "the list refreshed")
+        assert shown() == [(str(v2), "serving"), (str(v1), "kept")]
+        assert http.get("/experts/beta").json()["version"] == v2
 
         page.by_id("forget-key").click()  # no key: disabled again, saying why
-        page.wait(lambda: not rollback_button(v2).is_enabled(), "the button disabled")
+        page.wait(lambda: not rollback_button(v1).is_enabled(), "the button disabled")
         assert page.by_id("rollback-access").text.endswith("no key is set.")
         page.by_id("versions-close").click()
         assert not page.by_id("versions").is_displayed()
