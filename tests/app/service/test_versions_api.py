@@ -204,6 +204,33 @@ def test_writes_since_the_swap_are_carried_to_the_version_rolled_back_to(make_cl
     assert client.get("/experts/beta").json()["documents"] == 24
 
 
+def test_writes_that_cannot_be_carried_refuse_the_rollback_and_the_serving_version_stays(
+    make_client, root: Path
+) -> None:
+    """Another process holds the kept version's live log: it opens read-only there, so the write is not carried."""
+    client = make_client(root)
+    replace(client, "v2/beta")
+    response = client.put(
+        "/admin/experts/beta/documents", json={"documents": [{"id": "new", "text": "written after"}]}, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root / "beta" / LIVE_DIR)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        response = client.post("/admin/experts/beta/rollback", headers=ADMIN)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert response.status_code == 409, response.text
+    assert "could not be carried to it" in error_of(response)["message"]
+    assert error_of(response)["details"] == {"reason": "DocumentsReadOnlyError"}
+    assert versions(client)[0]["path"] == "v2/beta" and client.get("/experts/beta/documents/new").status_code == 200
+    assert client.post("/admin/experts/beta/rollback", headers=ADMIN).status_code == 200  # the lock is free again
+    assert client.get("/experts/beta/documents/new").status_code == 200
+
+
 def test_searches_never_fail_during_replaces_and_rollbacks(make_client, root: Path) -> None:
     client = make_client(root)
     answers = {tuple(hits(client))}
