@@ -180,6 +180,11 @@ class ExpertDocuments:
     def get(self, doc_id: str) -> Document | None:
         return self.view().get(doc_id)
 
+    def changed_since(self, seq: int) -> list[str] | None:
+        """Ids of the documents upserted or deleted by the writes after ``seq``, each once; None where the log
+        does not record that far back (written by an older release). Without a log nothing was written."""
+        return self._live.changed_since(seq) if self._live is not None else []
+
     def state(self) -> LiveState:
         view = self.view()
         return LiveState(

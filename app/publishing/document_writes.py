@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.engine.documents import ExpertDocuments
 from app.engine.engine import SearchEngine
 from app.engine.loading import LoadedExpert
 from app.errors import UnknownDocumentError
@@ -26,6 +27,9 @@ from index import DeleteReport, Document, MergeReport, UpsertReport
 logger = logging.getLogger(__name__)
 
 Report = TypeVar("Report", UpsertReport, DeleteReport)
+
+#: Documents per upsert when writes are carried to another version (each batch is embedded, then committed).
+CARRY_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,35 @@ class DocumentWriter:
         if merge is not None:
             logger.info("expert %r: merging its live writes in the background", expert.name)
         return Written(report, len(expert.documents), expert.documents.merging)
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The documents a rollback carried to the version it serves: ids upserted there, and ids deleted there."""
+
+    upserted: list[str]
+    deleted: list[str]
+
+
+def carry_writes(source: ExpertDocuments, target: ExpertDocuments, *, since: int) -> Carried | None:
+    """Write into ``target`` what the writes to ``source`` after its write ``since`` left: each document they
+    touched as ``source`` holds it now, upserted (embedded by ``target``'s own rules), or deleted where it is gone.
+
+    The caller holds the expert's document lock, so ``source`` takes no write meanwhile. None, with nothing
+    written, where ``source``'s log does not record its changes back to ``since`` (written by an older release).
+
+    >>> carry_writes(serving.documents, kept.documents, since=entry.live_seq)  # doctest: +SKIP
+    Carried(upserted=['new-1'], deleted=['doc-7'])
+    """
+    changed = source.changed_since(since)
+    if changed is None:
+        return None
+    view = source.view()  # one moment of the source: each id is either in it or not
+    present = [(doc_id, view.get(doc_id)) for doc_id in changed]
+    upserts = [document for _, document in present if document is not None]
+    deletes = [doc_id for doc_id, document in present if document is None]
+    for start in range(0, len(upserts), CARRY_BATCH):
+        target.upsert(upserts[start : start + CARRY_BATCH])
+    if deletes:
+        target.delete(deletes)  # an id the target never held is reported missing, which is what we want
+    return Carried(upserted=[d.id for d in upserts], deleted=deletes)

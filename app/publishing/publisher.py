@@ -34,6 +34,7 @@ from app.errors import (
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
+from app.publishing.document_writes import Carried, carry_writes
 from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap, read_gate_file
 from app.publishing.registry import GateRecord, KeptVersion, RegistryEntry, RegistryFile
 from app.publishing.versions import (
@@ -360,9 +361,11 @@ class ExpertPublisher:
 
         The kept version is loaded and validated first; any failure leaves the
         serving one untouched. The version it replaces is kept in turn, so a
-        rollback can be undone by another. Refused (409) while the serving
-        version holds document writes acknowledged since it began serving:
-        they are in its live log, which the kept version does not have.
+        rollback can be undone by another. Document writes acknowledged since
+        the serving version began serving are carried to the kept one before
+        the swap (each touched document upserted as it is now, embedded by the
+        kept version's rules, or deleted), so none is lost; refused (409) only
+        where the serving version's log is too old to list them.
         Returns the new entry and an event set once the replaced version is unloaded.
 
         >>> entry, unloaded = publisher.rollback("cacm")  # doctest: +SKIP
@@ -378,7 +381,8 @@ class ExpertPublisher:
                 serving = self.engine.experts.get(name)
                 if serving is not None:
                     serving.documents.wait_merge()
-                    check_no_writes_since_publish(current, serving.documents.state().seq)
+                    if serving.documents.changed_since(current.live_seq) is None:  # a log too old to say
+                        check_no_writes_since_publish(current, serving.documents.state().seq)
                 try:
                     directory = _resolved(self.root / target.path)
                     if not directory.is_relative_to(self.root):
@@ -392,19 +396,41 @@ class ExpertPublisher:
                         f"expert {name!r} was not rolled back to version {target.version} at {target.path!r}: {exc}",
                         details={"reason": type(exc).__name__},
                     ) from exc
+                carried = self._carry(serving, loaded, current, target) if serving is not None else None
                 kept = [current.kept(), *(v for v in current.versions if v is not target)]
+                # live_seq is read after the carried writes: they are part of the version from here on.
                 entry, dropped = self._entry_keeping(name, target.path, loaded, kept)
                 entry = entry.model_copy(update={"gate": target.gate})
                 released = self._swap_in(loaded, entry)
             logger.info(
-                "rolled expert %r back from v%d (%s) to v%d (%s)",
+                "rolled expert %r back from v%d (%s) to v%d (%s), carrying %d upserted and %d deleted document(s)",
                 name,
                 current.version,
                 current.path,
                 entry.version,
                 entry.path,
+                len(carried.upserted) if carried else 0,
+                len(carried.deleted) if carried else 0,
             )
         return entry, self._discard_once_released([v.path for v in dropped], released)
+
+    def _carry(
+        self, serving: LoadedExpert, loaded: LoadedExpert, current: RegistryEntry, target: KeptVersion
+    ) -> Carried | None:
+        """The live writes acknowledged since ``current`` began serving, written into ``loaded`` before the swap.
+
+        A failure unloads ``loaded`` and refuses the rollback (409), the serving version untouched; the kept
+        version's log may then hold some of the writes, which are acknowledged ones and are carried again next time.
+        """
+        try:
+            return carry_writes(serving.documents, loaded.documents, since=current.live_seq)
+        except Exception as exc:
+            unload_expert(loaded, self.engine.encoder)
+            raise ConflictError(
+                f"expert {current.name!r} was not rolled back to version {target.version}: the documents written "
+                f"since version {current.version} began serving could not be carried to it: {exc}",
+                details={"reason": type(exc).__name__},
+            ) from exc
 
     def check_servable(self, name: str) -> None:
         """Refuse, with the load failure, a request naming a published expert that could not be loaded.

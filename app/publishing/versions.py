@@ -118,13 +118,16 @@ def choose_kept(current: RegistryEntry, version: int | None, *, keep_versions: i
 def check_no_writes_since_publish(current: RegistryEntry, seq: int) -> None:
     """Refuse (409) to swap out a version whose live log acknowledged writes since it began serving.
 
-    They are in its log, which no kept version holds: carrying them over is not done yet.
+    They are in its log, which no kept version holds. The service's rollback carries them over instead
+    (:func:`app.publishing.document_writes.carry_writes`) and refuses only where the log cannot list them
+    (written by an older release); a rollback at rest has no encoder to embed them with, and refuses.
     """
     if seq > current.live_seq:
         raise ConflictError(
             f"expert {current.name!r} holds document writes acknowledged since version {current.version} began "
-            f"serving (live log at seq {seq}, {current.live_seq} then); a rollback would lose them, so it is "
-            "refused: write them again after the rollback, or publish a version that holds them"
+            f"serving (live log at seq {seq}, {current.live_seq} then) and this rollback cannot carry them to the "
+            "kept version, so it is refused: roll back through the running service (POST /admin/experts/<name>/"
+            "rollback carries them), or write them again after the rollback"
         )
 
 

@@ -185,6 +185,10 @@ class LiveCollection:
         """The live document with this corpus id, or None (``GET /experts/{name}/documents/{id}``)."""
         return self._view.get(doc_id)
 
+    def changed_since(self, seq: int) -> list[str] | None:
+        """Ids of the documents upserted or deleted after write ``seq``; None where the log cannot tell."""
+        return self._log.changed_since(seq)
+
     def select(self, filter: FilterExpr | Mapping[str, Any], *, check: bool = True) -> np.ndarray:
         """Live row ids matching a metadata filter, for ``allowed=``; see :meth:`LiveView.select`."""
         return self._view.select(filter, check=check)
@@ -245,7 +249,12 @@ class LiveCollection:
                 for r, doc, (chunk_vectors, doc_spans) in zip(rows, docs, per_doc, strict=True)
             ]
             self._log.commit(
-                seq=seq, next_row_id=rows[-1] + 1, added=added, removed_delta=removed_delta, tombstones=dead
+                seq=seq,
+                next_row_id=rows[-1] + 1,
+                added=added,
+                removed_delta=removed_delta,
+                tombstones=dead,
+                changed=[doc.id for doc in docs],
             )
             self._next_row_id = rows[-1] + 1
             entries.update((entry.row_id, entry) for entry in added)
@@ -272,7 +281,12 @@ class LiveCollection:
             # Every removed row is tombstoned, delta rows too: a merge running now may be writing them into
             # the next main segment, and the tombstone (seq > the merge's) keeps them deleted there.
             self._log.commit(
-                seq=seq, next_row_id=self._next_row_id, added=[], removed_delta=removed_delta, tombstones=dead
+                seq=seq,
+                next_row_id=self._next_row_id,
+                added=[],
+                removed_delta=removed_delta,
+                tombstones=dead,
+                changed=deleted,
             )
             for row in removed_delta:
                 del entries[row]

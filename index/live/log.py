@@ -18,7 +18,11 @@ Tables::
                 were deleted or replaced; applied at search time until a merge
     live_meta   schema_version, log_id, dim, seq (last committed write), next_row_id
                 (row ids below it were handed out already), main (fingerprint of the
-                main segment the log applies to)
+                main segment the log applies to), changes_from (the seq from which
+                ``changes`` records every write)
+    changes     seq, doc_id: the ids each write batch upserted or deleted, kept through
+                merges, so that the writes since a given seq can be carried to another
+                version of the expert (:meth:`LiveLog.changed_since`)
 
 Every write batch gets the next sequence number; a merge that folded everything
 up to ``seq`` N into a new main segment deletes the rows with ``seq <= N`` and
@@ -66,6 +70,11 @@ _SCHEMA = (
     "CREATE INDEX documents_seq ON documents (seq)",
     "CREATE TABLE tombstones (row_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
     "CREATE INDEX tombstones_seq ON tombstones (seq)",
+)
+#: Added to a log written before it (the same schema version: an older release ignores the table).
+_CHANGES_SCHEMA = (
+    "CREATE TABLE changes (seq INTEGER NOT NULL, doc_id TEXT NOT NULL)",
+    "CREATE INDEX changes_seq ON changes (seq)",
 )
 
 
@@ -127,6 +136,23 @@ def metadata_json(doc: Document) -> str:
         raise CorpusError(f"metadata of document {doc.id!r} is not JSON-serialisable: {exc}") from exc
 
 
+def _add_changes(conn: sqlite3.Connection) -> None:
+    """Give a log written before ``changes`` existed the table; it records writes from the log's seq on."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "changes" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
+            for statement in _CHANGES_SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO live_meta SELECT 'changes_from', value FROM live_meta WHERE key = 'seq'"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 class LiveLog:
     """The SQLite write-ahead log of one live collection; one writer at a time (the caller's lock).
 
@@ -165,10 +191,10 @@ class LiveLog:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not names:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
+                for statement in (*_SCHEMA, *_CHANGES_SCHEMA):
                     conn.execute(statement)
                 meta = {"schema_version": SCHEMA_VERSION, "log_id": uuid.uuid4().hex, "dim": dim}
-                meta |= {"seq": 0, "next_row_id": 0}
+                meta |= {"seq": 0, "next_row_id": 0, "changes_from": 0}
                 conn.executemany("INSERT INTO live_meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
                 conn.execute("COMMIT")
             elif not {"live_meta", "documents", "tombstones"} <= names:
@@ -179,6 +205,8 @@ class LiveLog:
             elif "spans" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}:
                 # A log written before chunking: its documents are embedded whole (spans NULL).
                 conn.execute("ALTER TABLE documents ADD COLUMN spans TEXT")
+            if names and "changes" not in names:
+                _add_changes(conn)
             meta = dict(conn.execute("SELECT key, value FROM live_meta").fetchall())
         except sqlite3.Error as exc:
             conn.close()
@@ -244,6 +272,24 @@ class LiveLog:
             tombstones=tombstones,
         )
 
+    def changed_since(self, seq: int) -> list[str] | None:
+        """The ids of the documents upserted or deleted by the writes after ``seq``, each once, oldest change first.
+
+        None when the log does not know: it records changes only from ``changes_from`` on
+        (a log written by an older release), and ``seq`` is before that.
+        """
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT value FROM live_meta WHERE key = 'changes_from'").fetchone()
+                if row is None or int(row[0]) > seq:
+                    return None
+                rows = self._conn.execute(
+                    "SELECT doc_id FROM changes WHERE seq > ? GROUP BY doc_id ORDER BY max(seq), doc_id", (seq,)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _failed(self._path, exc) from exc
+        return [doc_id for (doc_id,) in rows]
+
     def select(self, expr: FilterExpr) -> np.ndarray:
         """Row ids of the logged documents matching a parsed filter: (n,) int64, sorted (see :mod:`index.store.filters`)."""
         sql, params = compile_filter(expr)
@@ -297,8 +343,10 @@ class LiveLog:
         added: Sequence[LogEntry],
         removed_delta: Sequence[int],
         tombstones: Sequence[int],
+        changed: Sequence[str] = (),
     ) -> None:
-        """One write batch, all or nothing: drop replaced delta rows, add documents, add tombstones.
+        """One write batch, all or nothing: drop replaced delta rows, add documents, add tombstones, and record
+        the ids of the documents the batch ``changed`` (upserted or deleted).
 
         When this returns the batch is durable (``synchronous=FULL``): the
         caller may acknowledge it.
@@ -329,6 +377,7 @@ class LiveLog:
             conn.executemany(
                 "INSERT OR REPLACE INTO tombstones (row_id, seq) VALUES (?, ?)", [(int(r), seq) for r in tombstones]
             )
+            conn.executemany("INSERT INTO changes (seq, doc_id) VALUES (?, ?)", [(seq, d) for d in changed])
             conn.executemany(
                 "UPDATE live_meta SET value = ? WHERE key = ?", [(str(seq), "seq"), (str(next_row_id), "next_row_id")]
             )

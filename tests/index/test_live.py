@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,32 @@ def test_replay_after_reopen_equals_the_state_before(generation: Path, tmp_path:
     with open_live(generation, log) as again:
         assert state_of(again, queries, texts) == before and again.stats().seq == stats.seq + 2
         assert again.upsert([doc("later", "x y z")]).row_ids[0] > rows[0]  # ids are never handed out twice
+
+
+def test_the_log_lists_the_documents_changed_since_a_write_through_merges(live: LiveCollection, tmp_path: Path) -> None:
+    """What a rollback carries to another version: every id upserted or deleted after a given write, once each."""
+    live.upsert([doc("new-1", "first words"), doc("new-2", "second words")])  # seq 1
+    live.delete(["d5", "never-was"])  # seq 2: an id that was not there changes nothing
+    live.upsert([doc("new-1", "new words")])  # seq 3
+    assert live.changed_since(0) == ["new-2", "d5", "new-1"]  # by their last change
+    assert (live.changed_since(2), live.changed_since(3)) == (["new-1"], [])
+    assert live.merge(tmp_path / "gen-2") is not None  # the delta folds into a new generation; the record stays
+    assert live.changed_since(1) == ["d5", "new-1"]
+
+
+def test_a_log_from_before_the_record_of_changes_knows_only_the_writes_after_it(
+    generation: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "live" / "live.sqlite"
+    with open_live(generation, log) as live:
+        live.upsert([doc("old-1", "written by an older release")])
+    with sqlite3.connect(log) as conn:  # as an older release left it: no changes table
+        conn.execute("DROP TABLE changes")
+        conn.execute("DELETE FROM live_meta WHERE key = 'changes_from'")
+    with open_live(generation, log) as live:
+        assert live.changed_since(0) is None and live.changed_since(1) == []
+        live.delete(["old-1"])
+        assert live.changed_since(1) == ["old-1"] and live.get("old-1") is None
 
 
 @pytest.mark.parametrize(

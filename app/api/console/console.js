@@ -103,6 +103,12 @@ function number(value, digits = 3) {
   return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "n/a";
 }
 
+/** A UTC timestamp from the API (`2026-12-05T11:54:26+00:00`) as `2026-12-05 11:54:26 UTC`; anything else as is. */
+function when(iso) {
+  const match = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|\+00:00)$/.exec(iso || "");
+  return match ? `${match[1]} ${match[2]} UTC` : iso ?? "n/a";
+}
+
 /** Disable a form's buttons while `task` runs, so a second click cannot send it twice. */
 async function busy(form, task) {
   const buttons = form.querySelectorAll("button");
@@ -285,12 +291,18 @@ function expertRow(expert) {
     row.append(el("td"));  // nothing to remove yet: it is published when complete
     return row;
   }
+  const versions = el("button", "Versions");
+  versions.type = "button";
+  versions.setAttribute("aria-label", `Versions of expert ${expert.name}`);
+  versions.setAttribute("aria-controls", "versions");
+  versions.setAttribute("aria-expanded", String(shownVersions === expert.name));
+  versions.addEventListener("click", () => openVersions(expert.name));
   const button = el("button", "Remove");
   button.type = "button";
   button.setAttribute("aria-label", `Remove expert ${expert.name}`);
   button.addEventListener("click", () => removeExpert(expert.name, button));
-  const action = el("td");
-  action.append(button);
+  const action = el("td", null, "actions");
+  action.append(versions, button);
   row.append(action);
   return row;
 }
@@ -306,6 +318,9 @@ async function loadExperts() {
   try {
     const data = await api("GET", "experts");
     $("experts-rows").replaceChildren(...data.experts.map(expertRow));
+    if (shownVersions !== null && !data.experts.some((e) => e.name === shownVersions && e.state !== "building")) {
+      closeVersions();  // unpublished since: nothing left to show
+    }
     fillExpertChoice(data.experts.filter((e) => e.state === "loaded").map((e) => e.name));
     if (buildingRefresh === null && data.experts.some((e) => e.state === "building" || e.building)) {
       buildingRefresh = window.setTimeout(loadExperts, BUILDING_REFRESH_MS);
@@ -345,6 +360,168 @@ async function removeExpert(name, button) {
     button.disabled = false;
   }
   await Promise.all([loadExperts(), loadHealth()]);
+}
+
+// ---------------------------------------------------------------- versions and rollback
+
+let shownVersions = null; // the expert whose versions are shown, if any
+let versionsRequest = 0; // only the latest request's answer is shown
+
+/** Whether the key in hand may roll back (holds the admin scope), and if not, why; asked of GET /admin/keys. */
+let adminAccess = { allowed: false, reason: "Rolling back needs a key with the admin scope: no key is set." };
+
+async function checkAdminAccess() {
+  const key = apiKey;
+  let access;
+  if (!key) {
+    access = { allowed: false, reason: "Rolling back needs a key with the admin scope: no key is set." };
+  } else {
+    try {
+      await api("GET", "admin/keys");
+      access = { allowed: true, reason: "" };
+    } catch (error) {
+      access = { allowed: false, reason: `Rolling back needs a key with the admin scope: ${error}` };
+    }
+  }
+  if (key !== apiKey) return; // the key changed while we asked: the newer check decides
+  adminAccess = access;
+  renderAccess();
+}
+
+/** Enable or disable every Roll back button, and say why they are disabled. */
+function renderAccess() {
+  $("rollback-access").textContent = adminAccess.allowed
+    ? "This key has the admin scope: kept versions can be rolled back to."
+    : adminAccess.reason;
+  $("rollback-access").dataset.allowed = String(adminAccess.allowed);
+  for (const button of document.querySelectorAll("#versions-rows button[data-version]")) {
+    button.disabled = !adminAccess.allowed;
+  }
+}
+
+/** A training section in one line: how, on how much, how far the loss fell, when. */
+function trainingSummary(version) {
+  if (version.error) return `files unreadable: ${version.error}`;
+  const training = version.training;
+  if (!training) return version.trained ? "trained elsewhere (no training section)" : "none (untrained adapter)";
+  const steps = training.recipe && training.recipe.steps !== undefined ? `, ${training.recipe.steps} steps` : "";
+  return `${training.mode}, ${training.pairs} pairs${steps}, loss ${number(training.first_loss)} → `
+    + `${number(training.final_loss)}, ${training.documents} documents, ${when(training.trained_at)}`;
+}
+
+function figures(side) {
+  return `v${side.version}: nDCG@10 ${number(side.ndcg_at_10, 4)}, R@100 ${number(side.recall_at_100, 4)}`;
+}
+
+/** The gate's figures as a small definition list, or a word when this version passed no gate. */
+function gateCell(gate) {
+  const cell = el("td", null, "gate");
+  if (!gate) {
+    cell.textContent = "no gate";
+    return cell;
+  }
+  const facts = el("dl", null, "facts");
+  setFacts(facts, [
+    ["Set", `${gate.set} (${gate.queries} queries, ${gate.mode})`],
+    ["Candidate", figures(gate.candidate)],
+    ["Serving", gate.serving ? figures(gate.serving) : "none (nothing was serving)"],
+    ["Margin", number(gate.margin, 4)],
+    ["Outcome", gate.passed ? "passed" : "refused"],
+    ["Measured", when(gate.measured_at)],
+  ]);
+  cell.append(facts);
+  return cell;
+}
+
+function versionRow(name, version) {
+  const row = el("tr", null, version.serving ? "serving" : "");
+  row.dataset.version = version.version;
+  row.dataset.path = version.path;
+  const adapter = version.trained === null || version.trained === undefined ? "n/a" : version.trained ? "trained" : "untrained";
+  const cells = [
+    [version.version, "number"], [version.serving ? "serving" : "kept"], [when(version.published_at), "when"],
+    [version.documents ?? "n/a", "number"], [adapter], [trainingSummary(version), "training"],
+  ];
+  for (const [text, className] of cells) row.append(el("td", text, className));
+  row.append(gateCell(version.gate));
+  const action = el("td");
+  if (version.serving) {
+    action.textContent = "serving now";
+  } else {
+    const button = el("button", "Roll back");
+    button.type = "button";
+    button.dataset.version = version.version;
+    button.disabled = !adminAccess.allowed;
+    button.setAttribute("aria-label", `Roll back expert ${name} to version ${version.version}`);
+    button.setAttribute("aria-describedby", "rollback-access");
+    button.addEventListener("click", () => rollbackTo(name, version.version, button));
+    action.append(button);
+  }
+  row.append(action);
+  return row;
+}
+
+async function loadVersions() {
+  const name = shownVersions;
+  if (name === null) return;
+  const request = ++versionsRequest;
+  try {
+    const expert = await api("GET", `experts/${encodeURIComponent(name)}`);
+    if (request !== versionsRequest) return;
+    $("versions-rows").replaceChildren(...expert.versions.map((version) => versionRow(name, version)));
+  } catch (error) {
+    if (request !== versionsRequest) return;
+    $("versions-rows").replaceChildren();
+    showError($("versions-error"), error);
+  }
+}
+
+function markExpanded() {
+  for (const button of document.querySelectorAll("#experts-rows button[aria-controls=versions]")) {
+    button.setAttribute("aria-expanded", String(button.closest("tr").dataset.expert === shownVersions));
+  }
+}
+
+async function openVersions(name) {
+  shownVersions = name;
+  $("versions-name").textContent = name;
+  $("versions-status").textContent = "";
+  clearError($("versions-error"));
+  $("versions-rows").replaceChildren();
+  $("versions").hidden = false;
+  markExpanded();
+  renderAccess();
+  $("versions-title").focus(); // a screen reader hears which expert's versions opened
+  await loadVersions();
+}
+
+function closeVersions() {
+  const name = shownVersions;
+  const hadFocus = $("versions").contains(document.activeElement);
+  shownVersions = null;
+  versionsRequest += 1;
+  $("versions").hidden = true;
+  markExpanded();
+  // Focus goes back to the button that opened the panel, when that expert is still listed.
+  const opener = [...document.querySelectorAll("#experts-rows button[aria-controls=versions]")]
+    .find((button) => button.closest("tr").dataset.expert === name);
+  if (opener && hadFocus) opener.focus();
+}
+
+async function rollbackTo(name, version, button) {
+  clearError($("versions-error"));
+  $("versions-status").textContent = "";
+  const question = `Roll expert "${name}" back to version ${version}? It is checked before it serves; `
+    + "the version serving now is kept, so another rollback can undo this.";
+  if (!window.confirm(question)) return;
+  button.disabled = true;
+  try {
+    const expert = await api("POST", `admin/experts/${encodeURIComponent(name)}/rollback`, { version });
+    $("versions-status").textContent = `Rolled back ${expert.name}: now serving version ${expert.version} (${expert.path}).`;
+  } catch (error) {
+    showError($("versions-error"), error);
+  }
+  await Promise.all([loadVersions(), loadExperts(), loadHealth()]);
 }
 
 // ---------------------------------------------------------------- health
@@ -407,12 +584,15 @@ function setKey(event) {
   input.value = ""; // the key now lives only in `apiKey`, not in the page
   $("key-state").textContent = apiKey ? "A key is set for this page." : "No key set.";
   loadExperts();
+  loadVersions();
+  checkAdminAccess();
 }
 
 function forgetKey() {
   apiKey = null;
   $("key").value = "";
   $("key-state").textContent = "No key set.";
+  checkAdminAccess();
 }
 
 // ---------------------------------------------------------------- start
@@ -425,6 +605,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget-key").addEventListener("click", forgetKey);
   $("experts-refresh").addEventListener("click", loadExperts);
   $("health-refresh").addEventListener("click", loadHealth);
+  $("versions-refresh").addEventListener("click", () => {
+    clearError($("versions-error"));
+    loadVersions();
+  });
+  $("versions-close").addEventListener("click", closeVersions);
+  renderAccess();
   loadExperts();
   loadHealth();
 });

@@ -164,9 +164,12 @@ async def rollback_expert(name: ExpertName, runtime: Serving, body: RollbackRequ
     first (a failure leaves the serving one untouched), then swapped in
     atomically; searches in flight finish on the version they started on.
     The version it replaces is kept in turn (a second rollback undoes the
-    first). 404 naming the kept versions when `version` is not kept; 409 when
-    none is kept, or when documents were written to the serving version since
-    it began serving (the kept version does not hold them).
+    first). Documents upserted or deleted through the live API since the
+    serving version began serving are carried to the kept version before the
+    swap (upserted as they are now, embedded by its rules, or deleted), so no
+    acknowledged write is lost. 404 naming the kept versions when `version` is
+    not kept; 409 when none is kept, when those writes cannot be carried, or
+    when the serving version's live log predates the record of them.
     """
     version = body.version if body is not None else None
     entry, _ = await asyncio.to_thread(runtime.publisher.rollback, name, version=version)

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -23,7 +24,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.app.service.conftest import ADMIN_KEY, TOPICS, ServerProcess
+from experts import ExpertDir
+from tests.app.service.conftest import ADMIN, ADMIN_KEY, SEARCH_KEY, TOPICS, ServerProcess
 
 if TYPE_CHECKING:  # selenium is imported only once the browser is known to be there
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -92,6 +94,15 @@ class Console:
     def submit(self, form_id: str) -> None:
         """Click the form's submit button, as a person would."""
         self.by_id(form_id).find_element("css selector", "button[type=submit]").click()
+
+    def use_key(self, key: str) -> None:
+        """Forget the page's key, then type ``key`` in and use it, as a person would."""
+        self.by_id("forget-key").click()
+        assert self.by_id("key-state").text == "No key set."
+        self.type_into("key", key)
+        self.submit("key-form")
+        self.wait(lambda: self.by_id("key-state").text == "A key is set for this page.", "the key to be set")
+        assert self.by_id("key").get_attribute("value") == ""  # only the script's variable holds it
 
     def facts(self, element_id: str) -> dict[str, str]:
         terms = [dt.text for dt in self.rows(f"#{element_id} dt")]
@@ -276,19 +287,11 @@ def test_add_and_remove_an_expert_with_the_admin_key(console: Console) -> None:
         console.submit("add-form")
         console.wait(lambda: console.by_id("admin-error").text.startswith(error), f"the refusal {error!r}")
 
-    def use_key(key: str) -> None:
-        console.by_id("forget-key").click()
-        assert console.by_id("key-state").text == "No key set."
-        console.type_into("key", key)
-        console.submit("key-form")
-        console.wait(lambda: console.by_id("key-state").text == "A key is set for this page.", "the key to be set")
-        assert console.by_id("key").get_attribute("value") == ""  # only the script's variable holds it
-
     refused("401 unauthenticated: the admin API needs an 'Authorization: Bearer <key>' header")
-    use_key("not-the-admin-key")
+    console.use_key("not-the-admin-key")
     refused("401 unauthenticated: the key given is not valid")
 
-    use_key(ADMIN_KEY)
+    console.use_key(ADMIN_KEY)
     console.type_into("add-path", "staging/alien")  # built on another base model: refused, in words
     console.submit("add-form")
     console.wait(lambda: console.by_id("admin-error").text.startswith("422 invalid_expert: "), "the alien's refusal")
@@ -312,7 +315,7 @@ def test_add_and_remove_an_expert_with_the_admin_key(console: Console) -> None:
     ]
     assert "gamma" in [option.text for option in console.rows("#expert option")]
 
-    console.rows("#experts-rows tr[data-expert=gamma] button")[0].click()
+    console.rows("#experts-rows tr[data-expert=gamma] button[aria-label='Remove expert gamma']")[0].click()
     WebDriverWait(console.driver, 10).until(expected_conditions.alert_is_present())
     console.driver.switch_to.alert.accept()
     console.wait(lambda: console.by_id("admin-status").text == "Removed gamma.", "gamma removed")
@@ -368,6 +371,187 @@ def test_an_expert_still_building_shows_what_it_is_doing(console: Console) -> No
         ["cisi", "building", "n/a", "n/a", "n/a", "n/a", "no", "indexing (first 400 documents)", ""],
         0,  # nothing to remove: it is published when complete
     ]
+
+
+def utc(iso: str) -> str:
+    """An API timestamp as the page shows it."""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def test_a_version_row_shows_its_training_and_a_damaged_one_says_why(console: Console) -> None:
+    """Rows of ``GET /experts/{name}``'s ``versions`` rendered as is: a trained one, and one whose files are unreadable."""
+    console.open()
+    shown = console.driver.execute_script(
+        """
+        const trained = versionRow("cacm", {version: 4, path: "v4/cacm", serving: false, documents: 3204,
+            trained: true, published_at: "2026-12-01T09:30:00+00:00", gate: null,
+            training: {mode: "in_batch", pairs: 9000, recipe: {steps: 300}, first_loss: 2.5, final_loss: 0.75,
+                       documents: 3204, trained_at: "2026-11-30T22:00:05+00:00"}});
+        const damaged = versionRow("cacm", {version: 2, path: "cacm-old", serving: false,
+            published_at: "2026-11-01T08:00:00+00:00", error: "manifest.json is missing"});
+        return [trained, damaged].map((row) => Array.from(row.children, (cell) => cell.textContent));
+        """
+    )
+    assert shown == [
+        [
+            "4",
+            "kept",
+            "2026-12-01 09:30:00 UTC",
+            "3204",
+            "trained",
+            "in_batch, 9000 pairs, 300 steps, loss 2.500 → 0.750, 3204 documents, 2026-11-30 22:00:05 UTC",
+            "no gate",
+            "Roll back",
+        ],
+        [
+            "2",
+            "kept",
+            "2026-11-01 08:00:00 UTC",
+            "n/a",
+            "n/a",
+            "files unreadable: manifest.json is missing",
+            "no gate",
+            "Roll back",
+        ],
+    ]
+
+
+def test_versions_the_gate_figures_and_a_rollback_with_the_admin_key(
+    console: Console, template_root: Path, tiny_bert_path: Path, tmp_path: Path
+) -> None:
+    """beta replaced through a passing gate keeps its first version: the page lists both, and a rollback
+    needs the admin key, asks first, swaps, and says so; a refused one shows the API's message.
+
+    A server of its own, with a search key: a key without the admin scope then lists the experts and
+    their versions but its Roll back buttons stay disabled, saying why.
+    """
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root = tmp_path / "experts"
+    shutil.copytree(template_root, root, symlinks=True)
+    shutil.copytree(root / "beta", root / "v2" / "beta")
+    candidate = ExpertDir(root / "v2" / "beta")
+    for _ in range(5):  # a higher manifest version, the same files: the gate passes
+        candidate.publish(pilots=candidate.read_manifest().pilots)
+    v1, v2 = ExpertDir(root / "beta").read_manifest().version, candidate.read_manifest().version
+    server = ServerProcess(root, tmp_path / "server.log", base_model=tiny_bert_path, env={"RR_SEARCH_KEY": SEARCH_KEY})
+    try:
+        server.wait_ready()
+        http = httpx.Client(base_url=server.url, timeout=120, headers=ADMIN)
+        replaced = http.post("/admin/experts", json={"path": "v2/beta", "replace": True, "gate": "pseudo"})
+        assert replaced.status_code == 201, replaced.text
+        page = Console(console.driver, server)
+        page.driver.get(f"{server.url}/console/")
+        page.wait(lambda: page.by_id("experts-error").text.startswith("401 unauthenticated"), "the listing's 401")
+
+        def shown() -> list[tuple[str, str]]:
+            return [
+                (row.get_attribute("data-version"), row.find_element("css selector", "td:nth-child(2)").text)
+                for row in page.rows("#versions-rows tr")
+            ]
+
+        def rollback_button(version: int) -> WebElement:
+            return page.rows(f"#versions-rows button[data-version='{version}']")[0]
+
+        page.use_key(SEARCH_KEY)  # lists, but may not roll back
+        page.wait(lambda: page.listed() == ["alpha", "beta"], "the experts table")
+        opener = page.rows("#experts-rows tr[data-expert=beta] button[aria-controls=versions]")[0]
+        assert opener.get_attribute("aria-expanded") == "false"
+        opener.click()
+        page.wait(lambda: shown() == [(str(v2), "serving"), (str(v1), "kept")], "both versions listed")
+        assert page.by_id("versions-title").text == "Versions of beta"
+        assert page.driver.switch_to.active_element == page.by_id("versions-title")
+        assert (
+            page.rows("#experts-rows tr[data-expert=beta] button[aria-controls=versions]")[0].get_attribute(
+                "aria-expanded"
+            )
+            == "true"
+        )
+        page.wait(lambda: "403 forbidden" in page.by_id("rollback-access").text, "the reason it may not")
+        assert page.by_id("rollback-access").text.startswith(
+            "Rolling back needs a key with the admin scope: 403 forbidden: key 'search' lacks scope 'admin'"
+        )
+        assert not rollback_button(v1).is_enabled()
+        assert rollback_button(v1).get_attribute("aria-describedby") == "rollback-access"
+        assert page.rows("#versions-rows tr[data-version] button")[0].get_attribute("data-version") == str(v1)
+
+        detail = http.get("/experts/beta").json()
+        serving, kept = ([cell.text for cell in page.rows(f"#versions-rows tr:nth-child({n}) > td")] for n in (1, 2))
+        gate = detail["versions"][0]["gate"]
+        assert gate["passed"] and gate["set"] == "pseudo"
+        assert serving[:5] == [str(v2), "serving", utc(detail["versions"][0]["published_at"]), "24", "trained"]
+        assert serving[-1] == "serving now"
+        assert kept[:5] == [str(v1), "kept", utc(detail["versions"][1]["published_at"]), "24", "trained"]
+        assert kept[5] == "trained elsewhere (no training section)" and kept[6] == "no gate"
+        figures = page.facts("versions-rows tr:nth-child(1) td.gate dl")
+        assert figures == {
+            "Set": f"pseudo ({gate['queries']} queries, {gate['mode']})",
+            "Candidate": f"v{v2}: nDCG@10 {gate['candidate']['ndcg_at_10']:.4f}, "
+            f"R@100 {gate['candidate']['recall_at_100']:.4f}",
+            "Serving": f"v{v1}: nDCG@10 {gate['serving']['ndcg_at_10']:.4f}, "
+            f"R@100 {gate['serving']['recall_at_100']:.4f}",
+            "Margin": f"{gate['margin']:.4f}",
+            "Outcome": "passed",
+            "Measured": utc(gate["measured_at"]),
+        }
+
+        page.use_key(ADMIN_KEY)
+        page.wait(lambda: rollback_button(v1).is_enabled(), "the Roll back button to be enabled")
+        assert page.by_id("rollback-access").text.startswith("This key has the admin scope")
+        rollback_button(v1).click()
+        WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
+        assert f'Roll expert "beta" back to version {v1}?' in page.driver.switch_to.alert.text
+        page.driver.switch_to.alert.dismiss()  # a change of mind sends nothing
+        assert shown() == [(str(v2), "serving"), (str(v1), "kept")] and page.by_id("versions-status").text == ""
+        rollback_button(v1).click()
+        WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
+        page.driver.switch_to.alert.accept()
+        page.wait(
+            lambda: page.by_id("versions-status").text == f"Rolled back beta: now serving version {v1} (beta).",
+            "the rollback's result",
+        )
+        page.wait(lambda: shown() == [(str(v1), "serving"), (str(v2), "kept")], "the list refreshed")
+        detail = http.get("/experts/beta").json()
+        assert [(v["version"], v["serving"]) for v in detail["versions"]] == [(v1, True), (v2, False)]
+        assert detail["version"] == v1 and detail["path"] == "beta"
+        page.wait(lambda: page.rows("#experts-rows tr[data-expert=beta] td")[5].text == str(v1), "the table's version")
+        assert page.rows("#versions-rows tr:nth-child(2) td.gate dd")[-2].text == "passed"  # v2 keeps its figures
+        page.driver.execute_script("document.getElementById('versions').scrollIntoView()")
+        assert page.driver.save_screenshot(str(tmp_path / "console-versions.png"))
+
+        # A document written since the swap is carried to v2 by the next rollback.
+        written = http.put("/admin/experts/beta/documents", json={"documents": [{"id": "new-1", "text": "x"}]})
+        assert written.status_code == 200, written.text
+        rollback_button(v2).click()
+        WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
+        page.driver.switch_to.alert.accept()
+        page.wait(lambda: shown() == [(str(v2), "serving"), (str(v1), "kept")], "the second rollback")
+        assert page.by_id("versions-status").text == f"Rolled back beta: now serving version {v2} (v2/beta)."
+        assert http.get("/experts/beta/documents/new-1").status_code == 200
+
+        # A kept version that cannot load: the API's refusal, in words; nothing changes.
+        shutil.rmtree(root / "beta" / "adapter")
+        rollback_button(v1).click()
+        WebDriverWait(page.driver, 10).until(expected_conditions.alert_is_present())
+        page.driver.switch_to.alert.accept()
+        page.wait(lambda: page.by_id("versions-error").text.startswith("422 invalid_expert: "), "the refusal")
+        assert f"was not rolled back to version {v1}" in page.by_id("versions-error").text
+        assert page.by_id("versions-status").text == ""
+        page.wait(lambda: rollback_button(v1).is_enabled(), "the list refreshed")
+        assert shown() == [(str(v2), "serving"), (str(v1), "kept")]
+        assert http.get("/experts/beta").json()["version"] == v2
+
+        page.by_id("forget-key").click()  # no key: disabled again, saying why
+        page.wait(lambda: not rollback_button(v1).is_enabled(), "the button disabled")
+        assert page.by_id("rollback-access").text.endswith("no key is set.")
+        page.by_id("versions-close").click()
+        assert not page.by_id("versions").is_displayed()
+        page.check_requests()
+        http.close()
+    finally:
+        assert server.stopped_cleanly(), server.log()
+    assert ADMIN_KEY not in server.log()
 
 
 def test_the_page_reflows_at_400_percent_zoom(console: Console, home_document, tmp_path: Path) -> None:

@@ -161,16 +161,74 @@ def test_a_version_replaced_in_place_is_found_under_dot_versions(make_client, ro
     assert hits(client) == before
 
 
-def test_rollback_is_refused_while_writes_since_the_swap_would_be_lost(make_client, root: Path) -> None:
+def test_writes_since_the_swap_are_carried_to_the_version_rolled_back_to(make_client, root: Path) -> None:
+    """Upserts, a replace of a document and deletes acknowledged between a swap and a rollback, a merge between
+    them too: after the rollback every one is there (or gone) in the kept version, dense and lexical."""
+    client = make_client(root)
+    v1 = manifest_version(root, "beta")
+    replace(client, "v2/beta")
+    docs = [
+        {"id": "new-1", "title": "zyxqwv", "text": "written after the swap", "metadata": {"year": 2026}},
+        {"id": "beta-3", "text": "beta-3 rewritten after the swap"},
+        {"id": "new-2", "text": "written, then deleted"},
+    ]
+    response = client.put("/admin/experts/beta/documents", json={"documents": docs}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert client.post("/admin/experts/beta/merge", headers=ADMIN).status_code == 200  # folded into v2's index
+    response = client.request(
+        "DELETE", "/admin/experts/beta/documents", json={"ids": ["beta-4", "new-2"]}, headers=ADMIN
+    )
+    assert response.status_code == 200 and response.json()["deleted"] == ["beta-4", "new-2"], response.text
+
+    response = client.post("/admin/experts/beta/rollback", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == v1 and response.json()["documents"] == 24  # 24 + new-1 - beta-4
+
+    def document(doc_id: str) -> dict | None:
+        got = client.get(f"/experts/beta/documents/{doc_id}")
+        assert got.status_code in (200, 404), got.text
+        return got.json() if got.status_code == 200 else None
+
+    assert document("new-1") is not None and document("new-1")["metadata"] == {"year": 2026}
+    assert document("beta-3")["text"] == "beta-3 rewritten after the swap"
+    assert document("beta-4") is None and document("new-2") is None
+    lexical = client.post("/search", json={"query": "zyxqwv", "expert": "beta", "mode": "lexical", "k": 1}).json()
+    assert lexical["results"][0]["hits"][0]["id"] == "new-1"
+    # In v1's dense index too (embedded there, through v1's live-write path): its own text finds it first.
+    dense = client.post("/search", json={"query": "zyxqwv\nwritten after the swap", "expert": "beta", "k": 1})
+    assert dense.json()["results"][0]["hits"][0]["id"] == "new-1"
+
+    # Back again: v2's log holds them already and nothing was written since, so nothing more is carried.
+    assert client.post("/admin/experts/beta/rollback", headers=ADMIN).status_code == 200
+    assert document("new-1") is not None and document("beta-4") is None
+    assert client.get("/experts/beta").json()["documents"] == 24
+
+
+def test_writes_that_cannot_be_carried_refuse_the_rollback_and_the_serving_version_stays(
+    make_client, root: Path
+) -> None:
+    """Another process holds the kept version's live log: it opens read-only there, so the write is not carried."""
     client = make_client(root)
     replace(client, "v2/beta")
     response = client.put(
         "/admin/experts/beta/documents", json={"documents": [{"id": "new", "text": "written after"}]}, headers=ADMIN
     )
     assert response.status_code == 200, response.text
-    response = client.post("/admin/experts/beta/rollback", headers=ADMIN)
-    assert response.status_code == 409 and "acknowledged since version" in error_of(response)["message"]
-    assert versions(client)[0]["path"] == "v2/beta"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root / "beta" / LIVE_DIR)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        response = client.post("/admin/experts/beta/rollback", headers=ADMIN)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert response.status_code == 409, response.text
+    assert "could not be carried to it" in error_of(response)["message"]
+    assert error_of(response)["details"] == {"reason": "DocumentsReadOnlyError"}
+    assert versions(client)[0]["path"] == "v2/beta" and client.get("/experts/beta/documents/new").status_code == 200
+    assert client.post("/admin/experts/beta/rollback", headers=ADMIN).status_code == 200  # the lock is free again
+    assert client.get("/experts/beta/documents/new").status_code == 200
 
 
 def test_searches_never_fail_during_replaces_and_rollbacks(make_client, root: Path) -> None:
