@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds before each run")
     parser.add_argument("--many", type=int, default=20, help="experts of the second routed server (0: skip it)")
+    parser.add_argument(
+        "--top-layers", type=int, default=2, help="also 5 experts with adapters on the top N layers (0: skip them)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
@@ -129,6 +132,11 @@ def main() -> None:
         five = scratch / "five"
         build_stand_ins(five, args.datasets, args.docs)
         roots = {"5 experts": five}
+        if args.top_layers:
+            print(f"building 5 stand-in experts with top-{args.top_layers}-layer adapters ...", flush=True)
+            top = scratch / "top"
+            build_stand_ins(top, args.datasets, args.docs, top_layers=args.top_layers)
+            roots[f"5 experts, top-{args.top_layers} adapters"] = top
         if args.many:
             from bench.synthetic_experts import synthetic_root
             from experts import Encoder

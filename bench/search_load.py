@@ -111,14 +111,18 @@ def copy_root(source: Path, target: Path, *, attempts: int = 3) -> list[str]:
     return names
 
 
-def build_stand_ins(target: Path, datasets: Path, docs: int) -> list[str]:
-    """Five experts on the first ``docs`` documents of each collection (see the module docstring)."""
+def build_stand_ins(target: Path, datasets: Path, docs: int, *, top_layers: int | None = None) -> list[str]:
+    """Five experts on the first ``docs`` documents of each collection (see the module docstring).
+
+    ``top_layers``: their adapters on the encoder's top N layers only (None: on every layer).
+    """
     from app.offline.building import build_pilots, pilot_texts_from_documents
     from bench.synthetic_experts import corpus_slice, random_adapters, synthetic_expert
     from experts import Encoder
 
     encoder = Encoder()
-    adapters = random_adapters(encoder, target.parent / "adapters", len(COLLECTIONS))
+    folder = "adapters" if top_layers is None else f"adapters-top{top_layers}"
+    adapters = random_adapters(encoder, target.parent / folder, len(COLLECTIONS), top_layers=top_layers)
     for i, name in enumerate(COLLECTIONS):
         corpus = corpus_slice(datasets, name, target.parent / "corpora", docs)
         expert = synthetic_expert(

@@ -34,16 +34,28 @@ from index import build_index
 B_STD = 0.01
 
 
-def random_adapters(encoder: Encoder, out: Path, count: int, *, rank: int = 8, seed: int = 0) -> list[Path]:
-    """``count`` PEFT adapter directories ``out/adapter-<i>`` with distinct random weights."""
+def random_adapters(
+    encoder: Encoder, out: Path, count: int, *, rank: int = 8, seed: int = 0, top_layers: int | None = None
+) -> list[Path]:
+    """``count`` PEFT adapter directories ``out/adapter-<i>`` with distinct random weights.
+
+    ``top_layers``: LoRA on the encoder's top N layers only (``TrainConfig.top_layers``), None: on all.
+    """
+    import json
+
     import torch
     from safetensors.torch import load_file, save_file
+
+    from experts.layer_resume import first_layer
 
     template = out / "template"
     if not template.exists():
         new_lora_adapter(encoder.config, template, rank=rank, base_id=encoder.model_id, seed=seed)
     weights_name = adapter_weights_file(template).name
     tensors = load_file(str(template / weights_name))
+    layers = int(encoder.config.num_hidden_layers)
+    cut = 0 if top_layers is None else layers - top_layers
+    tensors = {key: value for key, value in tensors.items() if first_layer([key]) >= cut}
     paths = []
     for i in range(count):
         target = out / f"adapter-{i:03d}"
@@ -57,6 +69,11 @@ def random_adapters(encoder: Encoder, out: Path, count: int, *, rank: int = 8, s
             for extra in template.iterdir():
                 if extra.name != weights_name:
                     shutil.copy2(extra, target / extra.name)
+            if top_layers is not None:
+                config_file = target / "adapter_config.json"
+                config = json.loads(config_file.read_text())
+                config["layers_to_transform"] = list(range(cut, layers))
+                config_file.write_text(json.dumps(config, indent=2))
             save_file(randomised, str(target / weights_name), metadata={"format": "pt"})
         paths.append(target)
     return paths
