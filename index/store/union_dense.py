@@ -1,0 +1,142 @@
+"""One flat inner-product index over several collections' stored vectors, searched once for all of them.
+
+The router's document votes ask every collection for its best documents for a
+query's base vector (see :mod:`router.evidence`). Searching each collection's
+own index costs one FAISS call per collection and query batch, so routing
+grows with every expert. :class:`UnionDense` holds a copy of every member's
+vectors in one ``IndexFlatIP``, with each vector's document (member, row), so
+one search answers for all of them.
+
+Exactness. Members are ``Flat`` collections (their own search is exact), so
+one exact search over the concatenation finds the same documents with the
+same scores: FAISS computes each inner product the same way in both indexes.
+A chunked member contributes every chunk, and a document scores by its best
+chunk, as :class:`~index.store.chunked_dense.ChunkedDense` scores it.
+:meth:`UnionDense.search` returns *every* document that can be among the
+``depth`` best of those not excluded, ties at the boundary included, so that a
+merge with other lists (the members' live deltas) by score and owner gives the
+same top ``depth`` as the per-collection searches did.
+
+Memory: the copy duplicates each member's vectors (4 x dim bytes per vector:
+1.5 KiB at dim 384) and is rebuilt whole when a member changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+from index.errors import DimensionMismatchError, InvalidParameterError
+from index.store.union_members import UnionMembers
+
+__all__ = ["UnionDense"]
+
+
+class UnionDense:
+    """Members' vectors in one ``IndexFlatIP``; documents numbered 0..D-1, member by member.
+
+    >>> union = UnionDense.build([(rows_a, vectors_a), (rows_b, vectors_b)], dim=384)  # doctest: +SKIP
+    >>> scores, documents = union.search(queries, 20)     # (nq, m) float32, (nq, m) int64 document numbers
+    >>> union.members.member_of[documents[0, 0]], union.members.row_of[documents[0, 0]]
+    """
+
+    def __init__(
+        self, index: faiss.IndexFlatIP, vector_document: np.ndarray, member_rows: Sequence[np.ndarray]
+    ) -> None:
+        """Private: use :meth:`build`."""
+        self._index = index
+        self._vector_document = vector_document  # (P,) int64: the document of each vector
+        #: Which member and row each document number is.
+        self.members = UnionMembers(member_rows)
+
+    @classmethod
+    def build(cls, members: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int) -> UnionDense:
+        """From each member's (rows (P_m,) int64, vectors (P_m, dim) float32): a row repeats for each of its chunks."""
+        index = faiss.IndexFlatIP(dim)
+        documents, member_rows, offset = [], [], 0
+        for rows, vectors in members:
+            rows = np.asarray(rows, dtype=np.int64)
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(rows):
+                raise DimensionMismatchError(
+                    f"a member of the union has {len(rows)} rows and vectors of shape {vectors.shape}; "
+                    f"expected shape ({len(rows)}, {dim})"
+                )
+            unique = np.unique(rows)
+            documents.append(offset + np.searchsorted(unique, rows))
+            member_rows.append(unique)
+            offset += len(unique)
+            if len(vectors):
+                index.add(vectors)
+        vector_document = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
+        return cls(index, vector_document.astype(np.int64), member_rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def documents(self) -> int:
+        return len(self.members)
+
+    @property
+    def vectors(self) -> int:
+        return int(self._index.ntotal)
+
+    def search(
+        self, queries: np.ndarray, depth: int, *, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every document that can be among the ``depth`` best: (nq, dim) -> (nq, m) scores, (nq, m) documents.
+
+        ``excluded``: (D,) bool, documents that must not count (deleted rows,
+        members not asked). Each document at most once, with its best
+        vector's score; rows best first, padded with -inf / -1. All documents
+        scoring at least the ``depth``-th best are in (ties included).
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
+            raise InvalidParameterError(f"depth must be a positive integer, got {depth!r}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise DimensionMismatchError(f"queries must have shape (n, {self.dim}), got shape {queries.shape}")
+        nq, total = len(queries), self.vectors
+        found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.float32), np.zeros(0, np.int64))] * nq
+        if total:
+            skipped = 0 if excluded is None else int(excluded[self._vector_document].sum())
+            k = min(total, 2 * depth + skipped)
+            todo = np.arange(nq)
+            while len(todo):
+                scores, ids = self._index.search(queries[todo], k)
+                again = []
+                for j, q in enumerate(todo.tolist()):
+                    kept = self._documents(scores[j], ids[j], excluded)
+                    found[q] = kept
+                    # Complete when every vector was seen, or the last one seen scores below the depth-th document
+                    # (so no unseen vector can reach or tie it).
+                    if k < total and (len(kept[0]) < depth or scores[j, -1] >= kept[0][depth - 1]):
+                        again.append(j)
+                todo = todo[again]
+                k = min(total, 2 * k)
+        width = max((len(s) for s, _ in found), default=0)
+        out_scores = np.full((nq, width), -np.inf, dtype=np.float32)
+        out_documents = np.full((nq, width), -1, dtype=np.int64)
+        for q, (scores_q, documents_q) in enumerate(found):
+            out_scores[q, : len(scores_q)] = scores_q
+            out_documents[q, : len(documents_q)] = documents_q
+        return out_scores, out_documents
+
+    def _documents(
+        self, scores: np.ndarray, ids: np.ndarray, excluded: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's hits (k,) -> its documents, each once (best vector first), without the excluded ones."""
+        hit = ids >= 0
+        documents, scores = self._vector_document[ids[hit]], scores[hit]
+        if excluded is not None:
+            keep = ~excluded[documents]
+            documents, scores = documents[keep], scores[keep]
+        if len(self._vector_document) != len(self.members):  # chunks: keep each document's first (best) hit
+            _, first = np.unique(documents, return_index=True)
+            first.sort()
+            documents, scores = documents[first], scores[first]
+        return scores.astype(np.float32, copy=False), documents
