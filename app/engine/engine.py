@@ -41,11 +41,11 @@ from app.engine.jobs import (
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
-from app.engine.snapshots import Snapshot, SnapshotHolder
+from app.engine.snapshots import Snapshot, SnapshotHolder, routed_collections, shared_idf_of
 from app.engine.votes import RouteEvidence, corpus_votes
 from app.errors import ExpertUnavailableError, PermissionDeniedError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
-from index import FilterExpr, SharedIdf
+from index import CorpusUnion, FilterExpr, SharedIdf
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class SearchEngine:
                 router = router.with_expert(expert.name, expert.pilots)
             replaced = old.experts.get(expert.name)
             releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
-            done = self._holder.publish(Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
+            done = self._holder.publish(self._snapshot({**old.experts, expert.name: expert}, router), releases=releases)
             self.failures.clear(expert.name)
         expert.documents.on_merged = self._merged  # no cycle: the engine holds experts only through snapshots
         return done
@@ -156,7 +156,7 @@ class SearchEngine:
             if current is None:
                 return  # removed or replaced meanwhile
             refreshed = replace(current, manifest=manifest)
-            self._holder.publish(Snapshot({**old.experts, current.name: refreshed}, old.router))
+            self._holder.publish(self._snapshot({**old.experts, current.name: refreshed}, old.router))
 
     def remove(self, name: str) -> threading.Event:
         """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
@@ -170,7 +170,7 @@ class SearchEngine:
         router = old.router.without_expert(name) if name in old.router.experts else old.router
         remaining = {key: value for key, value in old.experts.items() if key != name}
         return self._holder.publish(
-            Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
+            self._snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
         )
 
     def broken(self, expert: LoadedExpert, exc: Exception) -> Exception:
@@ -220,6 +220,25 @@ class SearchEngine:
             empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
             self._holder.publish(Snapshot({}, empty), releases=releases)
 
+    def _snapshot(self, experts: Mapping[str, LoadedExpert], router: Router) -> Snapshot:
+        """The next snapshot, with the union of the routed collections that this engine's corpus votes search.
+
+        Built here, by whoever publishes (an admin change, a merge), so searches never wait for it. A union
+        that cannot be built is logged, and the snapshot searches each collection on its own: the same votes.
+        """
+        dense = self.evidence in ("documents", "documents+bm25")
+        lexical = self.evidence in ("bm25", "documents+bm25") and self.vote_idf == "shared"
+        if not (dense or lexical):
+            return Snapshot(experts, router)
+        collections = routed_collections(experts, router)
+        try:
+            shared = shared_idf_of(collections) if lexical else None
+            union = CorpusUnion.build(collections, dense=dense, lexical=lexical, shared_idf=shared)
+        except Exception:  # votes stay exact without it, only slower
+            logger.exception("the routed collections' union could not be built; corpus votes search each one")
+            return Snapshot(experts, router)
+        return Snapshot(experts, router, union)
+
     @staticmethod
     def _require(snapshot: Snapshot, name: str) -> LoadedExpert:
         try:
@@ -262,7 +281,13 @@ class SearchEngine:
         if self.evidence != "none" and len(texts):
             views = [snapshot.experts[name].view() for name in router.routable(only)]
             votes = corpus_votes(
-                views, base, texts, evidence=self.evidence, depth=self.vote_depth, shared_idf=self.shared_idf(snapshot)
+                views,
+                base,
+                texts,
+                evidence=self.evidence,
+                depth=self.vote_depth,
+                shared_idf=self.shared_idf(snapshot),
+                union=snapshot.union,
             )
         return router.route(base, policy=policy, evidence=votes, only=only)
 
