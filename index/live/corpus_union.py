@@ -103,6 +103,11 @@ class CorpusUnion:
                 lexical_members.update({id(c): (c, (g, m)) for m, c in enumerate(members)})
         return cls(dense_union, dense_members, tuple(unions), lexical_members, shared_idf if unions else None)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the unions' arrays (the copies of the collections' vectors and BM25 scores)."""
+        return (self.dense.nbytes if self.dense is not None else 0) + sum(u.nbytes for u in self.lexical)
+
     def _dense_member(self, view: LiveView) -> int | None:
         entry = self.dense_members.get(id(view.main))
         return entry[1] if entry is not None and entry[0] is view.main else None

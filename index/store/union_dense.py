@@ -85,6 +85,11 @@ class UnionDense:
     def vectors(self) -> int:
         return int(self._index.ntotal)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the vectors' copy and the document numbers."""
+        return self.vectors * self.dim * 4 + self._vector_document.nbytes + self.members.nbytes
+
     def search(
         self, queries: np.ndarray, depth: int, *, excluded: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

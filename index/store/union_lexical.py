@@ -119,6 +119,11 @@ class UnionLexical:
     def documents(self) -> int:
         return len(self.members)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the rescaled scores, their document numbers and column pointers (not the vocabulary)."""
+        return self._data.nbytes + self._indices.nbytes + self._indptr.nbytes + self.members.nbytes
+
     def search(
         self, texts: Sequence[str], depth: int, *, excluded: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,10 @@ class UnionMembers:
         return len(self.row_of)
 
     @property
+    def nbytes(self) -> int:
+        return self.starts.nbytes + self.member_of.nbytes + self.row_of.nbytes + sum(r.nbytes for r in self.rows)
+
+    @property
     def count(self) -> int:
         """Members."""
         return len(self.rows)
