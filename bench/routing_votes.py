@@ -4,6 +4,7 @@ Run by hand (not in CI), about 2 minutes with the defaults (most of it building 
 
     nice -n 5 python bench/routing_votes.py --json routing_votes.json
     python bench/routing_votes.py --counts 5,20 --queries 30                # a quick look
+    python bench/routing_votes.py --faiss-threads 1                         # FAISS without OpenMP threads
 
 Stand-in collections: each the first ``--docs`` documents of a shared
 collection (cycling through the five), real text with BM25, random unit
@@ -18,7 +19,9 @@ test queries; random unit base vectors) with ``documents+bm25`` evidence,
   (one dense and one BM25 search over all of them).
 
 Both run on the same views, query by query, alternating which goes first;
-the votes of every query are checked equal. Printed: p50 / p95 per count and
+the votes of every query are checked equal. ``--faiss-threads``: FAISS's
+OpenMP threads (default: FAISS's own, as the service runs it); on a busy
+machine its threads wait for each other at every search. Printed: p50 / p95 per count and
 method, the ratio to the same method at the smallest count (target: union at
 50 experts <= 1.2 x union at 5), the union's build time and memory. The model
 passes of a search are not included: bench/many_experts.py measures the
@@ -83,8 +86,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60, help="single-query vote computations per count and method")
     parser.add_argument("--depth", type=int, default=20, help="documents that vote (RR_ROUTER_VOTE_DEPTH)")
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in collections here (reused)")
+    parser.add_argument("--faiss-threads", type=int, default=None, help="FAISS OpenMP threads (default: its own)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     args = parser.parse_args()
+    if args.faiss_threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(args.faiss_threads)
     texts = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     base = np.random.default_rng(0).standard_normal((len(texts), DIM)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
@@ -127,7 +135,14 @@ def main() -> None:
     print(table(["target", "ratio", "target", "verdict"], [[name, ratio, "<= 1.2", verdict(ratio, 1.2, at_most=True)]]))
     write_json(
         args.json,
-        {"docs": args.docs, "depth": args.depth, "queries": len(texts), "steps": steps, "load": load.__dict__},
+        {
+            "docs": args.docs,
+            "depth": args.depth,
+            "queries": len(texts),
+            "faiss_threads": args.faiss_threads,
+            "steps": steps,
+            "load": load.__dict__,
+        },
     )
 
 

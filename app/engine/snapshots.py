@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Generic, TypeVar
 
@@ -138,14 +138,14 @@ def shared_idf_of(collections: Sequence[Collection]) -> SharedIdf:
 class Snapshot:
     """The published experts and the router over them: what the engine's holder publishes whole, each publish.
 
-    ``union``: the routed collections' :class:`~index.CorpusUnion`, built by the engine before it
-    publishes the snapshot (off the search path); the default holds nothing, so every collection is
-    searched on its own.
+    ``union``: the routed collections' :class:`~index.CorpusUnion`, built after the publish by the
+    engine's :class:`~app.engine.union_builder.UnionBuilder` and swapped in with the same experts;
+    None until then (every collection is searched on its own: the same votes, slower).
     """
 
     experts: Mapping[str, LoadedExpert]
     router: Router
-    union: CorpusUnion = field(default_factory=CorpusUnion)
+    union: CorpusUnion | None = None
 
     @cached_property
     def shared_idf(self) -> SharedIdf:
@@ -155,6 +155,6 @@ class Snapshot:
         first use per snapshot (a merge or a publish makes a new one). Documents written since an expert's last
         merge are searched but not counted.
         """
-        if self.union.shared_idf is not None:
+        if self.union is not None and self.union.shared_idf is not None:
             return self.union.shared_idf
         return shared_idf_of(routed_collections(self.experts, self.router))
