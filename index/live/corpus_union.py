@@ -32,6 +32,7 @@ import numpy as np
 
 from index.live.view import LiveView
 from index.store.analysis import METHODS_WITH_NONOCCURRENCE
+from index.store.chunked_dense import ChunkedDense
 from index.store.collection import Collection
 from index.store.shared_idf import SharedIdf
 from index.store.union_dense import UnionDense
@@ -50,6 +51,14 @@ def _concat(parts: list[Candidates], n: int) -> Candidates:
     if not parts:
         return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
     return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+
+
+def _vectors(collection: Collection) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) rows and (P, dim) vectors of a collection's dense index: every chunk of a chunked one."""
+    if isinstance(collection.dense, ChunkedDense):
+        rows, vectors, _, _ = collection.dense.chunk_vectors()
+        return rows, vectors
+    return collection.dense.vectors()
 
 
 def _owned(scores: np.ndarray, owner: int) -> Candidates:
@@ -85,12 +94,8 @@ class CorpusUnion:
         ]
         flat = [c for c in flat if c.dense.dim == flat[0].dense.dim]
         if flat:
-            parts = []
-            for collection in flat:
-                chunked = getattr(collection.dense, "chunk_vectors", None)
-                rows, vectors = chunked()[:2] if chunked is not None else collection.dense.vectors()
-                parts.append((rows, vectors))
-            dense_union = UnionDense.build(parts, dim=flat[0].dense.dim)
+            total = sum(c.dense.chunk_count if isinstance(c.dense, ChunkedDense) else c.dense.ntotal for c in flat)
+            dense_union = UnionDense.build((_vectors(c) for c in flat), dim=flat[0].dense.dim, total=total)
             dense_members = {id(c): (c, m) for m, c in enumerate(flat)}
         unions, lexical_members = [], {}
         if lexical and shared_idf is not None:

@@ -23,7 +23,7 @@ Memory: the copy duplicates each member's vectors (4 x dim bytes per vector:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -37,7 +37,7 @@ __all__ = ["UnionDense"]
 class UnionDense:
     """Members' vectors in one ``IndexFlatIP``; documents numbered 0..D-1, member by member.
 
-    >>> union = UnionDense.build([(rows_a, vectors_a), (rows_b, vectors_b)], dim=384)  # doctest: +SKIP
+    >>> union = UnionDense.build([(rows_a, vectors_a), (rows_b, vectors_b)], dim=384, total=n)  # doctest: +SKIP
     >>> scores, documents = union.search(queries, 20)     # (nq, m) float32, (nq, m) int64 document numbers
     >>> union.members.member_of[documents[0, 0]], union.members.row_of[documents[0, 0]]
     """
@@ -52,24 +52,34 @@ class UnionDense:
         self.members = UnionMembers(member_rows)
 
     @classmethod
-    def build(cls, members: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int) -> UnionDense:
-        """From each member's (rows (P_m,) int64, vectors (P_m, dim) float32): a row repeats for each of its chunks."""
-        index = faiss.IndexFlatIP(dim)
-        documents, member_rows, offset = [], [], 0
+    def build(cls, members: Iterable[tuple[np.ndarray, np.ndarray]], *, dim: int, total: int) -> UnionDense:
+        """From each member's (rows (P_m,) int64, vectors (P_m, dim) float32), ``total`` vectors in all.
+
+        A row repeats for each of its chunks. ``members`` may be a generator: each member's vectors are
+        copied into one (total, dim) matrix as they come, and FAISS gets it in one ``add`` (sized once).
+        """
+        matrix = np.empty((total, dim), dtype=np.float32)
+        documents, member_rows, offset, filled = [], [], 0, 0
         for rows, vectors in members:
             rows = np.asarray(rows, dtype=np.int64)
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(rows):
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(rows) or filled + len(rows) > total:
                 raise DimensionMismatchError(
                     f"a member of the union has {len(rows)} rows and vectors of shape {vectors.shape}; "
-                    f"expected shape ({len(rows)}, {dim})"
+                    f"expected shape ({len(rows)}, {dim}), {total} vectors in all"
                 )
             unique = np.unique(rows)
             documents.append(offset + np.searchsorted(unique, rows))
             member_rows.append(unique)
             offset += len(unique)
-            if len(vectors):
-                index.add(vectors)
+            matrix[filled : filled + len(rows)] = vectors
+            filled += len(rows)
+        if filled != total:
+            raise DimensionMismatchError(f"the union's members hold {filled} vectors, not the {total} announced")
+        index = faiss.IndexFlatIP(dim)
+        if total:
+            index.add(matrix)
+        del matrix
         vector_document = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
         return cls(index, vector_document.astype(np.int64), member_rows)
 

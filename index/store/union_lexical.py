@@ -16,7 +16,7 @@ Members must analyse text alike (one :class:`~index.store.analysis.Analyzer`)
 and use a method without a non-occurrence score (BM25L and BM25+ keep their
 own IDF in :meth:`LexicalIndex.search`).
 
-Memory: one float32 score and one int64 document number per stored
+Memory: one float32 score and one int32 document number per stored
 (term, document) pair of every member: a copy of their score matrices.
 """
 
@@ -108,11 +108,15 @@ class UnionLexical:
             data.append(np.asarray(values, dtype=np.float32) * np.repeat(_factors(member, shared, overall_idf), counts))
             documents.append(offset + np.asarray(indices, dtype=np.int64))
             offset += len(member)
-        column_of = np.concatenate(columns)
+        # Document numbers and columns in 4 bytes where they fit: the matrix is a copy of every member's.
+        small = np.int32 if max(offset, len(vocab)) < 2**31 else np.int64
+        column_of = np.concatenate(columns).astype(small, copy=False)
+        del columns
         order = np.argsort(column_of, kind="stable")  # members stay in order within a column
         indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
         np.cumsum(np.bincount(column_of, minlength=len(vocab)), out=indptr[1:])
-        matrix = (np.concatenate(data)[order], np.concatenate(documents)[order], indptr)
+        del column_of
+        matrix = (np.concatenate(data)[order], np.concatenate(documents).astype(small)[order], indptr)
         return cls(analyzer, vocab, matrix, [member.row_ids for member in members])
 
     @property
