@@ -42,7 +42,7 @@ from app.engine.jobs import (
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder, routed_collections, shared_idf_of
-from app.engine.union_builder import UnionBuilder
+from app.engine.union_builder import UnionBuilder, return_free_memory
 from app.engine.votes import RouteEvidence, corpus_votes
 from app.errors import ExpertUnavailableError, PermissionDeniedError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
@@ -244,6 +244,7 @@ class SearchEngine:
             collections = routed_collections(snapshot.experts, snapshot.router)
             shared = shared_idf_of(collections) if lexical else None
             union = CorpusUnion.build(collections, dense=dense, lexical=lexical, shared_idf=shared)
+        return_free_memory()  # the build's temporaries
         with self._write_lock:
             if self._holder.current is snapshot:
                 self._holder.publish(Snapshot(snapshot.experts, snapshot.router, union))

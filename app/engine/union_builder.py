@@ -13,15 +13,36 @@ dropped (the newer one asked for its own).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
-__all__ = ["UnionBuilder"]
+__all__ = ["UnionBuilder", "return_free_memory"]
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def return_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    A union build allocates about twice the union in temporaries; glibc keeps what they freed in each
+    thread's heap, which measured as RSS of twice the union's size after one build (50 stand-in
+    experts: 68 MiB over a 28 MiB union), and one union after a trim.
+    """
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
 class UnionBuilder:
