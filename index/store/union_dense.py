@@ -17,6 +17,9 @@ chunk, as :class:`~index.store.chunked_dense.ChunkedDense` scores it.
 merge with other lists (the members' live deltas) by score and owner gives the
 same top ``depth`` as the per-collection searches did.
 
+The vectors are held in shards of :attr:`UnionDense.SHARD`, searched one
+after the other and merged by score (why: the attribute's comment).
+
 Memory: the copy duplicates each member's vectors (4 x dim bytes per vector:
 1.5 KiB at dim 384) and is rebuilt whole when a member changes.
 """
@@ -42,11 +45,18 @@ class UnionDense:
     >>> union.members.member_of[documents[0, 0]], union.members.row_of[documents[0, 0]]
     """
 
+    #: Vectors per FAISS index. One query over more than about 9,000 vectors is split over FAISS's OpenMP
+    #: threads, which wait for each other on a busy machine: with two threads on our two busy cores, 0.45 ms
+    #: at 8,000 vectors became 11 ms at 10,000 (single-threaded: 0.59 ms). Shards keep each search below
+    #: that, one thread each (the dense votes at 50 experts of 300 documents: see docs/benchmarks.md, 16).
+    SHARD = 8192
+
     def __init__(
-        self, index: faiss.IndexFlatIP, vector_document: np.ndarray, member_rows: Sequence[np.ndarray]
+        self, shards: Sequence[faiss.IndexFlatIP], vector_document: np.ndarray, member_rows: Sequence[np.ndarray]
     ) -> None:
         """Private: use :meth:`build`."""
-        self._index = index
+        self._shards = tuple(shards)  # consecutive blocks of the vectors, each at most SHARD
+        self._shard_starts = np.cumsum([0] + [s.ntotal for s in shards[:-1]]).astype(np.int64)
         self._vector_document = vector_document  # (P,) int64: the document of each vector
         #: Which member and row each document number is.
         self.members = UnionMembers(member_rows)
@@ -76,16 +86,17 @@ class UnionDense:
             filled += len(rows)
         if filled != total:
             raise DimensionMismatchError(f"the union's members hold {filled} vectors, not the {total} announced")
-        index = faiss.IndexFlatIP(dim)
-        if total:
-            index.add(matrix)
+        shards = []
+        for start in range(0, total, cls.SHARD):
+            shards.append(faiss.IndexFlatIP(dim))
+            shards[-1].add(matrix[start : start + cls.SHARD])
         del matrix
         vector_document = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
-        return cls(index, vector_document.astype(np.int64), member_rows)
+        return cls(shards or [faiss.IndexFlatIP(dim)], vector_document.astype(np.int64), member_rows)
 
     @property
     def dim(self) -> int:
-        return int(self._index.d)
+        return int(self._shards[0].d)
 
     @property
     def documents(self) -> int:
@@ -93,7 +104,7 @@ class UnionDense:
 
     @property
     def vectors(self) -> int:
-        return int(self._index.ntotal)
+        return sum(int(shard.ntotal) for shard in self._shards)
 
     @property
     def nbytes(self) -> int:
@@ -116,23 +127,24 @@ class UnionDense:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise DimensionMismatchError(f"queries must have shape (n, {self.dim}), got shape {queries.shape}")
         nq, total = len(queries), self.vectors
+        largest = max(int(shard.ntotal) for shard in self._shards)
         found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.float32), np.zeros(0, np.int64))] * nq
         if total:
             skipped = 0 if excluded is None else int(excluded[self._vector_document].sum())
-            k = min(total, 2 * depth + skipped)
+            k = min(largest, 2 * depth + skipped)
             todo = np.arange(nq)
             while len(todo):
-                scores, ids = self._index.search(queries[todo], k)
+                scores, ids, floor = self._search_shards(queries[todo], k)
                 again = []
                 for j, q in enumerate(todo.tolist()):
                     kept = self._documents(scores[j], ids[j], excluded)
                     found[q] = kept
-                    # Complete when every vector was seen, or the last one seen scores below the depth-th document
-                    # (so no unseen vector can reach or tie it).
-                    if k < total and (len(kept[0]) < depth or scores[j, -1] >= kept[0][depth - 1]):
+                    # Complete when every vector was seen, or no unseen vector (each scores at most ``floor``)
+                    # can reach or tie the depth-th document.
+                    if k < largest and (len(kept[0]) < depth or floor[j] >= kept[0][depth - 1]):
                         again.append(j)
                 todo = todo[again]
-                k = min(total, 2 * k)
+                k = min(largest, 2 * k)
         width = max((len(s) for s, _ in found), default=0)
         out_scores = np.full((nq, width), -np.inf, dtype=np.float32)
         out_documents = np.full((nq, width), -1, dtype=np.int64)
@@ -140,6 +152,24 @@ class UnionDense:
             out_scores[q, : len(scores_q)] = scores_q
             out_documents[q, : len(documents_q)] = documents_q
         return out_scores, out_documents
+
+    def _search_shards(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each shard's top ``k``, merged: (nq, m) scores best first, (nq, m) vector positions (-1 pads), and
+        (nq,) the most an unseen vector can score (the k-th score of each shard that holds more than k)."""
+        parts, floor = [], np.full(len(queries), -np.inf, dtype=np.float32)
+        for shard, start in zip(self._shards, self._shard_starts.tolist(), strict=True):
+            if shard.ntotal == 0:
+                continue
+            scores, ids = shard.search(queries, min(k, int(shard.ntotal)))
+            parts.append((scores, np.where(ids >= 0, ids + start, -1)))
+            if shard.ntotal > k:
+                floor = np.maximum(floor, scores[:, -1])
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        if len(parts) > 1:
+            order = np.argsort(-scores, axis=1, kind="stable")
+            scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        return scores, ids, floor
 
     def _documents(
         self, scores: np.ndarray, ids: np.ndarray, excluded: np.ndarray | None

@@ -21,6 +21,7 @@ from app.engine.votes import corpus_votes, per_expert_votes
 from index import ChunkSettings, Collection, CorpusUnion, Document, LexicalSettings, SharedIdf, build_index
 from index.live.live_collection import LiveCollection
 from index.live.view import LiveView, static_view
+from index.store.union_dense import UnionDense
 from tests.index.conftest import fake_split
 
 DIM = 24
@@ -101,7 +102,11 @@ def assert_same_votes(views: list[LiveView], texts: list[str], union: CorpusUnio
                 assert np.array_equal(got, expected), (evidence, depth, rows)
 
 
-def test_union_votes_equal_per_expert_votes(collections: list[Collection], datasets: Path) -> None:
+@pytest.mark.parametrize("shard", [UnionDense.SHARD, 37])  # one FAISS index, or many merged
+def test_union_votes_equal_per_expert_votes(
+    collections: list[Collection], datasets: Path, shard: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(UnionDense, "SHARD", shard)
     shared = shared_of(collections)
     union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
     assert union.dense is not None and union.dense.members.count == 5  # the HNSW one is searched on its own
@@ -117,8 +122,9 @@ def test_union_votes_equal_per_expert_votes(collections: list[Collection], datas
 
 
 def test_union_votes_follow_live_writes_and_a_stale_union(
-    collections: list[Collection], datasets: Path, tmp_path: Path
+    collections: list[Collection], datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(UnionDense, "SHARD", 100)
     shared = shared_of(collections)
     mains = [Collection.open(c.directory) for c in collections[:3]]  # the live collections own (and close) these
     union = CorpusUnion.build([*mains, collections[3]], dense=True, lexical=True, shared_idf=shared)
