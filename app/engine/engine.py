@@ -41,12 +41,12 @@ from app.engine.jobs import (
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
-from app.engine.snapshots import Snapshot, SnapshotHolder, routed_collections, shared_idf_of
-from app.engine.union_builder import UnionBuilder, return_free_memory
+from app.engine.snapshots import Snapshot, SnapshotHolder
+from app.engine.union_builder import UnionBuilder, build_union
 from app.engine.votes import RouteEvidence, corpus_votes
 from app.errors import ExpertUnavailableError, PermissionDeniedError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
-from index import CorpusUnion, FilterExpr, SharedIdf
+from index import FilterExpr, SharedIdf
 from router import NoExpertsError, RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
@@ -236,15 +236,10 @@ class SearchEngine:
         Built while holding a lease (so no collection of it is unloaded meanwhile) and outside the write lock
         (publishes do not wait for it); swapped in, with the same experts, only if nothing was published since.
         """
-        dense = self.evidence in ("documents", "documents+bm25")
-        lexical = self.evidence in ("bm25", "documents+bm25") and self.vote_idf == "shared"
-        if not (dense or lexical) or self._holder.current.union is not None:
+        if self.evidence == "none" or self._holder.current.union is not None:
             return
         with self._holder.lease() as snapshot:
-            collections = routed_collections(snapshot.experts, snapshot.router)
-            shared = shared_idf_of(collections) if lexical else None
-            union = CorpusUnion.build(collections, dense=dense, lexical=lexical, shared_idf=shared)
-        return_free_memory()  # the build's temporaries
+            union = build_union(snapshot, self.evidence, shared_idf=self.vote_idf == "shared")
         with self._write_lock:
             if self._holder.current is snapshot:
                 self._holder.publish(Snapshot(snapshot.experts, snapshot.router, union))

@@ -21,7 +21,11 @@ import time
 import weakref
 from collections.abc import Callable
 
-__all__ = ["UnionBuilder", "return_free_memory"]
+from app.engine.snapshots import Snapshot, routed_collections, shared_idf_of
+from app.engine.votes import RouteEvidence
+from index import CorpusUnion
+
+__all__ = ["UnionBuilder", "build_union", "return_free_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,22 @@ def return_free_memory() -> None:
     """
     if (trim := _malloc_trim()) is not None:
         trim(0)
+
+
+def build_union(snapshot: Snapshot, evidence: RouteEvidence, *, shared_idf: bool) -> CorpusUnion:
+    """The union of ``snapshot``'s routed collections for the corpus votes ``evidence`` takes.
+
+    Dense when the votes count documents, lexical when they count BM25 hits scored with one shared IDF
+    (``shared_idf``; each collection's own IDF is searched collection by collection). The caller holds a
+    lease on ``snapshot``, so that none of its collections is unloaded meanwhile.
+    """
+    dense = evidence in ("documents", "documents+bm25")
+    lexical = evidence in ("bm25", "documents+bm25") and shared_idf
+    collections = routed_collections(snapshot.experts, snapshot.router)
+    shared = shared_idf_of(collections) if lexical else None
+    union = CorpusUnion.build(collections, dense=dense, lexical=lexical, shared_idf=shared)
+    return_free_memory()  # the build's temporaries
+    return union
 
 
 class UnionBuilder:
