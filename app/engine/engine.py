@@ -227,7 +227,8 @@ class SearchEngine:
     ) -> threading.Event:
         """Publish the next snapshot (the caller holds ``_write_lock``); its corpus union follows in the builder."""
         done = self._holder.publish(Snapshot(experts, router), releases=releases)
-        self._unions.request()
+        if self.evidence != "none":
+            self._unions.request()
         return done
 
     def refresh_union(self) -> None:
