@@ -90,6 +90,7 @@ def measure_child(
         started = time.perf_counter()
         for directory in directories[len(engine.experts) : count]:
             engine.add(load_expert(directory, encoder, verify_checksums=settings.verify_checksums))
+        engine.refresh_union()  # what the engine's builder thread does right after a burst of publishes
         load_seconds = time.perf_counter() - started
         loaded = current_rss_mib()
         times = latencies()
@@ -103,6 +104,7 @@ def measure_child(
     for count in reversed(counts[:-1]):  # down: unload, measure latency again
         for name in sorted(engine.experts)[count:]:
             engine.remove(name).wait(30)
+        engine.refresh_union()
         steps[count]["latencies_ms"] += latencies()
     config = settings.engine_config()
     options = {f.name: str(getattr(config, f.name)) for f in fields(config)}

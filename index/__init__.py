@@ -27,6 +27,7 @@ from index.errors import (
     UnknownFieldError,
 )
 from index.fusion import FUSION_METHODS, Fused, FusionMethod, fuse_dense_lexical, reciprocal_rank_fusion
+from index.live.corpus_union import CorpusUnion
 from index.live.live_collection import LiveCollection
 from index.live.merge import MergePolicy
 from index.live.reports import DeleteReport, LiveStats, MergeReport, UpsertReport
@@ -60,6 +61,7 @@ __all__ = [
     "Collection",
     "CorpusError",
     "CorpusProblem",
+    "CorpusUnion",
     "DENSE_FILE",
     "DOCSTORE_FILE",
     "DeleteReport",

@@ -1,7 +1,7 @@
 """Routing queries to experts by their pilot embeddings and corpus votes (numpy only; no torch, no HTTP)."""
 
 from router.errors import NoExpertsError, PilotError, RouterError
-from router.evidence import document_votes
+from router.evidence import document_votes, ranked_votes
 from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
 from router.routing import (
     AGGREGATES,
@@ -35,4 +35,5 @@ __all__ = [
     "forced_decision",
     "kmeans_pilots",
     "query_pilots",
+    "ranked_votes",
 ]

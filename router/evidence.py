@@ -49,3 +49,41 @@ def document_votes(scores_per_expert: Sequence[np.ndarray], *, depth: int) -> np
         if len(found):
             np.add.at(votes[row], owner[found], 1.0 / len(found))
     return votes
+
+
+def ranked_votes(scores: np.ndarray, owners: np.ndarray, *, experts: int, depth: int) -> np.ndarray:
+    """Each expert's share of the ``depth`` best candidates: (n, m) scores and owners -> (n, E) votes.
+
+    The same votes as :func:`document_votes` given each expert's list, for
+    candidates that come merged (one search over every collection): row ``i``
+    holds scores ``scores[i]`` of documents of experts ``owners[i]`` (0..E-1;
+    -1 or a non-finite score pads). Ties rank the lower expert first, as
+    :func:`document_votes` ranks the earlier list first.
+
+    >>> ranked_votes(np.array([[0.9, 0.7, 0.6, 0.5]]), np.array([[0, 1, 1, 0]]), experts=2, depth=2).tolist()
+    [[0.5, 0.5]]
+    """
+    if depth < 1:
+        raise RouterError(f"depth must be >= 1, got {depth}")
+    if experts < 1:
+        raise RouterError("no experts to take votes from")
+    scores = np.asarray(scores, dtype=np.float64)
+    owners = np.asarray(owners, dtype=np.int64)
+    if scores.shape != owners.shape or scores.ndim != 2:
+        raise RouterError(
+            f"scores and owners must be (n, m) arrays of one shape, got {scores.shape} and {owners.shape}"
+        )
+    votes = np.zeros((len(scores), experts), dtype=np.float32)
+    if scores.shape[1] == 0:
+        return votes
+    valid = np.isfinite(scores) & (owners >= 0)
+    if (owners[valid] >= experts).any():
+        raise RouterError(f"owners must be expert positions 0..{experts - 1}")
+    take = min(depth, scores.shape[1])
+    # Best first, ties to the lower owner; padding last.
+    order = np.lexsort((np.where(valid, owners, experts), np.where(valid, -scores, np.inf)), axis=1)[:, :take]
+    for row, columns in enumerate(order):
+        found = columns[valid[row, columns]]
+        if len(found):
+            np.add.at(votes[row], owners[row, found], 1.0 / len(found))
+    return votes

@@ -1,8 +1,8 @@
 """One micro-batch of search jobs through the engine's stages, over one snapshot of the experts.
 
 Flow: one base-encoder pass over every query that is routed → the corpus
-votes (optional: every expert's dense and BM25 index searched with the base
-vector and the text) → the router, each request with its own policy → one
+votes (optional: the union of every routed collection searched once with the
+base vector and the text, plus each expert's live delta) → the router, each request with its own policy → one
 mixed-adapter pass for the rows that need a query vector → per expert, one
 dense and one BM25 search for all its rows (each job's metadata filter inside
 them), fused per row where hybrid (:mod:`app.engine.retrieval`) → documents → fusion
@@ -234,6 +234,7 @@ class BatchRun:
                 evidence=self.engine.evidence,
                 depth=self.engine.vote_depth,
                 shared_idf=self.engine.shared_idf(self.snapshot),
+                union=self.snapshot.union,
             )
             if votes is not None:
                 votes_of.update(zip(members, votes))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -42,6 +42,7 @@ from app.engine.jobs import (
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
 from app.engine.snapshots import Snapshot, SnapshotHolder
+from app.engine.union_builder import UnionBuilder, build_union
 from app.engine.votes import RouteEvidence, corpus_votes
 from app.errors import ExpertUnavailableError, PermissionDeniedError
 from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
@@ -95,6 +96,8 @@ class SearchEngine:
         #: The experts that are not serving and why: written here (and by the publisher at start-up), read by all.
         self.failures = ExpertFailures()
         self.take_out_broken = take_out_broken
+        #: Builds each new snapshot's corpus union in a thread of its own, after the publish.
+        self._unions = UnionBuilder(self.refresh_union)
 
     @classmethod
     def open(
@@ -108,6 +111,7 @@ class SearchEngine:
             except Exception as exc:  # one bad expert must not stop the others
                 logger.error("expert %s is unavailable: %s", directory.path.name, exc)
                 engine.failures.mark_unavailable(directory.path.name, str(exc))
+        engine.refresh_union()  # now, once for all of them: a one-shot command searches at once
         return engine
 
     # ------------------------------------------------------------------ experts
@@ -139,7 +143,7 @@ class SearchEngine:
                 router = router.with_expert(expert.name, expert.pilots)
             replaced = old.experts.get(expert.name)
             releases = [partial(unload_expert, replaced, self.encoder)] if replaced is not None else []
-            done = self._holder.publish(Snapshot({**old.experts, expert.name: expert}, router), releases=releases)
+            done = self._publish({**old.experts, expert.name: expert}, router, releases)
             self.failures.clear(expert.name)
         expert.documents.on_merged = self._merged  # no cycle: the engine holds experts only through snapshots
         return done
@@ -156,7 +160,7 @@ class SearchEngine:
             if current is None:
                 return  # removed or replaced meanwhile
             refreshed = replace(current, manifest=manifest)
-            self._holder.publish(Snapshot({**old.experts, current.name: refreshed}, old.router))
+            self._publish({**old.experts, current.name: refreshed}, old.router)
 
     def remove(self, name: str) -> threading.Event:
         """Unpublish an expert at once; it is unloaded when the searches holding it finish (event set then)."""
@@ -169,9 +173,7 @@ class SearchEngine:
         expert = self._require(old, name)
         router = old.router.without_expert(name) if name in old.router.experts else old.router
         remaining = {key: value for key, value in old.experts.items() if key != name}
-        return self._holder.publish(
-            Snapshot(remaining, router), releases=[partial(unload_expert, expert, self.encoder)]
-        )
+        return self._publish(remaining, router, [partial(unload_expert, expert, self.encoder)])
 
     def broken(self, expert: LoadedExpert, exc: Exception) -> Exception:
         """An expert's files failed during a search: what the searches that touched it get.
@@ -220,6 +222,29 @@ class SearchEngine:
             empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
             self._holder.publish(Snapshot({}, empty), releases=releases)
 
+    def _publish(
+        self, experts: Mapping[str, LoadedExpert], router: Router, releases: Sequence[Callable[[], None]] = ()
+    ) -> threading.Event:
+        """Publish the next snapshot (the caller holds ``_write_lock``); its corpus union follows in the builder."""
+        done = self._holder.publish(Snapshot(experts, router), releases=releases)
+        if self.evidence != "none":
+            self._unions.request()
+        return done
+
+    def refresh_union(self) -> None:
+        """Give the current snapshot the union of its routed collections when it lacks one (the builder's work).
+
+        Built while holding a lease (so no collection of it is unloaded meanwhile) and outside the write lock
+        (publishes do not wait for it); swapped in, with the same experts, only if nothing was published since.
+        """
+        if self.evidence == "none" or self._holder.current.union is not None:
+            return
+        with self._holder.lease() as snapshot:
+            union = build_union(snapshot, self.evidence, shared_idf=self.vote_idf == "shared")
+        with self._write_lock:
+            if self._holder.current is snapshot:
+                self._holder.publish(Snapshot(snapshot.experts, snapshot.router, union))
+
     @staticmethod
     def _require(snapshot: Snapshot, name: str) -> LoadedExpert:
         try:
@@ -262,7 +287,13 @@ class SearchEngine:
         if self.evidence != "none" and len(texts):
             views = [snapshot.experts[name].view() for name in router.routable(only)]
             votes = corpus_votes(
-                views, base, texts, evidence=self.evidence, depth=self.vote_depth, shared_idf=self.shared_idf(snapshot)
+                views,
+                base,
+                texts,
+                evidence=self.evidence,
+                depth=self.vote_depth,
+                shared_idf=self.shared_idf(snapshot),
+                union=snapshot.union,
             )
         return router.route(base, policy=policy, evidence=votes, only=only)
 

@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Generic, TypeVar
 
 from app.engine.loading import LoadedExpert
-from index import SharedIdf
+from index import Collection, CorpusUnion, SharedIdf
 from router import Router
 
 logger = logging.getLogger(__name__)
@@ -124,19 +124,37 @@ def _run(due: list[_Retired]) -> None:
         retired.done.set()
 
 
+def routed_collections(experts: Mapping[str, LoadedExpert], router: Router) -> list[Collection]:
+    """The published generations of the routed experts, in the router's order: what corpus votes search."""
+    return [experts[name].collection for name in router.experts if name in experts]
+
+
+def shared_idf_of(collections: Sequence[Collection]) -> SharedIdf:
+    """Document frequencies over these collections' BM25 indexes (the router's BM25 votes compare on one IDF)."""
+    return SharedIdf.over(c.lexical.document_frequencies() for c in collections if c.has_lexical)
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """The published experts and the router over them: what the engine's holder publishes whole, each publish."""
+    """The published experts and the router over them: what the engine's holder publishes whole, each publish.
+
+    ``union``: the routed collections' :class:`~index.CorpusUnion`, built after the publish by the
+    engine's :class:`~app.engine.union_builder.UnionBuilder` and swapped in with the same experts;
+    None until then (every collection is searched on its own: the same votes, slower).
+    """
 
     experts: Mapping[str, LoadedExpert]
     router: Router
+    union: CorpusUnion | None = None
 
     @cached_property
     def shared_idf(self) -> SharedIdf:
         """Document frequencies over the routed experts' BM25 indexes: the router's BM25 votes compare on one IDF.
 
-        Computed on first use per snapshot (a merge or a publish makes a new one); documents written since an
-        expert's last merge are searched but not counted.
+        The union's, when it was scored with one (so that its BM25 matrix serves the votes); else computed on
+        first use per snapshot (a merge or a publish makes a new one). Documents written since an expert's last
+        merge are searched but not counted.
         """
-        collections = [self.experts[name].collection for name in self.router.experts if name in self.experts]
-        return SharedIdf.over(c.lexical.document_frequencies() for c in collections if c.has_lexical)
+        if self.union is not None and self.union.shared_idf is not None:
+            return self.union.shared_idf
+        return shared_idf_of(routed_collections(self.experts, self.router))

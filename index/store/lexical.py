@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
@@ -377,13 +377,18 @@ class LexicalIndex:
         ids[rows, :top] = np.where(hit, self._row_ids[positions], -1)
         return scores, ids
 
+    def score_matrix(self) -> tuple[Mapping[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(stem -> column, (data, indices, indptr)): bm25s's per-term document scores in CSC form, read-only."""
+        m = self._retriever.scores
+        return self._retriever.vocab_dict, (np.asarray(m["data"]), np.asarray(m["indices"]), np.asarray(m["indptr"]))
+
     def _search_shared(
         self, terms: list[list[str]], rows: list[int], top: int, k: int, shared: SharedIdf, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        vocab, matrix = self._retriever.vocab_dict, self._retriever.scores
+        vocab, matrix = self.score_matrix()
         stems = [[stem for stem in terms[i] if stem in vocab] for i in rows]
         found, positions = shared_idf_top_k(
-            (np.asarray(matrix["data"]), np.asarray(matrix["indices"]), np.asarray(matrix["indptr"])),
+            matrix,
             [[vocab[stem] for stem in row] for row in stems],
             stems,
             top,

@@ -12,6 +12,7 @@ import pytest
 from app.engine.config import EngineConfig
 from app.engine.engine import SearchEngine
 from app.engine.loading import load_expert
+from app.engine.votes import per_expert_votes
 from app.offline.building import build_pilots, index_expert
 from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
 from router import RoutePolicy
@@ -254,4 +255,50 @@ def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path
         pilots_only = engine.router.route(encoder.embed(queries, max_length=engine.query_max_length))
         assert [d.scores for d in engine.route(queries)] != [d.scores for d in pilots_only]  # the votes are in
         assert engine.route(["oblique shock reflection from a wall"])[0].experts == ("aero",)  # outvoted pilots
+    engine.close()
+
+
+def test_the_votes_union_is_rebuilt_when_experts_are_published_and_removed(root: Path, tiny_bert_path: Path) -> None:
+    # open() builds it at once; later publishes leave it to the builder's thread, and votes are exact meanwhile.
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    engine = SearchEngine.open(root, encoder, EngineConfig(evidence="documents+bm25", vote_depth=2))
+    queries = ["oblique shock reflection", "sorting on tape", "wing", "storage of lists"]
+
+    def union_members() -> set[str]:
+        deadline = time.monotonic() + 10
+        while engine._holder.current.union is None and time.monotonic() < deadline:  # the builder's thread
+            time.sleep(0.02)
+        snapshot = engine._holder.current
+        assert snapshot.union is not None and snapshot.union.dense is not None
+        assert snapshot.shared_idf is snapshot.union.shared_idf
+        names = {id(e.collection): name for name, e in snapshot.experts.items()}
+        assert set(snapshot.union.lexical_members) == set(snapshot.union.dense_members)
+        return {names[key] for key in snapshot.union.dense_members}
+
+    def assert_votes_as_per_expert() -> None:
+        snapshot = engine._holder.current
+        views = [snapshot.experts[name].view() for name in snapshot.router.experts]
+        base = encoder.embed(queries)
+        expected = per_expert_votes(
+            views, base, queries, evidence="documents+bm25", depth=2, shared_idf=snapshot.shared_idf
+        )
+        routed = engine.route(queries, policy=RoutePolicy(top_k=len(views), fanout_margin=10.0))
+        pilots = engine.router.route(base, policy=RoutePolicy(top_k=len(views), fanout_margin=10.0))
+        assert expected is not None
+        for decision, pilot, votes in zip(routed, pilots, expected, strict=True):
+            added = {name: score - dict(pilot.scores)[name] for name, score in decision.scores}
+            np.testing.assert_allclose([added[name] for name in snapshot.router.experts], votes, atol=1e-6)
+
+    assert union_members() == {"aero", "computing"}
+    assert_votes_as_per_expert()
+    make_expert(root, "more-aero", AERO[:2], encoder)
+    engine.add(load_expert(root / "more-aero", encoder))
+    assert_votes_as_per_expert()  # most likely before the union is rebuilt: every collection on its own
+    assert union_members() == {"aero", "computing", "more-aero"}
+    assert_votes_as_per_expert()
+    engine.remove("aero").wait(5)
+    assert union_members() == {"computing", "more-aero"}
+    assert_votes_as_per_expert()
     engine.close()

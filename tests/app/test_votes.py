@@ -1,0 +1,153 @@
+"""Corpus votes from the union of the collections equal the per-expert searches they replaced, exactly.
+
+Real documents and queries (the first documents of the shared collections)
+under a tiny random bag-of-words encoder, so that queries find related
+documents and scores are not all alike; Flat, chunked, HNSW (searched on its
+own) and BM25L (own IDF) collections side by side; then live upserts and
+deletes, and a union that is stale for one collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.engine.votes import corpus_votes, per_expert_votes
+from index import ChunkSettings, Collection, CorpusUnion, Document, LexicalSettings, SharedIdf, build_index
+from index.live.live_collection import LiveCollection
+from index.live.view import LiveView, static_view
+from index.store.union_dense import UnionDense
+from tests.index.conftest import fake_split
+
+DIM = 24
+DOCS = 120
+
+
+def bag_of_words(passages: list[str]) -> np.ndarray:
+    """A tiny random encoder: the normalised sum of a fixed random vector per word; (n, DIM) float32."""
+    out = np.zeros((len(passages), DIM), dtype=np.float32)
+    for i, passage in enumerate(passages):
+        for word in passage.lower().split()[:60]:
+            seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+            out[i] += np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+        norm = np.linalg.norm(out[i])
+        out[i] = out[i] / norm if norm else 1.0 / np.sqrt(DIM)
+    return out
+
+
+def build(tmp_path: Path, datasets: Path, name: str, source: str, **options: object) -> Collection:
+    corpus = tmp_path / f"{name}.jsonl"
+    with open(datasets / source / "corpus.jsonl", encoding="utf-8") as reader:
+        lines = list(itertools.islice(reader, DOCS))
+    lines.append(json.dumps({"_id": "shared-doc", "title": "", "text": "a document every collection holds"}) + "\n")
+    corpus.write_text("".join(lines), encoding="utf-8")
+    out = tmp_path / name
+    build_index(
+        [corpus],
+        embed=bag_of_words,
+        dim=DIM,
+        out_dir=out,
+        work_dir=tmp_path / f".work-{name}",
+        build_key="votes-test",
+        progress=False,
+        **options,  # type: ignore[arg-type]
+    )
+    return Collection.open(out)
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory: pytest.TempPathFactory, datasets: Path) -> list[Collection]:
+    tmp = tmp_path_factory.mktemp("votes")
+    made = [
+        build(tmp, datasets, "scifact", "scifact"),
+        build(tmp, datasets, "cranfield", "cranfield"),
+        build(
+            tmp, datasets, "cacm", "cacm", chunking=ChunkSettings("chunk", max_tokens=40, overlap=10), split=fake_split
+        ),
+        build(tmp, datasets, "cisi", "cisi", factory="HNSW8"),
+        build(tmp, datasets, "npl", "npl", lexical=LexicalSettings(method="bm25l")),
+        build(tmp, datasets, "npl-plain", "npl"),
+    ]
+    yield made
+    for collection in made:
+        collection.close()
+
+
+def queries(datasets: Path) -> list[str]:
+    texts = []
+    for source in ("scifact", "cranfield", "cacm", "cisi", "npl"):
+        with open(datasets / source / "queries.jsonl", encoding="utf-8") as reader:
+            texts += [json.loads(line)["text"] for line in itertools.islice(reader, 6)]
+    return texts + ["a document every collection holds", "the of and", "zzzz unknownword"]
+
+
+def shared_of(collections: list[Collection]) -> SharedIdf:
+    return SharedIdf.over(c.lexical.document_frequencies() for c in collections if c.has_lexical)
+
+
+def assert_same_votes(views: list[LiveView], texts: list[str], union: CorpusUnion, shared: SharedIdf | None) -> None:
+    base = bag_of_words(texts)
+    for evidence in ("documents", "bm25", "documents+bm25"):
+        for depth in (1, 5, 20):
+            for rows in (slice(None), slice(0, 1), slice(3, 7)):  # a batch (BLAS in FAISS), one query, a few
+                kwargs = dict(evidence=evidence, depth=depth, shared_idf=shared)
+                expected = per_expert_votes(views, base[rows], texts[rows], **kwargs)  # type: ignore[arg-type]
+                got = corpus_votes(views, base[rows], texts[rows], union=union, **kwargs)  # type: ignore[arg-type]
+                assert got is not None and expected is not None
+                assert np.array_equal(got, expected), (evidence, depth, rows)
+
+
+@pytest.mark.parametrize("shard", [UnionDense.SHARD, 37])  # one FAISS index, or many merged
+def test_union_votes_equal_per_expert_votes(
+    collections: list[Collection], datasets: Path, shard: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(UnionDense, "SHARD", shard)
+    shared = shared_of(collections)
+    union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
+    assert union.dense is not None and union.dense.members.count == 5  # the HNSW one is searched on its own
+    assert sum(u.members.count for u in union.lexical) == 5  # the BM25L one keeps its own IDF
+    views = [static_view(c) for c in collections]
+    texts = queries(datasets)
+    assert_same_votes(views, texts, union, shared)
+    assert_same_votes(views[1:4], texts, union, shared)  # a restricted job: some experts only
+    assert_same_votes(views[::-1], texts, union, shared)  # another order of experts
+    assert_same_votes(views, texts, union, None)  # each collection's own IDF: not the union's, searched apart
+    votes = corpus_votes(views, bag_of_words(texts), texts, evidence="documents", depth=20, union=union)
+    assert votes is not None and (votes[:, :3] > 0).any(axis=0).all()  # the votes are not trivially empty
+
+
+def test_union_votes_follow_live_writes_and_a_stale_union(
+    collections: list[Collection], datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(UnionDense, "SHARD", 100)
+    shared = shared_of(collections)
+    mains = [Collection.open(c.directory) for c in collections[:3]]  # the live collections own (and close) these
+    union = CorpusUnion.build([*mains, collections[3]], dense=True, lexical=True, shared_idf=shared)
+    lives = [
+        LiveCollection.open(c, tmp_path / f"log-{i}", embed=bag_of_words, split=fake_split) for i, c in enumerate(mains)
+    ]
+    try:
+        texts = queries(datasets)
+        lives[0].upsert(
+            [
+                Document("new-1", "", texts[0], {}),  # a query's own text: a new best match
+                Document("new-2", "", "boundary layer transition on a flat plate " + texts[7], {}),
+            ]
+        )
+        best = lives[0].view().main.search(bag_of_words(texts[:2]), 2)  # the best matches of two queries go
+        lives[0].delete(sorted({hit.id for hits in best for hit in hits}))
+        first = lives[1].view().main
+        hits = first.search_lexical(texts[6:8], 5, shared_idf=shared)[1]
+        lives[1].delete([d.id for d in first.docstore.get([int(r) for r in hits[hits >= 0]]) if d is not None])
+        lives[2].upsert([Document("shared-doc", "", "rewritten: " + texts[12], {})])  # replaces a chunked document
+        views = [live.view() for live in lives] + [static_view(c) for c in collections[3:]]
+        assert len(views[1].main_dead) and len(views[0].delta)
+        assert_same_votes(views, texts, union, shared)  # npl-plain is not in this union: searched on its own
+    finally:
+        for live in lives:
+            live.close()
