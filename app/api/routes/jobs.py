@@ -62,13 +62,14 @@ async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
 @router.get("/jobs", response_model=JobListOut, responses=error_responses(401, 403, 501))
 async def list_jobs(jobs: Jobs) -> JobListOut:
     """Every job kept (newest first): running, queued, and finished ones, also from before a restart."""
-    return JobListOut(jobs=[JobOut.model_validate(r) for r in jobs.records()])
+    records = await asyncio.to_thread(jobs.records)  # off the loop: the job thread may hold the records' lock
+    return JobListOut(jobs=[JobOut.model_validate(r) for r in records])
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 403, 404, 501))
 async def get_job(job_id: JobId, jobs: Jobs) -> JobOut:
     """One job: state, progress (phase, n/N, rate, ETA), times, error, and the last lines it logged."""
-    return JobOut.model_validate(jobs.record(job_id))
+    return JobOut.model_validate(await asyncio.to_thread(jobs.record, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 403, 404, 409, 501))
