@@ -24,7 +24,7 @@ from typing import Protocol
 
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.offline.expert_training import train_expert
-from experts import Encoder, TrainConfig, create_expert
+from experts import MANIFEST_FILE, Encoder, ExpertDir, TrainConfig, create_expert
 from index import count_lines
 
 __all__ = ["JobStopped", "Publish", "Reporter", "run_index_job", "run_train_job"]
@@ -73,28 +73,33 @@ def run_index_job(
 ) -> int:
     """Create ``name`` in ``work``, index ``corpus``, build pilots, move it to ``<root>/<name>`` and publish it.
 
-    Returns the version published. ``work`` is removed on every way out; a failed publish removes the moved
-    directory too, so nothing is left and nothing served changes.
+    Returns the version published. ``work`` is removed on every way out (except when the server stops: it
+    then holds the build checkpoint that the job resumed after the restart continues from); a failed publish
+    removes the moved directory too, so nothing is left and nothing served changes.
     """
     target = Path(root) / name
     work.mkdir(parents=True, exist_ok=True)
-    moved = False
+    moved = keep = False
     try:
         reporter.phase("counting documents")
         total = count_lines(corpus)
-        expert = create_expert(work, name, encoder=encoder, description=f"indexed from {corpus.name} by a job")
-        reporter.phase("indexing", total=total, unit="documents")
-        _, report = index_expert(
-            expert, encoder, [corpus], progress=False, chunk_size=chunk_size, on_embedded=reporter.advance
-        )
-        reporter.log(
-            f"indexed {report.documents} documents ({report.malformed} malformed lines) in {report.seconds:.1f}s"
-        )
-        reporter.phase("building pilots")
-        texts = pilot_texts_from_documents(expert, sample=1000)
-        reporter.check()
-        build_pilots(expert, encoder, texts, source="pseudo queries", query_max_length=query_max_length)
-        reporter.log(f"pilots from {len(texts)} pseudo queries")
+        expert = _staged_expert(reporter, work / name, corpus, encoder)
+        if expert.read_manifest().index is None:
+            reporter.phase("indexing", total=total, unit="documents")
+            _, report = index_expert(
+                expert, encoder, [corpus], progress=False, chunk_size=chunk_size, on_embedded=reporter.advance
+            )
+            resumed = f", resumed at line {report.resumed_from_line}" if report.resumed_from_line else ""
+            reporter.log(
+                f"indexed {report.documents} documents ({report.malformed} malformed lines) in "
+                f"{report.seconds:.1f}s{resumed}"
+            )
+        if expert.read_manifest().pilots is None:
+            reporter.phase("building pilots")
+            texts = pilot_texts_from_documents(expert, sample=1000)
+            reporter.check()
+            build_pilots(expert, encoder, texts, source="pseudo queries", query_max_length=query_max_length)
+            reporter.log(f"pilots from {len(texts)} pseudo queries")
         reporter.check()
         reporter.publishing()
         if target.exists():
@@ -105,10 +110,26 @@ def run_index_job(
         version = publish(name, False)
         moved = False  # published: it stays
         return version
+    except JobStopped as stop:
+        keep = stop.reason == "interrupted"  # the server stops: the job resumed at the next start continues here
+        raise
     finally:
         if moved:
             shutil.rmtree(target, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _staged_expert(reporter: Reporter, staged: Path, corpus: Path, encoder: Encoder) -> ExpertDir:
+    """The expert being built in ``staged``: the one an interrupted run left (its build checkpoint inside, so
+    indexing resumes where it stopped), or a new one."""
+    if (staged / MANIFEST_FILE).is_file():
+        reporter.log("resuming the build left by the interrupted job")
+        return ExpertDir(staged)
+    shutil.rmtree(staged, ignore_errors=True)  # a creation cut off before its manifest
+    return create_expert(
+        staged.parent, staged.name, encoder=encoder, description=f"indexed from {corpus.name} by a job"
+    )
 
 
 def run_train_job(

@@ -6,8 +6,10 @@ only slow both); a second job for an expert that has one queued or running
 is refused (409 naming it). The records are kept in
 ``<root>/.jobs/jobs.json`` (:mod:`app.offline.job_store`), so the list
 survives a restart; a job that was queued or running when the server stopped
-is shown as ``interrupted`` after it, and its staging files are removed.
-Resuming it is left to a new job (an index job rebuilds from the start).
+is shown as ``interrupted`` after it, and its staging files are removed;
+except an index job that had begun indexing: its staging directory holds the
+build checkpoint (``index/build``), and a new job, queued at start-up with
+``request.resumes`` naming the interrupted one, continues from it.
 
 ``rr serve`` builds one with :func:`job_runner_factory` and hands it to the
 app (:func:`app.api.main.create_app`); the API reaches it through
@@ -313,14 +315,30 @@ class JobRunner:
                 logger.exception("cannot write the job records to %s", self.store.path)
 
     def _interrupt_leftovers(self) -> None:
-        """At start-up: jobs active when the last server stopped are ``interrupted``; their staging goes."""
+        """At start-up: jobs active when the last server stopped are ``interrupted``, and their staging goes;
+        except an index job's that holds its build checkpoint: a new job resumes from it (``request.resumes``)."""
         for record in self._records.values():
             if record.state in ACTIVE_STATES:
                 self._finish(record, "interrupted", "the server stopped before the job finished")
                 if record.kind == "train":  # train_expert's own staging, left by a killed process
                     for orphan in self.root.glob(f".{record.expert}.train-*.tmp"):
                         shutil.rmtree(orphan, ignore_errors=True)
-        shutil.rmtree(self.store.work_root, ignore_errors=True)
+        work = self.store.work_root
+        for staged in sorted(work.iterdir()) if work.is_dir() else []:
+            old = self._records.get(staged.name)
+            if old is None or old.kind != "index" or old.state != "interrupted" or "resumed_by" in old.request:
+                shutil.rmtree(staged, ignore_errors=True)
+                continue
+            resumed = JobRecord(
+                id=new_job_id(), kind="index", expert=old.expert, request={**old.request, "resumes": old.id}
+            )
+            resumed.log(f"queued: resumes the interrupted job {old.id} from its build checkpoint")
+            staged.rename(work / resumed.id)
+            old.request = {**old.request, "resumed_by": resumed.id}
+            old.log(f"resumed by job {resumed.id}")
+            self._records[resumed.id] = resumed
+            logger.info("job %s (index %s) resumes the interrupted job %s", resumed.id, old.expert, old.id)
+        self._save(force=True)
 
 
 def job_runner_factory(settings: Settings) -> Callable[[SearchEngine, ExpertPublisher], JobRunner]:

@@ -79,20 +79,30 @@ def test_an_index_job_publishes_a_new_expert_and_the_list_survives_a_restart(exp
         assert http.get("/experts/gamma").status_code == 200
         assert left_behind(experts_root) == []
 
-        # A long job running when the server dies is shown interrupted after the restart, and its staging goes.
-        long = submit(http, kind="train", expert="delta", corpus="incoming/gamma.jsonl", steps=100_000).json()
-        wait_job(http, long["id"], until=lambda job: job["progress"]["phase"] == "training")
+        # Killed while indexing (a job queued behind it): both are shown interrupted after the restart, and
+        # the index job is resumed by a new job from its build checkpoint (chunks of 256 documents).
+        write_corpus(experts_root / "incoming" / "delta.jsonl", "gamma", count=768)
+        long = submit(http, kind="index", expert="delta", corpus="incoming/delta.jsonl").json()
+        queued = submit(http, kind="train", expert="epsilon", corpus="incoming/gamma.jsonl", steps=5).json()
+        wait_job(http, long["id"], until=lambda job: job["progress"]["done"] >= 512, timeout=120)
     server.process.kill()  # SIGKILL: no shutdown runs
     server.process.wait(timeout=30)
 
     again = start_server(experts_root)
     with httpx.Client(base_url=again.url, timeout=30.0) as http:
-        jobs = http.get("/admin/jobs", headers=ADMIN).json()["jobs"]
-        assert [(j["id"], j["state"]) for j in jobs] == [(long["id"], "interrupted"), (job["id"], "succeeded")]
-        assert "server stopped" in jobs[0]["error"]
-        assert http.get("/experts/delta").status_code == 404 and not (experts_root / "delta").exists()
+        jobs = {j["id"]: j for j in http.get("/admin/jobs", headers=ADMIN).json()["jobs"]}
+        assert jobs[job["id"]]["state"] == "succeeded"
+        assert jobs[long["id"]]["state"] == jobs[queued["id"]]["state"] == "interrupted"
+        assert "server stopped" in jobs[queued["id"]]["error"]
+        resumed_id = jobs[long["id"]]["request"]["resumed_by"]
+        assert jobs[resumed_id]["request"]["resumes"] == long["id"] and len(jobs) == 4
+        resumed = wait_job(http, resumed_id, timeout=120)
+        assert resumed["state"] == "succeeded", resumed
+        assert any("indexed 768 documents" in line and "resumed at line" in line for line in resumed["log_tail"])
+        hits = http.post("/search", json={"query": "cancer cells", "expert": "delta", "k": 3}).json()
+        assert len(hits["results"][0]["hits"]) == 3
         assert left_behind(experts_root) == []
-        assert http.post("/search", json={"query": "cancer cells", "expert": "gamma"}).status_code == 200
+        assert http.get("/experts/epsilon").status_code == 404
 
 
 # ---------------------------------------------------------------------- in-process
