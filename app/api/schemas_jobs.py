@@ -36,6 +36,7 @@ class JobService(Protocol):
         qrels: str | None = None,
         replace: bool = False,
         steps: int | None = None,
+        batch_size: int | None = None,
     ) -> dict[str, Any]: ...
 
     def records(self) -> list[dict[str, Any]]: ...
@@ -81,11 +82,12 @@ class JobRequest(BaseModel):
     qrels: DataPath | None = Field(None, description="train: their judgements (a qrels .tsv).")
     replace: bool = Field(False, description="train: replace the published expert of that name.")
     steps: int | None = Field(None, ge=1, le=100_000, description="train: optimiser steps (default 300).")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="train: queries per step (default 64).")
 
     @model_validator(mode="after")
     def _train_only(self) -> JobRequest:
         if self.kind == "index":
-            given = [name for name in ("queries", "qrels", "steps") if getattr(self, name) is not None]
+            given = [name for name in ("queries", "qrels", "steps", "batch_size") if getattr(self, name) is not None]
             if given or self.replace:
                 raise ValueError(
                     f"{[*given, *(['replace'] if self.replace else [])]} apply to train jobs only; an index job "

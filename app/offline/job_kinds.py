@@ -15,6 +15,7 @@ every way out; from ``publishing`` on a job is no longer stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -141,6 +142,7 @@ def run_train_job(
     queries: Path | None,
     qrels: Path | None,
     steps: int | None,
+    batch_size: int | None,
     replace: bool,
     encoder: Encoder,
     publish: Publish,
@@ -154,7 +156,8 @@ def run_train_job(
     reporter.phase("counting documents")
     total = count_lines(corpus)
     reporter.phase("indexing", total=total, unit="documents")
-    config = TrainConfig() if steps is None else TrainConfig(steps=steps)
+    defaults = TrainConfig()
+    config = dataclasses.replace(defaults, steps=steps or defaults.steps, batch_size=batch_size or defaults.batch_size)
     training = False
 
     def on_step(done: int, of: int) -> None:

@@ -136,6 +136,7 @@ class JobRunner:
         qrels: str | None = None,
         replace: bool = False,
         steps: int | None = None,
+        batch_size: int | None = None,
     ) -> dict[str, Any]:
         """Check the request, queue the job and return its record (``queued``); nothing runs on the caller's thread."""
         check_expert_name(expert)
@@ -157,7 +158,7 @@ class JobRunner:
                 )
             self._check_expert(kind, expert, replace=replace)
             request: dict[str, Any] = {key: str(path.relative_to(self.root)) for key, path in files.items()}
-            request.update(replace=replace, steps=steps)
+            request.update(replace=replace, steps=steps, batch_size=batch_size)
             record = JobRecord(id=new_job_id(), kind=kind, expert=expert, request=request)
             record.log(f"queued: {kind} {expert} from {request['corpus']}")
             self._records[record.id] = record
@@ -257,6 +258,7 @@ class JobRunner:
             queries=labelled["queries"],
             qrels=labelled["qrels"],
             steps=record.request.get("steps"),
+            batch_size=record.request.get("batch_size"),
             replace=bool(record.request.get("replace")),
             encoder=self.encoder,
             publish=self._publish,

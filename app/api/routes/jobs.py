@@ -55,6 +55,7 @@ async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
         qrels=body.qrels,
         replace=body.replace,
         steps=body.steps,
+        batch_size=body.batch_size,
     )
     return JobOut.model_validate(record)
 
