@@ -180,3 +180,46 @@ def test_unknown_jobs_and_keys(jobs_client: TestClient) -> None:
     assert jobs_client.delete("/admin/jobs/job-nope", headers=ADMIN).status_code == 404
     assert jobs_client.get("/admin/jobs").status_code == 401
     assert jobs_client.post("/admin/jobs", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_an_index_job_cancelled_midway_while_searches_go_on(jobs_client: TestClient, experts_root: Path) -> None:
+    write_corpus(experts_root / "big.jsonl", "gamma", count=1536)  # six batches of 256
+    job = submit(jobs_client, kind="index", expert="delta", corpus="big.jsonl").json()
+    searched = []
+    while (now := jobs_client.get(f"/admin/jobs/{job['id']}", headers=ADMIN).json())["progress"]["done"] < 256:
+        assert now["state"] in {"queued", "running"}, now
+        started = time.monotonic()
+        answer = jobs_client.post("/search", json={"query": "wing lift", "k": 2})
+        searched.append((answer.status_code, time.monotonic() - started))
+    assert searched and {status for status, _ in searched} == {200}  # served beside the job's bulk passes
+    assert (
+        jobs_client.delete(f"/admin/jobs/{job['id']}", headers=ADMIN)
+        .json()["log_tail"][-1]
+        .endswith("cancel requested: stopping at the next batch or step")
+    )
+    cancelled = wait_job(jobs_client, job["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["progress"]["phase"] == "indexing"
+    assert cancelled["progress"]["done"] < 1536
+    assert not (experts_root / "delta").exists() and left_behind(experts_root) == []
+    assert jobs_client.get("/experts/delta").status_code == 404
+
+
+def test_an_index_job_stopped_with_the_server_resumes_at_the_next_start(
+    experts_root: Path, tiny_encoder: Encoder
+) -> None:
+    write_corpus(experts_root / "big.jsonl", "gamma", count=2560)  # ten batches: the stop comes before the end
+    settings = service_settings(experts_root)
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        job = submit(client, kind="index", expert="delta", corpus="big.jsonl").json()
+        wait_job(client, job["id"], until=lambda j: j["progress"]["done"] >= 256)
+    # The server stopped gracefully: the job is interrupted at its next batch, its checkpoint kept.
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        stopped = client.get(f"/admin/jobs/{job['id']}", headers=ADMIN).json()
+        assert stopped["state"] == "interrupted" and stopped["error"] == "the server stopped"
+        resumed = wait_job(client, stopped["request"]["resumed_by"])
+        assert resumed["state"] == "succeeded", resumed
+        assert any("resumed at line" in line for line in resumed["log_tail"])
+        assert client.get("/experts/delta").json()["documents"] == 2560
+        assert left_behind(experts_root) == []
