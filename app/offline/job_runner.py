@@ -180,7 +180,8 @@ class JobRunner:
         with self._lock:
             record = self._get(job_id)
             if record.state == "queued":
-                self._finish(record, "cancelled", "cancelled before it started")
+                record.log("cancelled before it started")
+                self._finish(record, "cancelled", None)
             elif record.state == "running" and self._current is not None and self._current.record is record:
                 if self._current.committed:
                     raise ConflictError(
@@ -192,7 +193,7 @@ class JobRunner:
             return record.to_dict()
 
     def close(self) -> None:
-        """Stop the worker: the running job ends at its next batch or step (``interrupted``), queued ones stay so."""
+        """Stop the worker: the running job ends at its next batch or step; it and the queued ones are ``interrupted``."""
         self._closing.set()
         with self._lock:
             self._wake.notify_all()

@@ -135,6 +135,11 @@ def test_a_cancelled_job_publishes_nothing_and_leaves_nothing(jobs_client: TestC
     # One job per expert at a time: a second one is refused, naming the first.
     busy = submit(jobs_client, kind="train", expert="delta", corpus="delta.jsonl")
     assert busy.status_code == 409 and job["id"] in busy.json()["error"]["message"]
+    # One job at a time over all experts: another expert's job waits, and is cancelled at once.
+    waiting = submit(jobs_client, kind="index", expert="epsilon", corpus="delta.jsonl").json()
+    assert waiting["state"] == "queued"
+    gone = jobs_client.delete(f"/admin/jobs/{waiting['id']}", headers=ADMIN).json()
+    assert gone["state"] == "cancelled" and gone["started_at"] is None and gone["error"] is None
 
     assert jobs_client.delete(f"/admin/jobs/{job['id']}", headers=ADMIN).status_code == 200
     cancelled = wait_job(jobs_client, job["id"])
