@@ -114,9 +114,10 @@ class JobRecord:
 class JobStore:
     """The records file of one data root: read once at start-up, rewritten whole (it is small)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, keep_finished: int = KEEP_FINISHED) -> None:
         self.directory = Path(root) / JOBS_DIR
         self.path = self.directory / JOBS_FILE
+        self.keep_finished = keep_finished
 
     @property
     def work_root(self) -> Path:
@@ -137,9 +138,9 @@ class JobStore:
             return []
 
     def save(self, records: list[JobRecord]) -> None:
-        """Replace the file with ``records`` (the oldest finished ones beyond ``KEEP_FINISHED`` dropped)."""
+        """Replace the file with ``records`` (the oldest finished ones beyond ``keep_finished`` dropped)."""
         finished = [r for r in records if r.state not in ACTIVE_STATES]
-        dropped = {r.id for r in finished[: max(0, len(finished) - KEEP_FINISHED)]}
+        dropped = {r.id for r in finished[: max(0, len(finished) - self.keep_finished)]}
         kept = [r.to_dict() for r in records if r.id not in dropped]
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, json.dumps({"jobs": kept}, indent=1).encode())
