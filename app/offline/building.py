@@ -116,8 +116,9 @@ def index_expert(
     in the index and the manifest), and asking for ``"chunk"`` or
     ``"error"`` is refused.
 
-    ``on_embedded(n)`` is told each batch of ``n`` passages embedded (local builds only); an exception it
-    raises stops the build between batches (a job cancelled), leaving the checkpoint to resume from.
+    ``on_embedded(n)`` is told each batch of ``n`` passages embedded (local builds only), and first, when the
+    build resumes, the documents its checkpoint holds; an exception it raises stops the build between
+    batches (a job cancelled), leaving the checkpoint to resume from.
     """
     manifest = expert.read_manifest()
     check_base_matches(manifest, encoder)
@@ -134,7 +135,13 @@ def index_expert(
     if on_embedded is not None:
         embed = _reporting(embed, on_embedded)
     if ray is None:
-        build = partial(build_index, embed=embed, chunking=chunking, split=split if chunking.splits else None)
+        build = partial(
+            build_index,
+            embed=embed,
+            chunking=chunking,
+            split=split if chunking.splits else None,
+            on_resumed=on_embedded,  # a resumed build counts what its checkpoint holds as done
+        )
     else:
         build = partial(ray.builder(expert, manifest, encoder), chunking=chunking)
     try:
