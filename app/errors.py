@@ -17,7 +17,8 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ├── UnknownDocumentError          404 unknown_document    no such document id in the expert
     ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
     ├── UnknownVersionError           404 unknown_version     a rollback to a version not kept (or pruned)
-    ├── ConflictError                 409 conflict            already published, reserved name
+    ├── UnknownJobError               404 unknown_job         no such job id (``/admin/jobs/{id}``)
+    ├── ConflictError                 409 conflict            already published, reserved name, expert busy with a job
     │   ├── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     │   └── GateRefusedError          409 gate_refused        a replace scored worse than the serving version
     ├── OverloadedError               429 overloaded          queue full (Retry-After)
@@ -98,6 +99,10 @@ class UnknownModelError(ServiceError):
 
 class UnknownVersionError(ServiceError):
     status, type = 404, "unknown_version"
+
+
+class UnknownJobError(ServiceError):
+    status, type = 404, "unknown_job"
 
 
 class ConflictError(ServiceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from index.build.embedding import EmbedFn
 from index.build.indexing import BuildReport, build_index
-from index.corpus import CorpusProblem, Document, corpus_fingerprint, read_corpus
+from index.corpus import CorpusProblem, Document, corpus_fingerprint, count_lines, read_corpus
 from index.errors import (
     BuildInProgressError,
     CorpusError,
@@ -110,6 +110,7 @@ __all__ = [
     "check_fields",
     "compile_filter",
     "corpus_fingerprint",
+    "count_lines",
     "filter_fields",
     "filter_to_json",
     "fuse_dense_lexical",

@@ -36,11 +36,13 @@ from app.api.routes import console as routes_console
 from app.api.routes import documents as routes_documents
 from app.api.routes import embeddings as routes_embeddings
 from app.api.routes import experts as routes_experts
+from app.api.routes import jobs as routes_jobs
 from app.api.routes import keys as routes_keys
 from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
 from app.api.routes import rerank as routes_rerank
 from app.api.routes import search as routes_search
+from app.api.schemas_jobs import JobServiceFactory
 from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
 from app.engine.loading import LoadedExpert, open_encoder
@@ -62,7 +64,7 @@ A browser console for people who run the service is at [`/console/`](/console/).
 """
 
 
-def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
+def _load(service: ServiceState, encoder: Encoder | None, jobs: JobServiceFactory | None = None) -> Runtime:
     """Blocking start-up (runs in a worker thread): the encoder, the engine, the registry's experts."""
     settings = service.settings
     if encoder is None:
@@ -113,6 +115,7 @@ def _load(service: ServiceState, encoder: Encoder | None) -> Runtime:
         embeddings=MicroBatcher(engine.embed_jobs, size=lambda job: len(job.texts), kind="embeddings", **batching),
         reranker=reranker,
         reranks=None if reranker is None else _rerank_batcher(reranker, metrics, batching),
+        jobs=None if jobs is None else jobs(engine, publisher),
     )
 
 
@@ -134,9 +137,14 @@ def _rerank_batcher(
 AfterStart = Callable[[ServiceState], None]
 
 
-async def _start(service: ServiceState, encoder: Encoder | None, after_start: AfterStart | None = None) -> None:
+async def _start(
+    service: ServiceState,
+    encoder: Encoder | None,
+    after_start: AfterStart | None = None,
+    jobs: JobServiceFactory | None = None,
+) -> None:
     try:
-        runtime = await asyncio.to_thread(_load, service, encoder)
+        runtime = await asyncio.to_thread(_load, service, encoder, jobs)
     except Exception as exc:  # the process stays up so that /readyz can say why
         logger.exception("start-up failed")
         service.startup_error = f"{type(exc).__name__}: {exc}"
@@ -169,8 +177,12 @@ def create_app(
     encoder: Encoder | None = None,
     after_start: AfterStart | None = None,
     building: Sequence[str] = (),
+    jobs: JobServiceFactory | None = None,
 ) -> FastAPI:
     """The service for ``settings``; pass ``encoder`` to reuse one already loaded (the demo, tests).
+
+    ``jobs(engine, publisher)`` makes the runner of ``/admin/jobs`` once start-up has loaded them (``rr serve``
+    passes :func:`app.offline.job_runner.job_runner_factory`; without it those routes answer 501).
 
     ``after_start(service)`` runs in a thread of its own once the service serves (``rr demo``: build the experts
     not built yet and publish each as it is done, saying so with ``service.set_building``); it should stop early
@@ -184,13 +196,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service: ServiceState = app.state.service
-        starting = asyncio.create_task(_start(service, encoder, after_start), name="rr-start-up")
+        starting = asyncio.create_task(_start(service, encoder, after_start, jobs), name="rr-start-up")
         try:
             yield
         finally:
             service.closing = True
             await starting  # a load in progress cannot be interrupted; let it finish, then undo it
             if service.runtime is not None:
+                if service.runtime.jobs is not None:  # the running job stops at its next batch or step
+                    await asyncio.to_thread(service.runtime.jobs.close)
                 await service.runtime.searches.stop()
                 await service.runtime.embeddings.stop()
                 if service.runtime.reranks is not None:
@@ -218,6 +232,7 @@ def create_app(
         routes_rerank,
         routes_experts,
         routes_admin,
+        routes_jobs,
         routes_keys,
         routes_documents,
         routes_ops,
@@ -257,6 +272,7 @@ def serve(
     log_level: str = "info",
     after_start: AfterStart | None = None,
     building: Sequence[str] = (),
+    jobs: JobServiceFactory | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted (``rr serve``, ``rr demo``).
 
@@ -270,7 +286,7 @@ def serve(
 
     secrets = [key.get_secret_value() for key in (settings.admin_key, settings.search_key) if key is not None]
     install_on_root(secrets)
-    app = create_app(settings, encoder=encoder, after_start=after_start, building=building)
+    app = create_app(settings, encoder=encoder, after_start=after_start, building=building, jobs=jobs)
     install_reload_signal(app.state.keys)
     uvicorn.run(
         app,

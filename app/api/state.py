@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from app.api.batching import MicroBatcher
 from app.api.metrics import Metrics
+from app.api.schemas_jobs import JobService
 from app.engine.engine import BatchResult, EmbedJob, EmbedResult, SearchEngine, SearchJob
 from app.engine.reranking import RerankJob
 from app.errors import NotReadyError
@@ -39,6 +40,8 @@ class Runtime:
     #: The cross-encoder and its micro-batcher (RR_RERANKER); None when reranking is off.
     reranker: CrossEncoder | None = None
     reranks: MicroBatcher[RerankJob, list[PairScores]] | None = None
+    #: The background jobs of ``/admin/jobs`` (``rr serve`` makes them); None: this app runs no jobs.
+    jobs: JobService | None = None
 
 
 @dataclass

@@ -367,6 +367,7 @@ def _serve(
     host: str | None, port: int | None, log_level: str, encoder=None, after_start=None, building: Sequence[str] = ()
 ) -> None:
     from app.api.main import serve
+    from app.offline.job_runner import job_runner_factory
 
     settings = state.settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -377,7 +378,14 @@ def _serve(
     typer.echo(
         f"serving the experts under {settings.data_dir} on http://{settings.host}:{settings.port} (API docs at /docs)"
     )
-    serve(settings, encoder=encoder, log_level=log_level.lower(), after_start=after_start, building=building)
+    serve(
+        settings,
+        encoder=encoder,
+        log_level=log_level.lower(),
+        after_start=after_start,
+        building=building,
+        jobs=job_runner_factory(settings),
+    )
 
 
 @cli.command("serve")

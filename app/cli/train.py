@@ -211,11 +211,20 @@ def add_domain_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per step.")] = _DEFAULTS["batch_size"],
     description: Annotated[str, typer.Option(help="Free text shown in listings.")] = "",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    on_server: Annotated[
+        bool,
+        typer.Option(
+            "--on-server",
+            help="With --url: build on the service as a job, from --corpus/--queries/--qrels paths under ITS data "
+            "root (nothing is built or uploaded here).",
+        ),
+    ] = False,
 ) -> None:
     """Add a domain in one step: create, index, pilots, train (labelled queries if given) and publish.
 
     Without --url the expert joins this data root's registry (a later `rr serve` serves it); with --url it
-    is uploaded to that running service, wherever it keeps its data. For every training option, see
+    is uploaded to that running service, wherever it keeps its data; with --url and --on-server the service
+    builds it itself (`POST /admin/jobs`) from files on its data root. For every training option, see
     `rr train-expert`.
     """
     from app.cli.commands import state
@@ -225,6 +234,11 @@ def add_domain_command(
 
     settings_key = state.settings.admin_key
     key = admin_key or (settings_key.get_secret_value() if settings_key is not None else None)
+    if on_server:
+        _add_domain_on_server(
+            name, corpus, queries, qrels, url=url, admin_key=key, replace=replace, steps=steps, batch_size=batch_size
+        )
+        return
     try:
         result = add_domain(
             state.settings.data_dir,
@@ -259,3 +273,48 @@ def add_domain_command(
         typer.echo(
             f"no registry under {state.settings.data_dir} yet: `rr serve` serves every expert there, this one too"
         )
+
+
+def _add_domain_on_server(
+    name: str,
+    corpus: list[Path],
+    queries: Path | None,
+    qrels: Path | None,
+    *,
+    url: str | None,
+    admin_key: str | None,
+    replace: bool,
+    steps: int,
+    batch_size: int,
+) -> None:
+    """``rr add-domain --url --on-server``: a train job on the service, followed until it ends."""
+    from app.offline.remote_jobs import run_remote_train_job
+    from app.offline.service_client import RemoteError
+
+    if url is None:
+        raise typer.BadParameter("--on-server builds on a running service: give its --url too")
+    if len(corpus) != 1:
+        raise typer.BadParameter(
+            f"--on-server takes one --corpus (a file under the service's data root), got {len(corpus)}"
+        )
+    try:
+        job = run_remote_train_job(
+            url,
+            name,
+            corpus=corpus[0].as_posix(),
+            queries=None if queries is None else queries.as_posix(),
+            qrels=None if qrels is None else qrels.as_posix(),
+            steps=steps,
+            batch_size=batch_size,
+            replace=replace,
+            admin_key=admin_key,
+            echo=typer.echo,
+        )
+    except RemoteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"published to {url} by job {job['id']}: {name!r} version {job['published_version']}\n"
+        f"try: curl -s {url.rstrip('/')}/search -H 'Content-Type: application/json' "
+        f'-d \'{{"query": "...", "expert": "{name}"}}\''
+    )

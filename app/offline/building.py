@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -59,6 +59,17 @@ def _document_embedder(expert: ExpertDir, manifest: Manifest, encoder: Encoder):
     return lambda texts: encoder.embed(texts, expert=name, max_length=manifest.max_length, bulk=True), name
 
 
+def _reporting(embed: Callable[[list[str]], np.ndarray], on_embedded: Callable[[int], None]):
+    """``embed`` that tells ``on_embedded`` how many passages each call embedded."""
+
+    def reported(texts: list[str]) -> np.ndarray:
+        vectors = embed(texts)
+        on_embedded(len(texts))
+        return vectors
+
+    return reported
+
+
 def _build_key(expert: ExpertDir, manifest: Manifest, encoder: Encoder, factory: str) -> str:
     """What a resumable build belongs to: a checkpoint made under another key is not reused."""
     parts = {
@@ -88,6 +99,7 @@ def index_expert(
     ray: RayIndexing | None = None,
     long_documents: LongDocuments | None = None,
     chunk_overlap: int | None = None,
+    on_embedded: Callable[[int], None] | None = None,
 ) -> tuple[Manifest, BuildReport]:
     """Embed ``corpora`` into a new index generation of ``expert`` and publish it.
 
@@ -103,6 +115,10 @@ def index_expert(
     and cannot chunk yet: there it means ``"truncate"`` (logged, and recorded
     in the index and the manifest), and asking for ``"chunk"`` or
     ``"error"`` is refused.
+
+    ``on_embedded(n)`` is told each batch of ``n`` passages embedded (local builds only), and first, when the
+    build resumes, the documents its checkpoint holds; an exception it raises stops the build between
+    batches (a job cancelled), leaving the checkpoint to resume from.
     """
     manifest = expert.read_manifest()
     check_base_matches(manifest, encoder)
@@ -116,8 +132,16 @@ def index_expert(
     policy: LongDocuments = long_documents or ("chunk" if ray is None else "truncate")
     chunking, split = long_document_splitter(manifest, encoder, policy=policy, overlap=chunk_overlap)
     embed, temporary_adapter = _document_embedder(expert, manifest, encoder)
+    if on_embedded is not None:
+        embed = _reporting(embed, on_embedded)
     if ray is None:
-        build = partial(build_index, embed=embed, chunking=chunking, split=split if chunking.splits else None)
+        build = partial(
+            build_index,
+            embed=embed,
+            chunking=chunking,
+            split=split if chunking.splits else None,
+            on_resumed=on_embedded,  # a resumed build counts what its checkpoint holds as done
+        )
     else:
         build = partial(ray.builder(expert, manifest, encoder), chunking=chunking)
     try:
@@ -189,7 +213,7 @@ def build_pilots(
         raise ValueError(f"no texts to build pilots of expert {manifest.name!r} from")
     if method == "queries" and len(texts) > limit:  # sample before embedding: only the kept ones are needed
         texts = random.Random(0).sample(list(texts), limit)
-    embedded = encoder.embed(list(texts), max_length=query_max_length)
+    embedded = encoder.embed(list(texts), max_length=query_max_length, bulk=True)  # searches go first
     if method == "centroid":
         pilots = centroid_pilots(embedded)
     elif method == "kmeans":

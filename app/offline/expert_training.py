@@ -361,6 +361,8 @@ def train_expert(
     keep_versions: int = 3,
     progress: bool = True,
     gate: Callable[[Path | None, Path], GateRecord] | None = None,
+    on_embedded: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
 
@@ -376,6 +378,8 @@ def train_expert(
     ``gate(serving, candidate)`` (directories; serving None for a new expert)
     runs before the swap: it raises to refuse the new version, or returns the
     record left in its ``gate.json`` (see :func:`app.publishing.gate.gate_directories`).
+    ``on_embedded`` and ``on_step`` report the indexing batches and the training steps (see
+    :func:`~app.offline.building.index_expert` and ``experts.train_adapter``); what they raise stops the run.
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -413,7 +417,7 @@ def train_expert(
         index_started = time.perf_counter()
         reused = _reuse_index(old, expert, encoder, corpora, factory)
         if not reused:
-            index_expert(expert, encoder, corpora, factory=factory, progress=progress)
+            index_expert(expert, encoder, corpora, factory=factory, progress=progress, on_embedded=on_embedded)
         index_seconds = time.perf_counter() - index_started
         manifest = expert.read_manifest()
         assert manifest.index is not None  # just built or reused
@@ -444,6 +448,7 @@ def train_expert(
                 lexical_search=lexical,
                 progress=progress,
                 description=f"training {name}",
+                on_step=on_step,
             )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)

@@ -44,7 +44,8 @@ from ir_measures import R, nDCG
 from app.engine.engine import SearchEngine
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import Retrieval, RetrievalOptions, expert_retrieval, search_collection
-from app.errors import GateRefusedError, InvalidRequestError, PathNotAllowedError
+from app.errors import GateRefusedError, InvalidRequestError
+from app.publishing.data_paths import data_file
 from app.publishing.registry import GateFigures, GateRecord
 from experts import Encoder, atomic_write_bytes
 from experts.labelled import LabelledDataError, judged_queries, read_qrels, read_queries
@@ -112,21 +113,7 @@ def gate_spec(
 
 def _data_file(path: str, root: Path, role: str) -> Path:
     """A gate file named by the caller: under the data root once links are followed, and a file."""
-    root = Path(root).resolve()
-    candidate = Path(path) if Path(path).is_absolute() else root / path
-    try:
-        resolved = candidate.resolve()
-        is_file = resolved.is_file()
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
-        raise InvalidRequestError(f"gate {role} file {path!r} cannot be resolved: {exc}") from exc
-    if not resolved.is_relative_to(root):
-        raise PathNotAllowedError(
-            f"gate {role} file {path!r} resolves to {resolved}, outside the data root {root}: "
-            "gate files must lie under the data root"
-        )
-    if not is_file:
-        raise InvalidRequestError(f"gate {role} file {path!r} does not exist under the data root {root}")
-    return resolved
+    return data_file(path, root, what=f"gate {role} file")
 
 
 def gate_queries(

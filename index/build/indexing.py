@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +161,7 @@ def build_index(
     lexical: LexicalSettings | None = DEFAULT_LEXICAL,
     chunking: ChunkSettings | None = None,
     split: SplitFn | None = None,
+    on_resumed: Callable[[int], None] | None = None,
 ) -> BuildReport:
     """Build a collection from BEIR corpora and publish it atomically to ``out_dir``.
 
@@ -181,6 +182,8 @@ def build_index(
     (``experts.make_split_fn(encoder, overlap=...)``). None embeds whole
     passages, truncated by the encoder, and records nothing, as builds did
     before the policy existed; ``rr index`` passes ``"chunk"``.
+
+    ``on_resumed(documents)`` is told, when a run resumes, how many documents its checkpoint already holds.
 
     >>> report = build_index([Path("scifact/corpus.jsonl")], embed=encoder.embed_documents,  # doctest: +SKIP
     ...                      dim=384, out_dir=Path("idx/scifact-v2"), work_dir=Path("idx/.work-scifact"),
@@ -210,6 +213,8 @@ def build_index(
         job = BuildJob(corpora, checkpoint, embed=embed, dim=dim, upsert=upsert, chunking=chunking, split=split)
         start = job.progress
         resumed = start != Progress(0, 0, 0, 0, 0)
+        if resumed and on_resumed is not None:
+            on_resumed(len(checkpoint.store))
         if not out_dir.exists():
             job.run(chunk_size=chunk_size, progress=progress, factory=factory, lexical=lexical)
             publish_staged(work_dir / STAGING_DIR, out_dir)

@@ -115,3 +115,27 @@ def test_a_refused_publish_says_why_and_keeps_the_local_expert(
     assert (cli_env / "sci" / "manifest.json").is_file()
     with httpx.Client(base_url=other.url, timeout=60) as http:
         assert http.get("/experts").json()["experts"] == []
+
+
+def test_on_server_the_service_builds_it_as_a_job(
+    cli_env: Path, datasets: Path, server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = server()
+    (running.root / "incoming").mkdir()
+    slice_corpus(datasets / "scifact" / "corpus.jsonl", running.root / "incoming" / "sci.jsonl", 40)
+    remote = ["--url", running.url, "--on-server", "--admin-key", ADMIN_KEY, *FAST]
+    code, out, err = run_cli(["add-domain", "sci", "--corpus", "incoming/sci.jsonl", *remote], capsys)
+    assert code == 0, err + running.log()
+    assert "queued on" in out and "[succeeded] publishing" in out  # the phases it was seen in, as it went
+    assert f"published to {running.url} by job job-" in out and "'sci' version" in out
+    assert not (cli_env / "sci").exists()  # nothing built here
+    with httpx.Client(base_url=running.url, timeout=60) as http:
+        answer = http.post("/search", json={"query": "vitamin D deficiency", "expert": "sci", "k": 3})
+        assert answer.status_code == 200 and len(answer.json()["results"][0]["hits"]) == 3
+
+    code, _, err = run_cli(["add-domain", "sci2", "--corpus", "../elsewhere.jsonl", *remote], capsys)
+    assert code == 1 and "HTTP 403" in err and "outside the data root" in err
+    code, _, err = run_cli(["add-domain", "sci", "--corpus", "incoming/sci.jsonl", *remote], capsys)
+    assert code == 1 and "HTTP 409" in err and "replace=true" in err
+    code, _, err = run_cli(["add-domain", "sci", "--corpus", "incoming/sci.jsonl", "--on-server", *FAST], capsys)
+    assert code == 2 and "--url" in err

@@ -144,8 +144,10 @@ def test_resume_after_embed_failure_matches_uninterrupted(tmp_path: Path, corpus
     with pytest.raises(Interrupted):  # second interruption after the duplicate and a malformed line
         _build([corpus], tmp_path, "out", flaky, upsert=True)
     assert not (tmp_path / "out").exists() and (tmp_path / ".work-out" / CHECKPOINT_FILE).exists()
-    report = _build([corpus], tmp_path, "out", flaky, upsert=True, chunk_size=40)  # chunking may change
-    assert report.resumed_from_corpus == corpus and report.resumed_from_line > 400
+    held: list[int] = []
+    report = _build([corpus], tmp_path, "out", flaky, upsert=True, chunk_size=40, on_resumed=held.append)
+    assert report.resumed_from_corpus == corpus and report.resumed_from_line > 400  # chunking may change
+    assert len(held) == 1 and 0 < held[0] < report.documents  # what the checkpoint held, told once
     for field in ("documents", "malformed", "problems", "replaced"):
         assert getattr(report, field) == getattr(reference, field), field
     assert _snapshot(report.directory, embed) == _snapshot(reference.directory, embed)

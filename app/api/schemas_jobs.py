@@ -1,0 +1,126 @@
+"""What ``/admin/jobs`` takes and answers, and the service behind it as the API sees it (:class:`JobService`).
+
+The API never imports the offline jobs (``app/offline``): ``rr serve`` hands
+:func:`app.api.main.create_app` a factory that makes a :class:`JobService`
+(:class:`app.offline.job_runner.JobRunner`), and the routes talk to it only
+through this protocol, in plain dicts that the models below validate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.api.schemas import ExpertName
+from app.engine.engine import SearchEngine
+from app.publishing.publisher import ExpertPublisher
+
+__all__ = ["JobListOut", "JobOut", "JobProgressOut", "JobRequest", "JobService", "JobServiceFactory"]
+
+#: A file named relative to the data root (checked there: under it, and a file).
+DataPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class JobService(Protocol):
+    """Jobs submitted, listed and cancelled; errors are the service's own (``app.errors``), raised as they are."""
+
+    def submit(
+        self,
+        *,
+        kind: Literal["index", "train"],
+        expert: str,
+        corpus: str,
+        queries: str | None = None,
+        qrels: str | None = None,
+        replace: bool = False,
+        steps: int | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]: ...
+
+    def records(self) -> list[dict[str, Any]]: ...
+
+    def record(self, job_id: str) -> dict[str, Any]: ...
+
+    def cancel(self, job_id: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+#: Made once the engine and the publisher exist (start-up); ``rr serve`` passes one to ``create_app``.
+JobServiceFactory = Callable[[SearchEngine, ExpertPublisher], JobService]
+
+
+class JobRequest(BaseModel):
+    """``POST /admin/jobs``: index a corpus into a new expert, or train an expert on one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"kind": "index", "expert": "contracts", "corpus": "incoming/contracts.jsonl.gz"},
+                {
+                    "kind": "train",
+                    "expert": "scifact",
+                    "corpus": "datasets/scifact/corpus.jsonl",
+                    "queries": "datasets/scifact/queries.jsonl",
+                    "qrels": "datasets/scifact/qrels/train.tsv",
+                    "replace": True,
+                },
+            ]
+        },
+    )
+
+    kind: Literal["index", "train"] = Field(
+        description="`index`: a NEW expert from the corpus (create, index, pilots, publish). `train`: an expert "
+        "trained on the corpus (and labelled queries), published as a new expert or, with `replace`, swapped in."
+    )
+    expert: ExpertName = Field(description="The expert's name (a new one, or the one a train job replaces).")
+    corpus: DataPath = Field(description="A BEIR corpus (.jsonl or .jsonl.gz), relative to the data root.")
+    queries: DataPath | None = Field(None, description="train: labelled queries (BEIR queries.jsonl).")
+    qrels: DataPath | None = Field(None, description="train: their judgements (a qrels .tsv).")
+    replace: bool = Field(False, description="train: replace the published expert of that name.")
+    steps: int | None = Field(None, ge=1, le=100_000, description="train: optimiser steps (default 300).")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="train: queries per step (default 64).")
+
+    @model_validator(mode="after")
+    def _train_only(self) -> JobRequest:
+        if self.kind == "index":
+            given = [name for name in ("queries", "qrels", "steps", "batch_size") if getattr(self, name) is not None]
+            if given or self.replace:
+                raise ValueError(
+                    f"{[*given, *(['replace'] if self.replace else [])]} apply to train jobs only; an index job "
+                    "takes kind, expert and corpus"
+                )
+        if (self.queries is None) != (self.qrels is None):
+            raise ValueError("give both queries and qrels (labelled training), or neither (corpus-only training)")
+        return self
+
+
+class JobProgressOut(BaseModel):
+    phase: str = Field(description="What the job does now: queued, indexing, building pilots, training, publishing.")
+    done: int = Field(description="Units done in this phase.")
+    total: int | None = Field(description="Units in this phase, when known.")
+    unit: str | None = Field(description="`documents` while indexing, `steps` while training.")
+    rate: float | None = Field(description="Units per second in this phase.")
+    eta_s: float | None = Field(description="Seconds this phase still needs, at that rate.")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["index", "train"]
+    expert: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    request: dict[str, Any] = Field(description="What was asked: the data-root paths, replace, steps.")
+    progress: JobProgressOut
+    created_at: float = Field(description="Unix time it was submitted.")
+    started_at: float | None
+    finished_at: float | None
+    error: str | None = Field(description="Why it failed, or was interrupted.")
+    published_version: int | None = Field(description="The expert version it published, once it succeeded.")
+    log_tail: list[str] = Field(description="The last lines the job logged.")
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut] = Field(description="Newest first.")

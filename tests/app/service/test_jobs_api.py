@@ -1,0 +1,230 @@
+"""``/admin/jobs``: index and train jobs run beside the service, followed, cancelled, refused, kept across restarts.
+
+Nothing is mocked: the jobs index and train on the tiny random BERT, publish
+through the publisher, and are searched afterwards. The flow and the restart
+run against a real ``rr serve``; the refusals and the train jobs run in-process
+(the same app and job thread, started faster).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.offline.job_runner import job_runner_factory
+from experts import Encoder
+from tests.app.service.conftest import ADMIN, service_settings, wait_ready, write_corpus
+
+FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+
+
+def wait_job(http: httpx.Client | TestClient, job_id: str, *, until=lambda job: job["state"] in FINISHED, timeout=90.0):
+    """Poll ``GET /admin/jobs/{id}`` until ``until(job)``; every answer seen is checked to be a whole record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = http.get(f"/admin/jobs/{job_id}", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if until(job):
+            return job
+        if job["state"] in FINISHED or time.monotonic() > deadline:
+            raise AssertionError(f"job never reached the awaited state: {job}")
+        time.sleep(0.05)
+
+
+def left_behind(root: Path) -> list[str]:
+    """Staging a job could leave: its work directory, and train_expert's hidden staging directories."""
+    work = root / ".jobs" / "work"
+    return sorted([*(p.name for p in work.glob("*") if work.is_dir()), *(p.name for p in root.glob(".*.train-*"))])
+
+
+@pytest.fixture()
+def jobs_client(experts_root: Path, tiny_encoder: Encoder) -> Iterator[TestClient]:
+    settings = service_settings(experts_root)
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        yield client
+
+
+def submit(http: httpx.Client | TestClient, **body: Any) -> httpx.Response:
+    return http.post("/admin/jobs", json=body, headers=ADMIN)
+
+
+# ---------------------------------------------------------------------- a real server
+def test_an_index_job_publishes_a_new_expert_and_the_list_survives_a_restart(experts_root: Path, start_server) -> None:
+    write_corpus((experts_root / "incoming").mkdir() or experts_root / "incoming" / "gamma.jsonl", "gamma", count=40)
+    server = start_server(experts_root)
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        started = submit(http, kind="index", expert="gamma", corpus="incoming/gamma.jsonl")
+        assert started.status_code == 202, started.text
+        job = started.json()
+        assert job["state"] == "queued" and job["kind"] == "index" and job["expert"] == "gamma"
+
+        done = wait_job(http, job["id"])
+        assert done["state"] == "succeeded", done
+        assert done["progress"]["phase"] == "publishing"  # where it ended (a failed job: where it failed)
+        assert any(line.endswith("indexing (40 documents)") for line in done["log_tail"])
+        assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
+        assert done["published_version"] >= 1 and any("indexed 40 documents" in line for line in done["log_tail"])
+
+        hits = http.post("/search", json={"query": "blood pressure", "expert": "gamma", "k": 3}).json()
+        assert [hit["id"].startswith("gamma-") for hit in hits["results"][0]["hits"]] == [True] * 3
+        assert http.get("/experts/gamma").status_code == 200
+        assert left_behind(experts_root) == []
+
+        # Killed while indexing (a job queued behind it): both are shown interrupted after the restart, and
+        # the index job is resumed by a new job from its build checkpoint (chunks of 256 documents).
+        write_corpus(experts_root / "incoming" / "delta.jsonl", "gamma", count=768)
+        long = submit(http, kind="index", expert="delta", corpus="incoming/delta.jsonl").json()
+        queued = submit(http, kind="train", expert="epsilon", corpus="incoming/gamma.jsonl", steps=5).json()
+        wait_job(http, long["id"], until=lambda job: job["progress"]["done"] >= 512, timeout=120)
+    server.process.kill()  # SIGKILL: no shutdown runs
+    server.process.wait(timeout=30)
+
+    again = start_server(experts_root)
+    with httpx.Client(base_url=again.url, timeout=30.0) as http:
+        jobs = {j["id"]: j for j in http.get("/admin/jobs", headers=ADMIN).json()["jobs"]}
+        assert jobs[job["id"]]["state"] == "succeeded"
+        assert jobs[long["id"]]["state"] == jobs[queued["id"]]["state"] == "interrupted"
+        assert "server stopped" in jobs[queued["id"]]["error"]
+        resumed_id = jobs[long["id"]]["request"]["resumed_by"]
+        assert jobs[resumed_id]["request"]["resumes"] == long["id"] and len(jobs) == 4
+        resumed = wait_job(http, resumed_id, timeout=120)
+        assert resumed["state"] == "succeeded", resumed
+        assert any("indexed 768 documents" in line and "resumed at line" in line for line in resumed["log_tail"])
+        hits = http.post("/search", json={"query": "cancer cells", "expert": "delta", "k": 3}).json()
+        assert len(hits["results"][0]["hits"]) == 3
+        assert left_behind(experts_root) == []
+        assert http.get("/experts/epsilon").status_code == 404
+
+
+# ---------------------------------------------------------------------- in-process
+def test_a_train_job_replaces_a_published_expert(jobs_client: TestClient, experts_root: Path) -> None:
+    before = jobs_client.get("/experts/alpha").json()["version"]
+    write_corpus(experts_root / "alpha-more.jsonl", "alpha", count=30)
+    job = submit(jobs_client, kind="train", expert="alpha", corpus="alpha-more.jsonl", replace=True, steps=3).json()
+    done = wait_job(jobs_client, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["progress"]["phase"] == "publishing" and done["published_version"] > before
+    assert any("trained" in line for line in done["log_tail"])
+    served = jobs_client.get("/experts/alpha").json()
+    assert served["version"] == done["published_version"] and served["version"] > before
+    hits = jobs_client.post("/search", json={"query": "wing lift", "expert": "alpha", "k": 2}).json()
+    assert len(hits["results"][0]["hits"]) == 2
+    assert left_behind(experts_root) == []
+
+
+def test_a_cancelled_job_publishes_nothing_and_leaves_nothing(jobs_client: TestClient, experts_root: Path) -> None:
+    write_corpus(experts_root / "delta.jsonl", "gamma", count=30)
+    registry = (experts_root / "registry.json").read_text()
+    job = submit(jobs_client, kind="train", expert="delta", corpus="delta.jsonl", steps=100_000).json()
+    running = wait_job(
+        jobs_client, job["id"], until=lambda j: j["progress"]["phase"] == "training" and j["progress"]["done"] > 0
+    )
+    assert (
+        running["state"] == "running" and running["progress"]["total"] == 100_000 and running["progress"]["eta_s"] > 0
+    )
+
+    # One job per expert at a time: a second one is refused, naming the first.
+    busy = submit(jobs_client, kind="train", expert="delta", corpus="delta.jsonl")
+    assert busy.status_code == 409 and job["id"] in busy.json()["error"]["message"]
+    # One job at a time over all experts: another expert's job waits, and is cancelled at once.
+    waiting = submit(jobs_client, kind="index", expert="epsilon", corpus="delta.jsonl").json()
+    assert waiting["state"] == "queued"
+    gone = jobs_client.delete(f"/admin/jobs/{waiting['id']}", headers=ADMIN).json()
+    assert gone["state"] == "cancelled" and gone["started_at"] is None and gone["error"] is None
+
+    assert jobs_client.delete(f"/admin/jobs/{job['id']}", headers=ADMIN).status_code == 200
+    cancelled = wait_job(jobs_client, job["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["error"] is None
+    assert jobs_client.get("/experts/delta").status_code == 404
+    assert not (experts_root / "delta").exists() and left_behind(experts_root) == []
+    assert (experts_root / "registry.json").read_text() == registry
+    # The expert is free again once the job ended.
+    again = submit(jobs_client, kind="index", expert="delta", corpus="delta.jsonl")
+    assert again.status_code == 202 and wait_job(jobs_client, again.json()["id"])["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"kind": "reindex", "expert": "x", "corpus": "c.jsonl"}, 422, "'index' or 'train'"),
+        ({"kind": "index", "expert": "x"}, 422, "corpus"),
+        ({"kind": "index", "expert": "x", "corpus": "../outside.jsonl"}, 403, "outside the data root"),
+        ({"kind": "index", "expert": "x", "corpus": "/etc/passwd"}, 403, "outside the data root"),
+        ({"kind": "index", "expert": "x", "corpus": "missing.jsonl"}, 422, "does not exist under the data root"),
+        ({"kind": "index", "expert": "x", "corpus": "c.jsonl", "steps": 3}, 422, "apply to train jobs only"),
+        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "queries": "c.jsonl"}, 422, "both queries and qrels"),
+        ({"kind": "index", "expert": "alpha", "corpus": "c.jsonl"}, 409, "already exists"),
+        ({"kind": "train", "expert": "beta", "corpus": "c.jsonl"}, 409, "replace=true"),
+        ({"kind": "train", "expert": "nope", "corpus": "c.jsonl", "replace": True}, 404, "not published"),
+        ({"kind": "index", "expert": "bad name!", "corpus": "c.jsonl"}, 422, "expert"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(
+    jobs_client: TestClient, experts_root: Path, body: dict, status: int, says: str
+) -> None:
+    write_corpus(experts_root / "c.jsonl", "gamma", count=4)
+    (experts_root.parent / "outside.jsonl").write_text("{}\n")
+    response = submit(jobs_client, **body)
+    assert response.status_code == status, response.text
+    assert says in response.text
+    assert jobs_client.get("/admin/jobs", headers=ADMIN).json() == {"jobs": []}
+
+
+def test_unknown_jobs_and_keys(jobs_client: TestClient) -> None:
+    missing = jobs_client.get("/admin/jobs/job-nope", headers=ADMIN)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "unknown_job"
+    assert jobs_client.delete("/admin/jobs/job-nope", headers=ADMIN).status_code == 404
+    assert jobs_client.get("/admin/jobs").status_code == 401
+    assert jobs_client.post("/admin/jobs", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_an_index_job_cancelled_midway_while_searches_go_on(jobs_client: TestClient, experts_root: Path) -> None:
+    write_corpus(experts_root / "big.jsonl", "gamma", count=1536)  # six batches of 256
+    job = submit(jobs_client, kind="index", expert="delta", corpus="big.jsonl").json()
+    searched = []
+    while (now := jobs_client.get(f"/admin/jobs/{job['id']}", headers=ADMIN).json())["progress"]["done"] < 256:
+        assert now["state"] in {"queued", "running"}, now
+        started = time.monotonic()
+        answer = jobs_client.post("/search", json={"query": "wing lift", "k": 2})
+        searched.append((answer.status_code, time.monotonic() - started))
+    assert searched and {status for status, _ in searched} == {200}  # served beside the job's bulk passes
+    assert (
+        jobs_client.delete(f"/admin/jobs/{job['id']}", headers=ADMIN)
+        .json()["log_tail"][-1]
+        .endswith("cancel requested: stopping at the next batch or step")
+    )
+    cancelled = wait_job(jobs_client, job["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["progress"]["phase"] == "indexing"
+    assert cancelled["progress"]["done"] < 1536
+    assert not (experts_root / "delta").exists() and left_behind(experts_root) == []
+    assert jobs_client.get("/experts/delta").status_code == 404
+
+
+def test_an_index_job_stopped_with_the_server_resumes_at_the_next_start(
+    experts_root: Path, tiny_encoder: Encoder
+) -> None:
+    write_corpus(experts_root / "big.jsonl", "gamma", count=2560)  # ten batches: the stop comes before the end
+    settings = service_settings(experts_root)
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        job = submit(client, kind="index", expert="delta", corpus="big.jsonl").json()
+        wait_job(client, job["id"], until=lambda j: j["progress"]["done"] >= 256)
+    # The server stopped gracefully: the job is interrupted at its next batch, its checkpoint kept.
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        stopped = client.get(f"/admin/jobs/{job['id']}", headers=ADMIN).json()
+        assert stopped["state"] == "interrupted" and stopped["error"] == "the server stopped"
+        resumed = wait_job(client, stopped["request"]["resumed_by"])
+        assert resumed["state"] == "succeeded", resumed
+        assert any("resumed at line" in line for line in resumed["log_tail"])
+        assert client.get("/experts/delta").json()["documents"] == 2560
+        assert left_behind(experts_root) == []
