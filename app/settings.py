@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
         "(docs/benchmarks.md, section 6).",
     )  # fmt: skip
+    faiss_threads: int | None = Field(
+        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        description="FAISS (OpenMP) search threads; unset = FAISS's default (one per core). Defaults to 1 on hosts "
+        "with <= 2 cores: a single-query search of 11k vectors took 1.3-23 ms p50 with 2 threads on a busy 2-core "
+        "host and 0.6 ms with 1 (docs/benchmarks.md, section 17).",
+    )  # fmt: skip
     batch_tokens: int | None = Field(
         512, ge=1, description="Most padded tokens (rows x longest) in one forward pass: length bucketing."
     )

@@ -57,7 +57,7 @@ class LayerResume:
     under its model lock, like the LoRA hooks.
     """
 
-    def __init__(self, model: torch.nn.Module, *, size: int = 1024) -> None:
+    def __init__(self, model: torch.nn.Module, *, size: int = 256) -> None:
         encoder = getattr(model, "encoder", None)
         stack = getattr(encoder, "layer", None)
         self._model = model

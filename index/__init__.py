@@ -39,7 +39,7 @@ from index.store.chunk_map import CHUNKS_FILE, ChunkMap
 from index.store.chunked_dense import ChunkedDense
 from index.store.collection import DENSE_FILE, DOCSTORE_FILE, Collection, Hit
 from index.store.collection_info import INFO_FILE, IndexInfo, read_info, write_info
-from index.store.dense import DenseIndex
+from index.store.dense import DenseIndex, set_search_threads
 from index.store.dense_filtering import EXACT_FILTER_LIMIT
 from index.store.docstore import DocStore
 from index.store.filter_sql import compile_filter
@@ -119,6 +119,7 @@ __all__ = [
     "read_corpus",
     "read_info",
     "reciprocal_rank_fusion",
+    "set_search_threads",
     "static_view",
     "write_info",
 ]

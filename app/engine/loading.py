@@ -18,7 +18,7 @@ from app.engine.documents import ExpertDocuments, sliced
 from app.engine.splitting import recorded_splitter
 from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertDirError, Manifest, check_base_matches
-from index import Collection, EmbedFn, LiveView, MergePolicy, read_info
+from index import Collection, EmbedFn, LiveView, MergePolicy, read_info, set_search_threads
 from router import check_pilots
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,13 @@ def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:
 
 
 def open_encoder(settings: Settings) -> Encoder:
-    """The base encoder the settings describe (model, token limit, batch size, device, threads)."""
+    """The base encoder the settings describe (model, token limit, batch size, device, threads).
+
+    FAISS's search threads are set here too (``RR_FAISS_THREADS``): like
+    torch's, they are process-wide, and every command that searches opens the encoder first.
+    """
+    if settings.faiss_threads is not None:
+        set_search_threads(settings.faiss_threads)
     return Encoder(
         settings.base_model,
         max_length=settings.max_length,

@@ -278,3 +278,10 @@ class DenseIndex:
                 raise IndexFileError(f"cannot write dense index to {str(path)!r}: {_faiss_message(exc)}") from exc
 
         atomic_write(path, write)
+
+
+def set_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for every search in this process (a process-wide setting, like torch's)."""
+    if threads < 1:
+        raise InvalidParameterError(f"threads must be >= 1, got {threads}")
+    faiss.omp_set_num_threads(threads)
