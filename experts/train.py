@@ -407,6 +407,7 @@ def train_adapter(
     lexical_search: LexicalSearch | None = None,
     progress: bool = True,
     description: str = "training",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainReport:
     """Train a query-side LoRA adapter and save it in PEFT format to ``out_dir``.
 
@@ -418,6 +419,8 @@ def train_adapter(
     app passes the expert's FAISS index for large collections).
     ``lexical_search`` is BM25 over the same rows, needed when
     ``config.fusion_weight`` is set (the adapter is trained on the fused score).
+    ``on_step(done, total)`` is told after each optimiser step (``rr demo`` shows it); an exception it raises
+    ends the training there (nothing is saved). It changes nothing that is trained.
 
     Deterministic on CPU for a given ``config.seed`` (and thread count); the
     global torch RNG is restored afterwards.
@@ -508,6 +511,8 @@ def train_adapter(
                 smoothed = losses[-1] if smoothed is None else 0.9 * smoothed + 0.1 * losses[-1]
                 bar.set_postfix(loss=f"{smoothed:.3f}", refresh=False)
                 bar.update(1)
+                if on_step is not None:
+                    on_step(len(losses), len(schedule))
         peft_model.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         # save_embedding_layers=False: PEFT would otherwise look the base id up on the hub.
