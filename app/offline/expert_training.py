@@ -361,6 +361,8 @@ def train_expert(
     keep_versions: int = 3,
     progress: bool = True,
     gate: Callable[[Path | None, Path], GateRecord] | None = None,
+    retrains: Path | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
 
@@ -376,6 +378,10 @@ def train_expert(
     ``gate(serving, candidate)`` (directories; serving None for a new expert)
     runs before the swap: it raises to refuse the new version, or returns the
     record left in its ``gate.json`` (see :func:`app.publishing.gate.gate_directories`).
+    ``retrains``: the serving directory of the expert this new one is to replace when that one is published
+    elsewhere and swapped through the service (``rr demo`` trains into a new root and publishes with the
+    publisher's replace): its collection is reused as ``replace`` would, and the new version numbers after its.
+    ``on_step(done, total)`` is told after each training step (see :func:`experts.train_adapter`).
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -399,6 +405,8 @@ def train_expert(
             "(the current version keeps serving until the new one is complete)"
         )
     old_version = old.read_manifest().version if old is not None else None
+    reusable = ExpertDir(retrains) if retrains is not None else old
+    after_version = max(old_version or 0, reusable.read_manifest().version if reusable is not None else 0)
     with _staging(root, name) as stage:
         expert = create_expert(
             stage,
@@ -411,7 +419,7 @@ def train_expert(
             description=description,
         )
         index_started = time.perf_counter()
-        reused = _reuse_index(old, expert, encoder, corpora, factory)
+        reused = _reuse_index(reusable, expert, encoder, corpora, factory)
         if not reused:
             index_expert(expert, encoder, corpora, factory=factory, progress=progress)
         index_seconds = time.perf_counter() - index_started
@@ -444,6 +452,7 @@ def train_expert(
                 lexical_search=lexical,
                 progress=progress,
                 description=f"training {name}",
+                on_step=on_step,
             )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)
@@ -456,7 +465,7 @@ def train_expert(
             kinds,
             corpora=corpora,
             labelled=labelled,
-            min_version=(old_version or 0) + 1,
+            min_version=after_version + 1,
         )
         source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
         published = build_pilots(
