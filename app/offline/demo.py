@@ -2,7 +2,9 @@
 
 Idempotent: an expert that already has an index and pilots is reused, so a
 second run goes straight to routing and serving (and needs the collections
-only for the routing report).
+only for the routing report). Beside the service, each expert first serves
+with its untrained adapter, then is trained and swapped in live
+(:mod:`app.offline.demo_training`); one trained already is never trained again.
 """
 
 from __future__ import annotations
