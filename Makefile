@@ -1,8 +1,10 @@
 # One command each: `make demo` sets up and runs the main job; `make test` sets up and runs the tests;
 # `make lint` sets up and checks the style (ruff's linter and formatter) and the types (mypy).
+# `make demo DEMO_ARGS=--no-train` serves the untrained experts only (no adapter training beside the service).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEMO_ARGS ?=
 
 .PHONY: demo test lint install clean
 
@@ -14,7 +16,7 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	touch $@
 
 demo: install
-	$(BIN)/rr demo
+	$(BIN)/rr demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest

@@ -415,6 +415,14 @@ def demo_command(
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="After the report, serve the experts over HTTP.")
     ] = True,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train/--no-train",
+            help="Once every expert serves, train each one's adapter beside the service and swap it in live "
+            "(a few minutes each on CPU); --no-train serves the untrained adapters only.",
+        ),
+    ] = True,
     host: Host = None,
     port: Port = None,
     log_level: LogLevel = "info",
@@ -422,7 +430,9 @@ def demo_command(
     """Serve one expert per collection over HTTP at once, building the missing ones beside the service.
 
     Each expert is published the moment it is complete (searches never see half of one); /readyz and the
-    console say what is still building. With --no-serve: build them all, route every test query, then stop.
+    console say what is still building. Then each untrained one is trained and its trained version swapped in
+    live (unless --no-train); experts already trained are never trained again. With --no-serve: build them
+    all, route every test query, then stop.
     """
     from app.offline.demo import publish_demo, run_demo
 
@@ -433,8 +443,10 @@ def demo_command(
         typer.echo(f'\nsearch it yourself: rr --data-dir {state.settings.data_dir} search "your question"')
         return
     from app.offline.demo import missing_experts
+    from app.offline.demo_training import untrained_experts
 
     todo = missing_experts(state.settings, root, names)
+    to_train = untrained_experts(state.settings, root, names) if train else []
     publish_demo(state.settings, [name for name in names if name not in todo])
     typer.echo(
         f"\ntry: curl -s localhost:{port or state.settings.port}/search -H 'Content-Type: application/json' "
@@ -442,18 +454,23 @@ def demo_command(
     )
     if todo:
         typer.echo(f"building {', '.join(todo)} beside the service: each serves as soon as it is complete")
+    if to_train:
+        typer.echo(f"then training {', '.join(to_train)}: each trained version is swapped in live when done")
     _serve(
         host,
         port,
         log_level,
         encoder=state.encoder(),
-        after_start=partial(_demo_beside_service, root=root, names=names, todo=todo, max_docs=max_docs),
+        after_start=partial(_demo_beside_service, root=root, names=names, todo=todo, train=to_train, max_docs=max_docs),
         building=todo,
     )
 
 
-def _demo_beside_service(service, *, root: Path, names: list[str], todo: list[str], max_docs: int | None) -> None:
-    """``rr demo``'s work once the service serves: build and publish what is missing, then the routing report."""
+def _demo_beside_service(
+    service, *, root: Path, names: list[str], todo: list[str], train: list[str], max_docs: int | None
+) -> None:
+    """``rr demo``'s work once the service serves: build and publish what is missing, the routing report, then
+    train what is untrained, each trained version swapped in live by the publisher's replace."""
     from app.offline.demo import build_beside_service, report_routing
 
     runtime = service.runtime
@@ -461,6 +478,13 @@ def _demo_beside_service(service, *, root: Path, names: list[str], todo: list[st
 
     def publish(name: str) -> None:
         publisher.add_path(name, replace=name in publisher.entries)
+
+    def swap_in(directory: Path) -> None:
+        publisher.add_path(str(directory), replace=True)
+
+    def report() -> None:  # with the untrained adapters, before training (minutes per expert)
+        if not service.closing and all((root / name / "qrels" / "test.tsv").is_file() for name in names):
+            report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
 
     build_beside_service(
         state.settings,
@@ -472,9 +496,10 @@ def _demo_beside_service(service, *, root: Path, names: list[str], todo: list[st
         progress=service.set_building,
         stopping=lambda: service.closing,
         echo=typer.echo,
+        built=report,
+        train=train,
+        swap_in=swap_in,
     )
-    if not service.closing and all((root / name / "qrels" / "test.tsv").is_file() for name in names):
-        report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
 
 
 def _register_optional_commands() -> None:

@@ -2,12 +2,13 @@
 
 Idempotent: an expert that already has an index and pilots is reused, so a
 second run goes straight to routing and serving (and needs the collections
-only for the routing report).
+only for the routing report). Beside the service, each expert first serves
+with its untrained adapter, then is trained and swapped in live
+(:mod:`app.offline.demo_training`); one trained already is never trained again.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import Counter
@@ -17,23 +18,13 @@ from pathlib import Path
 from app.engine.engine import SearchEngine
 from app.engine.output import result_text
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
+from app.offline.demo_training import demo_corpus, train_beside_service
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
-from experts import Encoder, ExpertDir, ExpertError, create_expert
+from experts import Encoder, ExpertDir, ExpertError, TrainConfig, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 
 logger = logging.getLogger(__name__)
-
-
-def _corpus_for(collection: Path, work: Path, max_docs: int | None) -> Path:
-    corpus = collection / "corpus.jsonl"
-    if max_docs is None:
-        return corpus
-    sliced = work / f"corpus-first-{max_docs}.jsonl"
-    if not sliced.exists():
-        with open(corpus, encoding="utf-8") as source, open(sliced, "w", encoding="utf-8") as target:
-            target.writelines(itertools.islice(source, max_docs))
-    return sliced
 
 
 def prepare_expert(
@@ -57,7 +48,7 @@ def prepare_expert(
     if manifest.index is None:
         stage("indexing" + (f" (first {max_docs} documents)" if max_docs else ""))
         echo(f"[{name}] indexing {collection / 'corpus.jsonl'}" + (f" (first {max_docs})" if max_docs else ""))
-        corpus = _corpus_for(collection, directory.work_path("demo"), max_docs)
+        corpus = demo_corpus(collection, directory.work_path("demo"), max_docs)
         manifest, report = index_expert(directory, encoder, [corpus])
         echo(f"[{name}] {report.documents} documents in {report.seconds:.0f}s")
     if manifest.pilots is None:
@@ -116,15 +107,29 @@ def build_beside_service(
     progress: Callable[[str, str | None], None],
     stopping: Callable[[], bool],
     echo: Callable[[str], None] = print,
+    built: Callable[[], None] = lambda: None,
+    train: Sequence[str] = (),
+    training: TrainConfig = TrainConfig(),
+    swap_in: Callable[[Path], None] | None = None,
 ) -> list[str]:
-    """Build the experts ``todo`` one after another while the service serves, publishing each when it is complete.
+    """Build the experts ``todo`` one after another while the service serves, publishing each when it is complete;
+    then train the experts ``train`` one after another, swapping each trained version in as it is done.
 
     ``progress(name, doing)`` says what each is doing (None: done); ``publish(name)`` puts a complete expert into
     service (the publisher's atomic add: searches never see half an expert); ``stopping()`` is checked between
     steps, so a server shutting down ends the build at the next step (an interrupted index resumes on the next
-    run). Returns the experts published.
+    run). ``train`` (:func:`~app.offline.demo_training.untrained_experts`; empty for ``rr demo --no-train``) are
+    trained with ``training`` and published by ``swap_in(directory)``, the publisher's replace (see
+    :func:`~app.offline.demo_training.train_beside_service`). ``built()`` is called between the two (``rr demo``
+    prints its routing report there). Returns the experts published.
     """
-    published = []
+    if train and swap_in is None:
+        raise ValueError("training the demo experts needs swap_in, the publisher's replace, to publish them")
+    for name in train:
+        if name not in todo:
+            progress(name, "queued for training")
+    published: list[str] = []
+    failed: set[str] = set()
     for name in todo:
         if stopping():
             break
@@ -142,10 +147,28 @@ def build_beside_service(
         except Exception as exc:  # one expert that cannot be built must not stop the others
             logger.exception("building the demo expert %s failed", name)
             progress(name, f"failed: {exc}")
+            failed.add(name)
             continue
-        progress(name, None)
+        progress(name, "queued for training" if name in train else None)
         published.append(name)
         echo(f"[{name}] serving now (built in {time.perf_counter() - started:.0f}s)")
+    if not stopping():
+        built()
+    if train and not stopping():
+        assert swap_in is not None  # checked above
+        echo(f"training {', '.join(train)} beside the service: each trained version is swapped in when done")
+        train_beside_service(
+            settings,
+            encoder,
+            datasets,
+            [name for name in train if name not in failed],
+            max_docs=max_docs,
+            config=training,
+            swap_in=swap_in,
+            progress=progress,
+            stopping=stopping,
+            echo=echo,
+        )
     return published
 
 

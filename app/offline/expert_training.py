@@ -362,6 +362,7 @@ def train_expert(
     progress: bool = True,
     gate: Callable[[Path | None, Path], GateRecord] | None = None,
     on_embedded: Callable[[int], None] | None = None,
+    retrains: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
@@ -380,6 +381,9 @@ def train_expert(
     record left in its ``gate.json`` (see :func:`app.publishing.gate.gate_directories`).
     ``on_embedded`` and ``on_step`` report the indexing batches and the training steps (see
     :func:`~app.offline.building.index_expert` and ``experts.train_adapter``); what they raise stops the run.
+    ``retrains``: the serving directory of the expert this new one is to replace when that one is published
+    elsewhere and swapped through the service (``rr demo`` trains into a new root and publishes with the
+    publisher's replace): its collection is reused as ``replace`` would, and the new version numbers after its.
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -403,6 +407,8 @@ def train_expert(
             "(the current version keeps serving until the new one is complete)"
         )
     old_version = old.read_manifest().version if old is not None else None
+    reusable = ExpertDir(retrains) if retrains is not None else old
+    after_version = max(old_version or 0, reusable.read_manifest().version if reusable is not None else 0)
     with _staging(root, name) as stage:
         expert = create_expert(
             stage,
@@ -415,7 +421,7 @@ def train_expert(
             description=description,
         )
         index_started = time.perf_counter()
-        reused = _reuse_index(old, expert, encoder, corpora, factory)
+        reused = _reuse_index(reusable, expert, encoder, corpora, factory)
         if not reused:
             index_expert(expert, encoder, corpora, factory=factory, progress=progress, on_embedded=on_embedded)
         index_seconds = time.perf_counter() - index_started
@@ -461,7 +467,7 @@ def train_expert(
             kinds,
             corpora=corpora,
             labelled=labelled,
-            min_version=(old_version or 0) + 1,
+            min_version=after_version + 1,
         )
         source = "labelled training queries" if queries is not None else "pseudo queries the adapter was trained on"
         published = build_pilots(

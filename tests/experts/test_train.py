@@ -65,6 +65,7 @@ def test_training_lowers_the_loss_and_the_adapter_changes_only_query_embeddings(
 def test_same_seed_same_adapter_other_seed_other_adapter(tmp_path: Path, encoder: Encoder) -> None:
     pairs, documents = toy_problem(encoder)
     config = TrainConfig(**{**FAST.as_dict(), "steps": 6})
+    steps: list[tuple[int, int]] = []
     for run, seed in (("a", 1), ("b", 1), ("c", 2)):
         train_adapter(
             encoder,
@@ -73,10 +74,24 @@ def test_same_seed_same_adapter_other_seed_other_adapter(tmp_path: Path, encoder
             tmp_path / run,
             config=TrainConfig(**{**config.as_dict(), "seed": seed}),
             progress=False,
+            on_step=(lambda done, total: steps.append((done, total))) if run == "b" else None,
         )
     a, b, c = (load_file(tmp_path / run / "adapter_model.safetensors") for run in "abc")
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)  # on_step changes nothing
     assert any(not torch.equal(a[key], c[key]) for key in a)
+    assert steps == [(done, 6) for done in range(1, 7)]
+
+
+def test_an_exception_from_on_step_ends_the_training_and_saves_nothing(tmp_path: Path, encoder: Encoder) -> None:
+    pairs, documents = toy_problem(encoder)
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(encoder, pairs, documents, tmp_path / "out", config=FAST, progress=False, on_step=stop)
+    assert not (tmp_path / "out").exists()
 
 
 def test_in_batch_mode_with_mined_hard_negatives_also_learns(tmp_path: Path, encoder: Encoder) -> None:

@@ -307,8 +307,13 @@ function expertRow(expert) {
   return row;
 }
 
-/** While experts are building (rr demo), the list refreshes itself every few seconds; one timer at most. */
+/** While experts are building or training (rr demo), the list refreshes itself every few seconds; one timer at most. */
 const BUILDING_REFRESH_MS = 5000;
+
+/** Whether rr demo is still at work on an expert (building, training), rather than reporting a training it gave up on. */
+function stillAtWork(doing) {
+  return Boolean(doing) && !doing.startsWith("training failed");
+}
 let buildingRefresh = null;
 
 async function loadExperts() {
@@ -322,7 +327,7 @@ async function loadExperts() {
       closeVersions();  // unpublished since: nothing left to show
     }
     fillExpertChoice(data.experts.filter((e) => e.state === "loaded").map((e) => e.name));
-    if (buildingRefresh === null && data.experts.some((e) => e.state === "building" || e.building)) {
+    if (buildingRefresh === null && data.experts.some((e) => e.state === "building" || stillAtWork(e.building))) {
       buildingRefresh = window.setTimeout(loadExperts, BUILDING_REFRESH_MS);
     }
   } catch (error) {
@@ -536,9 +541,12 @@ async function loadReadiness() {
   const line = $("readiness");
   try {
     const ready = await api("GET", "readyz");
-    const building = Object.entries(ready.building || {}).map(([name, doing]) => `${name}: ${doing}`);
+    const work = Object.entries(ready.building || {});
+    const busy = work.filter(([, doing]) => stillAtWork(doing)).map(([name, doing]) => `${name}: ${doing}`);
+    const failed = work.filter(([, doing]) => !stillAtWork(doing)).map(([name, doing]) => `${name}: ${doing}`);
     line.textContent = `Ready: serving ${ready.experts.length} expert(s): ${ready.experts.join(", ") || "none"}.`
-      + (building.length ? ` Still building ${building.join("; ")}.` : "");
+      + (busy.length ? ` Still building or training ${busy.join("; ")}.` : "")
+      + (failed.length ? ` ${failed.join("; ")}.` : "");
     line.dataset.state = "ready";
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 503) throw error;

@@ -53,12 +53,17 @@ def test_demo_adds_its_experts_to_an_existing_registry(cli_env: Path, datasets: 
 def test_serve_options_are_documented(command: str, capsys) -> None:
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "--host" in out and "--port" in out
+    assert ("--no-train" in out) == (command == "demo")
 
 
 def test_demo_serves_at_once_and_publishes_each_expert_when_built(
     tmp_path: Path, tiny_bert_path: Path, datasets: Path
 ) -> None:
-    """`rr demo` answers before any expert exists, is ready with the first, and ends with all of them serving."""
+    """`rr demo` answers before any expert exists, is ready with the first, and ends with all of them serving.
+
+    --no-train: training (minutes per expert with the default recipe) is shown in-process with a few steps,
+    in test_demo_training.py.
+    """
     import os
     import time
 
@@ -69,7 +74,7 @@ def test_demo_serves_at_once_and_publishes_each_expert_when_built(
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RR_")}
     env.update(PYTHONPATH=str(REPO), RR_DATA_DIR=str(tmp_path / "experts"), RR_BASE_MODEL=str(tiny_bert_path))
-    argv = ["demo", "--collections", "cacm,cisi", "--max-docs", "400", "--datasets", str(datasets)]
+    argv = ["demo", "--no-train", "--collections", "cacm,cisi", "--max-docs", "400", "--datasets", str(datasets)]
     log = tmp_path / "demo.log"
     process = launch_subprocess([*argv, "--port", str(port), "--log-level", "warning"], env=env, cwd=REPO, log=log)
     seen: list[tuple[int, list[str], dict[str, str]]] = []  # (status, experts serving, building) per probe
@@ -101,3 +106,4 @@ def test_demo_serves_at_once_and_publishes_each_expert_when_built(
     text = log.read_text()
     assert "[cacm] serving now" in text and "[cisi] serving now" in text
     assert "routing of each collection's test queries" in text
+    assert "training" not in text

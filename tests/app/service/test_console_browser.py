@@ -373,6 +373,28 @@ def test_an_expert_still_building_shows_what_it_is_doing(console: Console) -> No
     ]
 
 
+def test_a_serving_expert_in_training_shows_its_step_and_a_failed_training_stops_the_refresh(console: Console) -> None:
+    """``rr demo`` trains a serving expert: its row says the step; a failed training is shown, not waited for."""
+    console.open()
+    shown = console.driver.execute_script(
+        """
+        const row = expertRow({name: "cisi", path: "cisi", state: "loaded", version: 3, routable: true,
+                               adapter: {side: "query", trained: false, rank: 8, alpha: 32},
+                               building: "training: step 30/300"});
+        return [Array.from(row.children, (cell) => cell.textContent).slice(0, 8),
+                stillAtWork("training: step 30/300"), stillAtWork("queued for training"),
+                stillAtWork("training failed (the untrained version serves): no train.tsv"), stillAtWork(null)];
+        """
+    )
+    assert shown == [
+        ["cisi", "loaded", "n/a", "n/a", "query, untrained", "3", "yes", "training: step 30/300"],
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
 def utc(iso: str) -> str:
     """An API timestamp as the page shows it."""
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
