@@ -19,9 +19,9 @@ from typing import Generic, TypeVar
 
 from app.engine.documents import ExpertDocuments
 from app.engine.engine import SearchEngine
-from app.engine.loading import LoadedExpert
-from app.errors import UnknownDocumentError
-from experts import UnknownExpertError
+from app.engine.loading import LoadedExpert, unload_expert
+from app.errors import ConflictError, UnknownDocumentError
+from experts import Encoder, UnknownExpertError
 from index import DeleteReport, Document, MergeReport, UpsertReport
 
 logger = logging.getLogger(__name__)
@@ -129,3 +129,35 @@ def carry_writes(source: ExpertDocuments, target: ExpertDocuments, *, since: int
     if deletes:
         target.delete(deletes)  # an id the target never held is reported missing, which is what we want
     return Carried(upserted=[d.id for d in upserts], deleted=deletes)
+
+
+def carry_or_refuse(
+    serving: LoadedExpert, loaded: LoadedExpert, encoder: Encoder, *, since: int, doing: str
+) -> Carried | None:
+    """:func:`carry_writes` from the serving version into ``loaded`` before a swap (a replace or a rollback).
+
+    So no acknowledged write is lost by a swap. Nothing to carry where ``loaded`` opens the serving
+    directory's own log (a reload of the same directory). A failure unloads ``loaded`` and refuses the swap
+    (409), the serving version untouched; ``loaded``'s log may then hold some of the writes, which are
+    acknowledged ones and are carried again next time. A log written by an older release, which does
+    not record what changed, is not carried (logged).
+    """
+    if serving.directory.path.resolve() == loaded.directory.path.resolve():
+        return None
+    try:
+        carried = carry_writes(serving.documents, loaded.documents, since=since)
+    except Exception as exc:
+        unload_expert(loaded, encoder)
+        raise ConflictError(
+            f"expert {serving.name!r} was not {doing}: the documents written since version "
+            f"{serving.manifest.version} began serving could not be carried to the new one: {exc}",
+            details={"reason": type(exc).__name__},
+        ) from exc
+    if carried is None:
+        logger.warning(
+            "expert %r: its live log does not record what changed since it began serving (an older release "
+            "wrote it); documents written since then are not carried to the version it is %s",
+            serving.name,
+            doing,
+        )
+    return carried

@@ -34,7 +34,7 @@ from app.errors import (
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
-from app.publishing.document_writes import Carried, carry_writes
+from app.publishing.document_writes import carry_or_refuse
 from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap, read_gate_file
 from app.publishing.registry import GateRecord, KeptVersion, RegistryEntry, RegistryFile
 from app.publishing.versions import (
@@ -296,13 +296,27 @@ class ExpertPublisher:
                     record = read_gate_file(directory, loaded.manifest.version)
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
+                live_seq = loaded.documents.state().seq  # before the carried writes: see _entry_keeping
+                carried = (
+                    carry_or_refuse(current, loaded, self.engine.encoder, since=replaced.live_seq, doing="replaced")
+                    if current is not None and replaced is not None
+                    else None
+                )
                 if replaced is not None and current is not None:  # the registry's number may predate a retrain
                     replaced = replaced.model_copy(update={"version": current.manifest.version})
                 kept = [*self._replaced_as_kept(replaced, relative, loaded.manifest.version)]
-                entry, dropped = self._entry_keeping(name, relative, loaded, kept)
+                entry, dropped = self._entry_keeping(name, relative, loaded, kept, live_seq=live_seq)
                 entry = entry.model_copy(update={"gate": record})
                 released = self._swap_in(loaded, entry)
-            logger.info("published expert %r v%d from %s", name, loaded.manifest.version, entry.path)
+            logger.info(
+                "published expert %r v%d from %s%s",
+                name,
+                loaded.manifest.version,
+                entry.path,
+                f", carrying {len(carried.upserted)} upserted and {len(carried.deleted)} deleted document(s)"
+                if carried
+                else "",
+            )
         if replaced is not None:
             self._discard_once_released([replaced.path, *(v.path for v in dropped)], released)
         return entry
@@ -328,14 +342,19 @@ class ExpertPublisher:
         return [previous, *kept] if previous is not None else kept
 
     def _entry_keeping(
-        self, name: str, path: str, loaded: LoadedExpert, kept: list[KeptVersion]
+        self, name: str, path: str, loaded: LoadedExpert, kept: list[KeptVersion], *, live_seq: int
     ) -> tuple[RegistryEntry, list[KeptVersion]]:
-        """The registry entry of ``loaded`` serving from ``path`` with the newest kept versions; and those dropped."""
+        """The registry entry of ``loaded`` serving from ``path`` with the newest kept versions; and those dropped.
+
+        ``live_seq``: where its live log stood before the writes carried into it. The carried writes count as
+        written to this version, so the next replace or rollback carries them on (again, where it already holds
+        them: an upsert of a document as it is, or a delete of one gone, changes nothing).
+        """
         return serving_entry(
             name,
             path,
             version=loaded.manifest.version,
-            live_seq=loaded.documents.state().seq,
+            live_seq=live_seq,
             kept=kept,
             keep_versions=self.keep_versions,
         )
@@ -396,10 +415,15 @@ class ExpertPublisher:
                         f"expert {name!r} was not rolled back to version {target.version} at {target.path!r}: {exc}",
                         details={"reason": type(exc).__name__},
                     ) from exc
-                carried = self._carry(serving, loaded, current, target) if serving is not None else None
+                live_seq = loaded.documents.state().seq  # before the carried writes: see _entry_keeping
+                doing = f"rolled back to version {target.version}"
+                carried = (
+                    carry_or_refuse(serving, loaded, self.engine.encoder, since=current.live_seq, doing=doing)
+                    if serving is not None
+                    else None
+                )
                 kept = [current.kept(), *(v for v in current.versions if v is not target)]
-                # live_seq is read after the carried writes: they are part of the version from here on.
-                entry, dropped = self._entry_keeping(name, target.path, loaded, kept)
+                entry, dropped = self._entry_keeping(name, target.path, loaded, kept, live_seq=live_seq)
                 entry = entry.model_copy(update={"gate": target.gate})
                 released = self._swap_in(loaded, entry)
             logger.info(
@@ -413,24 +437,6 @@ class ExpertPublisher:
                 len(carried.deleted) if carried else 0,
             )
         return entry, self._discard_once_released([v.path for v in dropped], released)
-
-    def _carry(
-        self, serving: LoadedExpert, loaded: LoadedExpert, current: RegistryEntry, target: KeptVersion
-    ) -> Carried | None:
-        """The live writes acknowledged since ``current`` began serving, written into ``loaded`` before the swap.
-
-        A failure unloads ``loaded`` and refuses the rollback (409), the serving version untouched; the kept
-        version's log may then hold some of the writes, which are acknowledged ones and are carried again next time.
-        """
-        try:
-            return carry_writes(serving.documents, loaded.documents, since=current.live_seq)
-        except Exception as exc:
-            unload_expert(loaded, self.engine.encoder)
-            raise ConflictError(
-                f"expert {current.name!r} was not rolled back to version {target.version}: the documents written "
-                f"since version {current.version} began serving could not be carried to it: {exc}",
-                details={"reason": type(exc).__name__},
-            ) from exc
 
     def check_servable(self, name: str) -> None:
         """Refuse, with the load failure, a request naming a published expert that could not be loaded.
