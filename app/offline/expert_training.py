@@ -34,26 +34,21 @@ that name (it holds a lock while in use).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
-import fcntl
 import logging
 import os
 import random
 import shutil
-import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.offline.building import PilotMethod, build_pilots, index_expert
+from app.offline.expert_staging import staging, swap_into_place
 from app.publishing.gate import write_gate_file
 from app.publishing.registry import GateRecord
 from app.publishing.versions import archive_replaced, prune_archived
@@ -72,7 +67,6 @@ from experts import (
     check_expert_name,
     combine_pairs,
     create_expert,
-    fsync_dir,
     fsync_tree,
     pseudo_pairs,
     read_adapter_config,
@@ -84,9 +78,7 @@ from index import Collection, corpus_fingerprint, read_info
 
 logger = logging.getLogger(__name__)
 
-_STAGING_LOCK = ".staging.lock"
 _READ_CHUNK = 5000
-_ORPHAN_AGE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,91 +95,6 @@ class TrainingResult:
     seconds: float
     replaced_version: int | None
     gate: GateRecord | None = None
-
-
-# ---------------------------------------------------------------------- staging and swapping
-@contextmanager
-def _staging(root: Path, name: str) -> Iterator[Path]:
-    """A hidden, locked staging directory under ``root``, removed on every exit.
-
-    After a publish it holds only what was replaced (or nothing); after an
-    error or Ctrl-C, the half-built expert.
-
-    Orphans from killed runs (their lock is free, and they are a minute old,
-    so a run that is just starting is not mistaken for one) are removed first.
-    """
-    for orphan in root.glob(f".{name}.train-*.tmp"):
-        try:
-            if time.time() - orphan.stat().st_mtime < _ORPHAN_AGE_S:
-                continue
-            with open(orphan / _STAGING_LOCK, "a+b") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(orphan, ignore_errors=True)
-                logger.info("removed %s, left behind by an interrupted training run", orphan)
-        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
-            continue  # in use by a running training, or already gone
-    stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.train-", suffix=".tmp"))
-    handle = open(stage / _STAGING_LOCK, "a+b")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        handle.close()
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swap two directories in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
-
-    Raises ``NotImplementedError`` where the platform or filesystem cannot.
-    """
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
-    if renameat2 is None:
-        raise NotImplementedError("renameat2 is not available")
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
-        code = ctypes.get_errno()
-        if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise NotImplementedError(os.strerror(code))
-        raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def _swap_into_place(staged: Path, target: Path, *, old_version: int | None) -> None:
-    """Make ``staged`` the expert at ``target``: a rename for a new one, an atomic exchange for a replacement.
-
-    Refuses when ``target`` changed since training started (another writer
-    published meanwhile), rather than silently discarding that change.
-    """
-    if old_version is None:
-        try:
-            os.rename(staged, target)  # fails if a directory of that name appeared meanwhile
-        except OSError as exc:
-            raise ExpertDirError(
-                f"cannot publish expert {target.name!r}: {target} appeared while training ({exc})"
-            ) from exc
-        fsync_dir(target.parent)
-        return
-    current = ExpertDir(target)
-    with current.locked():
-        now = current.read_manifest().version
-        if now != old_version:
-            raise ExpertDirError(
-                f"expert {target.name!r} changed while training (version {old_version} -> {now}); "
-                "nothing was replaced, train again to include that change"
-            )
-        try:
-            _exchange(staged, target)
-        except NotImplementedError:
-            # Two renames: for a moment no expert of that name exists (a loader then reports it missing).
-            aside = staged.with_name(staged.name + ".old")
-            os.rename(target, aside)
-            try:
-                os.rename(staged, target)
-            except BaseException:
-                os.rename(aside, target)
-                raise
-            os.rename(aside, staged)
-    fsync_dir(target.parent)
 
 
 # ---------------------------------------------------------------------- index and documents
@@ -409,7 +316,7 @@ def train_expert(
     old_version = old.read_manifest().version if old is not None else None
     reusable = ExpertDir(retrains) if retrains is not None else old
     after_version = max(old_version or 0, reusable.read_manifest().version if reusable is not None else 0)
-    with _staging(root, name) as stage:
+    with staging(root, name) as stage:
         expert = create_expert(
             stage,
             name,
@@ -478,7 +385,7 @@ def train_expert(
         if record is not None:
             write_gate_file(expert.path, record)
         fsync_tree(expert.path)
-        _swap_into_place(expert.path, target, old_version=old_version)
+        swap_into_place(expert.path, target, old_version=old_version)
         if old_version is not None and keep_versions > 1:  # the staged path now holds the replaced version
             archive_replaced(expert.path, root, name, old_version)
             prune_archived(root, name, keep=keep_versions - 1)
