@@ -7,12 +7,14 @@ serving version alone returns. Refusals run in-process.
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from app.engine.shadow import compare_top
 from experts import Encoder, ExpertDir
@@ -146,8 +148,49 @@ def test_bad_shadows_are_refused_and_change_nothing(root: Path, make_client) -> 
     assert shadow("beta", "same/beta").status_code == 409
     assert client.post("/admin/experts/beta/rollback", headers=ADMIN).status_code == 409  # nothing kept: no change
     assert client.get("/admin/experts/beta/shadow", headers=ADMIN).json()["running"] is True
-    assert client.delete("/admin/experts/beta", headers=ADMIN).status_code == 200  # removing beta ends its shadow
+
+
+def ended(client: TestClient) -> None:
     wait_for(lambda: client.get("/admin/experts/beta/shadow", headers=ADMIN).status_code == 404, timeout=30)
+
+
+def test_replace_rollback_and_removal_each_end_the_shadow(root: Path, make_client) -> None:
+    client = make_client(root)
+
+    def shadow(path: str) -> None:
+        response = client.post("/admin/experts/beta/shadow", json={"path": path, "share": 1.0}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+
+    shadow("shuffled/beta")
+    assert client.post("/admin/experts", json={"path": "same/beta", "replace": True}, headers=ADMIN).status_code == 201
+    ended(client)
+    shadow("shuffled/beta")
+    assert client.post("/admin/experts/beta/rollback", headers=ADMIN).status_code == 200
+    ended(client)
+    shadow("shuffled/beta")
+    assert client.delete("/admin/experts/beta", headers=ADMIN).status_code == 200
+    ended(client)
+    assert "beta" not in client.app.state.service.runtime.engine.shadows.experts
+
+
+def test_a_seeded_share_is_shadowed_and_a_full_queue_drops(root: Path, make_client) -> None:
+    client = make_client(root)
+    queries = [f"compiler parser {i}" for i in range(40)]
+    body = {"path": "same/beta", "share": 0.5, "seed": 7}
+    assert client.post("/admin/experts/beta/shadow", json=body, headers=ADMIN).status_code == 201
+    assert client.post("/search", json={"queries": queries, "expert": "beta", "k": 5}).status_code == 200
+    draws = random.Random(7)
+    expected = sum(draws.random() < 0.5 for _ in queries)
+    assert 10 < expected < 30
+    wait_for(lambda: client.get("/admin/experts/beta/shadow", headers=ADMIN).json()["shadowed"] == expected)
+    report = client.get("/admin/experts/beta/shadow", headers=ADMIN).json()
+    assert report["mean_overlap"] == 1.0 and report["dropped"] == 0
+
+    client.app.state.service.runtime.engine.shadows.limit = 0  # a full queue: the work is dropped, and counted
+    assert client.post("/search", json={"queries": queries, "expert": "beta", "k": 5}).status_code == 200
+    report = client.get("/admin/experts/beta/shadow", headers=ADMIN).json()
+    assert report["shadowed"] == expected and report["dropped"] == sum(draws.random() < 0.5 for _ in queries) > 0
+    assert f'rr_shadow_dropped_queries_total{{expert="beta"}} {float(report["dropped"])}' in client.get("/metrics").text
 
 
 def test_compare_top() -> None:
