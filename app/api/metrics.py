@@ -24,7 +24,7 @@ from app.api.access_log import KEY_NAME
 from app.api.keys import ANONYMOUS, KEY_NAME_STATE
 from app.engine.engine import BatchResult
 from app.engine.loading import LoadedExpert
-from app.engine.shadow import Comparison
+from app.engine.shadow_compare import Comparison
 from router import RouteDecision
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

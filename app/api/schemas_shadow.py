@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.engine.shadow import SHADOW_DEPTH, SHADOW_SEED, ShadowReport
+from app.engine.shadow import SHADOW_SEED, ShadowReport
+from app.engine.shadow_compare import SHADOW_DEPTH
 
 
 class ShadowRequest(BaseModel):

@@ -27,7 +27,7 @@ import numpy as np
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult, not_allowed
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
-from app.engine.shadow import SHADOW_DEPTH, ShadowQuery
+from app.engine.shadow_compare import SHADOW_DEPTH, ShadowQuery
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
 from app.errors import PayloadTooLargeError

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine.shadow import compare_top
+from app.engine.shadow_compare import compare_top
 from experts import Encoder, ExpertDir
 from tests.app.service.conftest import ADMIN, wait_for
 from tests.app.service.test_gate import build_shuffled
