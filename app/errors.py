@@ -18,6 +18,7 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ├── UnknownModelError             404 unknown_model       a reranker name this server does not serve
     ├── UnknownVersionError           404 unknown_version     a rollback to a version not kept (or pruned)
     ├── UnknownJobError               404 unknown_job         no such job id (``/admin/jobs/{id}``)
+    ├── UnknownShadowError            404 unknown_shadow      no shadow runs for the expert
     ├── ConflictError                 409 conflict            already published, reserved name, expert busy with a job
     │   ├── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     │   └── GateRefusedError          409 gate_refused        a replace scored worse than the serving version
@@ -103,6 +104,10 @@ class UnknownVersionError(ServiceError):
 
 class UnknownJobError(ServiceError):
     status, type = 404, "unknown_job"
+
+
+class UnknownShadowError(ServiceError):
+    status, type = 404, "unknown_shadow"
 
 
 class ConflictError(ServiceError):

@@ -42,6 +42,7 @@ from app.api.routes import models as routes_models
 from app.api.routes import ops as routes_ops
 from app.api.routes import rerank as routes_rerank
 from app.api.routes import search as routes_search
+from app.api.routes import shadows as routes_shadows
 from app.api.schemas_jobs import JobServiceFactory
 from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
@@ -74,6 +75,7 @@ def _load(service: ServiceState, encoder: Encoder | None, jobs: JobServiceFactor
         service.phase = "loading the reranker"
     reranker = open_reranker(settings)
     engine = SearchEngine(encoder, settings.engine_config(), take_out_broken=True)
+    engine.shadows.observer = service.metrics.shadows
     publisher = ExpertPublisher(
         engine,
         settings.data_dir,
@@ -232,6 +234,7 @@ def create_app(
         routes_rerank,
         routes_experts,
         routes_admin,
+        routes_shadows,
         routes_jobs,
         routes_keys,
         routes_documents,

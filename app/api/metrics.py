@@ -24,11 +24,13 @@ from app.api.access_log import KEY_NAME
 from app.api.keys import ANONYMOUS, KEY_NAME_STATE
 from app.engine.engine import BatchResult
 from app.engine.loading import LoadedExpert
+from app.engine.shadow_compare import Comparison
 from router import RouteDecision
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _MARGIN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+_OVERLAP_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
 
 
 class _ExpertCollector(Collector):
@@ -124,6 +126,46 @@ def shared_families(registry: CollectorRegistry) -> SharedFamilies:
     )
 
 
+class ShadowMetrics:
+    """The shadows' figures by expert: what :class:`app.engine.shadow.Shadows` reports to its observer."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.queries = Counter(
+            "rr_shadow_queries",
+            "Queries also searched with the expert's shadow candidate.",
+            ["expert"],
+            registry=registry,
+        )
+        self.differing = Counter(
+            "rr_shadow_differing_queries",
+            "Shadowed queries whose top 10 differs between the serving version and the candidate.",
+            ["expert"],
+            registry=registry,
+        )
+        self.overlap = Histogram(
+            "rr_shadow_top10_overlap",
+            "Overlap of the serving version's and the candidate's top 10 (1: the same documents).",
+            ["expert"],
+            buckets=_OVERLAP_BUCKETS,
+            registry=registry,
+        )
+        self.drops = Counter(
+            "rr_shadow_dropped_queries",
+            "Queries drawn for a shadow but dropped: its queue was full.",
+            ["expert"],
+            registry=registry,
+        )
+
+    def shadowed(self, expert: str, comparison: Comparison) -> None:
+        self.queries.labels(expert).inc()
+        self.overlap.labels(expert).observe(comparison.overlap)
+        if comparison.differs:
+            self.differing.labels(expert).inc()
+
+    def dropped(self, expert: str, count: int) -> None:
+        self.drops.labels(expert).inc(count)
+
+
 class Metrics:
     """Every metric the service exports, registered in a registry of its own."""
 
@@ -154,6 +196,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.shadows = ShadowMetrics(r)
         self.registry.register(_ExpertCollector(experts))
 
     def observe_search_batch(self, outcomes: Sequence[object]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult, not_allowed
 from app.engine.merging import MERGE_DEPTH, merge_expert_lists
 from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
+from app.engine.shadow_compare import SHADOW_DEPTH, ShadowQuery
 from app.engine.snapshots import Snapshot
 from app.engine.votes import corpus_votes
 from app.errors import PayloadTooLargeError
@@ -202,7 +203,30 @@ class BatchRun:
                 truncated = self.truncated[position][i]
                 results.append(SearchResult(self.rows[row][1], hits, decisions[row], mode_of[row], truncated, matched))
             self.outcomes[position] = BatchResult(results, dict(timings), len(self.jobs), n_queries)
+        if self.engine.shadows.experts:  # answered: a share goes to the candidates, in the shadows' own thread
+            self.engine.shadows.offer(self._shadowed(pairs, depths, hits_of, decisions))
         return self.outcomes  # type: ignore[return-value]
+
+    def _shadowed(
+        self,
+        pairs: list[tuple[int, str]],
+        depths: list[int],
+        hits_of: dict[int, list[ExpertHit]],
+        decisions: list[RouteDecision],
+    ) -> list[ShadowQuery]:
+        """The answered queries of shadowed experts, each with how its expert (the first it was sent to) searched it."""
+        shadowed, queries = self.engine.shadows.experts, []
+        for position, (row, name) in enumerate(pairs):
+            job_position, text = self.rows[row]
+            if name not in shadowed or decisions[row].experts[:1] != (name,):
+                continue
+            if not isinstance(self.outcomes[job_position], BatchResult):
+                continue
+            job = self.jobs[job_position]
+            served = tuple(hit.id for hit in hits_of[position][:SHADOW_DEPTH])
+            use_adapter = decisions[row].use_adapters
+            queries.append(ShadowQuery(name, text, depths[position], job.retrieval, job.filter, use_adapter, served))
+        return queries
 
     def _evidence(self, rows: list[int], base: np.ndarray) -> dict[int, np.ndarray]:
         """Each routed row's votes from the collections it may be routed to (empty when evidence is off).

@@ -41,6 +41,7 @@ from app.engine.jobs import (
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
+from app.engine.shadow import Shadows
 from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.union_builder import UnionBuilder, build_union
 from app.engine.votes import RouteEvidence, corpus_votes
@@ -98,6 +99,8 @@ class SearchEngine:
         self.take_out_broken = take_out_broken
         #: Builds each new snapshot's corpus union in a thread of its own, after the publish.
         self._unions = UnionBuilder(self.refresh_union)
+        #: Candidate versions searched beside serving ones, off the answers' path (POST /admin/experts/{name}/shadow).
+        self.shadows = Shadows(encoder, retrieval=config.retrieval, max_length=config.query_max_length)
 
     @classmethod
     def open(
@@ -221,12 +224,14 @@ class SearchEngine:
             releases = [partial(unload_expert, expert, self.encoder) for expert in old.experts.values()]
             empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
             self._holder.publish(Snapshot({}, empty), releases=releases)
+        self.shadows.close()
 
     def _publish(
         self, experts: Mapping[str, LoadedExpert], router: Router, releases: Sequence[Callable[[], None]] = ()
     ) -> threading.Event:
         """Publish the next snapshot (the caller holds ``_write_lock``); its corpus union follows in the builder."""
         done = self._holder.publish(Snapshot(experts, router), releases=releases)
+        self.shadows.retire(experts)  # a shadow ends with the version it shadows
         if self.evidence != "none":
             self._unions.request()
         return done

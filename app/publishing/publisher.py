@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 _RECEIVING_PREFIX = ".upload-"
 _STAGING_PREFIX = ".staging-"
 #: What a broken expert directory can raise while being validated and loaded.
-_LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
+LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
 
 
 def _remove_tree(path: Path) -> None:
@@ -114,6 +114,11 @@ class ExpertPublisher:
         return self.engine.failures.failed
 
     @property
+    def admin_lock(self) -> threading.Lock:
+        """Held by every admin change (a shadow's start holds it too: never beside a replace of the same expert)."""
+        return self._lock
+
+    @property
     def entries(self) -> dict[str, RegistryEntry]:
         """Published experts by name (loaded or failed)."""
         return dict(self._entries)
@@ -139,7 +144,7 @@ class ExpertPublisher:
                     if loaded.name != entry.name:
                         unload_expert(loaded, self.engine.encoder)
                         raise ValueError(f"the directory now holds expert {loaded.name!r}")
-                except _LOAD_ERRORS as exc:
+                except LOAD_ERRORS as exc:
                     if bootstrap:  # never published: just not served
                         logger.warning("not publishing %s: %s", entry.path, exc)
                         self.engine.failures.mark_unavailable(entry.name, str(exc))
@@ -273,7 +278,7 @@ class ExpertPublisher:
         with self._lock:
             try:
                 name = ExpertDir(directory).read_manifest().name
-            except _LOAD_ERRORS as exc:
+            except LOAD_ERRORS as exc:
                 raise ExpertRejectedError(f"expert at {path!r} was not published: {exc}") from exc
             self._check_name(name, replace=replace)
             # No document write of this expert between loading the new version (which replays the live
@@ -284,7 +289,7 @@ class ExpertPublisher:
                     current.documents.wait_merge()  # its merge would publish a generation under the new one
                 try:
                     loaded = self._load(directory, verify_checksums=True)  # an add always checks every byte
-                except _LOAD_ERRORS as exc:
+                except LOAD_ERRORS as exc:
                     raise ExpertRejectedError(
                         f"expert {name!r} at {path!r} was not published: {exc}", details={"reason": type(exc).__name__}
                     ) from exc
@@ -410,7 +415,7 @@ class ExpertPublisher:
                     if loaded.name != name:
                         unload_expert(loaded, self.engine.encoder)
                         raise ValueError(f"the directory now holds expert {loaded.name!r}")
-                except _LOAD_ERRORS as exc:
+                except LOAD_ERRORS as exc:
                     raise ExpertRejectedError(
                         f"expert {name!r} was not rolled back to version {target.version} at {target.path!r}: {exc}",
                         details={"reason": type(exc).__name__},
@@ -482,7 +487,7 @@ class ExpertPublisher:
                 name = ExpertDir(source).read_manifest().name
             except ArchiveTooLargeError as exc:
                 raise PayloadTooLargeError(str(exc)) from exc
-            except (ArchiveError, *_LOAD_ERRORS) as exc:
+            except (ArchiveError, *LOAD_ERRORS) as exc:
                 if is_disk_full(exc):
                     raise  # the server's fault, not the archive's: answered 507
                 raise ExpertRejectedError(f"the uploaded archive was not published: {exc}") from exc
