@@ -2,7 +2,8 @@
 
 The engine holds the encoder, the search settings and the experts; what one
 micro-batch goes through (base pass, corpus votes, router, adapter pass,
-searches with filters, fusion) is :class:`app.engine.batch_run.BatchRun`.
+searches with filters, fusion) is :class:`app.engine.batch_run.BatchRun`; what a batch of
+embedding jobs goes through is :func:`app.engine.embedding.embed_batch`.
 
 The set of experts is an immutable snapshot held by a
 :class:`~app.engine.snapshots.SnapshotHolder`: ``add``/``remove`` publish a new one,
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -24,6 +24,7 @@ import numpy as np
 
 from app.engine.batch_run import BatchRun, unknown_expert
 from app.engine.config import EngineConfig, LongQueries
+from app.engine.embedding import embed_batch
 from app.engine.failures import ExpertFailures
 from app.engine.jobs import (
     AUTO_MODEL,
@@ -37,7 +38,6 @@ from app.engine.jobs import (
     SearchJob,
     SearchResult,
     check_queries,
-    not_allowed,
 )
 from app.engine.loading import LoadedExpert, load_expert, unload_expert
 from app.engine.retrieval import RetrievalOptions
@@ -45,10 +45,10 @@ from app.engine.shadow import Shadows
 from app.engine.snapshots import Snapshot, SnapshotHolder
 from app.engine.union_builder import UnionBuilder, build_union
 from app.engine.votes import RouteEvidence, corpus_votes
-from app.errors import ExpertUnavailableError, PermissionDeniedError
-from experts import Encoder, Manifest, UnknownExpertError, list_expert_dirs
+from app.errors import ExpertUnavailableError
+from experts import Encoder, Manifest, list_expert_dirs
 from index import FilterExpr, SharedIdf
-from router import NoExpertsError, RouteDecision, RoutePolicy, Router
+from router import RouteDecision, RoutePolicy, Router
 
 logger = logging.getLogger(__name__)
 
@@ -272,9 +272,9 @@ class SearchEngine:
         check_queries(queries)
         with self._holder.lease() as snapshot:
             base = self.encoder.embed(queries, max_length=self.query_max_length, cache=True)
-            return self._decide(snapshot, base, list(queries), policy or self.policy)
+            return self.decide(snapshot, base, list(queries), policy or self.policy)
 
-    def _decide(
+    def decide(
         self,
         snapshot: Snapshot,
         base: np.ndarray,
@@ -343,65 +343,5 @@ class SearchEngine:
 
     def embed_jobs(self, jobs: Sequence[EmbedJob]) -> list[EmbedResult | Exception]:
         """One outcome per job; jobs asking for the same model, input type and priority share one pass."""
-        outcomes: list[EmbedResult | Exception | None] = [None] * len(jobs)
-        groups: dict[tuple[str, InputType, bool, frozenset[str] | None], list[int]] = defaultdict(list)
-        for position, job in enumerate(jobs):
-            groups[job.model, job.input_type, job.bulk, job.allowed_experts].append(position)
         with self._holder.lease() as snapshot:
-            for (model, input_type, bulk, allowed), positions in groups.items():
-                texts = [text for p in positions for text in jobs[p].texts]
-                try:
-                    result = self._embed(snapshot, texts, model, input_type, bulk=bulk, allowed=allowed)
-                except (UnknownExpertError, NoExpertsError, PermissionDeniedError) as exc:
-                    for p in positions:
-                        outcomes[p] = exc
-                    continue
-                start = 0
-                for p in positions:
-                    end = start + len(jobs[p].texts)
-                    decisions = result.decisions[start:end] if result.decisions is not None else None
-                    tokens = result.tokens[start:end] if result.tokens is not None else None
-                    outcomes[p] = EmbedResult(
-                        result.vectors[start:end], result.adapters_of[start:end], decisions, tokens
-                    )
-                    start = end
-        return outcomes  # type: ignore[return-value]
-
-    def _embed(
-        self,
-        snapshot: Snapshot,
-        texts: list[str],
-        model: str,
-        input_type: InputType,
-        *,
-        bulk: bool = False,
-        allowed: frozenset[str] | None = None,
-    ) -> EmbedResult:
-        max_length = self.query_max_length if input_type == "query" else None
-        limit = self.encoder.max_length if max_length is None else min(max_length, self.encoder.max_length)
-        tokens = [min(count, limit) for count in self.encoder.token_counts(texts)]
-        if model == BASE_MODEL:
-            vectors = self.encoder.embed(texts, max_length=max_length, bulk=bulk)
-            return EmbedResult(vectors, [None] * len(texts), tokens=tokens)
-        decisions = None
-        if model == AUTO_MODEL:
-            base = self.encoder.embed(texts, max_length=self.query_max_length, cache=True, bulk=bulk)
-            decisions = self._decide(snapshot, base, texts, self.policy, only=allowed)
-            names = [decision.experts[0] for decision in decisions]
-        else:
-            if allowed is not None and model not in allowed:
-                raise not_allowed(model, allowed)
-            self._require(snapshot, model)
-            names = [model] * len(texts)
-        adapters = [_adapter_for(snapshot.experts[name], input_type) for name in names]
-        vectors = self.encoder.embed(texts, expert=adapters, max_length=max_length, bulk=bulk)
-        return EmbedResult(
-            vectors, [name if adapter else None for name, adapter in zip(names, adapters)], decisions, tokens
-        )
-
-
-def _adapter_for(expert: LoadedExpert, input_type: InputType) -> str | None:
-    """Documents are embedded as the expert's index holds them (``AdapterInfo.embeds_documents``)."""
-    if input_type == "document" and not expert.manifest.adapter.embeds_documents:
-        return None
-    return expert.adapter
+            return embed_batch(self, snapshot, jobs)

@@ -17,11 +17,14 @@ import numpy as np
 from app.engine.documents import ExpertDocuments, sliced
 from app.engine.splitting import recorded_splitter
 from app.settings import Settings
-from experts import Encoder, ExpertDir, ExpertDirError, Manifest, check_base_matches
-from index import Collection, EmbedFn, LiveView, MergePolicy, read_info, set_search_threads
-from router import check_pilots
+from experts import Encoder, ExpertDir, ExpertDirError, ExpertError, Manifest, check_base_matches
+from index import Collection, EmbedFn, IndexStoreError, LiveView, MergePolicy, read_info, set_search_threads
+from router import RouterError, check_pilots
 
 logger = logging.getLogger(__name__)
+
+#: What a broken expert directory can raise while being validated and loaded (:func:`load_expert`).
+LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ serialised by one lock; searches never wait for it.
 
 A replace keeps the version it replaces (``keep_versions``, RR_KEEP_VERSIONS,
 counts the serving one): a rollback swaps a kept version back by the same
-path. See :mod:`app.publishing.versions` for where kept versions live.
+path. See :mod:`app.publishing.versions` for where kept versions live,
+:mod:`app.publishing.restore` for start-up and :mod:`app.publishing.discards`
+for when the directories of versions no longer used are deleted.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import secrets
 import shutil
@@ -23,55 +24,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.engine.engine import RESERVED_NAMES, SearchEngine
-from app.engine.loading import LoadedExpert, load_expert, unload_expert
+from app.engine.loading import LOAD_ERRORS, LoadedExpert, load_expert, unload_expert
 from app.errors import (
     ConflictError,
     ExpertRejectedError,
     ExpertUnavailableError,
-    InvalidRequestError,
-    PathNotAllowedError,
     PayloadTooLargeError,
     is_disk_full,
 )
 from app.publishing.archive import ArchiveError, ArchiveTooLargeError, extract_archive, find_expert_root
+from app.publishing.data_paths import expert_directory, resolved
+from app.publishing.discards import RECEIVING_PREFIX, STAGING_PREFIX, discard_once_released
 from app.publishing.document_writes import carry_or_refuse
 from app.publishing.gate import GATE_QUERIES, gate_spec, gate_swap, read_gate_file
-from app.publishing.registry import GateRecord, KeptVersion, RegistryEntry, RegistryFile
+from app.publishing.registry import GateRecord, RegistryEntry, RegistryFile
+from app.publishing.restore import restore_published
 from app.publishing.versions import (
     UPLOADS_DIR,
     check_no_writes_since_publish,
     choose_kept,
-    find_archived,
-    owned_directory,
+    replaced_as_kept,
     serving_entry,
 )
-from experts import ExpertDir, ExpertError, UnknownExpertError, list_expert_dirs
-from index import IndexStoreError, MergePolicy
-from router import RouterError
+from experts import ExpertDir, UnknownExpertError
+from index import MergePolicy
 
 logger = logging.getLogger(__name__)
-
-#: Hidden names under it: an archive being received, and one being unpacked (removed at start-up if left).
-_RECEIVING_PREFIX = ".upload-"
-_STAGING_PREFIX = ".staging-"
-#: What a broken expert directory can raise while being validated and loaded.
-LOAD_ERRORS = (ExpertError, IndexStoreError, RouterError, ValueError, OSError)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a directory tree, or a file or link (a link is removed, never followed)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _resolved(path: Path) -> Path:
-    """``path.resolve()``, with a symlink loop raised as OSError (ELOOP) as Python 3.13 does; 3.11 raises RuntimeError."""
-    try:
-        return path.resolve()
-    except RuntimeError as exc:
-        raise OSError(errno.ELOOP, f"{exc}") from exc
 
 
 class ExpertPublisher:
@@ -127,144 +105,25 @@ class ExpertPublisher:
     def restore(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
         """Load what the registry lists; with no registry yet, publish every loadable expert under the root."""
         with self._lock:
-            self._discard_interrupted_writes()
-            entries = self.registry.read()
-            bootstrap = entries is None
-            if entries is None:
-                entries = [RegistryEntry(name=d.path.name, path=d.path.name) for d in list_expert_dirs(self.root)]
-                logger.info("no %s yet: publishing the experts found under %s", self.registry.path.name, self.root)
-            published: list[RegistryEntry] = []
-            for position, entry in enumerate(entries, start=1):
-                progress(f"loading experts ({position}/{len(entries)}: {entry.name})")
-                try:
-                    directory = _resolved(self.registry.resolve(entry))
-                    if not directory.is_relative_to(self.root):
-                        raise ValueError(f"{entry.path!r} lies outside the data root {self.root}")
-                    loaded = self._load(directory, verify_checksums=self.verify_checksums)
-                    if loaded.name != entry.name:
-                        unload_expert(loaded, self.engine.encoder)
-                        raise ValueError(f"the directory now holds expert {loaded.name!r}")
-                except LOAD_ERRORS as exc:
-                    if bootstrap:  # never published: just not served
-                        logger.warning("not publishing %s: %s", entry.path, exc)
-                        self.engine.failures.mark_unavailable(entry.name, str(exc))
-                        continue
-                    logger.error("published expert %r cannot be loaded: %s", entry.name, exc)
-                    self.engine.failures.mark_failed(entry.name, str(exc))
-                    published.append(entry)
-                    continue
-                self.engine.add(loaded)
-                published.append(self._restored(entry, loaded.manifest.version))
-            changed = published != [entry for entry in entries if entry.name in {e.name for e in published}]
-            self._entries = {entry.name: entry for entry in published}
-            if bootstrap:  # without a registry nothing says which uploads were published: keep them all
-                self.registry.write(published)
-                return
-            if changed:  # versions retrained in place while the service was down: recorded, best effort
-                try:
-                    self.registry.write(published)
-                except OSError as exc:
-                    logger.warning("could not record the experts' current versions in %s: %s", self.registry.path, exc)
-            self._discard_unpublished_uploads()
-
-    def _restored(self, entry: RegistryEntry, version: int) -> RegistryEntry:
-        """``entry`` with the version its directory now holds; a version ``rr train-expert --replace`` moved under
-        ``.versions/`` while the service was down is kept."""
-        if entry.version == version:
-            return entry
-        kept = self._replaced_as_kept(entry, entry.path, version)
-        gate = read_gate_file(self.registry.resolve(entry), version)  # the gate `rr train-expert --gate` ran, if it did
-        update = {"version": version, "versions": tuple(kept[: self.keep_versions - 1]), "gate": gate}
-        return entry.model_copy(update=update)
-
-    def _discard_interrupted_writes(self) -> None:
-        """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
-
-        Only the hidden names given to them while they are written; unpacked experts (published or not) are kept.
-        """
-        for leftover in self.registry.discard_temporary_files():
-            logger.warning("removed %s, left by a registry update that was interrupted", leftover)
-        uploads = self.root / UPLOADS_DIR
-        if not uploads.is_dir():
-            return
-        for leftover in sorted([*uploads.glob(f"{_RECEIVING_PREFIX}*"), *uploads.glob(f"{_STAGING_PREFIX}*")]):
-            logger.warning("removing %s, left by an upload that was interrupted", leftover)
-            _remove_tree(leftover)
-
-    def _owned_in_use(self) -> set[Path]:
-        """The directories the service made (uploads, kept versions) that a published or kept version still uses."""
-        paths = [path for entry in self._entries.values() for path in (entry.path, *(v.path for v in entry.versions))]
-        return {owned for path in paths if (owned := owned_directory(self.root, path)) is not None}
-
-    def _discard_unpublished_uploads(self) -> None:
-        """Under the lock: delete every unpacked upload that no registry entry names, serving or kept (their expert
-        was removed or replaced while the server was down, or a crash came between unpacking and publishing)."""
-        uploads = self.root / UPLOADS_DIR
-        if not uploads.is_dir() or uploads.is_symlink():
-            return
-        kept = self._owned_in_use()
-        for directory in sorted(uploads.iterdir()):
-            if directory.name.startswith(".") or directory in kept:
-                continue  # hidden names are uploads in progress (removed by _discard_interrupted_writes)
-            logger.warning("removing %s: an uploaded expert that is no longer published", directory)
-            _remove_tree(directory)
+            self._entries = restore_published(
+                self.engine,
+                self.registry,
+                load=lambda entry: self._load_published(entry.name, entry.path, verify_checksums=self.verify_checksums),
+                keep_versions=self.keep_versions,
+                progress=progress,
+            )
 
     def _discard_once_released(self, paths: list[str], released: threading.Event) -> threading.Event:
-        """Delete the directories the service made for versions that are no longer served nor kept, once unloaded.
-
-        Not before: searches that still hold the replaced or removed version
-        read its files. Directories an admin placed are never deleted. Returns
-        an event set when that is done (at once when there is nothing to
-        delete). Call it without holding the lock.
-        """
-        directories = sorted({owned for path in paths if (owned := owned_directory(self.root, path)) is not None})
-        if not directories:
-            return released
-
-        done = threading.Event()
-
-        def discard() -> None:
-            released.wait()
-            try:
-                with self._lock:  # the same directory may have been published again meanwhile
-                    in_use = self._owned_in_use()
-                    for directory in directories:
-                        if directory not in in_use and directory.exists():
-                            _remove_tree(directory)
-                            logger.info("removed %s: the version it held is no longer published nor kept", directory)
-            finally:
-                done.set()
-
-        if released.is_set():
-            discard()
-        else:
-            threading.Thread(target=discard, name="rr-discard-versions", daemon=True).start()
-        return done
+        """Once ``released`` is set, delete the directories the service made for ``paths`` that nothing uses now
+        (:func:`~app.publishing.discards.discard_once_released`). Call it without holding the lock."""
+        return discard_once_released(
+            self.root, paths, released, lock=self._lock, published=lambda: self._entries.values()
+        )
 
     # ------------------------------------------------------------------ add
     def resolve_path(self, path: str) -> Path:
         """An expert directory named by the caller, which must lie under the data root once links are followed."""
-        candidate = Path(path)
-        if not candidate.is_absolute():
-            candidate = self.root / candidate
-        try:
-            resolved = _resolved(candidate)
-        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
-            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc}") from exc
-        if not resolved.is_relative_to(self.root):
-            raise PathNotAllowedError(
-                f"path {path!r} resolves to {resolved}, outside the data root {self.root}: "
-                "experts can only be published from directories under the data root"
-            )
-        if resolved == self.root:
-            raise InvalidRequestError(f"path {path!r} is the data root itself; name an expert directory inside it")
-        try:
-            is_directory = resolved.is_dir()
-        except OSError as exc:  # a component longer than the filesystem allows (ENAMETOOLONG)
-            raise InvalidRequestError(f"path {path!r} cannot be resolved: {exc.strerror}") from exc
-        if not is_directory:
-            raise ExpertRejectedError(f"path {path!r} is not a directory under the data root {self.root}")
-        return resolved
+        return expert_directory(path, self.root)
 
     def add_path(
         self, path: str, *, replace: bool = False, gate: str | None = None, gate_margin: float | None = None
@@ -301,7 +160,7 @@ class ExpertPublisher:
                     record = read_gate_file(directory, loaded.manifest.version)
                 relative = directory.relative_to(self.root).as_posix()
                 replaced = self._entries.get(name)
-                live_seq = loaded.documents.state().seq  # before the carried writes: see _entry_keeping
+                live_seq = loaded.documents.state().seq  # before the carried writes: see serving_entry
                 carried = (
                     carry_or_refuse(current, loaded, self.engine.encoder, since=replaced.live_seq, doing="replaced")
                     if current is not None and replaced is not None
@@ -309,8 +168,15 @@ class ExpertPublisher:
                 )
                 if replaced is not None and current is not None:  # the registry's number may predate a retrain
                     replaced = replaced.model_copy(update={"version": current.manifest.version})
-                kept = [*self._replaced_as_kept(replaced, relative, loaded.manifest.version)]
-                entry, dropped = self._entry_keeping(name, relative, loaded, kept, live_seq=live_seq)
+                kept = replaced_as_kept(self.root, replaced, relative)
+                entry, dropped = serving_entry(
+                    name,
+                    relative,
+                    version=loaded.manifest.version,
+                    live_seq=live_seq,
+                    kept=kept,
+                    keep_versions=self.keep_versions,
+                )
                 entry = entry.model_copy(update={"gate": record})
                 released = self._swap_in(loaded, entry)
             logger.info(
@@ -325,44 +191,6 @@ class ExpertPublisher:
         if replaced is not None:
             self._discard_once_released([replaced.path, *(v.path for v in dropped)], released)
         return entry
-
-    def _replaced_as_kept(self, replaced: RegistryEntry | None, path: str, version: int) -> list[KeptVersion]:
-        """The versions kept once the one at ``path`` replaces ``replaced``: the replaced one first, then its kept ones.
-
-        A publish from the serving directory itself keeps the previous version
-        only when ``rr train-expert --replace`` moved it under ``.versions/``.
-        """
-        if replaced is None:
-            return []
-        kept = list(replaced.versions)
-        previous: KeptVersion | None = replaced.kept()
-        if replaced.path == path:
-            known = {v.path for v in kept}
-            moved = [
-                relative
-                for found in find_archived(self.root, replaced.name, replaced.version)
-                if (relative := found.relative_to(self.root).as_posix()) not in known
-            ]
-            previous = replaced.kept().model_copy(update={"path": moved[0]}) if moved else None
-        return [previous, *kept] if previous is not None else kept
-
-    def _entry_keeping(
-        self, name: str, path: str, loaded: LoadedExpert, kept: list[KeptVersion], *, live_seq: int
-    ) -> tuple[RegistryEntry, list[KeptVersion]]:
-        """The registry entry of ``loaded`` serving from ``path`` with the newest kept versions; and those dropped.
-
-        ``live_seq``: where its live log stood before the writes carried into it. The carried writes count as
-        written to this version, so the next replace or rollback carries them on (again, where it already holds
-        them: an upsert of a document as it is, or a delete of one gone, changes nothing).
-        """
-        return serving_entry(
-            name,
-            path,
-            version=loaded.manifest.version,
-            live_seq=live_seq,
-            kept=kept,
-            keep_versions=self.keep_versions,
-        )
 
     def _swap_in(self, loaded: LoadedExpert, entry: RegistryEntry) -> threading.Event:
         """Under the lock and the expert's document lock: write the registry, then swap the snapshot.
@@ -408,19 +236,13 @@ class ExpertPublisher:
                     if serving.documents.changed_since(current.live_seq) is None:  # a log too old to say
                         check_no_writes_since_publish(current, serving.documents.state().seq)
                 try:
-                    directory = _resolved(self.root / target.path)
-                    if not directory.is_relative_to(self.root):
-                        raise ValueError(f"{target.path!r} lies outside the data root {self.root}")
-                    loaded = self._load(directory, verify_checksums=True)
-                    if loaded.name != name:
-                        unload_expert(loaded, self.engine.encoder)
-                        raise ValueError(f"the directory now holds expert {loaded.name!r}")
+                    loaded = self._load_published(name, target.path, verify_checksums=True)
                 except LOAD_ERRORS as exc:
                     raise ExpertRejectedError(
                         f"expert {name!r} was not rolled back to version {target.version} at {target.path!r}: {exc}",
                         details={"reason": type(exc).__name__},
                     ) from exc
-                live_seq = loaded.documents.state().seq  # before the carried writes: see _entry_keeping
+                live_seq = loaded.documents.state().seq  # before the carried writes: see serving_entry
                 doing = f"rolled back to version {target.version}"
                 carried = (
                     carry_or_refuse(serving, loaded, self.engine.encoder, since=current.live_seq, doing=doing)
@@ -428,7 +250,14 @@ class ExpertPublisher:
                     else None
                 )
                 kept = [current.kept(), *(v for v in current.versions if v is not target)]
-                entry, dropped = self._entry_keeping(name, target.path, loaded, kept, live_seq=live_seq)
+                entry, dropped = serving_entry(
+                    name,
+                    target.path,
+                    version=loaded.manifest.version,
+                    live_seq=live_seq,
+                    kept=kept,
+                    keep_versions=self.keep_versions,
+                )
                 entry = entry.model_copy(update={"gate": target.gate})
                 released = self._swap_in(loaded, entry)
             logger.info(
@@ -460,7 +289,7 @@ class ExpertPublisher:
         """A new file name under ``<root>/uploads/`` for an archive being received (the directory is created)."""
         uploads = self.root / UPLOADS_DIR
         uploads.mkdir(parents=True, exist_ok=True)
-        return uploads / f"{_RECEIVING_PREFIX}{secrets.token_hex(6)}.tar"
+        return uploads / f"{RECEIVING_PREFIX}{secrets.token_hex(6)}.tar"
 
     def add_archive(
         self,
@@ -477,7 +306,7 @@ class ExpertPublisher:
         """
         gate_spec(gate, self.root, margin=gate_margin, default_margin=self.gate_margin, replace=replace)  # fail fast
         uploads = self.root / UPLOADS_DIR
-        staging = uploads / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
+        staging = uploads / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
         staging.mkdir(parents=True)
         final: Path | None = None
         try:
@@ -527,6 +356,18 @@ class ExpertPublisher:
             write=True,
             merge_policy=self.merge_policy,
         )
+
+    def _load_published(self, name: str, path: str, *, verify_checksums: bool) -> LoadedExpert:
+        """Load the version of ``name`` the registry records at ``path``: under the data root once links are
+        followed, and still holding expert ``name``. Raises one of LOAD_ERRORS."""
+        directory = resolved(self.root / path)
+        if not directory.is_relative_to(self.root):
+            raise ValueError(f"{path!r} lies outside the data root {self.root}")
+        loaded = self._load(directory, verify_checksums=verify_checksums)
+        if loaded.name != name:
+            unload_expert(loaded, self.engine.encoder)
+            raise ValueError(f"the directory now holds expert {loaded.name!r}")
+        return loaded
 
     # ------------------------------------------------------------------ remove
     def remove(self, name: str) -> threading.Event:

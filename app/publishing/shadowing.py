@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import math
 
-from app.engine.loading import load_expert, unload_expert
+from app.engine.loading import LOAD_ERRORS, load_expert, unload_expert
 from app.engine.shadow import SHADOW_SEED, ShadowReport
 from app.errors import ExpertRejectedError, InvalidRequestError
-from app.publishing.publisher import LOAD_ERRORS, ExpertPublisher
+from app.publishing.publisher import ExpertPublisher
 from experts import ExpertDir, UnknownExpertError
 
 logger = logging.getLogger(__name__)

@@ -93,6 +93,27 @@ def find_archived(root: Path, name: str, version: int) -> list[Path]:
     return sorted(found, key=lambda d: d.parent.stat().st_mtime, reverse=True)
 
 
+def replaced_as_kept(root: Path, replaced: RegistryEntry | None, path: str) -> list[KeptVersion]:
+    """The versions kept once the one at ``path`` replaces ``replaced``: the replaced one first, then its kept ones.
+
+    A publish from the serving directory itself keeps the previous version
+    only when ``rr train-expert --replace`` moved it under ``.versions/``.
+    """
+    if replaced is None:
+        return []
+    kept = list(replaced.versions)
+    previous: KeptVersion | None = replaced.kept()
+    if replaced.path == path:
+        known = {v.path for v in kept}
+        moved = [
+            relative
+            for found in find_archived(root, replaced.name, replaced.version)
+            if (relative := found.relative_to(root).as_posix()) not in known
+        ]
+        previous = replaced.kept().model_copy(update={"path": moved[0]}) if moved else None
+    return [previous, *kept] if previous is not None else kept
+
+
 def choose_kept(current: RegistryEntry, version: int | None, *, keep_versions: int) -> KeptVersion:
     """The kept version a rollback of ``current`` serves: ``version`` (a manifest version), or the one served before.
 
@@ -136,7 +157,10 @@ def serving_entry(
 ) -> tuple[RegistryEntry, list[KeptVersion]]:
     """The registry entry of the version at ``path`` with the newest ``keep_versions - 1`` of ``kept``; and the rest.
 
-    ``kept`` is most recently served first; the serving directory is never also kept.
+    ``kept`` is most recently served first; the serving directory is never also kept. ``live_seq``: where the
+    version's live log stood before the writes a replace or rollback carried into it. The carried writes count
+    as written to this version, so the next replace or rollback carries them on (again, where it already holds
+    them: an upsert of a document as it is, or a delete of one gone, changes nothing).
     """
     kept = [candidate for candidate in kept if candidate.path != path]
     room = keep_versions - 1

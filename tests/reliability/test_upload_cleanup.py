@@ -37,7 +37,7 @@ def published_path(root: Path, name: str) -> str:
 
 @pytest.mark.timeout(120)
 def test_uploads_are_deleted_once_not_published(experts_root: Path, make_client, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="app.publishing.publisher")
+    caplog.set_level(logging.INFO, logger="app.publishing.discards")
     archive = tar_gz({"gamma": experts_root / "staging" / "gamma"})
     client = make_client(experts_root, drain_timeout_s=0.2, keep_versions=1)
 
