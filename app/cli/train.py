@@ -35,6 +35,7 @@ _DEFAULTS: dict[str, Any] = {  # Any: each parameter below states its value's ty
     "seed": 0,
     "query_max_length": 48,
     "full_softmax_limit": 50_000,
+    "top_layers": 2,
 }
 
 
@@ -69,11 +70,13 @@ def train_expert_command(
         int | None, typer.Option(min=1, help="Mined hard negatives per query (collections above --full-softmax-limit).")
     ] = None,
     top_layers: Annotated[
-        int | None,
+        int,
         typer.Option(
-            min=1, help="LoRA on the encoder's top N layers only: a routed query's expert pass then runs only those."
+            min=0,
+            help="LoRA on the encoder's top N layers only: a routed query's expert pass then runs only those "
+            "(0: every layer).",
         ),
-    ] = None,
+    ] = _DEFAULTS["top_layers"],
     full_softmax_limit: Annotated[
         int, typer.Option(min=0, help="Up to this many documents, score each query against all of them.")
     ] = _DEFAULTS["full_softmax_limit"],
@@ -129,7 +132,7 @@ def train_expert_command(
             query_max_length=query_max_length,
             seed=seed,
             hard_negatives=hard_negatives,
-            top_layers=top_layers,
+            top_layers=top_layers or None,
             full_softmax_limit=full_softmax_limit,
         )
     except ValueError as exc:
