@@ -108,7 +108,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds before each run")
     parser.add_argument("--many", type=int, default=20, help="experts of the second routed server (0: skip it)")
     parser.add_argument(
-        "--top-layers", type=int, default=2, help="also 5 experts with adapters on the top N layers (0: skip them)"
+        "--top-layers",
+        type=int,
+        default=2,
+        help="also 5 experts with adapters on the top N layers, and the many experts' adapters so (0: neither)",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -143,10 +146,17 @@ def main() -> None:
 
             many = scratch / "many"
             print(f"building {args.many} stand-in experts ...", flush=True)
-            synthetic_root(many, args.many, encoder=Encoder(), datasets=args.datasets, docs=args.docs)
+            synthetic_root(
+                many,
+                args.many,
+                encoder=Encoder(),
+                datasets=args.datasets,
+                docs=args.docs,
+                top_layers=args.top_layers or None,
+            )
             shutil.rmtree(many / ".adapters", ignore_errors=True)
             shutil.rmtree(many / ".corpora", ignore_errors=True)
-            roots[f"{args.many} experts"] = many
+            roots[f"{args.many} experts" + (f", top-{args.top_layers} adapters" if args.top_layers else "")] = many
 
         # One server at a time: (how to start it, when it is ready, its environment, its port, what to load it with).
         servers = []

@@ -140,12 +140,14 @@ def synthetic_root(
     docs: int,
     collections: Sequence[str] = COLLECTIONS,
     seed: int = 0,
+    top_layers: int | None = None,
 ) -> list[ExpertDir]:
     """``count`` experts ``expert-000``... with random adapters and random-vector indexes of ``docs`` documents.
 
     Corpora cycle through ``collections`` (first ``docs`` lines of each); existing experts are reused.
+    ``top_layers``: the adapters on the encoder's top N layers only (None: on every layer).
     """
-    adapters = random_adapters(encoder, root / ".adapters", count, seed=seed)
+    adapters = random_adapters(encoder, root / ".adapters", count, seed=seed, top_layers=top_layers)
     made = []
     for i in range(count):
         name = f"expert-{i:03d}"
