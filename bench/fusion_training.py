@@ -26,39 +26,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import ir_measures
 import numpy as np
-from ir_measures import nDCG
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.engine.loading import open_encoder  # noqa: E402
-from app.offline.fusion_tuning import TuningQueries, from_collection, fusion_curve  # noqa: E402
+from app.offline.expert_training import bm25_search  # noqa: E402
+from app.offline.fusion_tuning import TuningQueries, from_collection, fusion_curve, vector_fusion_curve  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.harness import argument_parser  # noqa: E402
 from experts import ExpertDir, TrainConfig, pseudo_pairs, train_adapter  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
-from index import Collection, fuse_dense_lexical  # noqa: E402
+from index import Collection  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
 
 
 def _weight_label(weight: float | None) -> str:
     return "dense-trained" if weight is None else f"fused-{weight:g}"
-
-
-def hybrid_ndcg(vectors: np.ndarray, collection: Collection, queries: TuningQueries, weight: float) -> float:
-    """nDCG@10 of the weighted hybrid fusion for these query vectors (as ``fusion_curve`` scores it)."""
-    dense = collection.dense.search(vectors, 200)
-    lexical = collection.search_lexical(queries.texts, 200)
-    fused = fuse_dense_lexical(dense, lexical, k=10, method="weighted", weight=weight)
-    qrels = {str(q): {str(row): 1 for row in rows} for q, rows in enumerate(queries.relevant)}
-    run = {
-        str(q): {str(row): float(score) for row, score in zip(ids, scores, strict=True) if row >= 0}
-        for q, (ids, scores) in enumerate(zip(fused.ids.tolist(), fused.scores.tolist(), strict=True))
-    }
-    return float(ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10])
 
 
 def bench_collection(name: str, args, encoder, root: Path, scratch: Path) -> list[str]:
@@ -84,18 +70,21 @@ def bench_collection(name: str, args, encoder, root: Path, scratch: Path) -> lis
                 collection, queries=args.datasets / name / "queries.jsonl", qrels=split, limit=10_000
             )
 
-        def lexical(queries, k):
-            scores, ids = collection.search_lexical(list(queries), k)
-            positions = np.searchsorted(rows, ids)
-            return scores, np.where(ids >= 0, positions, -1).astype(np.int64)
-
         adapters: dict[str, str | None] = {"base": None}
         for weight in args.weights:
             label = _weight_label(weight)
             config = TrainConfig(steps=args.steps, fusion_weight=weight, seed=args.seed, top_layers=args.top_layers)
             out = scratch / f"{name}-{label}"
             started = time.perf_counter()
-            train_adapter(encoder, pairs, vectors, out, config=config, lexical_search=lexical, progress=not args.quiet)
+            train_adapter(
+                encoder,
+                pairs,
+                vectors,
+                out,
+                config=config,
+                lexical_search=bm25_search(collection, rows),
+                progress=not args.quiet,
+            )
             print(f"{name}: trained {label} on {len(pairs)} pairs in {time.perf_counter() - started:.0f}s", flush=True)
             adapter = f"{name}-{label}"
             encoder.add_adapter(adapter, out)
@@ -114,7 +103,9 @@ def bench_collection(name: str, args, encoder, root: Path, scratch: Path) -> lis
                 for mix in args.mix:
                     mixed = mix * tuned + (1 - mix) * base
                     mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
-                    score = hybrid_ndcg(mixed.astype(np.float32), collection, queries, fusion)
+                    score = vector_fusion_curve(mixed.astype(np.float32), collection, queries, weights=(fusion,))[
+                        fusion
+                    ]
                     lines.append(
                         f"| {name} | {set_name} ({len(queries.texts)}) | {label} mixed {mix:g} | {score:.3f} | |"
                     )

@@ -1,6 +1,6 @@
 """An adapter pass that starts where its adapter starts: at the base pass's hidden state entering that layer.
 
-An adapter trained on the top layers only (``TrainConfig.layers``, PEFT's
+An adapter trained on the top layers only (``TrainConfig.top_layers``, PEFT's
 ``layers_to_transform``) leaves every layer below its first one exactly as the
 base model computes it. A routed search embeds each query twice, first with
 the base model (for the router) and then with the chosen expert's adapter, so
@@ -70,10 +70,6 @@ class LayerResume:
     def supported(self) -> bool:
         """Whether the model has the structure a resumed pass needs."""
         return self._stack is not None and self._size > 0
-
-    def clear(self) -> None:
-        with self._guard:
-            self._states.clear()
 
     def known(self, texts: Sequence[str], limit: int, layer: int) -> bool:
         """Whether every text's state entering ``layer`` is kept (at this token limit)."""

@@ -58,7 +58,9 @@ from experts import (
     Encoder,
     ExpertDir,
     ExpertDirError,
+    LexicalSearch,
     Manifest,
+    NegativeSearch,
     TrainConfig,
     TrainingPair,
     TrainingSection,
@@ -162,24 +164,29 @@ def _base_vectors(collection: Collection, encoder: Encoder, manifest: Manifest) 
     return rows, encoder.embed(passages, max_length=manifest.max_length)
 
 
-def _faiss_negatives(collection: Collection, rows: np.ndarray):
+def _positions(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Docstore row ids (-1: none) as positions in ``rows``, the row ids of the training matrix, ascending."""
+    return np.where(ids >= 0, np.searchsorted(rows, ids), -1).astype(np.int64)
+
+
+def _faiss_negatives(collection: Collection, rows: np.ndarray) -> NegativeSearch:
     """Hard-negative search through the expert's own FAISS index, answering matrix positions."""
 
     def search(queries: np.ndarray, k: int) -> np.ndarray:
-        _, ids = collection.dense.search(queries, k)
-        positions = np.searchsorted(rows, ids)
-        return np.where(ids >= 0, positions, -1).astype(np.int64)
+        return _positions(rows, collection.dense.search(queries, k)[1])
 
     return search
 
 
-def _bm25_search(collection: Collection, rows: np.ndarray):
-    """BM25 through the expert's own lexical index, answering matrix positions (training on the fused score)."""
+def bm25_search(collection: Collection, rows: np.ndarray) -> LexicalSearch | None:
+    """BM25 through the expert's own lexical index, answering matrix positions (training on the fused score).
+
+    None where the collection has no BM25 index.
+    """
 
     def search(queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = collection.search_lexical(list(queries), k)
-        positions = np.searchsorted(rows, ids)
-        return scores, np.where(ids >= 0, positions, -1).astype(np.int64)
+        return scores, _positions(rows, ids)
 
     return search if collection.has_lexical else None
 
@@ -347,7 +354,7 @@ def train_expert(
                 seed=config.seed,
             )
             trained_dir = expert.work_path("train") / "adapter"
-            lexical = _bm25_search(collection, rows)
+            lexical = bm25_search(collection, rows)
             if lexical is None and config.fusion_weight not in (None, 1.0):
                 logger.info("the %r index has no BM25 side: training on the dense score alone", name)
                 config = dataclasses.replace(config, fusion_weight=None)

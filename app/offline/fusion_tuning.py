@@ -120,6 +120,18 @@ def fusion_curve(
     if not collection.has_lexical:
         raise ValueError("the collection has no lexical (BM25) index: there is no fusion to tune")
     vectors = encoder.embed(queries.texts, expert=adapter, max_length=max_length)
+    return vector_fusion_curve(vectors, collection, queries, candidates=candidates, weights=weights)
+
+
+def vector_fusion_curve(
+    vectors: np.ndarray,
+    collection: Collection,
+    queries: TuningQueries,
+    *,
+    candidates: int = 200,
+    weights: Sequence[float] = WEIGHTS,
+) -> dict[float, float]:
+    """:func:`fusion_curve` for query vectors already made (one per query text, in order)."""
     dense = collection.dense.search(vectors, candidates)
     lexical = collection.search_lexical(queries.texts, candidates)
     qrels = {str(q): {str(row): 1 for row in rows} for q, rows in enumerate(queries.relevant)}
