@@ -82,8 +82,8 @@ class TrainConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     #: How many of the encoder's top layers get LoRA; None: every layer. An adapter on the top layers
     #: only lets a routed query's expert pass start from the base pass's hidden state below them
-    #: (:mod:`experts.layer_resume`): with 2 of MiniLM's 6 layers it costs 0.4 of a base pass instead
-    #: of 1.1, for 0.2 points of routed-hybrid nDCG@10 (docs/eval-2026-12-05), and trains faster.
+    #: (:mod:`experts.layer_resume`): with 2 of MiniLM's 6 layers it costs 0.4-0.6 of a base pass instead
+    #: of 1.1-1.2, for 0.2 points of routed-hybrid nDCG@10 (docs/eval-2026-12-05), and trains faster.
     top_layers: int | None = 2
     #: Token limit of training queries; pseudo queries are 4-12 words, real ones rarely longer.
     query_max_length: int = 48
