@@ -18,11 +18,20 @@ term scores by ``idf_all(t) / idf_own(t)``, with the document frequencies
 summed over every collection.
 
 Evidence compared (``P``: pilot scores; ``D``: dense votes; ``L``: BM25 votes,
-own IDF, today's; ``G``: BM25 votes, one IDF): routing accuracy per
+own IDF; ``G``: BM25 votes, one IDF, today's; ``C``: a softmax classifier on the
+pilots; ``T``: term votes, each collection's document frequencies as a unigram
+model smoothed towards all collections' (Dirichlet, 1000), a query scored by
+the mean log ratio of its words, softmax x 5): routing accuracy per
 collection (the share of queries whose top expert is their own collection),
 macro and micro averages. ``--split dev``: pseudo queries of documents outside
 the pilots' sample (bench/merge_tuning.py); ``dev-real``: scifact's train
 queries; ``test``: the test queries (report only: nothing is chosen on them).
+
+Term votes (2026-12-05, top-2-layer experts) were the best single kind on dev
+(92.3% macro) and lifted P+D+G from 93.9% to 94.7% there (test: 92.0% to
+93.1%); but with the deployed fan-out and score merge (``bench/merge_tuning.py``
+with them added) nDCG@10 did not move on dev (.916 against .917 macro) nor on
+scifact's train queries (.762 against .761), so they are not in the service.
 """
 
 from __future__ import annotations
@@ -92,6 +101,31 @@ class GlobalIdfLexical:
         return out
 
 
+class TermVotes:
+    """Each collection's share of a query by its words: document frequencies as a smoothed unigram model."""
+
+    def __init__(self, engine: SearchEngine, names: list[str], *, smoothing: float = 1000.0) -> None:
+        stats = [engine.experts[name].collection.lexical.document_frequencies()[1] for name in names]
+        self.analyse = engine.experts[names[0]].collection.lexical._analyzer
+        vocab = sorted(set().union(*stats))
+        self.column = {term: i for i, term in enumerate(vocab)}
+        counts = np.zeros((len(names), len(vocab)))
+        for e, frequencies in enumerate(stats):
+            for term, count in frequencies.items():
+                counts[e, self.column[term]] = count
+        pooled = counts.sum(axis=0) / counts.sum()
+        own = (counts + smoothing * pooled) / (counts.sum(axis=1, keepdims=True) + smoothing)
+        self.log_ratio = np.log(own) - np.log(pooled)
+
+    def __call__(self, texts: list[str], temperature: float = 5.0) -> np.ndarray:
+        scores = []
+        for text in texts:
+            columns = [self.column[t] for t in self.analyse(text) if t in self.column]
+            scores.append(self.log_ratio[:, columns].mean(axis=1) if columns else np.zeros(len(self.log_ratio)))
+        weights = np.exp(temperature * (np.array(scores) - np.max(scores, axis=1, keepdims=True)))
+        return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def softmax_router(
     engine: SearchEngine, names: list[str], *, l2: float = 1e-3, steps: int = 300
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +166,16 @@ def components(engine: SearchEngine, names: list[str], texts: list[str], depth: 
     logits = base.astype(np.float64) @ w + b
     logits -= logits.max(axis=1, keepdims=True)
     classifier = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return {"P": pilots, "C": classifier.astype(np.float32), "D": dense, "L": lexical, "G": shared}
+    terms = TERMS(texts)
+    return {"P": pilots, "C": classifier.astype(np.float32), "D": dense, "L": lexical, "G": shared, "T": terms}
 
 
 SOFTMAX: tuple[np.ndarray, np.ndarray]
-COMBOS = ("P", "C", "D", "L", "G", "P+D", "P+D+L", "P+D+G", "D+G", "P+G", "C+D", "C+D+L", "C+D+G", "C+G", "C+P+D+G")
+TERMS: TermVotes
+COMBOS = (
+    *("P", "C", "D", "L", "G", "T", "P+D", "P+D+L", "P+D+G", "D+G", "P+G", "C+D", "C+D+L", "C+D+G", "C+G"),
+    *("C+P+D+G", "P+D+G+T", "D+G+T", "P+T"),
+)
 
 
 def main() -> None:
@@ -148,8 +187,9 @@ def main() -> None:
     names = sorted(engine.experts)
     depth = engine.vote_depth
     glob = GlobalIdfLexical(engine, names)
-    global SOFTMAX
+    global SOFTMAX, TERMS
     SOFTMAX = softmax_router(engine, names)
+    TERMS = TermVotes(engine, names)
     started = time.perf_counter()
     accuracy: dict[str, dict[str, float]] = {combo: {} for combo in COMBOS}
     counts = {}
