@@ -75,6 +75,16 @@ class Settings(BaseSettings):
         description="BM25 votes weigh terms by the IDF of all routed collections together (comparable across "
         "collections), or by each collection's own.",
     )
+    router_vote_exact_max: int = Field(
+        100_000,
+        ge=0,
+        description="Dense votes search the routed collections' union exactly up to this many vectors (chunks "
+        "count), and above it as an inverted file (IVF, about sqrt(vectors) lists; near, not equal, votes; cost grows "
+        "with the square root of the vectors instead of linearly). Exact: ~0.07 ms per 1,000 vectors per query here.",
+    )
+    router_vote_probes: int = Field(
+        16, ge=1, le=4096, description="Inverted lists a query reads in an approximate union (router_vote_exact_max)."
+    )
     # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
     # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
     route_top_k: int = Field(
@@ -198,6 +208,8 @@ class Settings(BaseSettings):
             evidence=self.router_evidence,
             vote_depth=self.router_vote_depth,
             vote_idf=self.router_vote_idf,
+            vote_exact_max=self.router_vote_exact_max,
+            vote_probes=self.router_vote_probes,
             long_queries=self.long_queries,
             policy=self.route_policy(),
         )

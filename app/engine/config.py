@@ -49,6 +49,10 @@ class EngineConfig:
     #: BM25 votes: scored with every routed collection's IDF together (comparable across collections), or each
     #: collection's own (see :mod:`index.store.shared_idf`).
     vote_idf: VoteIdf = "shared"
+    #: Dense votes: the union of more vectors than this is searched as an inverted file, ``vote_probes`` lists
+    #: deep (near, not equal, votes; :class:`~index.store.union_dense.UnionDense`); None: always exact.
+    vote_exact_max: int | None = None
+    vote_probes: int = 16
     long_queries: LongQueries = "truncate"
     #: How a search with no routing policy of its own is routed and merged.
     policy: RoutePolicy = field(default_factory=RoutePolicy)
@@ -63,6 +67,10 @@ class EngineConfig:
             raise ValueError(f"Invalid long_queries {self.long_queries!r}. Valid choices are: {valid}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"Invalid aggregate {self.aggregate!r}. Valid aggregates are: {', '.join(AGGREGATES)}")
+        if (self.vote_exact_max is not None and self.vote_exact_max < 0) or self.vote_probes < 1:
+            raise ValueError(
+                f"vote_exact_max must be >= 0 or None and vote_probes >= 1; got {self.vote_exact_max}, {self.vote_probes}"
+            )
         if self.query_max_length < 2 or self.neighbours < 1 or self.vote_depth < 1:
             raise ValueError(
                 "query_max_length must be >= 2, neighbours and vote_depth >= 1; got "

@@ -88,6 +88,7 @@ class SearchEngine:
         self.evidence: RouteEvidence = config.evidence
         self.vote_depth = config.vote_depth
         self.vote_idf = config.vote_idf
+        self.vote_exact_max, self.vote_probes = config.vote_exact_max, config.vote_probes
         self.retrieval = config.retrieval
         self.policy = config.policy
         empty = Snapshot({}, Router({}, aggregate=config.aggregate, neighbours=config.neighbours))
@@ -245,7 +246,13 @@ class SearchEngine:
         if self.evidence == "none" or self._holder.current.union is not None:
             return
         with self._holder.lease() as snapshot:
-            union = build_union(snapshot, self.evidence, shared_idf=self.vote_idf == "shared")
+            union = build_union(
+                snapshot,
+                self.evidence,
+                shared_idf=self.vote_idf == "shared",
+                approximate_above=self.vote_exact_max,
+                probes=self.vote_probes,
+            )
         with self._write_lock:
             if self._holder.current is snapshot:
                 self._holder.publish(Snapshot(snapshot.experts, snapshot.router, union))

@@ -49,8 +49,17 @@ def return_free_memory() -> None:
         trim(0)
 
 
-def build_union(snapshot: Snapshot, evidence: RouteEvidence, *, shared_idf: bool) -> CorpusUnion:
+def build_union(
+    snapshot: Snapshot,
+    evidence: RouteEvidence,
+    *,
+    shared_idf: bool,
+    approximate_above: int | None = None,
+    probes: int = 16,
+) -> CorpusUnion:
     """The union of ``snapshot``'s routed collections for the corpus votes ``evidence`` takes.
+
+    ``approximate_above``, ``probes``: a dense union of more vectors is an inverted file (near votes, cheaper).
 
     Dense when the votes count documents, lexical when they count BM25 hits scored with one shared IDF
     (``shared_idf``; each collection's own IDF is searched collection by collection). The caller holds a
@@ -60,7 +69,14 @@ def build_union(snapshot: Snapshot, evidence: RouteEvidence, *, shared_idf: bool
     lexical = evidence in ("bm25", "documents+bm25") and shared_idf
     collections = routed_collections(snapshot.experts, snapshot.router)
     shared = shared_idf_of(collections) if lexical else None
-    union = CorpusUnion.build(collections, dense=dense, lexical=lexical, shared_idf=shared)
+    union = CorpusUnion.build(
+        collections,
+        dense=dense,
+        lexical=lexical,
+        shared_idf=shared,
+        approximate_above=approximate_above,
+        probes=probes,
+    )
     return_free_memory()  # the build's temporaries
     return union
 

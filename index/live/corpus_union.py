@@ -20,6 +20,9 @@ replaced whole. A search then asks it for the candidates of a set of
 The candidates are (score, owner) pairs whose top ``depth`` by score, ties
 to the lower owner, are exactly those of the per-collection searches, so the
 votes do not change: only their cost does (tests/index/test_corpus_union.py).
+The exception is a dense union built with ``approximate_above`` that holds
+more vectors than that: an inverted file, whose candidates are most of the
+exact ones (:class:`~index.store.union_dense.UnionDense`).
 """
 
 from __future__ import annotations
@@ -84,10 +87,19 @@ class CorpusUnion:
 
     @classmethod
     def build(
-        cls, collections: Sequence[Collection], *, dense: bool, lexical: bool, shared_idf: SharedIdf | None
+        cls,
+        collections: Sequence[Collection],
+        *,
+        dense: bool,
+        lexical: bool,
+        shared_idf: SharedIdf | None,
+        approximate_above: int | None = None,
+        probes: int = 16,
     ) -> CorpusUnion:
         """The union of ``collections``: ``dense`` over their Flat indexes, ``lexical`` (with a ``shared_idf``)
-        over their BM25 indexes; any other collection is searched on its own by the candidates methods."""
+        over their BM25 indexes; any other collection is searched on its own by the candidates methods.
+        ``approximate_above`` and ``probes``: a dense union of more vectors is an inverted file
+        (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`)."""
         dense_union, dense_members = None, {}
         flat = [
             c for c in collections if dense and c.dense.factory.replace(" ", "") == "Flat" and c.dense.exact_storage
@@ -95,7 +107,13 @@ class CorpusUnion:
         flat = [c for c in flat if c.dense.dim == flat[0].dense.dim]
         if flat:
             total = sum(c.dense.chunk_count if isinstance(c.dense, ChunkedDense) else c.dense.ntotal for c in flat)
-            dense_union = UnionDense.build((_vectors(c) for c in flat), dim=flat[0].dense.dim, total=total)
+            dense_union = UnionDense.build(
+                (_vectors(c) for c in flat),
+                dim=flat[0].dense.dim,
+                total=total,
+                approximate_above=approximate_above,
+                probes=probes,
+            )
             dense_members = {id(c): (c, m) for m, c in enumerate(flat)}
         unions, lexical_members = [], {}
         if lexical and shared_idf is not None:

@@ -151,3 +151,33 @@ def test_union_votes_follow_live_writes_and_a_stale_union(
     finally:
         for live in lives:
             live.close()
+
+
+def test_an_approximate_union_gives_near_votes_and_only_to_the_experts_asked(
+    collections: list[Collection], datasets: Path
+) -> None:
+    shared = shared_of(collections)
+    union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=16)
+    assert union.dense is not None and union.dense.approximate
+    views = [static_view(c) for c in collections]
+    texts = queries(datasets)
+    base = bag_of_words(texts)
+    for chosen in (views, views[1:4]):
+        expected = per_expert_votes(chosen, base, texts, evidence="documents", depth=20, shared_idf=shared)
+        got = corpus_votes(chosen, base, texts, evidence="documents", depth=20, shared_idf=shared, union=union)
+        assert got is not None and expected is not None and got.shape == expected.shape
+        assert np.allclose(got.sum(axis=1), 1.0)  # every query still finds its depth of documents
+        agree = np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1))
+        assert agree >= 0.8, agree
+        assert np.abs(got - expected).sum(axis=1).mean() < 0.5
+
+
+def test_the_settings_reach_the_engine_config_and_bad_ones_are_refused() -> None:
+    from app.engine.config import EngineConfig
+    from app.settings import Settings
+
+    config = Settings(router_vote_exact_max=5000, router_vote_probes=4).engine_config()
+    assert (config.vote_exact_max, config.vote_probes) == (5000, 4)
+    for bad in ({"vote_exact_max": -1}, {"vote_probes": 0}):
+        with pytest.raises(ValueError, match="vote_exact_max must be >= 0 or None and vote_probes >= 1"):
+            EngineConfig(**bad)  # type: ignore[arg-type]
