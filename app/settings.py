@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "collections), or by each collection's own.",
     )
     router_vote_exact_max: int = Field(
-        100_000,
+        50_000,
         ge=0,
         description="Dense votes search the routed collections' union exactly up to this many vectors (chunks "
         "count), and above it as an inverted file (IVF, about sqrt(vectors) lists; near, not equal, votes; cost grows "

@@ -18,8 +18,18 @@ test queries; random unit base vectors) with ``documents+bm25`` evidence,
 * **union** (now): ``corpus_votes`` on the experts' :class:`~index.CorpusUnion`
   (one dense and one BM25 search over all of them).
 
-Both run on the same views, query by query, alternating which goes first;
-the votes of every query are checked equal. ``--faiss-threads``: FAISS's
+* **approximate** (section 18): the same union with its dense part an
+  inverted file (``--exact-max``, default 0: always; ``--probes`` lists
+  read per query), as ``RR_ROUTER_VOTE_EXACT_MAX`` makes a large one.
+
+All run on the same views, query by query, rotating which goes first; the
+union's votes are checked equal to the per-expert ones, and the approximate
+ones are compared with them: the share of queries whose top-voted expert is
+the same, and the mean L1 distance of the vote rows (0 equal, 2 disjoint).
+``--embed words`` gives documents and queries bag-of-words vectors (a fixed
+random vector per word, summed and normalised: documents sharing words are
+near, as with a real encoder, which an inverted file relies on) instead of
+random ones. ``--faiss-threads``: FAISS's
 OpenMP threads (default: FAISS's own, as the service runs it); on a busy
 machine its threads wait for each other at every search. Printed: p50 / p95 per count and
 method, the ratio to the same method at the smallest count (target: union at
@@ -30,6 +40,7 @@ whole search.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sys
@@ -58,18 +69,32 @@ from index import Collection, CorpusUnion, SharedIdf, build_index, static_view  
 DIM = 384
 
 
-def stand_in(root: Path, datasets: Path, i: int, docs: int) -> Collection:
-    """Collection ``i``: the first ``docs`` documents of a shared collection, random vectors, BM25."""
+def bag_of_words(texts: list[str]) -> np.ndarray:
+    """(n, DIM) unit vectors: the sum of a fixed random vector per word (``--embed words``)."""
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in text.lower().split()[:200]:
+            seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+            out[i] += np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+        norm = np.linalg.norm(out[i])
+        out[i] = out[i] / norm if norm else 1.0 / np.sqrt(DIM)
+    return out
+
+
+def stand_in(root: Path, datasets: Path, i: int, docs: int, embedding: str = "random") -> Collection:
+    """Collection ``i``: the first ``docs`` documents of a shared collection, random (or word) vectors, BM25."""
     source = COLLECTIONS[i % len(COLLECTIONS)]
     corpus = root / f"{source}-{docs}.jsonl"
     if not corpus.exists():
         with open(datasets / source / "corpus.jsonl", encoding="utf-8") as reader:
             corpus.write_text("".join(itertools.islice(reader, docs)), encoding="utf-8")
-    out = root / f"collection-{i:03d}"
+    out = root / f"collection-{i:03d}-{docs}-{embedding}"
     if not out.exists():
         rng = np.random.default_rng(i)
 
         def embed(texts: list[str]) -> np.ndarray:
+            if embedding == "words":
+                return bag_of_words(texts)
             rows = rng.standard_normal((len(texts), DIM)).astype(np.float32)
             return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
@@ -88,23 +113,30 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in collections here (reused)")
     parser.add_argument("--faiss-threads", type=int, default=None, help="FAISS OpenMP threads (default: its own)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument("--embed", choices=("random", "words"), default="random", help="the stand-ins' vectors")
+    parser.add_argument("--exact-max", type=int, default=0, help="approximate union above this many vectors")
+    parser.add_argument("--probes", type=int, default=16, help="inverted lists an approximate union reads")
     args = parser.parse_args()
     if args.faiss_threads is not None:
         import faiss
 
         faiss.omp_set_num_threads(args.faiss_threads)
     texts = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
-    base = np.random.default_rng(0).standard_normal((len(texts), DIM)).astype(np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    if args.embed == "words":
+        base = bag_of_words(texts)
+    else:
+        base = np.random.default_rng(0).standard_normal((len(texts), DIM)).astype(np.float32)
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
     print("other busy processes now:", *(other_heavy_processes() or ["(none above 0.05 cores)"]), sep="\n  ")
     with tempfile.TemporaryDirectory(prefix="rr-routing-votes-") as scratch:
         root = args.root or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        collections = [stand_in(root, args.datasets, i, args.docs) for i in range(max(args.counts))]
+        collections = [stand_in(root, args.datasets, i, args.docs, args.embed) for i in range(max(args.counts))]
         print(f"{len(collections)} stand-in collections ready in {time.perf_counter() - started:.0f}s", flush=True)
         meter = LoadMeter()
-        steps = [measure(collections[:count], texts, base, args.depth) for count in args.counts]
+        approximate = {"approximate_above": args.exact_max, "probes": args.probes}
+        steps = [measure(collections[:count], texts, base, args.depth, approximate) for count in args.counts]
         load = meter.stop()
         for collection in collections:
             collection.close()
@@ -128,11 +160,31 @@ def main() -> None:
     print()
     print(table([*headers, "union build s", "union MiB"], rows))
     print(f"votes identical for every query at every count: {all(s['identical'] for s in steps)}")
+    approximate_rows = [
+        [
+            s["experts"],
+            s["vectors"],
+            s["approximate_p50_ms"],
+            s["approximate_p95_ms"],
+            s["approximate_p50_ms"] / first["approximate_p50_ms"],
+            s["union_p50_ms"] / s["approximate_p50_ms"],
+            s["approximate_build_s"],
+            s["same_top_expert"],
+            s["vote_l1"],
+        ]
+        for s in steps
+    ]
+    headers = ["experts", "vectors", "approx. p50 ms", "p95", "÷ first", "exact ÷ approx.", "build s"]
+    print()
+    print(table([*headers, "same top expert", "mean L1 to exact"], approximate_rows))
     print(f"measurement: {load.line()}")
     last = steps[-1]
-    ratio = last["union_p50_ms"] / first["union_p50_ms"]
-    name = f"union p50 at {last['experts']} experts / at {first['experts']}"
-    print(table(["target", "ratio", "target", "verdict"], [[name, ratio, "<= 1.2", verdict(ratio, 1.2, at_most=True)]]))
+    targets = []
+    for method in ("union", "approximate"):
+        ratio = last[f"{method}_p50_ms"] / first[f"{method}_p50_ms"]
+        name = f"{method} p50 at {last['experts']} experts / at {first['experts']}"
+        targets.append([name, ratio, "<= 1.2", verdict(ratio, 1.2, at_most=True)])
+    print(table(["target", "ratio", "target", "verdict"], targets))
     write_json(
         args.json,
         {
@@ -140,18 +192,24 @@ def main() -> None:
             "depth": args.depth,
             "queries": len(texts),
             "faiss_threads": args.faiss_threads,
+            "embed": args.embed,
+            "exact_max": args.exact_max,
+            "probes": args.probes,
             "steps": steps,
             "load": load.__dict__,
         },
     )
 
 
-def measure(collections: list[Collection], texts: list[str], base: np.ndarray, depth: int) -> dict:
-    """Per-expert and union vote latencies for single queries over these collections."""
+def measure(collections: list[Collection], texts: list[str], base: np.ndarray, depth: int, approximate: dict) -> dict:
+    """Per-expert, union and approximate-union vote latencies for single queries over these collections."""
     shared = SharedIdf.over(c.lexical.document_frequencies() for c in collections)
     started = time.perf_counter()
     union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
     build_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    near = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, **approximate)
+    near_build_seconds = time.perf_counter() - started
     views = [static_view(c) for c in collections]
 
     def old(q: int) -> np.ndarray | None:
@@ -170,19 +228,38 @@ def measure(collections: list[Collection], texts: list[str], base: np.ndarray, d
             union=union,
         )
 
+    def approximated(q: int) -> np.ndarray | None:
+        return corpus_votes(
+            views,
+            base[q : q + 1],
+            texts[q : q + 1],
+            evidence="documents+bm25",
+            depth=depth,
+            shared_idf=shared,
+            union=near,
+        )
+
     for q in range(3):  # warm-up: first touch of every index
-        old(q), new(q)
-    times: dict[str, list[float]] = {"per_expert": [], "union": []}
-    identical = True
+        old(q), new(q), approximated(q)
+    times: dict[str, list[float]] = {"per_expert": [], "union": [], "approximate": []}
+    identical, same_top, distance = True, [], []
     for q in range(len(texts)):
-        order = [("per_expert", old), ("union", new)]
+        order = [("per_expert", old), ("union", new), ("approximate", approximated)]
         results = {}
-        for name, run in order if q % 2 else order[::-1]:
+        for name, run in order[q % 3 :] + order[: q % 3]:
             started = time.perf_counter()
             results[name] = run(q)
             times[name].append((time.perf_counter() - started) * 1000)
-        identical &= bool(np.array_equal(results["per_expert"], results["union"]))
+        exact, close = results["per_expert"], results["approximate"]
+        identical &= bool(np.array_equal(exact, results["union"]))
+        assert exact is not None and close is not None
+        same_top.append(int(np.argmax(exact)) == int(np.argmax(close)))
+        distance.append(float(np.abs(exact - close).sum()))
     step: dict = {"experts": len(collections), "identical": identical}
+    step["vectors"] = near.dense.vectors if near.dense is not None else 0
+    step["same_top_expert"] = round(float(np.mean(same_top)), 3)
+    step["vote_l1"] = round(float(np.mean(distance)), 3)
+    step["approximate_build_s"] = round(near_build_seconds, 2)
     for name, values in times.items():
         p50, p95 = percentiles(values, [50, 95])
         step[f"{name}_p50_ms"], step[f"{name}_p95_ms"] = round(p50, 3), round(p95, 3)
