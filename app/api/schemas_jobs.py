@@ -17,7 +17,16 @@ from app.api.schemas import ExpertName
 from app.engine.engine import SearchEngine
 from app.publishing.publisher import ExpertPublisher
 
-__all__ = ["JobListOut", "JobOut", "JobProgressOut", "JobRequest", "JobService", "JobServiceFactory"]
+__all__ = [
+    "JobListOut",
+    "JobOut",
+    "JobProgressOut",
+    "JobRequest",
+    "JobService",
+    "JobServiceFactory",
+    "UploadListOut",
+    "UploadOut",
+]
 
 #: A file named relative to the data root (checked there: under it, and a file).
 DataPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
@@ -124,3 +133,17 @@ class JobOut(BaseModel):
 
 class JobListOut(BaseModel):
     jobs: list[JobOut] = Field(description="Newest first.")
+
+
+class UploadOut(BaseModel):
+    """``POST /admin/uploads``: a file received whole; name its ``path`` in ``POST /admin/jobs``."""
+
+    path: str = Field(description="Relative to the data root: what a job's `corpus`, `queries` or `qrels` names.")
+    name: str = Field(description="The name it was sent with (its suffix says the format).")
+    bytes: int = Field(description="Its size.")
+    sha256: str | None = Field(description="SHA-256 of the bytes received (given when it is received).")
+    created_at: float = Field(description="Unix time it was received.")
+
+
+class UploadListOut(BaseModel):
+    uploads: list[UploadOut] = Field(description="Newest first.")
