@@ -123,3 +123,12 @@ def test_a_streamed_upload_to_a_real_server_stops_at_the_limit(experts_root: Pat
         assert streamed.status_code == 413, streamed.text
         assert left_in_uploads(experts_root) == []
         assert upload(http, "corpus.jsonl", b"x" * LIMIT).status_code == 201
+
+
+def test_a_file_left_half_received_is_removed_at_start_up(make_jobs_client, experts_root: Path) -> None:
+    (experts_root / ".uploads").mkdir()
+    (experts_root / ".uploads" / ".receiving-u20261205T150400Z-1a2b3c").write_bytes(b"{}\n{")
+    (experts_root / ".uploads" / "u20261205T150400Z-1a2b3c-kept.jsonl").write_bytes(b"{}\n")
+    client = make_jobs_client(experts_root)
+    assert left_in_uploads(experts_root) == ["u20261205T150400Z-1a2b3c-kept.jsonl"]
+    assert [f["name"] for f in client.get("/admin/uploads", headers=ADMIN).json()["uploads"]] == ["kept.jsonl"]
