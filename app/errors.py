@@ -19,6 +19,7 @@ raise them without importing one; :mod:`app.api.error_handlers` turns them
     ├── UnknownVersionError           404 unknown_version     a rollback to a version not kept (or pruned)
     ├── UnknownJobError               404 unknown_job         no such job id (``/admin/jobs/{id}``)
     ├── UnknownShadowError            404 unknown_shadow      no shadow runs for the expert
+    ├── UnknownUploadError            404 unknown_upload      no such uploaded file (``/admin/uploads/{name}``)
     ├── ConflictError                 409 conflict            already published, reserved name, expert busy with a job
     │   ├── DocumentsReadOnlyError    409 documents_read_only another process writes the expert's live log
     │   └── GateRefusedError          409 gate_refused        a replace scored worse than the serving version
@@ -108,6 +109,10 @@ class UnknownJobError(ServiceError):
 
 class UnknownShadowError(ServiceError):
     status, type = 404, "unknown_shadow"
+
+
+class UnknownUploadError(ServiceError):
+    status, type = 404, "unknown_upload"
 
 
 class ConflictError(ServiceError):

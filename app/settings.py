@@ -140,7 +140,12 @@ class Settings(BaseSettings):
         "probes and metrics needs a key.",
     )  # fmt: skip
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 above).")
-    max_upload_bytes: int = Field(1 << 30, ge=1024, description="Largest uploaded expert archive (413 above).")
+    max_upload_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="Largest uploaded expert archive (POST /admin/experts) or job file (POST /admin/uploads: a corpus, "
+        "queries, qrels); 413 above.",
+    )
     # 1 GiB: an expert takes ~2-5 KB per document (flat index, BM25, docstore; scifact's 5,183 abstracts: 25 MB
     # with its adapter and pilots), so this holds ~200k documents, and a bomb stops at 1 GiB (docs/reliability.md).
     max_extracted_bytes: int = Field(1 << 30, ge=1024, description="Largest unpacked expert archive (413 above).")

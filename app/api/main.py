@@ -43,6 +43,7 @@ from app.api.routes import ops as routes_ops
 from app.api.routes import rerank as routes_rerank
 from app.api.routes import search as routes_search
 from app.api.routes import shadows as routes_shadows
+from app.api.routes import uploads as routes_uploads
 from app.api.schemas_jobs import JobServiceFactory
 from app.api.state import Runtime, ServiceState
 from app.engine.engine import BatchResult, SearchEngine, SearchJob
@@ -236,6 +237,7 @@ def create_app(
         routes_admin,
         routes_shadows,
         routes_jobs,
+        routes_uploads,
         routes_keys,
         routes_documents,
         routes_ops,
@@ -247,7 +249,7 @@ def create_app(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
-        upload_routes=frozenset({("POST", "/admin/experts")}),
+        upload_routes=frozenset({("POST", "/admin/experts"), ("POST", "/admin/uploads")}),
         pattern_limits=(
             *((m, p, settings.max_documents_body_bytes) for m, p in routes_documents.DOCUMENT_BODY_ROUTES),
             ("POST", re.compile(r"/v1/embeddings"), settings.max_embeddings_body_bytes),

@@ -17,10 +17,21 @@ from app.api.schemas import ExpertName
 from app.engine.engine import SearchEngine
 from app.publishing.publisher import ExpertPublisher
 
-__all__ = ["JobListOut", "JobOut", "JobProgressOut", "JobRequest", "JobService", "JobServiceFactory"]
+__all__ = [
+    "JobListOut",
+    "JobOut",
+    "JobProgressOut",
+    "JobRequest",
+    "JobService",
+    "JobServiceFactory",
+    "UploadListOut",
+    "UploadOut",
+]
 
 #: A file named relative to the data root (checked there: under it, and a file).
 DataPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+#: What a job does: index a corpus into a new expert, train one, tune a published one's hybrid fusion weight.
+JobKind = Literal["index", "train", "tune-fusion"]
 
 
 class JobService(Protocol):
@@ -29,9 +40,9 @@ class JobService(Protocol):
     def submit(
         self,
         *,
-        kind: Literal["index", "train"],
+        kind: JobKind,
         expert: str,
-        corpus: str,
+        corpus: str | None = None,
         queries: str | None = None,
         qrels: str | None = None,
         replace: bool = False,
@@ -53,7 +64,7 @@ JobServiceFactory = Callable[[SearchEngine, ExpertPublisher], JobService]
 
 
 class JobRequest(BaseModel):
-    """``POST /admin/jobs``: index a corpus into a new expert, or train an expert on one."""
+    """``POST /admin/jobs``: index a corpus into a new expert, train an expert on one, or tune an expert's fusion."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -68,24 +79,45 @@ class JobRequest(BaseModel):
                     "qrels": "datasets/scifact/qrels/train.tsv",
                     "replace": True,
                 },
+                {"kind": "index", "expert": "contracts", "corpus": ".uploads/u20261205T150400Z-1a2b3c-corpus.jsonl.gz"},
+                {"kind": "tune-fusion", "expert": "scifact"},
             ]
         },
     )
 
-    kind: Literal["index", "train"] = Field(
+    kind: JobKind = Field(
         description="`index`: a NEW expert from the corpus (create, index, pilots, publish). `train`: an expert "
-        "trained on the corpus (and labelled queries), published as a new expert or, with `replace`, swapped in."
+        "trained on the corpus (and labelled queries), published as a new expert or, with `replace`, swapped in. "
+        "`tune-fusion`: a published expert's dense/BM25 fusion weight tuned on labelled queries (`queries` + "
+        "`qrels`) or pseudo queries from its documents, and swapped in when it changes."
     )
-    expert: ExpertName = Field(description="The expert's name (a new one, or the one a train job replaces).")
-    corpus: DataPath = Field(description="A BEIR corpus (.jsonl or .jsonl.gz), relative to the data root.")
-    queries: DataPath | None = Field(None, description="train: labelled queries (BEIR queries.jsonl).")
-    qrels: DataPath | None = Field(None, description="train: their judgements (a qrels .tsv).")
+    expert: ExpertName = Field(
+        description="The expert's name (a new one, the one a train job replaces, or the one to tune)."
+    )
+    corpus: DataPath | None = Field(
+        None,
+        description="index, train: a BEIR corpus (.jsonl or .jsonl.gz), relative to the data root (a path from "
+        "POST /admin/uploads, or a file put there).",
+    )
+    queries: DataPath | None = Field(
+        None, description="train, tune-fusion: labelled queries (BEIR queries.jsonl); tune-fusion without: pseudo."
+    )
+    qrels: DataPath | None = Field(None, description="train, tune-fusion: their judgements (a qrels .tsv).")
     replace: bool = Field(False, description="train: replace the published expert of that name.")
     steps: int | None = Field(None, ge=1, le=100_000, description="train: optimiser steps (default 300).")
     batch_size: int | None = Field(None, ge=1, le=4096, description="train: queries per step (default 64).")
 
     @model_validator(mode="after")
-    def _train_only(self) -> JobRequest:
+    def _fields_of_the_kind(self) -> JobRequest:
+        if self.kind == "tune-fusion":
+            given = [name for name in ("corpus", "steps", "batch_size") if getattr(self, name) is not None]
+            if given or self.replace:
+                raise ValueError(
+                    f"{[*given, *(['replace'] if self.replace else [])]} do not apply to tune-fusion jobs; one takes "
+                    "kind, expert, and optionally queries and qrels (else pseudo queries)"
+                )
+        elif self.corpus is None:
+            raise ValueError(f"a {self.kind} job needs a corpus (a .jsonl or .jsonl.gz under the data root)")
         if self.kind == "index":
             given = [name for name in ("queries", "qrels", "steps", "batch_size") if getattr(self, name) is not None]
             if given or self.replace:
@@ -99,17 +131,21 @@ class JobRequest(BaseModel):
 
 
 class JobProgressOut(BaseModel):
-    phase: str = Field(description="What the job does now: queued, indexing, building pilots, training, publishing.")
+    phase: str = Field(
+        description="What the job does now: queued, indexing, building pilots, training, embedding queries, publishing."
+    )
     done: int = Field(description="Units done in this phase.")
     total: int | None = Field(description="Units in this phase, when known.")
-    unit: str | None = Field(description="`documents` while indexing, `steps` while training.")
+    unit: str | None = Field(
+        description="`documents` while indexing, `steps` while training, `queries` while tuning fusion."
+    )
     rate: float | None = Field(description="Units per second in this phase.")
     eta_s: float | None = Field(description="Seconds this phase still needs, at that rate.")
 
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["index", "train"]
+    kind: JobKind
     expert: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
     request: dict[str, Any] = Field(description="What was asked: the data-root paths, replace, steps.")
@@ -118,9 +154,26 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     error: str | None = Field(description="Why it failed, or was interrupted.")
-    published_version: int | None = Field(description="The expert version it published, once it succeeded.")
+    published_version: int | None = Field(
+        description="The expert version it published, once it succeeded (none for a tune-fusion job that found the "
+        "weight unchanged: its log says so)."
+    )
     log_tail: list[str] = Field(description="The last lines the job logged.")
 
 
 class JobListOut(BaseModel):
     jobs: list[JobOut] = Field(description="Newest first.")
+
+
+class UploadOut(BaseModel):
+    """``POST /admin/uploads``: a file received whole; name its ``path`` in ``POST /admin/jobs``."""
+
+    path: str = Field(description="Relative to the data root: what a job's `corpus`, `queries` or `qrels` names.")
+    name: str = Field(description="The name it was sent with (its suffix says the format).")
+    bytes: int = Field(description="Its size.")
+    sha256: str | None = Field(description="SHA-256 of the bytes received (given when it is received).")
+    created_at: float = Field(description="Unix time it was received.")
+
+
+class UploadListOut(BaseModel):
+    uploads: list[UploadOut] = Field(description="Newest first.")

@@ -219,7 +219,15 @@ def add_domain_command(
         typer.Option(
             "--on-server",
             help="With --url: build on the service as a job, from --corpus/--queries/--qrels paths under ITS data "
-            "root (nothing is built or uploaded here).",
+            "root (nothing is built here; nothing is uploaded without --upload).",
+        ),
+    ] = False,
+    upload: Annotated[
+        bool,
+        typer.Option(
+            "--upload",
+            help="With --on-server: send the local --corpus/--queries/--qrels files to the service first "
+            "(POST /admin/uploads), for a service whose disk this machine cannot reach.",
         ),
     ] = False,
 ) -> None:
@@ -227,8 +235,8 @@ def add_domain_command(
 
     Without --url the expert joins this data root's registry (a later `rr serve` serves it); with --url it
     is uploaded to that running service, wherever it keeps its data; with --url and --on-server the service
-    builds it itself (`POST /admin/jobs`) from files on its data root. For every training option, see
-    `rr train-expert`.
+    builds it itself (`POST /admin/jobs`) from files on its data root, or from local files it sends first
+    with --upload. For every training option, see `rr train-expert`.
     """
     from app.cli.commands import state
     from app.offline.domains import add_domain
@@ -237,9 +245,20 @@ def add_domain_command(
 
     settings_key = state.settings.admin_key
     key = admin_key or (settings_key.get_secret_value() if settings_key is not None else None)
+    if upload and not on_server:
+        raise typer.BadParameter("--upload sends the files for a build on the service: give --on-server (and --url)")
     if on_server:
         _add_domain_on_server(
-            name, corpus, queries, qrels, url=url, admin_key=key, replace=replace, steps=steps, batch_size=batch_size
+            name,
+            corpus,
+            queries,
+            qrels,
+            url=url,
+            admin_key=key,
+            replace=replace,
+            steps=steps,
+            batch_size=batch_size,
+            upload=upload,
         )
         return
     try:
@@ -289,24 +308,37 @@ def _add_domain_on_server(
     replace: bool,
     steps: int,
     batch_size: int,
+    upload: bool = False,
 ) -> None:
-    """``rr add-domain --url --on-server``: a train job on the service, followed until it ends."""
-    from app.offline.remote_jobs import run_remote_train_job
+    """``rr add-domain --url --on-server [--upload]``: a train job on the service, followed until it ends."""
+    from app.offline.remote_jobs import run_remote_train_job, upload_file
     from app.offline.service_client import RemoteError
 
     if url is None:
         raise typer.BadParameter("--on-server builds on a running service: give its --url too")
     if len(corpus) != 1:
-        raise typer.BadParameter(
-            f"--on-server takes one --corpus (a file under the service's data root), got {len(corpus)}"
-        )
+        where = "a local file to upload" if upload else "a file under the service's data root"
+        raise typer.BadParameter(f"--on-server takes one --corpus ({where}), got {len(corpus)}")
+    files = {"corpus": corpus[0], "queries": queries, "qrels": qrels}
     try:
+        paths: dict[str, str | None] = {}
+        for role, local in files.items():
+            if local is None or not upload:
+                paths[role] = None if local is None else local.as_posix()
+                continue
+            if not local.is_file():
+                raise typer.BadParameter(f"--{role} {local} is not a file here, so it cannot be uploaded")
+            sent = upload_file(url, local, admin_key=admin_key)
+            typer.echo(f"uploaded {local} ({sent['bytes']} bytes, sha256 {sent['sha256'][:12]}...) as {sent['path']}")
+            paths[role] = sent["path"]
+        corpus_path = paths["corpus"]
+        assert corpus_path is not None  # one --corpus, checked above
         job = run_remote_train_job(
             url,
             name,
-            corpus=corpus[0].as_posix(),
-            queries=None if queries is None else queries.as_posix(),
-            qrels=None if qrels is None else qrels.as_posix(),
+            corpus=corpus_path,
+            queries=paths["queries"],
+            qrels=paths["qrels"],
             steps=steps,
             batch_size=batch_size,
             replace=replace,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,9 @@ WEIGHTS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 TUNING_QUERIES = 500
 #: Weights whose nDCG@10 is within this of the best count as ties, and the one nearest 0.5 wins.
 TOLERANCE = 0.002
+#: Queries embedded per call when someone follows the progress (``on_embedded``): a job reports and can be
+#: cancelled between calls.
+PROGRESS_CHUNK = 64
 _NDCG = nDCG @ 10
 
 
@@ -115,11 +118,24 @@ def fusion_curve(
     candidates: int = 200,
     max_length: int = 64,
     weights: Sequence[float] = WEIGHTS,
+    on_embedded: Callable[[int], None] | None = None,
 ) -> dict[float, float]:
-    """nDCG@10 of the weighted fusion at each weight: one model pass, one dense and one BM25 search in all."""
+    """nDCG@10 of the weighted fusion at each weight: one model pass, one dense and one BM25 search in all.
+
+    ``on_embedded(n)``: told after each ``PROGRESS_CHUNK`` queries embedded, which are then embedded as bulk
+    passes (searches beside it go first); it may raise to stop the tuning.
+    """
     if not collection.has_lexical:
         raise ValueError("the collection has no lexical (BM25) index: there is no fusion to tune")
-    vectors = encoder.embed(queries.texts, expert=adapter, max_length=max_length)
+    if on_embedded is None:
+        vectors = encoder.embed(queries.texts, expert=adapter, max_length=max_length)
+    else:
+        parts = []
+        for start in range(0, len(queries.texts), PROGRESS_CHUNK):
+            chunk = queries.texts[start : start + PROGRESS_CHUNK]
+            parts.append(encoder.embed(chunk, expert=adapter, max_length=max_length, bulk=True))
+            on_embedded(len(chunk))
+        vectors = np.concatenate(parts)
     return vector_fusion_curve(vectors, collection, queries, candidates=candidates, weights=weights)
 
 
@@ -165,6 +181,20 @@ def tune_fusion(
     max_length: int = 64,
 ) -> Manifest:
     """Tune the expert's fusion weight with its own adapter's query vectors and publish it in its manifest."""
+    section = tuned_section(expert, encoder, queries, candidates=candidates, max_length=max_length)
+    return expert.publish(retrieval=section)
+
+
+def tuned_section(
+    expert: ExpertDir,
+    encoder: Encoder,
+    queries: TuningQueries,
+    *,
+    candidates: int = 200,
+    max_length: int = 64,
+    on_embedded: Callable[[int], None] | None = None,
+) -> RetrievalSection:
+    """The manifest's ``retrieval`` section :func:`tune_fusion` would publish: the best weight, and its curve."""
     manifest = expert.read_manifest()
     if manifest.index is None:
         raise ValueError(f"expert {manifest.name!r} has no index to tune on: run `rr index` first")
@@ -174,19 +204,20 @@ def tune_fusion(
         encoder.add_adapter(adapter, expert.adapter_path)
     try:
         with Collection.open(expert.path / manifest.index.directory) as collection:
-            curve = fusion_curve(encoder, adapter, collection, queries, candidates=candidates, max_length=max_length)
+            curve = fusion_curve(
+                encoder,
+                adapter,
+                collection,
+                queries,
+                candidates=candidates,
+                max_length=max_length,
+                on_embedded=on_embedded,
+            )
     finally:
         if adapter is not None:
             encoder.remove_adapter(adapter)
     weight = best_weight(curve)
     previous = manifest.retrieval
-    section = RetrievalSection(
-        mode=previous.mode if previous is not None else None,
-        weight=weight,
-        tuned_on=f"{len(queries.texts)} {queries.kind} queries",
-        queries=len(queries.texts),
-        curve={f"{w:.2f}": round(v, 4) for w, v in curve.items()},
-    )
     logger.info(
         "expert %r: fusion weight %.1f (nDCG@10 %.4f on %d %s queries; 0.5 gives %.4f)",
         manifest.name,
@@ -196,4 +227,10 @@ def tune_fusion(
         queries.kind,
         curve.get(0.5, float("nan")),
     )
-    return expert.publish(retrieval=section)
+    return RetrievalSection(
+        mode=previous.mode if previous is not None else None,
+        weight=weight,
+        tuned_on=f"{len(queries.texts)} {queries.kind} queries",
+        queries=len(queries.texts),
+        curve={f"{w:.2f}": round(v, 4) for w, v in curve.items()},
+    )

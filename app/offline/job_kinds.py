@@ -1,6 +1,7 @@
-"""What each kind of job does: ``index`` (a new expert from a corpus) and ``train`` (an expert trained on one).
+"""What each kind of job does: ``index`` (a new expert from a corpus), ``train`` (an expert trained on one) and
+``tune-fusion`` (a published expert's hybrid fusion weight tuned on its queries).
 
-Both build beside the running service, as ``rr demo`` does
+The first two build beside the running service, as ``rr demo`` does
 (:func:`app.offline.demo.build_beside_service`): the serving encoder embeds
 in bulk passes (``experts.model_lock``), so searches go first; then the
 finished directory is published by the publisher's atomic add
@@ -11,6 +12,13 @@ raise :class:`JobStopped` when the job is cancelled or the server stops:
 between indexing batches and between training steps. Until ``publishing``
 nothing is visible outside the job's staging directory, which is removed on
 every way out; from ``publishing`` on a job is no longer stopped.
+
+``tune-fusion`` reads the served expert's own files (its index and adapter),
+so it stages nothing: until ``publishing`` it has changed nothing; then the
+tuned weight is written into the expert's manifest (a new version, replaced
+atomically, as ``rr tune-fusion`` does) and the publisher's replace loads the
+directory again and swaps it in. Should that fail, the manifest gets the
+previous weight back and the previous version goes on serving.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ from typing import Protocol
 
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.offline.expert_training import train_expert
+from app.offline.fusion_tuning import TUNING_QUERIES, from_collection, tuned_section
 from experts import MANIFEST_FILE, Encoder, ExpertDir, TrainConfig, create_expert
-from index import count_lines
+from index import Collection, count_lines
 
-__all__ = ["JobStopped", "Publish", "Reporter", "run_index_job", "run_train_job"]
+__all__ = ["JobStopped", "Publish", "Reporter", "run_index_job", "run_train_job", "run_tune_fusion_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,3 +198,64 @@ def run_train_job(
         f"loss {result.train.first_loss:.3f} -> {result.train.final_loss:.3f}"
     )
     return publish(name, replace)
+
+
+def run_tune_fusion_job(
+    reporter: Reporter,
+    *,
+    name: str,
+    serving: Callable[[], Path],
+    queries: Path | None,
+    qrels: Path | None,
+    encoder: Encoder,
+    republish: Callable[[Path], int],
+    candidates: int,
+    max_length: int,
+    limit: int = TUNING_QUERIES,
+) -> int | None:
+    """Tune the served expert ``name``'s dense/BM25 fusion weight on labelled (``queries`` + ``qrels``) or pseudo
+    queries (:mod:`app.offline.fusion_tuning`), then publish it with ``republish(directory)``.
+
+    ``serving()`` is the directory the expert is served from now. Returns the version published, or None when
+    the tuned weight is the one the manifest has already (nothing to publish: the job's log says so).
+    """
+    directory = serving()
+    expert = ExpertDir(directory)
+    manifest = expert.read_manifest()
+    if manifest.index is None:
+        raise ValueError(f"expert {name!r} has no index to tune on")
+    reporter.phase("choosing tuning queries")
+    with Collection.open(directory / manifest.index.directory) as collection:
+        tuning = from_collection(collection, queries=queries, qrels=qrels, limit=limit)
+    reporter.phase("embedding queries", total=len(tuning.texts), unit="queries")
+    section = tuned_section(
+        expert, encoder, tuning, candidates=candidates, max_length=max_length, on_embedded=reporter.advance
+    )
+    best, default = section.curve[f"{section.weight:.2f}"], section.curve.get("0.50", float("nan"))
+    reporter.log(f"dense weight {section.weight}: nDCG@10 {best:.4f} on {section.tuned_on} (0.5 gives {default:.4f})")
+    reporter.check()
+    previous = expert.read_manifest().retrieval
+    if previous is not None and (previous.weight, previous.fusion) == (section.weight, section.fusion):
+        reporter.log(
+            f"unchanged: the manifest's weight is {previous.weight} already (tuned on {previous.tuned_on}); "
+            "nothing published"
+        )
+        return None
+    if serving() != directory:
+        raise RuntimeError(f"expert {name!r} was replaced while the job tuned it; nothing was published")
+    reporter.publishing()
+    was = "untuned" if previous is None else f"{previous.weight}"
+    tuned = expert.publish(retrieval=section)
+    try:
+        version = republish(directory)
+    except Exception:
+        if previous is not None:  # the manifest says again what is served (a new version of the same settings)
+            expert.publish(retrieval=previous)
+        else:
+            logger.error(
+                "expert %r: manifest version %d holds the tuned weight %s but was not served; it is served from "
+                "the next start, or the next add with replace", name, tuned.version, section.weight,
+            )  # fmt: skip
+        raise
+    reporter.log(f"published version {version}: dense weight {was} -> {section.weight}")
+    return version

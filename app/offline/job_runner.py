@@ -32,7 +32,7 @@ from typing import Any
 
 from app.engine.engine import SearchEngine
 from app.errors import ConflictError, InvalidRequestError, UnknownJobError
-from app.offline.job_kinds import JobStopped, run_index_job, run_train_job
+from app.offline.job_kinds import JobStopped, run_index_job, run_train_job, run_tune_fusion_job
 from app.offline.job_store import ACTIVE_STATES, JobKind, JobProgress, JobRecord, JobStore, new_job_id
 from app.publishing.data_paths import data_file
 from app.publishing.publisher import ExpertPublisher
@@ -109,10 +109,12 @@ class JobRunner:
         query_max_length: int = 64,
         keep_versions: int = 3,
         index_chunk_size: int = 256,
+        hybrid_candidates: int = 200,
     ) -> None:
         self.root = Path(root).resolve()
         self.encoder, self.publisher = encoder, publisher
         self.query_max_length, self.keep_versions = query_max_length, keep_versions
+        self.hybrid_candidates = hybrid_candidates
         self.index_chunk_size = index_chunk_size
         self.store = JobStore(self.root)
         self._lock = threading.RLock()
@@ -131,7 +133,7 @@ class JobRunner:
         *,
         kind: JobKind,
         expert: str,
-        corpus: str,
+        corpus: str | None = None,
         queries: str | None = None,
         qrels: str | None = None,
         replace: bool = False,
@@ -140,7 +142,14 @@ class JobRunner:
     ) -> dict[str, Any]:
         """Check the request, queue the job and return its record (``queued``); nothing runs on the caller's thread."""
         check_expert_name(expert)
-        files = {"corpus": data_file(corpus, self.root, what="corpus")}
+        files = {}
+        if kind == "tune-fusion":
+            if corpus is not None:
+                raise InvalidRequestError("a tune-fusion job tunes a published expert on its own index: send no corpus")
+        elif corpus is None:
+            raise InvalidRequestError(f"a {kind} job needs a corpus (a file under the data root)")
+        else:
+            files["corpus"] = data_file(corpus, self.root, what="corpus")
         if (queries is None) != (qrels is None):
             raise InvalidRequestError(
                 "give both queries and qrels (labelled training), or neither (corpus-only training)"
@@ -160,7 +169,8 @@ class JobRunner:
             request: dict[str, Any] = {key: str(path.relative_to(self.root)) for key, path in files.items()}
             request.update(replace=replace, steps=steps, batch_size=batch_size)
             record = JobRecord(id=new_job_id(), kind=kind, expert=expert, request=request)
-            record.log(f"queued: {kind} {expert} from {request['corpus']}")
+            source = request.get("corpus") or (f"{queries} + {qrels}" if queries else "pseudo queries")
+            record.log(f"queued: {kind} {expert} from {source}")
             self._records[record.id] = record
             self._save(force=True)
             self._wake.notify_all()
@@ -233,8 +243,23 @@ class JobRunner:
                 with self._lock:
                     self._current = None
 
-    def _run(self, reporter: _Reporter) -> int:
+    def _run(self, reporter: _Reporter) -> int | None:
         record = reporter.record
+        labelled = {
+            key: self.root / record.request[key] if record.request.get(key) else None for key in ("queries", "qrels")
+        }
+        if record.kind == "tune-fusion":
+            return run_tune_fusion_job(
+                reporter,
+                name=record.expert,
+                serving=lambda: self._serving_directory(record.expert),
+                queries=labelled["queries"],
+                qrels=labelled["qrels"],
+                encoder=self.encoder,
+                republish=self._republish,
+                candidates=self.hybrid_candidates,
+                max_length=self.query_max_length,
+            )
         corpus = self.root / record.request["corpus"]
         if record.kind == "index":
             return run_index_job(
@@ -248,9 +273,6 @@ class JobRunner:
                 query_max_length=self.query_max_length,
                 chunk_size=self.index_chunk_size,
             )
-        labelled = {
-            key: self.root / record.request[key] if record.request.get(key) else None for key in ("queries", "qrels")
-        }
         return run_train_job(
             reporter,
             root=self.root,
@@ -270,10 +292,30 @@ class JobRunner:
         entry = self.publisher.add_path(name, replace=replace)
         return entry.version
 
+    def _serving_directory(self, name: str) -> Path:
+        entry = self.publisher.entries.get(name)
+        if entry is None:
+            raise UnknownExpertError(
+                f"expert {name!r} is no longer published; published: {sorted(self.publisher.entries)}"
+            )
+        return self.root / entry.path
+
+    def _republish(self, directory: Path) -> int:
+        """The publisher's replace, from the directory the expert is served from (its manifest changed in place)."""
+        return self.publisher.add_path(directory.relative_to(self.root).as_posix(), replace=True).version
+
     # ------------------------------------------------------------------ records
     def _check_expert(self, kind: JobKind, expert: str, *, replace: bool) -> None:
-        """An index job makes a new expert; a train job makes one (name free) or replaces a published one."""
+        """An index job makes a new expert; a train job makes one (name free) or replaces a published one; a
+        tune-fusion job tunes a published one."""
         published = self.publisher.entries
+        if kind == "tune-fusion":
+            if expert not in published:
+                raise UnknownExpertError(
+                    f"expert {expert!r} is not published, so there is nothing to tune; published experts: "
+                    f"{sorted(published)}"
+                )
+            return
         exists = expert in published or (self.root / expert).exists()
         if kind == "index" and exists:
             raise ConflictError(
@@ -354,6 +396,7 @@ def job_runner_factory(settings: Settings) -> Callable[[SearchEngine, ExpertPubl
             publisher=publisher,
             query_max_length=settings.query_max_length,
             keep_versions=settings.keep_versions,
+            hybrid_candidates=settings.hybrid_candidates,
         )
 
     return make

@@ -47,7 +47,7 @@ LOG_TAIL_LINES = 20
 #: Finished records kept in the file; the oldest beyond are dropped.
 KEEP_FINISHED = 200
 
-JobKind = Literal["index", "train"]
+JobKind = Literal["index", "train", "tune-fusion"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: States of a job not finished yet: one per expert at a time.
 ACTIVE_STATES: frozenset[JobState] = frozenset({"queued", "running"})
@@ -65,7 +65,7 @@ class JobProgress:
     phase: str = "queued"
     done: int = 0
     total: int | None = None
-    #: "documents" while indexing, "steps" while training.
+    #: "documents" while indexing, "steps" while training, "queries" while tuning fusion.
     unit: str | None = None
     #: Units per second since the phase began.
     rate: float | None = None

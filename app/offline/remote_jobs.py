@@ -1,24 +1,30 @@
 """``rr add-domain --url URL --on-server``: the build runs as a job on the service, from files on its data root.
 
-Nothing is built or uploaded locally: the command asks the service to train
-the expert (``POST /admin/jobs``, kind ``train``) from a corpus it already
-holds, then follows the job (``GET /admin/jobs/{id}``), saying each phase and
-its progress, until it ends. Ctrl-C cancels the job on the service.
+Nothing is built locally: the command asks the service to train the expert
+(``POST /admin/jobs``, kind ``train``) from a corpus it already holds, or,
+with ``--upload``, from local files it first sends (``POST /admin/uploads``,
+:func:`upload_file`); then it follows the job (``GET /admin/jobs/{id}``),
+saying each phase and its progress, until it ends. Ctrl-C cancels the job on
+the service.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.offline.service_client import RemoteError, call_service
 
-__all__ = ["run_remote_train_job"]
+__all__ = ["run_remote_train_job", "upload_file"]
 
 _REQUEST_TIMEOUT_S = 30.0
+#: An upload streams the whole file: give a slow link time.
+_UPLOAD_TIMEOUT_S = 3600.0
 _FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
 
@@ -68,6 +74,29 @@ def run_remote_train_job(
         tail = "\n".join(f"  {line}" for line in job["log_tail"][-5:])
         raise RemoteError(f"job {job['id']} {job['state']}: {job.get('error') or 'no error given'}\n{tail}")
     return job
+
+
+def upload_file(url: str, path: Path, *, admin_key: str | None) -> dict[str, Any]:
+    """Send the local file ``path`` to the service (``POST /admin/uploads``), streamed from disk.
+
+    Returns the service's answer: ``path`` (to name in a job, relative to its data root), ``bytes``, ``sha256``.
+    The name sent is the file's own, with characters the service does not take replaced by ``_``.
+
+    >>> upload_file("http://127.0.0.1:8000", Path("corpus.jsonl.gz"), admin_key="...")["path"]  # doctest: +SKIP
+    '.uploads/u20261205T150400Z-1a2b3c-corpus.jsonl.gz'
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip(".-")[-128:] or "upload"
+    query = urllib.parse.urlencode({"name": name})
+    with open(path, "rb") as body:
+        return call_service(
+            url,
+            "POST",
+            f"/admin/uploads?{query}",
+            admin_key=admin_key,
+            body=body,
+            content_type="application/octet-stream",
+            timeout=_UPLOAD_TIMEOUT_S,
+        )
 
 
 def _progress_line(job: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from app.publishing.data_uploads import DataUploads
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.publishing.versions import UPLOADS_DIR, owned_directory
 
@@ -40,12 +41,15 @@ def owned_in_use(root: Path, entries: Iterable[RegistryEntry]) -> set[Path]:
 
 
 def discard_interrupted_writes(root: Path, registry: RegistryFile) -> None:
-    """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload.
+    """Remove what a crash mid-change left: a registry temp file, a half-received or half-unpacked upload
+    (an expert archive, or a job's file under ``.uploads/``).
 
     Only the hidden names given to them while they are written; unpacked experts (published or not) are kept.
     """
     for leftover in registry.discard_temporary_files():
         logger.warning("removed %s, left by a registry update that was interrupted", leftover)
+    for leftover in DataUploads(root, max_bytes=0).discard_partial():
+        logger.warning("removed %s, a job file whose upload was interrupted", leftover)
     uploads = root / UPLOADS_DIR
     if not uploads.is_dir():
         return

@@ -10,7 +10,7 @@ import pytest
 
 from app.publishing.registry import RegistryFile
 from tests.app.conftest import run_cli, slice_corpus
-from tests.app.service.conftest import ADMIN_KEY, ServerProcess, free_port
+from tests.app.service.conftest import ADMIN_KEY, ServerProcess, free_port, write_corpus
 from tests.conftest import make_tiny_bert
 
 FAST = ["--steps", "3", "--batch-size", "8", "--no-progress"]
@@ -139,3 +139,25 @@ def test_on_server_the_service_builds_it_as_a_job(
     assert code == 1 and "HTTP 409" in err and "replace=true" in err
     code, _, err = run_cli(["add-domain", "sci", "--corpus", "incoming/sci.jsonl", "--on-server", *FAST], capsys)
     assert code == 2 and "--url" in err
+
+
+def test_on_server_with_upload_the_local_files_are_sent_first(
+    cli_env: Path, tmp_path: Path, server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = server()
+    corpus = write_corpus(tmp_path / "local corpus.jsonl", "gamma", count=30)  # a space: sent as local_corpus
+    remote = ["--url", running.url, "--on-server", "--upload", "--admin-key", ADMIN_KEY, *FAST]
+    code, out, err = run_cli(["add-domain", "sci", "--corpus", str(corpus), *remote], capsys)
+    assert code == 0, err + running.log()
+    uploaded = [p.name for p in (running.root / ".uploads").iterdir()]
+    assert len(uploaded) == 1 and uploaded[0].endswith("-local_corpus.jsonl")
+    assert f"uploaded {corpus} ({corpus.stat().st_size} bytes" in out and uploaded[0] in out
+    assert f"published to {running.url} by job job-" in out
+    with httpx.Client(base_url=running.url, timeout=60) as http:
+        answer = http.post("/search", json={"query": "blood pressure", "expert": "sci", "k": 3})
+        assert answer.status_code == 200 and len(answer.json()["results"][0]["hits"]) == 3
+
+    code, _, err = run_cli(["add-domain", "sci2", "--corpus", str(tmp_path / "nope.jsonl"), *remote], capsys)
+    assert code == 2 and "not a file here" in err
+    code, _, err = run_cli(["add-domain", "sci2", "--corpus", str(corpus), "--upload", *FAST], capsys)
+    assert code == 2 and "--on-server" in err

@@ -1,4 +1,4 @@
-"""``/admin/jobs``: index or train an expert in the background, follow it, cancel it.
+"""``/admin/jobs``: index, train or tune an expert in the background, follow it, cancel it.
 
 ``POST`` answers 202 with the job's record at once; the job runs in the
 server's job thread (one at a time, beside the searches, its model passes in
@@ -39,12 +39,15 @@ Jobs = Annotated[JobService, Depends(_jobs)]
 
 @router.post("/jobs", status_code=202, response_model=JobOut, responses=error_responses(401, 403, 404, 409, 422, 501))
 async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
-    """Queue a job: `index` a corpus into a new expert, or `train` one (optionally replacing the published one).
+    """Queue a job: `index` a corpus into a new expert, `train` one (optionally replacing the published one), or
+    `tune-fusion`: tune a published expert's hybrid fusion weight.
 
     Paths are relative to the data root and must lie under it (403 otherwise)
-    and exist (422). 409 names the job when the expert already has one queued
-    or running, or when an index job names an expert that exists; 404 when a
-    train job replaces an expert that is not published.
+    and exist (422); a client without access to the server's disk uploads its
+    files first (`POST /admin/uploads`) and names the paths it gets back. 409
+    names the job when the expert already has one queued or running, or when
+    an index job names an expert that exists; 404 when a train job replaces,
+    or a tune-fusion job tunes, an expert that is not published.
     """
     record = await asyncio.to_thread(
         jobs.submit,

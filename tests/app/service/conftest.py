@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
+from app.offline.job_runner import job_runner_factory
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, create_expert
@@ -162,6 +163,51 @@ def make_client(tiny_encoder: Encoder) -> Iterator:
 @pytest.fixture()
 def client(make_client, experts_root: Path) -> TestClient:
     return make_client(experts_root)
+
+
+# ---------------------------------------------------------------------- /admin/jobs
+FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+
+
+def wait_job(http: httpx.Client | TestClient, job_id: str, *, until=lambda job: job["state"] in FINISHED, timeout=90.0):
+    """Poll ``GET /admin/jobs/{id}`` until ``until(job)``; every answer seen is checked to be a whole record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = http.get(f"/admin/jobs/{job_id}", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if until(job):
+            return job
+        if job["state"] in FINISHED or time.monotonic() > deadline:
+            raise AssertionError(f"job never reached the awaited state: {job}")
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def make_jobs_client(tiny_encoder: Encoder) -> Iterator:
+    """``make_jobs_client(root, **settings) -> TestClient``: a ready in-process app that runs jobs."""
+    stack: list[TestClient] = []
+
+    def make(root: Path, **overrides: object) -> TestClient:
+        settings = service_settings(root, **overrides)
+        client = TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings)))
+        client.__enter__()
+        stack.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for client in reversed(stack):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def jobs_client(make_jobs_client, experts_root: Path) -> TestClient:
+    return make_jobs_client(experts_root)
+
+
+def submit(http: httpx.Client | TestClient, **body: Any) -> httpx.Response:
+    return http.post("/admin/jobs", json=body, headers=ADMIN)
 
 
 # ---------------------------------------------------------------------- a real server

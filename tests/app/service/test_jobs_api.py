@@ -1,4 +1,5 @@
-"""``/admin/jobs``: index and train jobs run beside the service, followed, cancelled, refused, kept across restarts.
+"""``/admin/jobs``: index, train and tune-fusion jobs run beside the service, followed, cancelled, refused, kept
+across restarts (uploaded job files: ``test_uploads_api.py``).
 
 Nothing is mocked: the jobs index and train on the tiny random BERT, publish
 through the publisher, and are searched afterwards. The flow and the restart
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,24 +21,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.offline.job_runner import job_runner_factory
 from experts import Encoder
-from tests.app.service.conftest import ADMIN, service_settings, wait_ready, write_corpus
-
-FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
-
-
-def wait_job(http: httpx.Client | TestClient, job_id: str, *, until=lambda job: job["state"] in FINISHED, timeout=90.0):
-    """Poll ``GET /admin/jobs/{id}`` until ``until(job)``; every answer seen is checked to be a whole record."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = http.get(f"/admin/jobs/{job_id}", headers=ADMIN)
-        assert response.status_code == 200, response.text
-        job = response.json()
-        if until(job):
-            return job
-        if job["state"] in FINISHED or time.monotonic() > deadline:
-            raise AssertionError(f"job never reached the awaited state: {job}")
-        time.sleep(0.05)
-
+from tests.app.service.conftest import ADMIN, service_settings, submit, wait_job, wait_ready, write_corpus
 
 #: The corpus of the job killed mid-way: large enough that the kill lands while it indexes.
 DELTA_DOCUMENTS = 30_000
@@ -62,18 +44,6 @@ def left_behind(root: Path) -> list[str]:
     """Staging a job could leave: its work directory, and train_expert's hidden staging directories."""
     work = root / ".jobs" / "work"
     return sorted([*(p.name for p in work.glob("*") if work.is_dir()), *(p.name for p in root.glob(".*.train-*"))])
-
-
-@pytest.fixture()
-def jobs_client(experts_root: Path, tiny_encoder: Encoder) -> Iterator[TestClient]:
-    settings = service_settings(experts_root)
-    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
-        wait_ready(client)
-        yield client
-
-
-def submit(http: httpx.Client | TestClient, **body: Any) -> httpx.Response:
-    return http.post("/admin/jobs", json=body, headers=ADMIN)
 
 
 # ---------------------------------------------------------------------- a real server
@@ -178,8 +148,13 @@ def test_a_cancelled_job_publishes_nothing_and_leaves_nothing(jobs_client: TestC
 @pytest.mark.parametrize(
     ("body", "status", "says"),
     [
-        ({"kind": "reindex", "expert": "x", "corpus": "c.jsonl"}, 422, "'index' or 'train'"),
-        ({"kind": "index", "expert": "x"}, 422, "corpus"),
+        ({"kind": "reindex", "expert": "x", "corpus": "c.jsonl"}, 422, "'index', 'train' or 'tune-fusion'"),
+        ({"kind": "index", "expert": "x"}, 422, "needs a corpus"),
+        ({"kind": "tune-fusion", "expert": "alpha", "corpus": "c.jsonl"}, 422, "do not apply to tune-fusion jobs"),
+        ({"kind": "tune-fusion", "expert": "alpha", "steps": 3}, 422, "do not apply to tune-fusion jobs"),
+        ({"kind": "tune-fusion", "expert": "alpha", "queries": "c.jsonl"}, 422, "both queries and qrels"),
+        ({"kind": "tune-fusion", "expert": "nope"}, 404, "not published, so there is nothing to tune"),
+        ({"kind": "tune-fusion", "expert": "alpha", "queries": "/etc/passwd", "qrels": "c.jsonl"}, 403, "outside"),
         ({"kind": "index", "expert": "x", "corpus": "../outside.jsonl"}, 403, "outside the data root"),
         ({"kind": "index", "expert": "x", "corpus": "/etc/passwd"}, 403, "outside the data root"),
         ({"kind": "index", "expert": "x", "corpus": "missing.jsonl"}, 422, "does not exist under the data root"),
@@ -251,3 +226,43 @@ def test_an_index_job_stopped_with_the_server_resumes_at_the_next_start(
         assert any("resumed at line" in line for line in resumed["log_tail"])
         assert client.get("/experts/delta").json()["documents"] == 2560
         assert left_behind(experts_root) == []
+
+
+# ---------------------------------------------------------------------- tune-fusion
+def test_a_tune_fusion_job_publishes_the_tuned_weight_then_finds_it_unchanged(
+    jobs_client: TestClient, experts_root: Path
+) -> None:
+    before = jobs_client.get("/experts/beta").json()
+    assert before["manifest"].get("retrieval") is None  # untuned: the service's RR_HYBRID_WEIGHT applies
+    job = submit(jobs_client, kind="tune-fusion", expert="beta").json()
+    assert job["request"] == {"replace": False, "steps": None, "batch_size": None}
+    done = wait_job(jobs_client, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["progress"]["phase"] == "publishing" and done["published_version"] > before["version"]
+    served = jobs_client.get("/experts/beta").json()
+    retrieval = served["manifest"]["retrieval"]
+    assert served["version"] == done["published_version"]
+    assert retrieval["tuned_on"] == f"{retrieval['queries']} pseudo queries" and len(retrieval["curve"]) == 11
+    assert any(line.endswith(f"embedding queries ({retrieval['queries']} queries)") for line in done["log_tail"])
+    assert any(f"dense weight untuned -> {retrieval['weight']}" in line for line in done["log_tail"])
+    hits = jobs_client.post("/search", json={"query": "compiler parser", "expert": "beta", "k": 2, "mode": "hybrid"})
+    assert hits.status_code == 200 and len(hits.json()["results"][0]["hits"]) == 2
+
+    # The same queries (seeded) pick the same weight: nothing to publish, and the job says so.
+    again = wait_job(jobs_client, submit(jobs_client, kind="tune-fusion", expert="beta").json()["id"])
+    assert again["state"] == "succeeded" and again["published_version"] is None
+    assert any("unchanged" in line and "nothing published" in line for line in again["log_tail"]), again
+    assert jobs_client.get("/experts/beta").json()["version"] == served["version"]
+    assert left_behind(experts_root) == []
+
+
+def test_a_failed_tune_fusion_job_changes_nothing(jobs_client: TestClient, experts_root: Path) -> None:
+    # gamma has no BM25 index: there is no fusion to tune.
+    added = jobs_client.post("/admin/experts", json={"path": "staging/gamma"}, headers=ADMIN)
+    assert added.status_code == 201, added.text
+    manifest = (experts_root / "staging" / "gamma" / "manifest.json").read_text()
+    done = wait_job(jobs_client, submit(jobs_client, kind="tune-fusion", expert="gamma").json()["id"])
+    assert done["state"] == "failed" and "no lexical (BM25) index" in done["error"], done
+    assert done["published_version"] is None
+    assert jobs_client.get("/experts/gamma").json()["version"] == added.json()["version"]
+    assert (experts_root / "staging" / "gamma" / "manifest.json").read_text() == manifest
