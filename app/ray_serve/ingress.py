@@ -8,7 +8,8 @@ The flow of a request, beside ``rr serve``'s (:mod:`app.engine.engine`):
    routable expert for that expert's top-``RR_ROUTER_VOTE_DEPTH`` dense scores
    (with the base vectors) and BM25 scores (one call per expert, all at once)
    and merges them with :func:`router.document_votes`, as the engine does over
-   its own collections; the decisions are ``rr serve``'s;
+   its own collections; BM25 is scored with the routed experts' pooled IDF
+   (``RR_ROUTER_VOTE_IDF=shared``, :mod:`app.ray_serve.vote_idf`); the decisions are ``rr serve``'s;
 3. the router, with the request's policy (``top_k``, ``fanout_margin``,
    ``min_score``);
 4. per (expert, adapter or base vector), one call to the searcher replicas
@@ -28,7 +29,6 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,9 +47,10 @@ from app.publishing.publisher import ExpertPublisher
 from app.ray_serve.admin import IngressAdmin
 from app.ray_serve.metrics import IngressMetrics
 from app.ray_serve.published import Published, PublishedExpert, PublishedSet
+from app.ray_serve.vote_idf import VoteIdf
 from app.settings import Settings
 from experts import ExpertDir, ExpertError, UnknownExpertError
-from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError
+from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError, SharedIdf
 from router import (
     NoExpertsError,
     RouteDecision,
@@ -98,6 +99,7 @@ class Ingress:
         self.searcher = searcher
         self.encoder = open_encoder(settings)
         self.published = PublishedSet(settings.data_dir)
+        self.vote_idf = VoteIdf()
         self._lock = threading.Lock()
         self._pilots: dict[PublishedExpert, np.ndarray | None] = {}
         #: Published experts whose files failed on a searcher replica, by the entry that failed, with the reason.
@@ -194,7 +196,7 @@ class Ingress:
         base = await asyncio.to_thread(self.encoder.embed, texts, max_length=max_length, cache=True)
         timings["base_ms"] = _elapsed(clock)
         clock = time.perf_counter()
-        evidence = await self._evidence(view.router.experts, base, texts)
+        evidence = await self._evidence(view, base, texts)
         timings["evidence_ms"] = _elapsed(clock)
         clock = time.perf_counter()
         decisions = view.router.route(base, policy=self._policy(body), evidence=evidence)
@@ -205,18 +207,35 @@ class Ingress:
         """The request's routing over the service's default, as ``rr serve`` takes it."""
         return body.route.policy(self.settings.route_policy())
 
-    async def _evidence(self, experts: Sequence[str], base: np.ndarray, texts: list[str]) -> np.ndarray | None:
+    async def _evidence(self, view: RoutingView, base: np.ndarray, texts: list[str]) -> np.ndarray | None:
         """(n, E) corpus votes, columns in the router's order, as ``SearchEngine`` takes them; None when off."""
         evidence = self.settings.router_evidence
         if evidence == "none":
             return None
+        experts = view.router.experts
         kinds = tuple(evidence.split("+"))
         depth = self.settings.router_vote_depth
-        answers = await asyncio.gather(*(self._call(name, "scores", base, texts, depth, kinds) for name in experts))
+        shared = None
+        if "bm25" in kinds and self.settings.router_vote_idf == "shared":
+            shared = await self._vote_idf(view, texts)
+        answers = await asyncio.gather(
+            *(self._call(name, "scores", base, texts, depth, kinds, shared) for name in experts)
+        )
         votes = np.zeros((len(texts), len(experts)), dtype=np.float32)
         for kind in kinds:
             votes += document_votes([answer[kind] for answer in answers], depth=depth)
         return votes
+
+    async def _vote_idf(self, view: RoutingView, texts: list[str]) -> SharedIdf:
+        """The routed experts' pooled IDF for these queries' stems; statistics asked once per published version."""
+        keys = [(name, view.published.experts[name]) for name in view.router.experts]
+        missing = self.vote_idf.missing(keys)
+        if missing:
+            found = await asyncio.gather(*(self._call(name, "term_statistics") for name, _ in missing))
+            for key, statistics in zip(missing, found, strict=True):
+                self.vote_idf.remember(key, statistics)
+            self.vote_idf.forget_all_but(keys)
+        return self.vote_idf.for_queries(keys, texts)
 
     async def _search(
         self,

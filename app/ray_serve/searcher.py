@@ -35,9 +35,10 @@ from app.engine.engine import SearchEngine, SearchJob, SearchResult
 from app.engine.loading import LoadedExpert, load_expert, open_encoder, unload_expert
 from app.engine.retrieval import RetrievalOptions
 from app.ray_serve.published import PublishedExpert, PublishedSet
+from app.ray_serve.vote_idf import TermStatistics, term_statistics, vote_scores
 from app.settings import Settings
 from experts import Encoder, UnknownExpertError
-from index import FilterExpr
+from index import FilterExpr, SharedIdf
 from router import RoutePolicy
 
 __all__ = ["expert_searcher_class"]
@@ -125,23 +126,6 @@ class _HeldExpert:
         logger.info("replica unloaded expert %r (LRU)", self.name)
 
 
-def _scores(
-    loaded: LoadedExpert, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]
-) -> dict[str, np.ndarray]:
-    """This expert's top-``depth`` dense and/or BM25 scores, as ``SearchEngine`` takes them for its corpus votes.
-
-    The same calls as the engine's evidence step, so the ingress's votes equal
-    ``rr serve``'s: an expert without a BM25 index gives an (n, 0) array.
-    """
-    view, out = loaded.view(), {}  # the live view of this moment, as the engine takes one per batch
-    if "documents" in kinds:
-        out["documents"] = view.search_dense(base, depth)[0]
-    if "bm25" in kinds:
-        none = np.zeros((len(texts), 0), dtype=np.float32)
-        out["bm25"] = view.search_lexical(texts, depth)[0] if view.has_lexical else none
-    return out
-
-
 def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
     """The searcher class, its multiplexing bound to ``max_experts`` (a decorator argument)."""
 
@@ -221,10 +205,21 @@ def expert_searcher_class(max_experts: int, registry_poll_s: float) -> type:
             return await self._use(run)
 
         async def scores(
-            self, base: np.ndarray, texts: list[str], depth: int, kinds: tuple[str, ...]
+            self,
+            base: np.ndarray,
+            texts: list[str],
+            depth: int,
+            kinds: tuple[str, ...],
+            shared_idf: SharedIdf | None = None,
         ) -> dict[str, np.ndarray]:
-            """The request's expert's top-``depth`` scores for the corpus votes (see :func:`_scores`)."""
-            return await self._use(lambda held: _scores(held.expert(), base, texts, depth, kinds))
+            """The request's expert's top-``depth`` scores for the corpus votes (see :func:`~app.ray_serve.vote_idf.vote_scores`)."""
+            return await self._use(
+                lambda held: vote_scores(held.expert().view(), base, texts, depth, kinds, shared_idf)
+            )
+
+        async def term_statistics(self) -> TermStatistics:
+            """The request's expert's BM25 statistics (see :func:`~app.ray_serve.vote_idf.term_statistics`)."""
+            return await self._use(lambda held: term_statistics(held.expert().collection))
 
         def check(self, path: str) -> dict[str, object]:
             """Validate the expert at ``path`` as ``rr serve``'s admin does (load it, every checksum), then unload it.

@@ -181,3 +181,33 @@ def test_the_settings_reach_the_engine_config_and_bad_ones_are_refused() -> None
     for bad in ({"vote_exact_max": -1}, {"vote_probes": 0}):
         with pytest.raises(ValueError, match="vote_exact_max must be >= 0 or None and vote_probes >= 1"):
             EngineConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_ray_ingress_votes_with_the_engines_shared_idf(collections: list[Collection], datasets: Path) -> None:
+    """The ingress pools each expert's statistics (one searcher call per version) and sends the queries' stems only."""
+    from app.ray_serve.vote_idf import VoteIdf, term_statistics, vote_scores
+    from router import document_votes
+
+    views = [static_view(c) for c in collections]
+    keys = [(f"expert-{i}", "v1") for i in range(len(collections))]
+    pooled = VoteIdf()
+    assert pooled.missing(keys) == keys
+    for key, collection in zip(keys, collections, strict=True):
+        pooled.remember(key, term_statistics(collection))
+    assert pooled.missing(keys) == []
+    texts = queries(datasets)
+    base = bag_of_words(texts)
+    shared = pooled.for_queries(keys, texts)
+    full = shared_of(collections)
+    assert shared.documents == full.documents and len(shared.frequencies) < len(full.frequencies)
+    for depth in (1, 5, 20):
+        answers = [vote_scores(view, base, texts, depth, ("documents", "bm25"), shared) for view in views]
+        got = sum(document_votes([a[kind] for a in answers], depth=depth) for kind in ("documents", "bm25"))
+        expected = per_expert_votes(views, base, texts, evidence="documents+bm25", depth=depth, shared_idf=full)
+        assert expected is not None and np.array_equal(got, expected), depth
+        own = per_expert_votes(views, base, texts, evidence="bm25", depth=depth, shared_idf=None)
+        if depth == 1:  # the IDF decides: scored with each collection's own, some queries vote elsewhere
+            bm25 = document_votes([a["bm25"] for a in answers], depth=depth)
+            assert own is not None and not np.array_equal(bm25, own)
+    pooled.forget_all_but(keys[:2])
+    assert pooled.missing(keys) == keys[2:]
