@@ -100,7 +100,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 def _parse_line(raw: bytes) -> Document | str:
     """Parse one non-blank line; return a Document or the reason it is malformed."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw.rstrip())  # the newline stripped, a cut-off line says the column where it ends
     except UnicodeDecodeError:
         return "not valid UTF-8"
     except json.JSONDecodeError as exc:

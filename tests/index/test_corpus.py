@@ -75,6 +75,13 @@ def test_scan_names_the_bad_lines_the_indexer_would_skip(tmp_path: Path, write_c
     assert seen == [5, 10, 15]  # line 6 is blank: no item, no call
 
 
+def test_a_cut_off_line_names_the_column_where_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "a", "text": \n{"_id": "b", "text": "ok"}\n')  # not "line 2 column 1"
+    (line, problem), _ = list(read_corpus(path))
+    assert line == 1 and problem.reason == "invalid JSON: Expecting value (column 21)"
+
+
 def test_scan_of_an_unreadable_corpus_says_why(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl.gz").write_text('{"_id": "a", "text": "not gzip"}\n')
     with pytest.raises(CorpusError, match="cannot read corpus file.*gzip"):
