@@ -198,11 +198,13 @@ def run_add_job(
             created, replaced = created + done.report.created, replaced + done.report.replaced
             documents, merging = done.documents, done.merging
             reporter.advance(len(batch))
-    except JobStopped:
-        reporter.log(
-            f"stopped after {written} of {total} documents ({created} new, {replaced} replaced): the batches "
-            f"written stay written and searchable in {name!r} (the same job sent again upserts them all again)"
-        )
+    except Exception as exc:  # a cancel or stop (JobStopped), or a failed batch: the batches before it stay
+        if written:
+            how = "stopped" if isinstance(exc, JobStopped) else "failed"
+            reporter.log(
+                f"{how} after {written} of {total} documents ({created} new, {replaced} replaced): the batches "
+                f"written stay written and searchable in {name!r} (the same job sent again upserts them all again)"
+            )
         raise
     reporter.log(
         f"added {written} documents to {name!r} ({created} new, {replaced} replaced); it holds {documents} now"
