@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from index.build.embedding import EmbedFn
 from index.build.indexing import BuildReport, build_index
-from index.corpus import CorpusProblem, Document, corpus_fingerprint, count_lines, read_corpus
+from index.corpus import (
+    CorpusProblem,
+    CorpusScan,
+    Document,
+    corpus_fingerprint,
+    count_lines,
+    read_corpus,
+    scan_corpus,
+)
 from index.errors import (
     BuildInProgressError,
     CorpusError,
@@ -61,6 +69,7 @@ __all__ = [
     "Collection",
     "CorpusError",
     "CorpusProblem",
+    "CorpusScan",
     "CorpusUnion",
     "DENSE_FILE",
     "DOCSTORE_FILE",
@@ -119,6 +128,7 @@ __all__ = [
     "read_corpus",
     "read_info",
     "reciprocal_rank_fusion",
+    "scan_corpus",
     "set_search_threads",
     "static_view",
     "write_info",

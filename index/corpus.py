@@ -14,14 +14,22 @@ import io
 import json
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from index.errors import CorpusError
 
-__all__ = ["CorpusProblem", "Document", "corpus_fingerprint", "count_lines", "read_corpus"]
+__all__ = [
+    "CorpusProblem",
+    "CorpusScan",
+    "Document",
+    "corpus_fingerprint",
+    "count_lines",
+    "read_corpus",
+    "scan_corpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +100,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 def _parse_line(raw: bytes) -> Document | str:
     """Parse one non-blank line; return a Document or the reason it is malformed."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw.rstrip())  # the newline stripped, a cut-off line says the column where it ends
     except UnicodeDecodeError:
         return "not valid UTF-8"
     except json.JSONDecodeError as exc:
@@ -162,6 +170,79 @@ def read_corpus(path: Path, *, start_line: int = 0) -> Iterator[tuple[int, Docum
         except (OSError, EOFError, zlib.error) as exc:
             # A truncated or corrupt .gz surfaces mid-stream, not at open time.
             raise CorpusError(f"cannot read corpus file {str(path)!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What a read through a corpus found: its documents, and its bad lines (the first few of each kind kept).
+
+    ``malformed`` counts the lines the indexer would skip (:func:`read_corpus`'s problems); ``duplicates``
+    the documents whose id an earlier line already had (an index build refuses them, and so does one
+    batch of a live upsert).
+    """
+
+    path: Path
+    documents: int
+    malformed: int
+    problems: list[CorpusProblem]
+    duplicates: int
+    repeated: list[CorpusProblem]
+
+    @property
+    def clean(self) -> bool:
+        return not self.malformed and not self.duplicates
+
+    def describe(self) -> str:
+        """One line naming what is wrong, by line number, e.g. ``corpus.jsonl: 2 malformed lines: line 4: ...``."""
+        parts = [
+            _bad_lines(count, kind, shown)
+            for count, kind, shown in (
+                (self.malformed, "malformed", self.problems),
+                (self.duplicates, "repeated-id", self.repeated),
+            )
+            if count
+        ]
+        return f"{self.path.name}: " + (" and ".join(parts) if parts else f"{self.documents} documents, no bad lines")
+
+
+def _bad_lines(count: int, kind: str, shown: list[CorpusProblem]) -> str:
+    more = f"; ... ({count - len(shown)} more)" if count > len(shown) else ""
+    lines = "; ".join(f"line {p.line}: {p.reason}" for p in shown)
+    return f"{count} {kind} line{'s' if count != 1 else ''}: {lines}{more}"
+
+
+def scan_corpus(
+    path: Path, *, keep: int = 5, on_lines: Callable[[int], None] | None = None, every: int = 10_000
+) -> CorpusScan:
+    """Read ``path`` through with the indexer's own reader (:func:`read_corpus`), embedding nothing: how many
+    documents it holds, and which lines an index build would skip or refuse (the first ``keep`` of each kind).
+
+    So a job can refuse a bad corpus in seconds rather than after minutes of embedding. ``on_lines(n)`` is
+    told every ``every`` lines read (``n`` the line number); an exception it raises stops the scan. An
+    unreadable file (missing, a directory, not gzip, truncated) raises :class:`CorpusError`.
+
+    >>> scan_corpus(Path("corpus.jsonl")).describe()  # doctest: +SKIP
+    "corpus.jsonl: 1 malformed line: line 4: invalid JSON: Expecting value (column 1)"
+    """
+    path = Path(path)
+    seen: dict[str, int] = {}
+    malformed = duplicates = 0
+    problems: list[CorpusProblem] = []
+    repeated: list[CorpusProblem] = []
+    for line, item in read_corpus(path):
+        if on_lines is not None and line % every == 0:
+            on_lines(line)
+        if isinstance(item, CorpusProblem):
+            malformed += 1
+            if len(problems) < keep:
+                problems.append(item)
+        elif (first := seen.get(item.id)) is not None:
+            duplicates += 1
+            if len(repeated) < keep:
+                repeated.append(CorpusProblem(line, f"id {item.id!r} already on line {first}", path))
+        else:
+            seen[item.id] = line
+    return CorpusScan(path, len(seen), malformed, problems, duplicates, repeated)
 
 
 def count_lines(path: Path) -> int:

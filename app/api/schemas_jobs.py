@@ -32,6 +32,8 @@ __all__ = [
 DataPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 #: What a job does: index a corpus into a new expert, train one, tune a published one's hybrid fusion weight.
 JobKind = Literal["index", "train", "tune-fusion"]
+#: What an index job does: make a new expert of the corpus, or upsert its documents into a published one.
+IndexMode = Literal["create", "add"]
 
 
 class JobService(Protocol):
@@ -48,6 +50,8 @@ class JobService(Protocol):
         replace: bool = False,
         steps: int | None = None,
         batch_size: int | None = None,
+        mode: IndexMode = "create",
+        skip_malformed: bool = False,
     ) -> dict[str, Any]: ...
 
     def records(self) -> list[dict[str, Any]]: ...
@@ -71,6 +75,7 @@ class JobRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"kind": "index", "expert": "contracts", "corpus": "incoming/contracts.jsonl.gz"},
+                {"kind": "index", "expert": "scifact", "corpus": "incoming/more-scifact.jsonl", "mode": "add"},
                 {
                     "kind": "train",
                     "expert": "scifact",
@@ -86,13 +91,15 @@ class JobRequest(BaseModel):
     )
 
     kind: JobKind = Field(
-        description="`index`: a NEW expert from the corpus (create, index, pilots, publish). `train`: an expert "
+        description="`index`: a NEW expert from the corpus (create, index, pilots, publish), or with `mode=add` "
+        "the corpus's documents upserted into a published expert. `train`: an expert "
         "trained on the corpus (and labelled queries), published as a new expert or, with `replace`, swapped in. "
         "`tune-fusion`: a published expert's dense/BM25 fusion weight tuned on labelled queries (`queries` + "
         "`qrels`) or pseudo queries from its documents, and swapped in when it changes."
     )
     expert: ExpertName = Field(
-        description="The expert's name (a new one, the one a train job replaces, or the one to tune)."
+        description="The expert's name (a new one, the one an add job writes to, a train job replaces, or the one "
+        "to tune)."
     )
     corpus: DataPath | None = Field(
         None,
@@ -106,6 +113,18 @@ class JobRequest(BaseModel):
     replace: bool = Field(False, description="train: replace the published expert of that name.")
     steps: int | None = Field(None, ge=1, le=100_000, description="train: optimiser steps (default 300).")
     batch_size: int | None = Field(None, ge=1, le=4096, description="train: queries per step (default 64).")
+    mode: IndexMode = Field(
+        "create",
+        description="index: `create` a new expert (409 if the name exists), or `add`: upsert the corpus's documents "
+        "(by id) into a published expert (404 if none), in batches through the document write path, each batch "
+        "searchable and durable once written, its other documents kept; a cancel stops between batches and the "
+        "batches written stay.",
+    )
+    skip_malformed: bool = Field(
+        False,
+        description="index: skip the corpus's malformed lines (listed in the job's log) instead of failing; by "
+        "default a malformed line fails the job before anything is embedded, naming the line numbers.",
+    )
 
     @model_validator(mode="after")
     def _fields_of_the_kind(self) -> JobRequest:
@@ -123,8 +142,10 @@ class JobRequest(BaseModel):
             if given or self.replace:
                 raise ValueError(
                     f"{[*given, *(['replace'] if self.replace else [])]} apply to train jobs only; an index job "
-                    "takes kind, expert and corpus"
+                    "takes kind, expert, corpus, and optionally mode ('create' or 'add') and skip_malformed"
                 )
+        elif self.mode != "create" or self.skip_malformed:
+            raise ValueError(f"mode and skip_malformed apply to index jobs only, not to {self.kind} jobs")
         if (self.queries is None) != (self.qrels is None):
             raise ValueError("give both queries and qrels (labelled training), or neither (corpus-only training)")
         return self
@@ -132,12 +153,13 @@ class JobRequest(BaseModel):
 
 class JobProgressOut(BaseModel):
     phase: str = Field(
-        description="What the job does now: queued, indexing, building pilots, training, embedding queries, publishing."
+        description="What the job does now: queued, checking the corpus, indexing, adding, building pilots, "
+        "training, embedding queries, publishing."
     )
     done: int = Field(description="Units done in this phase.")
     total: int | None = Field(description="Units in this phase, when known.")
     unit: str | None = Field(
-        description="`documents` while indexing, `steps` while training, `queries` while tuning fusion."
+        description="`documents` while indexing or adding, `steps` while training, `queries` while tuning fusion."
     )
     rate: float | None = Field(description="Units per second in this phase.")
     eta_s: float | None = Field(description="Seconds this phase still needs, at that rate.")
@@ -155,8 +177,9 @@ class JobOut(BaseModel):
     finished_at: float | None
     error: str | None = Field(description="Why it failed, or was interrupted.")
     published_version: int | None = Field(
-        description="The expert version it published, once it succeeded (none for a tune-fusion job that found the "
-        "weight unchanged: its log says so)."
+        description="The expert version it published, once it succeeded (none for an index job with mode=add, "
+        "whose documents are live writes to the version served, nor for a tune-fusion job that found the "
+        "weight unchanged: their logs say so)."
     )
     log_tail: list[str] = Field(description="The last lines the job logged.")
 

@@ -1,5 +1,11 @@
-"""What each kind of job does: ``index`` (a new expert from a corpus), ``train`` (an expert trained on one) and
-``tune-fusion`` (a published expert's hybrid fusion weight tuned on its queries).
+"""What each kind of job does: ``index`` (a new expert from a corpus, or, ``add``, a corpus upserted into a
+published one), ``train`` (an expert trained on one) and ``tune-fusion`` (a published expert's hybrid fusion
+weight tuned on its queries).
+
+An index job reads its corpus through first (:func:`check_corpus`, the
+indexer's own reader, nothing embedded): a malformed line fails the job at
+once, naming the first few line numbers and what is wrong on each, and
+nothing changes; ``skip_malformed`` skips them instead, as ``rr index`` does.
 
 The first two build beside the running service, as ``rr demo`` does
 (:func:`app.offline.demo.build_beside_service`): the serving encoder embeds
@@ -19,6 +25,12 @@ tuned weight is written into the expert's manifest (a new version, replaced
 atomically, as ``rr tune-fusion`` does) and the publisher's replace loads the
 directory again and swaps it in. Should that fail, the manifest gets the
 previous weight back and the previous version goes on serving.
+
+An ``add`` job writes through the documents API's own path
+(:class:`~app.publishing.document_writes.DocumentWriter`), batch by batch:
+each batch is durable and searchable once written, all or nothing, and the
+expert's other documents stay. It stops between batches; the batches written
+before a cancel (or a server stop) stay written, and its log says how many.
 """
 
 from __future__ import annotations
@@ -27,17 +39,27 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents
 from app.offline.expert_training import train_expert
 from app.offline.fusion_tuning import TUNING_QUERIES, from_collection, tuned_section
+from app.publishing.document_writes import DocumentWriter
 from experts import MANIFEST_FILE, Encoder, ExpertDir, TrainConfig, create_expert
-from index import Collection, count_lines
+from index import Collection, CorpusError, CorpusProblem, Document, count_lines, read_corpus, scan_corpus
 
-__all__ = ["JobStopped", "Publish", "Reporter", "run_index_job", "run_train_job", "run_tune_fusion_job"]
+__all__ = [
+    "JobStopped",
+    "Publish",
+    "Reporter",
+    "check_corpus",
+    "run_add_job",
+    "run_index_job",
+    "run_train_job",
+    "run_tune_fusion_job",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +91,24 @@ class Reporter(Protocol):
         ...
 
 
+def check_corpus(reporter: Reporter, corpus: Path, *, skip_malformed: bool) -> int:
+    """The documents in ``corpus``, read through before anything is embedded or written (phase ``checking the
+    corpus``): a malformed line fails the job, naming the first few by line number, unless ``skip_malformed``
+    (then they are logged and skipped, as ``rr index`` does); a repeated id always fails it (an index build
+    and a live upsert both refuse one). An unreadable file raises :class:`CorpusError` saying why.
+    """
+    reporter.phase("checking the corpus")
+    scan = scan_corpus(corpus, on_lines=lambda _: reporter.check())
+    if scan.duplicates or (scan.malformed and not skip_malformed):
+        hint = "" if scan.duplicates else ", or send skip_malformed=true to skip the malformed lines"
+        raise CorpusError(f"{scan.describe()}; nothing was changed: fix the corpus{hint}")
+    if scan.malformed:
+        reporter.log(f"skipping (skip_malformed) {scan.describe()}")
+    if not scan.documents:
+        raise CorpusError(f"{corpus.name} holds no documents; nothing was changed")
+    return scan.documents
+
+
 def run_index_job(
     reporter: Reporter,
     *,
@@ -80,8 +120,10 @@ def run_index_job(
     publish: Publish,
     query_max_length: int,
     chunk_size: int = 256,
+    skip_malformed: bool = False,
 ) -> int:
-    """Create ``name`` in ``work``, index ``corpus``, build pilots, move it to ``<root>/<name>`` and publish it.
+    """Check ``corpus`` (:func:`check_corpus`), create ``name`` in ``work``, index it, build pilots, move it to
+    ``<root>/<name>`` and publish it.
 
     Returns the version published. ``work`` is removed on every way out (except when the server stops: it
     then holds the build checkpoint that the job resumed after the restart continues from); a failed publish
@@ -91,8 +133,7 @@ def run_index_job(
     work.mkdir(parents=True, exist_ok=True)
     moved = keep = False
     try:
-        reporter.phase("counting documents")
-        total = count_lines(corpus)
+        total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
         expert = _staged_expert(reporter, work / name, corpus, encoder)
         if expert.read_manifest().index is None:
             reporter.phase("indexing", total=total, unit="documents")
@@ -128,6 +169,61 @@ def run_index_job(
             shutil.rmtree(target, ignore_errors=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_add_job(
+    reporter: Reporter,
+    *,
+    name: str,
+    corpus: Path,
+    writer: DocumentWriter,
+    skip_malformed: bool = False,
+    batch_size: int = 256,
+) -> None:
+    """Upsert the documents of ``corpus`` into the published expert ``name``, ``batch_size`` at a time, through
+    the documents API's write path: each batch durable and searchable once written; its other documents stay.
+
+    The corpus is checked first (:func:`check_corpus`), so a bad line fails the job before anything is
+    written. Cancelled or stopped between batches: the batches written stay written (the log says how many).
+    """
+    total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
+    reporter.phase("adding", total=total, unit="documents")
+    written = created = replaced = documents = 0
+    merging = False
+    try:
+        for batch in _document_batches(corpus, batch_size):
+            reporter.check()
+            done = writer.upsert(name, batch)
+            written += len(batch)
+            created, replaced = created + done.report.created, replaced + done.report.replaced
+            documents, merging = done.documents, done.merging
+            reporter.advance(len(batch))
+    except Exception as exc:  # a cancel or stop (JobStopped), or a failed batch: the batches before it stay
+        if written:
+            how = "stopped" if isinstance(exc, JobStopped) else "failed"
+            reporter.log(
+                f"{how} after {written} of {total} documents ({created} new, {replaced} replaced): the batches "
+                f"written stay written and searchable in {name!r} (the same job sent again upserts them all again)"
+            )
+        raise
+    reporter.log(
+        f"added {written} documents to {name!r} ({created} new, {replaced} replaced); it holds {documents} now"
+        + (" (merging its live writes in the background)" if merging else "")
+    )
+
+
+def _document_batches(corpus: Path, size: int) -> Iterator[list[Document]]:
+    """The corpus's documents in batches of ``size``; malformed lines (checked already) skipped."""
+    batch: list[Document] = []
+    for _, item in read_corpus(corpus):
+        if isinstance(item, CorpusProblem):
+            continue
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _staged_expert(reporter: Reporter, staged: Path, corpus: Path, encoder: Encoder) -> ExpertDir:

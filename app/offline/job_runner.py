@@ -32,9 +32,10 @@ from typing import Any
 
 from app.engine.engine import SearchEngine
 from app.errors import ConflictError, InvalidRequestError, UnknownJobError
-from app.offline.job_kinds import JobStopped, run_index_job, run_train_job, run_tune_fusion_job
-from app.offline.job_store import ACTIVE_STATES, JobKind, JobProgress, JobRecord, JobStore, new_job_id
+from app.offline.job_kinds import JobStopped, run_add_job, run_index_job, run_train_job, run_tune_fusion_job
+from app.offline.job_store import ACTIVE_STATES, IndexMode, JobKind, JobProgress, JobRecord, JobStore, new_job_id
 from app.publishing.data_paths import data_file
+from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
 from experts import Encoder, UnknownExpertError, check_expert_name
@@ -117,6 +118,8 @@ class JobRunner:
         self.hybrid_candidates = hybrid_candidates
         self.index_chunk_size = index_chunk_size
         self.store = JobStore(self.root)
+        # The documents API's own write path (the same engine, so the same per-expert document lock).
+        self.writer = DocumentWriter(publisher.engine, check_servable=publisher.check_servable)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closing = threading.Event()
@@ -139,9 +142,17 @@ class JobRunner:
         replace: bool = False,
         steps: int | None = None,
         batch_size: int | None = None,
+        mode: IndexMode = "create",
+        skip_malformed: bool = False,
     ) -> dict[str, Any]:
-        """Check the request, queue the job and return its record (``queued``); nothing runs on the caller's thread."""
+        """Check the request, queue the job and return its record (``queued``); nothing runs on the caller's thread.
+
+        An index job's ``mode`` is ``create`` (a new expert) or ``add`` (upsert into a published one);
+        ``skip_malformed`` lets it skip the corpus's malformed lines instead of failing on them.
+        """
         check_expert_name(expert)
+        if kind != "index" and (mode != "create" or skip_malformed):
+            raise InvalidRequestError(f"mode and skip_malformed apply to index jobs only, not to {kind} jobs")
         files = {}
         if kind == "tune-fusion":
             if corpus is not None:
@@ -165,12 +176,15 @@ class JobRunner:
                     f"(DELETE /admin/jobs/{busy[0].id})",
                     details={"job": busy[0].id},
                 )
-            self._check_expert(kind, expert, replace=replace)
+            self._check_expert(kind, expert, replace=replace, mode=mode)
             request: dict[str, Any] = {key: str(path.relative_to(self.root)) for key, path in files.items()}
             request.update(replace=replace, steps=steps, batch_size=batch_size)
+            if kind == "index":
+                request.update(mode=mode, skip_malformed=skip_malformed)
             record = JobRecord(id=new_job_id(), kind=kind, expert=expert, request=request)
             source = request.get("corpus") or (f"{queries} + {qrels}" if queries else "pseudo queries")
-            record.log(f"queued: {kind} {expert} from {source}")
+            what = f"{kind} ({mode})" if kind == "index" else kind
+            record.log(f"queued: {what} {expert} from {source}")
             self._records[record.id] = record
             self._save(force=True)
             self._wake.notify_all()
@@ -261,6 +275,17 @@ class JobRunner:
                 max_length=self.query_max_length,
             )
         corpus = self.root / record.request["corpus"]
+        skip_malformed = bool(record.request.get("skip_malformed"))
+        if record.kind == "index" and record.request.get("mode") == "add":
+            run_add_job(
+                reporter,
+                name=record.expert,
+                corpus=corpus,
+                writer=self.writer,
+                skip_malformed=skip_malformed,
+                batch_size=self.index_chunk_size,
+            )
+            return None  # live writes: the expert's version stays; its document count grew (the log says)
         if record.kind == "index":
             return run_index_job(
                 reporter,
@@ -272,6 +297,7 @@ class JobRunner:
                 publish=self._publish,
                 query_max_length=self.query_max_length,
                 chunk_size=self.index_chunk_size,
+                skip_malformed=skip_malformed,
             )
         return run_train_job(
             reporter,
@@ -305,10 +331,17 @@ class JobRunner:
         return self.publisher.add_path(directory.relative_to(self.root).as_posix(), replace=True).version
 
     # ------------------------------------------------------------------ records
-    def _check_expert(self, kind: JobKind, expert: str, *, replace: bool) -> None:
-        """An index job makes a new expert; a train job makes one (name free) or replaces a published one; a
-        tune-fusion job tunes a published one."""
+    def _check_expert(self, kind: JobKind, expert: str, *, replace: bool, mode: IndexMode = "create") -> None:
+        """An index job makes a new expert (``create``) or adds to a published one (``add``); a train job makes
+        one (name free) or replaces a published one; a tune-fusion job tunes a published one."""
         published = self.publisher.entries
+        if kind == "index" and mode == "add":
+            if expert not in published:
+                raise UnknownExpertError(
+                    f"expert {expert!r} is not published, so there is nothing to add to; published experts: "
+                    f"{sorted(published)} (or send mode=create to make a new one)"
+                )
+            return
         if kind == "tune-fusion":
             if expert not in published:
                 raise UnknownExpertError(
@@ -319,8 +352,9 @@ class JobRunner:
         exists = expert in published or (self.root / expert).exists()
         if kind == "index" and exists:
             raise ConflictError(
-                f"expert {expert!r} already exists; an index job makes a new expert: pick another name, "
-                "or retrain it with a train job and replace=true"
+                f"expert {expert!r} already exists; an index job with mode=create makes a new expert: pick another "
+                "name, send mode=add to upsert the corpus's documents into it, or retrain it with a train job and "
+                "replace=true"
             )
         if kind == "train" and replace and expert not in published:
             raise UnknownExpertError(

@@ -26,6 +26,7 @@ from experts import atomic_write_bytes
 
 __all__ = [
     "ACTIVE_STATES",
+    "IndexMode",
     "JOBS_DIR",
     "JOBS_FILE",
     "JobKind",
@@ -48,6 +49,8 @@ LOG_TAIL_LINES = 20
 KEEP_FINISHED = 200
 
 JobKind = Literal["index", "train", "tune-fusion"]
+#: What an index job does with its corpus: a new expert from it, or its documents upserted into a published one.
+IndexMode = Literal["create", "add"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: States of a job not finished yet: one per expert at a time.
 ACTIVE_STATES: frozenset[JobState] = frozenset({"queued", "running"})

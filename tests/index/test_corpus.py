@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from index import CorpusError, CorpusProblem, Document, corpus_fingerprint, read_corpus
+from index import CorpusError, CorpusProblem, Document, corpus_fingerprint, read_corpus, scan_corpus
 from index.corpus import count_lines
 
 MIXED = [
@@ -56,6 +56,38 @@ def test_valid_and_malformed_lines_with_line_numbers(tmp_path: Path, write_corpu
     assert "'metadata' must be an object" in reasons[14]
     assert all(p.path == path and p.line == line for line, p in problems)
     assert str(problems[0][1]) == f"{path}:2: {reasons[2]}"
+
+
+def test_scan_names_the_bad_lines_the_indexer_would_skip(tmp_path: Path, write_corpus) -> None:
+    path = write_corpus(tmp_path / "corpus.jsonl", [*MIXED, {"_id": "a", "text": "again"}, {"_id": 7, "text": "x"}])
+    scan = scan_corpus(path, keep=3)
+    assert (scan.documents, scan.malformed, scan.duplicates, scan.clean) == (3, 10, 2, False)
+    assert [p.line for p in scan.problems] == [2, 3, 4] and [p.line for p in scan.repeated] == [15, 16]
+    described = scan.describe()
+    assert described.startswith("corpus.jsonl: 10 malformed lines: line 2: invalid JSON")
+    assert "line 4: missing '_id'; ... (7 more)" in described
+    assert described.endswith(
+        "and 2 repeated-id lines: line 15: id 'a' already on line 1; line 16: id '7' already on line 7"
+    )
+    assert scan_corpus(write_corpus(tmp_path / "ok.jsonl", MIXED[:1])).clean
+    seen: list[int] = []
+    scan_corpus(path, on_lines=seen.append, every=5)
+    assert seen == [5, 10, 15]  # line 6 is blank: no item, no call
+
+
+def test_a_cut_off_line_names_the_column_where_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "a", "text": \n{"_id": "b", "text": "ok"}\n')  # not "line 2 column 1"
+    (line, problem), _ = list(read_corpus(path))
+    assert line == 1 and problem.reason == "invalid JSON: Expecting value (column 21)"
+
+
+def test_scan_of_an_unreadable_corpus_says_why(tmp_path: Path) -> None:
+    (tmp_path / "c.jsonl.gz").write_text('{"_id": "a", "text": "not gzip"}\n')
+    with pytest.raises(CorpusError, match="cannot read corpus file.*gzip"):
+        scan_corpus(tmp_path / "c.jsonl.gz")
+    with pytest.raises(CorpusError, match="not a regular file"):
+        scan_corpus(tmp_path)
 
 
 def test_start_line_skips_already_processed_lines(tmp_path: Path, write_corpus, make_records) -> None:

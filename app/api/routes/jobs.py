@@ -5,7 +5,9 @@ server's job thread (one at a time, beside the searches, its model passes in
 bulk so searches go first) and publishes the expert atomically when it is
 done. ``GET`` lists the jobs (kept across restarts) or shows one, with its
 progress and the tail of its log; ``DELETE`` cancels one (between batches or
-training steps: a cancelled job publishes nothing and leaves nothing behind).
+training steps: a cancelled job publishes nothing and leaves nothing behind;
+except an index job with ``mode=add``, whose batches written before the cancel
+stay written, as its log says).
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ Jobs = Annotated[JobService, Depends(_jobs)]
 
 @router.post("/jobs", status_code=202, response_model=JobOut, responses=error_responses(401, 403, 404, 409, 422, 501))
 async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
-    """Queue a job: `index` a corpus into a new expert, `train` one (optionally replacing the published one), or
-    `tune-fusion`: tune a published expert's hybrid fusion weight.
+    """Queue a job: `index` a corpus into a new expert (or, `mode=add`, into a published one), `train` one
+    (optionally replacing the published one), or `tune-fusion`: tune a published expert's hybrid fusion weight.
 
     Paths are relative to the data root and must lie under it (403 otherwise)
     and exist (422); a client without access to the server's disk uploads its
     files first (`POST /admin/uploads`) and names the paths it gets back. 409
     names the job when the expert already has one queued or running, or when
-    an index job names an expert that exists; 404 when a train job replaces,
-    or a tune-fusion job tunes, an expert that is not published.
+    an index job (`mode=create`) names an expert that exists; 404 when an add
+    job adds to, a train job replaces, or a tune-fusion job tunes, an expert
+    that is not published. An index job reads its corpus through before it
+    embeds anything: a malformed line (not JSON, no `_id`, no title nor text)
+    or a repeated id fails the job, its error naming the line numbers, and
+    nothing changes; `skip_malformed=true` skips malformed lines instead.
     """
     record = await asyncio.to_thread(
         jobs.submit,
@@ -59,6 +65,8 @@ async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
         replace=body.replace,
         steps=body.steps,
         batch_size=body.batch_size,
+        mode=body.mode,
+        skip_malformed=body.skip_malformed,
     )
     return JobOut.model_validate(record)
 

@@ -9,6 +9,8 @@ run against a real ``rr serve``; the refusals and the train jobs run in-process
 
 from __future__ import annotations
 
+import gzip
+import json
 import sqlite3
 import time
 from contextlib import closing
@@ -164,6 +166,11 @@ def test_a_cancelled_job_publishes_nothing_and_leaves_nothing(jobs_client: TestC
         ({"kind": "train", "expert": "beta", "corpus": "c.jsonl"}, 409, "replace=true"),
         ({"kind": "train", "expert": "nope", "corpus": "c.jsonl", "replace": True}, 404, "not published"),
         ({"kind": "index", "expert": "bad name!", "corpus": "c.jsonl"}, 422, "expert"),
+        ({"kind": "index", "expert": "alpha", "corpus": "c.jsonl", "mode": "create"}, 409, "send mode=add"),
+        ({"kind": "index", "expert": "nope", "corpus": "c.jsonl", "mode": "add"}, 404, "nothing to add to"),
+        ({"kind": "index", "expert": "x", "corpus": "c.jsonl", "mode": "append"}, 422, "'create' or 'add'"),
+        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "mode": "add"}, 422, "apply to index jobs only"),
+        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "skip_malformed": True}, 422, "index jobs only"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(
@@ -175,6 +182,115 @@ def test_bad_requests_say_what_is_wrong(
     assert response.status_code == status, response.text
     assert says in response.text
     assert jobs_client.get("/admin/jobs", headers=ADMIN).json() == {"jobs": []}
+
+
+# ---------------------------------------------------------------------- bad corpora
+def bad_corpus(path: Path) -> Path:
+    """Ten lines of gamma documents, three of them malformed: lines 4 (not JSON), 7 (empty) and 9 (no id)."""
+    lines = write_corpus(path, "gamma", count=10).read_text().splitlines()
+    lines[3] = '{"_id": "gamma-3", "text": '
+    lines[6] = json.dumps({"_id": "gamma-6", "title": "", "text": "  "})
+    lines[8] = json.dumps({"title": "no id", "text": "some text"})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_malformed_corpus_fails_the_job_before_indexing_and_changes_nothing(
+    jobs_client: TestClient, experts_root: Path
+) -> None:
+    bad_corpus(experts_root / "bad.jsonl")
+    registry = (experts_root / "registry.json").read_text()
+    failed = wait_job(jobs_client, submit(jobs_client, kind="index", expert="delta", corpus="bad.jsonl").json()["id"])
+    assert failed["state"] == "failed" and failed["progress"]["phase"] == "checking the corpus", failed
+    assert failed["error"].startswith(
+        "CorpusError: bad.jsonl: 3 malformed lines: line 4: invalid JSON: Expecting value (column 27); "
+        "line 7: 'title' and 'text' are both empty; line 9: missing '_id'; nothing was changed"
+    ), failed["error"]
+    assert "skip_malformed=true" in failed["error"]
+    assert not (experts_root / "delta").exists() and left_behind(experts_root) == []
+    assert jobs_client.get("/experts/delta").status_code == 404
+    assert (experts_root / "registry.json").read_text() == registry
+
+    # The same into a published expert: nothing is written either.
+    added = wait_job(
+        jobs_client, submit(jobs_client, kind="index", expert="alpha", corpus="bad.jsonl", mode="add").json()["id"]
+    )
+    assert added["state"] == "failed" and "3 malformed lines: line 4" in added["error"]
+    assert jobs_client.get("/experts/alpha").json()["documents"] == 24
+
+    # Not gzip behind a .gz name: unreadable, and said so.
+    (experts_root / "fake.jsonl.gz").write_text((experts_root / "bad.jsonl").read_text())
+    fake = wait_job(jobs_client, submit(jobs_client, kind="index", expert="delta", corpus="fake.jsonl.gz").json()["id"])
+    assert fake["state"] == "failed" and "cannot read corpus file" in fake["error"] and "gzip" in fake["error"]
+    assert left_behind(experts_root) == [] and not (experts_root / "delta").exists()
+
+
+def test_skip_malformed_indexes_the_good_lines(jobs_client: TestClient, experts_root: Path) -> None:
+    corpus = bad_corpus(experts_root / "bad.jsonl")
+    (experts_root / "bad.jsonl.gz").write_bytes(gzip.compress(corpus.read_bytes()))
+    job = submit(jobs_client, kind="index", expert="delta", corpus="bad.jsonl.gz", skip_malformed=True).json()
+    assert job["request"]["skip_malformed"] is True and job["request"]["mode"] == "create"
+    done = wait_job(jobs_client, job["id"])
+    assert done["state"] == "succeeded", done
+    assert any("skipping (skip_malformed) bad.jsonl.gz: 3 malformed lines: line 4" in line for line in done["log_tail"])
+    assert any(line.endswith("indexing (7 documents)") for line in done["log_tail"]), done["log_tail"]
+    assert jobs_client.get("/experts/delta").json()["documents"] == 7
+    assert left_behind(experts_root) == []
+
+
+# ---------------------------------------------------------------------- mode=add
+def scramjets(path: Path, count: int, *, start: int = 0) -> Path:
+    rows = [
+        {"_id": f"new-{i}", "title": f"scramjet {i}", "text": f"hypersonic scramjet combustion {i}"}
+        for i in range(start, start + count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_an_add_job_upserts_into_a_published_expert_and_keeps_its_documents(
+    jobs_client: TestClient, experts_root: Path
+) -> None:
+    before = jobs_client.get("/experts/alpha").json()
+    assert before["documents"] == 24
+    corpus = scramjets(experts_root / "more.jsonl", 9)
+    with corpus.open("a") as more:  # one replaces a document alpha has
+        more.write(json.dumps({"_id": "alpha-3", "title": "replaced", "text": "a new text for alpha-3"}) + "\n")
+    job = submit(jobs_client, kind="index", expert="alpha", corpus="more.jsonl", mode="add").json()
+    assert job["request"]["mode"] == "add"
+    done = wait_job(jobs_client, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["published_version"] is None
+    progress = done["progress"]
+    assert (progress["phase"], progress["done"], progress["total"], progress["unit"]) == ("adding", 10, 10, "documents")
+    assert any(
+        "added 10 documents to 'alpha' (9 new, 1 replaced); it holds 33 now" in line for line in done["log_tail"]
+    )
+
+    after = jobs_client.get("/experts/alpha").json()
+    assert after["documents"] == 33 and after["version"] == before["version"]  # live writes to the version served
+    read = lambda doc_id: jobs_client.get(f"/experts/alpha/documents/{doc_id}", headers=ADMIN)  # noqa: E731
+    assert read("new-4").json()["title"] == "scramjet 4"
+    assert read("alpha-3").json()["title"] == "replaced" and read("alpha-0").status_code == 200
+    hits = jobs_client.post(
+        "/search", json={"query": "scramjet 4 hypersonic scramjet combustion 4", "expert": "alpha", "k": 3}
+    ).json()
+    assert "new-4" in [hit["id"] for hit in hits["results"][0]["hits"]], hits
+    assert left_behind(experts_root) == []
+
+
+def test_a_cancelled_add_job_keeps_the_batches_it_wrote(jobs_client: TestClient, experts_root: Path) -> None:
+    scramjets(experts_root / "many.jsonl", 5120)  # twenty batches of 256: the cancel lands after two or three
+    job = submit(jobs_client, kind="index", expert="alpha", corpus="many.jsonl", mode="add").json()
+    wait_job(jobs_client, job["id"], until=lambda j: j["progress"]["phase"] == "adding" and j["progress"]["done"] > 0)
+    jobs_client.delete(f"/admin/jobs/{job['id']}", headers=ADMIN)
+    cancelled = wait_job(jobs_client, job["id"])
+    assert cancelled["state"] == "cancelled", cancelled
+    stopped = [line for line in cancelled["log_tail"] if "stopped after" in line]
+    assert stopped and "the batches written stay written" in stopped[0], cancelled["log_tail"]
+    written = int(stopped[0].split("stopped after ")[1].split(" ")[0])
+    assert 0 < written < 5120 and written % 256 == 0
+    assert jobs_client.get("/experts/alpha").json()["documents"] == 24 + written
 
 
 def test_unknown_jobs_and_keys(jobs_client: TestClient) -> None:
