@@ -46,6 +46,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -217,27 +218,17 @@ def measure(collections: list[Collection], texts: list[str], base: np.ndarray, d
             views, base[q : q + 1], texts[q : q + 1], evidence="documents+bm25", depth=depth, shared_idf=shared
         )
 
-    def new(q: int) -> np.ndarray | None:
-        return corpus_votes(
-            views,
-            base[q : q + 1],
-            texts[q : q + 1],
-            evidence="documents+bm25",
-            depth=depth,
-            shared_idf=shared,
-            union=union,
-        )
+    def from_union(which: CorpusUnion) -> Callable[[int], np.ndarray | None]:
+        def votes(q: int) -> np.ndarray | None:
+            one = slice(q, q + 1)
+            kinds = "documents+bm25"
+            return corpus_votes(
+                views, base[one], texts[one], evidence=kinds, depth=depth, shared_idf=shared, union=which
+            )
 
-    def approximated(q: int) -> np.ndarray | None:
-        return corpus_votes(
-            views,
-            base[q : q + 1],
-            texts[q : q + 1],
-            evidence="documents+bm25",
-            depth=depth,
-            shared_idf=shared,
-            union=near,
-        )
+        return votes
+
+    new, approximated = from_union(union), from_union(near)
 
     for q in range(3):  # warm-up: first touch of every index
         old(q), new(q), approximated(q)
