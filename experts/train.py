@@ -35,6 +35,7 @@ from experts.base_model import resolve_model, weights_fingerprint
 from experts.encoder import Encoder, Pooling
 from experts.errors import ExpertError, ModelLoadError
 from experts.pairs import TrainingPair
+from experts.train_prefix import FrozenPrefix, frozen_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class TrainConfig:
     #: (:mod:`experts.layer_resume`): with 2 of MiniLM's 6 layers it costs 0.4-0.6 of a base pass instead
     #: of 1.1-1.2, for 0.2 points of routed-hybrid nDCG@10 (docs/eval-2026-12-05), and trains faster.
     top_layers: int | None = 2
+    #: With ``top_layers``: run the frozen layers below the adapter once per distinct query, in eval mode as the
+    #: service runs them, and each step only the adapted layers (:mod:`experts.train_prefix`). False: every step
+    #: runs the whole model in train mode (dropout in the frozen layers too), the measured recipe. 1.16x faster
+    #: per step; off until experts trained with it are evaluated (docs/benchmarks.md, section 19).
+    frozen_prefix: bool = False
     #: Token limit of training queries; pseudo queries are 4-12 words, real ones rarely longer.
     query_max_length: int = 48
     #: Seeds torch (LoRA init, dropout) and the batch order; same seed, same adapter on CPU.
@@ -207,22 +213,30 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.T
 _FORWARD_ROWS = 16
 
 
-def _embed(model, tokenizer, texts: list[str], *, max_length: int, pooling: Pooling) -> torch.Tensor:
+def _embed(
+    model, tokenizer, texts: list[str], *, max_length: int, pooling: Pooling, prefix: FrozenPrefix | None = None
+) -> torch.Tensor:
     """(n, dim) pooled, normalised query vectors, in the order given, differentiable.
 
     Rows are sorted by token length and run in groups of ``_FORWARD_ROWS``,
     each padded only to its own longest row: pseudo queries are 5-20 tokens but
     one long title pads a whole batch to 48, and the linear layers pay for
     every padded position. Measured on MiniLM with 64 cranfield pseudo queries
-    (mean 14 tokens, max 47): 2.5-3x faster per step, same vectors.
+    (mean 14 tokens, max 47): 2.5-3x faster per step, same vectors. With
+    ``prefix`` (its states computed for these texts) only the layers above it run.
     """
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pooled = []
     for start in range(0, len(order), _FORWARD_ROWS):
-        group = order[start : start + _FORWARD_ROWS]
-        batch = tokenizer.pad({"input_ids": [ids[i] for i in group]}, return_tensors="pt")
-        pooled.append(_pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling))
+        group = [ids[i] for i in order[start : start + _FORWARD_ROWS]]
+        batch = tokenizer.pad({"input_ids": group}, return_tensors="pt")
+        if prefix is None:
+            hidden = model(**batch).last_hidden_state
+        else:
+            with prefix.resumed(group, batch["attention_mask"]):
+                hidden = model(**batch).last_hidden_state
+        pooled.append(_pool(hidden, batch["attention_mask"], pooling))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return torch.cat(pooled)[inverse]
@@ -469,12 +483,19 @@ def train_adapter(
             lexical = _lexical_lists(
                 pairs, np.unique(np.concatenate(schedule)), lexical_search, k=config.fusion_candidates
             )
+        layers = _top(model, config.top_layers)
+        prefix = frozen_prefix(model, layers[0]) if layers and config.frozen_prefix else None
+        if prefix is not None:
+            used = np.unique(np.concatenate(schedule))
+            texts = [pairs[i].query for i in used]
+            prefix.compute(tokenizer, tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+            logger.info("frozen layers 0-%d run once for %d distinct training queries", prefix.first - 1, len(prefix))
         lora = LoraConfig(
             r=config.rank,
             lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates it int; a float scales alike
             lora_dropout=config.dropout,
             target_modules=list(config.target_modules),
-            layers_to_transform=_top(model, config.top_layers),
+            layers_to_transform=layers,
         )
         with quiet_peft():
             peft_model = get_peft_model(model, lora)
@@ -488,7 +509,12 @@ def train_adapter(
         with tqdm(total=config.steps, desc=description, unit="step", disable=not progress, dynamic_ncols=True) as bar:
             for batch in schedule:
                 queries = _embed(
-                    peft_model, tokenizer, [pairs[i].query for i in batch], max_length=max_length, pooling=pooling
+                    peft_model,
+                    tokenizer,
+                    [pairs[i].query for i in batch],
+                    max_length=max_length,
+                    pooling=pooling,
+                    prefix=prefix,
                 )
                 columns = None
                 if mode == "full_softmax":

@@ -6,6 +6,7 @@ never import it from a module-level variable, they ask for it with ``Depends``.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -59,13 +60,16 @@ class ServiceState:
     startup_error: str | None = None
     closing: bool = False
     #: Experts being built in the background by the process serving (``rr demo``): name -> what it is doing.
-    #: Replaced whole on each change (request handlers read it without a lock).
+    #: Replaced whole on each change (request handlers read it without a lock; writers, the demo's building and
+    #: training threads, take ``_building_lock``).
     building: dict[str, str] = field(default_factory=dict)
+    _building_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def set_building(self, name: str, doing: str | None) -> None:
         """Say what the background build of ``name`` is doing now; None: it is done (published or given up)."""
-        rest = {key: value for key, value in self.building.items() if key != name}
-        self.building = rest if doing is None else {**rest, name: doing}
+        with self._building_lock:
+            rest = {key: value for key, value in self.building.items() if key != name}
+            self.building = rest if doing is None else {**rest, name: doing}
 
     def not_ready_reason(self) -> str | None:
         """None when the base encoder and every published expert are loaded; else why not."""

@@ -10,9 +10,11 @@ with its untrained adapter, then is trained and swapped in live
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from app.engine.engine import SearchEngine
@@ -112,64 +114,118 @@ def build_beside_service(
     training: TrainConfig = TrainConfig(),
     swap_in: Callable[[Path], None] | None = None,
 ) -> list[str]:
-    """Build the experts ``todo`` one after another while the service serves, publishing each when it is complete;
-    then train the experts ``train`` one after another, swapping each trained version in as it is done.
+    """Build the experts ``todo`` one after another while the service serves, publishing each when it is complete,
+    and train the experts ``train`` one after another on a second thread, each as soon as it serves, swapping each
+    trained version in as it is done.
 
-    ``progress(name, doing)`` says what each is doing (None: done); ``publish(name)`` puts a complete expert into
-    service (the publisher's atomic add: searches never see half an expert); ``stopping()`` is checked between
-    steps, so a server shutting down ends the build at the next step (an interrupted index resumes on the next
-    run). ``train`` (:func:`~app.offline.demo_training.untrained_experts`; empty for ``rr demo --no-train``) are
-    trained with ``training`` and published by ``swap_in(directory)``, the publisher's replace (see
-    :func:`~app.offline.demo_training.train_beside_service`). ``built()`` is called between the two (``rr demo``
-    prints its routing report there). Returns the experts published.
+    Why two threads: on 2 cores the service runs torch on one thread (``RR_TORCH_THREADS``), so indexing one
+    expert while training the one before keeps both cores busy; the training works on its own copy of the model,
+    so the two never wait for each other's lock (docs/benchmarks.md, section 19: the whole demo in 857 s
+    instead of 1304). ``progress(name, doing)`` says what each is doing (None: done); ``publish(name)`` puts a
+    complete expert into service (the publisher's atomic add: searches never see half an expert); ``stopping()``
+    is checked between steps, so a server shutting down ends the build at the next step (an interrupted index
+    resumes on the next run). ``train`` (:func:`~app.offline.demo_training.untrained_experts`; empty for
+    ``rr demo --no-train``) are trained with ``training`` and published by ``swap_in(directory)``, the
+    publisher's replace (see :func:`~app.offline.demo_training.train_beside_service`); those already serving
+    start at once, the others once published, and one whose build failed is never trained. ``built()`` is called
+    once every expert is built (``rr demo`` prints its routing report there), while training goes on. Returns the
+    experts published; training has ended (or stopped) when it returns.
     """
     if train and swap_in is None:
         raise ValueError("training the demo experts needs swap_in, the publisher's replace, to publish them")
     for name in train:
         if name not in todo:
             progress(name, "queued for training")
+    trainer = (
+        _Trainer(settings, encoder, datasets, max_docs, training, swap_in, progress, stopping, echo) if train else None
+    )
+    if trainer is not None:
+        trainer.start([name for name in train if name not in todo])
     published: list[str] = []
-    failed: set[str] = set()
-    for name in todo:
-        if stopping():
-            break
-        started = time.perf_counter()
-
-        def stage(doing: str, name: str = name) -> None:
-            progress(name, doing)
-
-        try:
-            prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo, stage=stage)
+    try:
+        for name in todo:
             if stopping():
                 break
-            progress(name, "publishing")
-            publish(name)
-        except Exception as exc:  # one expert that cannot be built must not stop the others
-            logger.exception("building the demo expert %s failed", name)
-            progress(name, f"failed: {exc}")
-            failed.add(name)
-            continue
-        progress(name, "queued for training" if name in train else None)
-        published.append(name)
-        echo(f"[{name}] serving now (built in {time.perf_counter() - started:.0f}s)")
-    if not stopping():
-        built()
-    if train and not stopping():
-        assert swap_in is not None  # checked above
-        echo(f"training {', '.join(train)} beside the service: each trained version is swapped in when done")
-        train_beside_service(
-            settings,
-            encoder,
-            datasets,
-            [name for name in train if name not in failed],
-            max_docs=max_docs,
-            config=training,
-            swap_in=swap_in,
-            progress=progress,
-            stopping=stopping,
-            echo=echo,
-        )
+            started = time.perf_counter()
+
+            def stage(doing: str, name: str = name) -> None:
+                progress(name, doing)
+
+            try:
+                prepare_expert(settings, encoder, datasets / name, max_docs=max_docs, echo=echo, stage=stage)
+                if stopping():
+                    break
+                progress(name, "publishing")
+                publish(name)
+            except Exception as exc:  # one expert that cannot be built must not stop the others
+                logger.exception("building the demo expert %s failed", name)
+                progress(name, f"failed: {exc}")
+                continue
+            published.append(name)
+            echo(f"[{name}] serving now (built in {time.perf_counter() - started:.0f}s)")
+            if name in train and trainer is not None:
+                progress(name, "queued for training")
+                trainer.add(name)
+            else:
+                progress(name, None)
+        if not stopping():
+            built()
+    finally:
+        if trainer is not None:
+            trainer.finish()
     return published
+
+
+class _Trainer:
+    """:func:`~app.offline.demo_training.train_beside_service` on its own thread, fed expert by expert."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: Encoder,
+        datasets: Path,
+        max_docs: int | None,
+        config: TrainConfig,
+        swap_in: Callable[[Path], None] | None,
+        progress: Callable[[str, str | None], None],
+        stopping: Callable[[], bool],
+        echo: Callable[[str], None],
+    ) -> None:
+        assert swap_in is not None  # checked by the caller
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=train_beside_service,
+            args=(settings, encoder, datasets, self._names()),
+            kwargs={
+                "max_docs": max_docs,
+                "config": config,
+                "swap_in": swap_in,
+                "progress": progress,
+                "stopping": stopping,
+                "echo": echo,
+            },
+            name="demo-training",
+            daemon=True,
+        )
+
+    def _names(self) -> Iterator[str]:
+        while (name := self._queue.get()) is not None:
+            yield name
+
+    def start(self, ready: Sequence[str]) -> None:
+        """Start training, with the experts ``ready`` (already serving, untrained) first."""
+        for name in ready:
+            self._queue.put(name)
+        self._thread.start()
+
+    def add(self, name: str) -> None:
+        """Train ``name`` (now serving) after those before it."""
+        self._queue.put(name)
+
+    def finish(self) -> None:
+        """No more experts: wait until the ones queued are trained (or the training stopped)."""
+        self._queue.put(None)
+        self._thread.join()
 
 
 def prepare_demo(

@@ -18,7 +18,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,7 +135,7 @@ def train_beside_service(
     settings: Settings,
     encoder: Encoder,
     datasets: Path,
-    names: Sequence[str],
+    names: Iterable[str],
     *,
     max_docs: int | None,
     config: TrainConfig,
@@ -149,7 +149,8 @@ def train_beside_service(
     ``swap_in(directory)`` publishes a trained version with the publisher's replace. ``progress(name, doing)``
     says ``training: step n/N``, then None once the trained version serves; a failure leaves the untrained
     version serving and says ``training failed: <why>``. An expert not complete (its build failed) or already
-    trained is skipped. Returns the experts trained.
+    trained is skipped. ``names`` may be an iterator that waits for the next one (``rr demo`` feeds it each
+    expert as it is published, from :func:`~app.offline.demo.build_beside_service`). Returns the experts trained.
     """
     trained = []
     for name in names:

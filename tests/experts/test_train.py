@@ -196,3 +196,43 @@ def test_an_encoder_whose_weights_changed_on_disk_is_refused(tmp_path: Path, enc
     monkeypatch.setattr(encoder, "fingerprint", "0" * 64)
     with pytest.raises(ModelLoadError, match="no longer matches"):
         train_adapter(encoder, pairs, documents, tmp_path / "a", config=FAST)
+
+
+def test_the_frozen_prefix_pass_equals_the_whole_pass_and_trains_the_same_layers(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    from experts.train import _embed, _training_copy
+    from experts.train_prefix import frozen_prefix
+
+    model, tokenizer, pooling, _ = _training_copy(encoder, None)
+    model.eval()
+    layers = len(model.encoder.layer)
+    prefix = frozen_prefix(model, layers - 1)
+    assert prefix is not None and frozen_prefix(model, 0) is None and frozen_prefix(model, layers) is None
+    texts = ["wing drag", "the heat of a long boundary layer of a plate", "sort"]
+    prefix.compute(tokenizer, tokenizer(texts, truncation=True, max_length=16)["input_ids"])
+    with torch.inference_mode():
+        whole = _embed(model, tokenizer, texts, max_length=16, pooling=pooling)
+        resumed = _embed(model, tokenizer, texts, max_length=16, pooling=pooling, prefix=prefix)
+    torch.testing.assert_close(resumed, whole, rtol=1e-5, atol=1e-6)
+    assert len(model.encoder.layer) == layers  # the stack is whole again
+
+    pairs, documents = toy_problem(encoder)
+    config = TrainConfig(**{**FAST.as_dict(), "top_layers": 1})
+    before = accuracy(encoder, pairs, documents, None)
+    for run, flag in (("whole", False), ("prefix", True)):
+        train_adapter(
+            encoder,
+            pairs,
+            documents,
+            tmp_path / run,
+            config=TrainConfig(**{**config.as_dict(), "frozen_prefix": flag}),
+            progress=False,
+        )
+    whole_weights, prefix_weights = (
+        load_file(tmp_path / run / "adapter_model.safetensors") for run in ("whole", "prefix")
+    )
+    assert whole_weights.keys() == prefix_weights.keys()  # LoRA on the same (top) layer, saved under its own name
+    assert all(f"layer.{layers - 1}." in key for key in prefix_weights)
+    encoder.add_adapter("prefix", tmp_path / "prefix")
+    assert accuracy(encoder, pairs, documents, "prefix") > before + 0.3

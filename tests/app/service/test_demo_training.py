@@ -123,10 +123,13 @@ def test_each_expert_serves_untrained_then_trained_swapped_in_live(
         final = {row["name"]: row for row in client.get("/experts", headers=ADMIN).json()["experts"]}
         alpha = client.get("/experts/alpha", headers=ADMIN).json()
     assert searches > 10 and failed == 0, (searches, failed)
-    # Order: both built and published (untrained) before any training; then trained one by one.
-    started = [i for i, (_, doing) in enumerate(run.reported) if doing and doing.startswith("training")]
-    published = [i for i, (name, doing) in enumerate(run.reported) if doing == "queued for training"]
-    assert len(published) == 2 and max(published) < min(started)
+    # Order: each one trained once published (untrained), beside the next one's build; one at a time.
+    for name in ("alpha", "beta"):
+        queued = run.reported.index((name, "queued for training"))
+        first_step = run.reported.index((name, f"training: step 0/{TRAINING.steps}"))
+        assert run.reported.index((name, "publishing")) < queued < first_step
+    done = [i for i, (name, doing) in enumerate(run.reported) if doing == f"training: step {TRAINING.steps}/6"]
+    assert run.reported.index(("alpha", f"training: step 0/{TRAINING.steps}")) > done[0]
     assert [name for name, doing in run.reported if doing == f"training: step {TRAINING.steps}/6"] == ["beta", "alpha"]
     for name in ("alpha", "beta"):
         rows = [listing[name] for listing in listings if name in listing]
