@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LayerResume", "first_layer"]
+__all__ = ["LayerResume", "first_layer", "passes_from"]
 
 #: A module name's layer number: ``encoder.layer.4.attention.self.query`` -> 4.
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -113,21 +113,32 @@ class LayerResume:
         assert self._stack is not None  # callers check ``supported``
         with self._guard:
             states = [self._states[(text, limit, layer)] for text in texts]
-        keep = mask.bool()
-        hidden = torch.zeros((*mask.shape, states[0].shape[-1]), dtype=states[0].dtype, device=states[0].device)
-        for row, state in enumerate(states):
-            hidden[row][keep[row]] = state
-
-        def replace_output(module, args, output):
-            return hidden
-
-        stack = self._stack
-        encoder: Any = self._model.encoder  # a module with a ``layer`` stack: checked in __init__
-        embeddings: Any = self._model.embeddings
-        handle = embeddings.register_forward_hook(replace_output)
-        encoder.layer = torch.nn.ModuleList(list(stack)[layer:])
-        try:
+        with passes_from(self._model, self._stack, layer, states, mask):
             yield
-        finally:
-            encoder.layer = stack
-            handle.remove()
+
+
+@contextmanager
+def passes_from(
+    model: Any, stack: torch.nn.ModuleList, layer: int, states: Sequence[torch.Tensor], mask: torch.Tensor
+) -> Iterator[None]:
+    """Inside: a forward pass of ``model`` runs only ``stack[layer:]``, on ``states`` (one per row, real tokens only).
+
+    ``mask`` is the pass's attention mask (each row's state goes where it is 1); the model's embedding
+    output is replaced and its layer stack (``model.encoder.layer``, which is ``stack`` outside) cut for the
+    duration, then both are restored. Also used to train a top-layer adapter (:mod:`experts.train_prefix`).
+    """
+    keep = mask.bool()
+    hidden = torch.zeros((*mask.shape, states[0].shape[-1]), dtype=states[0].dtype, device=states[0].device)
+    for row, state in enumerate(states):
+        hidden[row][keep[row]] = state
+
+    def replace_output(module, args, output):
+        return hidden
+
+    handle = model.embeddings.register_forward_hook(replace_output)
+    model.encoder.layer = torch.nn.ModuleList(list(stack)[layer:])
+    try:
+        yield
+    finally:
+        model.encoder.layer = stack
+        handle.remove()

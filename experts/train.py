@@ -459,11 +459,11 @@ def train_adapter(
     losses: list[float] = []
     if config.fusion_weight is not None and config.fusion_weight < 1 and lexical_search is None:
         raise TrainingError("fusion_weight is set but no lexical_search was given to score the BM25 side with")
+    used = np.unique(np.concatenate(schedule))  # the pairs the schedule will see
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         negatives = None
         if mode == "in_batch" and config.hard_negatives:
-            used = np.unique(np.concatenate(schedule))
             logger.info(
                 "mining %d hard negatives for %d queries with the base encoder", config.hard_negatives, len(used)
             )
@@ -480,13 +480,10 @@ def train_adapter(
         lexical = None
         if config.fusion_weight is not None and config.fusion_weight < 1:
             assert lexical_search is not None  # checked above
-            lexical = _lexical_lists(
-                pairs, np.unique(np.concatenate(schedule)), lexical_search, k=config.fusion_candidates
-            )
+            lexical = _lexical_lists(pairs, used, lexical_search, k=config.fusion_candidates)
         layers = _top(model, config.top_layers)
         prefix = frozen_prefix(model, layers[0]) if layers and config.frozen_prefix else None
         if prefix is not None:
-            used = np.unique(np.concatenate(schedule))
             texts = [pairs[i].query for i in used]
             prefix.compute(tokenizer, tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
             logger.info("frozen layers 0-%d run once for %d distinct training queries", prefix.first - 1, len(prefix))

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from experts.layer_resume import passes_from
+
 #: Rows per inference pass when the frozen layers run over the training queries.
 _PREFIX_ROWS = 64
 
@@ -63,7 +65,7 @@ class FrozenPrefix:
         was_training = self._model.training
         self._model.eval()
         try:
-            with torch.inference_mode(), self._cut(0, self.first):
+            with torch.inference_mode(), self._frozen_layers_only():
                 for start in range(0, len(todo), _PREFIX_ROWS):
                     group = todo[start : start + _PREFIX_ROWS]
                     batch = tokenizer.pad({"input_ids": [list(ids) for ids in group]}, return_tensors="pt")
@@ -76,26 +78,14 @@ class FrozenPrefix:
     @contextmanager
     def resumed(self, token_ids: Sequence[Sequence[int]], mask: torch.Tensor) -> Iterator[None]:
         """Inside: a forward pass over these queries (padded as ``mask`` says) runs only the layers from ``first``."""
-        states = [self._states[tuple(ids)] for ids in token_ids]
-        hidden = torch.zeros((*mask.shape, states[0].shape[-1]), dtype=states[0].dtype)
-        for row, state in enumerate(states):
-            hidden[row, : len(state)] = state
-
-        def replace_output(module, args, output):
-            return hidden
-
-        handle = self._model.embeddings.register_forward_hook(replace_output)
-        try:
-            with self._cut(self.first, len(self._stack)):
-                yield
-        finally:
-            handle.remove()
+        with passes_from(self._model, self._stack, self.first, [self._states[tuple(ids)] for ids in token_ids], mask):
+            yield
 
     @contextmanager
-    def _cut(self, start: int, stop: int) -> Iterator[None]:
-        """The model's layer stack cut to ``[start, stop)`` for the duration (module names are not changed)."""
+    def _frozen_layers_only(self) -> Iterator[None]:
+        """The model's layer stack cut to the layers below ``first`` for the duration (module names unchanged)."""
         encoder = self._model.encoder
-        encoder.layer = torch.nn.ModuleList(list(self._stack)[start:stop])
+        encoder.layer = torch.nn.ModuleList(list(self._stack)[: self.first])
         try:
             yield
         finally:

@@ -136,9 +136,9 @@ def build_beside_service(
     for name in train:
         if name not in todo:
             progress(name, "queued for training")
-    trainer = (
-        _Trainer(settings, encoder, datasets, max_docs, training, swap_in, progress, stopping, echo) if train else None
-    )
+    trainer = None
+    if train and swap_in is not None:  # (checked above: train needs swap_in)
+        trainer = _Trainer(settings, encoder, datasets, max_docs, training, swap_in, progress, stopping, echo)
     if trainer is not None:
         trainer.start([name for name in train if name not in todo])
     published: list[str] = []
@@ -186,12 +186,11 @@ class _Trainer:
         datasets: Path,
         max_docs: int | None,
         config: TrainConfig,
-        swap_in: Callable[[Path], None] | None,
+        swap_in: Callable[[Path], None],
         progress: Callable[[str, str | None], None],
         stopping: Callable[[], bool],
         echo: Callable[[str], None],
     ) -> None:
-        assert swap_in is not None  # checked by the caller
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(
             target=train_beside_service,
