@@ -469,12 +469,18 @@ def demo_command(
 def _demo_beside_service(
     service, *, root: Path, names: list[str], todo: list[str], train: list[str], max_docs: int | None
 ) -> None:
-    """``rr demo``'s work once the service serves: build and publish what is missing, the routing report, then
-    train what is untrained, each trained version swapped in live by the publisher's replace."""
-    from app.offline.demo import build_beside_service, report_routing
+    """``rr demo``'s work once the service serves: build and publish what is missing, then train what is
+    untrained, each trained version swapped in live by the publisher's replace; then what routing buys.
+
+    Reports: once every expert serves, the routing report (where each collection's queries go, with an
+    example), and when nothing is left to train, the quality report (nDCG@10 of routed search against BM25
+    and one union hybrid index, :func:`~app.offline.demo.report_quality`), on the experts then serving.
+    """
+    from app.offline.demo import build_beside_service, report_quality, report_routing
 
     runtime = service.runtime
     publisher = runtime.publisher
+    judged = all((root / name / "qrels" / "test.tsv").is_file() for name in names)
 
     def publish(name: str) -> None:
         publisher.add_path(name, replace=name in publisher.entries)
@@ -482,9 +488,12 @@ def _demo_beside_service(
     def swap_in(directory: Path) -> None:
         publisher.add_path(str(directory), replace=True)
 
-    def report() -> None:  # with the untrained adapters, before training (minutes per expert)
-        if not service.closing and all((root / name / "qrels" / "test.tsv").is_file() for name in names):
-            report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
+    def report() -> None:  # every expert serves; training (minutes per expert) may go on
+        if service.closing or not judged:
+            return
+        report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
+        if train:
+            typer.echo("the quality report follows once training is done")
 
     build_beside_service(
         state.settings,
@@ -500,6 +509,10 @@ def _demo_beside_service(
         train=train,
         swap_in=swap_in,
     )
+    if judged and not service.closing:
+        report_quality(
+            runtime.engine, root, [name for name in names if name in runtime.engine.experts], echo=typer.echo
+        )
 
 
 def _register_optional_commands() -> None:

@@ -21,12 +21,16 @@ from app.engine.engine import SearchEngine
 from app.engine.output import result_text
 from app.offline.building import build_pilots, index_expert, pilot_texts_from_documents, pilot_texts_from_queries
 from app.offline.demo_training import demo_corpus, train_beside_service
+from app.offline.evaluation import AVERAGE_KINDS, EvalReport, evaluate
 from app.publishing.registry import RegistryEntry, RegistryFile
 from app.settings import Settings
 from experts import Encoder, ExpertDir, ExpertError, TrainConfig, create_expert
 from experts.labelled import judged_queries, read_qrels, read_queries
 
 logger = logging.getLogger(__name__)
+
+#: The demo's closing report: routed search against what a user has without experts (``rr eval`` has the rest).
+REPORT_SYSTEMS = ("bm25", "hybrid-union", "routed-hybrid")
 
 
 def prepare_expert(
@@ -280,6 +284,43 @@ def report_routing(
             engine.close()
 
 
+def report_quality(
+    engine: SearchEngine, datasets: Path, collections: Sequence[str], *, echo: Callable[[str], None] = print
+) -> EvalReport | None:
+    """What routing buys, printed: nDCG@10 of routed hybrid search against BM25 and one hybrid index over all
+    ``collections`` with the base encoder, per collection and averaged, and each collection's routing share.
+
+    ``rr eval``'s own code (:func:`~app.offline.evaluation.evaluate`) on each collection's judged test
+    queries, limited to those three systems; routing shares come from the routed searches themselves, so they
+    are the decisions ``/search`` makes. Collections without test qrels are left out; None when none has them.
+    """
+    judged = [name for name in collections if (datasets / name / "qrels" / "test.tsv").is_file()]
+    if not judged:
+        echo("\nquality report skipped: no collection has qrels/test.tsv")
+        return None
+    started = time.perf_counter()
+    report = evaluate(engine, datasets, judged, constructions=(), systems=REPORT_SYSTEMS)
+    systems = report.systems
+    if not systems:
+        echo("\nquality report skipped: the experts have no BM25 index to compare with")
+        return None
+    titles = {"bm25": "BM25", "hybrid-union": "hybrid-union", "routed-hybrid": "routed-hybrid", "routed": "routed"}
+    echo(
+        f"\nwhat routing buys: nDCG@10 on each collection's judged test queries ({time.perf_counter() - started:.0f}s)"
+        "\n  (hybrid-union: base encoder + BM25 in one index of every collection, what any vector database gives)"
+    )
+    echo("  " + f"{'collection':<12}{'queries':>8}" + "".join(f"{titles[s]:>15}" for s in systems) + "  routed to own")
+    accuracy = report.routing_accuracy
+    for name in judged:
+        cells = "".join(f"{report.metrics[s][name]['nDCG@10']:>15.3f}" for s in systems)
+        echo(f"  {name:<12}{report.queries[name]:>8}{cells}  {accuracy[name]:>13.1%}")
+    for kind in AVERAGE_KINDS:
+        cells = "".join(f"{report.average(s, 'nDCG@10', kind):>15.3f}" for s in systems)
+        share = f"  {accuracy['all']:>13.1%}" if kind == "micro" else ""
+        echo(f"  {kind + ' average':<20}{cells}{share}")
+    return report
+
+
 def run_demo(
     settings: Settings,
     encoder: Encoder,
@@ -289,7 +330,7 @@ def run_demo(
     max_docs: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, float]:
-    """Build the demo experts, route every judged test query, print accuracy and sample results.
+    """Build the demo experts, then print what routing buys (:func:`report_quality`) on every judged test query.
 
     Returns routing accuracy per collection (the share of its test queries
     routed to its own expert). Without the collections, experts built earlier
@@ -297,9 +338,14 @@ def run_demo(
     """
     prepare_demo(settings, encoder, datasets, collections, max_docs=max_docs, echo=echo)
     if not all((datasets / name / "corpus.jsonl").is_file() for name in collections):
-        echo("\nrouting report skipped: " + _missing_collections_message(datasets, collections))
+        echo("\nquality report skipped: " + _missing_collections_message(datasets, collections))
         return {}
-    return report_routing(settings, encoder, datasets, collections, echo=echo)
+    engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
+    try:
+        report = report_quality(engine, datasets, collections, echo=echo)
+    finally:
+        engine.close()
+    return {} if report is None else {c: v for c, v in report.routing_accuracy.items() if c != "all"}
 
 
 def publish_demo(settings: Settings, collections: Sequence[str]) -> None:

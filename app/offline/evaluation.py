@@ -296,6 +296,7 @@ def evaluate(
     seed: int = 0,
     routed_aggregate: str = "",
     fanout_margin: float | None = None,
+    systems: Sequence[str] | None = None,
 ) -> EvalReport:
     """Score the systems of ``SYSTEMS``, the deployed router and the pilot constructions on the test queries.
 
@@ -304,8 +305,13 @@ def evaluate(
     split only; pilot comparisons train on train qrels or pseudo queries.
     ``routed_aggregate`` only labels the report (the engine's router has its own).
     With ``fanout_margin`` the ``routed-fanout`` system is scored too; the
-    lexical systems only when every expert has a BM25 index.
+    lexical systems only when every expert has a BM25 index. ``systems``: score
+    only these (``rr demo``'s report: BM25, the union hybrid and routed hybrid);
+    the routing confusion then comes from whichever routed system is scored.
     """
+    unknown = sorted(set(systems or ()) - set(SYSTEMS))
+    if unknown:
+        raise ValueError(f"Unknown systems {unknown}. Valid systems are: {', '.join(SYSTEMS)}")
     started = time.perf_counter()
     collections = list(collections)
     missing = [c for c in collections if c not in engine.experts]
@@ -316,21 +322,27 @@ def evaluate(
     tests = {c: read_test_set(datasets, c) for c in collections}
     encoder, max_length = engine.encoder, engine.query_max_length
     base_vectors = {c: encoder.embed(t.texts, max_length=max_length) for c, t in tests.items()}
-    union, keys, most_chunks = union_index(engine, collections)
     lexical = all(engine.experts[c].collection.has_lexical for c in collections)
-    if lexical:
-        lexical_union, lexical_keys = lexical_union_index(engine, collections)
-    else:
+    if not lexical:
         logger.warning("not every expert has a BM25 index: the lexical and hybrid systems are left out")
-    systems = [
+    wanted = set(SYSTEMS if systems is None else systems)
+    to_score = [
         s for s in SYSTEMS
-        if (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
+        if s in wanted and (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
     ]  # fmt: skip
+    if {"base-union", "hybrid-union"} & set(to_score):
+        union, keys, most_chunks = union_index(engine, collections)
+    if {"bm25-union", "hybrid-union"} & set(to_score):
+        lexical_union, lexical_keys = lexical_union_index(engine, collections)
     dense, hybrid = Retrieval(mode="dense"), replace(engine.retrieval, mode="hybrid")
     routed_dense, routed_hybrid = RetrievalOptions(mode="dense"), RetrievalOptions(mode="hybrid")
-    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in systems}
+    metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in to_score}
     position = {c: i for i, c in enumerate(collections)}
     confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    # Every routed system makes the same first choice (the router's); the confusion counts it once.
+    decider = next(
+        (s for s in ("routed", "routed-hybrid", "routed-hybrid-top1", "routed-fanout") if s in to_score), None
+    )
     for name, test in tests.items():
         expert = engine.experts[name]
         qrels = _keyed_qrels(test)
@@ -339,49 +351,61 @@ def evaluate(
             found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))  # noqa: B023
             return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))  # noqa: B023
 
-        expert_vectors = (
-            base_vectors[name]
-            if expert.adapter is None
-            else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
-        )
-        metrics["base"][name] = own(base_vectors[name], dense)
-        found = union.search(base_vectors[name], min(k * most_chunks, union.ntotal))
-        metrics["base-union"][name] = score_run(qrels, _union_run(test, *found, keys, limit=k))
-        metrics["oracle"][name] = own(expert_vectors, dense)
-        routed_run, decisions = _routed_run(engine, test, k, engine.policy, routed_dense)
-        for decision in decisions:
-            chosen = decision.experts[0]
-            if chosen in position:
-                confusion[position[name], position[chosen]] += 1
-        metrics["routed"][name] = score_run(qrels, routed_run)
-        if fanout_margin is not None:
-            policy = RoutePolicy(top_k=2, fanout_margin=fanout_margin, merge="rrf")
-            metrics["routed-fanout"][name] = score_run(qrels, _routed_run(engine, test, k, policy, routed_dense)[0])
-        if lexical:
+        def routed(system: str, policy: RoutePolicy, retrieval: RetrievalOptions) -> None:  # this iteration only
+            run, decisions = _routed_run(engine, test, k, policy, retrieval)  # noqa: B023
+            metrics[system][name] = score_run(qrels, run)  # noqa: B023
+            if system == decider:
+                for decision in decisions:
+                    chosen = decision.experts[0]
+                    if chosen in position:
+                        confusion[position[name], position[chosen]] += 1  # noqa: B023
+
+        if {"oracle", "hybrid-oracle"} & set(to_score):
+            expert_vectors = (
+                base_vectors[name]
+                if expert.adapter is None
+                else encoder.embed(test.texts, expert=expert.adapter, max_length=max_length)
+            )
+        if "base" in to_score:
+            metrics["base"][name] = own(base_vectors[name], dense)
+        if "base-union" in to_score:
+            found = union.search(base_vectors[name], min(k * most_chunks, union.ntotal))
+            metrics["base-union"][name] = score_run(qrels, _union_run(test, *found, keys, limit=k))
+        if "oracle" in to_score:
+            metrics["oracle"][name] = own(expert_vectors, dense)
+        if "routed" in to_score:
+            routed("routed", engine.policy, routed_dense)
+        if "routed-fanout" in to_score:
+            routed("routed-fanout", RoutePolicy(top_k=2, fanout_margin=fanout_margin, merge="rrf"), routed_dense)
+        if "bm25" in to_score:
             metrics["bm25"][name] = own(base_vectors[name], Retrieval(mode="lexical"))
+        if "bm25-union" in to_score:
             found = lexical_union.search(test.texts, k)
             metrics["bm25-union"][name] = score_run(qrels, _union_run(test, *found, lexical_keys))
+        if "hybrid-base" in to_score:
             metrics["hybrid-base"][name] = own(base_vectors[name], hybrid)
+        if "hybrid-union" in to_score:
             depth = hybrid.depth(k)
             dense_found = union.search(base_vectors[name], min(depth * most_chunks, union.ntotal))
             lexical_found = lexical_union.search(test.texts, depth)
             fused = hybrid_union_run(test, dense_found, keys, lexical_found, lexical_keys, k=k, retrieval=hybrid)
             metrics["hybrid-union"][name] = score_run(qrels, fused)
+        if "hybrid-oracle" in to_score:
             # The expert's own fusion (its manifest's tuned weight) on the expert's side; the settings' on the base's.
             tuned = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
             metrics["hybrid-oracle"][name] = own(expert_vectors, tuned)
-            top1_run = _routed_run(engine, test, k, RoutePolicy(), routed_hybrid)[0]
-            metrics["routed-hybrid-top1"][name] = score_run(qrels, top1_run)
-            hedged_run = _routed_run(engine, test, k, engine.policy, routed_hybrid)[0]
-            metrics["routed-hybrid"][name] = score_run(qrels, hedged_run)
-        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in systems})
+        if "routed-hybrid-top1" in to_score:
+            routed("routed-hybrid-top1", RoutePolicy(), routed_hybrid)
+        if "routed-hybrid" in to_score:
+            routed("routed-hybrid", engine.policy, routed_hybrid)
+        logger.info("eval %s: %s", name, {s: metrics[s][name] for s in to_score})
     report = EvalReport(
         collections=collections,
         queries={c: len(t.ids) for c, t in tests.items()},
         metrics=metrics,
         confusion=confusion,
         routed_aggregate=routed_aggregate,
-        union_documents=len(keys),
+        union_documents=len(keys) if {"base-union", "hybrid-union"} & set(to_score) else 0,
         settings={
             "k": k,
             "pseudo_sample": pseudo_sample,

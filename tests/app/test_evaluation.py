@@ -119,6 +119,20 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
         write_report(report, tmp_path / "reports", name="run")
 
 
+def test_evaluation_scores_only_the_systems_asked_for_with_the_same_figures(setup) -> None:
+    engine, datasets, _ = setup
+    full = evaluate(engine, datasets, ["aero", "computing"], constructions=())
+    some = evaluate(engine, datasets, ["aero", "computing"], constructions=(), systems=["routed-hybrid", "bm25"])
+    assert some.systems == ["bm25", "routed-hybrid"]  # SYSTEMS order, whatever order they were asked in
+    for system in some.systems:
+        assert some.metrics[system] == full.metrics[system]
+    # The routing confusion comes from the routed search scored: the same first choices.
+    assert some.confusion.tolist() == full.confusion.tolist() and some.confusion.sum() == 5
+    assert some.union_documents == 0  # no union index was built
+    with pytest.raises(ValueError, match="Unknown systems \\['hybrid'\\]. Valid systems are: bm25, bm25-union"):
+        evaluate(engine, datasets, ["aero"], constructions=(), systems=["bm25", "hybrid"])
+
+
 def test_macro_averages_collections_and_micro_averages_queries() -> None:
     from app.offline.evaluation import EvalReport
 

@@ -25,18 +25,21 @@ def test_demo_builds_what_is_missing_reports_and_reuses_it(
     args = ["demo", "--no-serve", "--collections", "cacm,cisi", "--max-docs", "30", "--datasets", str(datasets)]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    assert (
-        "[cacm] 30 documents" in out
-        and "[cisi] pilots from" in out
-        and "routing of each collection's test queries" in out
-    )
+    assert "[cacm] 30 documents" in out and "[cisi] pilots from" in out
+    # The closing report: routed search against BM25 and the union hybrid, per collection and averaged.
+    table = out[out.index("what routing buys") :].splitlines()
+    assert "BM25" in table[2] and "hybrid-union" in table[2] and "routed-hybrid" in table[2]
+    rows = {line.split()[0]: line.split()[1:] for line in table[3:7]}
+    assert list(rows) == ["cacm", "cisi", "macro", "micro"], table
+    assert rows["cacm"][0] == "52" and all(0 <= float(v) <= 1 for v in rows["cacm"][1:4])
+    assert rows["cacm"][4].endswith("%") and rows["micro"][-1].endswith("%")
     code, out, _ = run_cli(args, capsys)  # everything is built: straight to the report
-    assert code == 0 and "indexing" not in out and "routing of each" in out
+    assert code == 0 and "indexing" not in out and "what routing buys" in out
     # Built experts are served even when the collections have gone: the report is skipped, with the reason.
     code, out, _ = run_cli(
         ["demo", "--no-serve", "--collections", "cacm", "--datasets", str(tmp_path / "gone")], capsys
     )
-    assert code == 0 and "routing report skipped" in out and "RR_DATASETS_DIR" in out
+    assert code == 0 and "quality report skipped" in out and "RR_DATASETS_DIR" in out
 
 
 def test_demo_adds_its_experts_to_an_existing_registry(cli_env: Path, datasets: Path, capsys) -> None:
