@@ -122,8 +122,8 @@ class JobRequest(BaseModel):
     )
     skip_malformed: bool = Field(
         False,
-        description="index: skip the corpus's malformed lines (listed in the job's log) instead of failing; by "
-        "default a malformed line fails the job before anything is embedded, naming the line numbers.",
+        description="index, train: skip the corpus's malformed lines (listed in the job's log) instead of failing; "
+        "by default a malformed line fails the job before anything is embedded, naming the line numbers.",
     )
 
     @model_validator(mode="after")
@@ -144,8 +144,10 @@ class JobRequest(BaseModel):
                     f"{[*given, *(['replace'] if self.replace else [])]} apply to train jobs only; an index job "
                     "takes kind, expert, corpus, and optionally mode ('create' or 'add') and skip_malformed"
                 )
-        elif self.mode != "create" or self.skip_malformed:
-            raise ValueError(f"mode and skip_malformed apply to index jobs only, not to {self.kind} jobs")
+        elif self.mode != "create":
+            raise ValueError(f"mode applies to index jobs only, not to {self.kind} jobs")
+        elif self.kind == "tune-fusion" and self.skip_malformed:
+            raise ValueError("skip_malformed applies to jobs with a corpus (index, train), not to tune-fusion jobs")
         if (self.queries is None) != (self.qrels is None):
             raise ValueError("give both queries and qrels (labelled training), or neither (corpus-only training)")
         return self

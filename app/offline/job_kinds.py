@@ -2,9 +2,9 @@
 published one), ``train`` (an expert trained on one) and ``tune-fusion`` (a published expert's hybrid fusion
 weight tuned on its queries).
 
-An index job reads its corpus through first (:func:`check_corpus`, the
-indexer's own reader, nothing embedded): a malformed line fails the job at
-once, naming the first few line numbers and what is wrong on each, and
+An index or train job reads its corpus through first (:func:`check_corpus`,
+the indexer's own reader, nothing embedded): a malformed line fails the job
+at once, naming the first few line numbers and what is wrong on each, and
 nothing changes; ``skip_malformed`` skips them instead, as ``rr index`` does.
 
 The first two build beside the running service, as ``rr demo`` does
@@ -48,7 +48,7 @@ from app.offline.expert_training import train_expert
 from app.offline.fusion_tuning import TUNING_QUERIES, from_collection, tuned_section
 from app.publishing.document_writes import DocumentWriter
 from experts import MANIFEST_FILE, Encoder, ExpertDir, TrainConfig, create_expert
-from index import Collection, CorpusError, CorpusProblem, Document, count_lines, read_corpus, scan_corpus
+from index import Collection, CorpusError, CorpusProblem, Document, read_corpus, scan_corpus
 
 __all__ = [
     "JobStopped",
@@ -252,14 +252,16 @@ def run_train_job(
     encoder: Encoder,
     publish: Publish,
     keep_versions: int,
+    skip_malformed: bool = False,
 ) -> int:
     """Train ``name`` on ``corpus`` (and labelled queries) with :func:`train_expert`, then publish it.
 
-    ``train_expert`` stages under ``<root>`` and removes its staging directory on every way out; its swap
-    into ``<root>/<name>`` comes after the last training step, and the job publishes right after.
+    The corpus is checked first (:func:`check_corpus`: a malformed line fails the job before anything is
+    embedded, unless ``skip_malformed``). ``train_expert`` stages under ``<root>`` and removes its staging
+    directory on every way out; its swap into ``<root>/<name>`` comes after the last training step, and the
+    job publishes right after.
     """
-    reporter.phase("counting documents")
-    total = count_lines(corpus)
+    total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
     reporter.phase("indexing", total=total, unit="documents")
     defaults = TrainConfig()
     config = dataclasses.replace(defaults, steps=steps or defaults.steps, batch_size=batch_size or defaults.batch_size)

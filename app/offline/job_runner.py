@@ -148,11 +148,13 @@ class JobRunner:
         """Check the request, queue the job and return its record (``queued``); nothing runs on the caller's thread.
 
         An index job's ``mode`` is ``create`` (a new expert) or ``add`` (upsert into a published one);
-        ``skip_malformed`` lets it skip the corpus's malformed lines instead of failing on them.
+        ``skip_malformed`` lets an index or train job skip the corpus's malformed lines instead of failing on them.
         """
         check_expert_name(expert)
-        if kind != "index" and (mode != "create" or skip_malformed):
-            raise InvalidRequestError(f"mode and skip_malformed apply to index jobs only, not to {kind} jobs")
+        if kind != "index" and mode != "create":
+            raise InvalidRequestError(f"mode applies to index jobs only, not to {kind} jobs")
+        if kind == "tune-fusion" and skip_malformed:
+            raise InvalidRequestError("skip_malformed applies to jobs with a corpus (index, train), not to tune-fusion")
         files = {}
         if kind == "tune-fusion":
             if corpus is not None:
@@ -180,7 +182,9 @@ class JobRunner:
             request: dict[str, Any] = {key: str(path.relative_to(self.root)) for key, path in files.items()}
             request.update(replace=replace, steps=steps, batch_size=batch_size)
             if kind == "index":
-                request.update(mode=mode, skip_malformed=skip_malformed)
+                request.update(mode=mode)
+            if kind != "tune-fusion":
+                request.update(skip_malformed=skip_malformed)
             record = JobRecord(id=new_job_id(), kind=kind, expert=expert, request=request)
             source = request.get("corpus") or (f"{queries} + {qrels}" if queries else "pseudo queries")
             what = f"{kind} ({mode})" if kind == "index" else kind
@@ -312,6 +316,7 @@ class JobRunner:
             encoder=self.encoder,
             publish=self._publish,
             keep_versions=self.keep_versions,
+            skip_malformed=skip_malformed,
         )
 
     def _publish(self, name: str, replace: bool) -> int:

@@ -50,10 +50,11 @@ async def start_job(body: JobRequest, jobs: Jobs) -> JobOut:
     names the job when the expert already has one queued or running, or when
     an index job (`mode=create`) names an expert that exists; 404 when an add
     job adds to, a train job replaces, or a tune-fusion job tunes, an expert
-    that is not published. An index job reads its corpus through before it
-    embeds anything: a malformed line (not JSON, no `_id`, no title nor text)
-    or a repeated id fails the job, its error naming the line numbers, and
-    nothing changes; `skip_malformed=true` skips malformed lines instead.
+    that is not published. An index or train job reads its corpus through
+    before it embeds anything: a malformed line (not JSON, no `_id`, no title
+    nor text) or a repeated id fails the job, its error naming the line
+    numbers, and nothing changes; `skip_malformed=true` skips malformed lines
+    instead.
     """
     record = await asyncio.to_thread(
         jobs.submit,

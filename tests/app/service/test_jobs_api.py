@@ -169,8 +169,8 @@ def test_a_cancelled_job_publishes_nothing_and_leaves_nothing(jobs_client: TestC
         ({"kind": "index", "expert": "alpha", "corpus": "c.jsonl", "mode": "create"}, 409, "send mode=add"),
         ({"kind": "index", "expert": "nope", "corpus": "c.jsonl", "mode": "add"}, 404, "nothing to add to"),
         ({"kind": "index", "expert": "x", "corpus": "c.jsonl", "mode": "append"}, 422, "'create' or 'add'"),
-        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "mode": "add"}, 422, "apply to index jobs only"),
-        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "skip_malformed": True}, 422, "index jobs only"),
+        ({"kind": "train", "expert": "x", "corpus": "c.jsonl", "mode": "add"}, 422, "applies to index jobs only"),
+        ({"kind": "tune-fusion", "expert": "alpha", "skip_malformed": True}, 422, "jobs with a corpus (index, train)"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(
@@ -234,6 +234,24 @@ def test_skip_malformed_indexes_the_good_lines(jobs_client: TestClient, experts_
     assert done["state"] == "succeeded", done
     assert any("skipping (skip_malformed) bad.jsonl.gz: 3 malformed lines: line 4" in line for line in done["log_tail"])
     assert any(line.endswith("indexing (7 documents)") for line in done["log_tail"]), done["log_tail"]
+    assert jobs_client.get("/experts/delta").json()["documents"] == 7
+    assert left_behind(experts_root) == []
+
+
+def test_a_train_job_checks_its_corpus_as_an_index_job_does(jobs_client: TestClient, experts_root: Path) -> None:
+    bad_corpus(experts_root / "bad.jsonl")
+    registry = (experts_root / "registry.json").read_text()
+    failed = wait_job(jobs_client, submit(jobs_client, kind="train", expert="delta", corpus="bad.jsonl").json()["id"])
+    assert failed["state"] == "failed" and failed["progress"]["phase"] == "checking the corpus", failed
+    assert "3 malformed lines: line 4: invalid JSON" in failed["error"] and "skip_malformed=true" in failed["error"]
+    assert not (experts_root / "delta").exists() and left_behind(experts_root) == []
+    assert (experts_root / "registry.json").read_text() == registry
+
+    job = submit(jobs_client, kind="train", expert="delta", corpus="bad.jsonl", steps=2, skip_malformed=True).json()
+    assert job["request"]["skip_malformed"] is True and "mode" not in job["request"]
+    done = wait_job(jobs_client, job["id"])
+    assert done["state"] == "succeeded", done
+    assert any("skipping (skip_malformed) bad.jsonl: 3 malformed lines: line 4" in line for line in done["log_tail"])
     assert jobs_client.get("/experts/delta").json()["documents"] == 7
     assert left_behind(experts_root) == []
 
