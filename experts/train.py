@@ -35,6 +35,7 @@ from experts.base_model import resolve_model, weights_fingerprint
 from experts.encoder import Encoder, Pooling
 from experts.errors import ExpertError, ModelLoadError
 from experts.pairs import TrainingPair
+from experts.train_checkpoint import CHECKPOINT_EVERY, inputs_fingerprint, load_checkpoint, save_checkpoint
 from experts.train_prefix import FrozenPrefix, frozen_prefix
 
 logger = logging.getLogger(__name__)
@@ -411,6 +412,25 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _resume(
+    state: dict[str, Any] | None, weights: dict[str, Any], optimizer: Any, scheduler: Any, losses: list[float]
+) -> int:
+    """Put a checkpoint's state into the run (weights, optimiser, schedule, losses, RNG); the steps already done."""
+    if state is None:
+        return 0
+    if set(state["weights"]) != set(weights):
+        logger.warning("ignoring a training checkpoint whose adapter weights differ from this run's")
+        return 0
+    with torch.no_grad():
+        for name, tensor in state["weights"].items():
+            weights[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    losses.extend(state["losses"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
 def train_adapter(
     base: Encoder | str | Path,
     pairs: Sequence[TrainingPair],
@@ -424,6 +444,7 @@ def train_adapter(
     progress: bool = True,
     description: str = "training",
     on_step: Callable[[int, int], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainReport:
     """Train a query-side LoRA adapter and save it in PEFT format to ``out_dir``.
 
@@ -438,7 +459,10 @@ def train_adapter(
     ``on_step(done, total)`` is called after each optimiser step; an exception it raises stops the
     training there (a job cancelled between steps), and nothing is written to ``out_dir``.
 
-    Deterministic on CPU for a given ``config.seed`` (and thread count); the
+    ``checkpoint``: a file the run writes every ``CHECKPOINT_EVERY`` steps and, when it holds a checkpoint
+    of the same inputs, resumes from (:mod:`experts.train_checkpoint`); the caller removes it once done.
+
+    Deterministic on CPU for a given ``config.seed`` (and thread count), resumed or not; the
     global torch RNG is restored afterwards.
     """
     from peft import LoraConfig, get_peft_model
@@ -501,10 +525,17 @@ def train_adapter(
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         scheduler = _scheduler(optimizer, config)
+        weights = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+        fingerprint = inputs_fingerprint(config, pairs, matrix.shape) if checkpoint is not None else ""
+        start = _resume(load_checkpoint(checkpoint, fingerprint), weights, optimizer, scheduler, losses)
+        if start:
+            logger.info("resuming training from its checkpoint after step %d of %d", start, len(schedule))
         doc_tensor = torch.from_numpy(matrix)
         smoothed = None
-        with tqdm(total=config.steps, desc=description, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            for batch in schedule:
+        with tqdm(
+            total=config.steps, initial=start, desc=description, unit="step", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            for batch in schedule[start:]:
                 queries = _embed(
                     peft_model,
                     tokenizer,
@@ -536,6 +567,16 @@ def train_adapter(
                 smoothed = losses[-1] if smoothed is None else 0.9 * smoothed + 0.1 * losses[-1]
                 bar.set_postfix(loss=f"{smoothed:.3f}", refresh=False)
                 bar.update(1)
+                if checkpoint is not None and len(losses) % CHECKPOINT_EVERY == 0 and len(losses) < len(schedule):
+                    save_checkpoint(
+                        checkpoint,
+                        fingerprint=fingerprint,
+                        step=len(losses),
+                        weights=weights,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        losses=losses,
+                    )
                 if on_step is not None:
                     on_step(len(losses), len(schedule))
         peft_model.eval()

@@ -278,6 +278,7 @@ def train_expert(
     on_embedded: Callable[[int], None] | None = None,
     retrains: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainingResult:
     """Train and publish the expert ``root/name`` from a corpus (and labelled queries, when given).
 
@@ -298,6 +299,8 @@ def train_expert(
     ``retrains``: the serving directory of the expert this new one is to replace when that one is published
     elsewhere and swapped through the service (``rr demo`` trains into a new root and publishes with the
     publisher's replace): its collection is reused as ``replace`` would, and the new version numbers after its.
+    ``checkpoint``: the training's checkpoint file, kept outside the staging directory by the caller (a job's
+    work directory), resumed from when it holds one of the same inputs (``experts.train_adapter``).
 
     >>> result = train_expert(Path("data/experts"), "cranfield", encoder=Encoder(),
     ...                       corpora=[Path("cranfield/corpus.jsonl")])  # doctest: +SKIP
@@ -369,6 +372,7 @@ def train_expert(
                 progress=progress,
                 description=f"training {name}",
                 on_step=on_step,
+                checkpoint=checkpoint,
             )
         shutil.rmtree(expert.adapter_path)
         os.rename(trained_dir, expert.adapter_path)

@@ -67,6 +67,10 @@ logger = logging.getLogger(__name__)
 Publish = Callable[[str, bool], int]
 
 
+#: A train job's training checkpoint, in its work directory (what the job resumed after a restart goes on from).
+TRAIN_CHECKPOINT = "train-checkpoint.pt"
+
+
 class JobStopped(Exception):
     """Raised inside a job's run when it is cancelled or the server stops; ``reason`` says which."""
 
@@ -242,6 +246,7 @@ def run_train_job(
     reporter: Reporter,
     *,
     root: Path,
+    work: Path,
     name: str,
     corpus: Path,
     queries: Path | None,
@@ -259,9 +264,59 @@ def run_train_job(
     The corpus is checked first (:func:`check_corpus`: a malformed line fails the job before anything is
     embedded, unless ``skip_malformed``). ``train_expert`` stages under ``<root>`` and removes its staging
     directory on every way out; its swap into ``<root>/<name>`` comes after the last training step, and the
-    job publishes right after.
+    job publishes right after. The training writes a checkpoint into ``work`` every
+    :data:`~experts.train_checkpoint.CHECKPOINT_EVERY` steps; ``work`` is removed on every way out except when
+    the server stops, and the job resumed at the next start trains on from that checkpoint (the index is
+    built again first, or reused from the serving version; the adapter comes out as an uninterrupted run's).
     """
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / TRAIN_CHECKPOINT
+    keep = False
+    try:
+        return _train_and_publish(
+            reporter,
+            root=root,
+            name=name,
+            corpus=corpus,
+            queries=queries,
+            qrels=qrels,
+            steps=steps,
+            batch_size=batch_size,
+            replace=replace,
+            encoder=encoder,
+            publish=publish,
+            keep_versions=keep_versions,
+            skip_malformed=skip_malformed,
+            checkpoint=checkpoint,
+        )
+    except JobStopped as stop:
+        keep = stop.reason == "interrupted"  # the server stops: the job resumed at the next start goes on from here
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_and_publish(
+    reporter: Reporter,
+    *,
+    root: Path,
+    name: str,
+    corpus: Path,
+    queries: Path | None,
+    qrels: Path | None,
+    steps: int | None,
+    batch_size: int | None,
+    replace: bool,
+    encoder: Encoder,
+    publish: Publish,
+    keep_versions: int,
+    skip_malformed: bool,
+    checkpoint: Path,
+) -> int:
     total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
+    if checkpoint.is_file():
+        reporter.log("the interrupted job's training checkpoint is here: training goes on from it once indexed")
     reporter.phase("indexing", total=total, unit="documents")
     defaults = TrainConfig()
     config = dataclasses.replace(defaults, steps=steps or defaults.steps, batch_size=batch_size or defaults.batch_size)
@@ -272,6 +327,8 @@ def run_train_job(
         if not training:
             training = True
             reporter.phase("training", total=of, unit="steps")
+            if done > 1:
+                reporter.log(f"training resumed from its checkpoint after step {done - 1} of {of}")
         reporter.advance(done, absolute=True)
         if done == of:  # the last step: pilots and the swap follow, and the job then publishes
             reporter.publishing()
@@ -290,6 +347,7 @@ def run_train_job(
         on_embedded=reporter.advance,
         on_step=on_step,
         description=f"trained from {corpus.name} by a job",
+        checkpoint=checkpoint,
     )
     reporter.log(
         f"trained {result.train.pairs} pairs in {result.train.seconds:.1f}s: "

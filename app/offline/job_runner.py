@@ -306,6 +306,7 @@ class JobRunner:
         return run_train_job(
             reporter,
             root=self.root,
+            work=self.store.work_root / record.id,
             name=record.expert,
             corpus=corpus,
             queries=labelled["queries"],
@@ -400,7 +401,8 @@ class JobRunner:
 
     def _interrupt_leftovers(self) -> None:
         """At start-up: jobs active when the last server stopped are ``interrupted``, and their staging goes;
-        except an index job's that holds its build checkpoint: a new job resumes from it (``request.resumes``)."""
+        except the work directory of an index job (its build checkpoint) or of a train job (its training
+        checkpoint): a new job resumes from it (``request.resumes``)."""
         for record in self._records.values():
             if record.state in ACTIVE_STATES:
                 self._finish(record, "interrupted", "the server stopped before the job finished")
@@ -410,18 +412,20 @@ class JobRunner:
         work = self.store.work_root
         for staged in sorted(work.iterdir()) if work.is_dir() else []:
             old = self._records.get(staged.name)
-            if old is None or old.kind != "index" or old.state != "interrupted" or "resumed_by" in old.request:
+            resumable = old is not None and old.kind in ("index", "train") and old.state == "interrupted"
+            if old is None or not resumable or "resumed_by" in old.request:
                 shutil.rmtree(staged, ignore_errors=True)
                 continue
             resumed = JobRecord(
-                id=new_job_id(), kind="index", expert=old.expert, request={**old.request, "resumes": old.id}
+                id=new_job_id(), kind=old.kind, expert=old.expert, request={**old.request, "resumes": old.id}
             )
-            resumed.log(f"queued: resumes the interrupted job {old.id} from its build checkpoint")
+            what = "build" if old.kind == "index" else "training"
+            resumed.log(f"queued: resumes the interrupted job {old.id} from its {what} checkpoint")
             staged.rename(work / resumed.id)
             old.request = {**old.request, "resumed_by": resumed.id}
             old.log(f"resumed by job {resumed.id}")
             self._records[resumed.id] = resumed
-            logger.info("job %s (index %s) resumes the interrupted job %s", resumed.id, old.expert, old.id)
+            logger.info("job %s (%s %s) resumes the interrupted job %s", resumed.id, old.kind, old.expert, old.id)
         self._save(force=True)
 
 

@@ -94,6 +94,44 @@ def test_an_exception_from_on_step_ends_the_training_and_saves_nothing(tmp_path:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_stopped_after_a_checkpoint_resumes_to_the_same_adapter(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("experts.train.CHECKPOINT_EVERY", 10)
+    pairs, documents = toy_problem(encoder)
+    config = TrainConfig(**{**FAST.as_dict(), "steps": 40, "dropout": 0.1})  # dropout: the RNG state matters
+    whole = train_adapter(encoder, pairs, documents, tmp_path / "whole", config=config, progress=False)
+    checkpoint = tmp_path / "work" / "train.ckpt"
+
+    def killed(done: int, total: int) -> None:
+        if done == 27:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(encoder, pairs, documents, tmp_path / "out", config=config, progress=False, on_step=killed,
+                      checkpoint=checkpoint)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    assert torch.load(checkpoint, weights_only=True)["step"] == 20  # the last one before the kill
+    steps: list[int] = []
+    resumed = train_adapter(encoder, pairs, documents, tmp_path / "out", config=config, progress=False,
+                            on_step=lambda done, total: steps.append(done), checkpoint=checkpoint)  # fmt: skip
+    assert steps == list(range(21, 41)) and resumed.losses == whole.losses
+    a, b = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("whole", "out"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+    # A checkpoint of other inputs (here another seed) is ignored: that run starts from step 1.
+    steps.clear()
+    other = TrainConfig(**{**config.as_dict(), "seed": 5})
+    train_adapter(encoder, pairs, documents, tmp_path / "other", config=other, progress=False,
+                  on_step=lambda done, total: steps.append(done), checkpoint=checkpoint)  # fmt: skip
+    assert steps[0] == 1 and len(steps) == 40
+    checkpoint.write_bytes(b"torn")  # unreadable: ignored too
+    steps.clear()
+    train_adapter(encoder, pairs, documents, tmp_path / "again", config=config, progress=False,
+                  on_step=lambda done, total: steps.append(done), checkpoint=checkpoint)  # fmt: skip
+    assert steps[0] == 1
+
+
 def test_in_batch_mode_with_mined_hard_negatives_also_learns(tmp_path: Path, encoder: Encoder) -> None:
     pairs, documents = toy_problem(encoder)
     config = TrainConfig(**{**FAST.as_dict(), "full_softmax_limit": 0, "hard_negatives": 3})

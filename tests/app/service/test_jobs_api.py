@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
@@ -360,6 +361,43 @@ def test_an_index_job_stopped_with_the_server_resumes_at_the_next_start(
         assert any("resumed at line" in line for line in resumed["log_tail"])
         assert client.get("/experts/delta").json()["documents"] == 2560
         assert left_behind(experts_root) == []
+
+
+def test_a_train_job_stopped_with_the_server_trains_on_from_its_checkpoint(
+    experts_root: Path, tiny_encoder: Encoder
+) -> None:
+    from safetensors.torch import load_file
+
+    write_corpus(experts_root / "delta.jsonl", "gamma", count=40)
+    settings = service_settings(experts_root)
+    steps = 400
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        job = submit(client, kind="train", expert="delta", corpus="delta.jsonl", steps=steps).json()
+        # Past the first checkpoint (every 25 steps), well before the end.
+        wait_job(
+            client, job["id"], until=lambda j: j["progress"]["phase"] == "training" and j["progress"]["done"] >= 30
+        )
+    # The server stopped gracefully: the job is interrupted at its next step, its checkpoint kept.
+    assert (experts_root / ".jobs" / "work" / job["id"] / "train-checkpoint.pt").is_file()
+    with TestClient(create_app(settings, encoder=tiny_encoder, jobs=job_runner_factory(settings))) as client:
+        wait_ready(client)
+        stopped = client.get(f"/admin/jobs/{job['id']}", headers=ADMIN).json()
+        assert stopped["state"] == "interrupted" and stopped["progress"]["done"] < steps, stopped
+        resumed = wait_job(client, stopped["request"]["resumed_by"])
+        assert resumed["state"] == "succeeded" and resumed["kind"] == "train", resumed
+        assert any("training goes on from it" in line for line in resumed["log_tail"]), resumed["log_tail"]
+        resumed_at = [line for line in resumed["log_tail"] if "training resumed from its checkpoint after step" in line]
+        assert resumed_at and resumed_at[0].endswith(f"of {steps}"), resumed["log_tail"]
+        assert int(resumed_at[0].split("after step ")[1].split()[0]) % 25 == 0  # a checkpoint's step, not 0
+        # The same corpus trained without a stop, under another name: the same adapter.
+        whole = wait_job(
+            client, submit(client, kind="train", expert="omega", corpus="delta.jsonl", steps=steps).json()["id"]
+        )
+        assert whole["state"] == "succeeded" and not any("resumed" in line for line in whole["log_tail"])
+        assert left_behind(experts_root) == []
+    a, b = (load_file(experts_root / name / "adapter" / "adapter_model.safetensors") for name in ("delta", "omega"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 # ---------------------------------------------------------------------- tune-fusion
