@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     batch_tokens: int | None = Field(
         512, ge=1, description="Most padded tokens (rows x longest) in one forward pass: length bucketing."
     )
+    bulk_model_copy: bool = Field(
+        True,
+        description="Keep a second copy of the base model for bulk passes (index and train jobs, document writes, "
+        "large embeddings requests), so they run beside searches instead of between their passes; costs the base "
+        "model's size in memory (MiniLM: ~90 MB). Measured: search p50 during an index job 7.9x idle with one "
+        "shared model (docs/benchmarks.md, section 20).",
+    )
     base_cache_size: int = Field(
         4096, ge=0, description="Base-encoder vectors of recent queries kept for routing (LRU; 0 = off)."
     )

@@ -10,7 +10,9 @@ the same whether 1 or 50 adapters are loaded.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,13 @@ class Encoder:
     Thread-safe: forward passes and adapter changes are serialised by one lock,
     because which adapter a pass uses is state of the one shared model; it is
     taken per pass, and bulk callers yield to interactive ones between passes
-    (:class:`~experts.model_lock.ModelLock`).
+    (:class:`~experts.model_lock.ModelLock`). ``bulk_copy=True`` keeps a second,
+    plain copy of the base model for bulk base passes (document builds, large
+    embeddings requests), behind a lock of its own: they then run beside the
+    searches' passes instead of between them. A bulk pass of 512 tokens takes
+    about 100 ms on one CPU thread, and with one shared model a search waited
+    for one at each of its two passes (search p50 7.9x idle during an index
+    job, docs/benchmarks.md section 20); the copy costs the model's size in memory.
 
     Length bucketing: rows are sorted by token count and cut into passes of
     at most ``batch_size`` rows and ``batch_tokens`` padded tokens (rows x
@@ -74,6 +82,7 @@ class Encoder:
         batch_tokens: int | None = 512,
         group_up_to: int = 2,
         backend: Backend = "torch",
+        bulk_copy: bool = False,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -101,6 +110,9 @@ class Encoder:
             ) from exc
         self.fingerprint = weights_fingerprint(self._base)  # of the fp32 weights, whatever the backend
         self._base = apply_backend(self._base, self.backend)
+        # Taken before any hook (adapters, resumed passes) is registered on the shared model: a plain copy.
+        self._bulk_model = copy.deepcopy(self._base) if bulk_copy else None
+        self._bulk_lock = threading.Lock()
         self.dim = int(self._base.config.hidden_size)
         model_limit = int(getattr(self._base.config, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, model_limit)
@@ -202,6 +214,9 @@ class Encoder:
         ids_of = dict(zip(todo, encoded))
         for chunk in length_buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
             for part in self._parts(chunk, rows):
+                if bulk and self._bulk_model is not None and all(rows[i] is None for i in part):
+                    self._bulk_pass(part, ids_of, out)
+                    continue
                 with self._lock.hold(bulk=bulk), torch.inference_mode():  # per pass: see experts.model_lock
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
@@ -210,6 +225,15 @@ class Encoder:
         if cache and self.cache_size:
             self._to_cache(texts, rows, limit, out, todo)
         return out
+
+    def _bulk_pass(self, part: np.ndarray, ids_of: dict[int, list[int]], out: np.ndarray) -> None:
+        """A base pass of bulk rows on the bulk copy: beside the shared model's passes, not between them."""
+        with self._bulk_lock, torch.inference_mode():
+            assert self._bulk_model is not None  # only called when there is one
+            padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
+            batch = {key: value.to(self.device) for key, value in padded.items()}
+            hidden = self._bulk_model(**batch).last_hidden_state
+            out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text, special tokens included, before any truncation.

@@ -145,4 +145,5 @@ def open_encoder(settings: Settings) -> Encoder:
         batch_tokens=settings.batch_tokens,
         cache_size=settings.base_cache_size,
         backend=settings.encoder_backend,
+        bulk_copy=settings.bulk_model_copy,
     )

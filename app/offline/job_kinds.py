@@ -273,87 +273,54 @@ def run_train_job(
     checkpoint = work / TRAIN_CHECKPOINT
     keep = False
     try:
-        return _train_and_publish(
-            reporter,
-            root=root,
-            name=name,
-            corpus=corpus,
+        total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
+        if checkpoint.is_file():
+            reporter.log("the interrupted job's training checkpoint is here: training goes on from it once indexed")
+        reporter.phase("indexing", total=total, unit="documents")
+        defaults = TrainConfig()
+        config = dataclasses.replace(
+            defaults, steps=steps or defaults.steps, batch_size=batch_size or defaults.batch_size
+        )
+        training = False
+
+        def on_step(done: int, of: int) -> None:
+            nonlocal training
+            if not training:
+                training = True
+                reporter.phase("training", total=of, unit="steps")
+                if done > 1:
+                    reporter.log(f"training resumed from its checkpoint after step {done - 1} of {of}")
+            reporter.advance(done, absolute=True)
+            if done == of:  # the last step: pilots and the swap follow, and the job then publishes
+                reporter.publishing()
+
+        result = train_expert(
+            root,
+            name,
+            encoder=encoder,
+            corpora=[corpus],
             queries=queries,
             qrels=qrels,
-            steps=steps,
-            batch_size=batch_size,
-            replace=replace,
-            encoder=encoder,
-            publish=publish,
+            config=config,
+            replace=(Path(root) / name).exists(),
             keep_versions=keep_versions,
-            skip_malformed=skip_malformed,
+            progress=False,
+            on_embedded=reporter.advance,
+            on_step=on_step,
+            description=f"trained from {corpus.name} by a job",
             checkpoint=checkpoint,
         )
+        reporter.log(
+            f"trained {result.train.pairs} pairs in {result.train.seconds:.1f}s: "
+            f"loss {result.train.first_loss:.3f} -> {result.train.final_loss:.3f}"
+        )
+        return publish(name, replace)
     except JobStopped as stop:
         keep = stop.reason == "interrupted"  # the server stops: the job resumed at the next start goes on from here
         raise
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _train_and_publish(
-    reporter: Reporter,
-    *,
-    root: Path,
-    name: str,
-    corpus: Path,
-    queries: Path | None,
-    qrels: Path | None,
-    steps: int | None,
-    batch_size: int | None,
-    replace: bool,
-    encoder: Encoder,
-    publish: Publish,
-    keep_versions: int,
-    skip_malformed: bool,
-    checkpoint: Path,
-) -> int:
-    total = check_corpus(reporter, corpus, skip_malformed=skip_malformed)
-    if checkpoint.is_file():
-        reporter.log("the interrupted job's training checkpoint is here: training goes on from it once indexed")
-    reporter.phase("indexing", total=total, unit="documents")
-    defaults = TrainConfig()
-    config = dataclasses.replace(defaults, steps=steps or defaults.steps, batch_size=batch_size or defaults.batch_size)
-    training = False
-
-    def on_step(done: int, of: int) -> None:
-        nonlocal training
-        if not training:
-            training = True
-            reporter.phase("training", total=of, unit="steps")
-            if done > 1:
-                reporter.log(f"training resumed from its checkpoint after step {done - 1} of {of}")
-        reporter.advance(done, absolute=True)
-        if done == of:  # the last step: pilots and the swap follow, and the job then publishes
-            reporter.publishing()
-
-    result = train_expert(
-        root,
-        name,
-        encoder=encoder,
-        corpora=[corpus],
-        queries=queries,
-        qrels=qrels,
-        config=config,
-        replace=(Path(root) / name).exists(),
-        keep_versions=keep_versions,
-        progress=False,
-        on_embedded=reporter.advance,
-        on_step=on_step,
-        description=f"trained from {corpus.name} by a job",
-        checkpoint=checkpoint,
-    )
-    reporter.log(
-        f"trained {result.train.pairs} pairs in {result.train.seconds:.1f}s: "
-        f"loss {result.train.first_loss:.3f} -> {result.train.final_loss:.3f}"
-    )
-    return publish(name, replace)
 
 
 def run_tune_fusion_job(

@@ -131,3 +131,37 @@ def test_length_buckets_and_grouping_leave_every_row_as_embedded_alone(
         np.testing.assert_allclose(bucketed.embed(TEXTS, expert=rows), alone.embed(TEXTS, expert=rows), atol=1e-5)
     with pytest.raises(ValueError, match="batch_tokens must be >= 1"):
         Encoder(tiny_bert_path, batch_tokens=0)
+
+
+def test_bulk_base_passes_run_on_the_copy_beside_a_held_model_lock(tiny_bert_path: Path, adapter_a: Path) -> None:
+    import threading
+
+    shared = Encoder(tiny_bert_path)
+    copied = Encoder(tiny_bert_path, bulk_copy=True)
+    copied.add_adapter("a", adapter_a)
+    texts = ["wing drag at high speed", "a compiler for algol", "heat transfer in a boundary layer"] * 3
+    expected = shared.embed(texts)
+    # While another thread holds the shared model (a search's pass), a bulk base embed still completes.
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with copied._lock.hold():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    result: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: result.append(copied.embed(texts, bulk=True)))
+    worker.start()
+    worker.join(30)
+    finished_while_held = not worker.is_alive()
+    release.set()
+    holder.join()
+    worker.join()
+    assert finished_while_held
+    np.testing.assert_allclose(result[0], expected, atol=1e-6)  # the copy is the same model, unhooked
+    # Adapter rows still go through the shared model (the copy has no adapters), with the same vectors.
+    np.testing.assert_allclose(copied.embed(texts, expert="a", bulk=True), copied.embed(texts, expert="a"), atol=1e-6)
+    assert not np.allclose(copied.embed(texts[:1], expert="a"), expected[:1])
