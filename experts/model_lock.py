@@ -6,8 +6,10 @@ calls*: a search arriving while a 2048-input embeddings request runs would
 wait for all of it. So callers take the lock per pass, and a **bulk** caller
 (a large embeddings request, a document write) steps aside between its
 passes while an interactive one (a search) waits: the search waits for at
-most one bulk pass (a few hundred tokens: tens of milliseconds on 2 cores),
-not for the whole request.
+most one bulk pass, not for the whole request. A bulk pass of 512 padded
+tokens takes about 100 ms on one CPU thread, so the service's encoder also
+keeps a copy of the base model for bulk base passes (``Encoder(bulk_copy=True)``),
+which then do not take this lock at all (docs/benchmarks.md, section 20).
 
 Bulk work is not starved under a steady stream of searches: a bulk caller
 that has waited ``patience_s`` goes next, ahead of interactive callers that

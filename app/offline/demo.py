@@ -304,12 +304,17 @@ def report_quality(
     if not systems:
         echo("\nquality report skipped: the experts have no BM25 index to compare with")
         return None
-    titles = {"bm25": "BM25", "hybrid-union": "hybrid-union", "routed-hybrid": "routed-hybrid", "routed": "routed"}
+    titles = {"bm25": "BM25"}  # the others by their rr eval names
     echo(
         f"\nwhat routing buys: nDCG@10 on each collection's judged test queries ({time.perf_counter() - started:.0f}s)"
         "\n  (hybrid-union: base encoder + BM25 in one index of every collection, what any vector database gives)"
     )
-    echo("  " + f"{'collection':<12}{'queries':>8}" + "".join(f"{titles[s]:>15}" for s in systems) + "  routed to own")
+    echo(
+        "  "
+        + f"{'collection':<12}{'queries':>8}"
+        + "".join(f"{titles.get(s, s):>15}" for s in systems)
+        + "  routed to own"
+    )
     accuracy = report.routing_accuracy
     for name in judged:
         cells = "".join(f"{report.metrics[s][name]['nDCG@10']:>15.3f}" for s in systems)
