@@ -510,6 +510,10 @@ def _demo_beside_service(
         swap_in=swap_in,
     )
     if judged and not service.closing:
+        if max_docs is not None:
+            typer.echo(
+                f"\n(--max-docs {max_docs}: relevant documents beyond it are missing, so every system scores lower)"
+            )
         report_quality(
             runtime.engine, root, [name for name in names if name in runtime.engine.experts], echo=typer.echo
         )

@@ -345,6 +345,8 @@ def run_demo(
     if not all((datasets / name / "corpus.jsonl").is_file() for name in collections):
         echo("\nquality report skipped: " + _missing_collections_message(datasets, collections))
         return {}
+    if max_docs is not None:
+        echo(f"\n(--max-docs {max_docs}: relevant documents beyond it are missing, so every system scores lower)")
     engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
     try:
         report = report_quality(engine, datasets, collections, echo=echo)
