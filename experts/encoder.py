@@ -1,4 +1,5 @@
-"""The shared base encoder, holding any number of LoRA adapters on one copy of its weights.
+"""The shared base encoder, holding any number of LoRA adapters on one copy of its weights (plus, with
+``bulk_copy``, a plain second copy for bulk base passes).
 
 One ``Encoder`` is loaded per process. Experts are LoRA adapters (PEFT's
 on-disk format) applied to that single model at forward time by
@@ -214,26 +215,20 @@ class Encoder:
         ids_of = dict(zip(todo, encoded))
         for chunk in length_buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
             for part in self._parts(chunk, rows):
-                if bulk and self._bulk_model is not None and all(rows[i] is None for i in part):
-                    self._bulk_pass(part, ids_of, out)
-                    continue
-                with self._lock.hold(bulk=bulk), torch.inference_mode():  # per pass: see experts.model_lock
+                # A bulk base pass runs on the bulk copy, beside the shared model's passes; the rest take turns.
+                bulk_model = self._bulk_model if bulk and all(rows[i] is None for i in part) else None
+                lock = self._bulk_lock if bulk_model is not None else self._lock.hold(bulk=bulk)  # experts.model_lock
+                with lock, torch.inference_mode():
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
-                    hidden = self._pass(batch, [rows[i] for i in part], [texts[i] for i in part], limit, bulk)
+                    if bulk_model is not None:
+                        hidden = bulk_model(**batch).last_hidden_state
+                    else:
+                        hidden = self._pass(batch, [rows[i] for i in part], [texts[i] for i in part], limit, bulk)
                     out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         if cache and self.cache_size:
             self._to_cache(texts, rows, limit, out, todo)
         return out
-
-    def _bulk_pass(self, part: np.ndarray, ids_of: dict[int, list[int]], out: np.ndarray) -> None:
-        """A base pass of bulk rows on the bulk copy: beside the shared model's passes, not between them."""
-        with self._bulk_lock, torch.inference_mode():
-            assert self._bulk_model is not None  # only called when there is one
-            padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
-            batch = {key: value.to(self.device) for key, value in padded.items()}
-            hidden = self._bulk_model(**batch).last_hidden_state
-            out[part] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text, special tokens included, before any truncation.

@@ -491,7 +491,7 @@ def _demo_beside_service(
     def report() -> None:  # every expert serves; training (minutes per expert) may go on
         if service.closing or not judged:
             return
-        report_routing(state.settings, state.encoder(), root, names, echo=typer.echo, engine=runtime.engine)
+        report_routing(runtime.engine, root, names, echo=typer.echo)
         if train:
             typer.echo("the quality report follows once training is done")
 

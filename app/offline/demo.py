@@ -143,7 +143,6 @@ def build_beside_service(
     trainer = None
     if train and swap_in is not None:  # (checked above: train needs swap_in)
         trainer = _Trainer(settings, encoder, datasets, max_docs, training, swap_in, progress, stopping, echo)
-    if trainer is not None:
         trainer.start([name for name in train if name not in todo])
     published: list[str] = []
     try:
@@ -246,42 +245,27 @@ def prepare_demo(
 
 
 def report_routing(
-    settings: Settings,
-    encoder: Encoder,
-    datasets: Path,
-    collections: Sequence[str],
-    *,
-    echo: Callable[[str], None] = print,
-    engine: SearchEngine | None = None,
+    engine: SearchEngine, datasets: Path, collections: Sequence[str], *, echo: Callable[[str], None] = print
 ) -> dict[str, float]:
-    """Route every judged test query; print and return the share routed to its own collection's expert.
-
-    ``engine``: the serving one (``rr demo`` reports beside the service); None opens the experts anew.
-    """
-    own = engine is None
-    if engine is None:
-        engine = SearchEngine.open(settings.data_dir, encoder, settings.engine_config())
-    try:
-        accuracy: dict[str, float] = {}
-        echo("\nrouting of each collection's test queries (share sent to its own expert):")
-        for name in collections:
-            test = datasets / name / "qrels" / "test.tsv"
-            if not test.is_file():
-                echo(f"  {name:<10} skipped: {test} not found")
-                continue
-            queries = read_queries(datasets / name / "queries.jsonl")
-            texts = list(judged_queries(queries, read_qrels(test)).values())
-            decisions = engine.route(texts)
-            counts = Counter(d.experts[0] for d in decisions)
-            accuracy[name] = counts[name] / len(texts)
-            spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
-            echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
-            example = engine.search(texts[:1], k=3).results[0]
-            echo(result_text(example))
-        return accuracy
-    finally:
-        if own:
-            engine.close()
+    """Route every judged test query with ``engine`` (the serving one); print and return the share routed to its
+    own collection's expert, with one example result per collection."""
+    accuracy: dict[str, float] = {}
+    echo("\nrouting of each collection's test queries (share sent to its own expert):")
+    for name in collections:
+        test = datasets / name / "qrels" / "test.tsv"
+        if not test.is_file():
+            echo(f"  {name:<10} skipped: {test} not found")
+            continue
+        queries = read_queries(datasets / name / "queries.jsonl")
+        texts = list(judged_queries(queries, read_qrels(test)).values())
+        decisions = engine.route(texts)
+        counts = Counter(d.experts[0] for d in decisions)
+        accuracy[name] = counts[name] / len(texts)
+        spread = ", ".join(f"{expert} {count}" for expert, count in counts.most_common())
+        echo(f"  {name:<10} {accuracy[name]:6.1%} of {len(texts)}  ({spread})")
+        example = engine.search(texts[:1], k=3).results[0]
+        echo(result_text(example))
+    return accuracy
 
 
 def report_quality(

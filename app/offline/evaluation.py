@@ -330,6 +330,7 @@ def evaluate(
         s for s in SYSTEMS
         if s in wanted and (s != "routed-fanout" or fanout_margin is not None) and (lexical or s not in LEXICAL_SYSTEMS)
     ]  # fmt: skip
+    keys: list[str] = []  # the dense union's documents, when a system searches it
     if {"base-union", "hybrid-union"} & set(to_score):
         union, keys, most_chunks = union_index(engine, collections)
     if {"bm25-union", "hybrid-union"} & set(to_score):
@@ -405,7 +406,7 @@ def evaluate(
         metrics=metrics,
         confusion=confusion,
         routed_aggregate=routed_aggregate,
-        union_documents=len(keys) if {"base-union", "hybrid-union"} & set(to_score) else 0,
+        union_documents=len(keys),
         settings={
             "k": k,
             "pseudo_sample": pseudo_sample,
