@@ -97,7 +97,7 @@ def main() -> None:
                     for mode in ("dense", "hybrid"):
                         asks = [(100, Retrieval(mode=mode, candidates=200))] * len(texts)
                         found = search_collection(collection, texts, vectors, asks)
-                        run = {q: {h.hit.id: float(h.hit.score) for h in hits} for q, hits in zip(qids, found)}
+                        run = {q: {h.id: float(h.score) for h in hits} for q, hits in zip(qids, found)}
                         entry[policy][mode] = score_run(qrels, run)
             results[name] = entry
             for mode in ("dense", "hybrid"):

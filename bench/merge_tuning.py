@@ -141,7 +141,7 @@ def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_
             with engine._holder.lease() as snapshot:
                 view = SharedIdfView(view, snapshot.shared_idf)
         found = search_collection(view, list(texts), vectors, [(k, retrieval)] * len(texts))
-        lists[name] = [[(f"{name}/{s.hit.id}", float(s.hit.score), s.dense, s.lexical) for s in row] for row in found]
+        lists[name] = [[(f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score) for h in row] for row in found]
     return names, scores, lists
 
 

@@ -14,8 +14,8 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 from app.api.schemas_rerank import SearchRerankOptions
 from app.api.text_fields import QueryText
-from app.engine.jobs import SearchResult
-from app.engine.output import result_dict
+from app.engine.jobs import ExpertHit, SearchResult
+from app.engine.output import finite_or_none
 from experts import check_expert_name
 from index import Filter
 from router import RoutePolicy
@@ -204,10 +204,51 @@ class SearchResponse(BaseModel):
     def of(
         cls, results: Sequence[SearchResult], *, timings_ms: dict[str, float], requests: int, queries: int
     ) -> SearchResponse:
-        """The response to one ``/search`` request, for ``rr serve`` and the Ray Serve ingress alike."""
-        rows = [{**result_dict(result), "expert": result.decision.experts[0]} for result in results]
-        batch = BatchOut(requests=requests, queries=queries)
-        return cls.model_validate({"results": rows, "timings_ms": timings_ms, "batch": batch})
+        """The response to one ``/search`` request, for ``rr serve`` and the Ray Serve ingress alike.
+
+        Built field by field from the engine's frozen, typed results, without a
+        validation pass over them: validating a dict of 32 queries x 10 hits
+        cost 8-9 ms, against 0.7 ms to write its JSON.
+        ``tests/app/test_search_response.py`` holds it equal to the validated form.
+        """
+        batch = BatchOut.model_construct(requests=requests, queries=queries)
+        return cls.model_construct(results=[_result_out(r) for r in results], timings_ms=timings_ms, batch=batch)
+
+
+def _result_out(result: SearchResult) -> QueryResultOut:
+    decision = result.decision
+    route = RouteOut.model_construct(
+        experts=list(decision.experts),
+        mode=decision.mode,
+        use_adapters=decision.use_adapters,
+        margin=finite_or_none(decision.margin),
+        router_scores={name: round(float(score), 6) for name, score in decision.scores},
+        reason=decision.reason,
+    )
+    return QueryResultOut.model_construct(
+        query=result.query,
+        expert=decision.experts[0],
+        mode=result.mode,
+        route=route,
+        hits=[_hit_out(hit) for hit in result.hits],
+        truncated=result.truncated,
+        matched=result.matched,
+    )
+
+
+def _hit_out(hit: ExpertHit) -> HitOut:
+    return HitOut.model_construct(
+        id=hit.id,
+        score=float(hit.score),
+        title=hit.title,
+        text=hit.text,
+        metadata=hit.metadata,
+        expert=hit.expert,
+        dense_score=None if hit.dense_score is None else float(hit.dense_score),
+        lexical_score=None if hit.lexical_score is None else float(hit.lexical_score),
+        span=hit.span,
+        rerank_score=None if hit.rerank_score is None else float(hit.rerank_score),
+    )
 
 
 # ---------------------------------------------------------------------- experts

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.engine.jobs import BatchResult, ExpertHit, SearchJob, SearchResult, not_allowed
-from app.engine.merging import MERGE_DEPTH, merge_expert_lists
+from app.engine.merging import list_depth, merge_expert_lists
 from app.engine.retrieval import Retrieval, SearchMode, check_lexical, expert_retrieval, search_collection
 from app.engine.shadow_compare import SHADOW_DEPTH, ShadowQuery
 from app.engine.snapshots import Snapshot
@@ -267,10 +267,7 @@ class BatchRun:
     def _depth(self, row: int, decision: RouteDecision) -> int:
         """Hits to fetch for one (row, expert) pair: the job's ``k``, or the merge depth when a score merge follows."""
         position = self.rows[row][0]
-        k = self.jobs[position].k
-        if len(decision.experts) > 1 and self._policy(position).merge == "score":
-            return max(k, MERGE_DEPTH)
-        return k
+        return list_depth(self.jobs[position].k, decision, self._policy(position))
 
     def _policy(self, position: int) -> RoutePolicy:
         """Job ``position``'s routing policy: its own, else the engine's default."""
@@ -350,7 +347,7 @@ class BatchRun:
             expert = self.snapshot.experts[name]
             try:
                 wanted = [(depths[p], asks[p], self.allowed(j, name)) for j, p in zip(jobs, positions)]
-                found = search_collection(self.views[name], texts, vectors[positions], wanted)
+                found = search_collection(self.views[name], texts, vectors[positions], wanted, expert=name)
             except IndexFileError as exc:  # its files broke after loading: its queries fail, not the whole batch
                 failure = self.engine.broken(expert, exc)
                 for position in positions:
@@ -358,7 +355,7 @@ class BatchRun:
                     hits_of[position] = []
                 continue
             for position, hits in zip(positions, found, strict=True):
-                hits_of[position] = [ExpertHit.of(name, hit) for hit in hits]
+                hits_of[position] = hits
         return hits_of
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.engine.retrieval import RetrievalOptions, ScoredHit, SearchMode
+from app.engine.retrieval import ExpertHit, RetrievalOptions, SearchMode
 from app.errors import PermissionDeniedError
 from index import FilterExpr
 from router import RouteDecision, RoutePolicy
@@ -23,36 +23,6 @@ AUTO_MODEL = "auto"
 RESERVED_NAMES = (AUTO_MODEL, BASE_MODEL)
 
 InputType = Literal["query", "document"]
-
-
-@dataclass(frozen=True)
-class ExpertHit:
-    """A hit and the expert (collection) it came from: ids are unique only within a collection.
-
-    ``score`` ranks the list (cosine, BM25, or the fused score); ``dense_score``
-    and ``lexical_score`` are the raw scores behind it, None where that side did
-    not retrieve the document (or did not run). After a rerank the list is in
-    ``rerank_score`` order and ``score`` keeps the retrieval score.
-    """
-
-    expert: str
-    id: str
-    score: float
-    title: str
-    text: str
-    metadata: dict[str, object] = field(default_factory=dict, hash=False)
-    dense_score: float | None = None
-    lexical_score: float | None = None
-    #: Character offsets in ``text`` of the passage that matched, where the document was split into chunks.
-    span: tuple[int, int] | None = None
-    #: The cross-encoder's relevance in [0, 1] when the search was reranked (:mod:`app.engine.reranking`).
-    rerank_score: float | None = None
-
-    @classmethod
-    def of(cls, expert: str, scored: ScoredHit) -> ExpertHit:
-        hit = scored.hit
-        span = getattr(hit, "span", None)  # set by collections that split long documents into chunks
-        return cls(expert, hit.id, hit.score, hit.title, hit.text, hit.metadata, scored.dense, scored.lexical, span)
 
 
 @dataclass(frozen=True)

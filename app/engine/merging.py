@@ -30,10 +30,15 @@ from app.engine.jobs import ExpertHit
 from index import reciprocal_rank_fusion
 from router import RouteDecision, RoutePolicy
 
-__all__ = ["MERGE_DEPTH", "merge_expert_lists"]
+__all__ = ["MERGE_DEPTH", "list_depth", "merge_expert_lists"]
 
 #: How deep each fanned-out expert is searched for a score merge (then cut to the request's ``k``).
 MERGE_DEPTH = 100
+
+
+def list_depth(k: int, decision: RouteDecision, policy: RoutePolicy) -> int:
+    """Hits to fetch from each expert of ``decision``: ``k``, or :data:`MERGE_DEPTH` when a score merge follows."""
+    return max(k, MERGE_DEPTH) if len(decision.experts) > 1 and policy.merge == "score" else k
 
 
 def merge_expert_lists(

@@ -11,7 +11,8 @@ from app.engine.engine import SearchResult
 from router import RouteDecision
 
 
-def _number(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """``value`` rounded to 6 places, or None where it is infinite or NaN (JSON has neither)."""
     return None if math.isinf(value) or math.isnan(value) else round(value, 6)
 
 
@@ -20,7 +21,7 @@ def decision_dict(decision: RouteDecision) -> dict[str, Any]:
         "experts": list(decision.experts),
         "mode": decision.mode,
         "use_adapters": decision.use_adapters,
-        "margin": _number(decision.margin),
+        "margin": finite_or_none(decision.margin),
         "router_scores": {name: round(score, 6) for name, score in decision.scores},
         "reason": decision.reason,
     }

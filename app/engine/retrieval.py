@@ -9,7 +9,7 @@ BM25) and one document fetch, whatever the mix of modes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -19,7 +19,6 @@ from index import (
     FUSION_METHODS,
     Collection,
     FusionMethod,
-    Hit,
     LiveView,
     NoLexicalIndexError,
     fuse_dense_lexical,
@@ -122,12 +121,27 @@ def expert_retrieval(default: Retrieval, section: RetrievalSection | None) -> Re
 
 
 @dataclass(frozen=True)
-class ScoredHit:
-    """A hit with the scores behind it: dense cosine and BM25 (None where that side did not find it)."""
+class ExpertHit:
+    """A hit and the expert (collection) it came from: ids are unique only within a collection.
 
-    hit: Hit
-    dense: float | None
-    lexical: float | None
+    ``score`` ranks the list (cosine, BM25, or the fused score); ``dense_score``
+    and ``lexical_score`` are the raw scores behind it, None where that side did
+    not retrieve the document (or did not run). After a rerank the list is in
+    ``rerank_score`` order and ``score`` keeps the retrieval score.
+    """
+
+    expert: str
+    id: str
+    score: float
+    title: str
+    text: str
+    metadata: dict[str, object] = field(default_factory=dict, hash=False)
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    #: Character offsets in ``text`` of the passage that matched, where the document was split into chunks.
+    span: tuple[int, int] | None = None
+    #: The cross-encoder's relevance in [0, 1] when the search was reranked (:mod:`app.engine.reranking`).
+    rerank_score: float | None = None
 
 
 def check_lexical(name: str, view: LiveView | Collection, retrieval: Retrieval) -> None:
@@ -144,15 +158,15 @@ Ask = tuple[int, Retrieval] | tuple[int, Retrieval, np.ndarray | None]
 
 
 def search_collection(
-    view: LiveView | Collection, texts: Sequence[str], vectors: np.ndarray, asks: Sequence[Ask]
-) -> list[list[ScoredHit]]:
+    view: LiveView | Collection, texts: Sequence[str], vectors: np.ndarray, asks: Sequence[Ask], *, expert: str = ""
+) -> list[list[ExpertHit]]:
     """Row ``i`` (``texts[i]``, ``vectors[i]``) asks for ``asks[i] = (k, retrieval[, allowed])``; one hit list per row.
 
     ``view`` is the live view a search took (a plain published ``Collection``
     is searched as a view without writes). Rows that share one ``allowed``
     array (one request's filter) share one dense and one lexical search; a
     filter is applied inside both searches, so a row gets ``k`` hits whenever
-    ``k`` allowed documents exist.
+    ``k`` allowed documents exist. The hits name ``expert`` as their collection.
     """
     if isinstance(view, Collection):
         view = static_view(view)
@@ -201,10 +215,16 @@ def search_collection(
     hits = view.hits(scores, ids, queries=vectors if with_vectors else None)
     return [
         [
-            ScoredHit(
-                hit if ask[1].needs_vector or hit.span is None else replace(hit, span=None),
+            ExpertHit(
+                expert,
+                hit.id,
+                hit.score,
+                hit.title,
+                hit.text,
+                hit.metadata,
                 dense_of.get(hit.row),
                 lexical_of.get(hit.row),
+                hit.span if ask[1].needs_vector else None,
             )
             for hit in row_hits
         ]

@@ -90,7 +90,7 @@ def search_candidate(
     wanted = [(queries[i].depth, asks[i], allowed[id(queries[i].filter)]) for i in rows]
     found = search_collection(view, texts, vectors, wanted)  # type: ignore[arg-type]
     for i, hits in zip(rows, found, strict=True):
-        out[i] = [scored.hit.id for scored in hits[:SHADOW_DEPTH]]
+        out[i] = [hit.id for hit in hits[:SHADOW_DEPTH]]
     return out
 
 

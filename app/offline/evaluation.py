@@ -350,7 +350,7 @@ def evaluate(
 
         def own(vectors: np.ndarray, retrieval: Retrieval) -> dict[str, float]:  # called within this iteration only
             found = search_collection(expert.collection, test.texts, vectors, [(k, retrieval)] * len(test.texts))  # noqa: B023
-            return score_run(qrels, _run_of(test, name, [[scored.hit for scored in row] for row in found]))  # noqa: B023
+            return score_run(qrels, _run_of(test, name, found))  # noqa: B023
 
         def routed(system: str, policy: RoutePolicy, retrieval: RetrievalOptions) -> None:  # this iteration only
             run, decisions = _routed_run(engine, test, k, policy, retrieval)  # noqa: B023

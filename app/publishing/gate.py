@@ -181,8 +181,8 @@ def score_expert(
     run: dict[str, dict[str, float]] = {}
     for q, hits in enumerate(found):
         ranking = run.setdefault(str(q), {})
-        for scored in hits:  # a document is listed once; keep its best score if a view lists it twice
-            ranking[scored.hit.id] = max(ranking.get(scored.hit.id, -math.inf), float(scored.hit.score))
+        for hit in hits:  # a document is listed once; keep its best score if a view lists it twice
+            ranking[hit.id] = max(ranking.get(hit.id, -math.inf), float(hit.score))
     qrels = {str(q): relevant for q, relevant in enumerate(queries.relevant)}
     totals = {_NDCG: 0.0, _RECALL: 0.0}
     for metric in ir_measures.iter_calc([_NDCG, _RECALL], qrels, {q: r for q, r in run.items() if r}):

@@ -40,7 +40,7 @@ from app.api.schemas import SearchRequest, SearchResponse
 from app.engine.engine import SearchEngine
 from app.engine.jobs import ExpertHit, SearchResult
 from app.engine.loading import open_encoder
-from app.engine.merging import MERGE_DEPTH, merge_expert_lists
+from app.engine.merging import list_depth, merge_expert_lists
 from app.engine.retrieval import RetrievalOptions, requested_retrieval
 from app.errors import ExpertUnavailableError, FeatureUnavailableError, PayloadTooLargeError, ServiceError
 from app.publishing.publisher import ExpertPublisher
@@ -251,9 +251,8 @@ class Ingress:
             for name in decision.experts:
                 rows_of[name, not decision.use_adapters].append(row)
         groups = list(rows_of.items())
-        # A score merge normalises over MERGE_DEPTH hits per list, as rr serve does; other rows are cut back to k.
-        merging = policy.merge == "score" and any(len(decision.experts) > 1 for decision in decisions)
-        depth = max(k, MERGE_DEPTH) if merging else k
+        # One depth for the request's calls: a score merge's MERGE_DEPTH if any row merges; the rest are cut back to k.
+        depth = max(list_depth(k, decision, policy) for decision in decisions)
         answers = await asyncio.gather(
             *(
                 self._call(name, "search", [texts[r] for r in rows], depth, retrieval, base, filter)

@@ -100,7 +100,7 @@ def test_the_engine_searches_each_expert_with_its_own_weight_unless_the_request_
     vector = encoder.embed([query], max_length=engine.query_max_length)
 
     def ids(retrieval: Retrieval) -> list[str]:
-        return [s.hit.id for s in search_collection(loaded.collection, [query], vector, [(10, retrieval)])[0]]
+        return [h.id for h in search_collection(loaded.collection, [query], vector, [(10, retrieval)])[0]]
 
     lexical_only, dense_only = ids(Retrieval(mode="hybrid", weight=0.0)), ids(Retrieval(mode="hybrid", weight=1.0))
     assert lexical_only != dense_only  # the test can tell the two weights apart
