@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.engine.config import EngineConfig
 from app.engine.retrieval import Retrieval
 from index import MergePolicy
-from router import RoutePolicy
+from router import PilotSearch, RoutePolicy
 
 
 class Settings(BaseSettings):
@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     )
     router_vote_probes: int = Field(
         16, ge=1, le=4096, description="Inverted lists a query reads in an approximate union (router_vote_exact_max)."
+    )
+    router_pilot_exact_max: int = Field(
+        10_000,
+        ge=0,
+        description="The knn vote compares a query with every pilot up to this many pilots over all experts, and "
+        "above it only with the pilots of its nearest groups (k-means per expert, ~64 pilots a group; near, not "
+        "equal, votes; nearly flat in the number of experts). Exact: ~0.13 ms per 1,000 pilots per query here.",
+    )
+    router_pilot_probes: int = Field(
+        24, ge=1, le=4096, description="Pilot groups a query reads above router_pilot_exact_max pilots."
     )
     # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
     # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
@@ -222,6 +232,7 @@ class Settings(BaseSettings):
             vote_idf=self.router_vote_idf,
             vote_exact_max=self.router_vote_exact_max,
             vote_probes=self.router_vote_probes,
+            pilot_search=PilotSearch(exact_max=self.router_pilot_exact_max, probes=self.router_pilot_probes),
             long_queries=self.long_queries,
             policy=self.route_policy(),
         )

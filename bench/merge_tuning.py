@@ -21,7 +21,10 @@ rule costs no model pass. Rules:
   router (no expert within ``M``) is top-1; an unsure one interleaves;
 - ``joint-M-B-N``: the same experts, but each hit's dense cosine and BM25
   score are min-max normalised over the hits of every chosen list together
-  (as one index over those collections would), mixed 0.5/0.5, minus ``B`` x gap.
+  (as one index over those collections would), mixed 0.5/0.5, minus ``B`` x gap;
+- ``ojoint-M-B-N``: ``joint``'s scores, but each list keeps its own fused
+  order (its joint scores sorted and dealt out down the list), so the merge
+  only decides how the lists interleave, never reorders one.
 
 ``--split dev`` tunes: pseudo queries (the title, else a 4-12-word span) of
 documents *not* among those the demo's pilots were drawn from, the source
@@ -141,7 +144,9 @@ def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_
             with engine._holder.lease() as snapshot:
                 view = SharedIdfView(view, snapshot.shared_idf)
         found = search_collection(view, list(texts), vectors, [(k, retrieval)] * len(texts))
-        lists[name] = [[(f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score) for h in row] for row in found]
+        lists[name] = [
+            [(f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score) for h in row] for row in found
+        ]
     return names, scores, lists
 
 
@@ -168,7 +173,7 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
         for e, gap in chosen:
             for key, s, _, _ in lists[names[e]][i]:
                 merged[key] = s - float(beta) * gap
-    else:  # joint: dense and BM25 min-max normalised over every chosen list's hits together, then 0.5/0.5
+    else:  # joint, ojoint: dense and BM25 min-max normalised over every chosen list's hits together, then 0.5/0.5
         hits = [(key, d, lex, gap) for e, gap in chosen for key, _, d, lex in lists[names[e]][i]]
         dense = [d for _, d, _, _ in hits if d is not None]
         lexical = [lex for _, _, lex, _ in hits if lex is not None]
@@ -178,6 +183,11 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
             dn = 0.0 if d is None else (d - d_low) / max(d_high - d_low, 1e-12)
             ln = 0.0 if lex is None else (lex - l_low) / max(l_high - l_low, 1e-12)
             merged[key] = 0.5 * dn + 0.5 * ln - float(beta) * gap
+        if kind == "ojoint":  # each list keeps its own order: its joint scores, sorted, are dealt out down it
+            for e, _ in chosen:
+                keys = [key for key, *_ in lists[names[e]][i]]
+                for key, value in zip(keys, sorted((merged[key] for key in keys), reverse=True)):
+                    merged[key] = value
     return dict(sorted(merged.items(), key=lambda item: -item[1])[:k])
 
 
@@ -199,7 +209,7 @@ def main() -> None:
     started = time.perf_counter()
     grid = ["top1", "rrf-2", "rrf-3"] + [
         f"{kind}-{m}-{b}-{n}"
-        for kind in ("prior", "joint")
+        for kind in ("prior", "joint", "ojoint")
         for n in (2, 3, 5)
         for m in (0.3, 0.5, 1.0, 1.5, 3.0)
         for b in (0.0, 0.1, 0.25, 0.5)

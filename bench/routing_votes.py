@@ -40,6 +40,7 @@ whole search.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -70,13 +71,19 @@ from index import Collection, CorpusUnion, SharedIdf, build_index, static_view  
 DIM = 384
 
 
+@functools.lru_cache(maxsize=200_000)
+def word_vector(word: str) -> np.ndarray:
+    """A fixed random vector of dim ``DIM`` for ``word``, the same in every run."""
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
 def bag_of_words(texts: list[str]) -> np.ndarray:
     """(n, DIM) unit vectors: the sum of a fixed random vector per word (``--embed words``)."""
     out = np.zeros((len(texts), DIM), dtype=np.float32)
     for i, text in enumerate(texts):
         for word in text.lower().split()[:200]:
-            seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
-            out[i] += np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+            out[i] += word_vector(word)
         norm = np.linalg.norm(out[i])
         out[i] = out[i] / norm if norm else 1.0 / np.sqrt(DIM)
     return out

@@ -53,31 +53,43 @@ def kmeans_pilots(query_embeddings: np.ndarray, *, clusters: int, seed: int = 0,
     queries = check_pilots(query_embeddings, name="queries")
     if clusters < 1:
         raise PilotError(f"clusters must be >= 1, got {clusters}")
-    clusters = min(clusters, len(queries))
-    if clusters == 1:
+    if min(clusters, len(queries)) == 1:
         return centroid_pilots(queries)
+    labels, centres = spherical_kmeans(queries, clusters, seed=seed, iterations=iterations)
+    # Return plain means of the original vectors, like ``centroid_pilots``.
+    return np.stack([queries[labels == c].mean(axis=0) for c in range(len(centres)) if np.any(labels == c)])
+
+
+def spherical_kmeans(
+    vectors: np.ndarray, clusters: int, *, seed: int = 0, iterations: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means on the unit sphere (cosine, k-means++ seeding): (n, d) -> labels (n,), unit centres (c, d).
+
+    Clusters left empty keep their seed; every label is a valid centre index.
+    """
+    if clusters < 1:
+        raise PilotError(f"clusters must be >= 1, got {clusters}")
+    unit = _normalise(np.asarray(vectors, dtype=np.float32))
+    clusters = min(clusters, len(unit))
     rng = np.random.default_rng(seed)
-    unit = _normalise(queries)
     centres = [unit[rng.integers(len(unit))]]
     for _ in range(1, clusters):  # k-means++: far points are more likely seeds
-        distance = 1.0 - np.max(unit @ np.stack(centres).T, axis=1)
-        weights = np.clip(distance, 0, None)
-        total = weights.sum()
-        pick = rng.integers(len(unit)) if total <= 0 else rng.choice(len(unit), p=weights / total)
+        distance = np.clip(1.0 - np.max(unit @ np.stack(centres).T, axis=1), 0, None)
+        total = distance.sum()
+        pick = rng.integers(len(unit)) if total <= 0 else rng.choice(len(unit), p=distance / total)
         centres.append(unit[pick])
     centre_matrix = np.stack(centres)
     for _ in range(iterations):
         labels = np.argmax(unit @ centre_matrix.T, axis=1)
-        updated = np.stack(
-            [unit[labels == c].mean(axis=0) if np.any(labels == c) else centre_matrix[c] for c in range(clusters)]
+        updated = _normalise(
+            np.stack(
+                [unit[labels == c].mean(axis=0) if np.any(labels == c) else centre_matrix[c] for c in range(clusters)]
+            )
         )
-        updated = _normalise(updated)
         if np.allclose(updated, centre_matrix, atol=1e-6):
             break
         centre_matrix = updated
-    labels = np.argmax(unit @ centre_matrix.T, axis=1)
-    # Return plain means of the original vectors, like ``centroid_pilots``.
-    return np.stack([queries[labels == c].mean(axis=0) for c in range(clusters) if np.any(labels == c)])
+    return np.argmax(unit @ centre_matrix.T, axis=1), centre_matrix
 
 
 def query_pilots(query_embeddings: np.ndarray, *, limit: int = 1000, seed: int = 0) -> np.ndarray:

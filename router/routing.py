@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from router.errors import NoExpertsError, PilotError
+from router.pilot_groups import PilotGroups, PilotIndex, PilotSearch
 from router.pilots import check_pilots
 
 #: How an expert's score is taken from its pilots: the nearest pilot (the
@@ -105,13 +106,29 @@ class Router:
     ('cranfield',)
     """
 
-    def __init__(self, pilots: Mapping[str, np.ndarray], *, aggregate: Aggregate = "max", neighbours: int = 5) -> None:
+    def __init__(
+        self,
+        pilots: Mapping[str, np.ndarray],
+        *,
+        aggregate: Aggregate = "max",
+        neighbours: int = 5,
+        search: PilotSearch = PilotSearch(),
+        groups: Mapping[str, PilotGroups] | None = None,
+    ) -> None:
+        """``search``: how a ``knn`` vote finds the nearest pilots (every one, or by groups above a size).
+
+        ``groups``: groups already made for some of these experts' pilots (an
+        older router's :attr:`groups`; :meth:`with_expert` and
+        :meth:`without_expert` pass theirs on), so that only new pilots are
+        grouped; an entry made from other pilots is made again.
+        """
         if aggregate not in AGGREGATES:
             raise ValueError(f"Invalid aggregate {aggregate!r}. Valid aggregates are: {', '.join(AGGREGATES)}")
         if neighbours < 1:
             raise ValueError(f"neighbours must be >= 1, got {neighbours}")
         self.aggregate: Aggregate = aggregate
         self.neighbours = neighbours
+        self.search = search
         self._pilots = {name: check_pilots(p, name=name) for name, p in sorted(pilots.items())}
         dims = {p.shape[1] for p in self._pilots.values()}
         if len(dims) > 1:
@@ -124,6 +141,18 @@ class Router:
             self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             self._counts = np.asarray(counts, dtype=np.float32)
             self._owner = np.repeat(np.arange(len(counts)), counts)
+        #: Each expert's pilot groups, when the knn vote searches by groups (else empty).
+        self.groups: dict[str, PilotGroups] = {}
+        self._index: PilotIndex | None = None
+        if aggregate == "knn" and self._pilots and search.grouped(len(self._matrix)):
+            known = groups or {}
+            self.groups = {
+                name: known[name] if name in known and known[name].made_from(p) else PilotGroups.of(p)
+                for name, p in self._pilots.items()
+            }
+            # Each expert's pilots in group order, so that a group is one slice of the matrix.
+            self._matrix = np.concatenate([p[self.groups[name].order] for name, p in self._pilots.items()])
+            self._index = PilotIndex(list(self.groups.values()), self._starts)
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -133,14 +162,18 @@ class Router:
 
     def with_expert(self, name: str, pilots: np.ndarray) -> Router:
         """A new router with ``name`` added (or its pilots replaced)."""
-        return Router({**self._pilots, name: pilots}, aggregate=self.aggregate, neighbours=self.neighbours)
+        groups = {k: v for k, v in self.groups.items() if k != name}
+        return self._with({**self._pilots, name: pilots}, groups)
 
     def without_expert(self, name: str) -> Router:
         """A new router without ``name``."""
         if name not in self._pilots:
             raise KeyError(f"Expert {name!r} is not routed. Routed experts: {list(self.experts)}")
         kept = {k: v for k, v in self._pilots.items() if k != name}
-        return Router(kept, aggregate=self.aggregate, neighbours=self.neighbours)
+        return self._with(kept, self.groups)
+
+    def _with(self, pilots: Mapping[str, np.ndarray], groups: Mapping[str, PilotGroups]) -> Router:
+        return Router(pilots, aggregate=self.aggregate, neighbours=self.neighbours, search=self.search, groups=groups)
 
     def routable(self, only: Collection[str] | None = None) -> tuple[str, ...]:
         """The experts a decision may choose among, in ``experts`` order: all of them, or those also in ``only``.
@@ -166,6 +199,8 @@ class Router:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise PilotError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         columns = self._columns(only)
+        if self._index is not None:
+            return self._grouped_votes(queries, columns)
         similarity = queries @ self._matrix.T  # (n, total pilots)
         if self.aggregate == "mean":
             return (np.add.reduceat(similarity, self._starts, axis=1) / self._counts)[:, columns]
@@ -199,6 +234,17 @@ class Router:
         votes = np.zeros((n, len(self.experts)), dtype=np.float32)
         np.add.at(votes, (np.repeat(np.arange(n), k), self._owner[nearest].ravel()), 1.0)
         return votes[:, columns] / k
+
+    def _grouped_votes(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """:meth:`_votes` (plus the tie-break) from the pilots of each query's nearest groups (:class:`PilotIndex`)."""
+        assert self._index is not None
+        allowed = np.zeros(len(self.experts), dtype=bool)
+        allowed[columns] = True
+        k = min(self.neighbours, int(self._counts[columns].sum()))
+        nearest, best = self._index.search(queries, self._matrix, k, self.search.probes, allowed)
+        votes = np.zeros((len(queries), len(self.experts)), dtype=np.float32)
+        np.add.at(votes, (np.repeat(np.arange(len(queries)), k), self._owner[nearest].ravel()), 1.0)
+        return votes[:, columns] / k + TIE_BREAK * best[:, columns]
 
     def route(
         self,

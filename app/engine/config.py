@@ -14,7 +14,7 @@ from typing import Literal
 
 from app.engine.retrieval import Retrieval
 from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence
-from router import AGGREGATES, Aggregate, RoutePolicy
+from router import AGGREGATES, Aggregate, PilotSearch, RoutePolicy
 
 __all__ = ["LONG_QUERIES", "EngineConfig", "LongQueries"]
 
@@ -53,6 +53,8 @@ class EngineConfig:
     #: deep (near, not equal, votes; :class:`~index.store.union_dense.UnionDense`); None: always exact.
     vote_exact_max: int | None = None
     vote_probes: int = 16
+    #: How the knn vote finds a query's nearest pilots: every pilot, or by groups above a size.
+    pilot_search: PilotSearch = field(default_factory=PilotSearch)
     long_queries: LongQueries = "truncate"
     #: How a search with no routing policy of its own is routed and merged.
     policy: RoutePolicy = field(default_factory=RoutePolicy)

@@ -91,7 +91,9 @@ class SearchEngine:
         self.vote_exact_max, self.vote_probes = config.vote_exact_max, config.vote_probes
         self.retrieval = config.retrieval
         self.policy = config.policy
-        empty = Snapshot({}, Router({}, aggregate=config.aggregate, neighbours=config.neighbours))
+        empty = Snapshot(
+            {}, Router({}, aggregate=config.aggregate, neighbours=config.neighbours, search=config.pilot_search)
+        )
         self._holder: SnapshotHolder[Snapshot] = SnapshotHolder(empty)
         self._write_lock = threading.Lock()
         self._document_locks: dict[str, threading.Lock] = {}
@@ -223,7 +225,9 @@ class SearchEngine:
         with self._write_lock:
             old = self._holder.current
             releases = [partial(unload_expert, expert, self.encoder) for expert in old.experts.values()]
-            empty = Router({}, aggregate=old.router.aggregate, neighbours=old.router.neighbours)
+            empty = Router(
+                {}, aggregate=old.router.aggregate, neighbours=old.router.neighbours, search=old.router.search
+            )
             self._holder.publish(Snapshot({}, empty), releases=releases)
         self.shadows.close()
 

@@ -140,7 +140,11 @@ class Ingress:
             if pilots is not None:
                 routable[name] = pilots
         self._pilots = pilots_of
-        router = Router(routable, aggregate=self.settings.router_aggregate, neighbours=self.settings.router_neighbours)
+        config = self.settings.engine_config()
+        known = self._view.router.groups if hasattr(self, "_view") else None  # only new pilots are grouped
+        router = Router(
+            routable, aggregate=config.aggregate, neighbours=config.neighbours, search=config.pilot_search, groups=known
+        )
         return RoutingView(published, router, failed)
 
     def _read_pilots(self, entry: PublishedExpert) -> np.ndarray | None:

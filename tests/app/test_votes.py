@@ -183,6 +183,18 @@ def test_the_settings_reach_the_engine_config_and_bad_ones_are_refused() -> None
             EngineConfig(**bad)  # type: ignore[arg-type]
 
 
+def test_the_settings_reach_the_engines_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.engine.engine import SearchEngine
+    from app.settings import Settings
+    from router import PilotSearch
+
+    monkeypatch.setenv("RR_ROUTER_PILOT_EXACT_MAX", "500")
+    monkeypatch.setenv("RR_ROUTER_PILOT_PROBES", "6")
+    config = Settings().engine_config()
+    assert config.pilot_search == PilotSearch(exact_max=500, probes=6)
+    assert SearchEngine(encoder=None, config=config).router.search == config.pilot_search  # type: ignore[arg-type]
+
+
 def test_the_ray_ingress_votes_with_the_engines_shared_idf(collections: list[Collection], datasets: Path) -> None:
     """The ingress pools each expert's statistics (one searcher call per version) and sends the queries' stems only."""
     from app.ray_serve.vote_idf import VoteIdf, term_statistics, vote_scores
