@@ -209,7 +209,7 @@ class SearchResponse(BaseModel):
         Built field by field from the engine's frozen, typed results, without a
         validation pass over them: validating a dict of 32 queries x 10 hits
         cost 8-9 ms, against 0.7 ms to write its JSON.
-        ``tests/app/test_search_response.py`` holds it equal to the validated form.
+        ``tests/app/api/test_search_response.py`` holds it equal to the validated form.
         """
         batch = BatchOut.model_construct(requests=requests, queries=queries)
         return cls.model_construct(results=[_result_out(r) for r in results], timings_ms=timings_ms, batch=batch)

@@ -4,7 +4,7 @@ Nothing is mocked: the files land under the data root, the jobs index and tune
 on the tiny random BERT, and the expert is searched afterwards. The limit is
 checked in-process and against a real ``rr serve`` (a streamed body without a
 declared length is stopped at the limit as it arrives). ``rr add-domain
---on-server --upload``: ``tests/app/test_cli_add_domain.py``.
+--on-server --upload``: ``tests/app/cli/test_cli_add_domain.py``.
 """
 
 from __future__ import annotations

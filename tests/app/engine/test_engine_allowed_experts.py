@@ -12,7 +12,7 @@ from app.engine.engine import EmbedJob, SearchEngine, SearchJob
 from app.errors import PermissionDeniedError
 from experts import Encoder
 from router import NoExpertsError, RoutePolicy
-from tests.app.test_engine import AERO, COMPUTING, make_expert
+from tests.app.engine.test_engine import AERO, COMPUTING, make_expert
 
 AERO_QUERY = "lift and drag of swept wings"
 

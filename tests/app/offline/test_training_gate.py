@@ -14,7 +14,7 @@ from app.publishing.publisher import ExpertPublisher
 from app.publishing.registry import RegistryEntry, RegistryFile
 from experts import Encoder, ExpertDir
 from tests.app.conftest import run_cli
-from tests.app.test_training import leftovers, write_corpus
+from tests.app.offline.test_training import leftovers, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
