@@ -20,9 +20,11 @@ replaced whole. A search then asks it for the candidates of a set of
 The candidates are (score, owner) pairs whose top ``depth`` by score, ties
 to the lower owner, are exactly those of the per-collection searches, so the
 votes do not change: only their cost does (tests/index/test_corpus_union.py).
-The exception is a dense union built with ``approximate_above`` that holds
-more vectors than that: an inverted file, whose candidates are most of the
-exact ones (:class:`~index.store.union_dense.UnionDense`).
+The exception is a union built with ``approximate_above``: a dense part of
+more vectors than that is an inverted file, and a lexical part of more
+documents keeps each stem's highest-scoring postings only, so their
+candidates are most of the exact ones (:class:`~index.store.union_dense.UnionDense`,
+:class:`~index.store.union_lexical.UnionLexical`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from index.store.chunked_dense import ChunkedDense
 from index.store.collection import Collection
 from index.store.shared_idf import SharedIdf
 from index.store.union_dense import UnionDense
-from index.store.union_lexical import UnionLexical, analysis_of
+from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical, analysis_of
 from index.store.union_members import UnionMembers
 
 __all__ = ["CorpusUnion"]
@@ -99,7 +101,8 @@ class CorpusUnion:
         """The union of ``collections``: ``dense`` over their Flat indexes, ``lexical`` (with a ``shared_idf``)
         over their BM25 indexes; any other collection is searched on its own by the candidates methods.
         ``approximate_above`` and ``probes``: a dense union of more vectors is an inverted file
-        (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`)."""
+        (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`), and a lexical union of more
+        documents keeps :data:`~index.store.union_lexical.APPROXIMATE_POSTINGS` postings a stem."""
         dense_union, dense_members = None, {}
         flat = [
             c for c in collections if dense and c.dense.factory.replace(" ", "") == "Flat" and c.dense.exact_storage
@@ -122,7 +125,9 @@ class CorpusUnion:
                 if c.has_lexical and c.lexical.settings.method not in METHODS_WITH_NONOCCURRENCE:
                     groups[analysis_of(c.lexical.settings)].append(c)
             for g, members in enumerate(groups.values()):
-                unions.append(UnionLexical.build([c.lexical for c in members], shared_idf))
+                documents = sum(len(c.lexical) for c in members)
+                cap = APPROXIMATE_POSTINGS if approximate_above is not None and documents > approximate_above else None
+                unions.append(UnionLexical.build([c.lexical for c in members], shared_idf, postings_cap=cap))
                 lexical_members.update({id(c): (c, (g, m)) for m, c in enumerate(members)})
         return cls(dense_union, dense_members, tuple(unions), lexical_members, shared_idf if unions else None)
 

@@ -18,6 +18,16 @@ own IDF in :meth:`LexicalIndex.search`).
 
 Memory: one float32 score and one int32 document number per stored
 (term, document) pair of every member: a copy of their score matrices.
+
+Approximate unions. Searched exactly, a query's cost follows the postings of
+its stems, which grow with the documents held. Built with ``postings_cap``,
+each stem keeps only its ``postings_cap`` highest term scores (the
+``RR_ROUTER_VOTE_EXACT_MAX`` switch of :class:`~index.live.corpus_union.CorpusUnion`
+above that many documents, with :data:`APPROXIMATE_POSTINGS`): an
+impact-ordered cut, so a query reads at most that many postings a stem,
+whatever the union holds. A document loses only the scores of stems for which
+that many documents score higher, so the votes' best documents (20 by
+default) are near the exact ones, not equal.
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ from index.store.lexical import LexicalIndex
 from index.store.shared_idf import SharedIdf, idf
 from index.store.union_members import UnionMembers
 
-__all__ = ["UnionLexical", "analysis_of"]
+__all__ = ["APPROXIMATE_POSTINGS", "UnionLexical", "analysis_of"]
+
+#: Postings kept per stem in an approximate union (the highest term scores).
+APPROXIMATE_POSTINGS = 1024
 
 
 def analysis_of(settings: LexicalSettings) -> tuple[str | None, str | None, str]:
@@ -73,6 +86,7 @@ class UnionLexical:
         vocab: dict[str, int],
         matrix: tuple[np.ndarray, np.ndarray, np.ndarray],
         member_rows: Sequence[np.ndarray],
+        postings_cap: int | None = None,
     ) -> None:
         """Private: use :meth:`build`."""
         self._analyzer = analyzer
@@ -80,10 +94,19 @@ class UnionLexical:
         self._data, self._indices, self._indptr = matrix
         #: Which member and row each document number is (bm25s's document order, rows ascending).
         self.members = UnionMembers(member_rows)
+        #: Postings kept per stem (None: all of them, exact scores).
+        self.postings_cap = postings_cap
 
     @classmethod
-    def build(cls, members: Sequence[LexicalIndex], shared: SharedIdf) -> UnionLexical:
-        """One matrix over ``members`` (one analyzer, methods without a non-occurrence score), scored with ``shared``."""
+    def build(
+        cls, members: Sequence[LexicalIndex], shared: SharedIdf, *, postings_cap: int | None = None
+    ) -> UnionLexical:
+        """One matrix over ``members`` (one analyzer, methods without a non-occurrence score), scored with ``shared``.
+
+        ``postings_cap``: keep only that many postings of each stem, its highest scores (ties: the lower document).
+        """
+        if postings_cap is not None and (isinstance(postings_cap, bool) or postings_cap < 1):
+            raise InvalidParameterError(f"postings_cap must be a positive integer or None, got {postings_cap!r}")
         if not members:
             raise InvalidParameterError("a lexical union needs at least one member")
         analyzer = Analyzer(members[0].settings)
@@ -117,7 +140,9 @@ class UnionLexical:
         np.cumsum(np.bincount(column_of, minlength=len(vocab)), out=indptr[1:])
         del column_of
         matrix = (np.concatenate(data)[order], np.concatenate(documents).astype(small)[order], indptr)
-        return cls(analyzer, vocab, matrix, [member.row_ids for member in members])
+        if postings_cap is not None:
+            matrix = _capped(matrix, postings_cap)
+        return cls(analyzer, vocab, matrix, [member.row_ids for member in members], postings_cap)
 
     @property
     def documents(self) -> int:
@@ -127,6 +152,31 @@ class UnionLexical:
     def nbytes(self) -> int:
         """Memory held: the rescaled scores, their document numbers and column pointers (not the vocabulary)."""
         return self._data.nbytes + self._indices.nbytes + self._indptr.nbytes + self.members.nbytes
+
+    def _scored(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The documents sharing a stem with ``text`` (ascending) and their float64 scores, added in stem order.
+
+        Few postings are summed by document (sorted); many into one array over
+        every document. Both add each document's scores in the same order, so
+        they give the same sums, bit for bit.
+        """
+        spans = []
+        for stem in self._analyzer(text):
+            column = self._vocab.get(stem)
+            if column is not None:
+                spans.append((int(self._indptr[column]), int(self._indptr[column + 1])))
+        if sum(end - start for start, end in spans) * 8 >= self.documents:
+            scores = np.zeros(self.documents, dtype=np.float64)
+            for start, end in spans:
+                scores[self._indices[start:end]] += self._data[start:end]
+            hits = np.flatnonzero(scores)
+            return hits, scores[hits]
+        if not spans:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        documents = np.concatenate([self._indices[start:end] for start, end in spans])
+        weights = np.concatenate([self._data[start:end] for start, end in spans]).astype(np.float64)
+        hits, inverse = np.unique(documents, return_inverse=True)
+        return hits.astype(np.int64), np.bincount(inverse, weights=weights, minlength=len(hits))
 
     def search(
         self, texts: Sequence[str], depth: int, *, excluded: np.ndarray | None = None
@@ -142,16 +192,11 @@ class UnionLexical:
             raise InvalidParameterError(f"depth must be a positive integer, got {depth!r}")
         found: list[tuple[np.ndarray, np.ndarray]] = []
         for text in texts:
-            scores = np.zeros(self.documents, dtype=np.float64)
-            for stem in self._analyzer(text):
-                column = self._vocab.get(stem)
-                if column is not None:
-                    start, end = int(self._indptr[column]), int(self._indptr[column + 1])
-                    scores[self._indices[start:end]] += self._data[start:end]
+            hits, totals = self._scored(text)
             if excluded is not None:
-                scores[excluded] = 0.0
-            hits = np.flatnonzero(scores > 0)
-            values = scores[hits].astype(np.float32)
+                totals[excluded[hits]] = 0.0
+            keep = totals > 0
+            hits, values = hits[keep], totals[keep].astype(np.float32)
             if len(hits) > depth:
                 boundary = np.partition(values, len(values) - depth)[len(values) - depth]
                 keep = values >= boundary
@@ -165,3 +210,18 @@ class UnionLexical:
             out_scores[q, : len(values)] = values
             out_documents[q, : len(hits)] = hits
         return out_scores, out_documents
+
+
+def _capped(matrix: tuple[np.ndarray, np.ndarray, np.ndarray], cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSC ``matrix`` with each column cut to its ``cap`` highest scores (ties: the lower document), in order."""
+    data, indices, indptr = matrix
+    keep = np.ones(len(data), dtype=bool)
+    for column in np.flatnonzero(np.diff(indptr) > cap):
+        start, end = int(indptr[column]), int(indptr[column + 1])
+        ranked = np.lexsort((indices[start:end], -data[start:end]))  # best score first, then the lower document
+        keep[start + ranked[cap:]] = False
+    counts = np.add.reduceat(keep, indptr[:-1]) if len(data) else np.zeros(len(indptr) - 1, dtype=np.int64)
+    counts[np.diff(indptr) == 0] = 0  # reduceat reads one element for an empty column
+    new_indptr = np.zeros_like(indptr)
+    np.cumsum(counts, out=new_indptr[1:])
+    return data[keep], indices[keep], new_indptr

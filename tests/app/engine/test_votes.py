@@ -22,6 +22,7 @@ from index import ChunkSettings, Collection, CorpusUnion, Document, LexicalSetti
 from index.live.live_collection import LiveCollection
 from index.live.view import LiveView, static_view
 from index.store.union_dense import UnionDense
+from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical
 from tests.index.conftest import fake_split
 
 DIM = 24
@@ -159,6 +160,9 @@ def test_an_approximate_union_gives_near_votes_and_only_to_the_experts_asked(
     shared = shared_of(collections)
     union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=16)
     assert union.dense is not None and union.dense.approximate
+    assert [u.postings_cap for u in union.lexical] == [APPROXIMATE_POSTINGS]
+    exact = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
+    assert [u.postings_cap for u in exact.lexical] == [None]
     views = [static_view(c) for c in collections]
     texts = queries(datasets)
     base = bag_of_words(texts)
@@ -170,6 +174,30 @@ def test_an_approximate_union_gives_near_votes_and_only_to_the_experts_asked(
         agree = np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1))
         assert agree >= 0.8, agree
         assert np.abs(got - expected).sum(axis=1).mean() < 0.5
+
+
+def test_a_capped_lexical_union_keeps_each_stems_best_postings(collections: list[Collection], datasets: Path) -> None:
+    """Impact-ordered cut: with a cap above every stem's postings, the same answers bit for bit; with a small one,
+    at most that many postings a stem, each one of the stem's best, and a one-stem query's best hits unchanged."""
+    plain = [c for c in collections if c.lexical.settings.method == "lucene"]
+    shared = shared_of(collections)
+    exact = UnionLexical.build([c.lexical for c in plain], shared)
+    texts = queries(datasets)
+    roomy = UnionLexical.build([c.lexical for c in plain], shared, postings_cap=10_000)
+    for got, expected in zip(roomy.search(texts, 20), exact.search(texts, 20), strict=True):
+        assert np.array_equal(got, expected)
+    capped = UnionLexical.build([c.lexical for c in plain], shared, postings_cap=3)
+    assert capped.postings_cap == 3 and np.diff(capped._indptr).max() <= 3
+    assert capped.nbytes < exact.nbytes
+    stems = [stem for stem in ("flow", "cell", "program", "retriev") if stem in exact._vocab]
+    assert len(stems) >= 3
+    for stem in stems:
+        (best_scores, best_documents), (scores, documents) = (u.search([stem], 3) for u in (exact, capped))
+        assert np.array_equal(scores[0][:3], best_scores[0][:3]) and np.array_equal(
+            documents[0][:3], best_documents[0][:3]
+        )
+    with pytest.raises(ValueError, match="postings_cap must be a positive integer"):
+        UnionLexical.build([c.lexical for c in plain], shared, postings_cap=0)
 
 
 def test_the_settings_reach_the_engine_config_and_bad_ones_are_refused() -> None:
