@@ -43,7 +43,7 @@ class PilotSearch:
     """
 
     exact_max: int | None = 10_000
-    probes: int = 24
+    probes: int = 48
 
     def __post_init__(self) -> None:
         if (self.exact_max is not None and self.exact_max < 0) or self.probes < 1:
