@@ -9,7 +9,12 @@ subtracts ``gap_weight`` times the hit's expert's router-score gap to the top
 expert. So a collection whose best documents match the query less well ranks
 lower, and the router's belief is a prior on top: a confident router keeps its
 top expert's hits in front, an unsure one lets the other collection in where
-it matches better. Each list must be searched :data:`MERGE_DEPTH` deep, so the
+it matches better. Each list keeps its own order: its joint scores, sorted,
+are dealt down it, so the merge decides how the lists interleave and never
+reorders one (normalised over other lists' hits, a list's dense and BM25
+scores would mix in other proportions than its own fusion's; measured
+``ojoint`` in ``bench/merge_tuning.py``: nDCG@10 equal on pseudo queries,
++0.2 on scifact's train queries, docs/eval-2026-12-05/README.md). Each list must be searched :data:`MERGE_DEPTH` deep, so the
 normalisation does not depend on the ``k`` a request asked for.
 
 ``rrf`` fuses by rank alone, which interleaves a wrong collection's hits with
@@ -70,9 +75,11 @@ def merge_expert_lists(
         if not hits:
             continue
         penalty = policy.gap_weight * (top - router_score.get(hits[0].expert, top))
-        for rank, hit in enumerate(hits):
-            score = weight * dense(hit.dense_score) + (1.0 - weight) * lexical(hit.lexical_score) - penalty
-            merged.append((score, position, rank, hit))
+        scores = [weight * dense(hit.dense_score) + (1.0 - weight) * lexical(hit.lexical_score) for hit in hits]
+        # The list keeps its own order (its expert's fusion, with its own weight and normalisation): its joint
+        # scores, best first, are dealt down it, so the merge decides only how the lists interleave.
+        for rank, (hit, score) in enumerate(zip(hits, sorted(scores, reverse=True), strict=True)):
+            merged.append((score - penalty, position, rank, hit))
     merged.sort(key=lambda item: (-item[0], item[1], item[2]))
     return [replace(hit, score=float(score)) for score, _, _, hit in merged[:k]]
 

@@ -34,6 +34,18 @@ def test_scores_are_normalised_over_every_list_together_so_the_better_matching_c
     assert merged[0].score == pytest.approx(1.0) and merged[-1].score == pytest.approx(0.0)
 
 
+def test_each_list_keeps_its_own_order_and_the_merge_only_interleaves() -> None:
+    # a's own fusion ranked a0 (dense-led) over a1 (BM25-led). Over both lists' hits, BM25 spans more than dense, so
+    # the joint scores would put a1 first; a0 takes the best of a's joint scores instead, and a's order stands.
+    lists = [hits("a", (0.9, 1.0), (0.6, 9.0)), hits("b", (0.5, 2.0), (0.55, 0.5))]
+    merged = merge_expert_lists(lists, [0.5, 0.5], decision(a=1.0, b=1.0), RoutePolicy(gap_weight=0.0), k=4)
+    assert [hit.id for hit in merged if hit.expert == "a"] == ["a0", "a1"]
+    assert [hit.id for hit in merged if hit.expert == "b"] == ["b0", "b1"]
+    joint = {"a0": 0.5 * 1.0 + 0.5 * 0.0588, "a1": 0.5 * 0.25 + 0.5 * 1.0}  # dense over 0.5-0.9, BM25 over 0.5-9
+    assert merged[0].id == "a0" and merged[0].score == pytest.approx(max(joint.values()), abs=1e-3)
+    assert [h.score for h in merged] == sorted((h.score for h in merged), reverse=True)
+
+
 def test_a_confident_router_keeps_its_top_expert_in_front_and_an_unsure_one_interleaves() -> None:
     lists = [hits("a", (0.6, 4.0), (0.5, 2.0)), hits("b", (0.8, 8.0))]
     confident = merge_expert_lists(lists, [0.5, 0.5], decision(a=2.5, b=0.5), RoutePolicy(gap_weight=1.0), k=3)
