@@ -18,7 +18,10 @@ the engine runs them for a single query, at each count of experts:
   defaults (exact up to ``RR_ROUTER_VOTE_EXACT_MAX`` = 50,000 vectors, an
   inverted file above);
 * **stage, before**: votes + exact pilots; **stage, now**: votes + pilots as
-  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses.
+  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses. The votes are the
+  engine's as they are now in both (their BM25 union cut to 1,024 postings a
+  stem above 50,000 documents); **BM25 exact / capped** time that union's
+  search alone with every posting and with the cut, to show what the cut saves.
 
 Stand-ins as bench/routing_votes.py's with ``--embed words`` (the first
 ``--docs`` documents of a shared collection, cycling through the five;
@@ -61,12 +64,13 @@ from bench.harness import (  # noqa: E402
 from bench.routing_votes import bag_of_words, stand_in  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
 from index import Collection, CorpusUnion, SharedIdf, static_view  # noqa: E402
+from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical  # noqa: E402
 from router import PilotSearch, RoutePolicy, Router  # noqa: E402
 
 #: The engine's defaults (app/settings.py): dense votes exact up to this many vectors, IVF lists read above it.
 VOTE_EXACT_MAX, VOTE_PROBES, DEPTH = 50_000, 16, 20
 POLICY = RoutePolicy(top_k=3, fanout_margin=1.5)
-METHODS = ("pilots_exact", "pilots_grouped", "votes", "stage_before", "stage_now")
+METHODS = ("bm25_exact", "bm25_capped", "pilots_exact", "pilots_grouped", "votes", "stage_before", "stage_now")
 
 
 def pilots_of(collection: Collection, count: int, seed: int) -> np.ndarray:
@@ -161,7 +165,11 @@ def measure(
     def stage(router: Router, q: int) -> list:
         return router.route(base[q : q + 1], policy=POLICY, evidence=votes(q))
 
+    lexical = UnionLexical.build([c.lexical for c in collections], shared)  # every posting: the exact BM25 union
+    capped = UnionLexical.build([c.lexical for c in collections], shared, postings_cap=APPROXIMATE_POSTINGS)
     runs = {
+        "bm25_exact": lambda q: lexical.search(texts[q : q + 1], DEPTH),
+        "bm25_capped": lambda q: capped.search(texts[q : q + 1], DEPTH),
         "pilots_exact": lambda q: exact.route(base[q : q + 1], policy=POLICY),
         "pilots_grouped": lambda q: grouped.route(base[q : q + 1], policy=POLICY),
         "votes": votes,
