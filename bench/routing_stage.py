@@ -50,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.votes import corpus_votes  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from bench.harness import (  # noqa: E402
     COLLECTIONS,
     LoadMeter,
@@ -63,7 +64,7 @@ from bench.harness import (  # noqa: E402
 )
 from bench.routing_votes import bag_of_words, stand_in  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
-from index import Collection, CorpusUnion, SharedIdf, static_view  # noqa: E402
+from index import Collection, CorpusUnion, SharedIdf, set_search_threads, static_view  # noqa: E402
 from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical  # noqa: E402
 from router import PilotSearch, RoutePolicy, Router  # noqa: E402
 
@@ -90,7 +91,12 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=PilotSearch().probes, help="pilot groups read (grouped)")
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in collections here (reused)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument(
+        "--faiss-threads", type=int, default=Settings().faiss_threads, help="FAISS threads (default: the service's)"
+    )
     args = parser.parse_args()
+    if args.faiss_threads is not None:
+        set_search_threads(args.faiss_threads)  # as rr serve does (RR_FAISS_THREADS: 1 on <= 2 cores)
     texts = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     base = bag_of_words(texts)
     print("other busy processes now:", *(other_heavy_processes() or ["(none above 0.05 cores)"]), sep="\n  ")
@@ -132,8 +138,8 @@ def main() -> None:
     print(table(["target", "ratio", "target", "verdict"], targets))
     write_json(
         args.json,
-        {"docs": args.docs, "pilots": args.pilots, "queries": len(texts), "probes": args.probes, "steps": steps,
-         "load": load.__dict__},
+        {"docs": args.docs, "pilots": args.pilots, "queries": len(texts), "probes": args.probes,
+         "faiss_threads": args.faiss_threads, "steps": steps, "load": load.__dict__},
     )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 from router.errors import NoExpertsError, PilotError, RouterError
 from router.evidence import document_votes, ranked_votes
-from router.pilot_groups import PilotSearch
+from router.pilot_groups import PilotGroups, PilotSearch
 from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
 from router.routing import (
     AGGREGATES,
@@ -23,6 +23,7 @@ __all__ = [
     "MergeRule",
     "NoExpertsError",
     "PilotError",
+    "PilotGroups",
     "PilotSearch",
     "RouteDecision",
     "RouteMode",

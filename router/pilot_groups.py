@@ -2,8 +2,8 @@
 
 An exact kNN vote compares a query with every pilot of every expert. At 1,000
 pilots an expert (the demo's), 50 experts are 50,000 rows of 384 floats, 77 MB
-read for each query: about 10 ms, against 0.3 ms at 5 experts, growing with
-every expert added. Here each expert's pilots are split by spherical k-means
+read for each query: 2-10 ms on 2 cores, against 0.3 ms at 5 experts, growing
+with every expert added (bench/routing_stage.py, bench/pilot_probes.py). Here each expert's pilots are split by spherical k-means
 into groups of about :data:`GROUP_SIZE`; a query is compared with every group's
 centre (about 16 an expert), then with the pilots of its ``probes`` nearest
 groups only. That reads about ``centres + probes x GROUP_SIZE`` rows: nearly

@@ -53,6 +53,7 @@ from experts import ExpertDir, ExpertError, UnknownExpertError
 from index import FilterExpr, IndexStoreError, InvalidFilterError, NoLexicalIndexError, SharedIdf
 from router import (
     NoExpertsError,
+    PilotGroups,
     RouteDecision,
     RoutePolicy,
     Router,
@@ -104,6 +105,7 @@ class Ingress:
         self._pilots: dict[PublishedExpert, np.ndarray | None] = {}
         #: Published experts whose files failed on a searcher replica, by the entry that failed, with the reason.
         self._broken: dict[PublishedExpert, str] = {}
+        self._pilot_groups: dict[str, PilotGroups] = {}
         self._view = self._build(self.published.current())
         self.metrics = IngressMetrics(
             published=lambda: len(self._view.published.experts), routable=lambda: len(self._view.router)
@@ -141,10 +143,14 @@ class Ingress:
                 routable[name] = pilots
         self._pilots = pilots_of
         config = self.settings.engine_config()
-        known = self._view.router.groups if hasattr(self, "_view") else None  # only new pilots are grouped
         router = Router(
-            routable, aggregate=config.aggregate, neighbours=config.neighbours, search=config.pilot_search, groups=known
+            routable,
+            aggregate=config.aggregate,
+            neighbours=config.neighbours,
+            search=config.pilot_search,
+            groups=self._pilot_groups,  # the last router's: only new pilots are grouped
         )
+        self._pilot_groups = router.groups
         return RoutingView(published, router, failed)
 
     def _read_pilots(self, entry: PublishedExpert) -> np.ndarray | None:
