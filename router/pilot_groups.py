@@ -39,10 +39,13 @@ class PilotSearch:
     ``exact_max``: with at most this many pilots over all experts, compare the
     query with every one (exact); above it, only with the pilots of the
     ``probes`` groups whose centres are nearest (:class:`PilotIndex`). None:
-    always exact.
+    always exact. The default, 20,000 (20 experts of 1,000 pilots): below it,
+    a batch of 32 queries is faster exact (one matrix product: 9 ms against
+    13.5 grouped at 20,000 pilots), while a single query is faster grouped
+    from about 20,000 (0.84 ms exact, 0.41 grouped; at 50,000 2.2 against 0.5).
     """
 
-    exact_max: int | None = 10_000
+    exact_max: int | None = 20_000
     probes: int = 48
 
     def __post_init__(self) -> None:
