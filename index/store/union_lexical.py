@@ -220,8 +220,8 @@ def _capped(matrix: tuple[np.ndarray, np.ndarray, np.ndarray], cap: int) -> tupl
         start, end = int(indptr[column]), int(indptr[column + 1])
         ranked = np.lexsort((indices[start:end], -data[start:end]))  # best score first, then the lower document
         keep[start + ranked[cap:]] = False
-    counts = np.add.reduceat(keep, indptr[:-1]) if len(data) else np.zeros(len(indptr) - 1, dtype=np.int64)
-    counts[np.diff(indptr) == 0] = 0  # reduceat reads one element for an empty column
+    columns = len(indptr) - 1
+    column_of = np.repeat(np.arange(columns), np.diff(indptr))
     new_indptr = np.zeros_like(indptr)
-    np.cumsum(counts, out=new_indptr[1:])
+    np.cumsum(np.bincount(column_of[keep], minlength=columns), out=new_indptr[1:])
     return data[keep], indices[keep], new_indptr

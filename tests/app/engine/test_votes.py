@@ -251,3 +251,14 @@ def test_the_ray_ingress_votes_with_the_engines_shared_idf(collections: list[Col
             assert own is not None and not np.array_equal(bm25, own)
     pooled.forget_all_but(keys[:2])
     assert pooled.missing(keys) == keys[2:]
+
+
+def test_the_cut_keeps_empty_columns_and_each_columns_best() -> None:
+    from index.store.union_lexical import _capped
+
+    data = np.array([5, 1, 3, 2, 9, 4, 4], dtype=np.float32)
+    indices = np.array([0, 1, 2, 0, 1, 2, 3])
+    indptr = np.array([0, 3, 3, 7, 7])  # an empty column inside and one at the end
+    kept, documents, pointers = _capped((data, indices, indptr), 2)
+    assert kept.tolist() == [5, 3, 9, 4] and documents.tolist() == [0, 2, 1, 2]  # a tie goes to the lower document
+    assert pointers.tolist() == [0, 2, 2, 4, 4]
