@@ -49,8 +49,25 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=100, help="pseudo queries per collection")
     parser.add_argument("--probes", default="8,16,24,32,48,64", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--group-size", type=int, default=PilotSearch().group_size, help="pilots per group, about")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the embedded pilots and queries here (.npz)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.cache is not None and args.cache.exists():
+        cached = np.load(args.cache)
+        names = sorted({key.split(":", 1)[1] for key in cached.files if key.startswith("pilots:")})
+        pilots = {name: cached[f"pilots:{name}"] for name in names}
+        queries, query_collection = cached["queries"], cached["query_collection"].tolist()
+    else:
+        pilots, queries, query_collection = embed(args)
+        if args.cache is not None:
+            arrays = {f"pilots:{name}": value for name, value in pilots.items()}
+            np.savez(args.cache, queries=queries, query_collection=np.asarray(query_collection), **arrays)
+    evaluate(args, pilots, queries, query_collection)
+
+
+def embed(args) -> tuple[dict[str, np.ndarray], np.ndarray, list[int]]:
+    """``--copies`` experts per collection of ``--pilots`` pilots each, and the pseudo queries, embedded."""
     encoder = open_encoder(Settings())
     pilots: dict[str, np.ndarray] = {}
     query_texts: list[str] = []
@@ -70,6 +87,11 @@ def main() -> None:
     queries = encoder.embed(query_texts, max_length=64, bulk=True)
     print(f"{len(pilots)} experts, {sum(len(p) for p in pilots.values())} pilots, {len(queries)} queries embedded "
           f"in {time.perf_counter() - started:.0f}s", flush=True)  # fmt: skip
+    return pilots, queries, query_collection
+
+
+def evaluate(args, pilots: dict[str, np.ndarray], queries: np.ndarray, query_collection: list[int]) -> None:
+    """Grouped votes at each ``--probes`` against the exact vote: agreement and single-query latency."""
     names = sorted(pilots)
     source = np.asarray([COLLECTIONS.index(name.rsplit("-", 1)[0]) for name in names])
     by_source = np.stack([source == c for c in range(len(COLLECTIONS))], axis=1).astype(np.float32)
@@ -79,7 +101,8 @@ def main() -> None:
     print(f"exact vote: top expert of the query's own collection for {np.mean(exact_top == query_collection):.1%}")
     rows, steps, groups = [], [], None
     for probes in args.probes:
-        grouped = Router(pilots, aggregate="knn", search=PilotSearch(exact_max=0, probes=probes), groups=groups)
+        search = PilotSearch(exact_max=0, probes=probes, group_size=args.group_size)
+        grouped = Router(pilots, aggregate="knn", search=search, groups=groups)
         groups = grouped.groups  # grouped once, reused for every count of probes
         scores = grouped.scores(queries)
         same_top = float(np.mean(source[scores.argmax(axis=1)] == exact_top))
@@ -106,7 +129,11 @@ def main() -> None:
             rows,
         )
     )
-    write_json(args.json, {"experts": len(pilots), "pilots": args.pilots, "queries": len(queries), "steps": steps})
+    write_json(
+        args.json,
+        {"experts": len(pilots), "pilots": args.pilots, "group_size": args.group_size, "queries": len(queries),
+         "steps": steps},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -47,10 +47,15 @@ class PilotSearch:
 
     exact_max: int | None = 20_000
     probes: int = 48
+    #: Pilots per group, about.
+    group_size: int = GROUP_SIZE
 
     def __post_init__(self) -> None:
-        if (self.exact_max is not None and self.exact_max < 0) or self.probes < 1:
-            raise ValueError(f"exact_max must be >= 0 or None and probes >= 1; got {self.exact_max}, {self.probes}")
+        if (self.exact_max is not None and self.exact_max < 0) or self.probes < 1 or self.group_size < 1:
+            raise ValueError(
+                "exact_max must be >= 0 or None, probes and group_size >= 1; got "
+                f"{self.exact_max}, {self.probes}, {self.group_size}"
+            )
 
     def grouped(self, pilots: int) -> bool:
         """Whether ``pilots`` pilots in all are searched by their groups."""
@@ -61,14 +66,16 @@ class PilotSearch:
 class PilotGroups:
     """One expert's pilots in groups: unit ``centres`` (g, d); group i holds rows ``order[bounds[i]:bounds[i + 1]]``.
 
-    ``digest`` names the pilots they were made from (:func:`pilots_digest`), so
-    that a router reuses them for those pilots only.
+    ``digest`` names the pilots they were made from (:func:`pilots_digest`) and
+    ``size`` the group size asked for, so that a router reuses them for those
+    pilots and that size only.
     """
 
     centres: np.ndarray
     order: np.ndarray
     bounds: np.ndarray
     digest: bytes
+    size: int
 
     @classmethod
     def of(cls, pilots: np.ndarray, *, size: int = GROUP_SIZE, seed: int = 0) -> PilotGroups:
@@ -78,10 +85,10 @@ class PilotGroups:
         centres, labels = centres[held], np.searchsorted(held, labels)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(len(centres) + 1))
-        return cls(centres, order.astype(np.int64), bounds.astype(np.int64), pilots_digest(pilots))
+        return cls(centres, order.astype(np.int64), bounds.astype(np.int64), pilots_digest(pilots), size)
 
-    def made_from(self, pilots: np.ndarray) -> bool:
-        return self.digest == pilots_digest(pilots)
+    def made_from(self, pilots: np.ndarray, size: int = GROUP_SIZE) -> bool:
+        return self.size == size and self.digest == pilots_digest(pilots)
 
 
 def pilots_digest(pilots: np.ndarray) -> bytes:

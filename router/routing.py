@@ -145,9 +145,9 @@ class Router:
         self.groups: dict[str, PilotGroups] = {}
         self._index: PilotIndex | None = None
         if aggregate == "knn" and self._pilots and search.grouped(len(self._matrix)):
-            known = groups or {}
+            known, size = groups or {}, search.group_size
             self.groups = {
-                name: known[name] if name in known and known[name].made_from(p) else PilotGroups.of(p)
+                name: known[name] if name in known and known[name].made_from(p, size) else PilotGroups.of(p, size=size)
                 for name, p in self._pilots.items()
             }
             # Each expert's pilots in group order, so that a group is one slice of the matrix.

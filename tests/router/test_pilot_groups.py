@@ -80,6 +80,8 @@ def test_groups_are_made_once_per_pilots() -> None:
     assert changed.without_expert("e00").groups["e02"] is router.groups["e02"]
     rebuilt = Router(experts, aggregate="knn", search=PilotSearch(exact_max=0), groups=router.groups)
     assert rebuilt.groups["e00"] is router.groups["e00"]
+    coarser = Router(experts, aggregate="knn", search=PilotSearch(exact_max=0, group_size=150), groups=router.groups)
+    assert coarser.groups["e00"] is not router.groups["e00"] and len(coarser.groups["e00"].centres) == 2
 
 
 def test_groups_cover_every_pilot_once() -> None:
@@ -90,7 +92,7 @@ def test_groups_cover_every_pilot_once() -> None:
     assert len(groups.centres) == len(groups.bounds) - 1
 
 
-@pytest.mark.parametrize("kwargs", [{"exact_max": -1}, {"probes": 0}])
+@pytest.mark.parametrize("kwargs", [{"exact_max": -1}, {"probes": 0}, {"group_size": 0}])
 def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="exact_max must be"):
         PilotSearch(**kwargs)
