@@ -15,7 +15,7 @@ from app.engine.loading import load_expert
 from app.engine.votes import per_expert_votes
 from app.offline.building import build_pilots, index_expert
 from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
-from router import RoutePolicy
+from router import PilotSearch, RoutePolicy
 
 AERO = [
     ("a1", "Wing lift", "lift and drag of swept wings at transonic speed"),
@@ -302,3 +302,26 @@ def test_the_votes_union_is_rebuilt_when_experts_are_published_and_removed(root:
     assert union_members() == {"computing", "more-aero"}
     assert_votes_as_per_expert()
     engine.close()
+
+
+def test_grouped_pilot_votes_route_as_search_does_and_publishing_reuses_the_groups(
+    root: Path, tiny_bert_path: Path
+) -> None:
+    """With every pilot group read, the grouped vote is the exact one; route() and search() agree; a publish
+    groups only the new pilots."""
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    queries = [f"{t} {x}" for _, t, x in AERO + COMPUTING] + ["oblique shock reflection", "sorting on tape"]
+    exact = SearchEngine.open(root, encoder, EngineConfig(aggregate="knn", pilot_search=PilotSearch(exact_max=None)))
+    grouped_config = EngineConfig(aggregate="knn", pilot_search=PilotSearch(exact_max=0, probes=10_000, group_size=2))
+    grouped = SearchEngine.open(root, encoder, grouped_config)
+    assert grouped.router.groups and not exact.router.groups
+    routed = grouped.route(queries)
+    assert [d.experts for d in routed] == [d.experts for d in exact.route(queries)]
+    assert [d.experts for d in routed] == [r.decision.experts for r in grouped.search(queries, k=2).results]
+    before = dict(grouped.router.groups)
+    grouped.remove("computing").wait(10)
+    assert grouped.router.groups["aero"] is before["aero"]
+    exact.close()
+    grouped.close()
