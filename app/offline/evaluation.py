@@ -106,14 +106,16 @@ class EvalReport:
     collections: list[str]
     queries: dict[str, int]
     metrics: dict[str, dict[str, dict[str, float]]]
-    confusion: np.ndarray  # (C, C) test queries: rows = true collection, columns = routed expert
+    #: (C, C + 1) test queries: rows = true collection, columns = routed expert; the last column counts those
+    #: routed to an expert that is not one of the collections scored (one published beside them).
+    confusion: np.ndarray
     routed_aggregate: str
     pilot_comparison: dict[str, dict[str, dict[str, float]]] = field(
         default_factory=dict
     )  # construction -> aggregate -> collection/all -> accuracy
     pilot_confusion: dict[str, dict[str, np.ndarray]] = field(
         default_factory=dict
-    )  # construction -> aggregate -> (C, C)
+    )  # construction -> aggregate -> (C, C + 1)
     pilot_notes: dict[str, str] = field(default_factory=dict)
     union_documents: int = 0
     seconds: float = 0.0
@@ -149,7 +151,8 @@ class EvalReport:
 
 
 def accuracy_of(confusion: np.ndarray, collections: Sequence[str]) -> dict[str, float]:
-    """Per collection (row) the share on the diagonal, and ``all`` (micro)."""
+    """Per collection (row) the share on the diagonal, and ``all`` (micro); a (C, C + 1) matrix's last column (routed
+    to another expert) counts in the totals, so a query sent to an expert outside the collections is a miss."""
     diagonal = np.diag(confusion)
     totals = confusion.sum(axis=1)
     accuracy = {c: float(diagonal[i] / max(totals[i], 1)) for i, c in enumerate(collections)}
@@ -339,7 +342,7 @@ def evaluate(
     routed_dense, routed_hybrid = RetrievalOptions(mode="dense"), RetrievalOptions(mode="hybrid")
     metrics: dict[str, dict[str, dict[str, float]]] = {system: {} for system in to_score}
     position = {c: i for i, c in enumerate(collections)}
-    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    confusion = np.zeros((len(collections), len(collections) + 1), dtype=np.int64)  # + 1: another expert
     # Every routed system makes the same first choice (the router's); the confusion counts it once.
     decider = next(
         (s for s in ("routed", "routed-hybrid", "routed-hybrid-top1", "routed-fanout") if s in to_score), None
@@ -357,9 +360,8 @@ def evaluate(
             metrics[system][name] = score_run(qrels, run)  # noqa: B023
             if system == decider:
                 for decision in decisions:
-                    chosen = decision.experts[0]
-                    if chosen in position:
-                        confusion[position[name], position[chosen]] += 1  # noqa: B023
+                    # An expert outside the collections scored (one published beside them) is the last column.
+                    confusion[position[name], position.get(decision.experts[0], len(position))] += 1  # noqa: B023
 
         if {"oracle", "hybrid-oracle"} & set(to_score):
             expert_vectors = (
@@ -447,13 +449,13 @@ def _routed_run(
 
 
 def routing_confusion(router: Router, collections: Sequence[str], base_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(C, C) test queries: rows = true collection, columns = the router's top-1 expert (``collections`` order)."""
+    """(C, C + 1) test queries: rows = true collection, columns = the router's top-1 expert (``collections`` order,
+    then any other expert)."""
     column = {name: collections.index(name) for name in router.experts if name in collections}
-    confusion = np.zeros((len(collections), len(collections)), dtype=np.int64)
+    confusion = np.zeros((len(collections), len(collections) + 1), dtype=np.int64)
     for row, name in enumerate(collections):
         for chosen in np.argmax(router.scores(base_vectors[name]), axis=1):
-            if router.experts[chosen] in column:
-                confusion[row, column[router.experts[chosen]]] += 1
+            confusion[row, column.get(router.experts[chosen], len(collections))] += 1
     return confusion
 
 

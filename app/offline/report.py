@@ -53,9 +53,11 @@ def render_markdown(report: EvalReport, *, command: str = "") -> str:
     accuracy = report.routing_accuracy
     aggregate = f" (aggregate {report.routed_aggregate})" if report.routed_aggregate else ""
     lines += [f"## Routing of the deployed pilots{aggregate}", "", "Rows: true collection; columns: routed expert.", ""]
-    rows = [[c] + [str(int(v)) for v in report.confusion[i]] + [f"{accuracy[c]:.1%}"] for i, c in enumerate(cols)]
-    rows.append(["all"] + [str(int(v)) for v in report.confusion.sum(axis=0)] + [f"{accuracy['all']:.1%}"])
-    lines += _table(["true \\ routed", *cols, "accuracy"], rows) + [""]
+    routed_to = _routed_columns(report.confusion, cols)
+    shown = report.confusion[:, : len(routed_to)]
+    rows = [[c] + [str(int(v)) for v in shown[i]] + [f"{accuracy[c]:.1%}"] for i, c in enumerate(cols)]
+    rows.append(["all"] + [str(int(v)) for v in shown.sum(axis=0)] + [f"{accuracy['all']:.1%}"])
+    lines += _table(["true \\ routed", *routed_to, "accuracy"], rows) + [""]
     if report.pilot_comparison or report.pilot_notes:
         lines += ["## Pilot constructions (routing accuracy on the test queries)", ""]
         rows = [
@@ -123,9 +125,21 @@ def report_data(report: EvalReport) -> dict[str, object]:
     }
 
 
+#: The confusion matrix's last column: queries routed to an expert that is not one of the collections scored.
+OTHER_EXPERTS = "(other experts)"
+
+
+def _routed_columns(confusion: np.ndarray, collections: list[str]) -> list[str]:
+    """The routed-expert columns to show: the collections, and the other experts' column when any query went there."""
+    if confusion.shape[1] > len(collections) and confusion[:, len(collections) :].sum():
+        return [*collections, OTHER_EXPERTS]
+    return list(collections)
+
+
 def _confusion_dict(confusion: np.ndarray, collections: list[str]) -> dict[str, dict[str, int]]:
+    routed_to = _routed_columns(confusion, collections)
     return {
-        true: {routed: int(confusion[i, j]) for j, routed in enumerate(collections)}
+        true: {routed: int(confusion[i, j]) for j, routed in enumerate(routed_to)}
         for i, true in enumerate(collections)
     }
 

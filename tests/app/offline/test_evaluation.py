@@ -71,7 +71,8 @@ def test_evaluation_scores_every_system_and_counts_every_query(setup, tmp_path: 
     report = evaluate(engine, datasets, ["aero", "computing"], pseudo_sample=3, fanout_margin=0.5)
     assert report.queries == {"aero": 2, "computing": 3}
     assert report.union_documents == len(AERO) + len(COMPUTING)
-    assert report.confusion.sum() == 5 and report.confusion.shape == (2, 2)
+    assert report.confusion.sum() == 5 and report.confusion.shape == (2, 3)  # + 1: routed to another expert
+    assert report.confusion[:, 2].sum() == 0  # only the two collections are published
     # Each test query is its document's passage, so the base encoder and BM25 rank that document first.
     for system in ("base", "base-union", "bm25", "bm25-union", "hybrid-base", "hybrid-union"):
         for name in ("aero", "computing"):
@@ -291,3 +292,20 @@ def test_the_union_of_chunked_collections_holds_every_chunk_and_ranks_documents_
     test = JudgedQueries("long", ["q"], ["word2x50"], {"q": {"d2": 1}}, "test")
     run = _union_run(test, *found, keys, limit=3)
     assert len(run["q"]) == 3 and len(set(run["q"])) == 3  # three distinct documents, each once
+
+
+def test_queries_routed_to_an_expert_outside_the_collections_scored_are_misses(setup, tmp_path: Path) -> None:
+    """Scoring some collections while other experts are published (a domain added later): a query routed to one
+    of those counts in the last column, so it lowers the routing accuracy instead of vanishing from it."""
+    from app.offline.evaluation import accuracy_of
+    from app.offline.report import OTHER_EXPERTS, eval_data, render_markdown
+
+    engine, datasets, _ = setup
+    report = evaluate(engine, datasets, ["aero"], systems=["routed-hybrid"])
+    assert report.confusion.shape == (1, 2) and report.confusion.sum() == 2  # every aero test query is counted
+    report.confusion = np.array([[1, 1]])  # one of the two sent to computing, published beside aero
+    assert report.routing_accuracy == {"aero": 0.5, "all": 0.5}
+    assert f"| {OTHER_EXPERTS} | accuracy |" in render_markdown(report)
+    deployed = next(iter(eval_data(report)["routing"].values()))
+    assert deployed["confusion"] == {"aero": {"aero": 1, OTHER_EXPERTS: 1}} and deployed["accuracy"] == 0.5
+    assert accuracy_of(np.array([[3, 1, 2], [0, 4, 0]]), ["a", "b"]) == {"a": 0.5, "b": 1.0, "all": 0.7}
