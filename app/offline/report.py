@@ -139,8 +139,7 @@ def _routed_columns(confusion: np.ndarray, collections: list[str]) -> list[str]:
 def _confusion_dict(confusion: np.ndarray, collections: list[str]) -> dict[str, dict[str, int]]:
     routed_to = _routed_columns(confusion, collections)
     return {
-        true: {routed: int(confusion[i, j]) for j, routed in enumerate(routed_to)}
-        for i, true in enumerate(collections)
+        true: {routed: int(confusion[i, j]) for j, routed in enumerate(routed_to)} for i, true in enumerate(collections)
     }
 
 
