@@ -135,24 +135,25 @@ class Router:
             raise PilotError(f"experts' pilots have different dimensions: {sorted(dims)}")
         self.dim: int | None = dims.pop() if dims else None
         self.experts: tuple[str, ...] = tuple(self._pilots)
-        if self._pilots:
-            self._matrix = np.concatenate(list(self._pilots.values()))
-            counts = [len(p) for p in self._pilots.values()]
-            self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            self._counts = np.asarray(counts, dtype=np.float32)
-            self._owner = np.repeat(np.arange(len(counts)), counts)
+        counts = [len(p) for p in self._pilots.values()]
         #: Each expert's pilot groups, when the knn vote searches by groups (else empty).
         self.groups: dict[str, PilotGroups] = {}
         self._index: PilotIndex | None = None
-        if aggregate == "knn" and self._pilots and search.grouped(len(self._matrix)):
+        if aggregate == "knn" and search.grouped(sum(counts)):
             known, size = groups or {}, search.group_size
             self.groups = {
                 name: known[name] if name in known and known[name].made_from(p, size) else PilotGroups.of(p, size=size)
                 for name, p in self._pilots.items()
             }
-            # Each expert's pilots in group order, so that a group is one slice of the matrix.
-            self._matrix = np.concatenate([p[self.groups[name].order] for name, p in self._pilots.items()])
-            self._index = PilotIndex(list(self.groups.values()), self._starts)
+        if self._pilots:
+            # Grouped: each expert's pilots in group order, so that a group is one slice of the matrix.
+            ordered = [p[self.groups[name].order] if self.groups else p for name, p in self._pilots.items()]
+            self._matrix = np.concatenate(ordered)
+            self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self._counts = np.asarray(counts, dtype=np.float32)
+            self._owner = np.repeat(np.arange(len(counts)), counts)
+            if self.groups:
+                self._index = PilotIndex(list(self.groups.values()), self._starts)
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -162,8 +163,7 @@ class Router:
 
     def with_expert(self, name: str, pilots: np.ndarray) -> Router:
         """A new router with ``name`` added (or its pilots replaced)."""
-        groups = {k: v for k, v in self.groups.items() if k != name}
-        return self._with({**self._pilots, name: pilots}, groups)
+        return self._with({**self._pilots, name: pilots}, self.groups)  # a replaced expert's groups are made again
 
     def without_expert(self, name: str) -> Router:
         """A new router without ``name``."""
