@@ -15,7 +15,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 from app.api.schemas_rerank import SearchRerankOptions
 from app.api.text_fields import QueryText
 from app.engine.jobs import ExpertHit, SearchResult
-from app.engine.output import finite_or_none
+from app.engine.output import decision_dict
 from experts import check_expert_name
 from index import Filter
 from router import RoutePolicy
@@ -217,14 +217,7 @@ class SearchResponse(BaseModel):
 
 def _result_out(result: SearchResult) -> QueryResultOut:
     decision = result.decision
-    route = RouteOut.model_construct(
-        experts=list(decision.experts),
-        mode=decision.mode,
-        use_adapters=decision.use_adapters,
-        margin=finite_or_none(decision.margin),
-        router_scores={name: round(float(score), 6) for name, score in decision.scores},
-        reason=decision.reason,
-    )
+    route = RouteOut.model_construct(**decision_dict(decision))
     return QueryResultOut.model_construct(
         query=result.query,
         expert=decision.experts[0],

@@ -11,7 +11,7 @@ from app.engine.engine import SearchResult
 from router import RouteDecision
 
 
-def finite_or_none(value: float) -> float | None:
+def _finite_or_none(value: float) -> float | None:
     """``value`` rounded to 6 places, or None where it is infinite or NaN (JSON has neither)."""
     return None if math.isinf(value) or math.isnan(value) else round(value, 6)
 
@@ -21,8 +21,10 @@ def decision_dict(decision: RouteDecision) -> dict[str, Any]:
         "experts": list(decision.experts),
         "mode": decision.mode,
         "use_adapters": decision.use_adapters,
-        "margin": finite_or_none(decision.margin),
-        "router_scores": {name: round(score, 6) for name, score in decision.scores},
+        "margin": _finite_or_none(decision.margin),
+        "router_scores": {
+            name: round(float(score), 6) for name, score in decision.scores
+        },  # a float32 would round as one
         "reason": decision.reason,
     }
 
