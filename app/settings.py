@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
+    # Chosen on pseudo queries with their source document taken out of the votes (bench/late_domain.py --ad-hoc).
+    router_vote_rule: Literal["best", "share"] = Field(
+        "best",
+        description="How the best documents vote: a softmax over the experts of the mean of each one's 5 best "
+        "scores (best; hardly grows with a collection's size), or each expert's share of them (share).",
+    )
     # Chosen on pseudo queries (bench/routing_evidence.py --split dev): 94.2% against 93.7% routing, macro.
     router_vote_idf: Literal["shared", "own"] = Field(
         "shared",
@@ -234,6 +240,7 @@ class Settings(BaseSettings):
             evidence=self.router_evidence,
             vote_depth=self.router_vote_depth,
             vote_idf=self.router_vote_idf,
+            vote_rule=self.router_vote_rule,
             vote_exact_max=self.router_vote_exact_max,
             vote_probes=self.router_vote_probes,
             pilot_search=PilotSearch(exact_max=self.router_pilot_exact_max, probes=self.router_pilot_probes),

@@ -58,7 +58,7 @@ from app.offline.evaluation import read_test_set, score_run  # noqa: E402
 from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
-from router import RoutePolicy  # noqa: E402
+from router import RoutePolicy, expert_list_votes  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
 #: The demo's pilots are pseudo queries of this many documents sampled with seed 0 (app.offline.building).
@@ -67,19 +67,25 @@ PILOT_SAMPLE, PILOT_SEED = 1000, 0
 
 def dev_queries(engine: SearchEngine, name: str, *, sample: int, seed: int) -> JudgedQueries:
     """Pseudo queries of ``sample`` documents outside the pilots' sample; each one's source document is relevant."""
+    return dev_sample(engine, name, sample=sample, seed=seed)[0]
+
+
+def dev_sample(engine: SearchEngine, name: str, *, sample: int, seed: int) -> tuple[JudgedQueries, list[int]]:
+    """:func:`dev_queries`, and each query's source document's row id in the collection."""
     collection = engine.experts[name].collection
     rows = collection.docstore.all_row_ids().tolist()
     pilots = set(random.Random(PILOT_SEED).sample(rows, min(PILOT_SAMPLE, len(rows))))
     rest = [r for r in rows if r not in pilots] or rows
     chosen = sorted(random.Random(seed).sample(rest, min(sample, len(rest))))
-    ids, texts, qrels = [], [], {}
-    for number, doc in enumerate(collection.docstore.get(chosen)):
+    ids, texts, qrels, sources = [], [], {}, []
+    for number, (row, doc) in enumerate(zip(chosen, collection.docstore.get(chosen), strict=True)):
         made = pseudo_queries([(doc.title, doc.text)], seed=seed + number) if doc is not None else []
         if made:
             ids.append(f"dev-{number}")
             texts.append(made[0])
             qrels[ids[-1]] = {doc.id: 1}
-    return JudgedQueries(name, ids, texts, qrels, "pseudo queries (dev)")
+            sources.append(row)
+    return JudgedQueries(name, ids, texts, qrels, "pseudo queries (dev)"), sources
 
 
 class SharedIdfView:
@@ -103,6 +109,11 @@ def split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", type=Path, required=True)
     parser.add_argument("--split", choices=("dev", "dev-real", "test"), default="dev")
     parser.add_argument("--dev-sample", type=int, default=200)
+    parser.add_argument(
+        "--ad-hoc",
+        action="store_true",
+        help="dev: route each pseudo query with its source document out of the corpus votes (ad_hoc_scores)",
+    )
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -118,12 +129,55 @@ def split_queries(engine: SearchEngine, name: str, args: argparse.Namespace) -> 
     return read_test_set(args.datasets, name, split="train" if args.split == "dev-real" else "test")
 
 
-def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_pilot: str | None = None):
+def ad_hoc_scores(engine: SearchEngine, texts: Sequence[str], home: str, sources: Sequence[int]) -> np.ndarray:
+    """Router scores (n, E) as the engine makes them, but with each query's source document out of the votes.
+
+    A pseudo query's own document is where its words come from, so it votes
+    for its collection far more surely than any document votes for a real
+    query; taken out, the query is routed by the other documents, as an ad-hoc
+    query is. Its lists still hold it (it is the one document judged relevant).
+    """
+    names = sorted(engine.experts)
+    assert tuple(names) == engine.router.experts
+    base = engine.encoder.embed(list(texts), max_length=engine.query_max_length)
+    scores = engine.router.scores(base).astype(np.float64)
+    depth, rule = engine.vote_depth, engine.vote_rule
+    source = np.asarray(sources)[:, None]
+
+    def without(found: tuple[np.ndarray, np.ndarray], name: str) -> np.ndarray:
+        values, ids = found
+        if name == home:
+            values = np.where(ids == source, -np.inf, values)
+        return -np.sort(-values, axis=1)[:, :depth]
+
+    with engine._holder.lease() as snapshot:
+        views = [engine.experts[name].view() for name in names]
+        dense = [without(view.search_dense(base, depth + 1), name) for view, name in zip(views, names)]
+        lexical = [
+            without(view.search_lexical(list(texts), depth + 1, shared_idf=snapshot.shared_idf), name)
+            for view, name in zip(views, names)
+        ]
+    scores += expert_list_votes(dense, depth=depth, rule=rule, kind="dense")
+    scores += expert_list_votes(lexical, depth=depth, rule=rule, kind="lexical")
+    return scores.astype(np.float32)
+
+
+def lists_and_scores(
+    engine: SearchEngine,
+    texts: Sequence[str],
+    k: int,
+    *,
+    own_pilot: str | None = None,
+    home: str | None = None,
+    sources: Sequence[int] | None = None,
+):
     """Router scores (n, E) in ``names`` order, and per expert its hybrid hits for every query.
 
     ``own_pilot``: the queries are that expert's pilots themselves (scifact's
     train queries); each one's vote for itself is taken off its score, so it
-    is routed roughly as a new query like it would be.
+    is routed roughly as a new query like it would be. ``sources``: each
+    query's source document in collection ``home``, left out of the votes
+    (:func:`ad_hoc_scores`).
     """
     names = sorted(engine.experts)
     scores = np.zeros((len(texts), len(names)), dtype=np.float32)
@@ -132,6 +186,8 @@ def lists_and_scores(engine: SearchEngine, texts: Sequence[str], k: int, *, own_
         for i, result in enumerate(batch.results):
             for name, score in result.decision.scores:
                 scores[start + i, names.index(name)] = score
+    if home is not None and sources is not None:
+        scores = ad_hoc_scores(engine, texts, home, sources)
     if own_pilot is not None:
         scores[:, names.index(own_pilot)] -= 1.0 / engine.router.neighbours
     lists = {}
@@ -219,10 +275,14 @@ def main() -> None:
     counts = {}
     collections = split_collections(args)
     for name in collections:
-        queries = split_queries(engine, name, args)
+        sources = None
+        if args.split == "dev" and args.ad_hoc:
+            queries, sources = dev_sample(engine, name, sample=args.dev_sample, seed=args.seed)
+        else:
+            queries = split_queries(engine, name, args)
         qrels = {q: {f"{name}/{d}": r for d, r in docs.items()} for q, docs in queries.qrels.items()}
         own = name if args.split == "dev-real" else None
-        names, scores, lists = lists_and_scores(engine, queries.texts, 100, own_pilot=own)
+        names, scores, lists = lists_and_scores(engine, queries.texts, 100, own_pilot=own, home=name, sources=sources)
         counts[name] = len(queries.ids)
         routed_home = float(np.mean([names[int(np.argmax(row))] == name for row in scores]))
         print(f"{name}: {len(queries.ids)} {queries.origin}, routed home {routed_home:.1%}", flush=True)

@@ -1,7 +1,17 @@
 """Routing queries to experts by their pilot embeddings and corpus votes (numpy only; no torch, no HTTP)."""
 
 from router.errors import NoExpertsError, PilotError, RouterError
-from router.evidence import document_votes, ranked_votes
+from router.evidence import (
+    BEST_OF,
+    VOTE_RULES,
+    EvidenceKind,
+    VoteRule,
+    best_score_votes,
+    candidate_votes,
+    document_votes,
+    expert_list_votes,
+    ranked_votes,
+)
 from router.pilot_groups import PilotGroups, PilotSearch
 from router.pilots import assigned_pilots, best_experts, centroid_pilots, check_pilots, kmeans_pilots, query_pilots
 from router.routing import (
@@ -19,6 +29,8 @@ from router.routing import (
 __all__ = [
     "AGGREGATES",
     "Aggregate",
+    "BEST_OF",
+    "EvidenceKind",
     "MERGE_RULES",
     "MergeRule",
     "NoExpertsError",
@@ -30,11 +42,16 @@ __all__ = [
     "RoutePolicy",
     "Router",
     "RouterError",
+    "VOTE_RULES",
+    "VoteRule",
     "assigned_pilots",
     "best_experts",
+    "best_score_votes",
+    "candidate_votes",
     "centroid_pilots",
     "check_pilots",
     "document_votes",
+    "expert_list_votes",
     "forced_decision",
     "kmeans_pilots",
     "query_pilots",

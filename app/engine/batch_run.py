@@ -259,6 +259,7 @@ class BatchRun:
                 depth=self.engine.vote_depth,
                 shared_idf=self.engine.shared_idf(self.snapshot),
                 union=self.snapshot.union,
+                rule=self.engine.vote_rule,
             )
             if votes is not None:
                 votes_of.update(zip(members, votes))

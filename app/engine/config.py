@@ -14,7 +14,7 @@ from typing import Literal
 
 from app.engine.retrieval import Retrieval
 from app.engine.votes import ROUTE_EVIDENCE, RouteEvidence
-from router import AGGREGATES, Aggregate, PilotSearch, RoutePolicy
+from router import AGGREGATES, BEST_OF, VOTE_RULES, Aggregate, PilotSearch, RoutePolicy, VoteRule
 
 __all__ = ["LONG_QUERIES", "EngineConfig", "LongQueries"]
 
@@ -49,6 +49,9 @@ class EngineConfig:
     #: BM25 votes: scored with every routed collection's IDF together (comparable across collections), or each
     #: collection's own (see :mod:`index.store.shared_idf`).
     vote_idf: VoteIdf = "shared"
+    #: How each kind of evidence becomes votes: a softmax of each expert's best scores, or its share of the
+    #: best documents (see :data:`router.VoteRule`).
+    vote_rule: VoteRule = "best"
     #: Dense votes: the union of more vectors than this is searched as an inverted file, ``vote_probes`` lists
     #: deep (near, not equal, votes; :class:`~index.store.union_dense.UnionDense`); None: always exact.
     vote_exact_max: int | None = None
@@ -62,6 +65,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.evidence not in ROUTE_EVIDENCE:
             raise ValueError(f"Invalid evidence {self.evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
+        if self.vote_rule not in VOTE_RULES:
+            raise ValueError(f"Invalid vote_rule {self.vote_rule!r}. Valid choices are: {', '.join(VOTE_RULES)}")
+        if self.vote_rule == "best" and self.vote_depth < BEST_OF:
+            raise ValueError(
+                f"vote_depth must be >= {BEST_OF} with vote_rule 'best' (each expert's {BEST_OF} best documents "
+                f"among the vote_depth best make its score), got {self.vote_depth}; or set vote_rule 'share'"
+            )
         if self.vote_idf not in VOTE_IDF:
             raise ValueError(f"Invalid vote_idf {self.vote_idf!r}. Valid choices are: {', '.join(VOTE_IDF)}")
         if self.long_queries not in LONG_QUERIES:

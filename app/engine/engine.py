@@ -87,6 +87,7 @@ class SearchEngine:
         self.long_queries: LongQueries = config.long_queries
         self.evidence: RouteEvidence = config.evidence
         self.vote_depth = config.vote_depth
+        self.vote_rule = config.vote_rule
         self.vote_idf = config.vote_idf
         self.vote_exact_max, self.vote_probes = config.vote_exact_max, config.vote_probes
         self.retrieval = config.retrieval
@@ -310,6 +311,7 @@ class SearchEngine:
                 depth=self.vote_depth,
                 shared_idf=self.shared_idf(snapshot),
                 union=snapshot.union,
+                rule=self.vote_rule,
             )
         return router.route(base, policy=policy, evidence=votes, only=only)
 

@@ -8,7 +8,7 @@ as the routing of a query is the routing its search gets. The searches run
 on the snapshot's :class:`~index.CorpusUnion` (every routed collection's
 published generation in one dense index and one BM25 matrix, plus each
 expert's live delta), so their cost does not grow with each expert; the
-scores are turned into votes by :func:`router.ranked_votes`.
+scores are turned into votes by :func:`router.candidate_votes`.
 :func:`per_expert_votes` is the computation it replaced (one dense and one
 BM25 search per expert), kept as the reference the tests and
 ``bench/routing_votes.py`` compare it with.
@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from index import CorpusUnion, LiveView, SharedIdf
-from router import document_votes, ranked_votes
+from router import VoteRule, candidate_votes, expert_list_votes
 
 __all__ = ["ROUTE_EVIDENCE", "RouteEvidence", "corpus_votes", "per_expert_votes"]
 
@@ -43,14 +43,16 @@ def corpus_votes(
     depth: int,
     shared_idf: SharedIdf | None = None,
     union: CorpusUnion | None = None,
+    rule: VoteRule = "best",
 ) -> np.ndarray | None:
     """(n, E) votes of the collections ``views`` (the router's experts, in its order) for n queries; None when off.
 
     ``base`` (n, dim) holds the queries' base vectors, searched over every
     view's documents (``documents``); ``texts`` the queries, searched in every
     BM25 index (``bm25``); each kind gives each expert its share of the
-    ``depth`` best documents over all of them, and ``documents+bm25`` adds
-    the two. An expert without a BM25 index gets no lexical votes.
+    ``depth`` best documents over all of them (``rule``: their shares, or
+    a softmax of each expert's best scores, :func:`router.candidate_votes`),
+    and ``documents+bm25`` adds the two. An expert without a BM25 index gets no lexical votes.
     ``shared_idf``: BM25 scored with every collection's IDF together, so that
     scores compare across collections (:mod:`index.store.shared_idf`); None:
     each its own. The caller takes the views once (one per expert, as a
@@ -71,10 +73,13 @@ def corpus_votes(
     votes = np.zeros((len(texts), len(views)), dtype=np.float32)
     if evidence in ("documents", "documents+bm25"):
         scores, owners = union.dense_candidates(views, base, depth)
-        votes += ranked_votes(scores, owners, experts=len(views), depth=depth)
+        votes += candidate_votes(scores, owners, experts=len(views), depth=depth, rule=rule, kind="dense")
     if evidence in ("bm25", "documents+bm25"):
         scores, owners = union.lexical_candidates(views, list(texts), depth, shared_idf=shared_idf)
-        votes += ranked_votes(scores, owners, experts=len(views), depth=depth)
+        searched = np.array([view.has_lexical for view in views])
+        votes += candidate_votes(
+            scores, owners, experts=len(views), depth=depth, rule=rule, kind="lexical", searched=searched
+        )
     return votes
 
 
@@ -86,6 +91,7 @@ def per_expert_votes(
     evidence: RouteEvidence,
     depth: int,
     shared_idf: SharedIdf | None = None,
+    rule: VoteRule = "best",
 ) -> np.ndarray | None:
     """:func:`corpus_votes` as it was computed before the union: one dense and one BM25 search per view.
 
@@ -95,7 +101,8 @@ def per_expert_votes(
         return None
     votes = np.zeros((len(texts), len(views)), dtype=np.float32)
     if evidence in ("documents", "documents+bm25"):
-        votes += document_votes([view.search_dense(base, depth)[0] for view in views], depth=depth)
+        dense = [view.search_dense(base, depth)[0] for view in views]
+        votes += expert_list_votes(dense, depth=depth, rule=rule, kind="dense")
     if evidence in ("bm25", "documents+bm25"):
         queries = list(texts)
         none = np.zeros((len(queries), 0), dtype=np.float32)  # an expert without BM25 gets no lexical votes
@@ -103,5 +110,5 @@ def per_expert_votes(
             view.search_lexical(queries, depth, shared_idf=shared_idf)[0] if view.has_lexical else none
             for view in views
         ]
-        votes += document_votes(scores, depth=depth)
+        votes += expert_list_votes(scores, depth=depth, rule=rule, kind="lexical")
     return votes

@@ -425,6 +425,7 @@ def evaluate(
             },
             "router_evidence": engine.evidence,
             "router_vote_depth": engine.vote_depth,
+            "router_vote_rule": engine.vote_rule,
         },  # fmt: skip
     )
     if constructions:

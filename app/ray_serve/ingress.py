@@ -7,7 +7,7 @@ The flow of a request, beside ``rr serve``'s (:mod:`app.engine.engine`):
    the ingress holds no collection, so it asks the searcher holding each
    routable expert for that expert's top-``RR_ROUTER_VOTE_DEPTH`` dense scores
    (with the base vectors) and BM25 scores (one call per expert, all at once)
-   and merges them with :func:`router.document_votes`, as the engine does over
+   and merges them with :func:`router.expert_list_votes`, as the engine does over
    its own collections; BM25 is scored with the routed experts' pooled IDF
    (``RR_ROUTER_VOTE_IDF=shared``, :mod:`app.ray_serve.vote_idf`); the decisions are ``rr serve``'s;
 3. the router, with the request's policy (``top_k``, ``fanout_margin``,
@@ -59,7 +59,7 @@ from router import (
     Router,
     RouterError,
     check_pilots,
-    document_votes,
+    expert_list_votes,
     forced_decision,
 )
 
@@ -232,8 +232,12 @@ class Ingress:
             *(self._call(name, "scores", base, texts, depth, kinds, shared) for name in experts)
         )
         votes = np.zeros((len(texts), len(experts)), dtype=np.float32)
+        rule = self.settings.router_vote_rule
         for kind in kinds:
-            votes += document_votes([answer[kind] for answer in answers], depth=depth)
+            scores = [answer[kind] for answer in answers]
+            votes += expert_list_votes(
+                scores, depth=depth, rule=rule, kind="dense" if kind == "documents" else "lexical"
+            )
         return votes
 
     async def _vote_idf(self, view: RoutingView, texts: list[str]) -> SharedIdf:

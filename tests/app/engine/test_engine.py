@@ -203,7 +203,10 @@ def test_bad_search_arguments(root: Path, tiny_bert_path: Path) -> None:
 
 
 @pytest.mark.parametrize("evidence", ["documents", "bm25", "documents+bm25"])
-def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: Path, evidence: str) -> None:
+@pytest.mark.parametrize(("rule", "depth"), [("share", 1), ("best", 5)])
+def test_corpus_evidence_outvotes_misleading_pilots(
+    root: Path, tiny_bert_path: Path, evidence: str, rule: str, depth: int
+) -> None:
     # Pilots swapped on purpose: aero's pilot is computing's centroid and the other way round.
     encoder = Encoder(tiny_bert_path)
     aero = make_expert(root, "aero", AERO, encoder, pilots=False)
@@ -214,12 +217,14 @@ def test_corpus_evidence_outvotes_misleading_pilots(root: Path, tiny_bert_path: 
     plain = SearchEngine.open(root, encoder, EngineConfig(aggregate="max"))
     assert plain.search([query], k=1).results[0].decision.experts == ("computing",)
     plain.close()
-    # One vote per document found, 3 documents deep: aero's collection holds the query's best matches.
-    engine = SearchEngine.open(root, encoder, EngineConfig(aggregate="max", evidence=evidence, vote_depth=1))
+    # share: one vote, for the best document; best: by each collection's best scores. Aero's holds the query's best.
+    config = EngineConfig(aggregate="max", evidence=evidence, vote_depth=depth, vote_rule=rule)  # type: ignore[arg-type]
+    engine = SearchEngine.open(root, encoder, config)
     (result,) = engine.search([query], k=1).results
     assert result.decision.experts == ("aero",) and result.hits[0].id == "a3"
     scores = dict(result.decision.scores)
-    assert scores["aero"] - scores["computing"] > 0.5  # a whole vote, far above the cosine gap of the pilots
+    if rule == "share":
+        assert scores["aero"] - scores["computing"] > 0.5  # a whole vote, far above the cosine gap of the pilots
     assert engine.search([query], k=1, expert="computing").results[0].decision.mode == "forced"  # no votes when forced
     engine.close()
 
@@ -230,7 +235,10 @@ def test_unknown_evidence_is_refused(tiny_bert_path: Path) -> None:
 
 
 @pytest.mark.parametrize("evidence", ["none", "documents", "bm25", "documents+bm25"])
-def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path, evidence: str) -> None:
+@pytest.mark.parametrize(("rule", "depth"), [("share", 1), ("best", 5)])
+def test_route_makes_the_decisions_search_makes(
+    root: Path, tiny_bert_path: Path, evidence: str, rule: str, depth: int
+) -> None:
     # Misleading pilots (swapped, as above), so the corpus votes change decisions: a pilots-only route() would differ.
     encoder = Encoder(tiny_bert_path)
     aero = make_expert(root, "aero", AERO, encoder, pilots=False)
@@ -238,7 +246,8 @@ def test_route_makes_the_decisions_search_makes(root: Path, tiny_bert_path: Path
     build_pilots(aero, encoder, [f"{t} {x}" for _, t, x in COMPUTING], method="centroid")
     build_pilots(computing, encoder, [f"{t} {x}" for _, t, x in AERO], method="centroid")
     queries = [f"{t} {x}" for _, t, x in AERO + COMPUTING] + ["oblique shock reflection", "sorting on tape", "wing"]
-    engine = SearchEngine.open(root, encoder, EngineConfig(aggregate="max", evidence=evidence, vote_depth=1))
+    config = EngineConfig(aggregate="max", evidence=evidence, vote_depth=depth, vote_rule=rule)  # type: ignore[arg-type]
+    engine = SearchEngine.open(root, encoder, config)
     for policy in (RoutePolicy(), RoutePolicy(top_k=2, fanout_margin=0.3)):
         routed = engine.route(queries, policy=policy)
         searched = [result.decision for result in engine.search(queries, k=2, policy=policy).results]
@@ -263,7 +272,7 @@ def test_the_votes_union_is_rebuilt_when_experts_are_published_and_removed(root:
     encoder = Encoder(tiny_bert_path)
     make_expert(root, "aero", AERO, encoder)
     make_expert(root, "computing", COMPUTING, encoder)
-    engine = SearchEngine.open(root, encoder, EngineConfig(evidence="documents+bm25", vote_depth=2))
+    engine = SearchEngine.open(root, encoder, EngineConfig(evidence="documents+bm25", vote_depth=5))
     queries = ["oblique shock reflection", "sorting on tape", "wing", "storage of lists"]
 
     def union_members() -> set[str]:
@@ -282,7 +291,7 @@ def test_the_votes_union_is_rebuilt_when_experts_are_published_and_removed(root:
         views = [snapshot.experts[name].view() for name in snapshot.router.experts]
         base = encoder.embed(queries)
         expected = per_expert_votes(
-            views, base, queries, evidence="documents+bm25", depth=2, shared_idf=snapshot.shared_idf
+            views, base, queries, evidence="documents+bm25", depth=5, shared_idf=snapshot.shared_idf
         )
         routed = engine.route(queries, policy=RoutePolicy(top_k=len(views), fanout_margin=10.0))
         pilots = engine.router.route(base, policy=RoutePolicy(top_k=len(views), fanout_margin=10.0))

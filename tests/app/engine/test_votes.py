@@ -93,14 +93,14 @@ def shared_of(collections: list[Collection]) -> SharedIdf:
 
 def assert_same_votes(views: list[LiveView], texts: list[str], union: CorpusUnion, shared: SharedIdf | None) -> None:
     base = bag_of_words(texts)
-    for evidence in ("documents", "bm25", "documents+bm25"):
+    for evidence, rule in itertools.product(("documents", "bm25", "documents+bm25"), ("best", "share")):
         for depth in (1, 5, 20):
             for rows in (slice(None), slice(0, 1), slice(3, 7)):  # a batch (BLAS in FAISS), one query, a few
-                kwargs = dict(evidence=evidence, depth=depth, shared_idf=shared)
+                kwargs = dict(evidence=evidence, depth=depth, shared_idf=shared, rule=rule)
                 expected = per_expert_votes(views, base[rows], texts[rows], **kwargs)  # type: ignore[arg-type]
                 got = corpus_votes(views, base[rows], texts[rows], union=union, **kwargs)  # type: ignore[arg-type]
                 assert got is not None and expected is not None
-                assert np.array_equal(got, expected), (evidence, depth, rows)
+                assert np.array_equal(got, expected), (evidence, rule, depth, rows)
 
 
 @pytest.mark.parametrize("shard", [UnionDense.SHARD, 37])  # one FAISS index, or many merged
@@ -226,7 +226,7 @@ def test_the_settings_reach_the_engines_router(monkeypatch: pytest.MonkeyPatch) 
 def test_the_ray_ingress_votes_with_the_engines_shared_idf(collections: list[Collection], datasets: Path) -> None:
     """The ingress pools each expert's statistics (one searcher call per version) and sends the queries' stems only."""
     from app.ray_serve.vote_idf import VoteIdf, term_statistics, vote_scores
-    from router import document_votes
+    from router import expert_list_votes
 
     views = [static_view(c) for c in collections]
     keys = [(f"expert-{i}", "v1") for i in range(len(collections))]
@@ -242,12 +242,15 @@ def test_the_ray_ingress_votes_with_the_engines_shared_idf(collections: list[Col
     assert shared.documents == full.documents and len(shared.frequencies) < len(full.frequencies)
     for depth in (1, 5, 20):
         answers = [vote_scores(view, base, texts, depth, ("documents", "bm25"), shared) for view in views]
-        got = sum(document_votes([a[kind] for a in answers], depth=depth) for kind in ("documents", "bm25"))
+        got = sum(
+            expert_list_votes([a[key] for a in answers], depth=depth, rule="best", kind=kind)
+            for key, kind in (("documents", "dense"), ("bm25", "lexical"))
+        )
         expected = per_expert_votes(views, base, texts, evidence="documents+bm25", depth=depth, shared_idf=full)
         assert expected is not None and np.array_equal(got, expected), depth
         own = per_expert_votes(views, base, texts, evidence="bm25", depth=depth, shared_idf=None)
-        if depth == 1:  # the IDF decides: scored with each collection's own, some queries vote elsewhere
-            bm25 = document_votes([a["bm25"] for a in answers], depth=depth)
+        if depth == 20:  # the IDF decides: scored with each collection's own, the votes differ
+            bm25 = expert_list_votes([a["bm25"] for a in answers], depth=depth, rule="best", kind="lexical")
             assert own is not None and not np.array_equal(bm25, own)
     pooled.forget_all_but(keys[:2])
     assert pooled.missing(keys) == keys[2:]
