@@ -26,6 +26,7 @@ variant of the evidence is scored without another search. Variants:
 - ``ubest-m-t-l-D``: the same from only the ``D`` best scores over all
   collections, the rest filled with the ``D``-th: what the service computes
   (``RR_ROUTER_VOTE_RULE=best``, :func:`router.best_score_votes`).
+- any of them ``@w``: the pilot vote weighed ``w`` instead of 1.
 
 ``--split dev``: pseudo queries of documents outside the pilots' sample and
 scifact's labelled train queries (each one's own pilot taken off, since they
@@ -155,7 +156,8 @@ def _union_view(scores: np.ndarray, subset: list[int], depth: int) -> np.ndarray
 
 def route(ev: dict, subset: list[int], variant: str, neighbours: int, depth: int) -> np.ndarray:
     """The top expert (an index into ``subset``) of every query, by ``variant``."""
-    total = pilot_votes(ev, subset, neighbours)
+    variant, _, weight = variant.partition("@")  # "@w": the pilot vote weighed w (1 by default)
+    total = pilot_votes(ev, subset, neighbours) * (float(weight) if weight else 1.0)
     if variant == "count":
         total += count_votes(ev["dense"], subset, depth) + count_votes(ev["lexical"], subset, depth)
     elif variant.startswith("ubest"):  # as the service sees them: only the union's `depth` best, the rest filled

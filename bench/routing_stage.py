@@ -16,7 +16,8 @@ the engine runs them for a single query, at each count of experts:
   and only the ``--probes`` nearest groups read (``router/pilot_groups.py``);
 * **votes**: ``corpus_votes`` over the experts' union with the engine's
   defaults (exact up to ``RR_ROUTER_VOTE_EXACT_MAX`` = 50,000 vectors, an
-  inverted file above);
+  inverted file above; each collection's best scores, ``RR_ROUTER_VOTE_RULE=best``);
+  **votes, share**: the same searches counted as shares of the best documents (the rule before);
 * **stage, before**: votes + exact pilots; **stage, now**: votes + pilots as
   ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses. The votes are the
   engine's as they are now in both (their BM25 union cut to 1,024 postings a
@@ -66,12 +67,21 @@ from bench.routing_votes import bag_of_words, stand_in  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
 from index import Collection, CorpusUnion, SharedIdf, set_search_threads, static_view  # noqa: E402
 from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical  # noqa: E402
-from router import PilotSearch, RoutePolicy, Router  # noqa: E402
+from router import PilotSearch, RoutePolicy, Router, VoteRule  # noqa: E402
 
 #: The engine's defaults (app/settings.py): dense votes exact up to this many vectors, IVF lists read above it.
 VOTE_EXACT_MAX, VOTE_PROBES, DEPTH = 50_000, 16, 20
 POLICY = RoutePolicy(top_k=3, fanout_margin=1.5)
-METHODS = ("bm25_exact", "bm25_capped", "pilots_exact", "pilots_grouped", "votes", "stage_before", "stage_now")
+METHODS = (
+    "bm25_exact",
+    "bm25_capped",
+    "pilots_exact",
+    "pilots_grouped",
+    "votes",
+    "votes_share",
+    "stage_before",
+    "stage_now",
+)
 
 
 def pilots_of(collection: Collection, count: int, seed: int) -> np.ndarray:
@@ -160,10 +170,17 @@ def measure(
     grouping = time.perf_counter() - started
     default = grouped if PilotSearch().grouped(sum(len(p) for p in pilots.values())) else exact
 
-    def votes(q: int) -> np.ndarray:
+    def votes(q: int, rule: VoteRule = "best") -> np.ndarray:
         one = slice(q, q + 1)
         found = corpus_votes(
-            views, base[one], texts[one], evidence="documents+bm25", depth=DEPTH, shared_idf=shared, union=union
+            views,
+            base[one],
+            texts[one],
+            evidence="documents+bm25",
+            depth=DEPTH,
+            shared_idf=shared,
+            union=union,
+            rule=rule,
         )
         assert found is not None
         return found
@@ -179,6 +196,7 @@ def measure(
         "pilots_exact": lambda q: exact.route(base[q : q + 1], policy=POLICY),
         "pilots_grouped": lambda q: grouped.route(base[q : q + 1], policy=POLICY),
         "votes": votes,
+        "votes_share": lambda q: votes(q, "share"),
         "stage_before": lambda q: stage(exact, q),
         "stage_now": lambda q: stage(default, q),
     }
