@@ -67,7 +67,7 @@ class EngineConfig:
             raise ValueError(f"Invalid evidence {self.evidence!r}. Valid choices are: {', '.join(ROUTE_EVIDENCE)}")
         if self.vote_rule not in VOTE_RULES:
             raise ValueError(f"Invalid vote_rule {self.vote_rule!r}. Valid choices are: {', '.join(VOTE_RULES)}")
-        if self.vote_rule == "best" and self.vote_depth < BEST_OF:
+        if self.evidence != "none" and self.vote_rule == "best" and self.vote_depth < BEST_OF:
             raise ValueError(
                 f"vote_depth must be >= {BEST_OF} with vote_rule 'best' (each expert's {BEST_OF} best documents "
                 f"among the vote_depth best make its score), got {self.vote_depth}; or set vote_rule 'share'"

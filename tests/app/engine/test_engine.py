@@ -232,6 +232,12 @@ def test_corpus_evidence_outvotes_misleading_pilots(
 def test_unknown_evidence_is_refused(tiny_bert_path: Path) -> None:
     with pytest.raises(ValueError, match="documents\\+bm25"):
         EngineConfig(evidence="votes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Invalid vote_rule 'most'. Valid choices are: share, best"):
+        EngineConfig(evidence="documents", vote_rule="most")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="vote_depth must be >= 5 with vote_rule 'best'.*got 3; or set vote_rule"):
+        EngineConfig(evidence="documents", vote_depth=3)
+    assert EngineConfig(evidence="documents", vote_depth=3, vote_rule="share").vote_depth == 3
+    assert EngineConfig(evidence="none", vote_depth=3).vote_depth == 3  # no votes: the depth is not read
 
 
 @pytest.mark.parametrize("evidence", ["none", "documents", "bm25", "documents+bm25"])
