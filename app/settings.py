@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     router_neighbours: int = Field(5, ge=1, description="Nearest pilots that vote, with router_aggregate=knn.")
     router_evidence: Literal["none", "documents", "bm25", "documents+bm25"] = Field(
         "documents+bm25",
-        description="Corpus evidence added to the pilot scores: each expert's share of the best documents that the "
-        "query's base vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes.",
+        description="Corpus evidence added to the pilot scores: votes of the best documents that the query's base "
+        "vector finds over every expert's dense index, and/or that BM25 finds over their BM25 indexes (how they vote: "
+        "router_vote_rule).",
     )
     router_vote_depth: int = Field(20, ge=1, le=1000, description="Documents that vote, per kind of evidence.")
     # Chosen on pseudo queries with their source document taken out of the votes (bench/late_domain.py --ad-hoc).
