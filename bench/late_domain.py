@@ -55,6 +55,7 @@ from app.engine.loading import open_encoder  # noqa: E402
 from app.offline.evaluation import read_test_set  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.merge_tuning import COLLECTIONS, dev_sample  # noqa: E402
+from router import expert_list_votes  # noqa: E402
 
 #: How many of a collection's best scores, and nearest pilots, are kept per query.
 KEEP = 100
@@ -121,20 +122,6 @@ def pilot_votes(ev: dict, subset: list[int], neighbours: int) -> np.ndarray:
     return votes
 
 
-def count_votes(scores: np.ndarray, subset: list[int], depth: int) -> np.ndarray:
-    part = scores[:, subset, :depth]  # each collection's best `depth`: enough for the top `depth` overall
-    n, e, m = part.shape
-    flat = part.reshape(n, e * m)
-    owner = np.repeat(np.arange(e), m)
-    top = np.argsort(-flat, axis=1, kind="stable")[:, :depth]
-    votes = np.zeros((n, e))
-    for q, columns in enumerate(top):
-        found = columns[np.isfinite(flat[q, columns])]
-        if len(found):
-            np.add.at(votes[q], owner[found], 1.0 / len(found))
-    return votes
-
-
 def best_votes(scores: np.ndarray, subset: list[int], m: int, temperature: float, *, relative: bool) -> np.ndarray:
     part = scores[:, subset, :m]
     part = np.where(np.isfinite(part), part, 0.0).mean(axis=2)
@@ -158,30 +145,19 @@ def route(ev: dict, subset: list[int], variant: str, neighbours: int, depth: int
     """The top expert (an index into ``subset``) of every query, by ``variant``."""
     variant, _, weight = variant.partition("@")  # "@w": the pilot vote weighed w (1 by default)
     total = pilot_votes(ev, subset, neighbours) * (float(weight) if weight else 1.0)
-    if variant == "count":
-        total += count_votes(ev["dense"], subset, depth) + count_votes(ev["lexical"], subset, depth)
-    elif variant.startswith("ubest"):  # as the service sees them: only the union's `depth` best, the rest filled
-        _, m, t, lexical_t, union_depth = variant.split("-")
-        total += best_votes(
-            _union_view(ev["dense"], subset, int(union_depth)),
-            list(range(len(subset))),
-            int(m),
-            float(t),
-            relative=False,
-        )
-        total += best_votes(
-            _union_view(ev["lexical"], subset, int(union_depth)),
-            list(range(len(subset))),
-            int(m),
-            float(lexical_t),
-            relative=True,
-        )
-    else:
-        _, m, t, *lexical_t = variant.split("-")
-        total += best_votes(ev["dense"], subset, int(m), float(t), relative=False)
-        total += best_votes(
-            ev["lexical"], subset, int(m), float(lexical_t[0]) if lexical_t else float(t) * 10, relative=True
-        )
+    if variant == "count":  # the service's share rule, on each collection's own best `depth`
+        for key, kind in (("dense", "dense"), ("lexical", "lexical")):
+            lists = [ev[key][:, e, :depth] for e in subset]
+            total += expert_list_votes(lists, depth=depth, rule="share", kind=kind)  # type: ignore[arg-type]
+        return np.argmax(total, axis=1)
+    name, m, t, *rest = variant.split("-")
+    lexical_t = float(rest[0]) if rest else float(t) * 10
+    for key, temperature, relative in (("dense", float(t), False), ("lexical", lexical_t, True)):
+        if name == "ubest":  # as the service sees them: only the union's `depth` best, the rest filled
+            scores, columns = _union_view(ev[key], subset, int(rest[1])), list(range(len(subset)))
+        else:
+            scores, columns = ev[key], subset
+        total += best_votes(scores, columns, int(m), temperature, relative=relative)
     return np.argmax(total, axis=1)
 
 

@@ -180,14 +180,15 @@ def lists_and_scores(
     (:func:`ad_hoc_scores`).
     """
     names = sorted(engine.experts)
-    scores = np.zeros((len(texts), len(names)), dtype=np.float32)
-    for start in range(0, len(texts), 64):
-        batch = engine.search(list(texts[start : start + 64]), k=1, policy=RoutePolicy())
-        for i, result in enumerate(batch.results):
-            for name, score in result.decision.scores:
-                scores[start + i, names.index(name)] = score
     if home is not None and sources is not None:
         scores = ad_hoc_scores(engine, texts, home, sources)
+    else:
+        scores = np.zeros((len(texts), len(names)), dtype=np.float32)
+        for start in range(0, len(texts), 64):
+            batch = engine.search(list(texts[start : start + 64]), k=1, policy=RoutePolicy())
+            for i, result in enumerate(batch.results):
+                for name, score in result.decision.scores:
+                    scores[start + i, names.index(name)] = score
     if own_pilot is not None:
         scores[:, names.index(own_pilot)] -= 1.0 / engine.router.neighbours
     lists = {}
