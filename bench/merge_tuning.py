@@ -24,7 +24,19 @@ rule costs no model pass. Rules:
   (as one index over those collections would), mixed 0.5/0.5, minus ``B`` x gap;
 - ``ojoint-M-B-N``: ``joint``'s scores, but each list keeps its own fused
   order (its joint scores sorted and dealt out down the list), so the merge
-  only decides how the lists interleave, never reorders one.
+  only decides how the lists interleave, never reorders one;
+- ``bjoint-M-B-N``, ``objoint-M-B-N``: ``joint`` and ``ojoint`` with each
+  hit's cosine to the *base* query vector in place of its expert's: every
+  collection holds base-encoder vectors, so these cosines compare across
+  collections (an expert's adapter moves its query vector, and with it the
+  level of every cosine in its list).
+
+``--pairs`` forces the hedge: each query's own collection and one other are
+merged as equals (router-score gap ~0), for every other collection in turn,
+and the table averages over the others. The merge of a query's right and
+wrong lists is what a hedge does both when it routed right and when it
+routed wrong, so on real queries (``--split dev-real``) this measures how
+well a rule keeps the right collection's documents in front.
 
 ``--split dev`` tunes: pseudo queries (the title, else a 4-12-word span) of
 documents *not* among those the demo's pilots were drawn from, the source
@@ -53,7 +65,7 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.engine import SearchEngine  # noqa: E402
 from app.engine.loading import open_encoder  # noqa: E402
-from app.engine.retrieval import expert_retrieval, search_collection  # noqa: E402
+from app.engine.retrieval import Retrieval, expert_retrieval, search_collection  # noqa: E402
 from app.offline.evaluation import read_test_set, score_run  # noqa: E402
 from app.offline.pilot_selection import JudgedQueries  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -61,6 +73,8 @@ from experts.pseudo_queries import pseudo_queries  # noqa: E402
 from router import RoutePolicy, expert_list_votes  # noqa: E402
 
 COLLECTIONS = ("scifact", "cranfield", "cacm", "cisi", "npl")
+#: How deep each collection is searched with the base query vector for the ``b`` rules' cosines.
+BASE_DEPTH = 1000
 #: The demo's pilots are pseudo queries of this many documents sampled with seed 0 (app.offline.building).
 PILOT_SAMPLE, PILOT_SEED = 1000, 0
 
@@ -192,6 +206,7 @@ def lists_and_scores(
     if own_pilot is not None:
         scores[:, names.index(own_pilot)] -= 1.0 / engine.router.neighbours
     lists = {}
+    base = engine.encoder.embed(list(texts), max_length=engine.query_max_length)
     for name in names:
         expert = engine.experts[name]
         retrieval = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
@@ -201,8 +216,17 @@ def lists_and_scores(
             with engine._holder.lease() as snapshot:
                 view = SharedIdfView(view, snapshot.shared_idf)
         found = search_collection(view, list(texts), vectors, [(k, retrieval)] * len(texts))
+        # Each hit's cosine with the *base* query vector: the collections hold base-encoder vectors, so
+        # these compare across collections as one index's would (the ``b`` rules).
+        by_base = search_collection(view, list(texts), base, [(BASE_DEPTH, Retrieval(mode="dense"))] * len(texts))
+        base_of = [{h.id: h.dense_score for h in row} for row in by_base]
+        floor = [min((s for s in row.values() if s is not None), default=0.0) for row in base_of]
         lists[name] = [
-            [(f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score) for h in row] for row in found
+            [
+                (f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score, base_of[i].get(h.id, floor[i]))
+                for h in row
+            ]
+            for i, row in enumerate(found)
         ]
     return names, scores, lists
 
@@ -211,7 +235,7 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
     order = np.argsort(-scores[i], kind="stable")
     top = order[0]
     if rule == "top1":
-        return {key: s for key, s, _, _ in lists[names[top]][i][:k]}
+        return {key: s for key, s, *_ in lists[names[top]][i][:k]}
     if rule.startswith("rrf-"):
         fused: dict[str, float] = {}
         for e in order[: int(rule.split("-")[1])]:
@@ -228,10 +252,15 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
     merged: dict[str, float] = {}
     if kind == "prior":
         for e, gap in chosen:
-            for key, s, _, _ in lists[names[e]][i]:
+            for key, s, *_ in lists[names[e]][i]:
                 merged[key] = s - float(beta) * gap
     else:  # joint, ojoint: dense and BM25 min-max normalised over every chosen list's hits together, then 0.5/0.5
-        hits = [(key, d, lex, gap) for e, gap in chosen for key, _, d, lex in lists[names[e]][i]]
+        # ``b`` rules (bjoint, objoint): the dense side is the base query vector's cosine, not the expert's
+        hits = [
+            (key, base_d if kind.startswith(("b", "ob")) else d, lex, gap)
+            for e, gap in chosen
+            for key, _, d, lex, base_d in lists[names[e]][i]
+        ]
         dense = [d for _, d, _, _ in hits if d is not None]
         lexical = [lex for _, _, lex, _ in hits if lex is not None]
         d_low, d_high = (min(dense), max(dense)) if dense else (0.0, 1.0)
@@ -240,7 +269,10 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
             dn = 0.0 if d is None else (d - d_low) / max(d_high - d_low, 1e-12)
             ln = 0.0 if lex is None else (lex - l_low) / max(l_high - l_low, 1e-12)
             merged[key] = 0.5 * dn + 0.5 * ln - float(beta) * gap
-        if kind == "ojoint":  # each list keeps its own order: its joint scores, sorted, are dealt out down it
+        if kind in (
+            "ojoint",
+            "objoint",
+        ):  # each list keeps its own order: its joint scores, sorted, are dealt out down it
             for e, _ in chosen:
                 keys = [key for key, *_ in lists[names[e]][i]]
                 for key, value in zip(keys, sorted((merged[key] for key in keys), reverse=True)):
@@ -257,6 +289,9 @@ def main() -> None:
         choices=("own", "shared"),
         default="own",
         help="BM25 of every expert's list: its collection's own IDF, or all routed collections' (index/store/shared_idf.py)",
+    )
+    parser.add_argument(
+        "--pairs", action="store_true", help="merge each query's own list with every other one as equals (see above)"
     )
     args = parser.parse_args()
     global LEXICAL_IDF
@@ -288,6 +323,15 @@ def main() -> None:
         routed_home = float(np.mean([names[int(np.argmax(row))] == name for row in scores]))
         print(f"{name}: {len(queries.ids)} {queries.origin}, routed home {routed_home:.1%}", flush=True)
         for rule in rules:
+            if args.pairs:
+                results = []
+                for other in (n for n in names if n != name):
+                    forced = np.zeros_like(scores)
+                    forced[:, names.index(name)], forced[:, names.index(other)] = 1.0, 0.999
+                    run = {q: merge(rule, names, forced, lists, i, 100) for i, q in enumerate(queries.ids)}
+                    results.append(score_run(qrels, run))
+                table[rule][name] = {m: float(np.mean([r[m] for r in results])) for m in results[0]}
+                continue
             run = {q: merge(rule, names, scores, lists, i, 100) for i, q in enumerate(queries.ids)}
             table[rule][name] = score_run(qrels, run)
     total = sum(counts.values())
