@@ -48,7 +48,7 @@ from app.engine.loading import open_encoder  # noqa: E402
 from app.engine.retrieval import expert_retrieval  # noqa: E402
 from app.offline.evaluation import score_run  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from bench.merge_tuning import split_arguments, split_collections, split_queries  # noqa: E402
+from bench.merge_tuning import print_table, split_arguments, split_collections, split_queries  # noqa: E402
 from index import fuse_dense_lexical  # noqa: E402
 
 K = 100
@@ -154,20 +154,10 @@ def main() -> None:
             table[setting][name] = score_run(qrels, fused_run(view, retrieval, queries.ids, new_dense, new_lexical)[0])
         counts[name] = len(queries.ids)
         print(f"{name}: {len(queries.ids)} {queries.origin}", flush=True)
-    total = sum(counts.values())
-    print(
-        f"\n{args.split}: nDCG@10 per collection, macro and micro, R@100 macro ({time.perf_counter() - started:.0f}s)"
+    title = f"{args.split}: nDCG@10 per collection, macro and micro, R@100 macro"
+    print_table(
+        f"{title} ({time.perf_counter() - started:.0f}s)", "feedback", settings_grid, table, collections, counts
     )
-    print(f"{'feedback':<18}" + "".join(f"{c:>10}" for c in collections) + f"{'macro':>9}{'micro':>9}{'R@100':>8}")
-    for setting in settings_grid:
-        ndcg = [table[setting][c]["nDCG@10"] for c in collections]
-        micro = sum(table[setting][c]["nDCG@10"] * counts[c] for c in collections) / total
-        recall = np.mean([table[setting][c]["R@100"] for c in collections])
-        print(
-            f"{setting:<18}"
-            + "".join(f"{v:>10.3f}" for v in ndcg)
-            + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}"
-        )
 
 
 if __name__ == "__main__":

@@ -280,6 +280,18 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
     return dict(sorted(merged.items(), key=lambda item: -item[1])[:k])
 
 
+def print_table(title: str, label: str, rows, table, collections, counts) -> None:
+    """``table[row][collection]`` (nDCG@10, R@100) as one line per row: each collection, macro and micro nDCG@10, R@100."""
+    total = sum(counts.values())
+    print(f"\n{title}")
+    print(f"{label:<18}" + "".join(f"{c:>10}" for c in collections) + f"{'macro':>9}{'micro':>9}{'R@100':>8}")
+    for row in rows:
+        ndcg = [table[row][c]["nDCG@10"] for c in collections]
+        micro = sum(table[row][c]["nDCG@10"] * counts[c] for c in collections) / total
+        recall = np.mean([table[row][c]["R@100"] for c in collections])
+        print(f"{row:<18}" + "".join(f"{v:>10.3f}" for v in ndcg) + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     split_arguments(parser)
@@ -334,18 +346,8 @@ def main() -> None:
                 continue
             run = {q: merge(rule, names, scores, lists, i, 100) for i, q in enumerate(queries.ids)}
             table[rule][name] = score_run(qrels, run)
-    total = sum(counts.values())
-    print(
-        f"\n{args.split}: nDCG@10 / R@100 per collection, macro and micro averages ({time.perf_counter() - started:.0f}s)"
-    )
-    print(f"{'rule':<16}" + "".join(f"{c:>10}" for c in collections) + f"{'macro':>9}{'micro':>9}{'R@100':>8}")
-    for rule in rules:
-        ndcg = [table[rule][c]["nDCG@10"] for c in collections]
-        micro = sum(table[rule][c]["nDCG@10"] * counts[c] for c in collections) / total
-        recall = np.mean([table[rule][c]["R@100"] for c in collections])
-        print(
-            f"{rule:<16}" + "".join(f"{v:>10.3f}" for v in ndcg) + f"{np.mean(ndcg):>9.3f}{micro:>9.3f}{recall:>8.3f}"
-        )
+    title = f"{args.split}: nDCG@10 / R@100 per collection, macro and micro averages"
+    print_table(f"{title} ({time.perf_counter() - started:.0f}s)", "rule", rules, table, collections, counts)
 
 
 if __name__ == "__main__":
