@@ -269,10 +269,8 @@ def merge(rule: str, names, scores: np.ndarray, lists, i: int, k: int) -> dict[s
             dn = 0.0 if d is None else (d - d_low) / max(d_high - d_low, 1e-12)
             ln = 0.0 if lex is None else (lex - l_low) / max(l_high - l_low, 1e-12)
             merged[key] = 0.5 * dn + 0.5 * ln - float(beta) * gap
-        if kind in (
-            "ojoint",
-            "objoint",
-        ):  # each list keeps its own order: its joint scores, sorted, are dealt out down it
+        # ojoint, objoint: each list keeps its own order: its joint scores, sorted, are dealt out down it
+        if kind in ("ojoint", "objoint"):
             for e, _ in chosen:
                 keys = [key for key, *_ in lists[names[e]][i]]
                 for key, value in zip(keys, sorted((merged[key] for key in keys), reverse=True)):
