@@ -33,8 +33,11 @@ scifact's labelled train queries (each one's own pilot taken off, since they
 are scifact's pilots); with ``--ad-hoc`` each pseudo query's source document
 is left out of the votes, so it is routed by the other documents, as a real
 query is (with it in, rules that favour one near document win for that
-alone). ``test``: the test queries (reported, never chosen on). Nothing here
-changes the service.
+alone). ``test``: the test queries (reported, never chosen on). ``unjudged``:
+the real queries that no qrels file judges (cacm 12, cisi 36; the other
+collections have none), so never test queries, with a known collection but no
+relevant documents: a small real check of routing between the two collections
+that confuse each other most. Nothing here changes the service.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from app.engine.loading import open_encoder  # noqa: E402
 from app.offline.evaluation import read_test_set  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.merge_tuning import COLLECTIONS, dev_sample  # noqa: E402
+from experts.labelled import read_qrels, read_queries  # noqa: E402
 from router import expert_list_votes  # noqa: E402
 
 #: How many of a collection's best scores, and nearest pilots, are kept per query.
@@ -161,10 +165,17 @@ def route(ev: dict, subset: list[int], variant: str, neighbours: int, depth: int
     return np.argmax(total, axis=1)
 
 
+def unjudged_queries(datasets: Path, name: str) -> list[str]:
+    """The texts of ``name``'s queries that no qrels file (test or train) judges."""
+    folder = datasets / name
+    judged = {query for path in (folder / "qrels").glob("*.tsv") for query in read_qrels(path)}
+    return [text for query, text in read_queries(folder / "queries.jsonl").items() if query not in judged]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=Path, required=True)
-    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--split", choices=("dev", "test", "unjudged"), default="dev")
     parser.add_argument("--dev-sample", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -191,6 +202,9 @@ def main() -> None:
             if name == "scifact":
                 train = read_test_set(args.datasets, name, split="train")
                 gathered[name].append(evidence(engine, names, list(train.texts), own_pilot=name))
+        elif args.split == "unjudged":
+            if texts := unjudged_queries(args.datasets, name):
+                gathered[name].append(evidence(engine, names, texts))
         else:
             gathered[name].append(evidence(engine, names, list(read_test_set(args.datasets, name).texts)))
         print(f"{name}: evidence of {sum(len(ev['dense']) for ev in gathered[name])} queries", flush=True)
@@ -209,6 +223,8 @@ def main() -> None:
                     hits_alone += int((np.asarray(subset)[route(ev, subset, variant, neighbours, depth)] == e).sum())
                     hits_plus += int((route(ev, with_late, variant, neighbours, depth) == e).sum())
                     n += len(ev["dense"])
+                if not n:
+                    continue  # --split unjudged: a collection whose queries are all judged
                 home_acc[names[e]], plus_acc[names[e]] = hits_alone / n, hits_plus / n
             row[late or "none"] = {
                 "alone": float(np.mean(list(home_acc.values()))),
