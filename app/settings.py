@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         "with <= 2 cores: a single-query search of 11k vectors took 1.3-23 ms p50 with 2 threads on a busy 2-core "
         "host and 0.6 ms with 1 (docs/benchmarks.md, section 17).",
     )  # fmt: skip
+    blas_threads: int | None = Field(
+        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        description="numpy's BLAS (OpenBLAS) threads, process-wide; unset = its default (one per core). Defaults to "
+        "1 on hosts with <= 2 cores: after each of the router's matrix products an idle OpenBLAS worker spins on "
+        "the other core, which a routed search at one client kept fully busy (docs/benchmarks.md, section 23).",
+    )  # fmt: skip
     batch_tokens: int | None = Field(
         512, ge=1, description="Most padded tokens (rows x longest) in one forward pass: length bucketing."
     )

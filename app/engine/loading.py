@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from app.engine.documents import ExpertDocuments, sliced
 from app.engine.splitting import recorded_splitter
@@ -131,11 +132,14 @@ def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:
 def open_encoder(settings: Settings) -> Encoder:
     """The base encoder the settings describe (model, token limit, batch size, device, threads).
 
-    FAISS's search threads are set here too (``RR_FAISS_THREADS``): like
-    torch's, they are process-wide, and every command that searches opens the encoder first.
+    FAISS's search threads are set here too (``RR_FAISS_THREADS``), and numpy's BLAS threads
+    (``RR_BLAS_THREADS``): like torch's, they are process-wide, and every command that searches
+    opens the encoder first.
     """
     if settings.faiss_threads is not None:
         set_search_threads(settings.faiss_threads)
+    if settings.blas_threads is not None:
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
     return Encoder(
         settings.base_model,
         max_length=settings.max_length,
