@@ -206,6 +206,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long the micro-batcher waits for more requests after the first one."
     )
     batch_max_queries: int = Field(128, ge=1, description="Most queries in one micro-batch (one model pass).")
+    search_batches_in_flight: int = Field(
+        2, ge=1,
+        description="Search micro-batches run at once, each on its own thread: forward passes still take turns, "
+        "but one batch's routing and index searches run while another's pass holds the model, so a routed search "
+        "under load uses a second core (docs/benchmarks.md, section 23). 1: one batch at a time.",
+    )  # fmt: skip
     queue_max_queries: int = Field(
         1024, ge=1, description="Queries waiting for the model before new requests get 429 + Retry-After."
     )

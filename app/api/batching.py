@@ -4,10 +4,17 @@
 task takes the queue's oldest job, waits until ``max_wait_s`` after that job
 arrived (or until ``max_batch`` texts are waiting), and hands everything it
 took to ``run`` in a worker thread, so the event loop keeps serving (probes,
-metrics, new requests) while the model works. The worker is the batcher's own
-single thread, always the same one: every OS thread that runs torch gets its
-own OpenMP team, and asyncio's shared pool would spread passes over several.
-While one batch runs, the next one gathers. When the queue already holds
+metrics, new requests) while the model works. The workers are the batcher's
+own threads, always the same ones: every OS thread that runs torch gets its
+own OpenMP team, and asyncio's shared pool would spread passes over many.
+
+Up to ``in_flight`` batches run at once, each on its own worker. The model
+runs one pass at a time (``experts.model_lock``), so two routed batches do
+not compute twice as much: they overlap, one batch's routing and index
+searches (numpy, FAISS, BM25: another core) running while the other's
+forward pass holds the model. With one batch in flight a routed search
+left the second core idle under load. While the batches run, the next one
+gathers. When the queue already holds
 ``max_queue`` texts a new job is refused with
 :class:`~app.errors.OverloadedError` (429 + ``Retry-After``) instead of
 waiting ever longer.
@@ -49,7 +56,7 @@ class _Waiting(Generic[Job]):
 
 
 class MicroBatcher(Generic[Job, Result]):
-    """Gathers concurrent jobs into batches for ``run`` (called in a worker thread, one batch at a time).
+    """Gathers concurrent jobs into batches for ``run`` (called in worker threads, at most ``in_flight`` batches at once).
 
     ``run`` takes a list of jobs and returns one outcome per job, in order: a
     result, or an exception that belongs to that job alone.
@@ -71,8 +78,12 @@ class MicroBatcher(Generic[Job, Result]):
         max_queue: int,
         retry_after_s: int = 1,
         metrics: Metrics | None = None,
+        in_flight: int = 1,
     ) -> None:
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self._run = run
+        self.in_flight = in_flight
         self._size = size
         self.kind = kind
         self.max_wait_s = max_wait_s
@@ -86,6 +97,8 @@ class MicroBatcher(Generic[Job, Result]):
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._worker: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None  # one per batch that may run at once
+        self._running: set[asyncio.Task[None]] = set()
         self._last_batch_requests = 1  # see the module docstring: 1 = sequential traffic, no gathering window
 
     @property
@@ -94,15 +107,18 @@ class MicroBatcher(Generic[Job, Result]):
         return self._queued
 
     async def start(self) -> None:
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rr-{self.kind}")
+        self._worker = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix=f"rr-{self.kind}")
+        self._slots = asyncio.Semaphore(self.in_flight)
         self._task = asyncio.create_task(self._collect(), name=f"micro-batcher-{self.kind}")
 
     async def stop(self) -> None:
-        """Finish the batch in progress; refuse whatever still waits (503)."""
+        """Finish the batches in progress; refuse whatever still waits (503)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._running:
+            await asyncio.gather(*self._running)
         while self._queue:
             waiting = self._queue.popleft()
             if not waiting.future.done():
@@ -154,10 +170,21 @@ class MicroBatcher(Generic[Job, Result]):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
+            assert self._slots is not None
+            await self._slots.acquire()  # a worker is free; what waited meanwhile joins this batch
             batch = self._take()
-            if batch:
-                self._last_batch_requests = len(batch)
-                await self._answer(batch, loop.time())
+            if not batch:
+                self._slots.release()
+                continue
+            self._last_batch_requests = len(batch)
+            task = asyncio.create_task(self._answer(batch, loop.time()))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        assert self._slots is not None
+        self._slots.release()
 
     def _take(self) -> list[_Waiting[Job]]:
         """The oldest jobs up to ``max_batch`` texts (always at least one), skipping cancelled ones."""

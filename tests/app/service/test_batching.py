@@ -159,3 +159,58 @@ def test_the_window_opens_only_once_requests_arrive_together() -> None:
 
     asyncio.run(scenario())
     assert calls == [["a"], ["b"], ["c"], ["d", "e", "f"], ["g", "h", "i"]]
+
+
+def test_batches_in_flight_run_at_once_each_on_its_own_worker_thread() -> None:
+    both = threading.Barrier(2, timeout=30)  # passes only when two batches run at the same time
+    threads: set[str] = set()
+
+    def run(jobs: list[str]) -> list[str]:
+        threads.add(threading.current_thread().name)
+        both.wait()
+        return [job.upper() for job in jobs]
+
+    async def scenario() -> list[str]:
+        batcher = make(run, max_batch=1, max_wait_s=0.0, in_flight=2)
+        await batcher.start()
+        try:
+            return [result for result, _ in await asyncio.gather(batcher.submit("a"), batcher.submit("b"))]
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ["A", "B"]
+    assert len(threads) == 2 and all(name.startswith("rr-test") for name in threads)
+
+
+def test_with_every_worker_busy_the_next_batch_gathers_until_one_is_free() -> None:
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def run(jobs: list[str]) -> list[str]:
+        calls.append(list(jobs))
+        if jobs[0] in ("a", "b"):
+            gate.wait(timeout=60)
+        return [job.upper() for job in jobs]
+
+    async def scenario() -> None:
+        batcher = make(run, max_batch=4, max_wait_s=0.0, in_flight=2)
+        await batcher.start()
+        running = [asyncio.create_task(batcher.submit("a"))]
+        await until(lambda: len(calls) == 1)
+        running.append(asyncio.create_task(batcher.submit("b")))
+        await until(lambda: len(calls) == 2)  # two batches in flight, both blocked
+        later = [asyncio.create_task(batcher.submit(job)) for job in ("c", "d", "e")]
+        await until(lambda: batcher.depth == 3)
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2  # no third batch while both workers are busy
+        gate.set()
+        assert [(await task)[0] for task in (*running, *later)] == ["A", "B", "C", "D", "E"]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls[:2] == [["a"], ["b"]] and calls[2:] == [["c", "d", "e"]]
+
+
+def test_in_flight_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="in_flight must be >= 1"):
+        make(recording_runner([]), in_flight=0)
