@@ -19,6 +19,11 @@ from index import MergePolicy
 from router import PilotSearch, RoutePolicy
 
 
+def _one_on_small_hosts() -> int | None:
+    """The thread settings' default: 1 on hosts with at most 2 cores, else None (the library's own default)."""
+    return 1 if (os.cpu_count() or 1) <= 2 else None
+
+
 class Settings(BaseSettings):
     """Every knob of the service and the CLI. Example: ``RR_DATA_DIR=/srv/experts rr search "..."``."""
 
@@ -39,19 +44,19 @@ class Settings(BaseSettings):
         "(docs/benchmarks.md, section 9).",
     )
     torch_threads: int | None = Field(
-        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        default_factory=_one_on_small_hosts, ge=1,
         description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
         "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
-        "(docs/benchmarks.md, section 6).",
+        "(docs/benchmarks.md, section 6); on a dedicated 2-core host 2 is faster (section 23).",
     )  # fmt: skip
     faiss_threads: int | None = Field(
-        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        default_factory=_one_on_small_hosts, ge=1,
         description="FAISS (OpenMP) search threads; unset = FAISS's default (one per core). Defaults to 1 on hosts "
         "with <= 2 cores: a single-query search of 11k vectors took 1.3-23 ms p50 with 2 threads on a busy 2-core "
         "host and 0.6 ms with 1 (docs/benchmarks.md, section 17).",
     )  # fmt: skip
     blas_threads: int | None = Field(
-        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 2 else None, ge=1,
+        default_factory=_one_on_small_hosts, ge=1,
         description="numpy's BLAS (OpenBLAS) threads, process-wide; unset = its default (one per core). Defaults to "
         "1 on hosts with <= 2 cores: after each of the router's matrix products an idle OpenBLAS worker spins on "
         "the other core, which a routed search at one client kept fully busy (docs/benchmarks.md, section 23).",
