@@ -62,7 +62,7 @@ Form = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """(nq, n) -> (nq, n) mask of each row's ``k`` best (finite, and for BM25 above 0)."""
+    """(nq, n) -> (nq, n) mask of each row's ``k`` best finite scores (BM25 rows hold -inf where no stem is shared)."""
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     mask = np.zeros(scores.shape, dtype=bool)
@@ -115,11 +115,7 @@ def _service(expert: np.ndarray, lexical: np.ndarray, weight: float, k: int) -> 
         top = np.take_along_axis(scores, ids, axis=1)
         sides.append((top.astype(np.float32), np.where(np.isfinite(top), ids, -1)))
     fused = fuse_dense_lexical(sides[0], sides[1], k=2 * k, weight=weight)
-    out = np.full(expert.shape, -np.inf)
-    for q, (ids, scores) in enumerate(zip(fused.ids, fused.scores, strict=True)):
-        keep = ids >= 0
-        out[q, ids[keep]] = scores[keep]
-    return out
+    return _scatter(fused.scores, fused.ids, expert.shape[1])
 
 
 def _exact(expert: np.ndarray, lexical: np.ndarray, weight: float, k: int) -> np.ndarray:
@@ -139,22 +135,23 @@ def ndcg(fused: np.ndarray, relevant: list[tuple[int, ...]]) -> float:
     return float(ir_measures.calc_aggregate([_NDCG], qrels, run)[_NDCG])
 
 
+def _scatter(scores: np.ndarray, ids: np.ndarray, n: int, position=None) -> np.ndarray:
+    """(nq, k) scores at ids (-1 pads) -> (nq, n), -inf elsewhere; ``position`` maps ids to columns (None: ids are)."""
+    out = np.full((len(scores), n), -np.inf)
+    for q, (s, i) in enumerate(zip(scores, ids, strict=True)):
+        keep = i >= 0
+        out[q, i[keep] if position is None else position(i[keep])] = s[keep]
+    return out
+
+
 def dense_exact(collection: Collection, vectors: np.ndarray, n: int, position) -> np.ndarray:
     """(nq, n) cosine of each query vector with every document (its best chunk), by document position."""
-    dense_scores, dense_ids = collection.dense.search(vectors, n)
-    dense = np.full((len(vectors), n), -np.inf)
-    for q, (s, i) in enumerate(zip(dense_scores, dense_ids, strict=True)):
-        dense[q, position(i[i >= 0])] = s[i >= 0]
-    return dense
+    return _scatter(*collection.dense.search(vectors, n), n, position)
 
 
-def bm25_exact(lexical: Collection | LexicalIndex, texts: list[str], n: int, position) -> np.ndarray:
+def bm25_exact(lexical: LexicalIndex, texts: list[str], n: int, position) -> np.ndarray:
     """(nq, n) BM25 score of each query text for every document sharing a stem with it (the rest -inf)."""
-    scores, ids = lexical.search_lexical(texts, n) if isinstance(lexical, Collection) else lexical.search(texts, n)
-    out = np.full((len(texts), n), -np.inf)
-    for q, (s, i) in enumerate(zip(scores, ids, strict=True)):
-        out[q, position(i[i >= 0])] = s[i >= 0]
-    return out
+    return _scatter(*lexical.search(texts, n), n, position)
 
 
 def adapter_for(name: str, args, encoder, held: set[int], texts, vectors) -> Path:
@@ -209,7 +206,7 @@ def bench_collection(name: str, args, encoder, root: Path) -> dict[str, dict[str
             expert_q = encoder.embed(queries.texts, expert=name, max_length=64)
             base = dense_exact(collection, base_q, n, position)
             tuned = dense_exact(collection, expert_q, n, position)
-            lexical = bm25_exact(collection, queries.texts, n, position)
+            lexical = bm25_exact(collection.lexical, queries.texts, n, position)
             scores = {"bm25": ndcg(lexical, relevant), "base": ndcg(base, relevant), "expert": ndcg(tuned, relevant)}
             scores["base-minmax-0.5"] = ndcg(_service(base, lexical, 0.5, args.candidates), relevant)
             for label, form in forms(args.weights, args.mixes, args.candidates).items():

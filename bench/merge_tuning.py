@@ -184,6 +184,7 @@ def lists_and_scores(
     own_pilot: str | None = None,
     home: str | None = None,
     sources: Sequence[int] | None = None,
+    base_cosines: bool = True,
 ):
     """Router scores (n, E) in ``names`` order, and per expert its hybrid hits for every query.
 
@@ -191,7 +192,8 @@ def lists_and_scores(
     train queries); each one's vote for itself is taken off its score, so it
     is routed roughly as a new query like it would be. ``sources``: each
     query's source document in collection ``home``, left out of the votes
-    (:func:`ad_hoc_scores`).
+    (:func:`ad_hoc_scores`). ``base_cosines``: also each hit's cosine with the base query vector (what the
+    ``b`` rules merge by; one more pass and a deep dense search per collection), else None in its place.
     """
     names = sorted(engine.experts)
     if home is not None and sources is not None:
@@ -206,7 +208,7 @@ def lists_and_scores(
     if own_pilot is not None:
         scores[:, names.index(own_pilot)] -= 1.0 / engine.router.neighbours
     lists = {}
-    base = engine.encoder.embed(list(texts), max_length=engine.query_max_length)
+    base = engine.encoder.embed(list(texts), max_length=engine.query_max_length) if base_cosines else None
     for name in names:
         expert = engine.experts[name]
         retrieval = replace(expert_retrieval(engine.retrieval, expert.manifest.retrieval), mode="hybrid")
@@ -218,9 +220,12 @@ def lists_and_scores(
         found = search_collection(view, list(texts), vectors, [(k, retrieval)] * len(texts))
         # Each hit's cosine with the *base* query vector: the collections hold base-encoder vectors, so
         # these compare across collections as one index's would (the ``b`` rules).
-        by_base = search_collection(view, list(texts), base, [(BASE_DEPTH, Retrieval(mode="dense"))] * len(texts))
-        base_of = [{h.id: h.dense_score for h in row} for row in by_base]
-        floor = [min((s for s in row.values() if s is not None), default=0.0) for row in base_of]
+        base_of: list[dict[str, float | None]] = [{} for _ in texts]
+        floor: list[float | None] = [None] * len(texts)
+        if base is not None:
+            by_base = search_collection(view, list(texts), base, [(BASE_DEPTH, Retrieval(mode="dense"))] * len(texts))
+            base_of = [{h.id: h.dense_score for h in row} for row in by_base]
+            floor = [min((s for s in row.values() if s is not None), default=0.0) for row in base_of]
         lists[name] = [
             [
                 (f"{name}/{h.id}", float(h.score), h.dense_score, h.lexical_score, base_of[i].get(h.id, floor[i]))
@@ -317,6 +322,7 @@ def main() -> None:
         for b in (0.0, 0.1, 0.25, 0.5)
     ]
     rules = [r for r in args.rules.split(",") if r] or grid
+    base_rules = any(rule.split("-")[0] in ("bjoint", "objoint") for rule in rules)
     table: dict[str, dict[str, dict[str, float]]] = {rule: {} for rule in rules}
     counts = {}
     collections = split_collections(args)
@@ -328,7 +334,9 @@ def main() -> None:
             queries = split_queries(engine, name, args)
         qrels = {q: {f"{name}/{d}": r for d, r in docs.items()} for q, docs in queries.qrels.items()}
         own = name if args.split == "dev-real" else None
-        names, scores, lists = lists_and_scores(engine, queries.texts, 100, own_pilot=own, home=name, sources=sources)
+        names, scores, lists = lists_and_scores(
+            engine, queries.texts, 100, own_pilot=own, home=name, sources=sources, base_cosines=base_rules
+        )
         counts[name] = len(queries.ids)
         routed_home = float(np.mean([names[int(np.argmax(row))] == name for row in scores]))
         print(f"{name}: {len(queries.ids)} {queries.origin}, routed home {routed_home:.1%}", flush=True)
