@@ -1,4 +1,4 @@
-"""RR_BLAS_THREADS: numpy's BLAS threads, capped by open_encoder like torch's and FAISS's."""
+"""RR_BLAS_THREADS (numpy's BLAS threads, capped by open_encoder like torch's and FAISS's) and RR_SEARCH_BATCHES_IN_FLIGHT."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def test_blas_threads_default_to_one_on_small_hosts(
     assert Settings().blas_threads == expected
 
 
-def test_blas_threads_below_one_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RR_BLAS_THREADS", "0")
-    with pytest.raises(ValidationError, match="blas_threads"):
+@pytest.mark.parametrize("field", ["blas_threads", "search_batches_in_flight"])
+def test_thread_counts_below_one_are_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch, field: str) -> None:
+    monkeypatch.setenv(f"RR_{field.upper()}", "0")
+    with pytest.raises(ValidationError, match=rf"{field}\n  Input should be greater than or equal to 1"):
         Settings()
 
 
