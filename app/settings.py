@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,9 +19,18 @@ from index import MergePolicy
 from router import PilotSearch, RoutePolicy
 
 
+def _small_host() -> bool:
+    return (os.cpu_count() or 1) <= 2
+
+
+def _auto_on_small_hosts() -> Literal["auto"] | None:
+    """torch's threads' default: chosen per pass on hosts with at most 2 cores, else None (torch's own default)."""
+    return "auto" if _small_host() else None
+
+
 def _one_on_small_hosts() -> int | None:
     """The thread settings' default: 1 on hosts with at most 2 cores, else None (the library's own default)."""
-    return 1 if (os.cpu_count() or 1) <= 2 else None
+    return 1 if _small_host() else None
 
 
 class Settings(BaseSettings):
@@ -43,11 +52,12 @@ class Settings(BaseSettings):
         "feed-forward outputs; CPU only) or int8-full (every linear layer). Fingerprint and adapters are unchanged "
         "(docs/benchmarks.md, section 9).",
     )
-    torch_threads: int | None = Field(
-        default_factory=_one_on_small_hosts, ge=1,
-        description="torch intra-op threads; unset = torch's default. Defaults to 1 on hosts with <= 2 cores, where "
-        "a second OpenMP thread waits at every operator's barrier whenever another process holds a core "
-        "(docs/benchmarks.md, section 6); on a dedicated 2-core host 2 is faster (section 23).",
+    torch_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default_factory=_auto_on_small_hosts,
+        description="torch intra-op threads: a number, auto, or unset (torch's default). Defaults to auto on hosts "
+        "with <= 2 cores: each forward pass gets one thread per core that other processes leave free (and other "
+        "passes of the service), read from /proc/stat (experts/torch_threads.py). Two threads are faster on a quiet "
+        "2-core host, one when another process holds a core (docs/benchmarks.md, sections 6, 23 and 24).",
     )  # fmt: skip
     faiss_threads: int | None = Field(
         default_factory=_one_on_small_hosts, ge=1,

@@ -43,6 +43,7 @@ from experts.manifest import (
 from experts.pairs import TrainingPair, combine_pairs, pseudo_pairs, supervised_pairs
 from experts.quantization import BACKENDS, Backend
 from experts.token_windows import DEFAULT_OVERLAP, make_split_fn, split_passages, token_spans
+from experts.torch_threads import ThreadChoice
 from experts.train import LexicalSearch, NegativeSearch, TrainConfig, TrainingError, TrainReport, train_adapter
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "PairScores",
     "PilotsSection",
     "RetrievalSection",
+    "ThreadChoice",
     "TrainConfig",
     "TrainReport",
     "TrainingError",

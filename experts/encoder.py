@@ -15,7 +15,8 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,7 @@ from experts.layer_resume import LayerResume, first_layer
 from experts.lora import LoraLayers
 from experts.model_lock import ModelLock
 from experts.quantization import Backend, apply_backend, check_backend
+from experts.torch_threads import ThreadChoice
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class Encoder:
         batch_size: int = 64,
         pooling: Pooling = "mean",
         device: str = "cpu",
-        threads: int | None = None,
+        threads: int | Literal["auto"] | None = None,
         cache_size: int = 0,
         batch_tokens: int | None = 512,
         group_up_to: int = 2,
@@ -89,8 +91,14 @@ class Encoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if threads is not None:
-            torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
+        #: With ``threads="auto"``: each pass's threads, from the host's load (:mod:`experts.torch_threads`).
+        self.thread_choice = ThreadChoice() if threads == "auto" else None
+        if isinstance(threads, int) or threads == "auto":
+            # Process-wide default (torch has no per-model setting); "auto" passes set their own, and the rest
+            # of the process's torch work (training beside the service, reranking) keeps one thread.
+            torch.set_num_threads(1 if threads == "auto" else threads)
+        elif threads not in (None, "auto"):
+            raise ValueError(f"threads must be a positive int, 'auto' or None, got {threads!r}")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"Invalid pooling {pooling!r}. Valid pooling modes are: 'mean', 'cls'")
         if batch_size < 1:
@@ -126,6 +134,8 @@ class Encoder:
         self._resume = LayerResume(self._base)
         self._first_layers: dict[str, int] = {}  # per adapter: the lowest layer it changes
         self._lock = ModelLock()
+        self._passes_running = 0  # on either model: a pass beside another gets a thread fewer with "auto"
+        self._passes_lock = threading.Lock()
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
@@ -218,7 +228,7 @@ class Encoder:
                 # A bulk base pass runs on the bulk copy, beside the shared model's passes; the rest take turns.
                 bulk_model = self._bulk_model if bulk and all(rows[i] is None for i in part) else None
                 lock = self._bulk_lock if bulk_model is not None else self._lock.hold(bulk=bulk)  # experts.model_lock
-                with lock, torch.inference_mode():
+                with lock, self._threads_for_pass(), torch.inference_mode():
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
                     if bulk_model is not None:
@@ -229,6 +239,26 @@ class Encoder:
         if cache and self.cache_size:
             self._to_cache(texts, rows, limit, out, todo)
         return out
+
+    @contextmanager
+    def _threads_for_pass(self) -> Iterator[None]:
+        """Around one pass: with ``threads="auto"``, set this thread's torch threads first (beside any other pass)."""
+        if self.thread_choice is None:
+            yield
+            return
+        with self._passes_lock:
+            concurrent = self._passes_running
+            self._passes_running += 1
+        try:
+            self.thread_choice.apply(concurrent=concurrent)
+            yield
+        finally:
+            with self._passes_lock:
+                self._passes_running -= 1
+
+    def holding_a_core(self) -> AbstractContextManager[None]:
+        """Around other torch work of this process (training): with ``threads="auto"``, passes meanwhile get a thread fewer."""
+        return nullcontext() if self.thread_choice is None else self.thread_choice.holding_a_core()
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text, special tokens included, before any truncation.

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -532,9 +533,19 @@ def train_adapter(
             logger.info("resuming training from its checkpoint after step %d of %d", start, len(schedule))
         doc_tensor = torch.from_numpy(matrix)
         smoothed = None
-        with tqdm(
-            total=config.steps, initial=start, desc=description, unit="step", disable=not progress, dynamic_ncols=True
-        ) as bar:
+        # Beside a serving encoder choosing its threads per pass, the steps hold a core (experts.torch_threads).
+        holding = base.holding_a_core() if isinstance(base, Encoder) else nullcontext()
+        with (
+            holding,
+            tqdm(
+                total=config.steps,
+                initial=start,
+                desc=description,
+                unit="step",
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
             for batch in schedule[start:]:
                 queries = _embed(
                     peft_model,

@@ -52,7 +52,7 @@ from app.engine.reranking import RerankJob, open_reranker, rerank_jobs
 from app.publishing.document_writes import DocumentWriter
 from app.publishing.publisher import ExpertPublisher
 from app.settings import Settings
-from experts import CrossEncoder, Encoder, PairScores
+from experts import CrossEncoder, Encoder, PairScores, ThreadChoice
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,8 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    service = ServiceState(settings=settings, metrics=Metrics(lambda: _published(service)))
+    metrics = Metrics(lambda: _published(service), threads=lambda: _thread_choice(service))
+    service = ServiceState(settings=settings, metrics=metrics)
     service.building = {name: "queued" for name in building}
     app.state.service = service
     app.state.keys = KeyStore(settings)  # app.api.auth reads the keys in force here
@@ -274,6 +275,10 @@ def _finish_merges(runtime: Runtime) -> None:
 
 def _published(service: ServiceState) -> Mapping[str, LoadedExpert]:
     return service.runtime.engine.experts if service.runtime is not None else {}
+
+
+def _thread_choice(service: ServiceState) -> ThreadChoice | None:
+    return service.runtime.engine.encoder.thread_choice if service.runtime is not None else None
 
 
 def serve(

@@ -25,6 +25,7 @@ from app.api.keys import ANONYMOUS, KEY_NAME_STATE
 from app.engine.engine import BatchResult
 from app.engine.loading import LoadedExpert
 from app.engine.shadow_compare import Comparison
+from experts import ThreadChoice
 from router import RouteDecision
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -169,7 +170,11 @@ class ShadowMetrics:
 class Metrics:
     """Every metric the service exports, registered in a registry of its own."""
 
-    def __init__(self, experts: Callable[[], Mapping[str, LoadedExpert]]) -> None:
+    def __init__(
+        self,
+        experts: Callable[[], Mapping[str, LoadedExpert]],
+        threads: Callable[[], ThreadChoice | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.shared = shared_families(r)
@@ -198,6 +203,16 @@ class Metrics:
         )
         self.shadows = ShadowMetrics(r)
         self.registry.register(_ExpertCollector(experts))
+        Gauge(
+            "rr_torch_threads",
+            "Torch threads the last forward pass ran with (RR_TORCH_THREADS=auto; 0 when set by number).",
+            registry=r,
+        ).set_function(lambda: getattr(threads(), "last", 0))
+        Gauge(
+            "rr_host_other_load_cores",
+            "Cores other processes kept busy at the last reading (RR_TORCH_THREADS=auto; 0 when set by number).",
+            registry=r,
+        ).set_function(lambda: getattr(threads(), "others_load", 0.0))
 
     def observe_search_batch(self, outcomes: Sequence[object]) -> None:
         """Stage times once per micro-batch; the routing decision of every query answered in it."""

@@ -122,8 +122,9 @@ def build_beside_service(
     and train the experts ``train`` one after another on a second thread, each as soon as it serves, swapping each
     trained version in as it is done.
 
-    Why two threads: on 2 cores the service runs torch on one thread (``RR_TORCH_THREADS``), so indexing one
-    expert while training the one before keeps both cores busy; the training works on its own copy of the model,
+    Why two threads: on 2 cores the training runs torch on one thread, and the service's passes (indexing
+    among them) get one thread fewer while it runs (``RR_TORCH_THREADS=auto``, experts.torch_threads), so
+    indexing one expert while training the one before keeps both cores busy; the training works on its own copy of the model,
     so the two never wait for each other's lock (docs/benchmarks.md, section 19: the whole demo in 857 s
     instead of 1304). ``progress(name, doing)`` says what each is doing (None: done); ``publish(name)`` puts a
     complete expert into service (the publisher's atomic add: searches never see half an expert); ``stopping()``

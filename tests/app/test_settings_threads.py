@@ -1,4 +1,5 @@
-"""RR_BLAS_THREADS (numpy's BLAS threads, capped by open_encoder like torch's and FAISS's) and RR_SEARCH_BATCHES_IN_FLIGHT."""
+"""RR_BLAS_THREADS (numpy's BLAS threads, capped by open_encoder like torch's and FAISS's), RR_TORCH_THREADS (a count
+or auto) and RR_SEARCH_BATCHES_IN_FLIGHT."""
 
 from __future__ import annotations
 
@@ -19,6 +20,33 @@ def test_blas_threads_default_to_one_on_small_hosts(
     monkeypatch.delenv("RR_BLAS_THREADS", raising=False)
     monkeypatch.setattr("app.settings.os.cpu_count", lambda: cores)
     assert Settings().blas_threads == expected
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, "auto"), (2, "auto"), (8, None)])
+def test_torch_threads_are_chosen_per_pass_on_small_hosts(
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: str | None
+) -> None:
+    monkeypatch.delenv("RR_TORCH_THREADS", raising=False)
+    monkeypatch.setattr("app.settings.os.cpu_count", lambda: cores)
+    assert Settings().torch_threads == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("2", 2), ("1", 1)])
+def test_torch_threads_read_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str, expected: object) -> None:
+    monkeypatch.setenv("RR_TORCH_THREADS", value)
+    assert Settings().torch_threads == expected
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_torch_threads_other_than_a_count_or_auto_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("RR_TORCH_THREADS", value)
+    with pytest.raises(ValidationError, match="torch_threads"):
+        Settings()
+
+
+def test_open_encoder_with_auto_threads_chooses_per_pass(tiny_bert_path: Path) -> None:
+    assert open_encoder(Settings(base_model=str(tiny_bert_path), torch_threads="auto")).thread_choice is not None
+    assert open_encoder(Settings(base_model=str(tiny_bert_path), torch_threads=1)).thread_choice is None
 
 
 @pytest.mark.parametrize("field", ["blas_threads", "search_batches_in_flight"])

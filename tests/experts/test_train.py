@@ -274,3 +274,20 @@ def test_the_frozen_prefix_pass_equals_the_whole_pass_and_trains_the_same_layers
     assert all(f"layer.{layers - 1}." in key for key in prefix_weights)
     encoder.add_adapter("prefix", tmp_path / "prefix")
     assert accuracy(encoder, pairs, documents, "prefix") > before + 0.3
+
+
+def test_training_beside_an_auto_encoder_holds_a_core_for_its_steps(tmp_path: Path, tiny_bert_path: Path) -> None:
+    from tests.experts.test_torch_threads import Host
+
+    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=4, threads="auto")
+    host = Host()
+    encoder.thread_choice = host.choice(cores=2, interval_s=0.0)
+    pairs, documents = toy_problem(encoder)
+    during: list[int] = []
+    config = TrainConfig(**{**FAST.as_dict(), "steps": 3})
+    train_adapter(
+        encoder, pairs, documents, tmp_path / "a", config=config, progress=False,
+        on_step=lambda done, total: during.append(encoder.thread_choice.threads()),  # type: ignore[union-attr]
+    )  # fmt: skip
+    assert during == [1, 1, 1]  # a quiet 2-core host, one core held by the training: the passes get one thread
+    assert encoder.thread_choice.threads() == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import numpy as np
@@ -260,8 +261,12 @@ def test_probes_metrics_and_docs(client: TestClient) -> None:
         'rr_index_documents{expert="alpha",index="Flat"} 24.0',
         "rr_experts_published 2.0",
         'rr_stage_duration_seconds_count{stage="base"}',
+        "rr_host_other_load_cores ",
     ):
         assert needle in text, needle
+    threads = float(re.search(r"^rr_torch_threads (\S+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    chosen = client.app.state.service.runtime.engine.encoder.thread_choice  # type: ignore[attr-defined]
+    assert threads >= 1 if chosen is not None else threads == 0  # per pass (RR_TORCH_THREADS=auto) or fixed
     openapi = client.get("/openapi.json").json()
     assert {"/search", "/v1/embeddings", "/experts", "/admin/experts", "/admin/experts/{name}", "/readyz"} <= set(
         openapi["paths"]
