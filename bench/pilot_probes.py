@@ -9,7 +9,7 @@ default), each with ``--pilots`` pilots, the base encoder's vectors of pseudo
 queries (the title, else a 4-12-word span) of documents sampled with its own
 seed, as ``rr pilots`` makes them. The queries are pseudo queries of other
 documents (``--queries`` per collection, never a test query). For each count
-of probes, the share of queries whose grouped vote (``router/pilot_groups.py``)
+of probes (and of ``--reduced-dims``, the dimensions of the first comparison), the share of queries whose grouped vote (``router/pilot_groups.py``)
 puts first an expert of the same collection as the exact vote, the share
 whose five nearest pilots are of the same collections as the exact ones
 (copies of a collection share pilots, so ties between copies are arbitrary
@@ -49,6 +49,12 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=100, help="pseudo queries per collection")
     parser.add_argument("--probes", default="8,16,24,32,48,64", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument(
+        "--reduced-dims",
+        default=str(PilotSearch().reduced_dim),
+        type=lambda v: [None if x == "none" else int(x) for x in v.split(",")],
+        help="dimensions of the first comparison, comma-separated (none: every dimension); each with every --probes",
+    )
     parser.add_argument("--group-size", type=int, default=PilotSearch().group_size, help="pilots per group, about")
     parser.add_argument("--cache", type=Path, default=None, help="keep the embedded pilots and queries here (.npz)")
     parser.add_argument("--json", type=Path, default=None)
@@ -100,8 +106,8 @@ def evaluate(args, pilots: dict[str, np.ndarray], queries: np.ndarray, query_col
     exact_top = source[exact_scores.argmax(axis=1)]
     print(f"exact vote: top expert of the query's own collection for {np.mean(exact_top == query_collection):.1%}")
     rows, steps, groups = [], [], None
-    for probes in args.probes:
-        search = PilotSearch(exact_max=0, probes=probes, group_size=args.group_size)
+    for reduced, probes in ((reduced, probes) for reduced in args.reduced_dims for probes in args.probes):
+        search = PilotSearch(exact_max=0, probes=probes, group_size=args.group_size, reduced_dim=reduced)
         grouped = Router(pilots, aggregate="knn", search=search, groups=groups)
         groups = grouped.groups  # grouped once, reused for every count of probes
         scores = grouped.scores(queries)
@@ -117,15 +123,23 @@ def evaluate(args, pilots: dict[str, np.ndarray], queries: np.ndarray, query_col
                 router.scores(queries[q : q + 1])
                 times[label].append((time.perf_counter() - clock) * 1000)
         exact_p50, grouped_p50 = (percentiles(times[label], [50])[0] for label in ("exact", "grouped"))
-        step = {"probes": probes, "same_top_collection": round(same_top, 4), "same_votes": round(same_votes, 4),
+        step = {"probes": probes, "reduced_dim": reduced, "same_top_collection": round(same_top, 4), "same_votes": round(same_votes, 4),
                 "exact_p50_ms": round(exact_p50, 3), "grouped_p50_ms": round(grouped_p50, 3)}  # fmt: skip
         steps.append(step)
-        rows.append([probes, same_top, same_votes, exact_p50, grouped_p50, grouped_p50 / exact_p50])
+        rows.append([probes, reduced or "all", same_top, same_votes, exact_p50, grouped_p50, grouped_p50 / exact_p50])
         print(step, flush=True)
     print()
     print(
         table(
-            ["probes", "same top collection", "same votes per collection", "exact p50 ms", "grouped p50 ms", "÷ exact"],
+            [
+                "probes",
+                "reduced dims",
+                "same top collection",
+                "same votes per collection",
+                "exact p50 ms",
+                "grouped p50 ms",
+                "÷ exact",
+            ],
             rows,
         )
     )

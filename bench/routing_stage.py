@@ -18,7 +18,11 @@ the engine runs them for a single query, at each count of experts:
   defaults (exact up to ``RR_ROUTER_VOTE_EXACT_MAX`` = 50,000 vectors, an
   inverted file above; each collection's best scores, ``RR_ROUTER_VOTE_RULE=best``);
   **votes, share**: the same searches counted as shares of the best documents (the rule before);
-* **stage, before**: votes + exact pilots; **stage, now**: votes + pilots as
+* **pilots, grouped, all dims**: the grouped vote comparing every dimension
+  (``RR_ROUTER_PILOT_REDUCED_DIM`` unset); **pilots, grouped** compares the
+  probed pilots first in their 128 main directions, then the nearest again in full;
+* **stage, before**: votes + exact pilots; **stage, all dims**: votes + pilots as
+  ``RR_ROUTER_PILOT_EXACT_MAX`` chooses, compared in every dimension; **stage, now**: votes + pilots as
   ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses. The votes are the
   engine's as they are now in both (their BM25 union cut to 1,024 postings a
   stem above 50,000 documents); **BM25 exact / capped** time that union's
@@ -76,10 +80,12 @@ METHODS = (
     "bm25_exact",
     "bm25_capped",
     "pilots_exact",
+    "pilots_grouped_all_dims",
     "pilots_grouped",
     "votes",
     "votes_share",
     "stage_before",
+    "stage_all_dims",
     "stage_now",
 )
 
@@ -141,7 +147,7 @@ def main() -> None:
     print(table([*headers, "same top collection", "L1", "grouping s"], rows))
     print(f"measurement: {load.line()}")
     targets = []
-    for method in ("stage_before", "stage_now"):
+    for method in ("stage_before", "stage_all_dims", "stage_now"):
         ratio = last[f"{method}_p50_ms"] / first[f"{method}_p50_ms"]
         name = f"{method} p50 at {last['experts']} experts / at {first['experts']}"
         targets.append([name, ratio, "<= 1.2", verdict(ratio, 1.2, at_most=True)])
@@ -169,6 +175,10 @@ def measure(
     grouped = Router(pilots, aggregate="knn", search=PilotSearch(exact_max=0, probes=probes))
     grouping = time.perf_counter() - started
     default = grouped if PilotSearch().grouped(sum(len(p) for p in pilots.values())) else exact
+    all_dims = Router(
+        pilots, aggregate="knn", search=PilotSearch(exact_max=0, probes=probes, reduced_dim=None), groups=grouped.groups
+    )
+    default_all_dims = all_dims if default is grouped else exact
 
     def votes(q: int, rule: VoteRule = "best") -> np.ndarray:
         one = slice(q, q + 1)
@@ -194,10 +204,12 @@ def measure(
         "bm25_exact": lambda q: lexical.search(texts[q : q + 1], DEPTH),
         "bm25_capped": lambda q: capped.search(texts[q : q + 1], DEPTH),
         "pilots_exact": lambda q: exact.route(base[q : q + 1], policy=POLICY),
+        "pilots_grouped_all_dims": lambda q: all_dims.route(base[q : q + 1], policy=POLICY),
         "pilots_grouped": lambda q: grouped.route(base[q : q + 1], policy=POLICY),
         "votes": votes,
         "votes_share": lambda q: votes(q, "share"),
         "stage_before": lambda q: stage(exact, q),
+        "stage_all_dims": lambda q: stage(default_all_dims, q),
         "stage_now": lambda q: stage(default, q),
     }
     for q in range(3):  # warm-up: first touch of every index

@@ -153,7 +153,13 @@ class Router:
             self._counts = np.asarray(counts, dtype=np.float32)
             self._owner = np.repeat(np.arange(len(counts)), counts)
             if self.groups:
-                self._index = PilotIndex(list(self.groups.values()), self._starts)
+                self._index = PilotIndex(
+                    list(self.groups.values()),
+                    self._starts,
+                    self._matrix,
+                    reduced_dim=search.reduced_dim,
+                    refine=search.refine,
+                )
 
     def __len__(self) -> int:
         return len(self.experts)

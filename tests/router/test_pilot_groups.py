@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from router import PilotSearch, Router
-from router.pilot_groups import PilotGroups
+from router.pilot_groups import PilotGroups, main_directions
 
 EXACT = PilotSearch(exact_max=None)
 
@@ -92,7 +92,46 @@ def test_groups_cover_every_pilot_once() -> None:
     assert len(groups.centres) == len(groups.bounds) - 1
 
 
-@pytest.mark.parametrize("kwargs", [{"exact_max": -1}, {"probes": 0}, {"group_size": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"exact_max": -1}, {"probes": 0}, {"group_size": 0}, {"reduced_dim": 0}, {"refine": 0}]
+)
 def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="exact_max must be"):
         PilotSearch(**kwargs)
+
+
+def test_a_reduced_first_comparison_refined_in_full_gives_the_exact_votes_when_it_refines_every_pilot() -> None:
+    experts = _experts(6, dim=48)
+    queries = _queries(experts, 40)
+    exact = Router(experts, aggregate="knn", search=EXACT)
+    everything = PilotSearch(exact_max=0, probes=10_000, reduced_dim=8, refine=10_000)
+    reduced = Router(experts, aggregate="knn", search=everything)
+    assert reduced._index is not None and reduced._index.basis is not None and reduced._index.basis.shape == (48, 8)
+    np.testing.assert_allclose(reduced.scores(queries), exact.scores(queries), atol=1e-6)
+
+
+def test_a_reduced_first_comparison_finds_nearly_the_same_votes() -> None:
+    rng = np.random.default_rng(3)
+    lift = np.linalg.qr(rng.standard_normal((64, 24)))[0].astype(np.float32)  # pilots near a 24-dim subspace
+    experts = {
+        name: _unit(p @ lift.T + 0.02 * rng.standard_normal((len(p), 64))) for name, p in _experts(30, dim=24).items()
+    }
+    queries = _unit(_queries(_experts(30, dim=24), 300) @ lift.T)
+    exact = Router(experts, aggregate="knn", search=EXACT).scores(queries)
+    full = Router(experts, aggregate="knn", search=PilotSearch(exact_max=0, probes=24, reduced_dim=None))
+    reduced = Router(
+        experts, aggregate="knn", search=PilotSearch(exact_max=0, probes=24, reduced_dim=24), groups=full.groups
+    )
+    assert full._index is not None and full._index.basis is None
+    same_full = np.mean(exact.argmax(axis=1) == full.scores(queries).argmax(axis=1))
+    same_reduced = np.mean(exact.argmax(axis=1) == reduced.scores(queries).argmax(axis=1))
+    assert same_reduced >= same_full - 0.01 and same_reduced >= 0.95
+
+
+def test_main_directions_are_orthonormal_and_hold_a_subspace_s_inner_products() -> None:
+    rng = np.random.default_rng(4)
+    inside = rng.standard_normal((500, 6)) @ np.linalg.qr(rng.standard_normal((20, 6)))[0].T
+    basis = main_directions(inside.astype(np.float32), 6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
+    projected = inside @ basis
+    np.testing.assert_allclose(projected @ projected[:5].T, inside @ inside[:5].T, atol=1e-4)
