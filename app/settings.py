@@ -15,21 +15,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.config import EngineConfig
 from app.engine.retrieval import Retrieval
+from experts.torch_threads import cpu_quota
 from index import MergePolicy
 from router import PilotSearch, RoutePolicy
 
 
 def _small_host() -> bool:
-    return (os.cpu_count() or 1) <= 2
+    """At most 2 cores, or a container's CPU quota of less than 3 CPUs."""
+    quota = cpu_quota()
+    return min(os.cpu_count() or 1, float("inf") if quota is None else quota) < 3
 
 
 def _auto_on_small_hosts() -> Literal["auto"] | None:
-    """torch's threads' default: chosen per pass on hosts with at most 2 cores, else None (torch's own default)."""
+    """torch's threads' default: chosen per pass on small hosts (see ``_small_host``), else None (torch's own)."""
     return "auto" if _small_host() else None
 
 
 def _one_on_small_hosts() -> int | None:
-    """The thread settings' default: 1 on hosts with at most 2 cores, else None (the library's own default)."""
+    """The thread settings' default: 1 on small hosts (see ``_small_host``), else None (the library's own default)."""
     return 1 if _small_host() else None
 
 
@@ -55,9 +58,10 @@ class Settings(BaseSettings):
     torch_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         default_factory=_auto_on_small_hosts,
         description="torch intra-op threads: a number, auto, or unset (torch's default). Defaults to auto on hosts "
-        "with <= 2 cores: each forward pass gets one thread per core that other processes leave free (and other "
-        "passes of the service), read from /proc/stat (experts/torch_threads.py). Two threads are faster on a quiet "
-        "2-core host, one when another process holds a core (docs/benchmarks.md, sections 6, 23 and 24).",
+        "with <= 2 cores (or a CPU quota under 3): each forward pass gets one thread per core that other processes "
+        "(read from /proc/stat), other passes of the service and training leave free (experts/torch_threads.py). "
+        "Two threads are faster on a quiet 2-core host, one when another process holds a core (docs/benchmarks.md, "
+        "sections 6, 23 and 24).",
     )  # fmt: skip
     faiss_threads: int | None = Field(
         default_factory=_one_on_small_hosts, ge=1,

@@ -63,6 +63,10 @@ class Encoder:
     (text, max_length) pairs for calls that ask for it (``embed(cache=True)``,
     the service's routing pass): a repeated query skips the base pass.
 
+    ``threads``: torch's intra-op threads (process-wide), or ``"auto"``: each
+    pass gets as many as the host's other processes and this encoder's other
+    passes leave free (:mod:`experts.torch_threads`).
+
     ``backend="int8"`` quantises the base model's linear layers (CPU only;
     adapters stay fp32; the fingerprint stays the fp32 one): see
     :mod:`experts.quantization`.

@@ -14,7 +14,9 @@ other pass of this encoder running at that moment), at least one.
 The reading is refreshed at most every ``interval_s`` and changes the choice
 only past a margin (hysteresis), so a neighbour near the threshold does not
 flip it every pass. Where ``/proc/stat`` cannot be read (not Linux), one
-thread, the choice that is never badly wrong. Other torch work of this process
+thread, the choice that is never badly wrong. In a container with a CPU quota
+(``docker run --cpus 2``) the passes share the quota's whole CPUs instead,
+and ``/proc/stat``, which shows the whole host, is not read. Other torch work of this process
 (training beside the service) says so with :meth:`ThreadChoice.holding_a_core`,
 and runs on one thread (the process-wide default an ``"auto"`` encoder sets).
 
@@ -31,10 +33,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
-__all__ = ["ThreadChoice", "host_busy_seconds", "usable_cores"]
+__all__ = ["ThreadChoice", "cpu_quota", "host_busy_seconds", "usable_cores"]
 
 #: Columns of a ``/proc/stat`` cpu line that count as busy: user nice system (idle iowait) irq softirq steal.
 #: Steal is time a hypervisor gave this virtual core to another machine: a core held by someone else too.
@@ -44,12 +47,32 @@ _BUSY_COLUMNS = (0, 1, 2, 5, 6, 7)
 _MARGIN = 0.6
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one)."""
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs this process's cgroup may use (a container's ``--cpus``), or None without a limit.
+
+    cgroup v2's ``cpu.max`` ("200000 100000": 2 CPUs; "max 100000": none), else v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: none).
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def usable_cores(quota: float | None = None) -> int:
+    """The cores this process may run on: its CPU affinity (where the OS has one), at most ``quota`` whole CPUs."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
 
 
 def host_busy_seconds(cores: set[int] | None = None) -> float | None:
@@ -88,10 +111,18 @@ class ThreadChoice:
         own_cpu: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
         cores: int | None = None,
+        quota: float | None = None,
     ) -> None:
-        self.cores = cores or usable_cores()
+        """``quota``: the cgroup's CPUs (:func:`cpu_quota`, read when None and ``host_busy`` is not given); under a
+        quota below the host's cores, the passes share the quota, and the host's other load is not read: it is
+        the load of other cgroups, on cores this one's time is not tied to."""
+        if quota is None and host_busy is None:
+            quota = cpu_quota()
+        self.cores = cores or usable_cores(quota)
         self.most = max(1, most or self.cores)
         self.interval_s = interval_s
+        #: False under a quota: the host's load is not read, and only this process's passes and training count.
+        self.reads_host = not (quota is not None and quota < usable_cores())
         if host_busy is None:
             try:
                 affinity: set[int] | None = os.sched_getaffinity(0)
@@ -103,7 +134,7 @@ class ThreadChoice:
         self._own_cpu = own_cpu
         self._clock = clock
         self._lock = threading.Lock()
-        self._last: tuple[float, float, float] | None = self._sample()
+        self._last: tuple[float, float, float] | None = self._sample() if self.reads_host else None
         #: Cores the other processes held at the last reading (rounded with the margin).
         self.cores_taken = 0
         #: Their load at the last reading, in cores (for metrics and logs).
@@ -119,11 +150,12 @@ class ThreadChoice:
     def threads(self, *, concurrent: int = 0) -> int:
         """Threads for a pass starting now, beside ``concurrent`` other passes of this process."""
         with self._lock:
-            if self._last is None:
-                return 1
-            now = self._clock()
-            if now - self._last[0] >= self.interval_s:
-                self._update()
+            if self.reads_host:
+                if self._last is None:  # the host's load cannot be read
+                    self.last = 1
+                    return 1
+                if self._clock() - self._last[0] >= self.interval_s:
+                    self._update()
             self.last = max(1, min(self.most, self.cores - self.cores_taken - self._held - concurrent))
             return self.last
 

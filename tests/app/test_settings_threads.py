@@ -31,6 +31,16 @@ def test_torch_threads_are_chosen_per_pass_on_small_hosts(
     assert Settings().torch_threads == expected
 
 
+def test_a_container_s_cpu_quota_makes_a_small_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RR_TORCH_THREADS", "RR_BLAS_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("app.settings.os.cpu_count", lambda: 16)
+    monkeypatch.setattr("app.settings.cpu_quota", lambda: 2.0)  # docker run --cpus 2 on a 16-core host
+    assert Settings().torch_threads == "auto" and Settings().blas_threads == 1
+    monkeypatch.setattr("app.settings.cpu_quota", lambda: None)
+    assert Settings().torch_threads is None and Settings().blas_threads is None
+
+
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("2", 2), ("1", 1)])
 def test_torch_threads_read_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str, expected: object) -> None:
     monkeypatch.setenv("RR_TORCH_THREADS", value)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from experts import Encoder
-from experts.torch_threads import ThreadChoice, host_busy_seconds, usable_cores
+from experts.torch_threads import ThreadChoice, cpu_quota, host_busy_seconds, usable_cores
 
 
 class Host:
@@ -134,3 +134,33 @@ def test_an_auto_encoder_sets_the_torch_threads_of_the_thread_running_the_pass(t
 def test_threads_other_than_a_count_auto_or_none_are_refused(tiny_bert_path: Path) -> None:
     with pytest.raises(ValueError, match="threads must be a positive int, 'auto' or None"):
         Encoder(tiny_bert_path, threads="two")  # type: ignore[arg-type]
+
+
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("200000 100000\n")
+    assert cpu_quota(v2) == 2.0
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(v1) == 1.5
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(v1) is None
+    assert cpu_quota(tmp_path / "nothing") is None
+    assert usable_cores(1.5) == 1 and usable_cores(0.5) == 1 and usable_cores(None) >= 1
+
+
+def test_under_a_cpu_quota_passes_share_its_cores_and_the_host_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("experts.torch_threads.os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    reads: list[int] = []
+    choice = ThreadChoice(quota=2.0, host_busy=lambda: reads.append(1) or 1e6, interval_s=0.0)
+    assert choice.cores == 2 and not choice.reads_host
+    assert choice.threads() == 2 and choice.threads(concurrent=1) == 1
+    with choice.holding_a_core():
+        assert choice.threads() == 1
+    assert reads == []  # sixteen busy host cores are other cgroups' business
+    assert ThreadChoice(quota=32.0, host_busy=lambda: 0.0).reads_host  # a quota above the cores limits nothing
