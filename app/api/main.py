@@ -168,9 +168,29 @@ async def _start(
     service.phase = "serving"
     logger.info("serving %d experts: %s", len(runtime.engine.experts), sorted(runtime.engine.experts))
     if after_start is not None:  # its own thread: the event loop keeps answering (and a failure there stays there)
-        threading.Thread(
+        service.beside = threading.Thread(
             target=_run_after_start, args=(after_start, service), name="rr-after-start", daemon=True
-        ).start()
+        )
+        service.beside.start()
+
+
+#: How long shutdown waits for the work beside the service (it stops at its next step: a training step, a batch).
+BESIDE_GRACE_S = 60.0
+
+
+async def _stop_beside(service: ServiceState) -> None:
+    """Wait for the ``after_start`` work to see ``closing`` and end, before the runtime it uses is closed.
+
+    Else the process could exit while that thread is inside a torch operator, which aborts it ("terminate called
+    without an active exception", exit 134: ``rr demo`` stopped by Ctrl-C while training).
+    """
+    beside = service.beside
+    if beside is None or not beside.is_alive():
+        return
+    logger.info("waiting for the work beside the service to stop (at its next step)")
+    await asyncio.to_thread(beside.join, BESIDE_GRACE_S)
+    if beside.is_alive():
+        logger.warning("the work beside the service did not stop within %.0f s; exiting anyway", BESIDE_GRACE_S)
 
 
 def _run_after_start(after_start: AfterStart, service: ServiceState) -> None:
@@ -211,6 +231,7 @@ def create_app(
         finally:
             service.closing = True
             await starting  # a load in progress cannot be interrupted; let it finish, then undo it
+            await _stop_beside(service)
             if service.runtime is not None:
                 if service.runtime.jobs is not None:  # the running job stops at its next batch or step
                     await asyncio.to_thread(service.runtime.jobs.close)

@@ -59,6 +59,9 @@ class ServiceState:
     #: Why start-up failed as a whole (base encoder or registry unreadable).
     startup_error: str | None = None
     closing: bool = False
+    #: The thread running ``create_app``'s ``after_start`` (``rr demo``'s building and training), once started:
+    #: shutdown waits for it (it stops at its next step once ``closing``) before the process exits.
+    beside: threading.Thread | None = None
     #: Experts being built in the background by the process serving (``rr demo``): name -> what it is doing.
     #: Replaced whole on each change (request handlers read it without a lock; writers, the demo's building and
     #: training threads, take ``_building_lock``).

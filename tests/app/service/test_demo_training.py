@@ -194,3 +194,25 @@ def test_a_failed_training_leaves_the_untrained_version_serving_and_says_why(
     assert ready.status_code == 200 and ready.json()["building"] == {"alpha": alpha["building"]}
     assert rows["beta"]["adapter"]["trained"]  # one failure does not stop the others
     assert [d.name for d in (root / "uploads").iterdir()] == [Path(rows["beta"]["path"]).parent.name]
+
+
+def test_shutdown_waits_for_the_work_beside_the_service_to_stop(experts_root: Path, tiny_encoder: Encoder) -> None:
+    """The process must not exit while ``rr demo``'s training thread is inside a torch operator (it aborts, 134)."""
+    steps: list[str] = []
+
+    def after_start(service: Any) -> None:  # a training loop: it checks closing between steps, as the demo's does
+        while not service.closing:
+            tiny_encoder.embed(["a step of training"])
+            time.sleep(0.01)
+        time.sleep(0.3)  # the step running when closing turned true
+        steps.append("stopped")
+
+    app = create_app(service_settings(experts_root), encoder=tiny_encoder, after_start=after_start)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while app.state.service.beside is None and time.monotonic() < deadline:
+            client.get("/healthz")
+            time.sleep(0.02)
+        assert app.state.service.beside is not None and app.state.service.beside.is_alive()
+    assert steps == ["stopped"], "shutdown returned before the work beside the service had stopped"
+    assert not app.state.service.beside.is_alive()
