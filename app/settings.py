@@ -138,14 +138,16 @@ class Settings(BaseSettings):
     router_pilot_probes: int = Field(
         48, ge=1, le=4096, description="Pilot groups a query reads above router_pilot_exact_max pilots."
     )
-    # Chosen on the same pseudo queries: the fewest dimensions whose vote keeps 98.0% with the nearest 8 x k of the
-    # first comparison compared again in full (192: 98.4%, 128: 98.0%, 96: 98.0%; every dimension: 98.0%).
+    # Chosen on the same pseudo queries: the fewest dimensions whose vote (the nearest 8 x k compared again in full)
+    # keeps both agreements of every dimension's with the exact vote: same top collection 98.0%, same votes 94.0%
+    # (96 dimensions: 98.0%, 93.0%; bench/pilot_probes.py --reduced-dims).
     router_pilot_reduced_dim: int | None = Field(
         128,
         ge=1,
         description="Above router_pilot_exact_max pilots, a query is first compared with the probed groups' pilots "
         "projected on their this many main directions, and the nearest of those again in full: a third of the "
-        "memory read for 384-dim pilots. Unset: every dimension (docs/benchmarks.md, section 25).",
+        "memory read for 384-dim pilots. At or above the pilots' dimension: every dimension (docs/benchmarks.md, "
+        "section 25).",
     )
     # Chosen on training and pseudo queries only (bench/merge_tuning.py --split dev / dev-real, untrained experts):
     # docs/eval-2026-12-03/README.md gives the grid and the rule that picked these.
