@@ -101,7 +101,7 @@ class Encoder:
             # Process-wide default (torch has no per-model setting); "auto" passes set their own, and the rest
             # of the process's torch work (training beside the service, reranking) keeps one thread.
             torch.set_num_threads(1 if threads == "auto" else threads)
-        elif threads not in (None, "auto"):
+        elif threads is not None:
             raise ValueError(f"threads must be a positive int, 'auto' or None, got {threads!r}")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"Invalid pooling {pooling!r}. Valid pooling modes are: 'mean', 'cls'")

@@ -118,11 +118,12 @@ class ThreadChoice:
         the load of other cgroups, on cores this one's time is not tied to."""
         if quota is None and host_busy is None:
             quota = cpu_quota()
+        unlimited = usable_cores()
         self.cores = cores or usable_cores(quota)
         self.most = max(1, most or self.cores)
         self.interval_s = interval_s
         #: False under a quota: the host's load is not read, and only this process's passes and training count.
-        self.reads_host = not (quota is not None and quota < usable_cores())
+        self.reads_host = not (quota is not None and quota < unlimited)
         if host_busy is None:
             try:
                 affinity: set[int] | None = os.sched_getaffinity(0)
