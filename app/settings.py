@@ -119,11 +119,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Dense votes search the routed collections' union exactly up to this many vectors (chunks "
         "count), and above it as an inverted file (IVF, about sqrt(vectors) lists; near, not equal, votes; cost grows "
-        "with the square root of the vectors instead of linearly); the BM25 union of more documents keeps each "
-        "stem's 1,024 highest-scoring postings. Exact: ~0.07 ms per 1,000 vectors per query here.",
+        "with the square root of the vectors instead of linearly). Exact: ~0.07 ms per 1,000 vectors per query here.",
     )
     router_vote_probes: int = Field(
         16, ge=1, le=4096, description="Inverted lists a query reads in an approximate union (router_vote_exact_max)."
+    )
+    router_vote_lexical_exact_max: int = Field(
+        50_000,
+        ge=0,
+        description="BM25 votes search the routed collections' union with every posting up to this many documents; "
+        "above it each stem keeps its 1,024 highest-scoring postings (near, not equal, votes; a query reads at most "
+        "that many postings a stem).",
     )
     router_pilot_exact_max: int = Field(
         20_000,
@@ -286,6 +292,7 @@ class Settings(BaseSettings):
             vote_rule=self.router_vote_rule,
             vote_exact_max=self.router_vote_exact_max,
             vote_probes=self.router_vote_probes,
+            vote_lexical_exact_max=self.router_vote_lexical_exact_max,
             pilot_search=PilotSearch(
                 exact_max=self.router_pilot_exact_max,
                 probes=self.router_pilot_probes,

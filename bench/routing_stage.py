@@ -15,17 +15,18 @@ the engine runs them for a single query, at each count of experts:
 * **pilots, grouped**: the same with each expert's pilots in k-means groups
   and only the ``--probes`` nearest groups read (``router/pilot_groups.py``);
 * **votes**: ``corpus_votes`` over the experts' union with the engine's
-  defaults (exact up to ``RR_ROUTER_VOTE_EXACT_MAX`` = 50,000 vectors, an
-  inverted file above; each collection's best scores, ``RR_ROUTER_VOTE_RULE=best``);
+  defaults (dense: exact up to ``RR_ROUTER_VOTE_EXACT_MAX`` vectors, an
+  inverted file read ``RR_ROUTER_VOTE_PROBES`` lists deep above; BM25: every
+  posting up to ``RR_ROUTER_VOTE_LEXICAL_EXACT_MAX`` documents, each stem's
+  1,024 best above; each collection's best scores, ``RR_ROUTER_VOTE_RULE=best``);
   **votes, share**: the same searches counted as shares of the best documents (the rule before);
 * **pilots, grouped, all dims**: the grouped vote comparing every dimension
   (``RR_ROUTER_PILOT_REDUCED_DIM`` unset); **pilots, grouped** compares the
   probed pilots first in their 128 main directions, then the nearest again in full;
 * **stage, before**: votes + exact pilots; **stage, all dims**: votes + pilots as
   ``RR_ROUTER_PILOT_EXACT_MAX`` chooses, compared in every dimension; **stage, now**: votes + pilots as
-  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses. The votes are the
-  engine's as they are now in both (their BM25 union cut to 1,024 postings a
-  stem above 50,000 documents); **BM25 exact / capped** time that union's
+  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 20,000) chooses. The votes are the
+  engine's as they are now in all three; **BM25 exact / capped** time that union's
   search alone with every posting and with the cut, to show what the cut saves.
 
 Stand-ins as bench/routing_votes.py's with ``--embed words`` (the first
@@ -73,8 +74,10 @@ from index import Collection, CorpusUnion, SharedIdf, set_search_threads, static
 from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical  # noqa: E402
 from router import PilotSearch, RoutePolicy, Router, VoteRule  # noqa: E402
 
-#: The engine's defaults (app/settings.py): dense votes exact up to this many vectors, IVF lists read above it.
-VOTE_EXACT_MAX, VOTE_PROBES, DEPTH = 50_000, 16, 20
+#: The engine's defaults (app/settings.py): dense votes exact up to this many vectors, IVF lists read above it,
+#: BM25 votes with every posting up to this many documents.
+VOTE_EXACT_MAX, VOTE_PROBES = Settings().router_vote_exact_max, Settings().router_vote_probes
+VOTE_LEXICAL_EXACT_MAX, DEPTH = Settings().router_vote_lexical_exact_max, 20
 POLICY = RoutePolicy(top_k=3, fanout_margin=1.5)
 METHODS = (
     "bm25_exact",
@@ -167,8 +170,9 @@ def measure(
     pilots = {name: all_pilots[name] for name in names}
     shared = SharedIdf.over(c.lexical.document_frequencies() for c in collections)
     union = CorpusUnion.build(
-        collections, dense=True, lexical=True, shared_idf=shared, approximate_above=VOTE_EXACT_MAX, probes=VOTE_PROBES
-    )
+        collections, dense=True, lexical=True, shared_idf=shared, approximate_above=VOTE_EXACT_MAX, probes=VOTE_PROBES,
+        lexical_approximate_above=VOTE_LEXICAL_EXACT_MAX,
+    )  # fmt: skip
     views = [static_view(c) for c in collections]
     exact = Router(pilots, aggregate="knn", search=PilotSearch(exact_max=None))
     started = time.perf_counter()

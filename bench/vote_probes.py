@@ -4,11 +4,11 @@ Run by hand (not in CI), on a root holding one expert per shared collection (the
 
     RR_DATA_DIR=data/experts python bench/vote_probes.py --datasets ../shared/datasets --json vote_probes.json
 
-``RR_ROUTER_VOTE_EXACT_MAX`` keeps the votes' dense union exact up to 50,000
-vectors: the five shared collections (35,000 with their chunks) are searched
-exactly, which reads every vector for each query. Here the same union is
-built as an inverted file (and its BM25 part capped, as the setting does) at
-several ``--probes``, and each is compared with the exact union on pseudo
+An exact dense union reads every vector for each query (the five shared
+collections hold 35,000 with their chunks). Here the same union is built as
+an inverted file at several ``--probes`` (its BM25 part as
+``RR_ROUTER_VOTE_LEXICAL_EXACT_MAX`` builds it: every posting up to 50,000
+documents), and each is compared with the exact union on pseudo
 queries of documents outside the pilots' sample (bench/merge_tuning.py's
 ``dev`` split; never a test query): the share of queries whose routing
 decision (pilots plus votes, the service's policy) has the same top expert,
@@ -69,7 +69,10 @@ def main() -> None:
             times.append((time.perf_counter() - clock) * 1000)
         return top, percentiles(times, [50])[0]
 
-    exact = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
+    exact = CorpusUnion.build(
+        collections, dense=True, lexical=True, shared_idf=shared,
+        lexical_approximate_above=settings.router_vote_lexical_exact_max,
+    )  # fmt: skip
     exact_top, exact_ms = measure(exact)
     assert exact.dense is not None
     print(f"{len(texts)} pseudo queries; union of {exact.dense.vectors} vectors; exact votes p50 {exact_ms:.2f} ms; "
@@ -78,8 +81,9 @@ def main() -> None:
     steps = [{"probes": None, "same_top": 1.0, "home": round(float(np.mean(exact_top == home)), 4), "p50_ms": exact_ms}]
     for probes in args.probes:
         union = CorpusUnion.build(
-            collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=probes
-        )
+            collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=probes,
+            lexical_approximate_above=settings.router_vote_lexical_exact_max,
+        )  # fmt: skip
         top, ms = measure(union)
         same, routed_home = float(np.mean(top == exact_top)), float(np.mean(top == home))
         rows.append([probes, same, routed_home, ms, ms / exact_ms])

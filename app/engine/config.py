@@ -56,6 +56,8 @@ class EngineConfig:
     #: deep (near, not equal, votes; :class:`~index.store.union_dense.UnionDense`); None: always exact.
     vote_exact_max: int | None = None
     vote_probes: int = 16
+    #: BM25 votes: the union of more documents than this keeps each stem's best postings only; None: always exact.
+    vote_lexical_exact_max: int | None = None
     #: How the knn vote finds a query's nearest pilots: every pilot, or by groups above a size.
     pilot_search: PilotSearch = field(default_factory=PilotSearch)
     long_queries: LongQueries = "truncate"
@@ -79,9 +81,11 @@ class EngineConfig:
             raise ValueError(f"Invalid long_queries {self.long_queries!r}. Valid choices are: {valid}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"Invalid aggregate {self.aggregate!r}. Valid aggregates are: {', '.join(AGGREGATES)}")
-        if (self.vote_exact_max is not None and self.vote_exact_max < 0) or self.vote_probes < 1:
+        maxima = (self.vote_exact_max, self.vote_lexical_exact_max)
+        if any(m is not None and m < 0 for m in maxima) or self.vote_probes < 1:
             raise ValueError(
-                f"vote_exact_max must be >= 0 or None and vote_probes >= 1; got {self.vote_exact_max}, {self.vote_probes}"
+                "vote_exact_max and vote_lexical_exact_max must be >= 0 or None and vote_probes >= 1; got "
+                f"{self.vote_exact_max}, {self.vote_lexical_exact_max}, {self.vote_probes}"
             )
         if self.query_max_length < 2 or self.neighbours < 1 or self.vote_depth < 1:
             raise ValueError(

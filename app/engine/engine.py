@@ -90,6 +90,7 @@ class SearchEngine:
         self.vote_rule = config.vote_rule
         self.vote_idf = config.vote_idf
         self.vote_exact_max, self.vote_probes = config.vote_exact_max, config.vote_probes
+        self.vote_lexical_exact_max = config.vote_lexical_exact_max
         self.retrieval = config.retrieval
         self.policy = config.policy
         empty = Snapshot(
@@ -257,6 +258,7 @@ class SearchEngine:
                 shared_idf=self.vote_idf == "shared",
                 approximate_above=self.vote_exact_max,
                 probes=self.vote_probes,
+                lexical_approximate_above=self.vote_lexical_exact_max,
             )
         with self._write_lock:
             if self._holder.current is snapshot:

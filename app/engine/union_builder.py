@@ -56,10 +56,12 @@ def build_union(
     shared_idf: bool,
     approximate_above: int | None = None,
     probes: int = 16,
+    lexical_approximate_above: int | None = None,
 ) -> CorpusUnion:
     """The union of ``snapshot``'s routed collections for the corpus votes ``evidence`` takes.
 
-    ``approximate_above``, ``probes``: a dense union of more vectors is an inverted file (near votes, cheaper).
+    ``approximate_above``, ``probes``: a dense union of more vectors is an inverted file (near votes, cheaper);
+    ``lexical_approximate_above``: a BM25 union of more documents keeps each stem's best postings only.
 
     Dense when the votes count documents, lexical when they count BM25 hits scored with one shared IDF
     (``shared_idf``; each collection's own IDF is searched collection by collection). The caller holds a
@@ -76,6 +78,7 @@ def build_union(
         shared_idf=shared,
         approximate_above=approximate_above,
         probes=probes,
+        lexical_approximate_above=lexical_approximate_above,
     )
     return_free_memory()  # the build's temporaries
     return union

@@ -21,8 +21,9 @@ The candidates are (score, owner) pairs whose top ``depth`` by score, ties
 to the lower owner, are exactly those of the per-collection searches, so the
 votes do not change: only their cost does (tests/index/test_corpus_union.py).
 The exception is a union built with ``approximate_above``: a dense part of
-more vectors than that is an inverted file, and a lexical part of more
-documents keeps each stem's highest-scoring postings only, so their
+more vectors than that is an inverted file; and one built with
+``lexical_approximate_above``: a lexical part of more documents keeps each
+stem's highest-scoring postings only. Their
 candidates are most of the exact ones (:class:`~index.store.union_dense.UnionDense`,
 :class:`~index.store.union_lexical.UnionLexical`).
 """
@@ -97,12 +98,14 @@ class CorpusUnion:
         shared_idf: SharedIdf | None,
         approximate_above: int | None = None,
         probes: int = 16,
+        lexical_approximate_above: int | None = None,
     ) -> CorpusUnion:
         """The union of ``collections``: ``dense`` over their Flat indexes, ``lexical`` (with a ``shared_idf``)
         over their BM25 indexes; any other collection is searched on its own by the candidates methods.
         ``approximate_above`` and ``probes``: a dense union of more vectors is an inverted file
-        (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`), and a lexical union of more
-        documents keeps :data:`~index.store.union_lexical.APPROXIMATE_POSTINGS` postings a stem."""
+        (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`); ``lexical_approximate_above``:
+        a lexical union of more documents keeps :data:`~index.store.union_lexical.APPROXIMATE_POSTINGS`
+        postings a stem. None: exact."""
         dense_union, dense_members = None, {}
         flat = [
             c for c in collections if dense and c.dense.factory.replace(" ", "") == "Flat" and c.dense.exact_storage
@@ -126,7 +129,8 @@ class CorpusUnion:
                     groups[analysis_of(c.lexical.settings)].append(c)
             for g, members in enumerate(groups.values()):
                 documents = sum(len(c.lexical) for c in members)
-                cap = APPROXIMATE_POSTINGS if approximate_above is not None and documents > approximate_above else None
+                capped = lexical_approximate_above is not None and documents > lexical_approximate_above
+                cap = APPROXIMATE_POSTINGS if capped else None
                 unions.append(UnionLexical.build([c.lexical for c in members], shared_idf, postings_cap=cap))
                 lexical_members.update({id(c): (c, (g, m)) for m, c in enumerate(members)})
         return cls(dense_union, dense_members, tuple(unions), lexical_members, shared_idf if unions else None)

@@ -15,6 +15,7 @@ from app.engine.loading import load_expert
 from app.engine.votes import per_expert_votes
 from app.offline.building import build_pilots, index_expert
 from experts import AdapterMismatchError, Encoder, ExpertDir, ExpertDirError, UnknownExpertError, create_expert
+from index.store.union_lexical import APPROXIMATE_POSTINGS
 from router import PilotSearch, RoutePolicy
 
 AERO = [
@@ -317,6 +318,25 @@ def test_the_votes_union_is_rebuilt_when_experts_are_published_and_removed(root:
     assert union_members() == {"computing", "more-aero"}
     assert_votes_as_per_expert()
     engine.close()
+
+
+def test_the_votes_union_follows_each_parts_own_threshold(root: Path, tiny_bert_path: Path) -> None:
+    """The dense part becomes an inverted file above vote_exact_max vectors, the BM25 part keeps each stem's best
+    postings above vote_lexical_exact_max documents: the engine passes both, each on its own."""
+    encoder = Encoder(tiny_bert_path)
+    make_expert(root, "aero", AERO, encoder)
+    make_expert(root, "computing", COMPUTING, encoder)
+    for dense_max, lexical_max, approximate, cap in ((0, None, True, None), (None, 0, False, APPROXIMATE_POSTINGS)):
+        config = EngineConfig(
+            evidence="documents+bm25", vote_depth=5, vote_exact_max=dense_max, vote_lexical_exact_max=lexical_max
+        )
+        engine = SearchEngine.open(root, encoder, config)
+        union = engine._holder.current.union
+        assert union is not None and union.dense is not None
+        assert union.dense.approximate is approximate
+        assert [u.postings_cap for u in union.lexical] == [cap]
+        assert engine.route(["oblique shock reflection"])[0].experts  # routes with it
+        engine.close()
 
 
 def test_grouped_pilot_votes_route_as_search_does_and_publishing_reuses_the_groups(

@@ -158,11 +158,24 @@ def test_an_approximate_union_gives_near_votes_and_only_to_the_experts_asked(
     collections: list[Collection], datasets: Path
 ) -> None:
     shared = shared_of(collections)
-    union = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=16)
+    union = CorpusUnion.build(
+        collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0, probes=16,
+        lexical_approximate_above=0,
+    )  # fmt: skip
     assert union.dense is not None and union.dense.approximate
     assert [u.postings_cap for u in union.lexical] == [APPROXIMATE_POSTINGS]
     exact = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared)
+    assert exact.dense is not None and not exact.dense.approximate
     assert [u.postings_cap for u in exact.lexical] == [None]
+    # Each part has its own threshold: an inverted file for the vectors, every posting for BM25, and back.
+    dense_only = CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, approximate_above=0)
+    assert dense_only.dense is not None and dense_only.dense.approximate
+    assert [u.postings_cap for u in dense_only.lexical] == [None]
+    lexical_only = CorpusUnion.build(
+        collections, dense=True, lexical=True, shared_idf=shared, lexical_approximate_above=0
+    )
+    assert lexical_only.dense is not None and not lexical_only.dense.approximate
+    assert [u.postings_cap for u in lexical_only.lexical] == [APPROXIMATE_POSTINGS]
     views = [static_view(c) for c in collections]
     texts = queries(datasets)
     base = bag_of_words(texts)
@@ -204,10 +217,14 @@ def test_the_settings_reach_the_engine_config_and_bad_ones_are_refused() -> None
     from app.engine.config import EngineConfig
     from app.settings import Settings
 
-    config = Settings(router_vote_exact_max=5000, router_vote_probes=4).engine_config()
-    assert (config.vote_exact_max, config.vote_probes) == (5000, 4)
-    for bad in ({"vote_exact_max": -1}, {"vote_probes": 0}):
-        with pytest.raises(ValueError, match="vote_exact_max must be >= 0 or None and vote_probes >= 1"):
+    config = Settings(
+        router_vote_exact_max=5000, router_vote_probes=4, router_vote_lexical_exact_max=7000
+    ).engine_config()
+    assert (config.vote_exact_max, config.vote_probes, config.vote_lexical_exact_max) == (5000, 4, 7000)
+    with pytest.raises(ValueError, match="router_vote_lexical_exact_max"):
+        Settings(router_vote_lexical_exact_max=-1)
+    for bad in ({"vote_exact_max": -1}, {"vote_probes": 0}, {"vote_lexical_exact_max": -2}):
+        with pytest.raises(ValueError, match="vote_exact_max and vote_lexical_exact_max must be >= 0 or None"):
             EngineConfig(**bad)  # type: ignore[arg-type]
 
 
