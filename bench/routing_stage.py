@@ -39,7 +39,10 @@ collection" and "L1" compare the grouped vote with the exact one (pilot votes
 plus corpus votes, as routed); stand-in i copies shared collection i % 5, so
 copies tie by construction and both are taken per collection (the share of
 queries whose top expert stands in for the same one; the L1 distance of the
-scores summed per collection). The model passes are not included: bench/many_experts.py
+scores summed per collection). Every (count of experts, part) pair is timed
+in turn for each query, so that the machine's drift weighs on every count
+alike. The votes follow ``RR_ROUTER_VOTE_*`` as the service reads them (set
+``RR_ROUTER_VOTE_EXACT_MAX=0`` for an inverted file at every count). The model passes are not included: bench/many_experts.py
 and bench/peer_infinity.py time whole searches.
 """
 
@@ -49,9 +52,11 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -116,6 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.faiss_threads is not None:
         set_search_threads(args.faiss_threads)  # as rr serve does (RR_FAISS_THREADS: 1 on <= 2 cores)
+    if (blas := Settings().blas_threads) is not None:
+        threadpool_limits(limits=blas, user_api="blas")  # numpy's products, as rr serve sets them (RR_BLAS_THREADS)
     texts = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     base = bag_of_words(texts)
     print("other busy processes now:", *(other_heavy_processes() or ["(none above 0.05 cores)"]), sep="\n  ")
@@ -128,8 +135,9 @@ def main() -> None:
         print(
             f"{len(collections)} stand-ins and their pilots ready in {time.perf_counter() - started:.0f}s", flush=True
         )
+        setups = [setup(collections[:count], pilots, texts, base, args.probes) for count in args.counts]
         meter = LoadMeter()
-        steps = [measure(collections[:count], pilots, texts, base, args.probes) for count in args.counts]
+        steps = measure(setups, len(texts))
         load = meter.stop()
         for collection in collections:
             collection.close()
@@ -158,14 +166,18 @@ def main() -> None:
     write_json(
         args.json,
         {"docs": args.docs, "pilots": args.pilots, "queries": len(texts), "probes": args.probes,
-         "faiss_threads": args.faiss_threads, "steps": steps, "load": load.__dict__},
+         "faiss_threads": args.faiss_threads, "blas_threads": Settings().blas_threads, "steps": steps, "load": load.__dict__},
     )  # fmt: skip
 
 
-def measure(
+Run = Callable[[int], object]
+
+
+def setup(
     collections: list[Collection], all_pilots: dict[str, np.ndarray], texts: list[str], base: np.ndarray, probes: int
-) -> dict:
-    """Per-query latency of each part of the routing stage over these collections and their experts' pilots."""
+) -> tuple[dict, dict[str, Run]]:
+    """One count of experts: its figures that are not timings, and each part of the routing stage as a function of
+    the query's number."""
     names = sorted(all_pilots)[: len(collections)]
     pilots = {name: all_pilots[name] for name in names}
     shared = SharedIdf.over(c.lexical.document_frequencies() for c in collections)
@@ -204,7 +216,7 @@ def measure(
 
     lexical = UnionLexical.build([c.lexical for c in collections], shared)  # every posting: the exact BM25 union
     capped = UnionLexical.build([c.lexical for c in collections], shared, postings_cap=APPROXIMATE_POSTINGS)
-    runs = {
+    runs: dict[str, Run] = {
         "bm25_exact": lambda q: lexical.search(texts[q : q + 1], DEPTH),
         "bm25_capped": lambda q: capped.search(texts[q : q + 1], DEPTH),
         "pilots_exact": lambda q: exact.route(base[q : q + 1], policy=POLICY),
@@ -216,16 +228,6 @@ def measure(
         "stage_all_dims": lambda q: stage(default_all_dims, q),
         "stage_now": lambda q: stage(default, q),
     }
-    for q in range(3):  # warm-up: first touch of every index
-        for run in runs.values():
-            run(q)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs.items())
-    for q in range(len(texts)):
-        for name, run in order[q % len(order) :] + order[: q % len(order)]:
-            started = time.perf_counter()
-            run(q)
-            times[name].append((time.perf_counter() - started) * 1000)
     evidence = np.concatenate([votes(q) for q in range(len(texts))])
     exact_scores = exact.scores(base) + evidence
     grouped_scores = grouped.scores(base) + evidence
@@ -237,6 +239,7 @@ def measure(
         "experts": len(collections),
         "pilots": int(sum(len(p) for p in pilots.values())),
         "vectors": union.dense.vectors if union.dense is not None else 0,
+        "dense_votes_approximate": union.dense is not None and union.dense.approximate,
         "grouped_by_default": default is grouped,
         "grouping_s": round(grouping, 2),
         "same_top_collection": round(
@@ -244,11 +247,32 @@ def measure(
         ),
         "vote_l1": round(float(np.abs((exact_scores - grouped_scores) @ by_source).sum(axis=1).mean()), 4),
     }
-    for name, values in times.items():
-        p50, p95 = percentiles(values, [50, 95])
-        step[f"{name}_p50_ms"], step[f"{name}_p95_ms"] = round(p50, 3), round(p95, 3)
-    print(step, flush=True)
-    return step
+    return step, runs
+
+
+def measure(setups: list[tuple[dict, dict[str, Run]]], queries: int) -> list[dict]:
+    """Per-query latency of each part at each count of experts: every (count, part) pair in turn for each query,
+    starting one further along each time, so that the machine's drift weighs on every count alike."""
+    for _, runs in setups:
+        for q in range(3):  # warm-up: first touch of every index
+            for run in runs.values():
+                run(q)
+    pairs = [(i, name, run) for i, (_, runs) in enumerate(setups) for name, run in runs.items()]
+    times: list[dict[str, list[float]]] = [{name: [] for name in runs} for _, runs in setups]
+    for q in range(queries):
+        shift = q % len(pairs)
+        for i, name, run in pairs[shift:] + pairs[:shift]:
+            started = time.perf_counter()
+            run(q)
+            times[i][name].append((time.perf_counter() - started) * 1000)
+    steps = []
+    for (step, _), timed in zip(setups, times, strict=True):
+        for name, values in timed.items():
+            p50, p95 = percentiles(values, [50, 95])
+            step[f"{name}_p50_ms"], step[f"{name}_p95_ms"] = round(p50, 3), round(p95, 3)
+        print(step, flush=True)
+        steps.append(step)
+    return steps
 
 
 if __name__ == "__main__":

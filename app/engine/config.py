@@ -55,7 +55,7 @@ class EngineConfig:
     #: Dense votes: the union of more vectors than this is searched as an inverted file, ``vote_probes`` lists
     #: deep (near, not equal, votes; :class:`~index.store.union_dense.UnionDense`); None: always exact.
     vote_exact_max: int | None = None
-    vote_probes: int = 16
+    vote_probes: int = 64
     #: BM25 votes: the union of more documents than this keeps each stem's best postings only; None: always exact.
     vote_lexical_exact_max: int | None = None
     #: How the knn vote finds a query's nearest pilots: every pilot, or by groups above a size.

@@ -55,7 +55,7 @@ def build_union(
     *,
     shared_idf: bool,
     approximate_above: int | None = None,
-    probes: int = 16,
+    probes: int = 64,
     lexical_approximate_above: int | None = None,
 ) -> CorpusUnion:
     """The union of ``snapshot``'s routed collections for the corpus votes ``evidence`` takes.

@@ -97,7 +97,7 @@ class CorpusUnion:
         lexical: bool,
         shared_idf: SharedIdf | None,
         approximate_above: int | None = None,
-        probes: int = 16,
+        probes: int = 64,
         lexical_approximate_above: int | None = None,
     ) -> CorpusUnion:
         """The union of ``collections``: ``dense`` over their Flat indexes, ``lexical`` (with a ``shared_idf``)

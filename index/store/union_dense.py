@@ -24,10 +24,12 @@ Approximate, above a size. An exact search reads every vector, so its cost
 follows the documents of every routed collection (about 0.07 ms per 1,000
 vectors of dim 384 per query here: 7 ms at 100,000). Built with
 ``approximate_above``, a union holding more vectors is one inverted file
-instead (``IndexIVFFlat``, about sqrt(P) lists, ``probes`` of them searched):
-a query reads about (1 + probes) x sqrt(P) vectors, so the cost grows with the
-square root of the documents, and the votes are those of the documents the
-probed lists hold: near the exact ones, not equal (docs/benchmarks.md, 18).
+instead (``IndexIVFFlat``, about 4 x sqrt(P) lists, the ``probes`` nearest
+searched, and no more vectors read than ``probes`` lists of the mean size
+hold, however uneven the lists): a query reads about (4 + probes / 4) x sqrt(P)
+vectors, so the cost grows with the square root of the documents, and the
+votes are those of the documents the probed lists hold: near the exact ones,
+not equal (docs/benchmarks.md, 18 and 26).
 Excluded documents are skipped inside the search (FAISS's ID selector).
 
 Memory: the copy duplicates each member's vectors (4 x dim bytes per vector:
@@ -90,7 +92,7 @@ class UnionDense:
         dim: int,
         total: int,
         approximate_above: int | None = None,
-        probes: int = 16,
+        probes: int = 64,
     ) -> UnionDense:
         """From each member's (rows (P_m,) int64, vectors (P_m, dim) float32), ``total`` vectors in all.
 
@@ -218,7 +220,10 @@ class UnionDense:
         (inverted,) = self._shards
         chunks = len(self._vector_document) / max(len(self.members), 1)
         k = min(int(inverted.ntotal), int(np.ceil(depth * max(chunks, 1.0))) + depth)
-        params = faiss.SearchParametersIVF(nprobe=self.probes)
+        # At most ``probes`` lists' worth of vectors at their mean size: lists are uneven (a query lands where
+        # documents crowd), and without the bound a query read twice as many on near-duplicate collections.
+        reading = int(np.ceil(self.probes * inverted.ntotal / max(inverted.nlist, 1)))
+        params = faiss.SearchParametersIVF(nprobe=self.probes, max_codes=max(reading, k))
         selector = None
         if excluded is not None and excluded.any():
             keep = np.packbits(~excluded[self._vector_document], bitorder="little")

@@ -77,6 +77,28 @@ def test_chunked_members_give_each_document_once_by_its_best_chunk() -> None:
         assert len(kept) == len(set(kept.tolist())) >= 10
 
 
+def test_a_query_reads_no_more_than_its_probes_lists_of_the_mean_size() -> None:
+    """Where documents crowd (near-duplicates fill a few lists), the nearest lists hold many more vectors than the
+    mean: the search stops once it read ``probes`` lists' worth of the mean size, and still finds its depth."""
+    import faiss
+
+    rng = np.random.default_rng(7)
+    crowd = rng.standard_normal(DIM) + 0.05 * rng.standard_normal((30, DIM))  # 30 close points, 100 copies of each
+    crowd = (crowd / np.linalg.norm(crowd, axis=1, keepdims=True)).astype(np.float32)
+    vectors = np.concatenate([clustered(3000, seed=8), np.repeat(crowd, 100, axis=0)])
+    union = UnionDense.build(members(vectors, 3), dim=DIM, total=len(vectors), approximate_above=0, probes=8)
+    (inverted,) = union._shards
+    sizes = np.array([inverted.invlists.list_size(i) for i in range(inverted.nlist)])
+    bound = int(np.ceil(8 * inverted.ntotal / inverted.nlist))
+    queries = crowd[:20] + 0.01
+    _, nearest = inverted.quantizer.search(queries, 8)
+    assert (sizes[nearest].sum(axis=1) > 1.5 * bound).all()  # unbounded, each query would read far more
+    faiss.cvar.indexIVF_stats.reset()
+    _, documents = union.search(queries, 20)
+    assert faiss.cvar.indexIVF_stats.ndis <= len(queries) * (bound + sizes.max())
+    assert ((documents >= 0).sum(axis=1) >= 20).all()
+
+
 def test_a_union_at_or_under_the_size_stays_exact() -> None:
     vectors = clustered(500, seed=7)
     union = UnionDense.build(members(vectors, 2), dim=DIM, total=500, approximate_above=500)
