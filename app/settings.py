@@ -135,12 +135,14 @@ class Settings(BaseSettings):
         "above it each stem keeps its 1,024 highest-scoring postings (near, not equal, votes; a query reads at most "
         "that many postings a stem).",
     )
+    # Chosen by speed (bench/pilot_crossover.py, one BLAS thread as on 2 cores): above 10,000 pilots a single query
+    # and a batch of 8 are faster grouped; a batch of 32 is faster exact up to about 15,000.
     router_pilot_exact_max: int = Field(
-        20_000,
+        10_000,
         ge=0,
         description="The knn vote compares a query with every pilot up to this many pilots over all experts, and "
         "above it only with the pilots of its nearest groups (k-means per expert, ~64 pilots a group; near, not "
-        "equal, votes; nearly flat in the number of experts). Exact: ~0.045 ms per 1,000 pilots for a single "
+        "equal, votes; nearly flat in the number of experts). Exact: ~0.07 ms per 1,000 pilots for a single "
         "query here, less per query in a batch, which is why the limit is not lower.",
     )
     # Chosen on pseudo queries (bench/pilot_probes.py): the fewest groups whose vote puts first the exact vote's

@@ -48,13 +48,15 @@ class PilotSearch:
     ``exact_max``: with at most this many pilots over all experts, compare the
     query with every one (exact); above it, only with the pilots of the
     ``probes`` groups whose centres are nearest (:class:`PilotIndex`). None:
-    always exact. The default, 20,000 (20 experts of 1,000 pilots): below it,
-    a batch of 32 queries is faster exact (one matrix product: 9 ms against
-    13.5 grouped at 20,000 pilots), while a single query is faster grouped
-    from about 20,000 (0.84 ms exact, 0.41 grouped; at 50,000 2.2 against 0.5).
+    always exact. The default, 10,000 (10 experts of 1,000 pilots): above it,
+    with numpy on one BLAS thread as the service runs it on 2 cores, a single
+    query and a batch of 8 are faster grouped (pilots read from memory, as
+    after a forward pass: 1.45 ms exact, 0.67 grouped at 10,000 pilots; 2.5
+    against 0.73 at 20,000), while a batch of 32 stays faster exact up to
+    about 15,000 (6.6 ms against 9.1 at 10,000; bench/pilot_crossover.py).
     """
 
-    exact_max: int | None = 20_000
+    exact_max: int | None = 10_000
     probes: int = 48
     #: Pilots per group, about.
     group_size: int = GROUP_SIZE
