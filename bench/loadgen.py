@@ -39,6 +39,8 @@ class Sample:
     status: int
     timings: dict[str, float] | None = None
     batch_requests: int | None = None
+    #: Experts a routed query was searched in (mean over the request's queries; None: not a routed search).
+    experts_searched: float | None = None
 
 
 @dataclass
@@ -118,6 +120,11 @@ async def client(
                 if isinstance(timings, dict):
                     sample.timings = {key: float(timings[key]) for key in STAGES if key in timings}
                     sample.batch_requests = (answer.get("batch") or {}).get("requests")
+                routes = [
+                    r["route"]["experts"] for r in answer.get("results") or [] if isinstance(r, dict) and r.get("route")
+                ]
+                if routes:
+                    sample.experts_searched = sum(len(e) for e in routes) / len(routes)
             recorder.samples.append(sample)
     finally:
         await connection.close()
@@ -155,6 +162,7 @@ def summarise(recorder: Recorder, args: argparse.Namespace, *, generator_cores: 
             stages[stage] = round(float(np.mean(values)), 2)
             stage_totals[stage] = [round(float(np.sum(values)), 3), len(values)]
     batches = [s.batch_requests for s in ok if s.batch_requests]
+    searched = [s.experts_searched for s in ok if s.experts_searched is not None]
     p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
     return {
         "clients": args.clients,
@@ -170,6 +178,7 @@ def summarise(recorder: Recorder, args: argparse.Namespace, *, generator_cores: 
         "mean_ms": round(float(np.mean(latencies_ms)), 1),
         "stage_mean_ms": stages,
         "mean_batch_requests": round(float(np.mean(batches)), 2) if batches else None,
+        "mean_experts_searched": round(float(np.mean(searched)), 2) if searched else None,
         "generator_cores": round(generator_cores, 3),
         # Raw material for pooling several runs: every latency, and stage sums with their counts.
         "latencies_ms": [round(float(v), 2) for v in latencies_ms] if ok else [],

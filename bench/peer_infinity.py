@@ -14,8 +14,11 @@ with pinned versions (``INFINITY_PINS``: its release supports transformers
 **Ours** is ``rr serve`` with its default settings, on stand-in experts (see
 bench/search_load.py): 5 experts (the first ``--docs`` documents of each
 shared collection, real base vectors, random trained-shaped adapters, pilots
-from pseudo queries) and, in a second server, 20 experts (random vectors and
-pilots: the same work per query).
+from pseudo queries) and, in a second server, 20 experts built alike on the
+next slices of ``--docs`` documents of each collection (four experts per
+domain: near-equal router scores, so more queries are searched in two or
+three experts; the table's last column gives how many, and ``--one-expert``
+runs the top-layer servers again with ``RR_ROUTE_TOP_K=1``).
 
 One server is loaded at a time, by bench/loadgen.py (closed loop, its own
 process) for ``--duration`` seconds after ``--warmup``, at each level of
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +115,11 @@ def main() -> None:
         default=2,
         help="also 5 experts with adapters on the top N layers, and the many experts' adapters so (0: neither)",
     )
+    parser.add_argument(
+        "--one-expert",
+        action="store_true",
+        help="also run the top-N-layer servers with RR_ROUTE_TOP_K=1 (every query searched in one expert)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
@@ -141,21 +148,9 @@ def main() -> None:
             build_stand_ins(top, args.datasets, args.docs, top_layers=args.top_layers)
             roots[f"5 experts, top-{args.top_layers} adapters"] = top
         if args.many:
-            from bench.synthetic_experts import synthetic_root
-            from experts import Encoder
-
             many = scratch / "many"
-            print(f"building {args.many} stand-in experts ...", flush=True)
-            synthetic_root(
-                many,
-                args.many,
-                encoder=Encoder(),
-                datasets=args.datasets,
-                docs=args.docs,
-                top_layers=args.top_layers or None,
-            )
-            shutil.rmtree(many / ".adapters", ignore_errors=True)
-            shutil.rmtree(many / ".corpora", ignore_errors=True)
+            print(f"building {args.many} stand-in experts ({args.docs} documents each) ...", flush=True)
+            build_stand_ins(many, args.datasets, args.docs, top_layers=args.top_layers or None, count=args.many)
             roots[f"{args.many} experts" + (f", top-{args.top_layers} adapters" if args.top_layers else "")] = many
 
         # One server at a time: (how to start it, when it is ready, its environment, its port, what to load it with).
@@ -182,13 +177,17 @@ def main() -> None:
                 [("Infinity /embeddings", "/embeddings", "infinity")],
             )
         )
-        for label, root in roots.items():
+        runs = [(label, root, {}) for label, root in roots.items()]
+        if args.one_expert:
+            runs += [(f"{label}, one expert a query", root, {"RR_ROUTE_TOP_K": "1"})
+                     for label, root in roots.items() if args.top_layers and f"top-{args.top_layers}" in label]  # fmt: skip
+        for label, root, env in runs:
             port = free_port()
             ours = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port)]
             loads = [(f"ours /search, {label}", "/search", "search")]
             if label == "5 experts":
                 loads.insert(0, ("ours /v1/embeddings base", "/v1/embeddings", "embeddings"))
-            servers.append(([*ours, "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz", {}, port, loads))
+            servers.append(([*ours, "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz", env, port, loads))
 
         results: dict[str, dict[int, dict]] = {}
         for command, ready, env, port, loads in servers:
@@ -220,9 +219,11 @@ def main() -> None:
                     r["p50_ms"],
                     round(r["p50_ms"] / base["p50_ms"], 2),
                     r["p95_ms"],
+                    r.get("mean_experts_searched") or "",
                 ]
             )
-    print(table(["server", "clients", "req/s", "x Infinity", "p50 ms", "p50 x Infinity", "p95 ms"], rows))
+    headers = ["server", "clients", "req/s", "x Infinity", "p50 ms", "p50 x Infinity", "p95 ms", "experts a query"]
+    print(table(headers, rows))
     write_json(args.json, {"levels": levels, "docs": args.docs, "duration_s": args.duration, "results": results})
 
 

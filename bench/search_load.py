@@ -111,8 +111,11 @@ def copy_root(source: Path, target: Path, *, attempts: int = 3) -> list[str]:
     return names
 
 
-def build_stand_ins(target: Path, datasets: Path, docs: int, *, top_layers: int | None = None) -> list[str]:
-    """Five experts on the first ``docs`` documents of each collection (see the module docstring).
+def build_stand_ins(
+    target: Path, datasets: Path, docs: int, *, top_layers: int | None = None, count: int = len(COLLECTIONS)
+) -> list[str]:
+    """``count`` experts on ``docs`` documents of the collections (see the module docstring): the first ``docs`` of
+    each, then (above five) the next ``docs`` of each in turn, named ``<collection>-<part>``.
 
     ``top_layers``: their adapters on the encoder's top N layers only (None: on every layer).
     """
@@ -122,9 +125,12 @@ def build_stand_ins(target: Path, datasets: Path, docs: int, *, top_layers: int 
 
     encoder = Encoder()
     folder = "adapters" if top_layers is None else f"adapters-top{top_layers}"
-    adapters = random_adapters(encoder, target.parent / folder, len(COLLECTIONS), top_layers=top_layers)
-    for i, name in enumerate(COLLECTIONS):
-        corpus = corpus_slice(datasets, name, target.parent / "corpora", docs)
+    adapters = random_adapters(encoder, target.parent / folder, count, top_layers=top_layers)
+    names = []
+    for i in range(count):
+        collection, part = COLLECTIONS[i % len(COLLECTIONS)], i // len(COLLECTIONS)
+        name = collection if count <= len(COLLECTIONS) else f"{collection}-{part}"
+        corpus = corpus_slice(datasets, collection, target.parent / "corpora", docs, part=part)
         expert = synthetic_expert(
             target,
             name,
@@ -134,8 +140,9 @@ def build_stand_ins(target: Path, datasets: Path, docs: int, *, top_layers: int 
             embed=lambda texts: encoder.embed(texts, max_length=256),
         )
         build_pilots(expert, encoder, pilot_texts_from_documents(expert, sample=300), source="pseudo queries")
+        names.append(name)
         print(f"  built stand-in expert {name} ({docs} documents)", flush=True)
-    return list(COLLECTIONS)
+    return names
 
 
 # ---------------------------------------------------------------------- in-process references

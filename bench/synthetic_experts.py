@@ -79,13 +79,14 @@ def random_adapters(
     return paths
 
 
-def corpus_slice(datasets: Path, collection: str, out: Path, docs: int) -> Path:
-    """The first ``docs`` lines of a collection's corpus, written once to ``out``."""
-    target = out / f"{collection}-first-{docs}.jsonl"
+def corpus_slice(datasets: Path, collection: str, out: Path, docs: int, *, part: int = 0) -> Path:
+    """Lines ``part * docs`` to ``(part + 1) * docs`` of a collection's corpus (the first ``docs``: part 0), written
+    once to ``out``."""
+    target = out / (f"{collection}-first-{docs}.jsonl" if part == 0 else f"{collection}-part-{part}-of-{docs}.jsonl")
     if not target.exists():
         out.mkdir(parents=True, exist_ok=True)
         with open(datasets / collection / "corpus.jsonl", encoding="utf-8") as source:
-            target.write_text("".join(itertools.islice(source, docs)), encoding="utf-8")
+            target.write_text("".join(itertools.islice(source, part * docs, (part + 1) * docs)), encoding="utf-8")
     return target
 
 
