@@ -126,7 +126,11 @@ class Settings(BaseSettings):
         "query here.",
     )
     router_vote_probes: int = Field(
-        64, ge=1, le=4096, description="Inverted lists a query reads in an approximate union (router_vote_exact_max)."
+        64,
+        ge=1,
+        le=4096,
+        description="Inverted lists a query reads in an approximate union (router_vote_exact_max); it reads no more "
+        "vectors than this many lists of the mean size hold, however uneven the lists.",
     )
     router_vote_lexical_exact_max: int = Field(
         50_000,
