@@ -17,7 +17,7 @@ def _text(i: int) -> str:
 
 
 class Acks:
-    """What the writer has had acknowledged: doc id -> "present" | "deleted"."""
+    """What the writer has had acknowledged: doc id -> "present" | "deleting" (a delete begun) | "deleted"."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -39,6 +39,10 @@ def _writer(live: LiveCollection, acks: Acks, tmp_path: Path, done: threading.Ev
             live.upsert([doc(f"w{i}", _text(i))])
             acks.set(f"w{i}", "present")
             if i >= 5:
+                # Marked before the delete starts: a search that ends after it started may miss the document
+                # before the delete is acknowledged, and must not be held to find it.
+                acks.set(f"w{i - 5}", "deleting")
+                acks.set(f"d{i}", "deleting")
                 live.delete([f"w{i - 5}", f"d{i}"])
                 acks.set(f"w{i - 5}", "deleted")
                 acks.set(f"d{i}", "deleted")
