@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.engine.loading import apply_search_threads  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.harness import LoadMeter, argument_parser, percentiles, table, write_json  # noqa: E402
-from index import set_search_threads  # noqa: E402
 from router import PilotSearch, Router  # noqa: E402
 
 DIM = 384
@@ -63,10 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     other = np.ones(args.evict_mb * 2**20 // 8)
     settings = Settings()
-    if settings.faiss_threads is not None:
-        set_search_threads(settings.faiss_threads)
-    if settings.blas_threads is not None:
-        threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    apply_search_threads(settings)
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((max(args.batches) * args.calls, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)

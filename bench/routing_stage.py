@@ -25,7 +25,7 @@ the engine runs them for a single query, at each count of experts:
   probed pilots first in their 128 main directions, then the nearest again in full;
 * **stage, before**: votes + exact pilots; **stage, all dims**: votes + pilots as
   ``RR_ROUTER_PILOT_EXACT_MAX`` chooses, compared in every dimension; **stage, now**: votes + pilots as
-  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 20,000) chooses. The votes are the
+  ``RR_ROUTER_PILOT_EXACT_MAX`` (default 10,000) chooses. The votes are the
   engine's as they are now in all three; **BM25 exact / capped** time that union's
   search alone with every posting and with the cut, to show what the cut saves.
 
@@ -56,10 +56,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.engine.loading import apply_search_threads  # noqa: E402
 from app.engine.votes import corpus_votes  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.harness import (  # noqa: E402
@@ -77,13 +77,14 @@ from bench.routing_votes import bag_of_words, stand_in  # noqa: E402
 from experts.pseudo_queries import pseudo_queries  # noqa: E402
 from index import Collection, CorpusUnion, SharedIdf, set_search_threads, static_view  # noqa: E402
 from index.store.union_lexical import APPROXIMATE_POSTINGS, UnionLexical  # noqa: E402
-from router import PilotSearch, RoutePolicy, Router, VoteRule  # noqa: E402
+from router import PilotSearch, Router, VoteRule  # noqa: E402
 
-#: The engine's defaults (app/settings.py): dense votes exact up to this many vectors, IVF lists read above it,
-#: BM25 votes with every posting up to this many documents.
-VOTE_EXACT_MAX, VOTE_PROBES = Settings().router_vote_exact_max, Settings().router_vote_probes
-VOTE_LEXICAL_EXACT_MAX, DEPTH = Settings().router_vote_lexical_exact_max, 20
-POLICY = RoutePolicy(top_k=3, fanout_margin=1.5)
+#: The service's settings (app/settings.py, RR_* variables): dense votes exact up to this many vectors, IVF lists
+#: read above it, BM25 votes with every posting up to this many documents, documents that vote, the routing policy.
+SETTINGS = Settings()
+VOTE_EXACT_MAX, VOTE_PROBES = SETTINGS.router_vote_exact_max, SETTINGS.router_vote_probes
+VOTE_LEXICAL_EXACT_MAX, DEPTH = SETTINGS.router_vote_lexical_exact_max, SETTINGS.router_vote_depth
+POLICY = SETTINGS.route_policy()
 METHODS = (
     "bm25_exact",
     "bm25_capped",
@@ -116,13 +117,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="keep the stand-in collections here (reused)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     parser.add_argument(
-        "--faiss-threads", type=int, default=Settings().faiss_threads, help="FAISS threads (default: the service's)"
+        "--faiss-threads", type=int, default=SETTINGS.faiss_threads, help="FAISS threads (default: the service's)"
     )
     args = parser.parse_args()
-    if args.faiss_threads is not None:
-        set_search_threads(args.faiss_threads)  # as rr serve does (RR_FAISS_THREADS: 1 on <= 2 cores)
-    if (blas := Settings().blas_threads) is not None:
-        threadpool_limits(limits=blas, user_api="blas")  # numpy's products, as rr serve sets them (RR_BLAS_THREADS)
+    apply_search_threads(SETTINGS)  # FAISS's and numpy's BLAS threads, as rr serve sets them (1 each on <= 2 cores)
+    if args.faiss_threads is not None and args.faiss_threads != SETTINGS.faiss_threads:
+        set_search_threads(args.faiss_threads)
     texts = [text for _, text in judged_test_queries(args.datasets)][: args.queries]
     base = bag_of_words(texts)
     print("other busy processes now:", *(other_heavy_processes() or ["(none above 0.05 cores)"]), sep="\n  ")
@@ -166,7 +166,7 @@ def main() -> None:
     write_json(
         args.json,
         {"docs": args.docs, "pilots": args.pilots, "queries": len(texts), "probes": args.probes,
-         "faiss_threads": args.faiss_threads, "blas_threads": Settings().blas_threads, "steps": steps, "load": load.__dict__},
+         "faiss_threads": args.faiss_threads, "blas_threads": SETTINGS.blas_threads, "steps": steps, "load": load.__dict__},
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from app.engine.votes import corpus_votes  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.harness import argument_parser, percentiles, table, write_json  # noqa: E402
 from bench.merge_tuning import COLLECTIONS, dev_queries  # noqa: E402
-from index import CorpusUnion, SharedIdf, set_search_threads  # noqa: E402
+from index import CorpusUnion, SharedIdf  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +42,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     settings = Settings()
-    if settings.faiss_threads is not None:
-        set_search_threads(settings.faiss_threads)
     engine = SearchEngine.open(settings.data_dir, open_encoder(settings), settings.engine_config())
     names = list(engine.router.experts)
     texts, home = [], []

@@ -129,17 +129,24 @@ def unload_expert(expert: LoadedExpert, encoder: Encoder) -> None:
     expert.documents.close()
 
 
-def open_encoder(settings: Settings) -> Encoder:
-    """The base encoder the settings describe (model, token limit, batch size, device, threads).
+def apply_search_threads(settings: Settings) -> None:
+    """Set FAISS's search threads (``RR_FAISS_THREADS``) and numpy's BLAS threads (``RR_BLAS_THREADS``).
 
-    FAISS's search threads are set here too (``RR_FAISS_THREADS``), and numpy's BLAS threads
-    (``RR_BLAS_THREADS``): like torch's, they are process-wide, and every command that searches
-    opens the encoder first.
+    Both are process-wide; :func:`open_encoder` calls this, and so do benchmarks that search without an encoder.
     """
     if settings.faiss_threads is not None:
         set_search_threads(settings.faiss_threads)
     if settings.blas_threads is not None:
         threadpool_limits(limits=settings.blas_threads, user_api="blas")
+
+
+def open_encoder(settings: Settings) -> Encoder:
+    """The base encoder the settings describe (model, token limit, batch size, device, threads).
+
+    FAISS's and numpy's BLAS threads are set here too (:func:`apply_search_threads`): like torch's, they are
+    process-wide, and every command that searches opens the encoder first.
+    """
+    apply_search_threads(settings)
     return Encoder(
         settings.base_model,
         max_length=settings.max_length,
