@@ -142,16 +142,21 @@ def main() -> None:
         five = scratch / "five"
         build_stand_ins(five, args.datasets, args.docs)
         roots = {"5 experts": five}
+        layered = []  # the servers whose adapters are on the top layers only (--one-expert runs them again)
         if args.top_layers:
             print(f"building 5 stand-in experts with top-{args.top_layers}-layer adapters ...", flush=True)
             top = scratch / "top"
             build_stand_ins(top, args.datasets, args.docs, top_layers=args.top_layers)
             roots[f"5 experts, top-{args.top_layers} adapters"] = top
+            layered.append(f"5 experts, top-{args.top_layers} adapters")
         if args.many:
             many = scratch / "many"
             print(f"building {args.many} stand-in experts ({args.docs} documents each) ...", flush=True)
             build_stand_ins(many, args.datasets, args.docs, top_layers=args.top_layers or None, count=args.many)
-            roots[f"{args.many} experts" + (f", top-{args.top_layers} adapters" if args.top_layers else "")] = many
+            label = f"{args.many} experts" + (f", top-{args.top_layers} adapters" if args.top_layers else "")
+            roots[label] = many
+            if args.top_layers:
+                layered.append(label)
 
         # One server at a time: (how to start it, when it is ready, its environment, its port, what to load it with).
         servers = []
@@ -179,8 +184,7 @@ def main() -> None:
         )
         runs = [(label, root, {}) for label, root in roots.items()]
         if args.one_expert:
-            runs += [(f"{label}, one expert a query", root, {"RR_ROUTE_TOP_K": "1"})
-                     for label, root in roots.items() if args.top_layers and f"top-{args.top_layers}" in label]  # fmt: skip
+            runs += [(f"{label}, one expert a query", roots[label], {"RR_ROUTE_TOP_K": "1"}) for label in layered]
         for label, root, env in runs:
             port = free_port()
             ours = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port)]
