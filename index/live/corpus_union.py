@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from index.errors import InvalidParameterError
 from index.live.view import LiveView
 from index.store.analysis import METHODS_WITH_NONOCCURRENCE
 from index.store.chunked_dense import ChunkedDense
@@ -106,6 +107,10 @@ class CorpusUnion:
         (:meth:`UnionDense.build <index.store.union_dense.UnionDense.build>`); ``lexical_approximate_above``:
         a lexical union of more documents keeps :data:`~index.store.union_lexical.APPROXIMATE_POSTINGS`
         postings a stem. None: exact."""
+        if lexical_approximate_above is not None and lexical_approximate_above < 0:
+            raise InvalidParameterError(
+                f"lexical_approximate_above must be >= 0 or None, got {lexical_approximate_above}"
+            )
         dense_union, dense_members = None, {}
         flat = [
             c for c in collections if dense and c.dense.factory.replace(" ", "") == "Flat" and c.dense.exact_storage

@@ -176,6 +176,8 @@ def test_an_approximate_union_gives_near_votes_and_only_to_the_experts_asked(
     )
     assert lexical_only.dense is not None and not lexical_only.dense.approximate
     assert [u.postings_cap for u in lexical_only.lexical] == [APPROXIMATE_POSTINGS]
+    with pytest.raises(ValueError, match="lexical_approximate_above must be >= 0 or None, got -1"):
+        CorpusUnion.build(collections, dense=True, lexical=True, shared_idf=shared, lexical_approximate_above=-1)
     views = [static_view(c) for c in collections]
     texts = queries(datasets)
     base = bag_of_words(texts)
