@@ -58,10 +58,11 @@ class Settings(BaseSettings):
     torch_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         default_factory=_auto_on_small_hosts,
         description="torch intra-op threads: a number, auto, or unset (torch's default). Defaults to auto on hosts "
-        "with <= 2 cores (or a CPU quota under 3): each forward pass gets one thread per core that other processes "
-        "(read from /proc/stat), other passes of the service and training leave free (experts/torch_threads.py). "
-        "Two threads are faster on a quiet 2-core host, one when another process holds a core (docs/benchmarks.md, "
-        "sections 6, 23 and 24).",
+        "with <= 2 cores (or a CPU quota under 3): forward passes share the cores that other processes (read from "
+        "/proc/stat) and training leave free, several passes at once on the one model; a pass alone gets them all, "
+        "passes of two search batches at once one each (experts/torch_threads.py, experts/model_lock.py). Two "
+        "threads are faster on a quiet 2-core host, one when another process holds a core (docs/benchmarks.md, "
+        "sections 6, 23, 24 and 27). With a number, passes run one at a time.",
     )  # fmt: skip
     faiss_threads: int | None = Field(
         default_factory=_one_on_small_hosts, ge=1,
@@ -254,9 +255,10 @@ class Settings(BaseSettings):
     batch_max_queries: int = Field(128, ge=1, description="Most queries in one micro-batch (one model pass).")
     search_batches_in_flight: int = Field(
         2, ge=1,
-        description="Search micro-batches run at once, each on its own thread: forward passes still take turns, "
-        "but one batch's routing and index searches run while another's pass holds the model, so a routed search "
-        "under load uses a second core (docs/benchmarks.md, section 23). 1: one batch at a time.",
+        description="Search micro-batches run at once, each on its own thread. With RR_TORCH_THREADS=auto their "
+        "forward passes share the cores (two at once on one thread each on 2 cores), and one batch's routing and "
+        "index searches run beside another's pass, so a routed search under load keeps every core busy "
+        "(docs/benchmarks.md, sections 23 and 27). 1: one batch at a time.",
     )  # fmt: skip
     queue_max_queries: int = Field(
         1024, ge=1, description="Queries waiting for the model before new requests get 429 + Retry-After."

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -42,9 +42,10 @@ ExpertChoice = str | None | Sequence[str | None]
 class Encoder:
     """A Hugging Face encoder with mean pooling, L2 normalisation and named LoRA adapters.
 
-    Thread-safe: forward passes and adapter changes are serialised by one lock,
-    because which adapter a pass uses is state of the one shared model; it is
-    taken per pass, and bulk callers yield to interactive ones between passes
+    Thread-safe: which adapters a pass uses is state of its own thread, so
+    passes of several threads run at once on the one model, sharing the cores
+    (with ``threads="auto"``, each is granted its share); adapter changes wait
+    for them, and bulk callers yield to interactive ones between passes
     (:class:`~experts.model_lock.ModelLock`). ``bulk_copy=True`` keeps a second,
     plain copy of the base model for bulk base passes (document builds, large
     embeddings requests), behind a lock of its own: they then run beside the
@@ -63,9 +64,10 @@ class Encoder:
     (text, max_length) pairs for calls that ask for it (``embed(cache=True)``,
     the service's routing pass): a repeated query skips the base pass.
 
-    ``threads``: torch's intra-op threads (process-wide), or ``"auto"``: each
-    pass gets as many as the host's other processes and this encoder's other
-    passes leave free (:mod:`experts.torch_threads`).
+    ``threads``: torch's intra-op threads (process-wide; passes then run one
+    at a time), or ``"auto"``: passes share the cores the host's other
+    processes leave free (:mod:`experts.torch_threads`), several at once, each
+    granted its threads by the model lock.
 
     ``backend="int8"`` quantises the base model's linear layers (CPU only;
     adapters stay fp32; the fingerprint stays the fp32 one): see
@@ -137,11 +139,10 @@ class Encoder:
         self._lora = LoraLayers(self._base)
         self._resume = LayerResume(self._base)
         self._first_layers: dict[str, int] = {}  # per adapter: the lowest layer it changes
-        self._lock = ModelLock()
-        self._passes_running = 0  # on either model: a pass beside another gets a thread fewer with "auto"
-        self._passes_lock = threading.Lock()
+        self._lock = ModelLock(capacity=self._cores)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def config(self):
@@ -168,14 +169,14 @@ class Encoder:
         """Load a PEFT LoRA adapter under ``name``; refuses one made for another base model or a LoRA variant."""
         check_adapter_fits(Path(adapter_dir), self._base, base_id=self.model_id)
         weights = read_lora_weights(Path(adapter_dir))  # read outside the lock: passes keep running
-        with self._lock.hold():
+        with self._lock.changing():
             self._lora.add(name, weights)
             self._first_layers[name] = first_layer(weights.modules)
         logger.info("loaded adapter %r from %s", name, adapter_dir)
 
     def remove_adapter(self, name: str) -> None:
         """Unload an adapter; the base model is as it was before any adapter was added."""
-        with self._lock.hold():
+        with self._lock.changing():
             self._require(name)
             self._lora.remove(name)
             self._first_layers.pop(name, None)
@@ -206,6 +207,25 @@ class Encoder:
         lets interactive callers' passes go first between this call's passes
         (:mod:`experts.model_lock`): for large requests and document builds.
         """
+        with self._lock.working():
+            return self._embed(texts, expert, batch_size, max_length, cache, bulk)
+
+    def working(self) -> AbstractContextManager[None]:
+        """Around a caller's work between its passes (a search batch's routing and index searches).
+
+        With ``threads="auto"``, passes that run meanwhile leave that caller a core (:mod:`experts.model_lock`).
+        """
+        return self._lock.working()
+
+    def _embed(
+        self,
+        texts: Sequence[str],
+        expert: ExpertChoice,
+        batch_size: int | None,
+        max_length: int | None,
+        cache: bool,
+        bulk: bool,
+    ) -> np.ndarray:
         texts = list(texts)
         rows = self._per_row_experts(expert, len(texts))
         if not texts:
@@ -229,10 +249,9 @@ class Encoder:
         ids_of = dict(zip(todo, encoded))
         for chunk in length_buckets(order, [len(ids_of[i]) for i in order], rows=step, tokens=self.batch_tokens):
             for part in self._parts(chunk, rows):
-                # A bulk base pass runs on the bulk copy, beside the shared model's passes; the rest take turns.
+                # A bulk base pass runs on the bulk copy, beside the shared model's passes; the rest share that model.
                 bulk_model = self._bulk_model if bulk and all(rows[i] is None for i in part) else None
-                lock = self._bulk_lock if bulk_model is not None else self._lock.hold(bulk=bulk)  # experts.model_lock
-                with lock, self._threads_for_pass(), torch.inference_mode():
+                with self._turn(bulk_model is not None, bulk), torch.inference_mode():
                     padded = self._tokenizer.pad({"input_ids": [ids_of[i] for i in part]}, return_tensors="pt")
                     batch = {key: value.to(self.device) for key, value in padded.items()}
                     if bulk_model is not None:
@@ -245,20 +264,21 @@ class Encoder:
         return out
 
     @contextmanager
-    def _threads_for_pass(self) -> Iterator[None]:
-        """Around one pass: with ``threads="auto"``, set this thread's torch threads first (beside any other pass)."""
-        if self.thread_choice is None:
+    def _turn(self, on_copy: bool, bulk: bool) -> Iterator[None]:
+        """Around one pass: its turn (:mod:`experts.model_lock`), and with ``threads="auto"`` the threads it was granted."""
+        with ExitStack() as stack:
+            if on_copy:
+                stack.enter_context(self._bulk_lock)
+                threads = stack.enter_context(self._lock.beside())
+            else:
+                threads = stack.enter_context(self._lock.hold(bulk=bulk))
+            if self.thread_choice is not None:
+                self.thread_choice.apply(threads)
             yield
-            return
-        with self._passes_lock:
-            concurrent = self._passes_running
-            self._passes_running += 1
-        try:
-            self.thread_choice.apply(concurrent=concurrent)
-            yield
-        finally:
-            with self._passes_lock:
-                self._passes_running -= 1
+
+    def _cores(self) -> int:
+        """The cores passes may use now: with ``threads="auto"``, as many as the host leaves free; else one pass at a time."""
+        return 1 if self.thread_choice is None else self.thread_choice.threads()
 
     def holding_a_core(self) -> AbstractContextManager[None]:
         """Around other torch work of this process (training): with ``threads="auto"``, passes meanwhile get a thread fewer."""
@@ -277,7 +297,7 @@ class Encoder:
     def _from_cache(self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray) -> list[int]:
         """Fill ``out`` with the cached base rows; return the rows still to compute."""
         todo = []
-        with self._lock.hold():
+        with self._cache_lock:
             for i, (text, row) in enumerate(zip(texts, rows)):
                 vector = self._cache.get((text, limit)) if row is None else None
                 if vector is None:
@@ -290,7 +310,7 @@ class Encoder:
     def _to_cache(
         self, texts: list[str], rows: list[str | None], limit: int, out: np.ndarray, computed: list[int]
     ) -> None:
-        with self._lock.hold():
+        with self._cache_lock:
             for i in computed:
                 if rows[i] is None:
                     self._cache[texts[i], limit] = out[i].copy()

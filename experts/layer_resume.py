@@ -13,7 +13,8 @@ The model is driven through its public structure only: ``model.embeddings``
 (its output is replaced by the kept states, re-padded) and
 ``model.encoder.layer`` (the stack, run from ``L``); the model still makes its
 own attention mask. Models without that structure (or adapters on every
-layer) simply run the whole pass.
+layer) simply run the whole pass. Which pass resumes is the calling thread's
+state, so passes on several threads share the model at once.
 """
 
 from __future__ import annotations
@@ -50,26 +51,71 @@ def first_layer(module_names: Iterable[str]) -> int:
     return min(layers, default=0)
 
 
+class _ResumableStack(torch.nn.ModuleList):
+    """The model's layer stack, iterated from the layer the calling thread resumes at (from 0 in other threads).
+
+    It holds the same layer modules under the same names (``encoder.layer.4...``): only
+    iteration, which is how the model's forward runs its layers, starts later.
+    """
+
+    def __init__(self, layers: Iterable[torch.nn.Module], local: threading.local) -> None:
+        super().__init__(layers)
+        self._local = local
+
+    def __iter__(self) -> Iterator[torch.nn.Module]:
+        layers = iter(self._modules.values())
+        for _ in range(getattr(self._local, "start", 0)):
+            next(layers, None)
+        return layers
+
+
 class LayerResume:
     """The hidden states entering one layer, kept from base passes, and adapter passes resumed from them.
 
-    Not thread-safe on its own: the :class:`~experts.encoder.Encoder` calls it
-    under its model lock, like the LoRA hooks.
+    Thread-safe: which pass keeps states and which one resumes (and from
+    where) is state of the calling thread, so resumed and whole passes run on
+    several threads at once over the one model. For that the model is set up
+    once, at construction: its layer stack becomes a :class:`_ResumableStack`
+    (same modules, same names), each layer gets a pre-hook that keeps its input
+    when the calling thread asks for it, and ``model.embeddings`` a hook that
+    hands out the calling thread's kept states instead of its output while it resumes.
     """
 
     def __init__(self, model: torch.nn.Module, *, size: int = 256) -> None:
         encoder = getattr(model, "encoder", None)
         stack = getattr(encoder, "layer", None)
-        self._model = model
-        self._stack = stack if isinstance(stack, torch.nn.ModuleList) and hasattr(model, "embeddings") else None
+        embeddings = getattr(model, "embeddings", None)
         self._size = size
         self._states: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
         self._guard = threading.Lock()
+        # Per thread: .start (the layer its pass resumes at), .states (the pass's embedding output, replaced),
+        # .capture (the layer whose input its pass keeps) and .seen (that input).
+        self._local = threading.local()
+        self._supported = type(stack) is torch.nn.ModuleList and isinstance(embeddings, torch.nn.Module) and size > 0
+        if not self._supported:
+            return
+        assert (
+            encoder is not None and isinstance(stack, torch.nn.ModuleList) and isinstance(embeddings, torch.nn.Module)
+        )
+        encoder.layer = _ResumableStack(stack, self._local)
+        embeddings.register_forward_hook(self._replace_output)
+        for index, layer in enumerate(stack):
+            layer.register_forward_pre_hook(self._keep_input(index), with_kwargs=True)
 
     @property
     def supported(self) -> bool:
         """Whether the model has the structure a resumed pass needs."""
-        return self._stack is not None and self._size > 0
+        return self._supported
+
+    def _replace_output(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
+        return getattr(self._local, "states", None)  # None keeps the embeddings' own output
+
+    def _keep_input(self, index: int):
+        def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            if getattr(self._local, "capture", None) == index:
+                self._local.seen = args[0] if args else kwargs["hidden_states"]
+
+        return hook
 
     def known(self, texts: Sequence[str], limit: int, layer: int) -> bool:
         """Whether every text's state entering ``layer`` is kept (at this token limit)."""
@@ -78,22 +124,17 @@ class LayerResume:
 
     @contextmanager
     def capturing(self, texts: Sequence[str], limit: int, layer: int, mask: torch.Tensor) -> Iterator[None]:
-        """Keep, for each text of the pass run inside, the hidden state entering ``layer`` (its real tokens only)."""
-        assert self._stack is not None  # callers check ``supported``
-        seen: list[torch.Tensor] = []
-
-        def hook(module, args, kwargs):
-            seen.append(args[0] if args else kwargs["hidden_states"])
-
-        handle = self._stack[layer].register_forward_pre_hook(hook, with_kwargs=True)
+        """Keep, for each text of the pass this thread runs inside, the hidden state entering ``layer`` (its real tokens only)."""
+        assert self._supported  # callers check ``supported``
+        self._local.capture, self._local.seen = layer, None
         try:
             yield
+            hidden = self._local.seen
         finally:
-            handle.remove()
-        if not seen:
+            self._local.capture, self._local.seen = None, None
+        if hidden is None:
             return
-        hidden = seen[0].detach()
-        keep = mask.bool()
+        hidden, keep = hidden.detach(), mask.bool()
         with self._guard:
             for row, text in enumerate(texts):
                 key = (text, limit, layer)
@@ -104,17 +145,27 @@ class LayerResume:
 
     @contextmanager
     def resumed(self, texts: Sequence[str], limit: int, layer: int, mask: torch.Tensor) -> Iterator[None]:
-        """Inside: a forward pass of the model runs only layers ``layer``.. on the kept states of ``texts``.
+        """Inside: a forward pass of the model in this thread runs only layers ``layer``.. on the kept states of ``texts``.
 
-        ``mask`` is the pass's attention mask (the states go where it is 1);
-        the model's embedding output is replaced and its layer stack cut for
-        the duration, then both are restored.
+        ``mask`` is the pass's attention mask (the states go where it is 1).
         """
-        assert self._stack is not None  # callers check ``supported``
+        assert self._supported  # callers check ``supported``
         with self._guard:
             states = [self._states[(text, limit, layer)] for text in texts]
-        with passes_from(self._model, self._stack, layer, states, mask):
+        self._local.states, self._local.start = _padded(states, mask), layer
+        try:
             yield
+        finally:
+            self._local.states, self._local.start = None, 0
+
+
+def _padded(states: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """One row per state (its real tokens only), placed where ``mask`` is 1, zeros elsewhere."""
+    keep = mask.bool()
+    hidden = torch.zeros((*mask.shape, states[0].shape[-1]), dtype=states[0].dtype, device=states[0].device)
+    for row, state in enumerate(states):
+        hidden[row][keep[row]] = state
+    return hidden
 
 
 @contextmanager
@@ -125,12 +176,10 @@ def passes_from(
 
     ``mask`` is the pass's attention mask (each row's state goes where it is 1); the model's embedding
     output is replaced and its layer stack (``model.encoder.layer``, which is ``stack`` outside) cut for the
-    duration, then both are restored. Also used to train a top-layer adapter (:mod:`experts.train_prefix`).
+    duration, then both are restored: for a model no other thread runs meanwhile (training a top-layer
+    adapter on its own copy, :mod:`experts.train_prefix`).
     """
-    keep = mask.bool()
-    hidden = torch.zeros((*mask.shape, states[0].shape[-1]), dtype=states[0].dtype, device=states[0].device)
-    for row, state in enumerate(states):
-        hidden[row][keep[row]] = state
+    hidden = _padded(states, mask)
 
     def replace_output(module, args, output):
         return hidden

@@ -15,11 +15,15 @@ plain one (docs/benchmarks.md, section 5). Here the model is never rewrapped:
 
 The weights stay in PEFT's on-disk format (:func:`experts.adapters.read_lora_weights`);
 tests/experts/test_lora.py checks the embeddings against ``peft.PeftModel``.
-Not thread-safe on its own: the :class:`~experts.encoder.Encoder` serialises passes.
+Which adapters a pass uses is state of the calling thread, so passes on
+several threads may run at once, each with its own adapters. Adding and
+removing adapters must not overlap a pass (it changes the model's hooks): the
+:class:`~experts.encoder.Encoder` holds its model lock alone for them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ class LoraLayers:
         self._modules = dict(model.named_modules())
         self._adapters: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
-        self._plan: _Plan | None = None
+        self._local = threading.local()  # .plan: the running pass's plan, per thread
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -93,12 +97,13 @@ class LoraLayers:
 
     @contextmanager
     def applied(self, rows: Sequence[str | None]) -> Iterator[None]:
-        """Within the block, a forward pass uses ``rows[i]``'s adapter (None: none) on batch row ``i``."""
-        self._plan = self._plan_for(rows)
+        """Within the block, a forward pass in this thread uses ``rows[i]``'s adapter (None: none) on batch row ``i``."""
+        outer = getattr(self._local, "plan", None)
+        self._local.plan = self._plan_for(rows)
         try:
             yield
         finally:
-            self._plan = None
+            self._local.plan = outer
 
     def _plan_for(self, rows: Sequence[str | None]) -> _Plan | None:
         names = tuple(dict.fromkeys(row for row in rows if row is not None))
@@ -120,7 +125,7 @@ class LoraLayers:
         def hook(
             module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
         ) -> torch.Tensor | None:
-            plan = self._plan
+            plan = getattr(self._local, "plan", None)
             if plan is None:
                 return None
             x = inputs[0]

@@ -5,11 +5,12 @@ sections 6 and 23). On a quiet host two threads win: routed search at 32
 clients 1.21x Infinity's throughput against 0.74x with one. When another
 process holds a core, every operator's OpenMP barrier waits for the thread
 that lost its core, and one thread wins: 1.8x faster at one client. So with
-``threads="auto"`` the encoder asks :class:`ThreadChoice` before each pass.
-It reads the host's busy time (``/proc/stat``, the cores this process may
-run on), takes away this process's own CPU time, and gives the pass one
-thread fewer for every core the other processes keep busy (and for every
-other pass of this encoder running at that moment), at least one.
+``threads="auto"`` the encoder asks :class:`ThreadChoice` before each pass
+how many cores its passes may use. It reads the host's busy time
+(``/proc/stat``, the cores this process may run on), takes away this
+process's own CPU time, and counts one core fewer for every core the other
+processes keep busy, at least one. The encoder's model lock shares those
+cores among the passes and callers running at once (:mod:`experts.model_lock`).
 
 The reading is refreshed at most every ``interval_s`` and changes the choice
 only past a margin (hysteresis), so a neighbour near the threshold does not
@@ -95,7 +96,7 @@ def host_busy_seconds(cores: set[int] | None = None) -> float | None:
 
 
 class ThreadChoice:
-    """How many intra-op threads the next forward pass gets: ``apply()`` sets them for the calling thread.
+    """How many cores forward passes may use now (:meth:`threads`); :meth:`apply` sets a pass's share in its thread.
 
     ``most``: the most threads a pass may use (default: the usable cores).
     ``host_busy`` and ``own_cpu`` read busy seconds of the host and of this
@@ -153,12 +154,10 @@ class ThreadChoice:
         with self._lock:
             if self.reads_host:
                 if self._last is None:  # the host's load cannot be read
-                    self.last = 1
                     return 1
                 if self._clock() - self._last[0] >= self.interval_s:
                     self._update()
-            self.last = max(1, min(self.most, self.cores - self.cores_taken - self._held - concurrent))
-            return self.last
+            return max(1, min(self.most, self.cores - self.cores_taken - self._held - concurrent))
 
     @contextmanager
     def holding_a_core(self) -> Iterator[None]:
@@ -189,9 +188,8 @@ class ThreadChoice:
         elif down < self.cores_taken:
             self.cores_taken = down
 
-    def apply(self, *, concurrent: int = 0) -> int:
-        """Set torch's threads in the calling thread for the next pass (only when they change); return them."""
-        threads = self.threads(concurrent=concurrent)
+    def apply(self, threads: int) -> None:
+        """Set torch's threads in the calling thread for the next pass (only when they change), as granted to it."""
+        self.last = threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return threads

@@ -8,13 +8,12 @@ metrics, new requests) while the model works. The workers are the batcher's
 own threads, always the same ones: every OS thread that runs torch gets its
 own OpenMP team, and asyncio's shared pool would spread passes over many.
 
-Up to ``in_flight`` batches run at once, each on its own worker. The model
-runs one pass at a time (``experts.model_lock``), so two routed batches do
-not compute twice as much: they overlap, one batch's routing and index
-searches (numpy, FAISS, BM25: another core) running while the other's
-forward pass holds the model. With one batch in flight a routed search
-left the second core idle under load. While the batches run, the next one
-gathers. When the queue already holds
+Up to ``in_flight`` batches run at once, each on its own worker. Their
+forward passes share the cores (``experts.model_lock``): on two cores, two
+batches' passes run at once on one thread each, or one batch's routing and
+index searches (numpy, FAISS, BM25) run beside the other's pass. With one
+batch in flight a routed search left the second core idle under load. While
+the batches run, the next one gathers. When the queue already holds
 ``max_queue`` texts a new job is refused with
 :class:`~app.errors.OverloadedError` (429 + ``Retry-After``) instead of
 waiting ever longer.

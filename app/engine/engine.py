@@ -345,7 +345,9 @@ class SearchEngine:
         A job that cannot run (an unknown expert, nothing to route to) gets its
         exception as its outcome; the others are answered as usual.
         """
-        with self._holder.lease() as snapshot:  # one consistent view for the whole batch
+        # One consistent view for the whole batch; the encoder's passes meanwhile leave this batch's routing and
+        # index searches a core (experts.model_lock).
+        with self._holder.lease() as snapshot, self.encoder.working():
             return BatchRun(self, snapshot, jobs).run()
 
     # ------------------------------------------------------------------ embeddings

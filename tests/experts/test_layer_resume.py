@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from experts import Encoder, TrainConfig, TrainingPair, train_adapter
 from experts.layer_resume import first_layer
+from experts.torch_threads import ThreadChoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,3 +87,52 @@ def test_whole_passes_where_a_state_is_missing_or_an_adapter_changes_every_layer
     encoder.embed(TEXTS[2:], bulk=True)  # bulk passes keep no state
     encoder.embed(TEXTS[2:], expert="top")
     assert calls[0] == 6
+
+
+@pytest.mark.parametrize(("first", "second"), [("top", None), ("full", None), ("full", "top"), ("top", "top")])
+def test_passes_of_two_threads_at_once_each_give_the_vectors_they_give_alone(
+    tmp_path: Path, tiny_bert_path: Path, first: str | None, second: str | None
+) -> None:
+    """A resumed pass, a whole one with another adapter and a base pass that keeps states, really at once."""
+    trainer = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    top, full = adapter(trainer, tmp_path / "top", 1), adapter(trainer, tmp_path / "full", None)
+    reference = Encoder(tiny_bert_path, max_length=64, batch_size=4)
+    reference.add_adapter("top", top)
+    reference.add_adapter("full", full)
+    other = ["a compiler for algol", "boundary layer suction", "tape", "retrieval of documents by subject"]
+    jobs = {0: (TEXTS, first), 1: (other, second)}
+    expected = {i: reference.embed(texts, expert=name) for i, (texts, name) in jobs.items()}
+
+    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=4, threads="auto")
+    encoder.thread_choice = ThreadChoice(host_busy=lambda: 0.0, own_cpu=lambda: 0.0, clock=lambda: 0.0, cores=2)
+    encoder.add_adapter("top", top)
+    encoder.add_adapter("full", full)
+    encoder.embed(TEXTS + other)  # a base pass keeps every text's state: "top" passes resume
+    calls = layer_calls(encoder)
+    both_working, both_inside = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+    waited = threading.local()
+
+    def meet(module, args) -> None:  # in the top layer, which every pass runs: both passes are under way
+        if not getattr(waited, "done", False):
+            waited.done = True
+            both_inside.wait()
+
+    encoder.base_module.encoder.layer[1].register_forward_pre_hook(meet)
+    got: dict[int, np.ndarray] = {}
+
+    def caller(i: int) -> None:
+        texts, name = jobs[i]
+        with encoder.working():
+            both_working.wait()
+            got[i] = encoder.embed(texts, expert=name)
+
+    callers = [threading.Thread(target=caller, args=(i,)) for i in jobs]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=60)
+    for i in jobs:
+        np.testing.assert_allclose(got[i], expected[i], atol=1e-5)
+    resumed = sum(name == "top" for _, name in jobs.values())
+    assert calls == [2 - resumed, 2], "a resumed pass ran layer 0, or a whole one skipped it"
+    assert len(encoder.base_module.encoder.layer) == 2 and not both_inside.broken
