@@ -33,6 +33,20 @@ def layer_calls(encoder: Encoder) -> list[int]:
     return calls
 
 
+@pytest.fixture(scope="module")
+def top_and_full(tmp_path_factory: pytest.TempPathFactory, tiny_bert_path: Path) -> dict[str, Path]:
+    """Two trained adapters: "top" on the last layer only, "full" on every layer."""
+    trainer, folder = Encoder(tiny_bert_path, max_length=64, batch_size=4), tmp_path_factory.mktemp("resume")
+    return {"top": adapter(trainer, folder / "top", 1), "full": adapter(trainer, folder / "full", None)}
+
+
+def with_both(tiny_bert_path: Path, adapters: dict[str, Path], **options) -> Encoder:
+    encoder = Encoder(tiny_bert_path, max_length=64, **{"batch_size": 4, **options})
+    for name, path in adapters.items():
+        encoder.add_adapter(name, path)
+    return encoder
+
+
 def test_first_layer_reads_the_lowest_layer_number_and_zero_outside_the_stack() -> None:
     assert first_layer(["encoder.layer.4.attention.self.query", "encoder.layer.5.output.dense"]) == 4
     assert first_layer(["encoder.layer.1.output.dense", "pooler.dense"]) == 0
@@ -61,19 +75,13 @@ def test_a_top_layer_adapter_pass_after_a_base_pass_runs_only_the_top_and_gives_
 
 
 def test_whole_passes_where_a_state_is_missing_or_an_adapter_changes_every_layer(
-    tmp_path: Path, tiny_bert_path: Path
+    tiny_bert_path: Path, top_and_full: dict[str, Path]
 ) -> None:
-    trainer = Encoder(tiny_bert_path, max_length=64, batch_size=4)
-    top, full = adapter(trainer, tmp_path / "top", 1), adapter(trainer, tmp_path / "full", None)
-    reference = Encoder(tiny_bert_path, max_length=64, batch_size=4)
-    reference.add_adapter("top", top)
-    reference.add_adapter("full", full)
+    reference = with_both(tiny_bert_path, top_and_full)
     expected_top = reference.embed(TEXTS, expert="top")
     expected_full = reference.embed(TEXTS, expert="full")
 
-    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=4)
-    encoder.add_adapter("top", top)
-    encoder.add_adapter("full", full)
+    encoder = with_both(tiny_bert_path, top_and_full)
     calls = layer_calls(encoder)
     encoder.embed(TEXTS[:2])  # only two of the texts are seen by a base pass
     np.testing.assert_allclose(encoder.embed(TEXTS, expert="top"), expected_top, atol=1e-5)
@@ -91,22 +99,16 @@ def test_whole_passes_where_a_state_is_missing_or_an_adapter_changes_every_layer
 
 @pytest.mark.parametrize(("first", "second"), [("top", None), ("full", None), ("full", "top"), ("top", "top")])
 def test_passes_of_two_threads_at_once_each_give_the_vectors_they_give_alone(
-    tmp_path: Path, tiny_bert_path: Path, first: str | None, second: str | None
+    tiny_bert_path: Path, top_and_full: dict[str, Path], first: str | None, second: str | None
 ) -> None:
     """A resumed pass, a whole one with another adapter and a base pass that keeps states, really at once."""
-    trainer = Encoder(tiny_bert_path, max_length=64, batch_size=4)
-    top, full = adapter(trainer, tmp_path / "top", 1), adapter(trainer, tmp_path / "full", None)
-    reference = Encoder(tiny_bert_path, max_length=64, batch_size=4)
-    reference.add_adapter("top", top)
-    reference.add_adapter("full", full)
+    reference = with_both(tiny_bert_path, top_and_full)
     other = ["a compiler for algol", "boundary layer suction", "tape", "retrieval of documents by subject"]
     jobs = {0: (TEXTS, first), 1: (other, second)}
     expected = {i: reference.embed(texts, expert=name) for i, (texts, name) in jobs.items()}
 
-    encoder = Encoder(tiny_bert_path, max_length=64, batch_size=4, threads="auto")
+    encoder = with_both(tiny_bert_path, top_and_full, threads="auto")
     encoder.thread_choice = ThreadChoice(host_busy=lambda: 0.0, own_cpu=lambda: 0.0, clock=lambda: 0.0, cores=2)
-    encoder.add_adapter("top", top)
-    encoder.add_adapter("full", full)
     encoder.embed(TEXTS + other)  # a base pass keeps every text's state: "top" passes resume
     calls = layer_calls(encoder)
     both_working, both_inside = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
