@@ -357,11 +357,11 @@ class Encoder:
                 if not bulk:
                     with self._resume.capturing(texts, limit, layer, mask):
                         return self._forward(batch, rows)
-            elif all(row is not None and self._first_layers[row] >= layer for row in rows) and self._resume.known(
-                texts, limit, layer
-            ):
-                with self._resume.resumed(texts, limit, layer, mask):
-                    return self._forward(batch, rows)
+            elif all(row is not None and self._first_layers[row] >= layer for row in rows):
+                states = self._resume.kept(texts, limit, layer)  # taken at once: another pass may evict them
+                if states is not None:
+                    with self._resume.resumed(states, layer, mask):
+                        return self._forward(batch, rows)
         return self._forward(batch, rows)
 
     def _forward(self, batch: dict[str, torch.Tensor], rows: list[str | None]) -> torch.Tensor:

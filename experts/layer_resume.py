@@ -117,10 +117,13 @@ class LayerResume:
 
         return hook
 
-    def known(self, texts: Sequence[str], limit: int, layer: int) -> bool:
-        """Whether every text's state entering ``layer`` is kept (at this token limit)."""
+    def kept(self, texts: Sequence[str], limit: int, layer: int) -> list[torch.Tensor] | None:
+        """Each text's state entering ``layer`` (at this token limit), or None unless every one is kept."""
         with self._guard:
-            return all((text, limit, layer) in self._states for text in texts)
+            states = [self._states.get((text, limit, layer)) for text in texts]
+        if any(state is None for state in states):
+            return None
+        return [state for state in states if state is not None]
 
     @contextmanager
     def capturing(self, texts: Sequence[str], limit: int, layer: int, mask: torch.Tensor) -> Iterator[None]:
@@ -144,14 +147,12 @@ class LayerResume:
                 self._states.popitem(last=False)
 
     @contextmanager
-    def resumed(self, texts: Sequence[str], limit: int, layer: int, mask: torch.Tensor) -> Iterator[None]:
-        """Inside: a forward pass of the model in this thread runs only layers ``layer``.. on the kept states of ``texts``.
+    def resumed(self, states: Sequence[torch.Tensor], layer: int, mask: torch.Tensor) -> Iterator[None]:
+        """Inside: a forward pass of the model in this thread runs only layers ``layer``.. on ``states`` (from :meth:`kept`).
 
-        ``mask`` is the pass's attention mask (the states go where it is 1).
+        ``mask`` is the pass's attention mask (each row's state goes where it is 1).
         """
         assert self._supported  # callers check ``supported``
-        with self._guard:
-            states = [self._states[(text, limit, layer)] for text in texts]
         self._local.states, self._local.start = _padded(states, mask), layer
         try:
             yield

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from experts import Encoder, TrainConfig, TrainingPair, train_adapter
-from experts.layer_resume import first_layer
+from experts.layer_resume import LayerResume, first_layer
 from experts.torch_threads import ThreadChoice
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -138,3 +139,24 @@ def test_passes_of_two_threads_at_once_each_give_the_vectors_they_give_alone(
     resumed = sum(name == "top" for _, name in jobs.values())
     assert calls == [2 - resumed, 2], "a resumed pass ran layer 0, or a whole one skipped it"
     assert len(encoder.base_module.encoder.layer) == 2 and not both_inside.broken
+
+
+def test_states_are_handed_out_only_when_every_text_of_the_pass_is_still_kept(tiny_bert_path: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    model, tokenizer = AutoModel.from_pretrained(tiny_bert_path).eval(), AutoTokenizer.from_pretrained(tiny_bert_path)
+    resume = LayerResume(model, size=2)
+
+    def base_pass(texts: list[str]) -> None:
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        with torch.inference_mode(), resume.capturing(texts, 64, 1, batch["attention_mask"]):
+            model(**batch)
+
+    base_pass(TEXTS[:2])
+    kept = resume.kept(TEXTS[:2], 64, 1)
+    assert kept is not None and [len(state) for state in kept] == [
+        len(tokenizer(text)["input_ids"]) for text in TEXTS[:2]
+    ]
+    assert resume.kept(TEXTS[:2], 32, 1) is None and resume.kept(TEXTS[:2], 64, 0) is None  # other limit, layer
+    base_pass(TEXTS[2:3])  # a third text evicts the oldest: a pass over the first two runs whole
+    assert resume.kept(TEXTS[:2], 64, 1) is None and resume.kept(TEXTS[1:3], 64, 1) is not None
