@@ -149,15 +149,15 @@ class ThreadChoice:
         busy = self._host_busy()
         return None if busy is None else (self._clock(), busy, self._own_cpu())
 
-    def threads(self, *, concurrent: int = 0) -> int:
-        """Threads for a pass starting now, beside ``concurrent`` other passes of this process."""
+    def threads(self) -> int:
+        """The cores this process's forward passes may use now, together (at least one)."""
         with self._lock:
             if self.reads_host:
                 if self._last is None:  # the host's load cannot be read
                     return 1
                 if self._clock() - self._last[0] >= self.interval_s:
                     self._update()
-            return max(1, min(self.most, self.cores - self.cores_taken - self._held - concurrent))
+            return max(1, min(self.most, self.cores - self.cores_taken - self._held))
 
     @contextmanager
     def holding_a_core(self) -> Iterator[None]:

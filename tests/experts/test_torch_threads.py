@@ -65,17 +65,16 @@ def test_readings_are_refreshed_at_most_every_interval() -> None:
     assert choice.threads() == 1
 
 
-def test_other_passes_and_training_of_this_process_take_a_core_each_but_never_the_last() -> None:
+def test_training_of_this_process_takes_a_core_but_never_the_last() -> None:
     host = Host()
     choice = host.choice(cores=4)
     host.others(0.0)
     assert choice.threads() == 4
-    assert choice.threads(concurrent=1) == 3
-    with choice.holding_a_core():
-        assert choice.threads(concurrent=1) == 2
+    with choice.holding_a_core(), choice.holding_a_core():
+        assert choice.threads() == 2
         host.others(3.0)
-        assert choice.threads(concurrent=1) == 1
-    assert choice.threads(concurrent=1) == 1  # the other processes still hold three cores
+        assert choice.threads() == 1
+    assert choice.threads() == 1  # the other processes still hold three cores
     assert host.choice(cores=4, most=2).threads() == 2
 
 
@@ -159,7 +158,7 @@ def test_under_a_cpu_quota_passes_share_its_cores_and_the_host_is_not_read(monke
     reads: list[int] = []
     choice = ThreadChoice(quota=2.0, host_busy=lambda: reads.append(1) or 1e6, interval_s=0.0)
     assert choice.cores == 2 and not choice.reads_host
-    assert choice.threads() == 2 and choice.threads(concurrent=1) == 1
+    assert choice.threads() == 2
     with choice.holding_a_core():
         assert choice.threads() == 1
     assert reads == []  # sixteen busy host cores are other cgroups' business
